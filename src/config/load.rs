@@ -1,0 +1,427 @@
+//! Reading a configuration: TOML file, then environment overrides, then typed
+//! deserialization and cross-field validation, reporting every problem with its key path.
+//!
+//! serde stops at the first error. To report them all, a failed key is recorded and removed
+//! from the document and deserialization runs again, until it succeeds or a problem cannot
+//! be stepped over (a missing required key).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
+use toml::{Table, Value};
+
+use super::{Config, RouteConfig};
+
+/// Environment variables starting with this override configuration keys.
+/// `RICOCHET__UPSTREAM__BASE_URL` sets `upstream.base_url`; `RICOCHET__ROUTES__0__TIMEOUT`
+/// sets `routes[0].timeout`.
+pub const ENV_PREFIX: &str = "RICOCHET__";
+
+/// One problem, with the key it concerns (`routes[1].method`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for error in &self.0 {
+            writeln!(f, "  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads `path`, applies the process environment, deserializes and validates.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read the configuration file: {e}"),
+        )])
+    })?;
+    load_str(&text, std::env::vars())
+}
+
+/// Like [`load`], from text and an explicit environment (for tests).
+pub fn load_str(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigErrors(vec![ConfigError::new(
+            "(file)",
+            format!("not valid TOML: {}", e.message().trim()),
+        )])
+    })?;
+    let (env_keys, mut errors) = apply_env(&mut table, env);
+
+    // Routes are deserialized one by one, so a problem in one does not hide those of others.
+    let raw_routes = match table.remove("routes") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.push(ConfigError::new(
+                "routes",
+                "expected a list of [[routes]] tables",
+            ));
+            Vec::new()
+        }
+    };
+    let count = raw_routes.len();
+    let mut routes = Vec::with_capacity(count);
+    for (index, raw) in raw_routes.into_iter().enumerate() {
+        let prefix = format!("routes[{index}]");
+        let (route, more) = deserialize_all::<RouteConfig>(raw, &prefix, &env_keys);
+        errors.extend(more);
+        if let Some(route) = route {
+            errors.extend(super::validate::route(&prefix, &route));
+            routes.push((index, route));
+        }
+    }
+    errors.extend(super::validate::across(&routes, count));
+    let (config, more) = deserialize_all::<Config>(Value::Table(table), "", &env_keys);
+    errors.extend(more);
+    let Some(mut config) = config else {
+        return Err(ConfigErrors(errors));
+    };
+    errors.extend(super::validate::top(&config));
+    config.routes = routes.into_iter().map(|(_, route)| route).collect();
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Applies `RICOCHET__A__B=value` overrides as strings; returns the keys it set
+/// (`routes[0].timeout`), which [`deserialize_all`] may retype (see there).
+fn apply_env(
+    table: &mut Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> (HashSet<String>, Vec<ConfigError>) {
+    let mut keys = HashSet::new();
+    let mut errors = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        match set_path(table, &path, raw) {
+            Ok(key) => {
+                keys.insert(key);
+            }
+            Err(message) => errors.push(ConfigError::new(format!("environment {name}"), message)),
+        }
+    }
+    (keys, errors)
+}
+
+/// Sets the value at `path`, creating tables on the way (and appending a table to a list
+/// when the index is one past its end). Returns the key path.
+fn set_path(table: &mut Table, path: &[String], raw: String) -> Result<String, String> {
+    if path.iter().any(|s| s.is_empty()) {
+        return Err("empty key segment".into());
+    }
+    let (first, rest) = path.split_first().ok_or("empty key")?;
+    let mut key = first.clone();
+    let mut current = table
+        .entry(first.clone())
+        .or_insert_with(|| Value::Table(Table::new()));
+    for segment in rest {
+        current = match current {
+            Value::Table(t) => {
+                key.push('.');
+                key.push_str(segment);
+                t.entry(segment.clone())
+                    .or_insert_with(|| Value::Table(Table::new()))
+            }
+            Value::Array(items) => {
+                let index: usize = segment
+                    .parse()
+                    .map_err(|_| format!("{segment:?} is not an index into a list"))?;
+                if index == items.len() {
+                    items.push(Value::Table(Table::new()));
+                }
+                key.push_str(&format!("[{index}]"));
+                items
+                    .get_mut(index)
+                    .ok_or_else(|| format!("index {index} is past the end of the list"))?
+            }
+            _ => return Err(format!("cannot set {segment:?} inside a plain value")),
+        };
+    }
+    *current = Value::String(raw);
+    Ok(key)
+}
+
+/// Deserializes `value`, collecting one error per bad key instead of stopping at the first.
+/// A bad key is removed (so its default applies) and deserialization runs again; the result
+/// is the value with those defaults, so later checks still see the rest of the document.
+///
+/// Environment overrides arrive as strings. Where a key in `env_keys` turns out to need
+/// another type (a number, a boolean), its text is read as a TOML value instead; so `"1234"`
+/// stays a string for a password and becomes a number for `max_in_flight`.
+fn deserialize_all<T: DeserializeOwned>(
+    mut value: Value,
+    prefix: &str,
+    env_keys: &HashSet<String>,
+) -> (Option<T>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    let mut removed: HashSet<String> = HashSet::new();
+    let mut retyped: HashSet<String> = HashSet::new();
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(parsed) => return (Some(parsed), errors),
+            Err(error) => error,
+        };
+        let mut segments: Vec<Segment> = error.path().iter().cloned().collect();
+        let full_message = error.inner().to_string();
+        let message = full_message.lines().next().unwrap_or_default();
+        if let Some(field) = quoted_field(message, "unknown field `") {
+            // serde_path_to_error usually ends the path with the unknown key already.
+            if !matches!(segments.last(), Some(Segment::Map { key }) if *key == field) {
+                segments.push(Segment::Map { key: field });
+            }
+        } else if let Some(field) = quoted_field(message, "missing field `") {
+            let mut key_segments = segments.clone();
+            key_segments.push(Segment::Map { key: field });
+            let key = key_path(prefix, &key_segments);
+            // A key we removed because its value was bad is already reported.
+            if !removed.contains(&key) {
+                errors.push(ConfigError::new(key, "required key is missing"));
+            }
+            return (None, errors);
+        }
+        let key = key_path(prefix, &segments);
+        if env_keys.contains(&key) && retyped.insert(key.clone()) {
+            if let Some(slot) = value_at(&mut value, &segments) {
+                if let Value::String(text) = slot {
+                    if let Ok(mut parsed) = format!("v = {text}").parse::<Table>() {
+                        if let Some(typed) = parsed.remove("v") {
+                            *slot = typed;
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        let message = message.split(", expected one of").next().unwrap_or(message);
+        errors.push(ConfigError::new(key.clone(), message));
+        if !removed.insert(key) || !remove_at(&mut value, &segments) {
+            return (None, errors);
+        }
+    }
+}
+
+fn quoted_field(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn key_path(prefix: &str, segments: &[Segment]) -> String {
+    let mut key = prefix.to_string();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    if key.is_empty() {
+        key.push_str("(top level)");
+    }
+    key
+}
+
+fn value_at<'v>(value: &'v mut Value, segments: &[Segment]) -> Option<&'v mut Value> {
+    let mut current = value;
+    for segment in segments {
+        current = match (segment, current) {
+            (Segment::Map { key }, Value::Table(t)) => t.get_mut(key)?,
+            (Segment::Seq { index }, Value::Array(a)) => a.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    Some(current)
+}
+
+fn remove_at(value: &mut Value, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    match (last, value_at(value, parents)) {
+        (Segment::Map { key }, Some(Value::Table(t))) => t.remove(key).is_some(),
+        // A bad list element: empty the list so the rest of the document is still checked.
+        (Segment::Seq { .. }, Some(Value::Array(a))) => {
+            a.clear();
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MINIMAL: &str = r#"
+        [upstream]
+        base_url = "http://127.0.0.1:8080"
+
+        [[routes]]
+        name = "get-order"
+        subject = "orders.{id}.get"
+        method = "GET"
+        path = "/orders/{id}"
+    "#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = load_str(MINIMAL, no_env()).unwrap();
+        assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(config.nats.queue_group, "ricochet");
+        assert_eq!(config.upstream.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.routes[0].max_in_flight, 64);
+        assert_eq!(config.admin.listen.port(), 9464);
+    }
+
+    #[test]
+    fn environment_overrides_any_key() {
+        let env = vec![
+            (
+                "RICOCHET__UPSTREAM__REQUEST_TIMEOUT".to_string(),
+                "250ms".to_string(),
+            ),
+            (
+                "RICOCHET__ROUTES__0__MAX_IN_FLIGHT".to_string(),
+                "8".to_string(),
+            ),
+            (
+                "RICOCHET__NATS__URL".to_string(),
+                "nats://10.0.0.1:4222".to_string(),
+            ),
+            ("RICOCHET__NATS__PASSWORD".to_string(), "1234".to_string()),
+            ("RICOCHET__NATS__USER".to_string(), "svc".to_string()),
+            ("RICOCHET__ROUTES__0__NAME".to_string(), "42".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = load_str(MINIMAL, env).unwrap();
+        assert_eq!(config.upstream.request_timeout, Duration::from_millis(250));
+        assert_eq!(config.routes[0].max_in_flight, 8);
+        assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
+        // A numeric-looking value stays a string where a string is expected.
+        assert_eq!(config.nats.password.unwrap().expose(), "1234");
+        assert_eq!(config.routes[0].name, "42");
+    }
+
+    #[test]
+    fn environment_override_errors_name_the_variable() {
+        let env = vec![("RICOCHET__ROUTES__7__NAME".to_string(), "x".to_string())];
+        let errors = load_str(MINIMAL, env).unwrap_err().0;
+        assert_eq!(errors[0].key, "environment RICOCHET__ROUTES__7__NAME");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            [nats]
+            url = "nats://127.0.0.1:4222"
+            colour = "blue"
+
+            [upstream]
+            base_url = "ftp://example"
+            request_timeout = "5 fortnights"
+
+            [admin]
+            listen = "not an address"
+
+            [[routes]]
+            name = "a"
+            subject = "orders..get"
+            method = "G T"
+            path = "orders/{id}"
+            max_in_flight = 0
+
+            [[routes]]
+            name = "a"
+            subject = "x.{id}"
+            path = "/x/{other}"
+            max_payload = "12 parsecs"
+        "#;
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "nats.colour",
+            "upstream.request_timeout",
+            "admin.listen",
+            "routes[1].max_payload",
+            "upstream.base_url",
+            "routes[0].subject",
+            "routes[0].method",
+            "routes[0].path",
+            "routes[0].max_in_flight",
+            "routes[1].name",
+            "routes[1].path",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn missing_required_keys_are_reported() {
+        let errors = load_str("[[routes]]\nname = \"x\"\n", no_env())
+            .unwrap_err()
+            .0;
+        assert!(errors
+            .iter()
+            .any(|e| e.key == "upstream" && e.message.contains("missing")));
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let errors = load_str("[upstream\n", no_env()).unwrap_err().0;
+        assert!(errors[0].message.contains("TOML"));
+    }
+}

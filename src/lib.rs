@@ -1,0 +1,109 @@
+//! ricochet: a sidecar that lets event-native services call REST services.
+//!
+//! It consumes request messages from NATS, calls the HTTP service that runs next to it and
+//! publishes the HTTP response as the reply. Every message takes the same path:
+//!
+//! ```text
+//! source -> route -> validate -> map to HTTP -> invoke -> map to reply -> publish -> settle
+//! ```
+//!
+//! - [`source`] turns broker messages into [`source::Inbound`] and runs the intake loop;
+//! - [`route`] matches subjects against patterns with named captures;
+//! - [`mapping`] is the pure message <-> HTTP mapping (the message contract);
+//! - [`invoke`] owns the HTTP client and classifies every result once;
+//! - [`reply`] publishes replies;
+//! - [`pipeline`] takes one message through all of it;
+//! - [`telemetry`] holds metric names, logging and the admin server;
+//! - [`config`] loads and validates the configuration.
+
+pub mod config;
+pub mod invoke;
+pub mod mapping;
+pub mod pipeline;
+pub mod reply;
+pub mod route;
+pub mod source;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::reply::NatsReplier;
+use crate::telemetry::Health;
+
+/// Runs the bridge until `shutdown` resolves, then stops intake, lets in-flight messages
+/// finish within `shutdown.grace_period`, flushes their replies and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = telemetry::metrics::install()?;
+    let health = Arc::new(Health::default());
+    let admin = telemetry::admin::serve(config.admin.listen, metrics, health.clone())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("admin server cannot listen on {}: {e}", config.admin.listen)
+        })?;
+    info!(%admin, "admin server listening (/healthz, /readyz, /metrics)");
+
+    let client = source::nats::connect(&config.nats).await?;
+    health.set_client(client.clone());
+    let pipeline = Arc::new(Pipeline::new(&config, NatsReplier::new(client.clone()))?);
+    let subscribers = source::nats::subscribe(&client, &pipeline).await?;
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut intakes = JoinSet::new();
+    for subscriber in subscribers {
+        intakes.spawn(source::nats::intake(
+            subscriber,
+            pipeline.clone(),
+            tracker.clone(),
+            stop.clone(),
+        ));
+    }
+
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = source::nats::confirm_subscriptions(&client) => {
+            result?;
+            health.set_subscribed();
+            info!(routes = config.routes.len(), "ready");
+            shutdown.as_mut().await;
+        }
+        _ = shutdown.as_mut() => {}
+    }
+
+    let grace = config.shutdown.grace_period;
+    info!(
+        ?grace,
+        "shutting down: draining subscriptions and finishing in-flight messages"
+    );
+    health.set_shutting_down();
+    stop.cancel();
+    let deadline = tokio::time::Instant::now() + grace;
+    let drained = tokio::time::timeout_at(deadline, async {
+        while intakes.join_next().await.is_some() {}
+        tracker.close();
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            abandoned = tracker.len(),
+            "grace period over; exiting with messages still in flight"
+        );
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(5), client.flush())
+        .await
+        .is_err()
+    {
+        warn!("could not flush the last replies to NATS");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The `ricochet` command: `run` the bridge, `check` a configuration, or send one test
+//! `request` over NATS.
+
+mod request_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ricochet::config::{self, EXIT_INVALID_CONFIG};
+
+#[derive(Parser)]
+#[command(
+    name = "ricochet",
+    version,
+    about = "A sidecar that answers NATS requests by calling a REST service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge.
+    Run {
+        #[arg(long, short, default_value = "config/ricochet.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print every problem; exit 64 when invalid.
+    Check {
+        #[arg(long, short, default_value = "config/ricochet.toml")]
+        config: PathBuf,
+    },
+    /// Send one NATS request and print the reply's status, headers and body.
+    Request(request_cmd::RequestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(loaded) => {
+                println!(
+                    "{}: valid ({} routes)",
+                    config.display(),
+                    loaded.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{}: {errors}", config.display());
+                ExitCode::from(EXIT_INVALID_CONFIG as u8)
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match config::load(&config) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    eprint!("{}: {errors}", config.display());
+                    return ExitCode::from(EXIT_INVALID_CONFIG as u8);
+                }
+            };
+            ricochet::telemetry::logging::init(&loaded.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ricochet::run(loaded, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Request(args) => request_cmd::run(args),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,186 @@
+//! Which headers cross between messages and HTTP.
+//!
+//! Never crossing, in either direction: hop-by-hop headers (and those a `Connection` header
+//! names), `Host`, `Content-Length`, the broker's own headers (`Nats-*`) and ricochet's own
+//! (`Ricochet-*`), which ricochet sets itself. On top of that each route has an allow list
+//! (empty = everything) and a deny list.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::MapError;
+use crate::config::HeaderFilterConfig;
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Allow/deny lists of one direction of one route.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderFilter {
+    allow: Vec<HeaderName>,
+    deny: Vec<HeaderName>,
+}
+
+impl HeaderFilter {
+    /// Names were checked by config validation; an invalid one is skipped here.
+    pub fn from_config(config: &HeaderFilterConfig) -> Self {
+        let parse = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect()
+        };
+        Self {
+            allow: parse(&config.allow),
+            deny: parse(&config.deny),
+        }
+    }
+
+    fn permits(&self, name: &HeaderName) -> bool {
+        (self.allow.is_empty() || self.allow.contains(name)) && !self.deny.contains(name)
+    }
+}
+
+/// Headers ricochet never forwards, whatever the route's lists say.
+fn is_reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    HOP_BY_HOP.contains(&lower.as_str())
+        || lower == "host"
+        || lower == "content-length"
+        || lower.starts_with("nats-")
+        || lower.starts_with("ricochet-")
+}
+
+/// Names listed in `Connection` headers: hop-by-hop for this one message.
+fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    headers
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+/// Message headers -> HTTP request headers. A header that is not valid HTTP is an error
+/// (the message gets a 400) rather than silently dropped.
+pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<HeaderMap, MapError> {
+    let listed = connection_listed(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if is_reserved(name) || listed.iter().any(|l| name.eq_ignore_ascii_case(l)) {
+            continue;
+        }
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| MapError::Header(name.clone()))?;
+        if !filter.permits(&header_name) {
+            continue;
+        }
+        let header_value =
+            HeaderValue::from_str(value).map_err(|_| MapError::Header(name.clone()))?;
+        out.append(header_name, header_value);
+    }
+    Ok(out)
+}
+
+/// HTTP response headers -> reply headers. Values that are not text are skipped: a NATS
+/// header cannot carry them, and the rest of the response is still worth delivering.
+pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> Vec<(String, String)> {
+    let listed = connection_listed(
+        headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+    );
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !is_reserved(name.as_str())
+                && !listed.iter().any(|l| l == name.as_str())
+                && filter.permits(name)
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reserved_headers_never_reach_http() {
+        let headers = pairs(&[
+            ("X-Request-Id", "abc"),
+            ("Connection", "close, X-Secret-Hop"),
+            ("X-Secret-Hop", "1"),
+            ("Keep-Alive", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Host", "evil.example"),
+            ("Content-Length", "999"),
+            ("Nats-Msg-Id", "m1"),
+            ("Nats-Expected-Stream", "S"),
+            ("Ricochet-Status", "200"),
+            ("traceparent", "00-abc-def-01"),
+            ("Accept", "a"),
+            ("Accept", "b"),
+        ]);
+        let out = to_http(&headers, &HeaderFilter::default()).unwrap();
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-request-id", "traceparent", "accept"]);
+        assert_eq!(out.get_all("accept").iter().count(), 2);
+    }
+
+    #[test]
+    fn allow_and_deny_lists_apply() {
+        let headers = pairs(&[("X-A", "1"), ("X-B", "2"), ("X-C", "3")]);
+        let filter = HeaderFilter::from_config(&HeaderFilterConfig {
+            allow: vec!["x-a".into(), "X-B".into()],
+            deny: vec!["x-b".into()],
+        });
+        let out = to_http(&headers, &filter).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out["x-a"], "1");
+    }
+
+    #[test]
+    fn invalid_http_headers_are_an_error() {
+        let err = to_http(&pairs(&[("Bad Name", "x")]), &HeaderFilter::default()).unwrap_err();
+        assert!(matches!(err, MapError::Header(n) if n == "Bad Name"));
+        let err =
+            to_http(&pairs(&[("X-Ok", "line\nbreak")]), &HeaderFilter::default()).unwrap_err();
+        assert!(matches!(err, MapError::Header(_)));
+    }
+
+    #[test]
+    fn response_headers_drop_reserved_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-length", HeaderValue::from_static("2"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("nats-msg-id", HeaderValue::from_static("spoof"));
+        headers.insert("x-trace", HeaderValue::from_static("t"));
+        headers.insert("x-binary", HeaderValue::from_bytes(b"\xff").unwrap());
+        let out = from_http(&headers, &HeaderFilter::default());
+        assert_eq!(
+            out,
+            vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("x-trace".to_string(), "t".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! `http::Response` -> [`Reply`], and the error replies ricochet produces itself.
+//!
+//! Every reply carries the HTTP status in `Ricochet-Status`. Replies with status >= 400 also
+//! carry `Nats-Service-Error` and `Nats-Service-Error-Code`, the NATS service API convention.
+//! Errors ricochet produces itself add `Ricochet-Error: <kind>` and a JSON body
+//! `{"error": "...", "code": N}`.
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::headers::{self, HeaderFilter};
+
+pub const STATUS_HEADER: &str = "Ricochet-Status";
+pub const ERROR_KIND_HEADER: &str = "Ricochet-Error";
+pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
+pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// Errors that ricochet answers itself, without (or instead of) the service's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The message cannot be mapped to an HTTP request.
+    BadRequest,
+    /// No route matches the subject.
+    NoRoute,
+    /// The message is larger than the route's `max_payload`.
+    PayloadTooLarge,
+    /// The service could not be reached, broke the connection or answered unusably.
+    UpstreamUnavailable,
+    /// The service did not answer within the timeout.
+    Timeout,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable name: the `Ricochet-Error` header value and the `kind` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+/// What gets published back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The service's own answer.
+    pub fn from_response(
+        status: StatusCode,
+        response_headers: &http::HeaderMap,
+        body: Bytes,
+        filter: &HeaderFilter,
+    ) -> Self {
+        let mut headers = headers::from_http(response_headers, filter);
+        headers.push((STATUS_HEADER.into(), status.as_str().into()));
+        if status.as_u16() >= 400 {
+            let description = status
+                .canonical_reason()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+            headers.push((SERVICE_ERROR_HEADER.into(), description));
+            headers.push((SERVICE_ERROR_CODE_HEADER.into(), status.as_str().into()));
+        }
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// An error ricochet answers itself. `detail` must not contain secrets: it is sent to
+    /// the caller.
+    pub fn error(kind: ErrorKind, detail: &str) -> Self {
+        let status = kind.status();
+        let body = serde_json::json!({ "error": detail, "code": status.as_u16() });
+        Self {
+            status,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                (STATUS_HEADER.into(), status.as_str().into()),
+                (ERROR_KIND_HEADER.into(), kind.as_str().into()),
+                (SERVICE_ERROR_HEADER.into(), single_line(detail)),
+                (SERVICE_ERROR_CODE_HEADER.into(), status.as_str().into()),
+            ],
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Header values cannot hold line breaks.
+fn single_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn success_carries_status_and_headers_but_no_error_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-order", HeaderValue::from_static("42"));
+        let reply = Reply::from_response(
+            StatusCode::CREATED,
+            &h,
+            Bytes::from_static(b"ok"),
+            &HeaderFilter::default(),
+        );
+        assert_eq!(reply.header("Ricochet-Status"), Some("201"));
+        assert_eq!(reply.header("x-order"), Some("42"));
+        assert_eq!(reply.header(SERVICE_ERROR_HEADER), None);
+        assert_eq!(reply.body.as_ref(), b"ok");
+    }
+
+    #[test]
+    fn service_errors_follow_the_nats_service_convention() {
+        let reply = Reply::from_response(
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            Bytes::from_static(b"nope"),
+            &HeaderFilter::default(),
+        );
+        assert_eq!(reply.header(SERVICE_ERROR_HEADER), Some("Not Found"));
+        assert_eq!(reply.header(SERVICE_ERROR_CODE_HEADER), Some("404"));
+        assert_eq!(reply.header(ERROR_KIND_HEADER), None);
+        assert_eq!(reply.body.as_ref(), b"nope");
+    }
+
+    #[test]
+    fn own_errors_have_json_bodies() {
+        let reply = Reply::error(ErrorKind::Timeout, "upstream did not answer within 5s\n");
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(reply.header(ERROR_KIND_HEADER), Some("timeout"));
+        assert_eq!(reply.header(SERVICE_ERROR_CODE_HEADER), Some("504"));
+        assert!(!reply.header(SERVICE_ERROR_HEADER).unwrap().contains('\n'));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["code"], 504);
+        assert_eq!(body["error"], "upstream did not answer within 5s\n");
+    }
+}

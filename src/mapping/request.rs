@@ -1,0 +1,157 @@
+//! `Inbound` -> `http::Request`: method and path from the route, headers filtered, body
+//! unchanged. The scheme and authority always come from `upstream.base_url`.
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Method, Request, Uri};
+
+use super::headers::{self, HeaderFilter};
+use super::PathTemplate;
+use crate::config::{RouteConfig, UpstreamConfig};
+use crate::route::Pattern;
+use crate::source::Inbound;
+
+/// Why a message could not become an HTTP request. Always the caller's fault: a 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("subject token {{{name}}} {reason}")]
+    HostileToken { name: String, reason: &'static str },
+    #[error("header {0:?} is not a valid HTTP header")]
+    Header(String),
+    #[error("the request path is not a valid URI")]
+    Uri,
+}
+
+/// Everything needed to build the HTTP request of one route, prepared at start-up.
+#[derive(Debug, Clone)]
+pub struct RequestMapping {
+    method: Method,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of `upstream.base_url`, without a trailing '/'.
+    base_path: String,
+    template: PathTemplate,
+    content_type: Option<HeaderValue>,
+    headers: HeaderFilter,
+}
+
+impl RequestMapping {
+    /// Built from a validated config; an error here means validation missed something.
+    pub fn new(
+        route: &RouteConfig,
+        upstream: &UpstreamConfig,
+        pattern: &Pattern,
+    ) -> Result<Self, String> {
+        let base: Uri = upstream.base_url.parse().map_err(|e| format!("{e}"))?;
+        let parts = base.into_parts();
+        Ok(Self {
+            method: Method::from_bytes(route.method.as_bytes()).map_err(|e| e.to_string())?,
+            scheme: parts.scheme.ok_or("base_url has no scheme")?,
+            authority: parts.authority.ok_or("base_url has no host")?,
+            base_path: parts
+                .path_and_query
+                .map(|p| p.path().trim_end_matches('/').to_string())
+                .unwrap_or_default(),
+            template: PathTemplate::parse(&route.path, pattern.capture_names())
+                .map_err(|e| e.to_string())?,
+            content_type: route
+                .content_type
+                .as_deref()
+                .map(HeaderValue::from_str)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            headers: HeaderFilter::from_config(&route.request_headers),
+        })
+    }
+
+    pub fn build(&self, inbound: &Inbound, captures: &[&str]) -> Result<Request<Bytes>, MapError> {
+        let path = self.template.render(captures)?;
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.base_path, path))
+            .build()
+            .map_err(|_| MapError::Uri)?;
+        let mut headers = headers::to_http(&inbound.headers, &self.headers)?;
+        if let Some(content_type) = &self.content_type {
+            headers
+                .entry(CONTENT_TYPE)
+                .or_insert_with(|| content_type.clone());
+        }
+        let mut request = Request::new(inbound.payload.clone());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use std::time::Instant;
+
+    fn mapping(base_url: &str, extra: &str) -> (RequestMapping, Pattern) {
+        let text = format!(
+            "[upstream]\nbase_url = \"{base_url}\"\n[[routes]]\nname = \"r\"\nsubject = \"orders.{{id}}.get\"\nmethod = \"GET\"\npath = \"/orders/{{id}}\"\n{extra}"
+        );
+        let config = load_str(&text, Vec::new()).unwrap();
+        let pattern = Pattern::parse(&config.routes[0].subject).unwrap();
+        let m = RequestMapping::new(&config.routes[0], &config.upstream, &pattern).unwrap();
+        (m, pattern)
+    }
+
+    fn inbound(headers: &[(&str, &str)]) -> Inbound {
+        Inbound {
+            subject: "orders.42.get".into(),
+            reply: Some("_INBOX.x".into()),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            payload: Bytes::from_static(b"{\"a\":1}"),
+            received: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn builds_method_uri_headers_and_body() {
+        let (m, _) = mapping(
+            "http://127.0.0.1:8080/api/",
+            "content_type = \"application/json\"",
+        );
+        let request = m.build(&inbound(&[("X-Id", "7")]), &["42"]).unwrap();
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "http://127.0.0.1:8080/api/orders/42");
+        assert_eq!(request.headers()["x-id"], "7");
+        assert_eq!(request.headers()["content-type"], "application/json");
+        assert_eq!(request.body().as_ref(), b"{\"a\":1}");
+    }
+
+    #[test]
+    fn message_content_type_wins_over_route_default() {
+        let (m, _) = mapping("http://h:1", "content_type = \"application/json\"");
+        let request = m
+            .build(&inbound(&[("Content-Type", "text/plain")]), &["1"])
+            .unwrap();
+        assert_eq!(request.headers()["content-type"], "text/plain");
+    }
+
+    #[test]
+    fn a_token_cannot_change_the_authority() {
+        let (m, _) = mapping("http://127.0.0.1:8080", "");
+        for token in ["@evil.com", "evil.com:80", "//evil.com", "http:%2F%2Fevil"] {
+            let request = m.build(&inbound(&[]), &[token]).unwrap();
+            assert_eq!(
+                request.uri().authority().unwrap(),
+                "127.0.0.1:8080",
+                "{token}"
+            );
+            assert_eq!(request.uri().scheme_str(), Some("http"));
+            assert!(request.uri().path().starts_with("/orders/"));
+        }
+        assert!(m.build(&inbound(&[]), &["..%2f"]).is_err());
+    }
+}

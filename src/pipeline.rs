@@ -1,0 +1,167 @@
+//! One message through the whole flow:
+//!
+//! ```text
+//! route -> check size -> map to HTTP -> invoke -> map to reply -> publish
+//! ```
+//!
+//! The source decides concurrency (a permit of the route's `max_in_flight` per message);
+//! this module decides what happens to one message, and records its metrics and logs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::invoke::{classify, Class, Upstream};
+use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
+use crate::reply::NatsReplier;
+use crate::route::{Captures, Pattern, RouteTable};
+use crate::source::Inbound;
+use crate::telemetry::metrics::{Outcome, RouteMetrics};
+
+/// A configured route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub pattern: Pattern,
+    pub queue_group: String,
+    request: RequestMapping,
+    response_headers: HeaderFilter,
+    timeout: Duration,
+    max_payload: usize,
+    /// Permits for `max_in_flight`; the source holds one per message being processed.
+    pub limit: Arc<Semaphore>,
+    pub metrics: RouteMetrics,
+}
+
+pub struct Pipeline {
+    routes: RouteTable<Route>,
+    upstream: Upstream,
+    replier: NatsReplier,
+}
+
+impl Pipeline {
+    /// Built from a validated configuration.
+    pub fn new(config: &Config, replier: NatsReplier) -> anyhow::Result<Self> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let pattern = Pattern::parse(&route.subject)?;
+            let request = RequestMapping::new(route, &config.upstream, &pattern)
+                .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
+            let runtime = Route {
+                name: route.name.clone(),
+                queue_group: route
+                    .queue_group
+                    .clone()
+                    .unwrap_or_else(|| config.nats.queue_group.clone()),
+                request,
+                response_headers: HeaderFilter::from_config(&route.response_headers),
+                timeout: route.timeout_or(&config.upstream),
+                max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
+                limit: Arc::new(Semaphore::new(route.max_in_flight)),
+                metrics: RouteMetrics::new(&route.name, "nats"),
+                pattern: pattern.clone(),
+            };
+            routes.push((pattern, Arc::new(runtime)));
+        }
+        Ok(Self {
+            routes: RouteTable::new(routes),
+            upstream: Upstream::new(&config.upstream),
+            replier,
+        })
+    }
+
+    pub fn routes(&self) -> &RouteTable<Route> {
+        &self.routes
+    }
+
+    /// Processes one routed message and publishes its reply, if it has a reply subject.
+    pub async fn handle(&self, route: &Route, captures: Captures, inbound: Inbound) {
+        route.metrics.received.increment(1);
+        let reply = self.process(route, &captures, &inbound).await;
+        let outcome = match &inbound.reply {
+            Some(subject) => match self.replier.publish(subject, &reply).await {
+                Ok(()) => {
+                    route.metrics.replies_published.increment(1);
+                    Outcome::Replied
+                }
+                Err(e) => {
+                    warn!(route = %route.name, error = %e, "reply not published");
+                    Outcome::PublishFailed
+                }
+            },
+            None => {
+                info!(
+                    route = %route.name,
+                    status = reply.status.as_u16(),
+                    "message without reply subject delivered; nothing to publish"
+                );
+                Outcome::NoReply
+            }
+        };
+        route.metrics.outcome(outcome);
+        route
+            .metrics
+            .message_duration
+            .record(inbound.received.elapsed());
+    }
+
+    /// A message that no route matches (possible only when subscriptions overlap oddly).
+    pub async fn reject_unrouted(&self, inbound: Inbound) {
+        warn!(subject = %inbound.subject, "no route matches the subject");
+        if let Some(subject) = &inbound.reply {
+            let reply = Reply::error(ErrorKind::NoRoute, "no route matches the subject");
+            if let Err(e) = self.replier.publish(subject, &reply).await {
+                warn!(error = %e, "error reply not published");
+            }
+        }
+    }
+
+    async fn process(&self, route: &Route, captures: &Captures, inbound: &Inbound) -> Reply {
+        if inbound.payload.len() > route.max_payload {
+            let detail = format!(
+                "message of {} bytes exceeds the route's max_payload of {} bytes",
+                inbound.payload.len(),
+                route.max_payload
+            );
+            return self.refuse(route, ErrorKind::PayloadTooLarge, &detail);
+        }
+        let values = captures.values(&inbound.subject);
+        let request = match route.request.build(inbound, &values) {
+            Ok(request) => request,
+            Err(e) => return self.refuse(route, ErrorKind::BadRequest, &e.to_string()),
+        };
+        let method = request.method().clone();
+        let started = Instant::now();
+        let result = self.upstream.call(request, route.timeout).await;
+        route.metrics.http_duration.record(started.elapsed());
+        let class = classify(&result.as_ref().map(|r| r.status));
+        match result {
+            Ok(response) => {
+                route.metrics.http_response(response.status);
+                if class != Class::Success {
+                    debug!(route = %route.name, %method, status = response.status.as_u16(), class = class.as_str(), "service answered with an error status");
+                }
+                Reply::from_response(
+                    response.status,
+                    &response.headers,
+                    response.body,
+                    &route.response_headers,
+                )
+            }
+            Err(e) => {
+                warn!(route = %route.name, %method, error = %e, class = class.as_str(), "HTTP call failed");
+                route.metrics.error(e.kind());
+                Reply::error(e.kind(), &e.to_string())
+            }
+        }
+    }
+
+    fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Reply {
+        debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
+        route.metrics.error(kind);
+        Reply::error(kind, detail)
+    }
+}

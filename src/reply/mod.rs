@@ -1,0 +1,5 @@
+//! Publishing replies back to the broker.
+
+pub mod nats;
+
+pub use nats::{NatsReplier, PublishError};

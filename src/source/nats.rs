@@ -1,0 +1,159 @@
+//! The core NATS source: connection, one queue subscription per route, and the intake loop
+//! that hands each message to the pipeline within the route's `max_in_flight`.
+//!
+//! The connection retries at start and reconnects by itself (async-nats re-subscribes);
+//! every change is logged and exported as `ricochet_nats_connected`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::{Client, ConnectOptions, Event, Subscriber};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::Inbound;
+use crate::config::NatsConfig;
+use crate::pipeline::Pipeline;
+use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
+
+/// Connects, retrying in the background when the server is not reachable yet.
+pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
+        .name(&config.name)
+        .connection_timeout(config.connect_timeout)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move { log_event(event) });
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(path) = &config.creds_file {
+        options = options.credentials_file(path).await?;
+    }
+    metrics::gauge!(NATS_CONNECTED).set(0.0);
+    let client = options.connect(config.url.as_str()).await?;
+    Ok(client)
+}
+
+fn log_event(event: Event) {
+    let name = match &event {
+        Event::Connected => "connected",
+        Event::Disconnected => "disconnected",
+        Event::LameDuckMode => "lame_duck_mode",
+        Event::Draining => "draining",
+        Event::Closed => "closed",
+        Event::SlowConsumer(_) => "slow_consumer",
+        Event::ServerError(_) => "server_error",
+        Event::ClientError(_) => "client_error",
+    };
+    metrics::counter!(NATS_EVENTS, "event" => name).increment(1);
+    match event {
+        Event::Connected => {
+            metrics::gauge!(NATS_CONNECTED).set(1.0);
+            info!("connected to NATS");
+        }
+        Event::Disconnected => {
+            metrics::gauge!(NATS_CONNECTED).set(0.0);
+            warn!("disconnected from NATS; reconnecting");
+        }
+        Event::Closed => {
+            metrics::gauge!(NATS_CONNECTED).set(0.0);
+            info!("NATS connection closed");
+        }
+        other => warn!(event = %other, "NATS connection event"),
+    }
+}
+
+/// Subscribes every route with its queue group.
+pub async fn subscribe(client: &Client, pipeline: &Pipeline) -> anyhow::Result<Vec<Subscriber>> {
+    let mut subscribers = Vec::new();
+    for (pattern, route) in pipeline.routes().iter() {
+        let subject = pattern.subscription_subject();
+        let subscriber = client
+            .queue_subscribe(subject.clone(), route.queue_group.clone())
+            .await?;
+        info!(route = %route.name, %subject, queue_group = %route.queue_group, "subscribed");
+        subscribers.push(subscriber);
+    }
+    Ok(subscribers)
+}
+
+/// Resolves once the server has processed every subscription sent before it: a message
+/// to a fresh inbox on the same connection comes back only after the earlier SUBs.
+pub async fn confirm_subscriptions(client: &Client) -> anyhow::Result<()> {
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await?;
+    client.publish(inbox, "ready".into()).await?;
+    probe.next().await;
+    probe.unsubscribe().await?;
+    Ok(())
+}
+
+/// Takes messages from one subscription until `stop`, then drains it: messages the server
+/// already sent are still processed. Each message runs as a task on `tracker`.
+pub async fn intake(
+    mut subscriber: Subscriber,
+    pipeline: Arc<Pipeline>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled(), if !draining => {
+                draining = true;
+                if let Err(e) = subscriber.drain().await {
+                    error!(error = %e, "could not drain the subscription");
+                    break;
+                }
+                continue;
+            }
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else { break };
+        let inbound = to_inbound(message);
+        let Some((route, captures)) = pipeline.routes().find(&inbound.subject) else {
+            let pipeline = pipeline.clone();
+            tracker.spawn(async move { pipeline.reject_unrouted(inbound).await });
+            continue;
+        };
+        let route = route.clone();
+        let Ok(permit) = route.limit.clone().acquire_owned().await else {
+            break;
+        };
+        route.metrics.in_flight.increment(1.0);
+        let pipeline = pipeline.clone();
+        tracker.spawn(async move {
+            pipeline.handle(&route, captures, inbound).await;
+            route.metrics.in_flight.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+fn to_inbound(message: async_nats::Message) -> Inbound {
+    let headers = message
+        .headers
+        .map(|map| {
+            map.iter()
+                .flat_map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(move |value| (name.to_string(), value.as_str().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Inbound {
+        subject: message.subject.to_string(),
+        reply: message.reply.map(|r| r.to_string()),
+        headers,
+        payload: message.payload,
+        received: Instant::now(),
+    }
+}

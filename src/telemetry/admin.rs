@@ -1,0 +1,124 @@
+//! The admin HTTP server: `/healthz` (the process answers), `/readyz` (connected to NATS,
+//! subscribed, not shutting down) and `/metrics` (Prometheus text format).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    nats: OnceLock<async_nats::Client>,
+    subscribed: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn set_client(&self, client: async_nats::Client) {
+        let _ = self.nats.set(client);
+    }
+
+    pub fn set_subscribed(&self) {
+        self.subscribed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err("shutting down");
+        }
+        match self.nats.get().map(|c| c.connection_state()) {
+            Some(async_nats::connection::State::Connected) => {}
+            _ => return Err("not connected to NATS"),
+        }
+        if !self.subscribed.load(Ordering::SeqCst) {
+            return Err("not subscribed yet");
+        }
+        Ok(())
+    }
+}
+
+/// Binds `listen` and serves in the background; returns the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        // Histograms need periodic upkeep when the exporter does not run its own server.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let response = respond(&req, &metrics, &health);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &PrometheusHandle,
+    health: &Health,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match health.ready() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".to_string(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

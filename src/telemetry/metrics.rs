@@ -1,0 +1,150 @@
+//! Metric names, in one place, and the per-route handles the pipeline records into.
+//!
+//! Names follow `ricochet_<what>_<unit>[_total]`. Labels are few and bounded: `route` (from
+//! the configuration), `source`, `outcome`, `class` and `kind` (fixed sets). Never a subject,
+//! message id or anything else a message controls.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::mapping::ErrorKind;
+
+pub const MESSAGES_RECEIVED: &str = "ricochet_messages_received_total";
+pub const MESSAGES_HANDLED: &str = "ricochet_messages_handled_total";
+pub const MESSAGE_DURATION: &str = "ricochet_message_duration_seconds";
+pub const HTTP_RESPONSES: &str = "ricochet_http_responses_total";
+pub const HTTP_DURATION: &str = "ricochet_http_request_duration_seconds";
+pub const REPLIES_PUBLISHED: &str = "ricochet_replies_published_total";
+pub const ERRORS: &str = "ricochet_errors_total";
+pub const IN_FLIGHT: &str = "ricochet_in_flight_messages";
+pub const NATS_CONNECTED: &str = "ricochet_nats_connected";
+pub const NATS_EVENTS: &str = "ricochet_nats_connection_events_total";
+
+/// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(MESSAGES_RECEIVED, "Request messages taken from the broker");
+    describe_counter!(
+        MESSAGES_HANDLED,
+        "Request messages finished, by outcome: replied, no_reply (fire-and-forget), publish_failed"
+    );
+    describe_histogram!(
+        MESSAGE_DURATION,
+        Unit::Seconds,
+        "From receiving a message to publishing its reply"
+    );
+    describe_counter!(
+        HTTP_RESPONSES,
+        "HTTP responses from the service, by status class (2xx, 4xx, ...)"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP calls to the service, including the body"
+    );
+    describe_counter!(REPLIES_PUBLISHED, "Replies published to the broker");
+    describe_counter!(
+        ERRORS,
+        "Errors by kind: ricochet's own error replies and failed publishes"
+    );
+    describe_gauge!(IN_FLIGHT, "Messages being processed right now");
+    describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
+    describe_counter!(
+        NATS_EVENTS,
+        "NATS connection events (connected, disconnected, ...)"
+    );
+}
+
+/// Outcome of one message, the `outcome` label of [`MESSAGES_HANDLED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Replied,
+    NoReply,
+    PublishFailed,
+}
+
+const ERROR_KINDS: [ErrorKind; 5] = [
+    ErrorKind::BadRequest,
+    ErrorKind::NoRoute,
+    ErrorKind::PayloadTooLarge,
+    ErrorKind::UpstreamUnavailable,
+    ErrorKind::Timeout,
+];
+
+/// Handles registered once per route, so the hot path never formats a label.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    pub received: Counter,
+    pub in_flight: Gauge,
+    pub http_duration: Histogram,
+    pub message_duration: Histogram,
+    pub replies_published: Counter,
+    /// Indexed by status / 100 - 1 (1xx .. 5xx).
+    http_responses: [Counter; 5],
+    errors: [Counter; 5],
+    publish_errors: Counter,
+    outcomes: [Counter; 3],
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, source: &'static str) -> Self {
+        let route = route.to_string();
+        let class =
+            |c: &'static str| counter!(HTTP_RESPONSES, "route" => route.clone(), "class" => c);
+        let outcome =
+            |o: &'static str| counter!(MESSAGES_HANDLED, "route" => route.clone(), "outcome" => o);
+        Self {
+            received: counter!(MESSAGES_RECEIVED, "route" => route.clone(), "source" => source),
+            in_flight: gauge!(IN_FLIGHT, "route" => route.clone()),
+            http_duration: histogram!(HTTP_DURATION, "route" => route.clone()),
+            message_duration: histogram!(MESSAGE_DURATION, "route" => route.clone()),
+            replies_published: counter!(REPLIES_PUBLISHED, "route" => route.clone()),
+            http_responses: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            errors: ERROR_KINDS
+                .map(|k| counter!(ERRORS, "route" => route.clone(), "kind" => k.as_str())),
+            publish_errors: counter!(ERRORS, "route" => route.clone(), "kind" => "publish_failed"),
+            outcomes: [
+                outcome("replied"),
+                outcome("no_reply"),
+                outcome("publish_failed"),
+            ],
+        }
+    }
+
+    pub fn http_response(&self, status: http::StatusCode) {
+        let index = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.http_responses[index].increment(1);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        let index = ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[index].increment(1);
+    }
+
+    pub fn outcome(&self, outcome: Outcome) {
+        if outcome == Outcome::PublishFailed {
+            self.publish_errors.increment(1);
+        }
+        self.outcomes[outcome as usize].increment(1);
+    }
+}

@@ -1,0 +1,305 @@
+//! Test harness: a scripted upstream HTTP server on port 0, the ricochet binary started as
+//! a child process with a generated config, and helpers for NATS and the admin endpoints.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A subject prefix no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", nuid::next().to_string().to_lowercase())
+}
+
+pub async fn nats() -> async_nats::Client {
+    async_nats::connect(nats_url())
+        .await
+        .expect("NATS is running (see README)")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type Reply = Response<Full<Bytes>>;
+type Handler = Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// A scripted HTTP service that records every request it gets.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let record = record.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method,
+                                path_and_query: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            record.lock().unwrap().push(seen.clone());
+                            Ok::<_, Infallible>(handler(seen).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// Answers 200 with the request body and an `x-echo-path` header.
+    pub async fn echo() -> Self {
+        Self::start(|seen| async move {
+            Response::builder()
+                .header("x-echo-path", seen.path_and_query.clone())
+                .header("content-type", "text/plain")
+                .body(Full::new(seen.body))
+                .unwrap()
+        })
+        .await
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until the upstream has seen `count` requests, or panics after 10 s.
+    pub async fn wait_for_calls(&self, count: usize) {
+        for _ in 0..1000 {
+            if self.calls() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("upstream saw {} calls, expected {count}", self.calls());
+    }
+}
+
+pub fn respond(status: u16, body: &'static str) -> Reply {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// A config with the given upstream, a free admin port and `routes` (TOML text).
+pub fn config(base_url: &str, admin_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[nats]
+url = "{nats}"
+
+[upstream]
+base_url = "{base_url}"
+request_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+{extra}
+"#,
+        nats = nats_url()
+    )
+}
+
+/// The ricochet binary running as a child process.
+pub struct Ricochet {
+    child: Child,
+    pub admin_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Ricochet {
+    /// Starts ricochet with `toml` (which must use `admin_port`) and waits until `/readyz`.
+    pub async fn start(toml: &str, admin_port: u16) -> Self {
+        let ricochet = Self::spawn(toml, admin_port);
+        ricochet.wait_ready().await;
+        ricochet
+    }
+
+    /// Starts ricochet without waiting for readiness.
+    pub fn spawn(toml: &str, admin_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ricochet.toml");
+        std::fs::write(&config, toml).unwrap();
+        let log = std::fs::File::create(dir.path().join("ricochet.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ricochet"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "ricochet=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            admin_port,
+            dir,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("ricochet.log")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..500 {
+            if let Ok((200, _)) = self.admin_get("/readyz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("ricochet did not become ready; logs:\n{}", self.logs());
+    }
+
+    /// GET on the admin server: status code and body.
+    pub async fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.unwrap().1
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("ricochet did not exit; logs:\n{}", self.logs()))
+            .unwrap()
+    }
+}
+
+impl Drop for Ricochet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- ricochet logs ---\n{}", self.logs());
+        }
+    }
+}
+
+/// Header value of a NATS reply, if present.
+pub fn header(message: &async_nats::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
+/// Sum of the samples of `name` whose labels contain every `label="value"` in `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
