@@ -1,0 +1,165 @@
+//! The command line: `check` reports every problem, `request` prints a reply.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn ricochet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ricochet"))
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = ricochet()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/ricochet.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn check_reports_every_problem_with_its_key_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+password = "s3cret-value"
+typo = 1
+
+[upstream]
+base_url = "http://127.0.0.1:8080"
+request_timeout = "soon"
+
+[[routes]]
+name = "get-order"
+subject = "orders.{id}.get"
+method = "GET"
+path = "/orders/{order_id}"
+
+[[routes]]
+name = "get-order"
+subject = "orders.>.x"
+path = "/x"
+max_in_flight = 0
+"#,
+    )
+    .unwrap();
+    let out = ricochet()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "nats.password:",
+        "nats.typo:",
+        "upstream.request_timeout:",
+        "routes[0].path:",
+        "routes[1].name:",
+        "routes[1].subject:",
+        "routes[1].max_in_flight:",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("s3cret-value"),
+        "secrets never reach error output"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_config_with_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[upstream]\nbase_url = \"ftp://x\"\n").unwrap();
+    let out = ricochet()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upstream.base_url") && stderr.contains("routes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = ricochet()
+        .args(["check", "--config", "/nonexistent/ricochet.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test]
+async fn request_prints_status_headers_and_body() {
+    let upstream = Upstream::echo().await;
+    let prefix = unique("cli");
+    let admin = free_port();
+    let routes = format!(
+        "[[routes]]\nname = \"cli\"\nsubject = \"{prefix}.{{id}}\"\nmethod = \"PUT\"\npath = \"/items/{{id}}\"\n"
+    );
+    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ricochet"))
+        .args([
+            "request",
+            &format!("{prefix}.9"),
+            "--data",
+            "hello",
+            "--header",
+            "X-Test=1",
+            "--timeout",
+            "5s",
+        ])
+        .args(["--nats-url", &nats_url()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("status: 200\n"), "{stdout}");
+    assert!(stdout.contains("x-echo-path: /items/9"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("hello"), "{stdout}");
+    assert_eq!(upstream.seen()[0].headers["x-test"], "1");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ricochet"))
+        .args([
+            "request",
+            &format!("{prefix}-nobody.here"),
+            "--timeout",
+            "1s",
+            "--nats-url",
+            &nats_url(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody listens"));
+}

@@ -1,0 +1,139 @@
+//! Broker outages: this test runs its own nats-server on a free port (never the shared one),
+//! starts ricochet before the server exists, then restarts the server under it.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct NatsServer(Child);
+
+impl NatsServer {
+    fn start(port: u16) -> Self {
+        let child = Command::new("/usr/sbin/nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed at /usr/sbin/nats-server");
+        Self(child)
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn connect(port: u16) -> async_nats::Client {
+    for _ in 0..200 {
+        if let Ok(client) = async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("own nats-server did not start");
+}
+
+async fn wait_not_ready(ricochet: &Ricochet) -> String {
+    for _ in 0..500 {
+        let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
+        if status == 503 {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("ricochet stayed ready while NATS was down");
+}
+
+#[tokio::test]
+async fn survives_a_missing_then_restarted_nats_server() {
+    let upstream = Upstream::echo().await;
+    let port = free_port();
+    let admin = free_port();
+    let toml = format!(
+        r#"
+[nats]
+url = "nats://127.0.0.1:{port}"
+connect_timeout = "500ms"
+
+[upstream]
+base_url = "{}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "ping"
+subject = "ping"
+path = "/ping"
+"#,
+        upstream.base_url()
+    );
+
+    // No server yet: ricochet runs, keeps retrying, and says it is not ready.
+    let ricochet = Ricochet::spawn(&toml, admin);
+    let mut health = (0, String::new());
+    for _ in 0..500 {
+        if let Ok(answer) = ricochet.admin_get("/healthz").await {
+            health = answer;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health.0, 200, "alive while NATS is unreachable");
+    assert!(wait_not_ready(&ricochet).await.contains("not connected"));
+
+    let server = NatsServer::start(port);
+    ricochet.wait_ready().await;
+    let client = connect(port).await;
+    let reply = client
+        .request("ping", "one".into())
+        .await
+        .expect("reply after late start");
+    assert_eq!(reply.payload.as_ref(), b"one");
+    drop(client);
+
+    // The server goes away and comes back on the same port.
+    server.kill();
+    wait_not_ready(&ricochet).await;
+    let _server = NatsServer::start(port);
+    ricochet.wait_ready().await;
+    let client = connect(port).await;
+    let mut answered = None;
+    for _ in 0..100 {
+        match client.request("ping", "two".into()).await {
+            Ok(reply) => {
+                answered = Some(reply);
+                break;
+            }
+            // The re-subscription may trail readiness of a fresh client by a moment.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(
+        answered.expect("reply after restart").payload.as_ref(),
+        b"two"
+    );
+    let logs = ricochet.logs();
+    assert!(logs.contains("disconnected from NATS"), "{logs}");
+    assert!(logs.matches("connected to NATS").count() >= 2, "{logs}");
+    let metrics = ricochet.metrics().await;
+    assert_eq!(metric(&metrics, "ricochet_nats_connected", &[]), 1.0);
+    assert!(
+        metric(
+            &metrics,
+            "ricochet_nats_connection_events_total",
+            &["event=\"disconnected\""]
+        ) >= 1.0
+    );
+}
