@@ -1,20 +1,23 @@
 //! One message through the whole flow:
 //!
 //! ```text
-//! route -> check size -> map to HTTP -> invoke -> map to reply -> publish
+//! route -> check size -> deadline -> map to HTTP -> invoke -> map to reply -> publish
 //! ```
 //!
 //! The source decides concurrency (a permit of the route's `max_in_flight` per message);
 //! this module decides what happens to one message, and records its metrics and logs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::invoke::{classify, Class, Upstream};
+use crate::invoke::{Failure, RouteInvoker, Upstream};
+use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
 use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::NatsReplier;
 use crate::route::{Captures, Pattern, RouteTable};
@@ -29,7 +32,10 @@ pub struct Route {
     pub queue_group: String,
     request: RequestMapping,
     response_headers: HeaderFilter,
-    timeout: Duration,
+    /// Limit, breaker and retries around the HTTP call.
+    pub invoker: RouteInvoker,
+    /// The message's deadline, measured from its receipt.
+    total_timeout: Duration,
     max_payload: usize,
     /// Permits for `max_in_flight`; the source holds one per message being processed.
     pub limit: Arc<Semaphore>,
@@ -58,7 +64,8 @@ impl Pipeline {
                     .unwrap_or_else(|| config.nats.queue_group.clone()),
                 request,
                 response_headers: HeaderFilter::from_config(&route.response_headers),
-                timeout: route.timeout_or(&config.upstream),
+                invoker: RouteInvoker::new(route, &config.upstream),
+                total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
                 metrics: RouteMetrics::new(&route.name, "nats"),
@@ -128,21 +135,25 @@ impl Pipeline {
             );
             return self.refuse(route, ErrorKind::PayloadTooLarge, &detail);
         }
+        let deadline = match self.deadline(route, inbound) {
+            Ok(deadline) => deadline,
+            Err(detail) => return self.refuse(route, ErrorKind::BadRequest, &detail),
+        };
         let values = captures.values(&inbound.subject);
         let request = match route.request.build(inbound, &values) {
             Ok(request) => request,
             Err(e) => return self.refuse(route, ErrorKind::BadRequest, &e.to_string()),
         };
         let method = request.method().clone();
-        let started = Instant::now();
-        let result = self.upstream.call(request, route.timeout).await;
-        route.metrics.http_duration.record(started.elapsed());
-        let class = classify(&result.as_ref().map(|r| r.status));
-        match result {
+        let outcome = route
+            .invoker
+            .invoke(&self.upstream, request, deadline, &route.metrics)
+            .await;
+        let attempts = outcome.attempts;
+        let reply = match outcome.result {
             Ok(response) => {
-                route.metrics.http_response(response.status);
-                if class != Class::Success {
-                    debug!(route = %route.name, %method, status = response.status.as_u16(), class = class.as_str(), "service answered with an error status");
+                if !response.status.is_success() {
+                    debug!(route = %route.name, %method, status = response.status.as_u16(), attempts, "service answered with an error status");
                 }
                 Reply::from_response(
                     response.status,
@@ -151,17 +162,66 @@ impl Pipeline {
                     &route.response_headers,
                 )
             }
-            Err(e) => {
-                warn!(route = %route.name, %method, error = %e, class = class.as_str(), "HTTP call failed");
-                route.metrics.error(e.kind());
-                Reply::error(e.kind(), &e.to_string())
+            Err(Failure::CircuitOpen { retry_in }) => {
+                route.metrics.error(ErrorKind::CircuitOpen);
+                // Whole seconds, rounded up, as Retry-After wants.
+                let seconds = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+                Reply::error(ErrorKind::CircuitOpen, "circuit open")
+                    .with_header("Retry-After", seconds.to_string())
             }
+            Err(failure) => {
+                if let Failure::Upstream(e) = &failure {
+                    warn!(route = %route.name, %method, error = %e, attempts, "HTTP call failed");
+                }
+                route.metrics.error(failure.kind());
+                Reply::error(failure.kind(), &failure.to_string())
+            }
+        };
+        reply.with_header(ATTEMPTS_HEADER, attempts.to_string())
+    }
+
+    /// The route's total timeout from receipt, shortened by a `Ricochet-Timeout` header.
+    fn deadline(&self, route: &Route, inbound: &Inbound) -> Result<Instant, String> {
+        let mut budget = route.total_timeout;
+        if let Some((_, value)) = inbound
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(TIMEOUT_HEADER))
+        {
+            let asked = parse_timeout(value).ok_or_else(|| {
+                format!("{TIMEOUT_HEADER} {value:?} is not a duration like \"1500ms\" or \"2s\"")
+            })?;
+            budget = budget.min(asked);
         }
+        Ok(Instant::from_std(inbound.received) + budget)
     }
 
     fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Reply {
         debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
         route.metrics.error(kind);
         Reply::error(kind, detail)
+    }
+}
+
+/// `Ricochet-Timeout`: a duration ("1500ms", "2s") or a plain number of milliseconds.
+fn parse_timeout(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    value
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .ok()
+        .or_else(|| humantime::parse_duration(value).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_timeouts_parse() {
+        assert_eq!(parse_timeout("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout(" 250ms "), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("soon"), None);
     }
 }

@@ -359,7 +359,7 @@ async fn slow_upstream_gives_504_within_the_timeout() {
         &format!("{prefix}.x"),
         "GET",
         "/x",
-        "timeout = \"300ms\"",
+        "timeout = \"300ms\"\nretry = { max_attempts = 1 }",
     );
     let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     let client = nats().await;

@@ -129,9 +129,23 @@ pub struct RouteConfig {
     pub method: String,
     /// Path (and optional query) template; `{name}` is replaced by the captured token.
     pub path: String,
-    /// Overrides `upstream.request_timeout` for this route.
+    /// Timeout of each HTTP attempt; overrides `upstream.request_timeout`.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// The message's deadline: all attempts and backoff together. A caller may shorten it
+    /// with the `Ricochet-Timeout` request header. Default: enough for every attempt.
+    #[serde(default, with = "humantime_serde")]
+    pub total_timeout: Option<Duration>,
+    /// Statuses besides 2xx that count as success (for the breaker, retries and metrics).
+    #[serde(default)]
+    pub success_statuses: Vec<u16>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
+    /// Absent: no rate limit (only `max_in_flight`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
     /// Messages of this route processed at the same time.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
@@ -150,6 +164,144 @@ pub struct RouteConfig {
     /// Which HTTP response headers become reply headers.
     #[serde(default)]
     pub response_headers: HeaderFilterConfig,
+}
+
+/// Retries with exponential backoff, per route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in total, the first one included; 1 disables retries.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::initial_interval", with = "humantime_serde")]
+    pub initial_interval: Duration,
+    #[serde(default = "defaults::max_interval", with = "humantime_serde")]
+    pub max_interval: Duration,
+    #[serde(default = "defaults::multiplier")]
+    pub multiplier: f64,
+    /// Each delay is randomised by +/- this fraction (0 = exact delays).
+    #[serde(default = "defaults::jitter")]
+    pub jitter: f64,
+    /// Statuses and conditions (`connect-failure`, `reset`, `timeout`) worth retrying.
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// Retry POST, PATCH and other non-idempotent methods even without `Idempotency-Key`.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// Retries may add at most this fraction of the route's requests over `budget_window`...
+    #[serde(default = "defaults::budget_ratio")]
+    pub budget_ratio: f64,
+    #[serde(default = "defaults::budget_window", with = "humantime_serde")]
+    pub budget_window: Duration,
+    /// ...but this many retries per second are always allowed, so that low traffic retries.
+    #[serde(default = "defaults::budget_min_per_second")]
+    pub budget_min_per_second: u32,
+}
+
+/// A status code, or a failure that produced no status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Condition(RetryCondition),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryCondition {
+    /// The connection could not be opened: the request never reached the service.
+    ConnectFailure,
+    /// The connection broke during the exchange.
+    Reset,
+    /// The attempt ran out of time.
+    Timeout,
+}
+
+/// Circuit breaker, per route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// Opens after this many failed attempts in a row...
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// ...or when this fraction of the last `window_calls` attempts failed, once at least
+    /// `minimum_calls` were made.
+    #[serde(default = "defaults::failure_rate")]
+    pub failure_rate: f64,
+    #[serde(default = "defaults::window_calls")]
+    pub window_calls: u32,
+    #[serde(default = "defaults::minimum_calls")]
+    pub minimum_calls: u32,
+    /// Open this long after the first trip; doubled on each further trip up to the max.
+    #[serde(default = "defaults::break_duration", with = "humantime_serde")]
+    pub break_duration: Duration,
+    #[serde(default = "defaults::max_break_duration", with = "humantime_serde")]
+    pub max_break_duration: Duration,
+    /// Probe requests let through while half-open; this many successes close the breaker.
+    #[serde(default = "defaults::half_open_probes")]
+    pub half_open_probes: u32,
+}
+
+/// Token-bucket rate limits, per route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default)]
+    pub messages_per_second: Option<u32>,
+    /// Messages allowed at once above the rate; default: one second's worth.
+    #[serde(default)]
+    pub burst_messages: Option<u32>,
+    #[serde(default)]
+    pub bytes_per_second: Option<ByteSize>,
+    /// Default: one second's worth, and never less than `max_payload`.
+    #[serde(default)]
+    pub burst_bytes: Option<ByteSize>,
+    #[serde(default)]
+    pub mode: RateLimitMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitMode {
+    /// Hold the message until the limit allows it, within its deadline.
+    #[default]
+    Wait,
+    /// Answer 429 at once.
+    Reject,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: defaults::max_attempts(),
+            initial_interval: defaults::initial_interval(),
+            max_interval: defaults::max_interval(),
+            multiplier: defaults::multiplier(),
+            jitter: defaults::jitter(),
+            retry_on: defaults::retry_on(),
+            retry_non_idempotent: false,
+            budget_ratio: defaults::budget_ratio(),
+            budget_window: defaults::budget_window(),
+            budget_min_per_second: defaults::budget_min_per_second(),
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::enabled(),
+            consecutive_failures: defaults::consecutive_failures(),
+            failure_rate: defaults::failure_rate(),
+            window_calls: defaults::window_calls(),
+            minimum_calls: defaults::minimum_calls(),
+            break_duration: defaults::break_duration(),
+            max_break_duration: defaults::max_break_duration(),
+            half_open_probes: defaults::half_open_probes(),
+        }
+    }
 }
 
 /// Allow/deny list of header names (case-insensitive). An empty `allow` allows all.
@@ -207,11 +359,20 @@ impl RouteConfig {
     pub fn timeout_or(&self, upstream: &UpstreamConfig) -> Duration {
         self.timeout.unwrap_or(upstream.request_timeout)
     }
+
+    /// The message deadline: `total_timeout`, else every attempt at its full timeout plus
+    /// the longest backoff between them.
+    pub fn total_timeout_or(&self, upstream: &UpstreamConfig) -> Duration {
+        self.total_timeout.unwrap_or_else(|| {
+            let attempts = self.retry.max_attempts.max(1);
+            self.timeout_or(upstream) * attempts + self.retry.max_interval * (attempts - 1)
+        })
+    }
 }
 
 /// Named defaults, so the README and the code agree on one value each.
 pub mod defaults {
-    use super::ByteSize;
+    use super::{ByteSize, RetryCondition, RetryOn};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -259,5 +420,65 @@ pub mod defaults {
     }
     pub fn max_payload() -> ByteSize {
         ByteSize(1024 * 1024)
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn initial_interval() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn max_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn multiplier() -> f64 {
+        2.0
+    }
+    pub fn jitter() -> f64 {
+        0.2
+    }
+    pub fn retry_on() -> Vec<RetryOn> {
+        let mut list: Vec<RetryOn> = [408, 429, 502, 503, 504].map(RetryOn::Status).to_vec();
+        list.extend(
+            [
+                RetryCondition::ConnectFailure,
+                RetryCondition::Reset,
+                RetryCondition::Timeout,
+            ]
+            .map(RetryOn::Condition),
+        );
+        list
+    }
+    pub fn budget_ratio() -> f64 {
+        0.2
+    }
+    pub fn budget_window() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn budget_min_per_second() -> u32 {
+        10
+    }
+    pub fn enabled() -> bool {
+        true
+    }
+    pub fn consecutive_failures() -> u32 {
+        5
+    }
+    pub fn failure_rate() -> f64 {
+        0.5
+    }
+    pub fn window_calls() -> u32 {
+        100
+    }
+    pub fn minimum_calls() -> u32 {
+        20
+    }
+    pub fn break_duration() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_break_duration() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn half_open_probes() -> u32 {
+        1
     }
 }

@@ -5,7 +5,10 @@ use std::collections::HashSet;
 
 use http::{HeaderName, HeaderValue, Method, Uri};
 
-use super::{Config, ConfigError, HeaderFilterConfig, RouteConfig};
+use super::{
+    BreakerConfig, ByteSize, Config, ConfigError, HeaderFilterConfig, RateLimitConfig, RetryConfig,
+    RetryOn, RouteConfig,
+};
 use crate::mapping::PathTemplate;
 use crate::route::Pattern;
 
@@ -140,6 +143,22 @@ pub(super) fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
             push("queue_group", message);
         }
     }
+    if route.total_timeout.is_some_and(|t| t.is_zero()) {
+        push("total_timeout", "must be greater than zero".into());
+    }
+    for status in &route.success_statuses {
+        if !(100..=599).contains(status) {
+            push(
+                "success_statuses",
+                format!("{status} is not an HTTP status"),
+            );
+        }
+    }
+    check_retry(&route.retry, &mut push);
+    check_breaker(&route.circuit_breaker, &mut push);
+    if let Some(limit) = &route.rate_limit {
+        check_rate_limit(limit, route.max_payload, &mut push);
+    }
     for (key, filter) in [
         ("request_headers", &route.request_headers),
         ("response_headers", &route.response_headers),
@@ -179,6 +198,132 @@ pub(super) fn across(routes: &[(usize, RouteConfig)], count: usize) -> Vec<Confi
         }
     }
     errors
+}
+
+fn check_retry(retry: &RetryConfig, push: &mut impl FnMut(&str, String)) {
+    if retry.max_attempts == 0 {
+        push(
+            "retry.max_attempts",
+            "must be at least 1 (1 = no retries)".into(),
+        );
+    }
+    if retry.max_interval < retry.initial_interval {
+        push(
+            "retry.max_interval",
+            "must not be shorter than retry.initial_interval".into(),
+        );
+    }
+    if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
+        push(
+            "retry.multiplier",
+            format!("{} must be at least 1.0", retry.multiplier),
+        );
+    }
+    if !(0.0..1.0).contains(&retry.jitter) {
+        push(
+            "retry.jitter",
+            format!("{} must be in [0, 1)", retry.jitter),
+        );
+    }
+    for on in &retry.retry_on {
+        if let RetryOn::Status(status) = on {
+            if !(100..=599).contains(status) {
+                push("retry.retry_on", format!("{status} is not an HTTP status"));
+            }
+        }
+    }
+    if !(retry.budget_ratio >= 0.0 && retry.budget_ratio.is_finite()) {
+        push(
+            "retry.budget_ratio",
+            format!("{} must be zero or more", retry.budget_ratio),
+        );
+    }
+    if retry.budget_window.is_zero() {
+        push("retry.budget_window", "must be greater than zero".into());
+    }
+}
+
+fn check_breaker(breaker: &BreakerConfig, push: &mut impl FnMut(&str, String)) {
+    if breaker.consecutive_failures == 0 {
+        push(
+            "circuit_breaker.consecutive_failures",
+            "must be at least 1".into(),
+        );
+    }
+    if !(breaker.failure_rate > 0.0 && breaker.failure_rate <= 1.0) {
+        push(
+            "circuit_breaker.failure_rate",
+            format!("{} must be in (0, 1]", breaker.failure_rate),
+        );
+    }
+    if breaker.window_calls == 0 {
+        push("circuit_breaker.window_calls", "must be at least 1".into());
+    }
+    if breaker.minimum_calls == 0 || breaker.minimum_calls > breaker.window_calls {
+        push(
+            "circuit_breaker.minimum_calls",
+            "must be between 1 and circuit_breaker.window_calls".into(),
+        );
+    }
+    if breaker.break_duration.is_zero() {
+        push(
+            "circuit_breaker.break_duration",
+            "must be greater than zero".into(),
+        );
+    }
+    if breaker.max_break_duration < breaker.break_duration {
+        push(
+            "circuit_breaker.max_break_duration",
+            "must not be shorter than circuit_breaker.break_duration".into(),
+        );
+    }
+    if breaker.half_open_probes == 0 {
+        push(
+            "circuit_breaker.half_open_probes",
+            "must be at least 1".into(),
+        );
+    }
+}
+
+fn check_rate_limit(
+    limit: &RateLimitConfig,
+    max_payload: ByteSize,
+    push: &mut impl FnMut(&str, String),
+) {
+    if limit.messages_per_second.is_none() && limit.bytes_per_second.is_none() {
+        push(
+            "rate_limit",
+            "set messages_per_second, bytes_per_second or both".into(),
+        );
+    }
+    if limit.messages_per_second == Some(0) {
+        push(
+            "rate_limit.messages_per_second",
+            "must be at least 1".into(),
+        );
+    }
+    if limit.burst_messages == Some(0) {
+        push("rate_limit.burst_messages", "must be at least 1".into());
+    }
+    let too_big = |size: ByteSize| size.bytes() > u64::from(u32::MAX);
+    if let Some(rate) = limit.bytes_per_second {
+        if rate.bytes() == 0 || too_big(rate) {
+            push(
+                "rate_limit.bytes_per_second",
+                "must be between 1 byte and 4 GiB".into(),
+            );
+        }
+    }
+    if let Some(burst) = limit.burst_bytes {
+        if too_big(burst) {
+            push("rate_limit.burst_bytes", "must be at most 4 GiB".into());
+        } else if burst < max_payload {
+            push(
+                "rate_limit.burst_bytes",
+                format!("{burst} is less than max_payload ({max_payload}): the largest messages could never pass"),
+            );
+        }
+    }
 }
 
 fn header_names(filter: &HeaderFilterConfig) -> impl Iterator<Item = (&'static str, &String)> {

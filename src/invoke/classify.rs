@@ -1,16 +1,26 @@
-//! One classification per attempt: success, retryable or permanent. Retry, breaker, metrics
-//! and settlement all read this one answer instead of judging statuses on their own.
+//! One classification per attempt, read by everything else: the retry loop (retry or not),
+//! the breaker (did the service fail), metrics and the reply.
+//!
+//! - success: 2xx and the route's `success_statuses`;
+//! - retryable: what the route's `retry_on` lists (by default 408, 429, 502, 503, 504,
+//!   connect failures, broken connections and attempt timeouts);
+//! - permanent: everything else. A permanent answer is still the service's answer and goes
+//!   back to the caller unchanged.
+//!
+//! Independently, an attempt counts as a *failure of the service* (for the breaker) when it
+//! is retryable, a 5xx, or no answer at all; a 4xx is the service working as intended.
 
 use http::StatusCode;
 
 use super::InvokeError;
+use crate::config::{RetryCondition, RetryOn, RouteConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     Success,
     /// Worth another attempt: the service may answer differently later.
     Retryable,
-    /// The service's final word (or a request that can never work).
+    /// The service's final word (or a failure that another attempt cannot fix).
     Permanent,
 }
 
@@ -24,17 +34,75 @@ impl Class {
     }
 }
 
-/// Classifies the result of one attempt.
-pub fn classify(result: &Result<StatusCode, &InvokeError>) -> Class {
-    match result {
-        Ok(status) if status.is_success() => Class::Success,
-        Ok(status) => match status.as_u16() {
-            408 | 429 | 502 | 503 | 504 => Class::Retryable,
-            _ => Class::Permanent,
-        },
-        Err(InvokeError::ResponseTooLarge(_)) => Class::Permanent,
-        Err(InvokeError::Timeout(_) | InvokeError::Connect(_) | InvokeError::Connection(_)) => {
-            Class::Retryable
+/// The classification of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub class: Class,
+    /// Counts against the service's health (the circuit breaker).
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Classifier {
+    success_statuses: Vec<u16>,
+    retry_statuses: Vec<u16>,
+    retry_conditions: Vec<RetryCondition>,
+}
+
+impl Classifier {
+    pub fn new(route: &RouteConfig) -> Self {
+        let mut classifier = Self {
+            success_statuses: route.success_statuses.clone(),
+            ..Self::default()
+        };
+        for on in &route.retry.retry_on {
+            match on {
+                RetryOn::Status(status) => classifier.retry_statuses.push(*status),
+                RetryOn::Condition(condition) => classifier.retry_conditions.push(*condition),
+            }
+        }
+        classifier
+    }
+
+    pub fn classify(&self, result: Result<StatusCode, &InvokeError>) -> Verdict {
+        match result {
+            Ok(status)
+                if status.is_success() || self.success_statuses.contains(&status.as_u16()) =>
+            {
+                Verdict {
+                    class: Class::Success,
+                    failed: false,
+                }
+            }
+            Ok(status) => {
+                let retryable = self.retry_statuses.contains(&status.as_u16());
+                Verdict {
+                    class: if retryable {
+                        Class::Retryable
+                    } else {
+                        Class::Permanent
+                    },
+                    failed: retryable || status.is_server_error(),
+                }
+            }
+            Err(error) => {
+                let condition = match error {
+                    InvokeError::Connect(_) => Some(RetryCondition::ConnectFailure),
+                    InvokeError::Connection(_) => Some(RetryCondition::Reset),
+                    InvokeError::Timeout(_) => Some(RetryCondition::Timeout),
+                    InvokeError::ResponseTooLarge(_) => None,
+                };
+                let retryable = condition.is_some_and(|c| self.retry_conditions.contains(&c));
+                Verdict {
+                    class: if retryable {
+                        Class::Retryable
+                    } else {
+                        Class::Permanent
+                    },
+                    // An oversized body is a contract problem, not an unhealthy service.
+                    failed: condition.is_some(),
+                }
+            }
         }
     }
 }
@@ -42,21 +110,104 @@ pub fn classify(result: &Result<StatusCode, &InvokeError>) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load_str;
     use std::time::Duration;
 
+    fn classifier(extra: &str) -> Classifier {
+        let text = format!(
+            "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n{extra}"
+        );
+        Classifier::new(&load_str(&text, Vec::new()).unwrap().routes[0])
+    }
+
+    fn status(c: &Classifier, code: u16) -> Verdict {
+        c.classify(Ok(StatusCode::from_u16(code).unwrap()))
+    }
+
+    const SUCCESS: Verdict = Verdict {
+        class: Class::Success,
+        failed: false,
+    };
+    const RETRY: Verdict = Verdict {
+        class: Class::Retryable,
+        failed: true,
+    };
+
     #[test]
-    fn statuses_and_errors_are_classified() {
-        let status = |code: u16| classify(&Ok(StatusCode::from_u16(code).unwrap()));
-        assert_eq!(status(200), Class::Success);
-        assert_eq!(status(204), Class::Success);
-        assert_eq!(status(503), Class::Retryable);
-        assert_eq!(status(429), Class::Retryable);
-        assert_eq!(status(400), Class::Permanent);
-        assert_eq!(status(500), Class::Permanent);
-        assert_eq!(status(301), Class::Permanent);
-        let timeout = InvokeError::Timeout(Duration::from_secs(1));
-        assert_eq!(classify(&Err(&timeout)), Class::Retryable);
+    fn default_classification() {
+        let c = classifier("");
+        assert_eq!(status(&c, 200), SUCCESS);
+        assert_eq!(status(&c, 204), SUCCESS);
+        for code in [408, 429, 502, 503, 504] {
+            assert_eq!(status(&c, code), RETRY, "{code}");
+        }
+        assert_eq!(
+            status(&c, 400),
+            Verdict {
+                class: Class::Permanent,
+                failed: false
+            }
+        );
+        assert_eq!(
+            status(&c, 404),
+            Verdict {
+                class: Class::Permanent,
+                failed: false
+            }
+        );
+        assert_eq!(
+            status(&c, 500),
+            Verdict {
+                class: Class::Permanent,
+                failed: true
+            }
+        );
+        assert_eq!(
+            status(&c, 302),
+            Verdict {
+                class: Class::Permanent,
+                failed: false
+            }
+        );
+        for error in [
+            InvokeError::Timeout(Duration::from_secs(1)),
+            InvokeError::Connect("refused".into()),
+            InvokeError::Connection("reset".into()),
+        ] {
+            assert_eq!(c.classify(Err(&error)), RETRY, "{error}");
+        }
         let big = InvokeError::ResponseTooLarge(10);
-        assert_eq!(classify(&Err(&big)), Class::Permanent);
+        assert_eq!(
+            c.classify(Err(&big)),
+            Verdict {
+                class: Class::Permanent,
+                failed: false
+            }
+        );
+    }
+
+    #[test]
+    fn routes_choose_what_succeeds_and_what_is_retried() {
+        let c =
+            classifier("success_statuses = [404]\n[routes.retry]\nretry_on = [500, \"reset\"]\n");
+        assert_eq!(status(&c, 404), SUCCESS);
+        assert_eq!(status(&c, 500), RETRY);
+        assert_eq!(
+            status(&c, 503),
+            Verdict {
+                class: Class::Permanent,
+                failed: true
+            }
+        );
+        let timeout = InvokeError::Timeout(Duration::from_secs(1));
+        assert_eq!(
+            c.classify(Err(&timeout)),
+            Verdict {
+                class: Class::Permanent,
+                failed: true
+            }
+        );
+        let reset = InvokeError::Connection("reset".into());
+        assert_eq!(c.classify(Err(&reset)), RETRY);
     }
 }

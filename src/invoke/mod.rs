@@ -1,13 +1,217 @@
-//! The invoker: calls the co-located HTTP service and classifies the result once.
+//! The invoker: calls the co-located HTTP service for one message, with the route's
+//! resilience stack, in this order:
 //!
-//! It owns the hyper client (a keep-alive pool to `upstream.base_url`). The resilience
-//! stack (limit, breaker, retry with backoff, each attempt inside its timeout) wraps
-//! [`client::Upstream::call`] in this module.
+//! ```text
+//! rate limit -> [ retry loop: breaker permit -> attempt (timeout) -> classify ] -> outcome
+//! ```
+//!
+//! - The rate limit admits the message once (`max_in_flight` is enforced earlier, by the
+//!   source, so that a full route stops intake).
+//! - Every attempt needs a breaker permit and reports its verdict to the breaker, so each
+//!   attempt is one health sample and an open breaker stops a retry loop at once. The first
+//!   attempt refused by the breaker makes the message a fast 503.
+//! - Each attempt has the route's timeout, cut to what is left of the message's deadline;
+//!   no attempt or backoff runs past the deadline.
+//! - A retryable verdict is retried while attempts, deadline, retry budget and the method's
+//!   idempotency allow; otherwise the last result is the outcome.
 
+pub mod breaker;
 pub mod classify;
 pub mod client;
 pub mod error;
+pub mod limit;
+pub mod retry;
 
-pub use classify::{classify, Class};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use tokio::time::Instant;
+use tracing::debug;
+
+pub use breaker::Breaker;
+pub use classify::{Class, Classifier, Verdict};
 pub use client::{Upstream, UpstreamResponse};
 pub use error::InvokeError;
+pub use limit::{RateLimit, Throttled};
+pub use retry::{RetryBudget, RetryPolicy};
+
+use crate::config::{RouteConfig, UpstreamConfig};
+use crate::mapping::ErrorKind;
+use crate::telemetry::metrics::RouteMetrics;
+
+/// Why a message got no response from the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Upstream(#[from] InvokeError),
+    #[error("circuit open")]
+    CircuitOpen { retry_in: Duration },
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
+}
+
+impl Failure {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Failure::Upstream(e) => e.kind(),
+            Failure::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            Failure::Throttled(_) => ErrorKind::RateLimited,
+        }
+    }
+}
+
+/// The result of all attempts for one message.
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result<UpstreamResponse, Failure>,
+    /// HTTP attempts made (0 when refused before the first).
+    pub attempts: u32,
+}
+
+/// One route's resilience stack around the shared HTTP client.
+#[derive(Debug)]
+pub struct RouteInvoker {
+    timeout: Duration,
+    classifier: Classifier,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    pub breaker: Breaker,
+    limit: Option<RateLimit>,
+}
+
+impl RouteInvoker {
+    pub fn new(route: &RouteConfig, upstream: &UpstreamConfig) -> Self {
+        Self {
+            timeout: route.timeout_or(upstream),
+            classifier: Classifier::new(route),
+            policy: RetryPolicy::new(&route.retry),
+            budget: RetryBudget::new(&route.retry),
+            breaker: Breaker::new(&route.name, &route.circuit_breaker),
+            limit: route
+                .rate_limit
+                .as_ref()
+                .map(|l| RateLimit::new(l, route.max_payload)),
+        }
+    }
+
+    pub async fn invoke(
+        &self,
+        upstream: &Upstream,
+        request: Request<Bytes>,
+        deadline: Instant,
+        metrics: &RouteMetrics,
+    ) -> Outcome {
+        let refused = |failure: Failure| Outcome {
+            result: Err(failure),
+            attempts: 0,
+        };
+        if let Some(limit) = &self.limit {
+            if let Err(throttled) = limit.acquire(request.body().len(), deadline).await {
+                return refused(throttled.into());
+            }
+        }
+        self.budget.record_request();
+        let (parts, body) = request.into_parts();
+        let mut backoff = self.policy.backoff();
+        let mut attempts = 0;
+        // The previous attempt's result, while a retry is pending.
+        let mut last: Option<Result<UpstreamResponse, InvokeError>> = None;
+        loop {
+            let finish = |result: Result<UpstreamResponse, InvokeError>, attempts| Outcome {
+                result: result.map_err(Failure::from),
+                attempts,
+            };
+            let permit = match (self.breaker.try_acquire(), last.take()) {
+                (Ok(permit), _) => permit,
+                (Err(rejected), None) => {
+                    return refused(Failure::CircuitOpen {
+                        retry_in: rejected.retry_in,
+                    })
+                }
+                // The breaker opened during the backoff: the last answer stands.
+                (Err(_), Some(previous)) => {
+                    metrics.retry_skipped("circuit_open");
+                    return finish(previous, attempts);
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                // Only before the first attempt: retries are planned to start in time.
+                return refused(InvokeError::Timeout(Duration::ZERO).into());
+            }
+            attempts += 1;
+            if attempts > 1 {
+                metrics.retries.increment(1);
+            }
+            let attempt_timeout = self.timeout.min(remaining);
+            let started = Instant::now();
+            let result = upstream.call(rebuild(&parts, &body), attempt_timeout).await;
+            metrics.http_duration.record(started.elapsed());
+            let verdict = self.classifier.classify(result.as_ref().map(|r| r.status));
+            permit.record(verdict.failed);
+            if let Ok(response) = &result {
+                metrics.http_response(response.status);
+            }
+            if verdict.class != Class::Retryable {
+                return finish(result, attempts);
+            }
+            match self.next_attempt(&parts, &result, attempts, deadline, &mut backoff) {
+                Err(reason) => {
+                    debug!(attempts, reason, "retryable failure not retried");
+                    metrics.retry_skipped(reason);
+                    return finish(result, attempts);
+                }
+                Ok(delay) => {
+                    debug!(attempts, ?delay, "retrying");
+                    last = Some(result);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// The delay before the next attempt, or why there is none.
+    fn next_attempt(
+        &self,
+        parts: &http::request::Parts,
+        result: &Result<UpstreamResponse, InvokeError>,
+        attempts: u32,
+        deadline: Instant,
+        backoff: &mut backoff::ExponentialBackoff,
+    ) -> Result<Duration, &'static str> {
+        if attempts >= self.policy.max_attempts {
+            return Err("attempts");
+        }
+        if !self
+            .policy
+            .may_repeat(&parts.method, &parts.headers, result.as_ref().err())
+        {
+            return Err("method");
+        }
+        let (status, headers) = match result {
+            Ok(response) => (Some(response.status), Some(&response.headers)),
+            Err(_) => (None, None),
+        };
+        let delay = retry::next_delay(backoff, status, headers);
+        if Instant::now() + delay >= deadline {
+            return Err("deadline");
+        }
+        if let breaker::State::Open { .. } = self.breaker.state() {
+            return Err("circuit_open");
+        }
+        if !self.budget.try_retry() {
+            return Err("budget");
+        }
+        Ok(delay)
+    }
+}
+
+/// A fresh request for the next attempt; the body is shared, not copied.
+fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request<Bytes> {
+    let mut request = Request::new(body.clone());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.headers_mut() = parts.headers.clone();
+    request
+}

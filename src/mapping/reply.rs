@@ -12,8 +12,22 @@ use super::headers::{self, HeaderFilter};
 
 pub const STATUS_HEADER: &str = "Ricochet-Status";
 pub const ERROR_KIND_HEADER: &str = "Ricochet-Error";
+pub const ATTEMPTS_HEADER: &str = "Ricochet-Attempts";
+/// Request header: the caller's own deadline for this request, which may shorten the route's.
+pub const TIMEOUT_HEADER: &str = "Ricochet-Timeout";
 pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// Every kind, for metrics that pre-register one series each.
+pub const ERROR_KINDS: [ErrorKind; 7] = [
+    ErrorKind::BadRequest,
+    ErrorKind::NoRoute,
+    ErrorKind::PayloadTooLarge,
+    ErrorKind::UpstreamUnavailable,
+    ErrorKind::Timeout,
+    ErrorKind::CircuitOpen,
+    ErrorKind::RateLimited,
+];
 
 /// Errors that ricochet answers itself, without (or instead of) the service's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +42,10 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     /// The service did not answer within the timeout.
     Timeout,
+    /// The route's circuit breaker is open: the service is failing and is not called.
+    CircuitOpen,
+    /// The route's rate limit refused the message.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -38,6 +56,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -49,6 +69,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 }
@@ -102,6 +124,12 @@ impl Reply {
             ],
             body: Bytes::from(body.to_string()),
         }
+    }
+
+    /// Adds a header (used for `Ricochet-Attempts` and `Retry-After`).
+    pub fn with_header(mut self, name: &str, value: String) -> Self {
+        self.headers.push((name.to_string(), value));
+        self
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -7,6 +7,7 @@
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::mapping::reply::ERROR_KINDS;
 use crate::mapping::ErrorKind;
 
 pub const MESSAGES_RECEIVED: &str = "ricochet_messages_received_total";
@@ -17,6 +18,10 @@ pub const HTTP_DURATION: &str = "ricochet_http_request_duration_seconds";
 pub const REPLIES_PUBLISHED: &str = "ricochet_replies_published_total";
 pub const ERRORS: &str = "ricochet_errors_total";
 pub const IN_FLIGHT: &str = "ricochet_in_flight_messages";
+pub const CIRCUIT_STATE: &str = "ricochet_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "ricochet_circuit_transitions_total";
+pub const RETRIES: &str = "ricochet_retries_total";
+pub const RETRIES_SKIPPED: &str = "ricochet_retries_skipped_total";
 pub const NATS_CONNECTED: &str = "ricochet_nats_connected";
 pub const NATS_EVENTS: &str = "ricochet_nats_connection_events_total";
 
@@ -62,12 +67,28 @@ fn describe() {
         "Errors by kind: ricochet's own error replies and failed publishes"
     );
     describe_gauge!(IN_FLIGHT, "Messages being processed right now");
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open"
+    );
+    describe_counter!(
+        CIRCUIT_TRANSITIONS,
+        "Circuit breaker transitions, by the state entered"
+    );
+    describe_counter!(RETRIES, "HTTP attempts after the first");
+    describe_counter!(
+        RETRIES_SKIPPED,
+        "Retryable failures not retried, by reason: attempts, budget, deadline, method, circuit_open"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(
         NATS_EVENTS,
         "NATS connection events (connected, disconnected, ...)"
     );
 }
+
+/// Why a retryable failure was not retried.
+pub const SKIP_REASONS: [&str; 5] = ["attempts", "budget", "deadline", "method", "circuit_open"];
 
 /// Outcome of one message, the `outcome` label of [`MESSAGES_HANDLED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,14 +97,6 @@ pub enum Outcome {
     NoReply,
     PublishFailed,
 }
-
-const ERROR_KINDS: [ErrorKind; 5] = [
-    ErrorKind::BadRequest,
-    ErrorKind::NoRoute,
-    ErrorKind::PayloadTooLarge,
-    ErrorKind::UpstreamUnavailable,
-    ErrorKind::Timeout,
-];
 
 /// Handles registered once per route, so the hot path never formats a label.
 #[derive(Debug, Clone)]
@@ -95,7 +108,9 @@ pub struct RouteMetrics {
     pub replies_published: Counter,
     /// Indexed by status / 100 - 1 (1xx .. 5xx).
     http_responses: [Counter; 5],
-    errors: [Counter; 5],
+    errors: [Counter; ERROR_KINDS.len()],
+    pub retries: Counter,
+    retries_skipped: [Counter; SKIP_REASONS.len()],
     publish_errors: Counter,
     outcomes: [Counter; 3],
 }
@@ -122,6 +137,9 @@ impl RouteMetrics {
             ],
             errors: ERROR_KINDS
                 .map(|k| counter!(ERRORS, "route" => route.clone(), "kind" => k.as_str())),
+            retries: counter!(RETRIES, "route" => route.clone()),
+            retries_skipped: SKIP_REASONS
+                .map(|r| counter!(RETRIES_SKIPPED, "route" => route.clone(), "reason" => r)),
             publish_errors: counter!(ERRORS, "route" => route.clone(), "kind" => "publish_failed"),
             outcomes: [
                 outcome("replied"),
@@ -139,6 +157,13 @@ impl RouteMetrics {
     pub fn error(&self, kind: ErrorKind) {
         let index = ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
         self.errors[index].increment(1);
+    }
+
+    /// A retryable failure that was not retried; `reason` is one of [`SKIP_REASONS`].
+    pub fn retry_skipped(&self, reason: &'static str) {
+        if let Some(index) = SKIP_REASONS.iter().position(|r| *r == reason) {
+            self.retries_skipped[index].increment(1);
+        }
     }
 
     pub fn outcome(&self, outcome: Outcome) {
