@@ -39,7 +39,9 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        let count = self.0.len();
+        let noun = if count == 1 { "problem" } else { "problems" };
+        writeln!(f, "invalid configuration ({count} {noun}):")?;
         for error in &self.0 {
             writeln!(f, "  - {error}")?;
         }
@@ -404,6 +406,27 @@ mod tests {
             "routes[0].max_in_flight",
             "routes[1].name",
             "routes[1].path",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn resilience_settings_are_checked() {
+        let text = format!(
+            "{MINIMAL}\nmax_payload = \"1MiB\"\n[routes.retry]\nmax_attempts = 0\nmultiplier = 0.5\njitter = 1.5\nretry_on = [999, \"sometimes\"]\n[routes.circuit_breaker]\nminimum_calls = 500\nmax_break_duration = \"1s\"\n[routes.rate_limit]\nburst_bytes = \"1KiB\"\n"
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "routes[0].retry.max_attempts",
+            "routes[0].retry.multiplier",
+            "routes[0].retry.jitter",
+            "routes[0].retry.retry_on[1]",
+            "routes[0].circuit_breaker.minimum_calls",
+            "routes[0].circuit_breaker.max_break_duration",
+            "routes[0].rate_limit",
+            "routes[0].rate_limit.burst_bytes",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }

@@ -199,15 +199,33 @@ pub struct RetryConfig {
 }
 
 /// A status code, or a failure that produced no status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOn {
     Status(u16),
     Condition(RetryCondition),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+        const EXPECTED: &str =
+            "a status code like 503, or \"connect-failure\", \"reset\" or \"timeout\"";
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::Integer(code) => u16::try_from(code)
+                .map(RetryOn::Status)
+                .map_err(|_| D::Error::invalid_value(Unexpected::Signed(code), &EXPECTED)),
+            toml::Value::String(text) => match text.as_str() {
+                "connect-failure" => Ok(RetryOn::Condition(RetryCondition::ConnectFailure)),
+                "reset" => Ok(RetryOn::Condition(RetryCondition::Reset)),
+                "timeout" => Ok(RetryOn::Condition(RetryCondition::Timeout)),
+                other => Err(D::Error::invalid_value(Unexpected::Str(other), &EXPECTED)),
+            },
+            _ => Err(D::Error::custom(format!("expected {EXPECTED}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryCondition {
     /// The connection could not be opened: the request never reached the service.
     ConnectFailure,
