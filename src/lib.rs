@@ -36,13 +36,18 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::reply::NatsReplier;
+use crate::source::jetstream::JetStreamRoute;
 use crate::telemetry::Health;
 
 /// Runs the bridge until `shutdown` resolves, then stops intake, lets in-flight messages
 /// finish within `shutdown.grace_period`, flushes their replies and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = telemetry::metrics::install()?;
-    let health = Arc::new(Health::default());
+    let jetstream_routes = (config.routes.iter())
+        .filter(|r| r.source == config::SourceKind::Jetstream)
+        .count();
+    // Readiness waits for the core subscriptions and every JetStream consumer.
+    let health = Arc::new(Health::new(1 + jetstream_routes));
     let admin = telemetry::admin::serve(config.admin.listen, metrics, health.clone())
         .await
         .map_err(|e| {
@@ -66,13 +71,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             stop.clone(),
         ));
     }
+    for route in pipeline.routes() {
+        if let Some(consumer) = JetStreamRoute::new(route.clone(), pipeline.clone()) {
+            intakes.spawn(consumer.run(
+                client.clone(),
+                health.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ));
+        }
+    }
 
     tokio::pin!(shutdown);
     tokio::select! {
         result = source::nats::confirm_subscriptions(&client) => {
             result?;
-            health.set_subscribed();
-            info!(routes = config.routes.len(), "ready");
+            health.intake_ready();
+            info!(routes = config.routes.len(), "core subscriptions confirmed");
             shutdown.as_mut().await;
         }
         _ = shutdown.as_mut() => {}

@@ -1,22 +1,24 @@
 //! One message through the whole flow:
 //!
 //! ```text
-//! route -> check size -> deadline -> map to HTTP -> invoke -> map to reply -> publish
+//! check size -> deadline -> map to HTTP -> invoke -> map to reply   (process)
+//!                                                   -> publish -> settle   (the source)
 //! ```
 //!
-//! The source decides concurrency (a permit of the route's `max_in_flight` per message);
-//! this module decides what happens to one message, and records its metrics and logs.
+//! [`Pipeline::process`] decides what the reply is and what should become of the request
+//! message ([`Disposition`]); sources publish and settle in their own way. Core NATS has
+//! nothing to settle, so [`Pipeline::handle`] does all of it for that source.
+//! The source decides concurrency (a permit of the route's `max_in_flight` per message).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::invoke::{Failure, RouteInvoker, Upstream};
+use crate::config::{Config, RouteConfig, SourceKind};
+use crate::invoke::{Class, Failure, RouteInvoker, Upstream};
 use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
 use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::NatsReplier;
@@ -30,6 +32,8 @@ pub struct Route {
     pub name: String,
     pub pattern: Pattern,
     pub queue_group: String,
+    /// The route as configured, for source-specific settings.
+    pub config: RouteConfig,
     request: RequestMapping,
     response_headers: HeaderFilter,
     /// Limit, breaker and retries around the HTTP call.
@@ -42,8 +46,30 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
+/// What should become of a request message once its reply is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The service gave its final answer (any status): reply, then settle as done.
+    Answered,
+    /// A retryable failure outlasted local retries: a durable source redelivers later.
+    Retry,
+    /// The message can never be delivered (cannot be mapped, too large): dead letter.
+    Undeliverable,
+}
+
+/// The result of processing one message.
+#[derive(Debug)]
+pub struct Processed {
+    pub reply: Reply,
+    pub disposition: Disposition,
+    /// Set when the reply is an error of ricochet's own.
+    pub error: Option<ErrorKind>,
+}
+
 pub struct Pipeline {
-    routes: RouteTable<Route>,
+    routes: Vec<Arc<Route>>,
+    /// Core NATS routes, in file order: the first match wins.
+    core: RouteTable<Route>,
     upstream: Upstream,
     replier: NatsReplier,
 }
@@ -52,42 +78,64 @@ impl Pipeline {
     /// Built from a validated configuration.
     pub fn new(config: &Config, replier: NatsReplier) -> anyhow::Result<Self> {
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut core = Vec::new();
         for route in &config.routes {
             let pattern = Pattern::parse(&route.subject)?;
             let request = RequestMapping::new(route, &config.upstream, &pattern)
                 .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
-            let runtime = Route {
+            let source = match route.source {
+                SourceKind::Nats => "nats",
+                SourceKind::Jetstream => "jetstream",
+            };
+            let runtime = Arc::new(Route {
                 name: route.name.clone(),
                 queue_group: route
                     .queue_group
                     .clone()
                     .unwrap_or_else(|| config.nats.queue_group.clone()),
+                config: route.clone(),
                 request,
                 response_headers: HeaderFilter::from_config(&route.response_headers),
                 invoker: RouteInvoker::new(route, &config.upstream),
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
-                metrics: RouteMetrics::new(&route.name, "nats"),
+                metrics: RouteMetrics::new(&route.name, source),
                 pattern: pattern.clone(),
-            };
-            routes.push((pattern, Arc::new(runtime)));
+            });
+            if route.source == SourceKind::Nats {
+                core.push((pattern, runtime.clone()));
+            }
+            routes.push(runtime);
         }
         Ok(Self {
-            routes: RouteTable::new(routes),
+            routes,
+            core: RouteTable::new(core),
             upstream: Upstream::new(&config.upstream),
             replier,
         })
     }
 
-    pub fn routes(&self) -> &RouteTable<Route> {
+    /// Every route, in file order.
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
-    /// Processes one routed message and publishes its reply, if it has a reply subject.
+    pub fn replier(&self) -> &NatsReplier {
+        &self.replier
+    }
+
+    /// The core NATS routes.
+    pub fn core_routes(&self) -> &RouteTable<Route> {
+        &self.core
+    }
+
+    /// Core NATS: processes one routed message and publishes its reply, if it has a reply
+    /// subject.
     pub async fn handle(&self, route: &Route, captures: Captures, inbound: Inbound) {
         route.metrics.received.increment(1);
-        let reply = self.process(route, &captures, &inbound).await;
+        let processed = self.process(route, &captures, &inbound).await;
+        let reply = processed.reply;
         let outcome = match &inbound.reply {
             Some(subject) => match self.replier.publish(subject, &reply).await {
                 Ok(()) => {
@@ -126,7 +174,13 @@ impl Pipeline {
         }
     }
 
-    async fn process(&self, route: &Route, captures: &Captures, inbound: &Inbound) -> Reply {
+    /// Takes one message from the size check to its reply; publishes nothing.
+    pub async fn process(
+        &self,
+        route: &Route,
+        captures: &Captures,
+        inbound: &Inbound,
+    ) -> Processed {
         if inbound.payload.len() > route.max_payload {
             let detail = format!(
                 "message of {} bytes exceeds the route's max_payload of {} bytes",
@@ -150,6 +204,14 @@ impl Pipeline {
             .invoke(&self.upstream, request, deadline, &route.metrics)
             .await;
         let attempts = outcome.attempts;
+        let disposition = match outcome.class {
+            Class::Success => Disposition::Answered,
+            Class::Retryable => Disposition::Retry,
+            // The service's final answer, or a failure no retry can fix.
+            Class::Permanent if outcome.result.is_ok() => Disposition::Answered,
+            Class::Permanent => Disposition::Undeliverable,
+        };
+        let error = outcome.result.as_ref().err().map(Failure::kind);
         let reply = match outcome.result {
             Ok(response) => {
                 if !response.status.is_success() {
@@ -177,7 +239,11 @@ impl Pipeline {
                 Reply::error(failure.kind(), &failure.to_string())
             }
         };
-        reply.with_header(ATTEMPTS_HEADER, attempts.to_string())
+        Processed {
+            reply: reply.with_header(ATTEMPTS_HEADER, attempts.to_string()),
+            disposition,
+            error,
+        }
     }
 
     /// The route's total timeout from receipt, shortened by a `Ricochet-Timeout` header.
@@ -196,10 +262,15 @@ impl Pipeline {
         Ok(Instant::from_std(inbound.received) + budget)
     }
 
-    fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Reply {
+    /// A message ricochet answers itself without calling the service.
+    pub fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Processed {
         debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
         route.metrics.error(kind);
-        Reply::error(kind, detail)
+        Processed {
+            reply: Reply::error(kind, detail).with_header(ATTEMPTS_HEADER, "0".into()),
+            disposition: Disposition::Undeliverable,
+            error: Some(kind),
+        }
     }
 }
 

@@ -114,6 +114,7 @@ pub fn load_str(
         return Err(ConfigErrors(errors));
     };
     errors.extend(super::validate::top(&config));
+    errors.extend(super::validate::deadlines(&routes, &config.upstream));
     config.routes = routes.into_iter().map(|(_, route)| route).collect();
     if errors.is_empty() {
         Ok(config)

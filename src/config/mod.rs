@@ -146,6 +146,27 @@ pub struct RouteConfig {
     /// Absent: no rate limit (only `max_in_flight`).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Where the requests come from: core NATS subscriptions or a JetStream consumer.
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Delivery guarantee of a durable source (JetStream): default `at_least_once`.
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+    /// Durable sources: request header naming the reply destination.
+    #[serde(default = "defaults::reply_to_header")]
+    pub reply_to_header: String,
+    /// Durable sources: reply destination when the request names none.
+    #[serde(default)]
+    pub reply_subject: Option<String>,
+    /// Request header echoed on the reply, to match replies to requests.
+    #[serde(default = "defaults::correlation_header")]
+    pub correlation_header: String,
+    /// Durable sources: where messages go that can never be delivered.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// Required when `source = "jetstream"`.
+    #[serde(default)]
+    pub jetstream: Option<JetStreamConfig>,
     /// Messages of this route processed at the same time.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
@@ -164,6 +185,60 @@ pub struct RouteConfig {
     /// Which HTTP response headers become reply headers.
     #[serde(default)]
     pub response_headers: HeaderFilterConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Core NATS request-reply (queue subscriptions).
+    #[default]
+    Nats,
+    /// A durable JetStream pull consumer.
+    Jetstream,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Acknowledge on receipt: a crash loses the message, nothing is ever repeated.
+    AtMostOnce,
+    /// Acknowledge after the reply is confirmed: a crash repeats the message.
+    #[default]
+    AtLeastOnce,
+}
+
+/// A route's JetStream consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// The stream holding the requests; it must exist.
+    pub stream: String,
+    /// Durable consumer name: created if missing, updated/bound if it exists.
+    /// Default: `ricochet-<route name>`.
+    #[serde(default)]
+    pub durable: Option<String>,
+    /// Default: the route's subject, with named tokens as `*`.
+    #[serde(default)]
+    pub filter_subjects: Vec<String>,
+    /// How long the server waits for an ack before redelivering.
+    #[serde(default = "defaults::ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Deliveries before a message is dead-lettered.
+    #[serde(default = "defaults::max_deliver")]
+    pub max_deliver: u32,
+    /// Delay of the nth redelivery after a retryable failure (the last entry repeats).
+    #[serde(
+        default = "defaults::redelivery_backoff",
+        deserialize_with = "units::duration_list"
+    )]
+    pub redelivery_backoff: Vec<Duration>,
+    /// Messages delivered but not yet acknowledged, across all replicas.
+    #[serde(default = "defaults::max_ack_pending")]
+    pub max_ack_pending: u32,
+    /// Tell the server a slow call is still running (every `ack_wait` / 2) so it does not
+    /// redeliver the message meanwhile.
+    #[serde(default = "defaults::enabled")]
+    pub in_progress: bool,
 }
 
 /// Retries with exponential backoff, per route.
@@ -498,5 +573,23 @@ pub mod defaults {
     }
     pub fn half_open_probes() -> u32 {
         1
+    }
+    pub fn reply_to_header() -> String {
+        "reply-to".into()
+    }
+    pub fn correlation_header() -> String {
+        "correlation-id".into()
+    }
+    pub fn ack_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_deliver() -> u32 {
+        5
+    }
+    pub fn redelivery_backoff() -> Vec<Duration> {
+        [1, 5, 30].map(Duration::from_secs).to_vec()
+    }
+    pub fn max_ack_pending() -> u32 {
+        1000
     }
 }

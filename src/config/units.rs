@@ -75,6 +75,14 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A list of human durations: `["1s", "5s", "30s"]`.
+pub fn duration_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<std::time::Duration>, D::Error> {
+    let list: Vec<humantime_serde::Serde<std::time::Duration>> = Vec::deserialize(deserializer)?;
+    Ok(list.into_iter().map(|d| d.into_inner()).collect())
+}
+
 /// A password or token. It prints as `***` in every `Debug` and `Display`, so it cannot
 /// reach a log line or an error message by accident; `expose` is the one way to read it.
 #[derive(Clone, Deserialize, PartialEq, Eq)]

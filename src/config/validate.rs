@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use http::{HeaderName, HeaderValue, Method, Uri};
 
 use super::{
-    BreakerConfig, ByteSize, Config, ConfigError, HeaderFilterConfig, RateLimitConfig, RetryConfig,
-    RetryOn, RouteConfig,
+    BreakerConfig, ByteSize, Config, ConfigError, Delivery, HeaderFilterConfig, RateLimitConfig,
+    RetryConfig, RetryOn, RouteConfig, SourceKind, UpstreamConfig,
 };
 use crate::mapping::PathTemplate;
 use crate::route::Pattern;
@@ -159,6 +159,7 @@ pub(super) fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
     if let Some(limit) = &route.rate_limit {
         check_rate_limit(limit, route.max_payload, &mut push);
     }
+    check_source(route, &mut push);
     for (key, filter) in [
         ("request_headers", &route.request_headers),
         ("response_headers", &route.response_headers),
@@ -173,6 +174,128 @@ pub(super) fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+/// A durable source redelivers a message whose ack does not come within `ack_wait`; the
+/// whole HTTP deadline must fit in it, unless in-progress signals extend it.
+pub(super) fn deadlines(
+    routes: &[(usize, RouteConfig)],
+    upstream: &UpstreamConfig,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (index, route) in routes {
+        let Some(js) = route
+            .jetstream
+            .as_ref()
+            .filter(|_| route.source == SourceKind::Jetstream)
+        else {
+            continue;
+        };
+        let total = route.total_timeout_or(upstream);
+        if !js.in_progress && total > js.ack_wait {
+            errors.push(ConfigError::new(
+                format!("routes[{index}].jetstream.ack_wait"),
+                format!(
+                    "{:?} is shorter than the route's HTTP deadline of {total:?} (attempts, timeouts and backoff): \
+                     raise ack_wait, lower total_timeout, or set in_progress = true",
+                    js.ack_wait
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
+    for (key, value) in [
+        ("reply_subject", &route.reply_subject),
+        ("dead_letter", &route.dead_letter),
+    ] {
+        if let Some(subject) = value {
+            if subject.is_empty()
+                || subject.contains(['*', '>'])
+                || subject.chars().any(char::is_whitespace)
+            {
+                push(
+                    key,
+                    format!("{subject:?} must be a subject without wildcards or spaces"),
+                );
+            }
+        }
+    }
+    for (key, name) in [
+        ("reply_to_header", &route.reply_to_header),
+        ("correlation_header", &route.correlation_header),
+    ] {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            push(key, format!("{name:?} is not a valid header name"));
+        }
+    }
+    match route.source {
+        SourceKind::Nats => {
+            if route.jetstream.is_some() {
+                push("jetstream", "only for source = \"jetstream\"".into());
+            }
+            if route.delivery == Some(Delivery::AtLeastOnce) {
+                push(
+                    "delivery",
+                    "core NATS is at-most-once; use source = \"jetstream\" for at-least-once"
+                        .into(),
+                );
+            }
+            for (key, set) in [
+                ("reply_subject", route.reply_subject.is_some()),
+                ("dead_letter", route.dead_letter.is_some()),
+            ] {
+                if set {
+                    push(
+                        key,
+                        "only for durable sources: core NATS replies to the request's inbox".into(),
+                    );
+                }
+            }
+        }
+        SourceKind::Jetstream => {
+            let Some(js) = &route.jetstream else {
+                push(
+                    "jetstream",
+                    "a [routes.jetstream] table with at least `stream` is required".into(),
+                );
+                return;
+            };
+            if let Err(message) = check_token(&js.stream) {
+                push("jetstream.stream", message);
+            }
+            if let Some(durable) = &js.durable {
+                if let Err(message) = check_token(durable) {
+                    push("jetstream.durable", message);
+                }
+            }
+            for subject in &js.filter_subjects {
+                if Pattern::parse(subject).is_err() || subject.contains(['{', '}']) {
+                    push(
+                        "jetstream.filter_subjects",
+                        format!("{subject:?} is not a NATS subject"),
+                    );
+                }
+            }
+            if js.ack_wait.is_zero() {
+                push("jetstream.ack_wait", "must be greater than zero".into());
+            }
+            if js.max_deliver == 0 {
+                push("jetstream.max_deliver", "must be at least 1".into());
+            }
+            if js.redelivery_backoff.is_empty() {
+                push(
+                    "jetstream.redelivery_backoff",
+                    "needs at least one delay".into(),
+                );
+            }
+            if js.max_ack_pending == 0 {
+                push("jetstream.max_ack_pending", "must be at least 1".into());
+            }
+        }
+    }
 }
 
 /// Checks across routes; `routes` holds those that deserialized, with their index, out of

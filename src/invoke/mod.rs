@@ -67,6 +67,8 @@ pub struct Outcome {
     pub result: Result<UpstreamResponse, Failure>,
     /// HTTP attempts made (0 when refused before the first).
     pub attempts: u32,
+    /// The classification of the final result; refusals (limit, breaker) are retryable.
+    pub class: Class,
 }
 
 /// One route's resilience stack around the shared HTTP client.
@@ -105,6 +107,7 @@ impl RouteInvoker {
         let refused = |failure: Failure| Outcome {
             result: Err(failure),
             attempts: 0,
+            class: Class::Retryable,
         };
         if let Some(limit) = &self.limit {
             if let Err(throttled) = limit.acquire(request.body().len(), deadline).await {
@@ -118,9 +121,10 @@ impl RouteInvoker {
         // The previous attempt's result, while a retry is pending.
         let mut last: Option<Result<UpstreamResponse, InvokeError>> = None;
         loop {
-            let finish = |result: Result<UpstreamResponse, InvokeError>, attempts| Outcome {
+            let finish = |result: Result<UpstreamResponse, InvokeError>, attempts, class| Outcome {
                 result: result.map_err(Failure::from),
                 attempts,
+                class,
             };
             let permit = match (self.breaker.try_acquire(), last.take()) {
                 (Ok(permit), _) => permit,
@@ -132,7 +136,7 @@ impl RouteInvoker {
                 // The breaker opened during the backoff: the last answer stands.
                 (Err(_), Some(previous)) => {
                     metrics.retry_skipped("circuit_open");
-                    return finish(previous, attempts);
+                    return finish(previous, attempts, Class::Retryable);
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -154,13 +158,13 @@ impl RouteInvoker {
                 metrics.http_response(response.status);
             }
             if verdict.class != Class::Retryable {
-                return finish(result, attempts);
+                return finish(result, attempts, verdict.class);
             }
             match self.next_attempt(&parts, &result, attempts, deadline, &mut backoff) {
                 Err(reason) => {
                     debug!(attempts, reason, "retryable failure not retried");
                     metrics.retry_skipped(reason);
-                    return finish(result, attempts);
+                    return finish(result, attempts, verdict.class);
                 }
                 Ok(delay) => {
                     debug!(attempts, ?delay, "retrying");

@@ -1,53 +1,218 @@
-//! Replies to core NATS requests: published to the message's reply inbox.
+//! Publishing replies (and dead letters) to NATS.
 //!
-//! Core NATS has nothing to settle and no publish acknowledgement, so a reply is handed to
-//! the connection and written out with the next batch; shutdown flushes what is pending.
+//! - [`NatsReplier::publish`]: core request-reply. The reply goes to the caller's inbox and is
+//!   written out with the connection's next batch; there is nothing to settle, and shutdown
+//!   flushes what is pending.
+//! - [`NatsReplier::publish_confirmed`]: for durable sources, which settle the request only
+//!   after this returns. A subject captured by a stream is published with JetStream and its
+//!   publish ack awaited; any other subject is published and flushed.
+//!
 //! A reply larger than the server's `max_payload` is replaced by a 502 error reply, so the
 //! caller learns why instead of timing out.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind as JsPublishErrorKind};
 use async_nats::{Client, HeaderMap, PublishErrorKind};
+use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::mapping::{ErrorKind, Reply};
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not publish the reply: {0}")]
-pub struct PublishError(String);
+#[error("could not publish to {subject}: {reason}")]
+pub struct PublishError {
+    subject: String,
+    reason: String,
+}
 
-#[derive(Clone, Debug)]
+impl PublishError {
+    fn new(subject: &str, reason: impl ToString) -> Self {
+        Self {
+            subject: subject.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// How long an answer to "does a stream capture this subject?" is trusted.
+const CAPTURE_TTL: Duration = Duration::from_secs(10);
+/// Reply subjects can be many (one per caller); the cache starts over beyond this.
+const CAPTURE_CACHE_MAX: usize = 10_000;
+
+#[derive(Debug)]
 pub struct NatsReplier {
     client: Client,
+    jetstream: jetstream::Context,
+    captured: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 impl NatsReplier {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            jetstream: jetstream::new(client.clone()),
+            client,
+            captured: Mutex::new(HashMap::new()),
+        }
     }
 
+    /// Core request-reply: hand the reply to the connection.
     pub async fn publish(&self, subject: &str, reply: &Reply) -> Result<(), PublishError> {
-        match self.send(subject, reply).await {
+        let send = |reply: &Reply| {
+            self.client.publish_with_headers(
+                subject.to_string(),
+                headers(reply, &[]),
+                reply.body.clone(),
+            )
+        };
+        match send(reply).await {
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                let detail = format!(
-                    "the service's response ({} bytes) is larger than the NATS server's max_payload ({} bytes)",
-                    reply.body.len(),
-                    self.client.server_info().max_payload
-                );
-                let fallback = Reply::error(ErrorKind::UpstreamUnavailable, &detail);
-                self.send(subject, &fallback)
+                let fallback = self.too_large(reply);
+                send(&fallback)
                     .await
-                    .map_err(|e| PublishError(e.to_string()))?;
-                Err(PublishError(detail))
+                    .map_err(|e| PublishError::new(subject, e))?;
+                Err(PublishError::new(
+                    subject,
+                    "reply larger than max_payload; a 502 was sent instead",
+                ))
             }
-            other => other.map_err(|e| PublishError(e.to_string())),
+            other => other.map_err(|e| PublishError::new(subject, e)),
         }
     }
 
-    async fn send(&self, subject: &str, reply: &Reply) -> Result<(), async_nats::PublishError> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &reply.headers {
-            headers.append(name.as_str(), value.as_str());
-        }
-        self.client
-            .publish_with_headers(subject.to_string(), headers, reply.body.clone())
+    /// Durable sources: returns once the server has the message (stream ack or flush).
+    /// `extra` headers are added (correlation id, `Nats-Msg-Id` for de-duplication).
+    pub async fn publish_confirmed(
+        &self,
+        subject: &str,
+        reply: &Reply,
+        extra: &[(&str, String)],
+    ) -> Result<(), PublishError> {
+        match self
+            .send_confirmed(subject, headers(reply, extra), reply.body.clone())
             .await
+        {
+            Err(SendError::TooLarge) => {
+                let fallback = self.too_large(reply);
+                self.send_confirmed(subject, headers(&fallback, extra), fallback.body.clone())
+                    .await
+                    .map_err(|e| PublishError::new(subject, e.to_string()))?;
+                Err(PublishError::new(
+                    subject,
+                    "reply larger than max_payload; a 502 was sent instead",
+                ))
+            }
+            other => other.map_err(|e| PublishError::new(subject, e.to_string())),
+        }
     }
+
+    /// Publishes raw headers and payload, confirmed (dead letters).
+    pub async fn publish_raw_confirmed(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.send_confirmed(subject, headers, payload)
+            .await
+            .map_err(|e| PublishError::new(subject, e.to_string()))
+    }
+
+    async fn send_confirmed(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        if self.is_captured(subject).await? {
+            let ack = self
+                .jetstream
+                .publish_with_headers(subject.to_string(), headers, payload)
+                .await
+                .map_err(|e| match e.kind() {
+                    JsPublishErrorKind::MaxPayloadExceeded => SendError::TooLarge,
+                    _ => SendError::Other(e.to_string()),
+                })?;
+            ack.await.map_err(|e| SendError::Other(e.to_string()))?;
+        } else {
+            self.client
+                .publish_with_headers(subject.to_string(), headers, payload)
+                .await
+                .map_err(|e| match e.kind() {
+                    PublishErrorKind::MaxPayloadExceeded => SendError::TooLarge,
+                    _ => SendError::Other(e.to_string()),
+                })?;
+            self.client
+                .flush()
+                .await
+                .map_err(|e| SendError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a stream captures `subject`, cached for a few seconds.
+    async fn is_captured(&self, subject: &str) -> Result<bool, SendError> {
+        let now = Instant::now();
+        if let Some((captured, at)) = self.lock().get(subject) {
+            if now.duration_since(*at) < CAPTURE_TTL {
+                return Ok(*captured);
+            }
+        }
+        let captured = match self.jetstream.stream_by_subject(subject).await {
+            Ok(_) => true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamByNameErrorKind::NotFound
+                ) =>
+            {
+                false
+            }
+            Err(e) => {
+                return Err(SendError::Other(format!(
+                    "cannot ask which stream captures it: {e}"
+                )))
+            }
+        };
+        let mut cache = self.lock();
+        if cache.len() >= CAPTURE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(subject.to_string(), (captured, now));
+        Ok(captured)
+    }
+
+    fn too_large(&self, reply: &Reply) -> Reply {
+        let detail = format!(
+            "the service's response ({} bytes) is larger than the NATS server's max_payload ({} bytes)",
+            reply.body.len(),
+            self.client.server_info().max_payload
+        );
+        Reply::error(ErrorKind::UpstreamUnavailable, &detail)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
+        self.captured.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("message larger than the server's max_payload")]
+    TooLarge,
+    #[error("{0}")]
+    Other(String),
+}
+
+fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &reply.headers {
+        headers.append(name.as_str(), value.as_str());
+    }
+    for (name, value) in extra {
+        headers.insert(*name, value.as_str());
+    }
+    headers
 }

@@ -1,6 +1,7 @@
 //! Sources turn broker messages into one [`Inbound`] type. Core NATS is the first source;
 //! JetStream and Kafka follow the same shape and add settlement.
 
+pub mod jetstream;
 pub mod nats;
 
 use std::time::Instant;

@@ -72,7 +72,7 @@ fn log_event(event: Event) {
 /// Subscribes every route with its queue group.
 pub async fn subscribe(client: &Client, pipeline: &Pipeline) -> anyhow::Result<Vec<Subscriber>> {
     let mut subscribers = Vec::new();
-    for (pattern, route) in pipeline.routes().iter() {
+    for (pattern, route) in pipeline.core_routes().iter() {
         let subject = pattern.subscription_subject();
         let subscriber = client
             .queue_subscribe(subject.clone(), route.queue_group.clone())
@@ -117,7 +117,7 @@ pub async fn intake(
         };
         let Some(message) = message else { break };
         let inbound = to_inbound(message);
-        let Some((route, captures)) = pipeline.routes().find(&inbound.subject) else {
+        let Some((route, captures)) = pipeline.core_routes().find(&inbound.subject) else {
             let pipeline = pipeline.clone();
             tracker.spawn(async move { pipeline.reject_unrouted(inbound).await });
             continue;

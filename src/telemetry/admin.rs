@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -16,10 +16,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 /// What `/readyz` reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     nats: OnceLock<async_nats::Client>,
-    subscribed: AtomicBool,
+    /// Intakes (core subscriptions, JetStream consumers) not set up yet.
+    pending: AtomicUsize,
     shutting_down: AtomicBool,
 }
 
@@ -28,8 +29,20 @@ impl Health {
         let _ = self.nats.set(client);
     }
 
-    pub fn set_subscribed(&self) {
-        self.subscribed.store(true, Ordering::SeqCst);
+    /// Readiness waits for `intakes` calls of [`Health::intake_ready`].
+    pub fn new(intakes: usize) -> Self {
+        Self {
+            nats: OnceLock::new(),
+            pending: AtomicUsize::new(intakes),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// One intake is subscribed (or bound to its consumer).
+    pub fn intake_ready(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     pub fn set_shutting_down(&self) {
@@ -45,8 +58,8 @@ impl Health {
             Some(async_nats::connection::State::Connected) => {}
             _ => return Err("not connected to NATS"),
         }
-        if !self.subscribed.load(Ordering::SeqCst) {
-            return Err("not subscribed yet");
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            return Err("subscriptions or JetStream consumers not set up yet");
         }
         Ok(())
     }

@@ -22,6 +22,8 @@ pub const CIRCUIT_STATE: &str = "ricochet_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "ricochet_circuit_transitions_total";
 pub const RETRIES: &str = "ricochet_retries_total";
 pub const RETRIES_SKIPPED: &str = "ricochet_retries_skipped_total";
+pub const SETTLEMENTS: &str = "ricochet_settlements_total";
+pub const DEAD_LETTERS: &str = "ricochet_dead_letters_total";
 pub const NATS_CONNECTED: &str = "ricochet_nats_connected";
 pub const NATS_EVENTS: &str = "ricochet_nats_connection_events_total";
 
@@ -80,12 +82,23 @@ fn describe() {
         RETRIES_SKIPPED,
         "Retryable failures not retried, by reason: attempts, budget, deadline, method, circuit_open"
     );
+    describe_counter!(
+        SETTLEMENTS,
+        "Durable sources: acknowledgements sent, by action (ack, nak, term, in_progress)"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Durable sources: messages published to the dead-letter destination"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(
         NATS_EVENTS,
         "NATS connection events (connected, disconnected, ...)"
     );
 }
+
+/// Settlement actions of durable sources, the `action` label of [`SETTLEMENTS`].
+pub const SETTLE_ACTIONS: [&str; 4] = ["ack", "nak", "term", "in_progress"];
 
 /// Why a retryable failure was not retried.
 pub const SKIP_REASONS: [&str; 5] = ["attempts", "budget", "deadline", "method", "circuit_open"];
@@ -112,6 +125,8 @@ pub struct RouteMetrics {
     pub retries: Counter,
     retries_skipped: [Counter; SKIP_REASONS.len()],
     publish_errors: Counter,
+    settlements: [Counter; SETTLE_ACTIONS.len()],
+    pub dead_letters: Counter,
     outcomes: [Counter; 3],
 }
 
@@ -140,6 +155,9 @@ impl RouteMetrics {
             retries: counter!(RETRIES, "route" => route.clone()),
             retries_skipped: SKIP_REASONS
                 .map(|r| counter!(RETRIES_SKIPPED, "route" => route.clone(), "reason" => r)),
+            settlements: SETTLE_ACTIONS
+                .map(|a| counter!(SETTLEMENTS, "route" => route.clone(), "action" => a)),
+            dead_letters: counter!(DEAD_LETTERS, "route" => route.clone()),
             publish_errors: counter!(ERRORS, "route" => route.clone(), "kind" => "publish_failed"),
             outcomes: [
                 outcome("replied"),
@@ -163,6 +181,13 @@ impl RouteMetrics {
     pub fn retry_skipped(&self, reason: &'static str) {
         if let Some(index) = SKIP_REASONS.iter().position(|r| *r == reason) {
             self.retries_skipped[index].increment(1);
+        }
+    }
+
+    /// One settlement; `action` is one of [`SETTLE_ACTIONS`].
+    pub fn settled(&self, action: &'static str) {
+        if let Some(index) = SETTLE_ACTIONS.iter().position(|a| *a == action) {
+            self.settlements[index].increment(1);
         }
     }
 
