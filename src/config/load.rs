@@ -79,7 +79,13 @@ pub fn load_str(
     let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
         ConfigErrors(vec![ConfigError::new(
             "(file)",
-            format!("not valid TOML: {}", e.message().trim()),
+            format!(
+                "not valid TOML: {}",
+                e.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
         )])
     })?;
     let (env_keys, mut errors) = apply_env(&mut table, env);
@@ -428,6 +434,35 @@ mod tests {
             "routes[0].circuit_breaker.max_break_duration",
             "routes[0].rate_limit",
             "routes[0].rate_limit.burst_bytes",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn jetstream_deadline_must_fit_in_ack_wait_without_in_progress() {
+        let route = |in_progress: bool| {
+            format!(
+                "[upstream]\nbase_url = \"http://h:1\"\nrequest_timeout = \"5s\"\n[[routes]]\nname = \"js\"\nsource = \"jetstream\"\nsubject = \"a.{{id}}\"\npath = \"/a/{{id}}\"\n[routes.jetstream]\nstream = \"S\"\nack_wait = \"10s\"\nin_progress = {in_progress}\n"
+            )
+        };
+        // 3 attempts of 5 s plus 2 backoffs of up to 2 s: 19 s > 10 s.
+        let errors = load_str(&route(false), no_env()).unwrap_err().0;
+        assert_eq!(errors[0].key, "routes[0].jetstream.ack_wait");
+        assert!(errors[0].message.contains("19s"), "{}", errors[0].message);
+        load_str(&route(true), no_env()).expect("in-progress keeps the message alive");
+    }
+
+    #[test]
+    fn source_specific_keys_are_checked() {
+        let text = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"core\"\nsubject = \"a\"\npath = \"/\"\ndelivery = \"at_least_once\"\ndead_letter = \"dlq\"\n[[routes]]\nname = \"js\"\nsource = \"jetstream\"\nsubject = \"b\"\npath = \"/\"\nreply_subject = \"r.*\"\n";
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "routes[0].delivery",
+            "routes[0].dead_letter",
+            "routes[1].jetstream",
+            "routes[1].reply_subject",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }

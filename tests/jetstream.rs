@@ -1,0 +1,554 @@
+//! JetStream end to end: durable consumers against the real JetStream, each test with its
+//! own stream (memory storage, random name, deleted at the end).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use common::*;
+use futures::StreamExt;
+
+/// A stream for one test, on subjects `{prefix}.req.>`.
+struct TestStream {
+    js: jetstream::Context,
+    name: String,
+    prefix: String,
+}
+
+impl TestStream {
+    async fn create(tag: &str) -> Self {
+        let js = jetstream::new(nats().await);
+        let prefix = unique(tag);
+        let name = prefix.to_uppercase().replace('-', "_");
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.req.>")],
+            storage: stream::StorageType::Memory,
+            max_age: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .expect("JetStream is enabled on the NATS server");
+        Self { js, name, prefix }
+    }
+
+    /// Publishes a request and waits for the stream's ack.
+    async fn publish(&self, id: &str, headers: HeaderMap, payload: &'static [u8]) {
+        self.js
+            .publish_with_headers(
+                format!("{}.req.{id}", self.prefix),
+                headers,
+                Bytes::from_static(payload),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    async fn consumer(&self, durable: &str) -> jetstream::consumer::Info {
+        let stream = self.js.get_stream(&self.name).await.unwrap();
+        stream.consumer_info(durable).await.unwrap()
+    }
+
+    async fn delete(self) {
+        let _ = self.js.delete_stream(&self.name).await;
+    }
+
+    /// A JetStream route on this stream; `extra` adds route keys, `js_extra` consumer keys
+    /// (one per line, replacing the test defaults).
+    fn route(&self, extra: &str, js_extra: &str) -> String {
+        let mut consumer = vec![
+            ("durable", "\"ricochet-test\"".to_string()),
+            ("ack_wait", "\"2s\"".to_string()),
+            ("redelivery_backoff", "[\"100ms\"]".to_string()),
+        ];
+        for line in js_extra.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line.split_once('=').unwrap();
+            consumer.retain(|(k, _)| *k != key.trim());
+            consumer.push((key.trim(), value.trim().to_string()));
+        }
+        let consumer: String = consumer
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        format!(
+            r#"
+[[routes]]
+name = "js"
+source = "jetstream"
+subject = "{prefix}.req.{{id}}"
+method = "POST"
+path = "/orders/{{id}}"
+dead_letter = "{prefix}.dlq"
+{extra}
+
+[routes.jetstream]
+stream = "{stream}"
+{consumer}
+"#,
+            prefix = self.prefix,
+            stream = self.name
+        )
+    }
+}
+
+fn request_headers(reply_to: &str, correlation: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("reply-to", reply_to);
+    headers.insert("correlation-id", correlation);
+    headers
+}
+
+async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("subscription open")
+}
+
+/// Asserts nothing more arrives on `sub` within `wait`.
+async fn nothing_more(sub: &mut async_nats::Subscriber, wait: Duration) {
+    if let Ok(Some(message)) = tokio::time::timeout(wait, sub.next()).await {
+        panic!(
+            "unexpected message on {}: {:?}",
+            message.subject, message.payload
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_are_answered_with_correlation_and_stable_idempotency_keys() {
+    let stream = TestStream::create("jsok").await;
+    let upstream = Upstream::echo().await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let default_replies = format!("{}.default-replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    let mut default_sub = client.subscribe(default_replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route(&format!("reply_subject = \"{default_replies}\""), "");
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    let mut headers = request_headers(&replies, "c-1");
+    headers.insert("Nats-Msg-Id", "order-42-v1");
+    stream.publish("42", headers, b"first").await;
+    let reply = next(&mut sub).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+    assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-1"));
+    assert_eq!(reply.payload.as_ref(), b"first");
+
+    // No reply-to header: the route's reply_subject.
+    stream.publish("43", HeaderMap::new(), b"second").await;
+    let reply = next(&mut default_sub).await;
+    assert_eq!(reply.payload.as_ref(), b"second");
+
+    let seen = upstream.seen();
+    assert_eq!(seen[0].path_and_query, "/orders/42");
+    assert_eq!(seen[0].headers["idempotency-key"], "order-42-v1");
+    assert_eq!(
+        seen[1].headers["idempotency-key"],
+        format!("{}:2", stream.name)
+    );
+    assert!(
+        seen[0].headers.get("reply-to").is_some(),
+        "ordinary headers are forwarded"
+    );
+
+    let info = stream.consumer("ricochet-test").await;
+    assert_eq!(info.num_ack_pending, 0, "both acknowledged");
+    let metrics = ricochet.metrics().await;
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"ack\""]),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ricochet_messages_received_total",
+            &["source=\"jetstream\""]
+        ),
+        2.0
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn retryable_failures_are_redelivered_with_a_delay_and_answered_once() {
+    let stream = TestStream::create("jsretry").await;
+    let times = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let record = times.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let upstream = Upstream::start(move |_| {
+        record.lock().unwrap().push(Instant::now());
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 2 {
+                respond(500, "flaky")
+            } else {
+                respond(200, "recovered")
+            }
+        }
+    })
+    .await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route(
+        "[routes.retry]\nmax_attempts = 1\nretry_on = [500]\n",
+        "redelivery_backoff = [\"300ms\"]",
+    );
+    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    stream
+        .publish("7", request_headers(&replies, "c-7"), b"payload")
+        .await;
+    let reply = next(&mut sub).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+    assert_eq!(reply.payload.as_ref(), b"recovered");
+    nothing_more(&mut sub, Duration::from_millis(800)).await;
+
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let keys: Vec<_> = upstream
+        .seen()
+        .iter()
+        .map(|s| s.headers["idempotency-key"].clone())
+        .collect();
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one key across redeliveries: {keys:?}"
+    );
+    let times = times.lock().unwrap().clone();
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(300),
+            "redelivered after the nak delay"
+        );
+    }
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_not_redelivered() {
+    let stream = TestStream::create("jspoison").await;
+    let upstream = Upstream::start(|seen| async move {
+        if seen.path_and_query.ends_with("/down") {
+            respond(503, "down")
+        } else {
+            respond(200, "ok")
+        }
+    })
+    .await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    let mut dlq = client
+        .subscribe(format!("{}.dlq", stream.prefix))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route(
+        "max_payload = 16\n[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nenabled = false\n",
+        "ack_wait = \"1s\"\nmax_deliver = 2",
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    let mut headers = request_headers(&replies, "c-big");
+    headers.insert("X-Tenant", "acme");
+    stream
+        .publish("1", headers, b"far more than sixteen bytes")
+        .await;
+    let letter = next(&mut dlq).await;
+    assert_eq!(letter.payload.as_ref(), b"far more than sixteen bytes");
+    let get = |name: &str| header(&letter, name);
+    assert_eq!(
+        get("Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("payload_too_large")
+    );
+    assert_eq!(get("Ricochet-Last-Status").as_deref(), Some("413"));
+    assert_eq!(get("Ricochet-Delivery-Count").as_deref(), Some("1"));
+    assert_eq!(
+        get("Ricochet-Original-Stream").as_deref(),
+        Some(stream.name.as_str())
+    );
+    assert_eq!(
+        get("Ricochet-Original-Subject"),
+        Some(format!("{}.req.1", stream.prefix))
+    );
+    assert_eq!(get("Ricochet-Original-Sequence").as_deref(), Some("1"));
+    assert_eq!(get("X-Tenant").as_deref(), Some("acme"));
+    let reply = next(&mut sub).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("413"));
+    assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-big"));
+
+    // Retryable until max_deliver: dead-lettered on the last delivery.
+    stream
+        .publish("down", request_headers(&replies, "c-down"), b"small")
+        .await;
+    let letter = next(&mut dlq).await;
+    assert_eq!(
+        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("max_deliver")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Last-Status").as_deref(),
+        Some("503")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Delivery-Count").as_deref(),
+        Some("2")
+    );
+    let reply = next(&mut sub).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("503"));
+    assert_eq!(
+        upstream.calls(),
+        2,
+        "the oversized message never reached the service"
+    );
+
+    // Terminated: nothing comes back after ack_wait.
+    nothing_more(&mut dlq, Duration::from_millis(1500)).await;
+    let info = stream.consumer("ricochet-test").await;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+    let metrics = ricochet.metrics().await;
+    assert_eq!(metric(&metrics, "ricochet_dead_letters_total", &[]), 2.0);
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"term\""]),
+        2.0
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_call_slower_than_ack_wait_is_kept_alive_with_in_progress() {
+    let stream = TestStream::create("jsslow").await;
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        respond(200, "slow but fine")
+    })
+    .await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route(
+        "timeout = \"5s\"\n[routes.retry]\nmax_attempts = 1\n",
+        "ack_wait = \"1s\"",
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    stream
+        .publish("9", request_headers(&replies, "c-9"), b"x")
+        .await;
+    let reply = next(&mut sub).await;
+    assert_eq!(reply.payload.as_ref(), b"slow but fine");
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    assert_eq!(upstream.calls(), 1, "no redelivery while the call ran");
+    let info = stream.consumer("ricochet-test").await;
+    assert_eq!(info.num_redelivered, 0);
+    let metrics = ricochet.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "ricochet_settlements_total",
+            &["action=\"in_progress\""]
+        ) >= 2.0
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_stops_pulling_until_the_service_recovers() {
+    let stream = TestStream::create("jsbreak").await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    let upstream = Upstream::start(move |_| {
+        let ok = flag.load(Ordering::SeqCst);
+        async move {
+            if ok {
+                respond(200, "ok")
+            } else {
+                respond(503, "down")
+            }
+        }
+    })
+    .await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route(
+        "max_in_flight = 1\n[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"2s\"\n",
+        "max_deliver = 20",
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    for i in 0..20 {
+        stream
+            .publish(
+                &i.to_string(),
+                request_headers(&replies, &format!("c-{i}")),
+                b"x",
+            )
+            .await;
+    }
+
+    // Three failures open the breaker; then nothing more is pulled or called.
+    for _ in 0..500 {
+        if metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = upstream.calls();
+    assert_eq!(calls, 3);
+    let pending = stream.consumer("ricochet-test").await.num_pending;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        stream.consumer("ricochet-test").await.num_pending,
+        pending,
+        "no pulls while open"
+    );
+    assert_eq!(upstream.calls(), calls, "no calls while open");
+
+    healthy.store(true, Ordering::SeqCst);
+    let mut answered = HashMap::new();
+    while answered.len() < 20 {
+        let reply = next(&mut sub).await;
+        assert_eq!(
+            header(&reply, "Ricochet-Status").as_deref(),
+            Some("200"),
+            "no error replies for redelivered messages"
+        );
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_insert(0) += 1;
+    }
+    assert!(answered.values().all(|n| *n == 1));
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_acknowledges_in_flight_messages() {
+    let stream = TestStream::create("jsterm").await;
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        respond(200, "done")
+    })
+    .await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route("", "");
+    let mut ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    for i in 0..5 {
+        stream
+            .publish(
+                &i.to_string(),
+                request_headers(&replies, &format!("c-{i}")),
+                b"x",
+            )
+            .await;
+    }
+    upstream.wait_for_calls(5).await;
+    ricochet.signal("-TERM");
+    for _ in 0..5 {
+        assert_eq!(next(&mut sub).await.payload.as_ref(), b"done");
+    }
+    assert_eq!(
+        ricochet.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    let info = stream.consumer("ricochet-test").await;
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "all settled before exit"
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_run_loses_no_request() {
+    const TOTAL: usize = 2000;
+    let stream = TestStream::create("jscrash").await;
+    let upstream = Upstream::start(|seen| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        http::Response::new(http_body_util::Full::new(seen.body))
+    })
+    .await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route("max_in_flight = 32", "max_deliver = 100");
+    let toml = config(&upstream.base_url(), admin, &routes);
+    let mut first = Ricochet::start(&toml, admin).await;
+
+    let publisher = {
+        let js = stream.js.clone();
+        let prefix = stream.prefix.clone();
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                let ack = js
+                    .publish_with_headers(
+                        format!("{prefix}.req.{i}"),
+                        request_headers(&replies, &i.to_string()),
+                        "x".into(),
+                    )
+                    .await
+                    .unwrap();
+                ack.await.unwrap();
+            }
+        })
+    };
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    let mut total = 0;
+    while total < TOTAL / 4 {
+        let reply = next(&mut sub).await;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
+        total += 1;
+    }
+    first.signal("-KILL");
+    first.wait_exit(Duration::from_secs(10)).await;
+    drop(first);
+    let _second = Ricochet::start(&toml, admin).await;
+    publisher.await.unwrap();
+
+    while answered.len() < TOTAL {
+        let reply = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {TOTAL} requests answered", answered.len()))
+            .unwrap();
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
+    }
+    let duplicates: usize = answered.values().map(|n| n - 1).sum();
+    println!("crash test: {TOTAL} requests, all answered, {duplicates} answered twice");
+    assert_eq!(answered.len(), TOTAL);
+    assert!(
+        duplicates <= 64,
+        "only work in flight at the crash is repeated: {duplicates}"
+    );
+    stream.delete().await;
+}
