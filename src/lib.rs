@@ -37,17 +37,18 @@ use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::reply::NatsReplier;
 use crate::source::jetstream::JetStreamRoute;
+use crate::source::kafka::KafkaRoute;
 use crate::telemetry::Health;
 
 /// Runs the bridge until `shutdown` resolves, then stops intake, lets in-flight messages
 /// finish within `shutdown.grace_period`, flushes their replies and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = telemetry::metrics::install()?;
-    let jetstream_routes = (config.routes.iter())
-        .filter(|r| r.source == config::SourceKind::Jetstream)
+    let durable_routes = (config.routes.iter())
+        .filter(|r| r.source != config::SourceKind::Nats)
         .count();
-    // Readiness waits for the core subscriptions and every JetStream consumer.
-    let health = Arc::new(Health::new(1 + jetstream_routes));
+    // Readiness waits for the core subscriptions and every JetStream and Kafka consumer.
+    let health = Arc::new(Health::new(1 + durable_routes));
     let admin = telemetry::admin::serve(config.admin.listen, metrics, health.clone())
         .await
         .map_err(|e| {
@@ -73,12 +74,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     for route in pipeline.routes() {
         if let Some(consumer) = JetStreamRoute::new(route.clone(), pipeline.clone()) {
-            intakes.spawn(consumer.run(
-                client.clone(),
-                health.clone(),
-                tracker.clone(),
-                stop.clone(),
-            ));
+            let run = consumer.run(client.clone(), health.clone(), tracker.clone(), stop.clone());
+            intakes.spawn(run);
+        } else if let Some(consumer) = KafkaRoute::new(route.clone(), pipeline.clone()) {
+            intakes.spawn(consumer.run(health.clone(), tracker.clone(), stop.clone()));
         }
     }
 

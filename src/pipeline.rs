@@ -86,6 +86,7 @@ impl Pipeline {
             let source = match route.source {
                 SourceKind::Nats => "nats",
                 SourceKind::Jetstream => "jetstream",
+                SourceKind::Kafka => "kafka",
             };
             let runtime = Arc::new(Route {
                 name: route.name.clone(),

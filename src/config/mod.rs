@@ -167,6 +167,9 @@ pub struct RouteConfig {
     /// Required when `source = "jetstream"`.
     #[serde(default)]
     pub jetstream: Option<JetStreamConfig>,
+    /// Required when `source = "kafka"`.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     /// Messages of this route processed at the same time.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
@@ -195,6 +198,8 @@ pub enum SourceKind {
     Nats,
     /// A durable JetStream pull consumer.
     Jetstream,
+    /// A Kafka consumer group.
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -205,6 +210,87 @@ pub enum Delivery {
     /// Acknowledge after the reply is confirmed: a crash repeats the message.
     #[default]
     AtLeastOnce,
+    /// Kafka only: the reply and the consumer's offsets in one transaction.
+    ExactlyOnce,
+}
+
+/// A route's Kafka consumer group and reply producer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Default: `ricochet-<route name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Topics to consume. Default: the route's `subject` as a topic name, or as a pattern
+    /// when it has wildcards.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// A regular expression of topic names, instead of `topics`.
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Reply topic when the request has no `reply-to` header.
+    #[serde(default)]
+    pub reply_topic: Option<String>,
+    /// Topic for records that can never be delivered.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Compression of replies and dead letters.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Delay before the nth local retry of a record after a retryable failure (the last
+    /// entry repeats). The record is retried, never skipped...
+    #[serde(default = "defaults::redelivery_backoff", deserialize_with = "units::duration_list")]
+    pub retry_backoff: Vec<Duration>,
+    /// ...unless this is set: dead-letter after this many processing rounds.
+    #[serde(default)]
+    pub dead_letter_after: Option<u32>,
+    /// Extra librdkafka properties of the consumer, e.g. `"fetch.wait.max.ms" = "10"`.
+    #[serde(default)]
+    pub consumer: std::collections::BTreeMap<String, String>,
+    /// Extra librdkafka properties of the reply producer.
+    #[serde(default)]
+    pub producer: std::collections::BTreeMap<String, String>,
+}
+
+/// Which records of a route may be processed at the same time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// One record at a time per partition.
+    Partition,
+    /// Records with the same key in order; different keys in parallel.
+    #[default]
+    Key,
+    /// All in parallel, up to `max_in_flight`.
+    Unordered,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// A route's JetStream consumer.

@@ -231,11 +231,17 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
             push(key, format!("{name:?} is not a valid header name"));
         }
     }
+    if route.source != SourceKind::Kafka && route.kafka.is_some() {
+        push("kafka", "only for source = \"kafka\"".into());
+    }
+    if route.source != SourceKind::Kafka && route.delivery == Some(Delivery::ExactlyOnce) {
+        push("delivery", "exactly_once is only for Kafka routes".into());
+    }
+    if route.source != SourceKind::Jetstream && route.jetstream.is_some() {
+        push("jetstream", "only for source = \"jetstream\"".into());
+    }
     match route.source {
         SourceKind::Nats => {
-            if route.jetstream.is_some() {
-                push("jetstream", "only for source = \"jetstream\"".into());
-            }
             if route.delivery == Some(Delivery::AtLeastOnce) {
                 push(
                     "delivery",
@@ -255,6 +261,7 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
                 }
             }
         }
+        SourceKind::Kafka => check_kafka(route, push),
         SourceKind::Jetstream => {
             let Some(js) = &route.jetstream else {
                 push(
@@ -296,6 +303,84 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
             }
         }
     }
+}
+
+fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
+    for (key, set) in [
+        ("reply_subject", route.reply_subject.is_some()),
+        ("dead_letter", route.dead_letter.is_some()),
+    ] {
+        if set {
+            push(key, "Kafka routes use kafka.reply_topic and kafka.dead_letter_topic".into());
+        }
+    }
+    let Some(kafka) = &route.kafka else {
+        push("kafka", "a [routes.kafka] table with at least `brokers` is required".into());
+        return;
+    };
+    if kafka.brokers.trim().is_empty() {
+        push("kafka.brokers", "must name at least one broker".into());
+    }
+    if !kafka.topics.is_empty() && kafka.topic_pattern.is_some() {
+        push("kafka.topic_pattern", "use either kafka.topics or kafka.topic_pattern".into());
+    }
+    if let Some(pattern) = &kafka.topic_pattern {
+        if let Err(e) = regex_syntax_check(pattern) {
+            push("kafka.topic_pattern", e);
+        }
+    }
+    for (key, topic) in [
+        ("kafka.reply_topic", &kafka.reply_topic),
+        ("kafka.dead_letter_topic", &kafka.dead_letter_topic),
+    ] {
+        if let Some(topic) = topic {
+            if !valid_topic(topic) {
+                push(key, format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"));
+            }
+        }
+    }
+    for topic in &kafka.topics {
+        if !valid_topic(topic) {
+            push("kafka.topics", format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"));
+        }
+    }
+    if kafka.retry_backoff.is_empty() {
+        push("kafka.retry_backoff", "needs at least one delay".into());
+    }
+    if kafka.dead_letter_after == Some(0) {
+        push("kafka.dead_letter_after", "must be at least 1".into());
+    }
+    for (key, props) in [("kafka.consumer", &kafka.consumer), ("kafka.producer", &kafka.producer)] {
+        for name in props.keys() {
+            if MANAGED_KAFKA_PROPERTIES.contains(&name.as_str()) {
+                push(key, format!("{name:?} is set by ricochet and cannot be overridden"));
+            }
+        }
+    }
+}
+
+/// librdkafka properties ricochet sets itself because its guarantees depend on them.
+pub const MANAGED_KAFKA_PROPERTIES: [&str; 6] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "group.id",
+    "transactional.id",
+    "bootstrap.servers",
+];
+
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// librdkafka takes topic patterns as regular expressions starting with '^'.
+fn regex_syntax_check(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('^') {
+        return Err(format!("{pattern:?} must start with '^' (librdkafka's mark of a topic pattern)"));
+    }
+    Ok(())
 }
 
 /// Checks across routes; `routes` holds those that deserialized, with their index, out of

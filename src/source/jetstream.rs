@@ -232,7 +232,8 @@ impl JetStreamRoute {
         let processed = self.process_with_progress(&message, &inbound).await;
         match self.delivery {
             Delivery::AtMostOnce => self.finish_at_most_once(&inbound, &meta, processed).await,
-            Delivery::AtLeastOnce => self.settle(&message, &inbound, &meta, processed).await,
+            // exactly_once is refused for JetStream routes by validation.
+            Delivery::AtLeastOnce | Delivery::ExactlyOnce => self.settle(&message, &inbound, &meta, processed).await,
         }
         route.metrics.in_flight.decrement(1.0);
         route

@@ -2,6 +2,7 @@
 //! JetStream and Kafka follow the same shape and add settlement.
 
 pub mod jetstream;
+pub mod kafka;
 pub mod nats;
 
 use std::time::Instant;

@@ -303,3 +303,128 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Kafka helpers: the broker from `KAFKA_BROKERS` (tansu in CI), topics created per test.
+pub mod kafka {
+    use std::time::Duration;
+
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+
+    pub fn brokers() -> String {
+        std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    }
+
+    /// Creates a fresh topic with `partitions` partitions.
+    pub async fn topic(prefix: &str, partitions: i32) -> String {
+        let name = super::unique(prefix);
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin client");
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("Kafka is running at KAFKA_BROKERS (see README)");
+        for result in results {
+            result.expect("topic created");
+        }
+        name
+    }
+
+    pub fn producer() -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer")
+    }
+
+    pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, headers: &[(&str, &str)], payload: &[u8]) {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header { key: name, value: Some(*value) });
+        }
+        let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("request produced");
+    }
+
+    /// A plain consumer of `topic` from the beginning, as any caller would use.
+    pub fn consumer(topic: &str) -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", super::unique("test-reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            // tansu answers a fetch only after fetch.wait.max.ms.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        consumer
+    }
+
+    pub async fn next(consumer: &StreamConsumer, within: Duration) -> OwnedMessage {
+        tokio::time::timeout(within, consumer.recv())
+            .await
+            .expect("a record in time")
+            .expect("no consumer error")
+            .detach()
+    }
+
+    pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+        message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+    }
+
+    pub fn key(message: &OwnedMessage) -> Option<String> {
+        message.key().map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+
+    /// A Kafka route on `topic`; `extra` adds route keys, `kafka_extra` keys of
+    /// `[routes.kafka]`.
+    pub fn route(name: &str, topic: &str, extra: &str, kafka_extra: &str) -> String {
+        format!(
+            r#"
+[[routes]]
+name = "{name}"
+source = "kafka"
+subject = "{topic}"
+method = "POST"
+path = "/work"
+{extra}
+
+[routes.kafka]
+brokers = "{brokers}"
+retry_backoff = ["100ms"]
+{kafka_extra}
+
+[routes.kafka.consumer]
+"fetch.wait.max.ms" = "10"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"#,
+            brokers = brokers()
+        )
+    }
+}

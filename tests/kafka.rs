@@ -1,0 +1,345 @@
+//! Kafka end to end against a real Kafka-protocol broker (tansu in CI, `KAFKA_BROKERS`),
+//! each test with fresh topics.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::kafka::{self, header, key, next, produce};
+use common::*;
+use rdkafka::consumer::Consumer;
+use rdkafka::Message;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until ricochet reports assigned partitions for `route`.
+async fn wait_assigned(ricochet: &Ricochet, route: &str) {
+    for _ in 0..1000 {
+        let metrics = ricochet.metrics().await;
+        if metric(&metrics, "ricochet_kafka_assigned_partitions", &[&format!("route=\"{route}\"")]) > 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no partitions assigned; logs:\n{}", ricochet.logs());
+}
+
+#[tokio::test]
+async fn request_reply_carries_key_correlation_and_status() {
+    let requests = kafka::topic("kreq", 3).await;
+    let replies = kafka::topic("krep", 1).await;
+    let default_replies = kafka::topic("kdef", 1).await;
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let routes = kafka::route("k", &requests, "", &format!("reply_topic = \"{default_replies}\""));
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "k").await;
+    let producer = kafka::producer();
+    let reader = kafka::consumer(&replies);
+
+    produce(&producer, &requests, Some("order-1"), &[("reply-to", &replies), ("correlation-id", "c-1")], b"hello").await;
+    let reply = next(&reader, WAIT).await;
+    assert_eq!(reply.payload(), Some(&b"hello"[..]));
+    assert_eq!(key(&reply).as_deref(), Some("order-1"));
+    assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-1"));
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+
+    // Without reply-to: the route's reply_topic; without correlation-id: one is generated.
+    produce(&producer, &requests, Some("order-2"), &[], b"second").await;
+    let default_reader = kafka::consumer(&default_replies);
+    let reply = next(&default_reader, WAIT).await;
+    assert_eq!(reply.payload(), Some(&b"second"[..]));
+    let correlation = header(&reply, "correlation-id").unwrap();
+    assert!(correlation.starts_with(&format!("{requests}-")), "{correlation}");
+
+    let seen = upstream.seen();
+    let key = seen[1].headers["idempotency-key"].to_str().unwrap();
+    assert_eq!(key, correlation, "Idempotency-Key = topic-partition-offset");
+    assert_eq!(seen[0].path_and_query, "/work");
+}
+
+#[tokio::test]
+async fn compressed_replies_are_readable_by_a_stock_consumer() {
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let mut routes = String::new();
+    let mut topics = Vec::new();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let requests = kafka::topic("kcmp", 1).await;
+        let replies = kafka::topic("kcmprep", 1).await;
+        routes.push_str(&kafka::route(
+            codec,
+            &requests,
+            "",
+            &format!("reply_topic = \"{replies}\"\ncompression = \"{codec}\""),
+        ));
+        topics.push((codec, requests, replies));
+    }
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let producer = kafka::producer();
+    let body = "a compressible body ".repeat(200);
+    for (codec, requests, replies) in &topics {
+        wait_assigned(&ricochet, codec).await;
+        produce(&producer, requests, Some("k"), &[], body.as_bytes()).await;
+        let reply = next(&kafka::consumer(replies), WAIT).await;
+        assert_eq!(reply.payload(), Some(body.as_bytes()), "{codec}");
+    }
+}
+
+#[tokio::test]
+async fn records_with_the_same_key_are_processed_in_order() {
+    const RECORDS: usize = 1000;
+    const KEYS: usize = 20;
+    let requests = kafka::topic("kord", 4).await;
+    let replies = kafka::topic("kordrep", 1).await;
+    let seen_order: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (order, a, p) = (seen_order.clone(), active.clone(), peak.clone());
+    let upstream = Upstream::start(move |seen| {
+        let body = String::from_utf8(seen.body.to_vec()).unwrap();
+        let (key, seq) = body.split_once(':').unwrap();
+        order.lock().unwrap().entry(key.to_string()).or_default().push(seq.parse().unwrap());
+        let (active, peak) = (a.clone(), p.clone());
+        async move {
+            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let jitter = nuid::next().as_bytes()[0] % 4;
+            tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
+            active.fetch_sub(1, Ordering::SeqCst);
+            respond(200, "ok")
+        }
+    })
+    .await;
+    let admin = free_port();
+    let routes = kafka::route("ordered", &requests, "max_in_flight = 64", &format!("reply_topic = \"{replies}\"\nordering = \"key\""));
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "ordered").await;
+    let producer = kafka::producer();
+    // One at a time, so each key's records reach the broker in order.
+    for i in 0..RECORDS {
+        let key = format!("key-{}", i % KEYS);
+        produce(&producer, &requests, Some(&key), &[], format!("{key}:{}", i / KEYS).as_bytes()).await;
+    }
+    upstream.wait_for_calls(RECORDS).await;
+    let order = seen_order.lock().unwrap().clone();
+    assert_eq!(order.len(), KEYS);
+    for (key, seqs) in order {
+        assert_eq!(seqs, (0..RECORDS / KEYS).collect::<Vec<_>>(), "{key} out of order");
+    }
+    assert!(peak.load(Ordering::SeqCst) > 1, "different keys ran in parallel");
+}
+
+#[tokio::test]
+async fn two_instances_split_the_partitions_and_answer_everything_once() {
+    const RECORDS: usize = 200;
+    let requests = kafka::topic("ksplit", 4).await;
+    let replies = kafka::topic("ksplitrep", 1).await;
+    let first_upstream = Upstream::echo().await;
+    let second_upstream = Upstream::echo().await;
+    let group = unique("group");
+    let kafka_extra = format!("reply_topic = \"{replies}\"\ngroup_id = \"{group}\"");
+    let routes = kafka::route("split", &requests, "", &kafka_extra);
+    let (a, b) = (free_port(), free_port());
+    let first = Ricochet::start(&config(&first_upstream.base_url(), a, &routes), a).await;
+    let second = Ricochet::start(&config(&second_upstream.base_url(), b, &routes), b).await;
+    wait_assigned(&first, "split").await;
+    wait_assigned(&second, "split").await;
+    // Both members hold partitions: the group has settled.
+    let assigned = |m: &str| metric(m, "ricochet_kafka_assigned_partitions", &[]);
+    for _ in 0..500 {
+        let total = assigned(&first.metrics().await) + assigned(&second.metrics().await);
+        if total == 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let producer = kafka::producer();
+    for i in 0..RECORDS {
+        produce(&producer, &requests, Some(&format!("k{i}")), &[("correlation-id", &i.to_string())], b"x").await;
+    }
+    let reader = kafka::consumer(&replies);
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    while answered.values().sum::<usize>() < RECORDS {
+        let reply = next(&reader, WAIT).await;
+        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+    }
+    assert_eq!(answered.len(), RECORDS, "every request answered");
+    assert!(first_upstream.calls() > 0 && second_upstream.calls() > 0, "both instances worked");
+    assert_eq!(first_upstream.calls() + second_upstream.calls(), RECORDS, "none twice");
+}
+
+#[tokio::test]
+async fn a_killed_instance_loses_no_request() {
+    const TOTAL: usize = 2000;
+    let requests = kafka::topic("kkill", 4).await;
+    let replies = kafka::topic("kkillrep", 1).await;
+    let upstream = Upstream::start(|seen| async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        http::Response::new(http_body_util::Full::new(seen.body))
+    })
+    .await;
+    let admin = free_port();
+    let routes = kafka::route("kill", &requests, "max_in_flight = 64", &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""));
+    let toml = config(&upstream.base_url(), admin, &routes);
+    let mut first = Ricochet::start(&toml, admin).await;
+    wait_assigned(&first, "kill").await;
+    let reader = kafka::consumer(&replies);
+
+    let publisher = {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let producer = kafka::producer();
+            for i in 0..TOTAL {
+                produce(&producer, &requests, Some(&format!("k{i}")), &[("correlation-id", &i.to_string())], b"x").await;
+            }
+        })
+    };
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    while answered.values().sum::<usize>() < TOTAL / 4 {
+        let reply = next(&reader, WAIT).await;
+        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+    }
+    first.signal("-KILL");
+    first.wait_exit(Duration::from_secs(10)).await;
+    drop(first);
+    let _second = Ricochet::start(&toml, admin).await;
+    publisher.await.unwrap();
+    while answered.len() < TOTAL {
+        let reply = next(&reader, Duration::from_secs(60)).await;
+        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+    }
+    let duplicates: usize = answered.values().map(|n| n - 1).sum();
+    println!("kafka kill test: {TOTAL} requests, all answered, {duplicates} answered more than once");
+    assert_eq!(answered.len(), TOTAL);
+}
+
+#[tokio::test]
+async fn undeliverable_records_go_to_the_dead_letter_topic() {
+    let requests = kafka::topic("kdlq", 1).await;
+    let replies = kafka::topic("kdlqrep", 1).await;
+    let dead = kafka::topic("kdlqdead", 1).await;
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let routes = kafka::route(
+        "dlq",
+        &requests,
+        "max_payload = 8",
+        &format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\""),
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "dlq").await;
+    let producer = kafka::producer();
+    produce(&producer, &requests, Some("big-one"), &[("x-tenant", "acme"), ("correlation-id", "c-big")], b"far too large").await;
+
+    let letter = next(&kafka::consumer(&dead), WAIT).await;
+    assert_eq!(letter.payload(), Some(&b"far too large"[..]));
+    assert_eq!(key(&letter).as_deref(), Some("big-one"));
+    assert_eq!(header(&letter, "x-tenant").as_deref(), Some("acme"));
+    assert_eq!(header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(), Some("payload_too_large"));
+    assert_eq!(header(&letter, "Ricochet-Last-Status").as_deref(), Some("413"));
+    assert_eq!(header(&letter, "Ricochet-Original-Topic").as_deref(), Some(requests.as_str()));
+    assert_eq!(header(&letter, "Ricochet-Original-Partition").as_deref(), Some("0"));
+    assert_eq!(header(&letter, "Ricochet-Original-Offset").as_deref(), Some("0"));
+    let reply = next(&kafka::consumer(&replies), WAIT).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("413"));
+    assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-big"));
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[tokio::test]
+async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
+    let requests = kafka::topic("kbrk", 2).await;
+    let replies = kafka::topic("kbrkrep", 1).await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    let upstream = Upstream::start(move |_| {
+        let ok = flag.load(Ordering::SeqCst);
+        async move {
+            if ok {
+                respond(200, "ok")
+            } else {
+                respond(503, "down")
+            }
+        }
+    })
+    .await;
+    let admin = free_port();
+    let routes = kafka::route(
+        "brk",
+        &requests,
+        "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"1s\"",
+        &format!("reply_topic = \"{replies}\""),
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "brk").await;
+    let producer = kafka::producer();
+    for i in 0..10 {
+        produce(&producer, &requests, Some(&format!("k{i}")), &[("correlation-id", &i.to_string())], b"x").await;
+    }
+    for _ in 0..500 {
+        if metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = upstream.calls();
+    assert!(calls >= 3);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(upstream.calls(), calls, "no calls while the circuit is open");
+
+    healthy.store(true, Ordering::SeqCst);
+    let reader = kafka::consumer(&replies);
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    while answered.len() < 10 {
+        let reply = next(&reader, WAIT).await;
+        assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"), "retried, never skipped");
+        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+    }
+    assert!(answered.values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn sigterm_drains_commits_and_exits_zero() {
+    let requests = kafka::topic("kterm", 1).await;
+    let replies = kafka::topic("ktermrep", 1).await;
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        respond(200, "done")
+    })
+    .await;
+    let admin = free_port();
+    let group = unique("termgroup");
+    let routes = kafka::route(
+        "term",
+        &requests,
+        "",
+        &format!("reply_topic = \"{replies}\"\ngroup_id = \"{group}\"\nordering = \"unordered\""),
+    );
+    let toml = config(&upstream.base_url(), admin, &routes);
+    let mut ricochet = Ricochet::start(&toml, admin).await;
+    wait_assigned(&ricochet, "term").await;
+    let producer = kafka::producer();
+    for i in 0..5 {
+        produce(&producer, &requests, Some(&format!("k{i}")), &[], b"x").await;
+    }
+    upstream.wait_for_calls(5).await;
+    ricochet.signal("-TERM");
+    let reader = kafka::consumer(&replies);
+    for _ in 0..5 {
+        assert_eq!(next(&reader, WAIT).await.payload(), Some(&b"done"[..]));
+    }
+    assert_eq!(ricochet.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
+    drop(ricochet);
+
+    // The offsets were committed: a restart in the same group does not repeat them.
+    let again = Ricochet::start(&toml, admin).await;
+    wait_assigned(&again, "term").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.calls(), 5);
+    let _ = reader.unsubscribe();
+}
