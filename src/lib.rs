@@ -74,7 +74,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     for route in pipeline.routes() {
         if let Some(consumer) = JetStreamRoute::new(route.clone(), pipeline.clone()) {
-            let run = consumer.run(client.clone(), health.clone(), tracker.clone(), stop.clone());
+            let run = consumer.run(
+                client.clone(),
+                health.clone(),
+                tracker.clone(),
+                stop.clone(),
+            );
             intakes.spawn(run);
         } else if let Some(consumer) = KafkaRoute::new(route.clone(), pipeline.clone()) {
             intakes.spawn(consumer.run(health.clone(), tracker.clone(), stop.clone()));

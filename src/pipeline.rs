@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, RouteConfig, SourceKind};
-use crate::invoke::{Class, Failure, RouteInvoker, Upstream};
+use crate::invoke::{Class, Failure, InvokeError, RouteInvoker, Upstream};
 use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
 use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::NatsReplier;
@@ -168,7 +168,8 @@ impl Pipeline {
     pub async fn reject_unrouted(&self, inbound: Inbound) {
         warn!(subject = %inbound.subject, "no route matches the subject");
         if let Some(subject) = &inbound.reply {
-            let reply = Reply::error(ErrorKind::NoRoute, "no route matches the subject");
+            let reply = Reply::error(ErrorKind::NoRoute, "no route matches the subject")
+                .with_header(ATTEMPTS_HEADER, "0".into());
             if let Err(e) = self.replier.publish(subject, &reply).await {
                 warn!(error = %e, "error reply not published");
             }
@@ -205,12 +206,18 @@ impl Pipeline {
             .invoke(&self.upstream, request, deadline, &route.metrics)
             .await;
         let attempts = outcome.attempts;
-        let disposition = match outcome.class {
-            Class::Success => Disposition::Answered,
-            Class::Retryable => Disposition::Retry,
-            // The service's final answer, or a failure no retry can fix.
-            Class::Permanent if outcome.result.is_ok() => Disposition::Answered,
-            Class::Permanent => Disposition::Undeliverable,
+        let disposition = match (outcome.class, &outcome.result) {
+            (Class::Success, _) => Disposition::Answered,
+            (Class::Retryable, _) => Disposition::Retry,
+            // The service's final answer.
+            (Class::Permanent, Ok(_)) => Disposition::Answered,
+            // A body too large for the contract: no redelivery changes that.
+            (Class::Permanent, Err(Failure::Upstream(InvokeError::ResponseTooLarge(_)))) => {
+                Disposition::Undeliverable
+            }
+            // The service is unreachable or slow even if the route does not retry that
+            // locally: a durable source redelivers later rather than dead-lettering.
+            (Class::Permanent, Err(_)) => Disposition::Retry,
         };
         let error = outcome.result.as_ref().err().map(Failure::kind);
         let reply = match outcome.result {

@@ -90,7 +90,12 @@ async fn send(args: RequestArgs) -> Result<(), String> {
         .connection_timeout(Duration::from_secs(5))
         .connect(url.as_str())
         .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot connect to NATS at {}: {e}",
+                ricochet::config::redact_url(&url)
+            )
+        })?;
     let request = async_nats::Request::new()
         .payload(payload)
         .headers(headers)

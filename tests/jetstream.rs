@@ -552,3 +552,34 @@ async fn a_crash_mid_run_loses_no_request() {
     );
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn a_reply_to_a_system_subject_is_refused_and_dead_lettered() {
+    let stream = TestStream::create("jssys").await;
+    let upstream = Upstream::echo().await;
+    let client = nats().await;
+    let mut dlq = client
+        .subscribe(format!("{}.dlq", stream.prefix))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route("", "");
+    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    let hostile = format!("$JS.API.STREAM.DELETE.{}", stream.name);
+    stream
+        .publish("1", request_headers(&hostile, "c-1"), b"x")
+        .await;
+    let letter = next(&mut dlq).await;
+    assert_eq!(
+        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("bad_request")
+    );
+    assert_eq!(upstream.calls(), 0);
+    assert!(
+        stream.js.get_stream(&stream.name).await.is_ok(),
+        "the stream still exists"
+    );
+    stream.delete().await;
+}

@@ -19,7 +19,12 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn wait_assigned(ricochet: &Ricochet, route: &str) {
     for _ in 0..1000 {
         let metrics = ricochet.metrics().await;
-        if metric(&metrics, "ricochet_kafka_assigned_partitions", &[&format!("route=\"{route}\"")]) > 0.0 {
+        if metric(
+            &metrics,
+            "ricochet_kafka_assigned_partitions",
+            &[&format!("route=\"{route}\"")],
+        ) > 0.0
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -34,13 +39,25 @@ async fn request_reply_carries_key_correlation_and_status() {
     let default_replies = kafka::topic("kdef", 1).await;
     let upstream = Upstream::echo().await;
     let admin = free_port();
-    let routes = kafka::route("k", &requests, "", &format!("reply_topic = \"{default_replies}\""));
+    let routes = kafka::route(
+        "k",
+        &requests,
+        "",
+        &format!("reply_topic = \"{default_replies}\""),
+    );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     wait_assigned(&ricochet, "k").await;
     let producer = kafka::producer();
     let reader = kafka::consumer(&replies);
 
-    produce(&producer, &requests, Some("order-1"), &[("reply-to", &replies), ("correlation-id", "c-1")], b"hello").await;
+    produce(
+        &producer,
+        &requests,
+        Some("order-1"),
+        &[("reply-to", &replies), ("correlation-id", "c-1")],
+        b"hello",
+    )
+    .await;
     let reply = next(&reader, WAIT).await;
     assert_eq!(reply.payload(), Some(&b"hello"[..]));
     assert_eq!(key(&reply).as_deref(), Some("order-1"));
@@ -53,7 +70,10 @@ async fn request_reply_carries_key_correlation_and_status() {
     let reply = next(&default_reader, WAIT).await;
     assert_eq!(reply.payload(), Some(&b"second"[..]));
     let correlation = header(&reply, "correlation-id").unwrap();
-    assert!(correlation.starts_with(&format!("{requests}-")), "{correlation}");
+    assert!(
+        correlation.starts_with(&format!("{requests}-")),
+        "{correlation}"
+    );
 
     let seen = upstream.seen();
     let key = seen[1].headers["idempotency-key"].to_str().unwrap();
@@ -102,7 +122,12 @@ async fn records_with_the_same_key_are_processed_in_order() {
     let upstream = Upstream::start(move |seen| {
         let body = String::from_utf8(seen.body.to_vec()).unwrap();
         let (key, seq) = body.split_once(':').unwrap();
-        order.lock().unwrap().entry(key.to_string()).or_default().push(seq.parse().unwrap());
+        order
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .push(seq.parse().unwrap());
         let (active, peak) = (a.clone(), p.clone());
         async move {
             let now = active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -115,22 +140,41 @@ async fn records_with_the_same_key_are_processed_in_order() {
     })
     .await;
     let admin = free_port();
-    let routes = kafka::route("ordered", &requests, "max_in_flight = 64", &format!("reply_topic = \"{replies}\"\nordering = \"key\""));
+    let routes = kafka::route(
+        "ordered",
+        &requests,
+        "max_in_flight = 64",
+        &format!("reply_topic = \"{replies}\"\nordering = \"key\""),
+    );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     wait_assigned(&ricochet, "ordered").await;
     let producer = kafka::producer();
     // One at a time, so each key's records reach the broker in order.
     for i in 0..RECORDS {
         let key = format!("key-{}", i % KEYS);
-        produce(&producer, &requests, Some(&key), &[], format!("{key}:{}", i / KEYS).as_bytes()).await;
+        produce(
+            &producer,
+            &requests,
+            Some(&key),
+            &[],
+            format!("{key}:{}", i / KEYS).as_bytes(),
+        )
+        .await;
     }
     upstream.wait_for_calls(RECORDS).await;
     let order = seen_order.lock().unwrap().clone();
     assert_eq!(order.len(), KEYS);
     for (key, seqs) in order {
-        assert_eq!(seqs, (0..RECORDS / KEYS).collect::<Vec<_>>(), "{key} out of order");
+        assert_eq!(
+            seqs,
+            (0..RECORDS / KEYS).collect::<Vec<_>>(),
+            "{key} out of order"
+        );
     }
-    assert!(peak.load(Ordering::SeqCst) > 1, "different keys ran in parallel");
+    assert!(
+        peak.load(Ordering::SeqCst) > 1,
+        "different keys ran in parallel"
+    );
 }
 
 #[tokio::test]
@@ -160,17 +204,33 @@ async fn two_instances_split_the_partitions_and_answer_everything_once() {
 
     let producer = kafka::producer();
     for i in 0..RECORDS {
-        produce(&producer, &requests, Some(&format!("k{i}")), &[("correlation-id", &i.to_string())], b"x").await;
+        produce(
+            &producer,
+            &requests,
+            Some(&format!("k{i}")),
+            &[("correlation-id", &i.to_string())],
+            b"x",
+        )
+        .await;
     }
     let reader = kafka::consumer(&replies);
     let mut answered: HashMap<String, usize> = HashMap::new();
     while answered.values().sum::<usize>() < RECORDS {
         let reply = next(&reader, WAIT).await;
-        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
     }
     assert_eq!(answered.len(), RECORDS, "every request answered");
-    assert!(first_upstream.calls() > 0 && second_upstream.calls() > 0, "both instances worked");
-    assert_eq!(first_upstream.calls() + second_upstream.calls(), RECORDS, "none twice");
+    assert!(
+        first_upstream.calls() > 0 && second_upstream.calls() > 0,
+        "both instances worked"
+    );
+    assert_eq!(
+        first_upstream.calls() + second_upstream.calls(),
+        RECORDS,
+        "none twice"
+    );
 }
 
 #[tokio::test]
@@ -184,7 +244,12 @@ async fn a_killed_instance_loses_no_request() {
     })
     .await;
     let admin = free_port();
-    let routes = kafka::route("kill", &requests, "max_in_flight = 64", &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""));
+    let routes = kafka::route(
+        "kill",
+        &requests,
+        "max_in_flight = 64",
+        &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
+    );
     let toml = config(&upstream.base_url(), admin, &routes);
     let mut first = Ricochet::start(&toml, admin).await;
     wait_assigned(&first, "kill").await;
@@ -195,14 +260,23 @@ async fn a_killed_instance_loses_no_request() {
         tokio::spawn(async move {
             let producer = kafka::producer();
             for i in 0..TOTAL {
-                produce(&producer, &requests, Some(&format!("k{i}")), &[("correlation-id", &i.to_string())], b"x").await;
+                produce(
+                    &producer,
+                    &requests,
+                    Some(&format!("k{i}")),
+                    &[("correlation-id", &i.to_string())],
+                    b"x",
+                )
+                .await;
             }
         })
     };
     let mut answered: HashMap<String, usize> = HashMap::new();
     while answered.values().sum::<usize>() < TOTAL / 4 {
         let reply = next(&reader, WAIT).await;
-        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
     }
     first.signal("-KILL");
     first.wait_exit(Duration::from_secs(10)).await;
@@ -211,10 +285,14 @@ async fn a_killed_instance_loses_no_request() {
     publisher.await.unwrap();
     while answered.len() < TOTAL {
         let reply = next(&reader, Duration::from_secs(60)).await;
-        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
     }
     let duplicates: usize = answered.values().map(|n| n - 1).sum();
-    println!("kafka kill test: {TOTAL} requests, all answered, {duplicates} answered more than once");
+    println!(
+        "kafka kill test: {TOTAL} requests, all answered, {duplicates} answered more than once"
+    );
     assert_eq!(answered.len(), TOTAL);
 }
 
@@ -234,17 +312,39 @@ async fn undeliverable_records_go_to_the_dead_letter_topic() {
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     wait_assigned(&ricochet, "dlq").await;
     let producer = kafka::producer();
-    produce(&producer, &requests, Some("big-one"), &[("x-tenant", "acme"), ("correlation-id", "c-big")], b"far too large").await;
+    produce(
+        &producer,
+        &requests,
+        Some("big-one"),
+        &[("x-tenant", "acme"), ("correlation-id", "c-big")],
+        b"far too large",
+    )
+    .await;
 
     let letter = next(&kafka::consumer(&dead), WAIT).await;
     assert_eq!(letter.payload(), Some(&b"far too large"[..]));
     assert_eq!(key(&letter).as_deref(), Some("big-one"));
     assert_eq!(header(&letter, "x-tenant").as_deref(), Some("acme"));
-    assert_eq!(header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(), Some("payload_too_large"));
-    assert_eq!(header(&letter, "Ricochet-Last-Status").as_deref(), Some("413"));
-    assert_eq!(header(&letter, "Ricochet-Original-Topic").as_deref(), Some(requests.as_str()));
-    assert_eq!(header(&letter, "Ricochet-Original-Partition").as_deref(), Some("0"));
-    assert_eq!(header(&letter, "Ricochet-Original-Offset").as_deref(), Some("0"));
+    assert_eq!(
+        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("payload_too_large")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Last-Status").as_deref(),
+        Some("413")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Original-Topic").as_deref(),
+        Some(requests.as_str())
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Original-Partition").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Original-Offset").as_deref(),
+        Some("0")
+    );
     let reply = next(&kafka::consumer(&replies), WAIT).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("413"));
     assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-big"));
@@ -279,7 +379,14 @@ async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
     wait_assigned(&ricochet, "brk").await;
     let producer = kafka::producer();
     for i in 0..10 {
-        produce(&producer, &requests, Some(&format!("k{i}")), &[("correlation-id", &i.to_string())], b"x").await;
+        produce(
+            &producer,
+            &requests,
+            Some(&format!("k{i}")),
+            &[("correlation-id", &i.to_string())],
+            b"x",
+        )
+        .await;
     }
     for _ in 0..500 {
         if metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]) == 1.0 {
@@ -290,15 +397,25 @@ async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
     let calls = upstream.calls();
     assert!(calls >= 3);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(upstream.calls(), calls, "no calls while the circuit is open");
+    assert_eq!(
+        upstream.calls(),
+        calls,
+        "no calls while the circuit is open"
+    );
 
     healthy.store(true, Ordering::SeqCst);
     let reader = kafka::consumer(&replies);
     let mut answered: HashMap<String, usize> = HashMap::new();
     while answered.len() < 10 {
         let reply = next(&reader, WAIT).await;
-        assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"), "retried, never skipped");
-        *answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+        assert_eq!(
+            header(&reply, "Ricochet-Status").as_deref(),
+            Some("200"),
+            "retried, never skipped"
+        );
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
     }
     assert!(answered.values().all(|n| *n == 1));
 }
@@ -333,7 +450,10 @@ async fn sigterm_drains_commits_and_exits_zero() {
     for _ in 0..5 {
         assert_eq!(next(&reader, WAIT).await.payload(), Some(&b"done"[..]));
     }
-    assert_eq!(ricochet.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
+    assert_eq!(
+        ricochet.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(0)
+    );
     drop(ricochet);
 
     // The offsets were committed: a restart in the same group does not repeat them.
@@ -341,5 +461,5 @@ async fn sigterm_drains_commits_and_exits_zero() {
     wait_assigned(&again, "term").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.calls(), 5);
-    let _ = reader.unsubscribe();
+    reader.unsubscribe();
 }

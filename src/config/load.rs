@@ -195,6 +195,9 @@ fn set_path(table: &mut Table, path: &[String], raw: String) -> Result<String, S
     Ok(key)
 }
 
+/// Keys whose values never appear in an error message.
+const SECRET_KEYS: [&str; 2] = ["password", "token"];
+
 /// Deserializes `value`, collecting one error per bad key instead of stopping at the first.
 /// A bad key is removed (so its default applies) and deserialization runs again; the result
 /// is the value with those defaults, so later checks still see the rest of the document.
@@ -247,6 +250,12 @@ fn deserialize_all<T: DeserializeOwned>(
             }
         }
         let message = message.split(", expected one of").next().unwrap_or(message);
+        // serde quotes the offending value; a secret's value must not be echoed.
+        let message = if SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
+            "invalid value (not shown: it is a secret); expected a string"
+        } else {
+            message
+        };
         errors.push(ConfigError::new(key.clone(), message));
         if !removed.insert(key) || !remove_at(&mut value, &segments) {
             return (None, errors);
@@ -466,6 +475,18 @@ mod tests {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn secret_values_are_not_echoed_in_errors() {
+        let text = format!("{MINIMAL}\n[nats]\nuser = \"u\"\npassword = 987654321\nurl = \"nats://u:hunter2@h:bad\"\n");
+        let errors = load_str(&text, no_env()).unwrap_err();
+        let shown = errors.to_string();
+        assert!(shown.contains("nats.password"), "{shown}");
+        assert!(
+            !shown.contains("987654321") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use load::{load, load_str, ConfigError, ConfigErrors, ENV_PREFIX};
-pub use units::{ByteSize, Secret};
+pub use units::{redact_url, ByteSize, Secret};
 
 /// Exit code for an invalid configuration (EX_USAGE from sysexits.h).
 pub const EXIT_INVALID_CONFIG: i32 = 64;
@@ -243,7 +243,10 @@ pub struct KafkaConfig {
     pub compression: Compression,
     /// Delay before the nth local retry of a record after a retryable failure (the last
     /// entry repeats). The record is retried, never skipped...
-    #[serde(default = "defaults::redelivery_backoff", deserialize_with = "units::duration_list")]
+    #[serde(
+        default = "defaults::redelivery_backoff",
+        deserialize_with = "units::duration_list"
+    )]
     pub retry_backoff: Vec<Duration>,
     /// ...unless this is set: dead-letter after this many processing rounds.
     #[serde(default)]

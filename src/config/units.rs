@@ -83,6 +83,19 @@ pub fn duration_list<'de, D: Deserializer<'de>>(
     Ok(list.into_iter().map(|d| d.into_inner()).collect())
 }
 
+/// A URL fit for logs and errors: any `user:password@` is replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// A password or token. It prints as `***` in every `Debug` and `Display`, so it cannot
 /// reach a log line or an error message by accident; `expose` is the one way to read it.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -126,6 +139,17 @@ mod tests {
         assert!(ByteSize::parse("99999999999GiB")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("nats://user:pw@host:4222"),
+            "nats://***@host:4222"
+        );
+        assert_eq!(redact_url("tls://token@h:1/x@y"), "tls://***@h:1/x@y");
+        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+        assert_eq!(redact_url("u:p@host"), "***@host");
     }
 
     #[test]

@@ -22,7 +22,10 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
         if let Err(e) = server.trim().parse::<async_nats::ServerAddr>() {
             push(
                 "nats.url",
-                format!("{:?} is not a NATS server URL: {e}", server.trim()),
+                format!(
+                    "{:?} is not a NATS server URL: {e}",
+                    super::redact_url(server.trim())
+                ),
             );
         }
     }
@@ -31,6 +34,9 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
     }
     if nats.password.is_some() && nats.user.is_none() {
         push("nats.password", "a password needs nats.user".into());
+    }
+    if nats.user.is_some() && nats.password.is_none() {
+        push("nats.user", "a user needs nats.password".into());
     }
     if nats.token.is_some() && nats.user.is_some() {
         push(
@@ -192,7 +198,8 @@ pub(super) fn deadlines(
             continue;
         };
         let total = route.total_timeout_or(upstream);
-        if !js.in_progress && total > js.ack_wait {
+        // Strictly shorter: the reply and the ack still have to happen after the deadline.
+        if !js.in_progress && total >= js.ack_wait {
             errors.push(ConfigError::new(
                 format!("routes[{index}].jetstream.ack_wait"),
                 format!(
@@ -286,8 +293,8 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
                     );
                 }
             }
-            if js.ack_wait.is_zero() {
-                push("jetstream.ack_wait", "must be greater than zero".into());
+            if js.ack_wait < std::time::Duration::from_millis(100) {
+                push("jetstream.ack_wait", "must be at least 100ms".into());
             }
             if js.max_deliver == 0 {
                 push("jetstream.max_deliver", "must be at least 1".into());
@@ -311,18 +318,27 @@ fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
         ("dead_letter", route.dead_letter.is_some()),
     ] {
         if set {
-            push(key, "Kafka routes use kafka.reply_topic and kafka.dead_letter_topic".into());
+            push(
+                key,
+                "Kafka routes use kafka.reply_topic and kafka.dead_letter_topic".into(),
+            );
         }
     }
     let Some(kafka) = &route.kafka else {
-        push("kafka", "a [routes.kafka] table with at least `brokers` is required".into());
+        push(
+            "kafka",
+            "a [routes.kafka] table with at least `brokers` is required".into(),
+        );
         return;
     };
     if kafka.brokers.trim().is_empty() {
         push("kafka.brokers", "must name at least one broker".into());
     }
     if !kafka.topics.is_empty() && kafka.topic_pattern.is_some() {
-        push("kafka.topic_pattern", "use either kafka.topics or kafka.topic_pattern".into());
+        push(
+            "kafka.topic_pattern",
+            "use either kafka.topics or kafka.topic_pattern".into(),
+        );
     }
     if let Some(pattern) = &kafka.topic_pattern {
         if let Err(e) = regex_syntax_check(pattern) {
@@ -335,13 +351,19 @@ fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
     ] {
         if let Some(topic) = topic {
             if !valid_topic(topic) {
-                push(key, format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"));
+                push(
+                    key,
+                    format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"),
+                );
             }
         }
     }
     for topic in &kafka.topics {
         if !valid_topic(topic) {
-            push("kafka.topics", format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"));
+            push(
+                "kafka.topics",
+                format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"),
+            );
         }
     }
     if kafka.retry_backoff.is_empty() {
@@ -350,10 +372,16 @@ fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
     if kafka.dead_letter_after == Some(0) {
         push("kafka.dead_letter_after", "must be at least 1".into());
     }
-    for (key, props) in [("kafka.consumer", &kafka.consumer), ("kafka.producer", &kafka.producer)] {
+    for (key, props) in [
+        ("kafka.consumer", &kafka.consumer),
+        ("kafka.producer", &kafka.producer),
+    ] {
         for name in props.keys() {
             if MANAGED_KAFKA_PROPERTIES.contains(&name.as_str()) {
-                push(key, format!("{name:?} is set by ricochet and cannot be overridden"));
+                push(
+                    key,
+                    format!("{name:?} is set by ricochet and cannot be overridden"),
+                );
             }
         }
     }
@@ -372,13 +400,17 @@ pub const MANAGED_KAFKA_PROPERTIES: [&str; 6] = [
 fn valid_topic(topic: &str) -> bool {
     !topic.is_empty()
         && topic.len() <= 249
-        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// librdkafka takes topic patterns as regular expressions starting with '^'.
 fn regex_syntax_check(pattern: &str) -> Result<(), String> {
     if !pattern.starts_with('^') {
-        return Err(format!("{pattern:?} must start with '^' (librdkafka's mark of a topic pattern)"));
+        return Err(format!(
+            "{pattern:?} must start with '^' (librdkafka's mark of a topic pattern)"
+        ));
     }
     Ok(())
 }

@@ -52,6 +52,9 @@ impl State {
     }
 }
 
+/// What a refusal says while half-open probes are under way: ask again soon.
+const HALF_OPEN_BUSY: Duration = Duration::from_millis(50);
+
 /// The breaker refused the call; the service is not called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
@@ -68,6 +71,8 @@ struct Inner {
     window_failures: u32,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Counts half-open rounds, so a probe of an earlier round cannot decide this one.
+    round: u64,
     trips: u32,
     closed_since: Instant,
 }
@@ -88,7 +93,8 @@ pub struct Breaker {
 #[derive(Debug)]
 pub struct Permit<'a> {
     breaker: &'a Breaker,
-    probe: bool,
+    /// The half-open round this probe belongs to; `None` for calls while closed.
+    probe: Option<u64>,
     done: bool,
 }
 
@@ -122,6 +128,7 @@ impl Breaker {
                 window_failures: 0,
                 probes_in_flight: 0,
                 probe_successes: 0,
+                round: 0,
                 trips: 0,
                 closed_since: Instant::now(),
             }),
@@ -146,35 +153,63 @@ impl Breaker {
 
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         if !self.config.enabled {
-            return Ok(self.permit(false));
+            return Ok(self.permit(None));
         }
         let now = Instant::now();
         let mut inner = self.lock();
         match inner.state {
-            State::Closed => Ok(self.permit(false)),
+            State::Closed => Ok(self.permit(None)),
             State::Open { until } if now < until => Err(Rejected {
                 retry_in: until - now,
             }),
             State::Open { .. } => {
                 self.transition(&mut inner, State::HalfOpen);
+                inner.round += 1;
                 inner.probes_in_flight = 1;
                 inner.probe_successes = 0;
-                Ok(self.permit(true))
+                Ok(self.permit(Some(inner.round)))
             }
             State::HalfOpen => {
                 if inner.probes_in_flight + inner.probe_successes < self.config.half_open_probes {
                     inner.probes_in_flight += 1;
-                    Ok(self.permit(true))
+                    Ok(self.permit(Some(inner.round)))
                 } else {
                     Err(Rejected {
-                        retry_in: Duration::ZERO,
+                        retry_in: HALF_OPEN_BUSY,
                     })
                 }
             }
         }
     }
 
-    fn permit(&self, probe: bool) -> Permit<'_> {
+    /// Whether a call would be let through now, without taking a permit; else how long to
+    /// wait before asking again. Durable sources check this before pulling.
+    pub fn admits(&self) -> Result<(), Duration> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let inner = self.lock();
+        match inner.state {
+            State::Closed => Ok(()),
+            State::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    Err(until - now)
+                } else {
+                    Ok(())
+                }
+            }
+            State::HalfOpen
+                if inner.probes_in_flight + inner.probe_successes
+                    < self.config.half_open_probes =>
+            {
+                Ok(())
+            }
+            State::HalfOpen => Err(HALF_OPEN_BUSY),
+        }
+    }
+
+    fn permit(&self, probe: Option<u64>) -> Permit<'_> {
         Permit {
             breaker: self,
             probe,
@@ -183,13 +218,13 @@ impl Breaker {
     }
 
     /// `failed`: the attempt's verdict, or `None` when it was cancelled.
-    fn record(&self, probe: bool, failed: Option<bool>) {
+    fn record(&self, probe: Option<u64>, failed: Option<bool>) {
         if !self.config.enabled {
             return;
         }
         let mut inner = self.lock();
-        if probe {
-            if inner.state != State::HalfOpen {
+        if let Some(round) = probe {
+            if inner.state != State::HalfOpen || inner.round != round {
                 return;
             }
             inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
@@ -365,9 +400,10 @@ mod tests {
         assert_eq!(b.state(), State::HalfOpen);
         assert_eq!(
             b.try_acquire().unwrap_err().retry_in,
-            Duration::ZERO,
+            HALF_OPEN_BUSY,
             "only one probe at a time"
         );
+        assert_eq!(b.admits(), Err(HALF_OPEN_BUSY));
         probe.record(false);
         assert_eq!(b.state(), State::Closed);
         assert_eq!(*states.borrow_and_update(), State::Closed);
@@ -444,6 +480,36 @@ mod tests {
         assert_eq!(b.state(), State::HalfOpen);
         call(&b, false).unwrap();
         assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_of_an_earlier_round_decides_nothing() {
+        let b = breaker(|c| c.half_open_probes = 2);
+        for _ in 0..3 {
+            call(&b, true).unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let slow_probe = b.try_acquire().unwrap();
+        call(&b, true).unwrap(); // the other probe fails: open again (2 s)
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let fresh = b.try_acquire().unwrap(); // round two
+        slow_probe.record(false); // round one's late success
+        assert_eq!(b.state(), State::HalfOpen, "a stale success must not close");
+        fresh.record(false);
+        call(&b, false).unwrap();
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_tells_when_to_ask_again() {
+        let b = breaker(|_| {});
+        assert_eq!(b.admits(), Ok(()));
+        for _ in 0..3 {
+            call(&b, true).unwrap();
+        }
+        assert_eq!(b.admits(), Err(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.admits(), Ok(()), "the break is over: a probe may go");
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,8 +45,9 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// From a validated config; `max_payload` sets the smallest byte burst.
-    pub fn new(config: &RateLimitConfig, max_payload: ByteSize) -> Self {
+    /// From a validated config; `max_payload` sets the smallest byte burst. `always_wait`
+    /// makes `reject` behave as `wait` (durable sources).
+    pub fn new(config: &RateLimitConfig, max_payload: ByteSize, always_wait: bool) -> Self {
         let bucket = |rate: u32, burst: u32| {
             let rate = NonZeroU32::new(rate.max(1)).expect("non-zero");
             let burst = NonZeroU32::new(burst.max(1)).expect("non-zero");
@@ -61,7 +62,11 @@ impl RateLimit {
                 let burst = config.burst_bytes.unwrap_or(rate.max(max_payload));
                 bucket(as_u32(rate), as_u32(burst))
             }),
-            mode: config.mode,
+            mode: if always_wait {
+                RateLimitMode::Wait
+            } else {
+                config.mode
+            },
         }
     }
 
@@ -117,7 +122,7 @@ mod tests {
             burst_bytes: None,
             mode,
         };
-        RateLimit::new(&config, ByteSize(100))
+        RateLimit::new(&config, ByteSize(100), false)
     }
 
     fn far() -> Instant {

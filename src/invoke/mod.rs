@@ -36,9 +36,12 @@ pub use error::InvokeError;
 pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
 
-use crate::config::{RouteConfig, UpstreamConfig};
+use crate::config::{RouteConfig, SourceKind, UpstreamConfig};
 use crate::mapping::ErrorKind;
 use crate::telemetry::metrics::RouteMetrics;
+
+/// Attempts are not started with less time than this left before the deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(1);
 
 /// Why a message got no response from the service.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +93,12 @@ impl RouteInvoker {
             policy: RetryPolicy::new(&route.retry),
             budget: RetryBudget::new(&route.retry),
             breaker: Breaker::new(&route.name, &route.circuit_breaker),
-            limit: route
-                .rate_limit
-                .as_ref()
-                .map(|l| RateLimit::new(l, route.max_payload)),
+            limit: route.rate_limit.as_ref().map(|l| {
+                // A durable source has no caller waiting for a fast 429, and a refusal
+                // would be a redelivery: its messages wait for the limit instead.
+                let durable = route.source != SourceKind::Nats;
+                RateLimit::new(l, route.max_payload, durable)
+            }),
         }
     }
 
@@ -126,7 +131,20 @@ impl RouteInvoker {
                 attempts,
                 class,
             };
-            let permit = match (self.breaker.try_acquire(), last.take()) {
+            let previous = last.take();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < MIN_ATTEMPT {
+                // Too little time left for a fair attempt: the last answer stands, or the
+                // message has timed out (it waited too long for a slot or the rate limit).
+                return match previous {
+                    Some(previous) => {
+                        metrics.retry_skipped("deadline");
+                        finish(previous, attempts, Class::Retryable)
+                    }
+                    None => refused(InvokeError::Timeout(Duration::ZERO).into()),
+                };
+            }
+            let permit = match (self.breaker.try_acquire(), previous) {
                 (Ok(permit), _) => permit,
                 (Err(rejected), None) => {
                     return refused(Failure::CircuitOpen {
@@ -139,11 +157,6 @@ impl RouteInvoker {
                     return finish(previous, attempts, Class::Retryable);
                 }
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                // Only before the first attempt: retries are planned to start in time.
-                return refused(InvokeError::Timeout(Duration::ZERO).into());
-            }
             attempts += 1;
             if attempts > 1 {
                 metrics.retries.increment(1);
@@ -153,7 +166,13 @@ impl RouteInvoker {
             let result = upstream.call(rebuild(&parts, &body), attempt_timeout).await;
             metrics.http_duration.record(started.elapsed());
             let verdict = self.classifier.classify(result.as_ref().map(|r| r.status));
-            permit.record(verdict.failed);
+            if matches!(result, Err(InvokeError::Timeout(_))) && attempt_timeout < self.timeout {
+                // Cut short by the message's deadline (possibly a caller's tiny
+                // Ricochet-Timeout): says nothing about the service's health.
+                drop(permit);
+            } else {
+                permit.record(verdict.failed);
+            }
             if let Ok(response) = &result {
                 metrics.http_response(response.status);
             }
@@ -198,7 +217,10 @@ impl RouteInvoker {
             Err(_) => (None, None),
         };
         let delay = retry::next_delay(backoff, status, headers);
-        if Instant::now() + delay >= deadline {
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|at| at >= deadline)
+        {
             return Err("deadline");
         }
         if let breaker::State::Open { .. } = self.breaker.state() {

@@ -80,18 +80,24 @@ pub fn next_delay(
     asked.map_or(delay, |asked| asked.max(delay))
 }
 
-/// `Retry-After` as seconds or as an HTTP date, relative to `now`.
+/// Longest `Retry-After` taken at its word; any message deadline is far shorter.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` as seconds or as an HTTP date, relative to `now`, at most a day.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    let asked = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let when = httpdate::parse_http_date(value).ok()?;
+            when.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(asked.min(MAX_RETRY_AFTER))
 }
 
 /// Retries may add at most `ratio` of the route's requests over a sliding window, plus a
@@ -232,6 +238,12 @@ mod tests {
         assert_eq!(retry_after(&headers, now), Some(Duration::ZERO));
         headers.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&headers, now), None);
+        headers.insert("retry-after", u64::MAX.to_string().parse().unwrap());
+        assert_eq!(
+            retry_after(&headers, now),
+            Some(MAX_RETRY_AFTER),
+            "no overflow"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Which headers cross between messages and HTTP.
 //!
-//! Never crossing, in either direction: hop-by-hop headers (and those a `Connection` header
-//! names), `Host`, `Content-Length`, the broker's own headers (`Nats-*`) and ricochet's own
+//! Never crossing, in either direction: hop-by-hop headers (`Connection` and those it names,
+//! `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, every `Proxy-*`), `Host`, `Content-Length`, the broker's own headers (`Nats-*`) and ricochet's own
 //! (`Ricochet-*`), which ricochet sets itself. On top of that each route has an allow list
 //! (empty = everything) and a deny list.
 
@@ -10,12 +10,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::MapError;
 use crate::config::HeaderFilterConfig;
 
-const HOP_BY_HOP: [&str; 9] = [
+const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
     "te",
     "trailer",
     "transfer-encoding",
@@ -55,6 +52,7 @@ fn is_reserved(name: &str) -> bool {
     HOP_BY_HOP.contains(&lower.as_str())
         || lower == "host"
         || lower == "content-length"
+        || lower.starts_with("proxy-")
         || lower.starts_with("nats-")
         || lower.starts_with("ricochet-")
 }
@@ -128,6 +126,8 @@ mod tests {
             ("Connection", "close, X-Secret-Hop"),
             ("X-Secret-Hop", "1"),
             ("Keep-Alive", "5"),
+            ("Proxy-Authorization", "Basic c2VjcmV0"),
+            ("Proxy-Anything", "x"),
             ("Transfer-Encoding", "chunked"),
             ("Host", "evil.example"),
             ("Content-Length", "999"),

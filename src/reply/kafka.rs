@@ -36,7 +36,13 @@ impl KafkaReplier {
     }
 
     /// Sends one record and waits for its delivery report.
-    pub async fn send(&self, topic: &str, key: Option<&[u8]>, headers: &[(&str, &[u8])], payload: &[u8]) -> Result<(), KafkaError> {
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+        payload: &[u8],
+    ) -> Result<(), KafkaError> {
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (name, value) in headers {
             owned = owned.insert(Header {

@@ -8,7 +8,7 @@
 //!   publish ack awaited; any other subject is published and flushed.
 //!
 //! A reply larger than the server's `max_payload` is replaced by a 502 error reply, so the
-//! caller learns why instead of timing out.
+//! caller learns why instead of timing out; that counts as the reply (the request is settled).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +19,9 @@ use async_nats::{Client, HeaderMap, PublishErrorKind};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use tracing::warn;
+
+use crate::mapping::reply::ATTEMPTS_HEADER;
 use crate::mapping::{ErrorKind, Reply};
 
 #[derive(Debug, thiserror::Error)]
@@ -184,13 +187,16 @@ impl NatsReplier {
         Ok(captured)
     }
 
+    /// The 502 sent instead of a reply the server would refuse.
     fn too_large(&self, reply: &Reply) -> Reply {
         let detail = format!(
             "the service's response ({} bytes) is larger than the NATS server's max_payload ({} bytes)",
             reply.body.len(),
             self.client.server_info().max_payload
         );
-        Reply::error(ErrorKind::UpstreamUnavailable, &detail)
+        warn!("{detail}; a 502 error reply was sent instead");
+        let attempts = reply.header(ATTEMPTS_HEADER).unwrap_or("1").to_string();
+        Reply::error(ErrorKind::UpstreamUnavailable, &detail).with_header(ATTEMPTS_HEADER, attempts)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {

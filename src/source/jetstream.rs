@@ -85,21 +85,35 @@ impl JetStreamRoute {
     ) {
         let this = Arc::new(self);
         let context = jetstream::new(client);
-        let consumer = loop {
-            match this.bind(&context).await {
-                Ok(consumer) => break consumer,
+        let mut ready = false;
+        while !stop.is_cancelled() {
+            let consumer = match this.bind(&context).await {
+                Ok(consumer) => consumer,
                 Err(e) => {
                     error!(route = %this.route.name, stream = %this.config.stream, error = %e, "cannot set up the JetStream consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(SETUP_RETRY) => {}
-                        _ = stop.cancelled() => return,
+                        _ = stop.cancelled() => break,
                     }
+                    continue;
                 }
+            };
+            info!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), "JetStream consumer bound");
+            if !ready {
+                health.intake_ready();
+                ready = true;
             }
-        };
-        info!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), "JetStream consumer bound");
-        health.intake_ready();
-        this.pull(consumer, tracker, stop).await;
+            if this.pull(&consumer, &tracker, &stop).await.is_ok() {
+                break;
+            }
+            // The consumer or stream may be gone (deleted, lost with memory storage): bind
+            // again after a pause instead of pulling at full speed.
+            tokio::select! {
+                _ = tokio::time::sleep(SETUP_RETRY) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        info!(route = %this.route.name, "JetStream intake stopped");
     }
 
     /// Creates the durable consumer, or updates and binds the existing one.
@@ -118,7 +132,9 @@ impl JetStreamRoute {
             description: Some(format!("ricochet route {}", self.route.name)),
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
-            max_deliver: i64::from(self.config.max_deliver),
+            // ricochet enforces max_deliver itself; the server must keep redelivering so a
+            // message whose dead letter could not be published comes back.
+            max_deliver: -1,
             max_ack_pending: i64::from(self.config.max_ack_pending),
             filter_subjects,
             ..Default::default()
@@ -130,26 +146,26 @@ impl JetStreamRoute {
         Ok(consumer)
     }
 
+    /// Pulls until `stop` (`Ok`) or until a pull fails (`Err`: bind again).
     async fn pull(
         self: &Arc<Self>,
-        consumer: PullConsumer,
-        tracker: TaskTracker,
-        stop: CancellationToken,
-    ) {
+        consumer: &PullConsumer,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<(), ()> {
         let route = &self.route;
         while !stop.is_cancelled() {
-            let probing = match route.invoker.breaker.state() {
-                State::Closed => false,
-                State::Open { until } if Instant::now() < until => {
-                    debug!(route = %route.name, "circuit open: not pulling");
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => {}
-                        _ = stop.cancelled() => break,
-                    }
-                    continue;
+            // Pull nothing the breaker would refuse: refusals would be naks that use up
+            // deliveries without calling the service.
+            if let Err(wait) = route.invoker.breaker.admits() {
+                debug!(route = %route.name, ?wait, "circuit open: not pulling");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.clamp(Duration::from_millis(10), PULL_EXPIRES)) => {}
+                    _ = stop.cancelled() => break,
                 }
-                State::Open { .. } | State::HalfOpen => true,
-            };
+                continue;
+            }
+            let probing = route.invoker.breaker.state() != State::Closed;
             let first = tokio::select! {
                 permit = route.limit.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -174,13 +190,8 @@ impl JetStreamRoute {
             let mut batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
-                    warn!(route = %route.name, error = %e, "pull request failed; retrying");
-                    drop(permits);
-                    tokio::select! {
-                        _ = tokio::time::sleep(SETUP_RETRY) => {}
-                        _ = stop.cancelled() => break,
-                    }
-                    continue;
+                    warn!(route = %route.name, error = %e, "pull request failed; binding the consumer again");
+                    return Err(());
                 }
             };
             // The batch under way is always read to its end (at most PULL_EXPIRES), so every
@@ -189,8 +200,8 @@ impl JetStreamRoute {
                 let message = match message {
                     Ok(message) => message,
                     Err(e) => {
-                        warn!(route = %route.name, error = %e, "pull failed");
-                        break;
+                        warn!(route = %route.name, error = %e, "pull failed; binding the consumer again");
+                        return Err(());
                     }
                 };
                 let Some(permit) = permits.pop() else {
@@ -198,15 +209,14 @@ impl JetStreamRoute {
                     break;
                 };
                 let this = self.clone();
+                let task = tracker.spawn(async move { this.handle(message, permit).await });
                 if probing {
                     // One probe at a time: the next pull waits for its verdict.
-                    this.handle(message, permit).await;
-                } else {
-                    tracker.spawn(async move { this.handle(message, permit).await });
+                    let _ = task.await;
                 }
             }
         }
-        info!(route = %route.name, "JetStream intake stopped");
+        Ok(())
     }
 
     /// One message from receipt to settlement. The permit is held throughout.
@@ -219,7 +229,7 @@ impl JetStreamRoute {
             route.metrics.in_flight.decrement(1.0);
             return;
         };
-        let inbound = self.inbound(&message, &meta);
+        let mut inbound = self.inbound(&message, &meta);
         if self.delivery == Delivery::AtMostOnce {
             if let Err(e) = message.double_ack().await {
                 // Not acknowledged, so it comes again: do not process it twice.
@@ -229,11 +239,20 @@ impl JetStreamRoute {
             }
             route.metrics.settled("ack");
         }
-        let processed = self.process_with_progress(&message, &inbound).await;
+        let processed = match inbound.reply.as_deref().map(reply_subject_problem) {
+            Some(Some(problem)) => {
+                let detail = format!("the {} header {problem}", route.config.reply_to_header);
+                inbound.reply = None;
+                self.pipeline.refuse(route, ErrorKind::BadRequest, &detail)
+            }
+            _ => self.process_with_progress(&message, &inbound).await,
+        };
         match self.delivery {
             Delivery::AtMostOnce => self.finish_at_most_once(&inbound, &meta, processed).await,
             // exactly_once is refused for JetStream routes by validation.
-            Delivery::AtLeastOnce | Delivery::ExactlyOnce => self.settle(&message, &inbound, &meta, processed).await,
+            Delivery::AtLeastOnce | Delivery::ExactlyOnce => {
+                self.settle(&message, &inbound, &meta, processed).await
+            }
         }
         route.metrics.in_flight.decrement(1.0);
         route
@@ -291,35 +310,54 @@ impl JetStreamRoute {
         let result = match processed.disposition {
             Disposition::Answered => match self.reply(inbound, meta, &processed.reply).await {
                 Ok(()) => self.ack(message, AckKind::Ack).await,
+                Err(()) if last_delivery => {
+                    self.give_up(message, inbound, meta, "publish_failed", &processed)
+                        .await
+                }
                 Err(()) => self.nak(message, meta).await,
             },
             Disposition::Retry if !last_delivery => {
                 debug!(route = %route.name, delivered = meta.delivered, status = processed.reply.status.as_u16(), "retryable failure; redelivering later");
                 self.nak(message, meta).await
             }
-            Disposition::Retry | Disposition::Undeliverable => {
-                let reason = match (processed.disposition, processed.error) {
-                    (Disposition::Retry, _) => "max_deliver",
-                    (_, Some(kind)) => kind.as_str(),
-                    (_, None) => "undeliverable",
-                };
-                if self
-                    .dead_letter(inbound, meta, reason, &processed.reply)
+            Disposition::Retry => {
+                self.give_up(message, inbound, meta, "max_deliver", &processed)
                     .await
-                    .is_err()
-                {
-                    self.nak(message, meta).await
-                } else {
-                    // The caller learns of it too; the dead letter already holds the request.
-                    let _ = self.reply(inbound, meta, &processed.reply).await;
-                    self.ack(message, AckKind::Term).await
-                }
+            }
+            Disposition::Undeliverable => {
+                let reason = processed.error.map_or("undeliverable", ErrorKind::as_str);
+                self.give_up(message, inbound, meta, reason, &processed)
+                    .await
             }
         };
         if let Err(e) = result {
             // The server redelivers after ack_wait: the message is not lost.
             warn!(route = %route.name, error = %e, "settlement failed; the message will be redelivered");
         }
+    }
+
+    /// Dead letter, error reply (best effort: the dead letter holds the request), term. If
+    /// the dead letter cannot be published, nak: the message comes again (the consumer
+    /// redelivers without limit; ricochet counts deliveries itself).
+    async fn give_up(
+        &self,
+        message: &jetstream::Message,
+        inbound: &Inbound,
+        meta: &Meta,
+        reason: &str,
+        processed: &Processed,
+    ) -> Result<(), async_nats::Error> {
+        if self
+            .dead_letter(inbound, meta, reason, &processed.reply)
+            .await
+            .is_err()
+        {
+            return self.nak(message, meta).await;
+        }
+        if reason != "publish_failed" {
+            let _ = self.reply(inbound, meta, &processed.reply).await;
+        }
+        self.ack(message, AckKind::Term).await
     }
 
     async fn finish_at_most_once(&self, inbound: &Inbound, meta: &Meta, processed: Processed) {
@@ -505,5 +543,44 @@ impl Meta {
             idempotency_key: msg_id
                 .unwrap_or_else(|| format!("{}:{}", info.stream, info.stream_sequence)),
         })
+    }
+}
+
+/// Why ricochet will not publish to a reply subject a request names, if it will not: it must
+/// be a plain subject, and not one of the server's own (`$JS.API...`, `$KV...`).
+fn reply_subject_problem(subject: &str) -> Option<&'static str> {
+    if subject.is_empty() || subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("is empty or contains spaces")
+    } else if subject
+        .split('.')
+        .any(|t| t.is_empty() || t == "*" || t == ">")
+    {
+        Some("is not a plain subject (empty token or wildcard)")
+    } else if subject.starts_with('$') {
+        Some("names a system subject ($...)")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_subject_problem;
+
+    #[test]
+    fn reply_subjects_must_be_plain_and_not_system_subjects() {
+        assert_eq!(reply_subject_problem("orders.replies.c1"), None);
+        assert_eq!(reply_subject_problem("_INBOX.abc.def"), None);
+        for bad in [
+            "",
+            "a b",
+            "a.*",
+            "a.>",
+            "a..b",
+            "$JS.API.STREAM.DELETE.ORDERS",
+            "$KV.x.y",
+        ] {
+            assert!(reply_subject_problem(bad).is_some(), "{bad:?}");
+        }
     }
 }

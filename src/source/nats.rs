@@ -107,10 +107,7 @@ pub async fn intake(
         let message = tokio::select! {
             _ = stop.cancelled(), if !draining => {
                 draining = true;
-                if let Err(e) = subscriber.drain().await {
-                    error!(error = %e, "could not drain the subscription");
-                    break;
-                }
+                drain(&mut subscriber).await;
                 continue;
             }
             message = subscriber.next() => message,
@@ -123,9 +120,18 @@ pub async fn intake(
             continue;
         };
         let route = route.clone();
-        let Ok(permit) = route.limit.clone().acquire_owned().await else {
-            break;
+        // A full route waits for a slot; a shutdown meanwhile still drains at once, so the
+        // queue group stops sending this replica more.
+        let permit = loop {
+            tokio::select! {
+                permit = route.limit.clone().acquire_owned() => break permit,
+                _ = stop.cancelled(), if !draining => {
+                    draining = true;
+                    drain(&mut subscriber).await;
+                }
+            }
         };
+        let Ok(permit) = permit else { break };
         route.metrics.in_flight.increment(1.0);
         let pipeline = pipeline.clone();
         tracker.spawn(async move {
@@ -133,6 +139,14 @@ pub async fn intake(
             route.metrics.in_flight.decrement(1.0);
             drop(permit);
         });
+    }
+}
+
+/// Unsubscribes, letting messages the server already sent arrive. If that fails (the
+/// connection is gone), the subscription ends by itself with the connection.
+async fn drain(subscriber: &mut Subscriber) {
+    if let Err(e) = subscriber.drain().await {
+        error!(error = %e, "could not drain the subscription");
     }
 }
 

@@ -91,7 +91,10 @@ fn describe() {
         DEAD_LETTERS,
         "Durable sources: messages published to the dead-letter destination"
     );
-    describe_gauge!(KAFKA_ASSIGNED, "Kafka partitions assigned to this member of the route's group");
+    describe_gauge!(
+        KAFKA_ASSIGNED,
+        "Kafka partitions assigned to this member of the route's group"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(
         NATS_EVENTS,

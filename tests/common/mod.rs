@@ -348,10 +348,19 @@ pub mod kafka {
             .expect("producer")
     }
 
-    pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, headers: &[(&str, &str)], payload: &[u8]) {
+    pub async fn produce(
+        producer: &FutureProducer,
+        topic: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) {
         let mut owned = OwnedHeaders::new();
         for (name, value) in headers {
-            owned = owned.insert(Header { key: name, value: Some(*value) });
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
         }
         let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
         if let Some(key) = key {
@@ -398,7 +407,9 @@ pub mod kafka {
     }
 
     pub fn key(message: &OwnedMessage) -> Option<String> {
-        message.key().map(|k| String::from_utf8_lossy(k).into_owned())
+        message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
     }
 
     /// A Kafka route on `topic`; `extra` adds route keys, `kafka_extra` keys of

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::OwnedSemaphorePermit;
@@ -179,7 +181,9 @@ impl Shared {
         for partition in partitions {
             state.partitions.remove(partition);
         }
-        state.lanes.retain(|lane, _| !partitions.contains(lane.partition()));
+        state
+            .lanes
+            .retain(|lane, _| !partitions.contains(lane.partition()));
     }
 
     /// Commit positions that moved, for `only` these partitions or all.
@@ -191,7 +195,8 @@ impl Shared {
                 continue;
             }
             if let Some(position) = ps.tracker.take_commit() {
-                let _ = list.add_partition_offset(&partition.0, partition.1, Offset::Offset(position));
+                let _ =
+                    list.add_partition_offset(&partition.0, partition.1, Offset::Offset(position));
             }
         }
         list
@@ -216,7 +221,8 @@ impl ConsumerContext for RouteContext {
         let partitions = partitions_of(list);
         info!(route = %self.route, ?partitions, "partitions revoked: finishing their in-flight records");
         // Runs inside the intake task's poll; let tokio move other work off this thread.
-        let drained = tokio::task::block_in_place(|| self.shared.drain(&partitions, self.revoke_wait));
+        let drained =
+            tokio::task::block_in_place(|| self.shared.drain(&partitions, self.revoke_wait));
         if !drained {
             warn!(route = %self.route, "in-flight records did not finish in time; the next owner repeats them");
         }
@@ -227,7 +233,8 @@ impl ConsumerContext for RouteContext {
             }
         }
         self.shared.release(&partitions);
-        self.assigned.set(self.shared.lock().partitions.len() as f64);
+        self.assigned
+            .set(self.shared.lock().partitions.len() as f64);
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -236,7 +243,8 @@ impl ConsumerContext for RouteContext {
                 let partitions = partitions_of(list);
                 info!(route = %self.route, ?partitions, "partitions assigned");
                 self.shared.assign(&partitions);
-                self.assigned.set(self.shared.lock().partitions.len() as f64);
+                self.assigned
+                    .set(self.shared.lock().partitions.len() as f64);
             }
             Rebalance::Error(e) => warn!(route = %self.route, error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -357,11 +365,18 @@ impl KafkaRoute {
         let replier = Arc::new(replier);
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
         health.intake_ready();
-        this.consume(&consumer, replier.clone(), &tracker, &stop).await;
+        this.consume(&consumer, replier.clone(), &tracker, &stop)
+            .await;
         this.shut_down(&consumer, &replier).await;
     }
 
-    async fn consume(self: &Arc<Self>, consumer: &StreamConsumer<RouteContext>, replier: Arc<KafkaReplier>, tracker: &TaskTracker, stop: &CancellationToken) {
+    async fn consume(
+        self: &Arc<Self>,
+        consumer: &StreamConsumer<RouteContext>,
+        replier: Arc<KafkaReplier>,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
         let mut paused: HashSet<Partition> = HashSet::new();
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
         // Records that arrived while no permit was free; drained first when one frees.
@@ -399,7 +414,14 @@ impl KafkaRoute {
     }
 
     /// Accepts one record: tracks its offset and queues it in its lane.
-    fn take(self: &Arc<Self>, record: Fetched, permit: OwnedSemaphorePermit, consumer: &StreamConsumer<RouteContext>, replier: &Arc<KafkaReplier>, tracker: &TaskTracker) {
+    fn take(
+        self: &Arc<Self>,
+        record: Fetched,
+        permit: OwnedSemaphorePermit,
+        consumer: &StreamConsumer<RouteContext>,
+        replier: &Arc<KafkaReplier>,
+        tracker: &TaskTracker,
+    ) {
         let partition = (record.topic.clone(), record.partition);
         let mut state = self.shared.lock();
         let Some(ps) = state.partitions.get_mut(&partition) else {
@@ -477,13 +499,19 @@ impl KafkaRoute {
             let inbound = self.inbound(record);
             let processed = match route.pattern.matches(&record.topic) {
                 Some(captures) => self.pipeline.process(route, &captures, &inbound).await,
-                None => self.pipeline.refuse(route, ErrorKind::NoRoute, "the topic does not match the route's pattern"),
+                None => self.pipeline.refuse(
+                    route,
+                    ErrorKind::NoRoute,
+                    "the topic does not match the route's pattern",
+                ),
             };
             let give_up = self.delivery == Delivery::AtMostOnce
                 || self.config.dead_letter_after.is_some_and(|n| rounds >= n);
             match processed.disposition {
                 Disposition::Answered => break self.reply(record, &processed, replier).await,
-                Disposition::Undeliverable => break self.dead_letter(record, &processed, rounds, replier).await,
+                Disposition::Undeliverable => {
+                    break self.dead_letter(record, &processed, rounds, replier).await
+                }
                 Disposition::Retry if give_up => {
                     break match self.delivery {
                         Delivery::AtMostOnce => self.reply(record, &processed, replier).await,
@@ -520,7 +548,11 @@ impl KafkaRoute {
 
     fn set_retrying(&self, partition: &Partition, on: bool) {
         if let Some(ps) = self.shared.lock().partitions.get_mut(partition) {
-            ps.retrying = if on { ps.retrying + 1 } else { ps.retrying.saturating_sub(1) };
+            ps.retrying = if on {
+                ps.retrying + 1
+            } else {
+                ps.retrying.saturating_sub(1)
+            };
         }
     }
 
@@ -544,17 +576,30 @@ impl KafkaRoute {
             route.metrics.outcome(Outcome::NoReply);
             return true;
         };
-        let correlation = record.header(&route.config.correlation_header).unwrap_or_else(|| record.id());
+        let correlation = record
+            .header(&route.config.correlation_header)
+            .unwrap_or_else(|| record.id());
         let mut headers: Vec<(&str, &[u8])> = processed
             .reply
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
-        headers.push((route.config.correlation_header.as_str(), correlation.as_bytes()));
+        headers.push((
+            route.config.correlation_header.as_str(),
+            correlation.as_bytes(),
+        ));
         let mut backoff = Duration::from_millis(100);
         loop {
-            match replier.send(&topic, record.key.as_deref(), &headers, &processed.reply.body).await {
+            match replier
+                .send(
+                    &topic,
+                    record.key.as_deref(),
+                    &headers,
+                    &processed.reply.body,
+                )
+                .await
+            {
                 Ok(()) => {
                     route.metrics.replies_published.increment(1);
                     route.metrics.outcome(Outcome::Replied);
@@ -573,7 +618,13 @@ impl KafkaRoute {
         }
     }
 
-    async fn dead_letter(&self, record: &Record, processed: &Processed, rounds: u32, replier: &KafkaReplier) -> bool {
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        processed: &Processed,
+        rounds: u32,
+        replier: &KafkaReplier,
+    ) -> bool {
         let route = &self.route;
         let reason = match (processed.disposition, processed.error) {
             (Disposition::Retry, _) => "dead_letter_after",
@@ -601,7 +652,10 @@ impl KafkaRoute {
             ]);
             let mut backoff = Duration::from_millis(100);
             loop {
-                match replier.send(topic, record.key.as_deref(), &headers, &record.payload).await {
+                match replier
+                    .send(topic, record.key.as_deref(), &headers, &record.payload)
+                    .await
+                {
                     Ok(()) => break,
                     Err(e) => {
                         warn!(route = %route.name, %topic, error = %e, "dead letter not delivered; retrying");
@@ -628,7 +682,10 @@ impl KafkaRoute {
             .iter()
             .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
             .collect();
-        if record.header(crate::invoke::retry::IDEMPOTENCY_KEY).is_none() {
+        if record
+            .header(crate::invoke::retry::IDEMPOTENCY_KEY)
+            .is_none()
+        {
             headers.push(("Idempotency-Key".into(), record.id()));
         }
         Inbound {
@@ -642,7 +699,12 @@ impl KafkaRoute {
 
     /// Pauses every partition while the route is saturated or its circuit is open, and a
     /// partition while one of its records waits for a retry; resumes the rest.
-    fn update_pauses(&self, consumer: &StreamConsumer<RouteContext>, paused: &mut HashSet<Partition>, saturated: bool) {
+    fn update_pauses(
+        &self,
+        consumer: &StreamConsumer<RouteContext>,
+        paused: &mut HashSet<Partition>,
+        saturated: bool,
+    ) {
         let circuit_open = matches!(self.route.invoker.breaker.state(), BreakerState::Open { until } if Instant::now() < until);
         let wanted: HashSet<Partition> = {
             let state = self.shared.lock();
@@ -657,15 +719,11 @@ impl KafkaRoute {
         paused.retain(|p| self.shared.lock().partitions.contains_key(p));
         let to_pause: Vec<&Partition> = wanted.difference(paused).collect();
         let to_resume: Vec<&Partition> = paused.difference(&wanted).collect();
-        if !to_pause.is_empty() {
-            if consumer.pause(&list(&to_pause)).is_ok() {
-                debug!(route = %self.route.name, partitions = ?to_pause, circuit_open, saturated, "paused");
-            }
+        if !to_pause.is_empty() && consumer.pause(&list(&to_pause)).is_ok() {
+            debug!(route = %self.route.name, partitions = ?to_pause, circuit_open, saturated, "paused");
         }
-        if !to_resume.is_empty() {
-            if consumer.resume(&list(&to_resume)).is_ok() {
-                debug!(route = %self.route.name, partitions = ?to_resume, "resumed");
-            }
+        if !to_resume.is_empty() && consumer.resume(&list(&to_resume)).is_ok() {
+            debug!(route = %self.route.name, partitions = ?to_resume, "resumed");
         }
         *paused = wanted;
     }
@@ -691,7 +749,12 @@ impl KafkaRoute {
         let all: Vec<Partition> = self.shared.lock().partitions.keys().cloned().collect();
         let _ = consumer.pause(&list(&all.iter().collect::<Vec<_>>()));
         loop {
-            let busy = self.shared.lock().partitions.values().any(|ps| ps.workers > 0);
+            let busy = self
+                .shared
+                .lock()
+                .partitions
+                .values()
+                .any(|ps| ps.workers > 0);
             if !busy {
                 break;
             }
@@ -740,7 +803,12 @@ impl From<&BorrowedMessage<'_>> for Fetched {
             .map(|headers| {
                 headers
                     .iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

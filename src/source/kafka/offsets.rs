@@ -69,7 +69,11 @@ mod tests {
         for offset in [10, 11, 12, 15] {
             t.taken(offset);
         }
-        assert_eq!(t.take_commit(), Some(10), "nothing finished: stay at the first");
+        assert_eq!(
+            t.take_commit(),
+            Some(10),
+            "nothing finished: stay at the first"
+        );
         t.finished(11);
         t.finished(15);
         assert_eq!(t.take_commit(), None, "10 still runs");
