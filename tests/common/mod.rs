@@ -141,7 +141,13 @@ impl Upstream {
 
     /// Waits until the upstream has seen `count` requests, or panics after 10 s.
     pub async fn wait_for_calls(&self, count: usize) {
-        for _ in 0..1000 {
+        self.wait_for_calls_within(count, Duration::from_secs(10))
+            .await
+    }
+
+    pub async fn wait_for_calls_within(&self, count: usize, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
             if self.calls() >= count {
                 return;
             }
@@ -203,7 +209,10 @@ impl Ricochet {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "ricochet=debug,info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RICOCHET_TEST_LOG").unwrap_or_else(|_| "ricochet=debug,info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
