@@ -490,6 +490,23 @@ mod tests {
     }
 
     #[test]
+    fn kafka_settings_are_checked() {
+        let text = "[upstream]\nbase_url = \"http://h:1\"\nrequest_timeout = \"60s\"\n[[routes]]\nname = \"k\"\nsource = \"kafka\"\nsubject = \"t\"\npath = \"/\"\nreply_subject = \"x\"\n[routes.kafka]\nbrokers = \"h:9092\"\ntopic_pattern = \"orders.*\"\nreply_topic = \"bad topic\"\n[routes.kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n\"max.poll.interval.ms\" = \"60000\"\n";
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "routes[0].reply_subject",
+            "routes[0].kafka.topic_pattern",
+            "routes[0].kafka.reply_topic",
+            "routes[0].kafka.consumer",
+            // 3 x 60 s + backoff is not under half of a 60 s max.poll.interval.ms
+            "routes[0].total_timeout",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
     fn missing_required_keys_are_reported() {
         let errors = load_str("[[routes]]\nname = \"x\"\n", no_env())
             .unwrap_err()

@@ -190,6 +190,35 @@ pub(super) fn deadlines(
 ) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (index, route) in routes {
+        if let Some(kafka) = route
+            .kafka
+            .as_ref()
+            .filter(|_| route.source == SourceKind::Kafka)
+        {
+            let max_poll = kafka
+                .consumer
+                .get("max.poll.interval.ms")
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(crate::source::kafka::DEFAULT_MAX_POLL_INTERVAL);
+            let total = route.total_timeout_or(upstream);
+            // On revoke, in-flight records get half of it to finish.
+            if total >= max_poll / 2 {
+                errors.push(ConfigError::new(
+                    format!("routes[{index}].total_timeout"),
+                    format!(
+                        "the HTTP deadline of {total:?} must be under half of max.poll.interval.ms ({max_poll:?}), \
+                         so in-flight records can finish when partitions are revoked"
+                    ),
+                ));
+            }
+            if route.delivery == Some(Delivery::ExactlyOnce) {
+                errors.push(ConfigError::new(
+                    format!("routes[{index}].delivery"),
+                    "exactly_once is not available yet; use at_least_once (the service receives an Idempotency-Key)",
+                ));
+            }
+        }
         let Some(js) = route
             .jetstream
             .as_ref()

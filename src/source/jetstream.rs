@@ -380,9 +380,10 @@ impl JetStreamRoute {
                 .outcome(crate::telemetry::metrics::Outcome::NoReply);
             return Ok(());
         };
+        // Scoped by stream: equal message ids in two streams are different requests.
         let mut extra = vec![(
             "Nats-Msg-Id",
-            format!("ricochet-reply:{}", meta.idempotency_key),
+            format!("ricochet-reply:{}:{}", meta.stream, meta.idempotency_key),
         )];
         let correlation = &route.config.correlation_header;
         if let Some((_, id)) = inbound
