@@ -251,6 +251,11 @@ pub struct KafkaConfig {
     /// ...unless this is set: dead-letter after this many processing rounds.
     #[serde(default)]
     pub dead_letter_after: Option<u32>,
+    /// Exactly-once: the producer's transactional id, unique per replica and stable across
+    /// its restarts (a restart fences the transaction it left open). Default:
+    /// `ricochet-<group id>-<hostname>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
     /// Extra librdkafka properties of the consumer, e.g. `"fetch.wait.max.ms" = "10"`.
     #[serde(default)]
     pub consumer: std::collections::BTreeMap<String, String>,

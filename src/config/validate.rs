@@ -212,12 +212,6 @@ pub(super) fn deadlines(
                     ),
                 ));
             }
-            if route.delivery == Some(Delivery::ExactlyOnce) {
-                errors.push(ConfigError::new(
-                    format!("routes[{index}].delivery"),
-                    "exactly_once is not available yet; use at_least_once (the service receives an Idempotency-Key)",
-                ));
-            }
         }
         let Some(js) = route
             .jetstream

@@ -5,22 +5,36 @@
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::TopicPartitionList;
 
 use crate::config::KafkaConfig;
 
 /// How long a record may wait in the producer's queue when it is full.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each transaction call (init, offsets, commit, abort).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One record of a transaction.
+pub struct TransactionRecord<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub headers: &'a [(String, Vec<u8>)],
+    pub payload: &'a [u8],
+}
 
 pub struct KafkaReplier {
     producer: FutureProducer,
 }
 
 impl KafkaReplier {
-    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+    /// `transactional_id` makes a transactional producer (exactly-once); this blocks while
+    /// the transactions are initialised (fencing an earlier producer with the same id).
+    pub fn new(config: &KafkaConfig, transactional_id: Option<&str>) -> Result<Self, KafkaError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -30,9 +44,58 @@ impl KafkaReplier {
         for (name, value) in &config.producer {
             client.set(name, value);
         }
-        Ok(Self {
-            producer: client.create()?,
-        })
+        if let Some(id) = transactional_id {
+            client.set("transactional.id", id);
+        }
+        let producer: FutureProducer = client.create()?;
+        if transactional_id.is_some() {
+            producer.init_transactions(Timeout::After(TRANSACTION_TIMEOUT))?;
+        }
+        Ok(Self { producer })
+    }
+
+    /// Exactly-once: produces `records` and commits `offsets` for the consumer group in one
+    /// transaction. Blocking; on error the caller aborts with [`Self::abort`].
+    pub fn commit_transaction(
+        &self,
+        records: &[TransactionRecord<'_>],
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        for record in records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let mut future = FutureRecord::to(record.topic)
+                .payload(record.payload)
+                .headers(headers);
+            if let Some(key) = record.key {
+                future = future.key(key);
+            }
+            // Delivery is confirmed by the commit, which flushes the transaction.
+            drop(
+                self.producer
+                    .send_result(future)
+                    .map_err(|(error, _)| error)?,
+            );
+        }
+        self.producer.send_offsets_to_transaction(
+            offsets,
+            group,
+            Timeout::After(TRANSACTION_TIMEOUT),
+        )?;
+        self.producer
+            .commit_transaction(Timeout::After(TRANSACTION_TIMEOUT))
+    }
+
+    pub fn abort(&self) -> Result<(), KafkaError> {
+        self.producer
+            .abort_transaction(Timeout::After(TRANSACTION_TIMEOUT))
     }
 
     /// Sends one record and waits for its delivery report.

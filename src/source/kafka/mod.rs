@@ -42,6 +42,7 @@ use crate::config::{Delivery, KafkaConfig, Ordering};
 use crate::invoke::breaker::State as BreakerState;
 use crate::mapping::ErrorKind;
 use crate::pipeline::{Disposition, Pipeline, Processed, Route};
+use crate::reply::kafka::TransactionRecord;
 use crate::reply::KafkaReplier;
 use crate::telemetry::metrics::{Outcome, KAFKA_ASSIGNED};
 use crate::telemetry::Health;
@@ -102,10 +103,24 @@ impl Record {
     }
 }
 
+/// A record to produce: a reply or a dead letter.
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Bytes,
+}
+
 #[derive(Default)]
 struct PartitionState {
     tracker: OffsetTracker,
     generation: u64,
+    /// Exactly-once: outputs of finished records, by offset, waiting for the transaction
+    /// that also commits their offsets.
+    staged: std::collections::BTreeMap<i64, Vec<Output>>,
+    /// Exactly-once: the position the last committed transaction stored, or the first
+    /// offset taken (where a rewind goes back to).
+    committed: Option<i64>,
     /// Lane workers of this partition running now.
     workers: usize,
     /// Records of this partition waiting to be retried.
@@ -123,9 +138,12 @@ struct State {
 /// State shared by the intake loop, the lane workers and the rebalance callbacks.
 #[derive(Default)]
 struct Shared {
+    route: String,
     state: Mutex<State>,
     /// Signalled whenever a lane worker ends.
     idle: Condvar,
+    /// Exactly-once: the transactional producer, set once it is initialised.
+    transactions: std::sync::OnceLock<Arc<KafkaReplier>>,
 }
 
 impl Shared {
@@ -186,6 +204,100 @@ impl Shared {
             .retain(|lane, _| !partitions.contains(lane.partition()));
     }
 
+    /// Exactly-once: one transaction with the staged outputs of every finished prefix and
+    /// the matching offsets. If it fails, it is aborted and those partitions are rewound to
+    /// their last committed position, so their records are processed again. Blocking.
+    fn transact<C: Consumer<RouteContext>>(&self, consumer: &C) {
+        let Some(producer) = self.transactions.get() else {
+            return;
+        };
+        let mut outputs: Vec<Output> = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        let mut advanced: Vec<(Partition, i64)> = Vec::new();
+        {
+            let mut state = self.lock();
+            for (partition, ps) in state.partitions.iter_mut() {
+                let Some(position) = ps.tracker.position() else {
+                    continue;
+                };
+                if ps.committed.is_some_and(|c| c >= position) {
+                    continue;
+                }
+                let later = ps.staged.split_off(&position);
+                let done = std::mem::replace(&mut ps.staged, later);
+                outputs.extend(done.into_values().flatten());
+                let _ = offsets.add_partition_offset(
+                    &partition.0,
+                    partition.1,
+                    Offset::Offset(position),
+                );
+                advanced.push((partition.clone(), position));
+            }
+        }
+        if advanced.is_empty() {
+            return;
+        }
+        let Some(group) = consumer.group_metadata() else {
+            return;
+        };
+        let records: Vec<TransactionRecord<'_>> = outputs
+            .iter()
+            .map(|o| TransactionRecord {
+                topic: &o.topic,
+                key: o.key.as_deref(),
+                headers: &o.headers,
+                payload: &o.payload,
+            })
+            .collect();
+        match producer.commit_transaction(&records, &offsets, &group) {
+            Ok(()) => {
+                let mut state = self.lock();
+                for (partition, position) in advanced {
+                    if let Some(ps) = state.partitions.get_mut(&partition) {
+                        ps.committed = Some(position);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(route = %self.route, error = %e, "transaction failed; aborting and processing its records again");
+                if let Err(e) = producer.abort() {
+                    error!(route = %self.route, error = %e, "transaction abort failed");
+                }
+                let partitions: Vec<Partition> = advanced.into_iter().map(|(p, _)| p).collect();
+                self.rewind(consumer, &partitions);
+            }
+        }
+    }
+
+    /// Exactly-once: forgets all progress of `partitions` since their last committed
+    /// position and seeks back to it. Records in flight there become stale.
+    fn rewind<C: Consumer<RouteContext>>(&self, consumer: &C, partitions: &[Partition]) {
+        let mut state = self.lock();
+        for partition in partitions {
+            state.next_generation += 1;
+            let generation = state.next_generation;
+            let Some(ps) = state.partitions.get_mut(partition) else {
+                continue;
+            };
+            ps.generation = generation;
+            ps.tracker = OffsetTracker::default();
+            ps.staged.clear();
+            if let Some(position) = ps.committed {
+                if let Err(e) = consumer.seek(
+                    &partition.0,
+                    partition.1,
+                    Offset::Offset(position),
+                    Duration::from_secs(5),
+                ) {
+                    error!(route = %self.route, ?partition, error = %e, "seek back failed");
+                }
+            }
+        }
+        state
+            .lanes
+            .retain(|lane, _| !partitions.contains(lane.partition()));
+    }
+
     /// Commit positions that moved, for `only` these partitions or all.
     fn commits(&self, only: Option<&[Partition]>) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
@@ -226,10 +338,14 @@ impl ConsumerContext for RouteContext {
         if !drained {
             warn!(route = %self.route, "in-flight records did not finish in time; the next owner repeats them");
         }
-        let commits = self.shared.commits(Some(&partitions));
-        if commits.count() > 0 {
-            if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                warn!(route = %self.route, error = %e, "commit on revoke failed");
+        if self.shared.transactions.get().is_some() {
+            tokio::task::block_in_place(|| self.shared.transact(consumer));
+        } else {
+            let commits = self.shared.commits(Some(&partitions));
+            if commits.count() > 0 {
+                if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
+                    warn!(route = %self.route, error = %e, "commit on revoke failed");
+                }
             }
         }
         self.shared.release(&partitions);
@@ -270,6 +386,7 @@ pub struct KafkaRoute {
 
 impl KafkaRoute {
     pub fn new(route: Arc<Route>, pipeline: Arc<Pipeline>) -> Option<Self> {
+        let name = route.name.clone();
         let config = route.config.kafka.clone()?;
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
@@ -279,7 +396,10 @@ impl KafkaRoute {
             config,
             route,
             pipeline,
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared {
+                route: name,
+                ..Shared::default()
+            }),
         })
     }
 
@@ -288,6 +408,20 @@ impl KafkaRoute {
             .group_id
             .clone()
             .unwrap_or_else(|| format!("ricochet-{}", self.route.name))
+    }
+
+    /// Exactly-once only: unique per replica, stable across its restarts.
+    fn transactional_id(&self) -> Option<String> {
+        if self.delivery != Delivery::ExactlyOnce {
+            return None;
+        }
+        let id = self.config.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("ricochet-{}-{host}", self.group_id())
+        });
+        Some(id)
     }
 
     /// The topics (or one `^pattern`) to subscribe to.
@@ -322,6 +456,10 @@ impl KafkaRoute {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        if self.delivery == Delivery::ExactlyOnce {
+            // Requests produced in transactions count only once committed.
+            client.set("isolation.level", "read_committed");
+        }
         for (name, value) in &self.config.consumer {
             client.set(name, value);
         }
@@ -348,7 +486,12 @@ impl KafkaRoute {
                 let topics = this.subscription();
                 let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics)?;
-                Ok((consumer, KafkaReplier::new(&this.config)?))
+                let transactional_id = this.transactional_id();
+                // Initialising transactions blocks (and fences an earlier producer).
+                let replier = tokio::task::block_in_place(|| {
+                    KafkaReplier::new(&this.config, transactional_id.as_deref())
+                })?;
+                Ok((consumer, replier))
             });
             match attempt {
                 Ok(setup) => break setup,
@@ -363,6 +506,9 @@ impl KafkaRoute {
         };
         let (consumer, replier) = setup;
         let replier = Arc::new(replier);
+        if this.delivery == Delivery::ExactlyOnce {
+            let _ = this.shared.transactions.set(replier.clone());
+        }
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
         health.intake_ready();
         this.consume(&consumer, replier.clone(), &tracker, &stop)
@@ -429,6 +575,8 @@ impl KafkaRoute {
             return;
         };
         ps.tracker.taken(record.offset);
+        // Where an aborted transaction rewinds to, until one commits.
+        ps.committed.get_or_insert(record.offset);
         let generation = ps.generation;
         self.route.metrics.in_flight.increment(1.0);
         if self.delivery == Delivery::AtMostOnce {
@@ -564,8 +712,8 @@ impl KafkaRoute {
             .is_some_and(|ps| ps.generation == record.generation)
     }
 
-    /// Produces the reply, if the request has a destination; waits for its delivery
-    /// report, retrying the produce (not the HTTP call) while the record is ours.
+    /// Produces the reply, if the request has a destination. `false` when the record lost
+    /// its partition before the reply could be delivered.
     async fn reply(&self, record: &Record, processed: &Processed, replier: &KafkaReplier) -> bool {
         let route = &self.route;
         let destination = record
@@ -579,43 +727,28 @@ impl KafkaRoute {
         let correlation = record
             .header(&route.config.correlation_header)
             .unwrap_or_else(|| record.id());
-        let mut headers: Vec<(&str, &[u8])> = processed
+        let mut headers: Vec<(String, Vec<u8>)> = processed
             .reply
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
             .collect();
         headers.push((
-            route.config.correlation_header.as_str(),
-            correlation.as_bytes(),
+            route.config.correlation_header.clone(),
+            correlation.into_bytes(),
         ));
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match replier
-                .send(
-                    &topic,
-                    record.key.as_deref(),
-                    &headers,
-                    &processed.reply.body,
-                )
-                .await
-            {
-                Ok(()) => {
-                    route.metrics.replies_published.increment(1);
-                    route.metrics.outcome(Outcome::Replied);
-                    return true;
-                }
-                Err(e) => {
-                    warn!(route = %route.name, %topic, error = %e, "reply not delivered; retrying");
-                    route.metrics.outcome(Outcome::PublishFailed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if !self.owns(record) {
-                        return false;
-                    }
-                }
-            }
+        let output = Output {
+            topic,
+            key: record.key.clone(),
+            headers,
+            payload: processed.reply.body.clone(),
+        };
+        let delivered = self.deliver(record, output, replier).await;
+        if delivered {
+            route.metrics.replies_published.increment(1);
+            route.metrics.outcome(Outcome::Replied);
         }
+        delivered
     }
 
     async fn dead_letter(
@@ -632,40 +765,29 @@ impl KafkaRoute {
             (_, None) => "undeliverable",
         };
         if let Some(topic) = &self.config.dead_letter_topic {
-            let status = processed.reply.status.as_u16().to_string();
-            let partition = record.partition.to_string();
-            let offset = record.offset.to_string();
-            let rounds = rounds.to_string();
-            let mut headers: Vec<(&str, &[u8])> = record
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_slice()))
-                .collect();
-            headers.extend([
-                ("Ricochet-Dead-Letter-Reason", reason.as_bytes()),
-                ("Ricochet-Last-Status", status.as_bytes()),
-                ("Ricochet-Delivery-Count", rounds.as_bytes()),
-                ("Ricochet-Route", route.name.as_bytes()),
-                ("Ricochet-Original-Topic", record.topic.as_bytes()),
-                ("Ricochet-Original-Partition", partition.as_bytes()),
-                ("Ricochet-Original-Offset", offset.as_bytes()),
-            ]);
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match replier
-                    .send(topic, record.key.as_deref(), &headers, &record.payload)
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) => {
-                        warn!(route = %route.name, %topic, error = %e, "dead letter not delivered; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if !self.owns(record) {
-                            return false;
-                        }
-                    }
-                }
+            let mut headers = record.headers.clone();
+            for (name, value) in [
+                ("Ricochet-Dead-Letter-Reason", reason.to_string()),
+                (
+                    "Ricochet-Last-Status",
+                    processed.reply.status.as_u16().to_string(),
+                ),
+                ("Ricochet-Delivery-Count", rounds.to_string()),
+                ("Ricochet-Route", route.name.clone()),
+                ("Ricochet-Original-Topic", record.topic.clone()),
+                ("Ricochet-Original-Partition", record.partition.to_string()),
+                ("Ricochet-Original-Offset", record.offset.to_string()),
+            ] {
+                headers.push((name.to_string(), value.into_bytes()));
+            }
+            let output = Output {
+                topic: topic.clone(),
+                key: record.key.clone(),
+                headers,
+                payload: record.payload.clone(),
+            };
+            if !self.deliver(record, output, replier).await {
+                return false;
             }
             warn!(route = %route.name, reason, %topic, record = %record.id(), "record dead-lettered");
             route.metrics.dead_letters.increment(1);
@@ -674,6 +796,50 @@ impl KafkaRoute {
         }
         // The caller learns of it too.
         self.reply(record, processed, replier).await
+    }
+
+    /// At-least-once: produces `output` and waits for its delivery report, producing again
+    /// (never calling the service again) while the record is ours. Exactly-once: stages it
+    /// for the next transaction, which also commits the record's offset.
+    async fn deliver(&self, record: &Record, output: Output, replier: &KafkaReplier) -> bool {
+        if self.delivery == Delivery::ExactlyOnce {
+            let mut state = self.shared.lock();
+            return match state.partitions.get_mut(&record.partition_id()) {
+                Some(ps) if ps.generation == record.generation => {
+                    ps.staged.entry(record.offset).or_default().push(output);
+                    true
+                }
+                _ => false,
+            };
+        }
+        let headers: Vec<(&str, &[u8])> = output
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match replier
+                .send(
+                    &output.topic,
+                    output.key.as_deref(),
+                    &headers,
+                    &output.payload,
+                )
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) => {
+                    warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
+                    self.route.metrics.outcome(Outcome::PublishFailed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if !self.owns(record) {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     fn inbound(&self, record: &Record) -> Inbound {
@@ -729,6 +895,10 @@ impl KafkaRoute {
     }
 
     fn commit(&self, consumer: &StreamConsumer<RouteContext>, mode: CommitMode) {
+        if self.delivery == Delivery::ExactlyOnce {
+            tokio::task::block_in_place(|| self.shared.transact(consumer));
+            return;
+        }
         let commits = self.shared.commits(None);
         if commits.count() == 0 {
             return;
@@ -764,8 +934,11 @@ impl KafkaRoute {
                 _ = tokio::time::sleep(RECHECK) => {}
             }
         }
+        if self.delivery == Delivery::ExactlyOnce {
+            tokio::task::block_in_place(|| self.shared.transact(consumer));
+        }
         let commits = self.shared.commits(None);
-        if commits.count() > 0 {
+        if self.delivery != Delivery::ExactlyOnce && commits.count() > 0 {
             if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
                 warn!(route = %route.name, error = %e, "final offset commit failed");
             }
