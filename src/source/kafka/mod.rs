@@ -455,7 +455,10 @@ impl KafkaRoute {
             .set("group.id", self.group_id())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // A topic created after ricochet subscribed is picked up within seconds, not
+            // librdkafka's default five minutes.
+            .set("topic.metadata.refresh.interval.ms", "10000");
         if self.delivery == Delivery::ExactlyOnce {
             // Requests produced in transactions count only once committed.
             client.set("isolation.level", "read_committed");
