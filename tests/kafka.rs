@@ -466,3 +466,34 @@ async fn sigterm_drains_commits_and_exits_zero() {
     assert_eq!(upstream.calls(), 5);
     reader.unsubscribe();
 }
+
+#[tokio::test]
+async fn a_reply_too_large_for_kafka_becomes_a_502_error_reply() {
+    let requests = kafka::topic("kbig", 1).await;
+    let replies = kafka::topic("kbigrep", 1).await;
+    let upstream =
+        Upstream::start(|_| async { respond(200, Box::leak("x".repeat(20_000).into_boxed_str())) })
+            .await;
+    let admin = free_port();
+    let routes = kafka::route(
+        "big",
+        &requests,
+        "",
+        &format!("reply_topic = \"{replies}\"\n[routes.kafka.producer]\n\"message.max.bytes\" = \"10000\""),
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "big").await;
+    produce(
+        &kafka::producer(),
+        &requests,
+        Some("k"),
+        &[("correlation-id", "c-big")],
+        b"x",
+    )
+    .await;
+    let reply = next(&kafka::consumer(&replies), WAIT).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("502"));
+    assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-big"));
+    let body = String::from_utf8_lossy(reply.payload().unwrap()).into_owned();
+    assert!(body.contains("message.max.bytes"), "{body}");
+}

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub use load::{load, load_str, ConfigError, ConfigErrors, ENV_PREFIX};
 pub use units::{redact_url, ByteSize, Secret};
+pub use validate::valid_topic;
 
 /// Exit code for an invalid configuration (EX_USAGE from sysexits.h).
 pub const EXIT_INVALID_CONFIG: i32 = 64;

@@ -381,6 +381,15 @@ fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
             }
         }
     }
+    if let Ok(pattern) = Pattern::parse(&route.subject) {
+        if !pattern.capture_names().is_empty() {
+            for topic in &kafka.topics {
+                if pattern.matches(topic).is_none() {
+                    push("kafka.topics", format!("{topic:?} does not match the route's subject {:?}, whose captures the path needs", route.subject));
+                }
+            }
+        }
+    }
     for topic in &kafka.topics {
         if !valid_topic(topic) {
             push(
@@ -420,7 +429,8 @@ pub const MANAGED_KAFKA_PROPERTIES: [&str; 6] = [
     "bootstrap.servers",
 ];
 
-fn valid_topic(topic: &str) -> bool {
+/// A legal Kafka topic name.
+pub fn valid_topic(topic: &str) -> bool {
     !topic.is_empty()
         && topic.len() <= 249
         && topic

@@ -55,14 +55,18 @@ impl KafkaReplier {
     }
 
     /// Exactly-once: produces `records` and commits `offsets` for the consumer group in one
-    /// transaction. Blocking; on error the caller aborts with [`Self::abort`].
+    /// transaction. Blocking. Retriable failures are retried here; an `Abortable` error
+    /// wants [`Self::abort`], a `Fatal` one a new producer.
     pub fn commit_transaction(
         &self,
         records: &[TransactionRecord<'_>],
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-    ) -> Result<(), KafkaError> {
-        self.producer.begin_transaction()?;
+    ) -> Result<(), TransactionError> {
+        let timeout = || Timeout::After(TRANSACTION_TIMEOUT);
+        self.producer
+            .begin_transaction()
+            .map_err(TransactionError::from)?;
         for record in records {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (name, value) in record.headers {
@@ -81,16 +85,14 @@ impl KafkaReplier {
             drop(
                 self.producer
                     .send_result(future)
-                    .map_err(|(error, _)| error)?,
+                    .map_err(|(error, _)| TransactionError::Abortable(error))?,
             );
         }
-        self.producer.send_offsets_to_transaction(
-            offsets,
-            group,
-            Timeout::After(TRANSACTION_TIMEOUT),
-        )?;
-        self.producer
-            .commit_transaction(Timeout::After(TRANSACTION_TIMEOUT))
+        retry_retriable(|| {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, timeout())
+        })?;
+        retry_retriable(|| self.producer.commit_transaction(timeout()))
     }
 
     pub fn abort(&self) -> Result<(), KafkaError> {
@@ -127,5 +129,42 @@ impl KafkaReplier {
     /// Waits for everything sent to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(Timeout::After(timeout))
+    }
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    /// Abort the transaction; its records are processed again.
+    #[error("{0}")]
+    Abortable(KafkaError),
+    /// The producer is unusable (fenced, or a protocol error): make a new one.
+    #[error("{0}")]
+    Fatal(KafkaError),
+}
+
+impl From<KafkaError> for TransactionError {
+    fn from(error: KafkaError) -> Self {
+        let fatal = matches!(&error, KafkaError::Transaction(e) if e.is_fatal());
+        if fatal {
+            TransactionError::Fatal(error)
+        } else {
+            TransactionError::Abortable(error)
+        }
+    }
+}
+
+/// Runs a transaction call again while librdkafka says that may succeed (a timeout after
+/// which the broker may already have committed must not become an abort).
+fn retry_retriable(
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), TransactionError> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The Kafka source: one consumer group member per route, replies produced to a reply
 //! topic, offsets committed only for the contiguous prefix of finished records.
 //!
+//! - **Tracking**: every record librdkafka hands over is noted in its partition's
+//!   [`OffsetTracker`] at once, so no commit can pass it, whatever happens to it next.
 //! - **Lanes** give the ordering: a record joins the lane of its partition (`partition`), of
 //!   its key (`key`) or its own (`unordered`). One worker task runs a lane's records in
 //!   order; different lanes run in parallel. Every record taken holds a `max_in_flight`
@@ -11,39 +13,44 @@
 //! - **Finished** means the reply's delivery report came back (or the dead letter's, or the
 //!   record needed no reply). Retryable failures are retried locally, never skipped, unless
 //!   `dead_letter_after` is set.
-//! - **Rebalance**: on revoke, queued records of those partitions are dropped (not committed,
-//!   so the next owner takes them), in-flight ones get a bounded wait, the finished prefix is
-//!   committed synchronously, and the partitions are released.
-//! - **Shutdown**: stop fetching, finish in-flight work, commit synchronously, flush.
+//! - **Rebalance** (`state.rs`): on revoke, queued records of those partitions are dropped
+//!   (not committed, so the next owner takes them), waiting ones give up, running ones get
+//!   a bounded wait, the finished prefix is committed synchronously, and the partitions are
+//!   released.
+//! - **Exactly-once**: outputs are staged and committed with the offsets in one
+//!   transaction; a failed transaction rewinds the partitions (`state.rs`).
+//! - **Shutdown**: stop fetching, finish in-flight work (waiting retries give up), commit
+//!   synchronously, flush.
 
 mod offsets;
+mod state;
 
 pub use offsets::OffsetTracker;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use self::state::{list_of, RouteContext, Shared, Transactions};
 use super::Inbound;
 use crate::config::{Delivery, KafkaConfig, Ordering};
 use crate::invoke::breaker::State as BreakerState;
-use crate::mapping::ErrorKind;
+use crate::mapping::{ErrorKind, Reply};
 use crate::pipeline::{Disposition, Pipeline, Processed, Route};
-use crate::reply::kafka::TransactionRecord;
 use crate::reply::KafkaReplier;
+use crate::route::Captures;
 use crate::telemetry::metrics::{Outcome, KAFKA_ASSIGNED};
 use crate::telemetry::Health;
 
@@ -53,26 +60,48 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const RECHECK: Duration = Duration::from_millis(20);
 /// librdkafka's default `max.poll.interval.ms`.
 pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// Room left for the record's framing, beyond payload, key and headers.
+const RECORD_OVERHEAD: usize = 512;
 
 type Partition = (String, i32);
 
-/// Which records must run one after another.
+/// Which records must run one after another. The generation keeps lanes of an earlier
+/// assignment or rewind apart from the current ones.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Lane {
-    Partition(Partition),
-    Key(Partition, Vec<u8>),
-    Record(Partition, i64),
+    Partition(Partition, u64),
+    Key(Partition, u64, Vec<u8>),
+    Record(Partition, u64, i64),
 }
 
 impl Lane {
     fn partition(&self) -> &Partition {
         match self {
-            Lane::Partition(p) | Lane::Key(p, _) | Lane::Record(p, _) => p,
+            Lane::Partition(p, _) | Lane::Key(p, _, _) | Lane::Record(p, _, _) => p,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self {
+            Lane::Partition(_, g) | Lane::Key(_, g, _) | Lane::Record(_, g, _) => *g,
         }
     }
 }
 
-/// A record taken from Kafka, owned, with its permit.
+/// A record copied out of the consumer, tracked, not yet holding a permit.
+struct Fetched {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Bytes,
+    headers: Vec<(String, Vec<u8>)>,
+    generation: u64,
+}
+
+/// A record being processed: it holds its permit and counts as in flight until dropped.
 struct Record {
     topic: String,
     partition: i32,
@@ -80,9 +109,15 @@ struct Record {
     key: Option<Vec<u8>>,
     payload: Bytes,
     headers: Vec<(String, Vec<u8>)>,
-    /// The assignment generation the record belongs to; a revoke ends it.
     generation: u64,
     _permit: OwnedSemaphorePermit,
+    in_flight: metrics::Gauge,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.in_flight.decrement(1.0);
+    }
 }
 
 impl Record {
@@ -111,268 +146,11 @@ pub struct Output {
     pub payload: Bytes,
 }
 
-#[derive(Default)]
-struct PartitionState {
-    tracker: OffsetTracker,
-    generation: u64,
-    /// Exactly-once: outputs of finished records, by offset, waiting for the transaction
-    /// that also commits their offsets.
-    staged: std::collections::BTreeMap<i64, Vec<Output>>,
-    /// Exactly-once: the position the last committed transaction stored, or the first
-    /// offset taken (where a rewind goes back to).
-    committed: Option<i64>,
-    /// Lane workers of this partition running now.
-    workers: usize,
-    /// Records of this partition waiting to be retried.
-    retrying: usize,
-}
-
-#[derive(Default)]
-struct State {
-    partitions: HashMap<Partition, PartitionState>,
-    /// Active lanes and the records queued behind the one being processed.
-    lanes: HashMap<Lane, VecDeque<Record>>,
-    next_generation: u64,
-}
-
-/// State shared by the intake loop, the lane workers and the rebalance callbacks.
-#[derive(Default)]
-struct Shared {
-    route: String,
-    state: Mutex<State>,
-    /// Signalled whenever a lane worker ends.
-    idle: Condvar,
-    /// Exactly-once: the transactional producer, set once it is initialised.
-    transactions: std::sync::OnceLock<Arc<KafkaReplier>>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+impl Output {
+    fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + headers + RECORD_OVERHEAD
     }
-
-    fn assign(&self, partitions: &[Partition]) {
-        let mut state = self.lock();
-        for partition in partitions {
-            state.next_generation += 1;
-            let generation = state.next_generation;
-            state.partitions.insert(
-                partition.clone(),
-                PartitionState {
-                    generation,
-                    ..PartitionState::default()
-                },
-            );
-        }
-    }
-
-    /// Drops queued records of `partitions` and waits (bounded) for their running workers.
-    fn drain(&self, partitions: &[Partition], limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        let mut state = self.lock();
-        for (lane, queue) in state.lanes.iter_mut() {
-            if partitions.contains(lane.partition()) {
-                queue.clear();
-            }
-        }
-        loop {
-            let busy = partitions
-                .iter()
-                .any(|p| state.partitions.get(p).is_some_and(|s| s.workers > 0));
-            if !busy {
-                return true;
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            state = self
-                .idle
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn release(&self, partitions: &[Partition]) {
-        let mut state = self.lock();
-        for partition in partitions {
-            state.partitions.remove(partition);
-        }
-        state
-            .lanes
-            .retain(|lane, _| !partitions.contains(lane.partition()));
-    }
-
-    /// Exactly-once: one transaction with the staged outputs of every finished prefix and
-    /// the matching offsets. If it fails, it is aborted and those partitions are rewound to
-    /// their last committed position, so their records are processed again. Blocking.
-    fn transact<C: Consumer<RouteContext>>(&self, consumer: &C) {
-        let Some(producer) = self.transactions.get() else {
-            return;
-        };
-        let mut outputs: Vec<Output> = Vec::new();
-        let mut offsets = TopicPartitionList::new();
-        let mut advanced: Vec<(Partition, i64)> = Vec::new();
-        {
-            let mut state = self.lock();
-            for (partition, ps) in state.partitions.iter_mut() {
-                let Some(position) = ps.tracker.position() else {
-                    continue;
-                };
-                if ps.committed.is_some_and(|c| c >= position) {
-                    continue;
-                }
-                let later = ps.staged.split_off(&position);
-                let done = std::mem::replace(&mut ps.staged, later);
-                outputs.extend(done.into_values().flatten());
-                let _ = offsets.add_partition_offset(
-                    &partition.0,
-                    partition.1,
-                    Offset::Offset(position),
-                );
-                advanced.push((partition.clone(), position));
-            }
-        }
-        if advanced.is_empty() {
-            return;
-        }
-        let Some(group) = consumer.group_metadata() else {
-            return;
-        };
-        let records: Vec<TransactionRecord<'_>> = outputs
-            .iter()
-            .map(|o| TransactionRecord {
-                topic: &o.topic,
-                key: o.key.as_deref(),
-                headers: &o.headers,
-                payload: &o.payload,
-            })
-            .collect();
-        match producer.commit_transaction(&records, &offsets, &group) {
-            Ok(()) => {
-                let mut state = self.lock();
-                for (partition, position) in advanced {
-                    if let Some(ps) = state.partitions.get_mut(&partition) {
-                        ps.committed = Some(position);
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(route = %self.route, error = %e, "transaction failed; aborting and processing its records again");
-                if let Err(e) = producer.abort() {
-                    error!(route = %self.route, error = %e, "transaction abort failed");
-                }
-                let partitions: Vec<Partition> = advanced.into_iter().map(|(p, _)| p).collect();
-                self.rewind(consumer, &partitions);
-            }
-        }
-    }
-
-    /// Exactly-once: forgets all progress of `partitions` since their last committed
-    /// position and seeks back to it. Records in flight there become stale.
-    fn rewind<C: Consumer<RouteContext>>(&self, consumer: &C, partitions: &[Partition]) {
-        let mut state = self.lock();
-        for partition in partitions {
-            state.next_generation += 1;
-            let generation = state.next_generation;
-            let Some(ps) = state.partitions.get_mut(partition) else {
-                continue;
-            };
-            ps.generation = generation;
-            ps.tracker = OffsetTracker::default();
-            ps.staged.clear();
-            if let Some(position) = ps.committed {
-                if let Err(e) = consumer.seek(
-                    &partition.0,
-                    partition.1,
-                    Offset::Offset(position),
-                    Duration::from_secs(5),
-                ) {
-                    error!(route = %self.route, ?partition, error = %e, "seek back failed");
-                }
-            }
-        }
-        state
-            .lanes
-            .retain(|lane, _| !partitions.contains(lane.partition()));
-    }
-
-    /// Commit positions that moved, for `only` these partitions or all.
-    fn commits(&self, only: Option<&[Partition]>) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
-        let mut state = self.lock();
-        for (partition, ps) in state.partitions.iter_mut() {
-            if only.is_some_and(|o| !o.contains(partition)) {
-                continue;
-            }
-            if let Some(position) = ps.tracker.take_commit() {
-                let _ =
-                    list.add_partition_offset(&partition.0, partition.1, Offset::Offset(position));
-            }
-        }
-        list
-    }
-}
-
-/// Runs rebalance callbacks against the shared state.
-struct RouteContext {
-    route: String,
-    shared: Arc<Shared>,
-    revoke_wait: Duration,
-    assigned: metrics::Gauge,
-}
-
-impl ClientContext for RouteContext {}
-
-impl ConsumerContext for RouteContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(list) = rebalance else {
-            return;
-        };
-        let partitions = partitions_of(list);
-        info!(route = %self.route, ?partitions, "partitions revoked: finishing their in-flight records");
-        // Runs inside the intake task's poll; let tokio move other work off this thread.
-        let drained =
-            tokio::task::block_in_place(|| self.shared.drain(&partitions, self.revoke_wait));
-        if !drained {
-            warn!(route = %self.route, "in-flight records did not finish in time; the next owner repeats them");
-        }
-        if self.shared.transactions.get().is_some() {
-            tokio::task::block_in_place(|| self.shared.transact(consumer));
-        } else {
-            let commits = self.shared.commits(Some(&partitions));
-            if commits.count() > 0 {
-                if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                    warn!(route = %self.route, error = %e, "commit on revoke failed");
-                }
-            }
-        }
-        self.shared.release(&partitions);
-        self.assigned
-            .set(self.shared.lock().partitions.len() as f64);
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let partitions = partitions_of(list);
-                info!(route = %self.route, ?partitions, "partitions assigned");
-                self.shared.assign(&partitions);
-                self.assigned
-                    .set(self.shared.lock().partitions.len() as f64);
-            }
-            Rebalance::Error(e) => warn!(route = %self.route, error = %e, "rebalance error"),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
-
-fn partitions_of(list: &TopicPartitionList) -> Vec<Partition> {
-    list.elements()
-        .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
-        .collect()
 }
 
 /// One Kafka route.
@@ -382,25 +160,43 @@ pub struct KafkaRoute {
     pipeline: Arc<Pipeline>,
     delivery: Delivery,
     shared: Arc<Shared>,
+    /// Largest record the producer accepts (`message.max.bytes`).
+    max_message_bytes: usize,
+    /// Cancelled on shutdown: records waiting for a retry give up.
+    stop: CancellationToken,
 }
 
 impl KafkaRoute {
     pub fn new(route: Arc<Route>, pipeline: Arc<Pipeline>) -> Option<Self> {
-        let name = route.name.clone();
         let config = route.config.kafka.clone()?;
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
         }
-        Some(Self {
-            delivery: route.config.delivery.unwrap_or_default(),
+        let delivery = route.config.delivery.unwrap_or_default();
+        let mut this = Self {
+            max_message_bytes: config
+                .producer
+                .get("message.max.bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            delivery,
             config,
             route,
             pipeline,
-            shared: Arc::new(Shared {
-                route: name,
-                ..Shared::default()
-            }),
-        })
+            shared: Arc::new(Shared::default()),
+            stop: CancellationToken::new(),
+        };
+        let transactions = this.transactional_id().map(|id| Transactions {
+            producer: Mutex::new(None),
+            config: this.config.clone(),
+            id,
+        });
+        this.shared = Arc::new(Shared {
+            route: this.route.name.clone(),
+            transactions,
+            ..Shared::default()
+        });
+        Some(this)
     }
 
     fn group_id(&self) -> String {
@@ -448,7 +244,7 @@ impl KafkaRoute {
         }
     }
 
-    fn consumer(&self) -> Result<StreamConsumer<RouteContext>, rdkafka::error::KafkaError> {
+    fn consumer(&self) -> Result<StreamConsumer<RouteContext>, KafkaError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &self.config.brokers)
@@ -472,7 +268,6 @@ impl KafkaRoute {
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_MAX_POLL_INTERVAL);
         let context = RouteContext {
-            route: self.route.name.clone(),
             shared: self.shared.clone(),
             revoke_wait: max_poll / 2,
             assigned: metrics::gauge!(KAFKA_ASSIGNED, "route" => self.route.name.clone()),
@@ -481,7 +276,8 @@ impl KafkaRoute {
     }
 
     /// Subscribes (retrying until it can), then consumes until `stop`.
-    pub async fn run(self, health: Arc<Health>, tracker: TaskTracker, stop: CancellationToken) {
+    pub async fn run(mut self, health: Arc<Health>, tracker: TaskTracker, stop: CancellationToken) {
+        self.stop = stop.clone();
         let this = Arc::new(self);
         let route = &this.route;
         let setup = loop {
@@ -509,13 +305,15 @@ impl KafkaRoute {
         };
         let (consumer, replier) = setup;
         let replier = Arc::new(replier);
-        if this.delivery == Delivery::ExactlyOnce {
-            let _ = this.shared.transactions.set(replier.clone());
+        if let Some(transactions) = &this.shared.transactions {
+            *transactions
+                .producer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(replier.clone());
         }
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
         health.intake_ready();
-        this.consume(&consumer, replier.clone(), &tracker, &stop)
-            .await;
+        this.consume(&consumer, replier.clone(), &tracker).await;
         this.shut_down(&consumer, &replier).await;
     }
 
@@ -524,11 +322,10 @@ impl KafkaRoute {
         consumer: &StreamConsumer<RouteContext>,
         replier: Arc<KafkaReplier>,
         tracker: &TaskTracker,
-        stop: &CancellationToken,
     ) {
         let mut paused: HashSet<Partition> = HashSet::new();
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
-        // Records that arrived while no permit was free; drained first when one frees.
+        // Records that arrived while no permit was free (already tracked); taken first.
         let mut overflow: VecDeque<Fetched> = VecDeque::new();
         loop {
             while !overflow.is_empty() {
@@ -543,11 +340,11 @@ impl KafkaRoute {
             self.update_pauses(consumer, &mut paused, saturated);
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
-                _ = commit_tick.tick() => self.commit(consumer, CommitMode::Async),
+                _ = self.stop.cancelled() => break,
+                _ = commit_tick.tick() => self.commit(consumer),
                 message = consumer.recv() => match message {
                     Ok(message) => {
-                        let record = Fetched::from(&message);
+                        let Some(record) = self.fetched(&message) else { continue };
                         match self.route.limit.clone().try_acquire_owned() {
                             Ok(permit) if overflow.is_empty() => self.take(record, permit, consumer, &replier, tracker),
                             _ => overflow.push_back(record),
@@ -558,42 +355,79 @@ impl KafkaRoute {
                 _ = tokio::time::sleep(RECHECK), if saturated || !paused.is_empty() => {}
             }
         }
-        // Not taken, so not committed: the next owner (or restart) consumes them.
+        // Tracked but never started: they hold the commit back, so the next owner (or a
+        // restart) consumes them.
         drop(overflow);
     }
 
-    /// Accepts one record: tracks its offset and queues it in its lane.
+    /// Copies a record out of the consumer and tracks its offset; `None` for a record of a
+    /// partition no longer assigned.
+    fn fetched(&self, message: &BorrowedMessage<'_>) -> Option<Fetched> {
+        let partition = (message.topic().to_string(), message.partition());
+        // At-most-once: finished on receipt, so the commit before the call covers it.
+        let at_once = self.delivery == Delivery::AtMostOnce;
+        let generation = self.shared.track(&partition, message.offset(), at_once)?;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Fetched {
+            topic: partition.0,
+            partition: partition.1,
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            headers,
+            generation,
+        })
+    }
+
+    /// Starts a tracked record: queues it in its lane, or starts the lane's worker.
     fn take(
         self: &Arc<Self>,
-        record: Fetched,
+        fetched: Fetched,
         permit: OwnedSemaphorePermit,
         consumer: &StreamConsumer<RouteContext>,
         replier: &Arc<KafkaReplier>,
         tracker: &TaskTracker,
     ) {
-        let partition = (record.topic.clone(), record.partition);
+        let partition = (fetched.topic.clone(), fetched.partition);
         let mut state = self.shared.lock();
-        let Some(ps) = state.partitions.get_mut(&partition) else {
-            debug!(route = %self.route.name, ?partition, "record of an unassigned partition ignored");
-            return;
-        };
-        ps.tracker.taken(record.offset);
-        // Where an aborted transaction rewinds to, until one commits.
-        ps.committed.get_or_insert(record.offset);
-        let generation = ps.generation;
-        self.route.metrics.in_flight.increment(1.0);
-        if self.delivery == Delivery::AtMostOnce {
-            // Committed before the call: a crash loses it, nothing is repeated.
-            ps.tracker.finished(record.offset);
+        match state.partitions.get(&partition) {
+            Some(ps) if ps.generation == fetched.generation && !ps.revoking => {}
+            // Revoked or rewound since it arrived: the new position fetches it again.
+            _ => return,
         }
-        let record = record.own(generation, permit);
+        self.route.metrics.in_flight.increment(1.0);
+        let generation = fetched.generation;
+        let record = Record {
+            topic: fetched.topic,
+            partition: fetched.partition,
+            offset: fetched.offset,
+            key: fetched.key,
+            payload: fetched.payload,
+            headers: fetched.headers,
+            generation,
+            _permit: permit,
+            in_flight: self.route.metrics.in_flight.clone(),
+        };
         let lane = match self.config.ordering {
-            Ordering::Partition => Lane::Partition(partition),
+            Ordering::Partition => Lane::Partition(partition, generation),
             Ordering::Key => match &record.key {
-                Some(key) => Lane::Key(partition, key.clone()),
-                None => Lane::Record(partition, record.offset),
+                Some(key) => Lane::Key(partition, generation, key.clone()),
+                None => Lane::Record(partition, generation, record.offset),
             },
-            Ordering::Unordered => Lane::Record(partition, record.offset),
+            Ordering::Unordered => Lane::Record(partition, generation, record.offset),
         };
         if let Some(queue) = state.lanes.get_mut(&lane) {
             queue.push_back(record);
@@ -605,7 +439,7 @@ impl KafkaRoute {
         }
         drop(state);
         if self.delivery == Delivery::AtMostOnce {
-            self.commit(consumer, CommitMode::Async);
+            self.commit(consumer);
         }
         let this = self.clone();
         let replier = replier.clone();
@@ -626,20 +460,18 @@ impl KafkaRoute {
                 }
             }
             drop(record);
-            self.route.metrics.in_flight.decrement(1.0);
             next = state.lanes.get_mut(&lane).and_then(VecDeque::pop_front);
             if next.is_none() {
                 state.lanes.remove(&lane);
-                if let Some(ps) = state.partitions.get_mut(lane.partition()) {
-                    ps.workers = ps.workers.saturating_sub(1);
-                }
-                self.shared.idle.notify_all();
+                self.shared
+                    .worker_done(&mut state, lane.partition(), lane.generation());
             }
         }
     }
 
     /// Processes one record until it is finished; `false` when it must be left to the next
-    /// owner (revoked, or shutting down while it waited for a retry).
+    /// owner (its partition was revoked or rewound, or ricochet is shutting down while it
+    /// waited for a retry).
     async fn process(&self, record: &Record, replier: &KafkaReplier) -> bool {
         let route = &self.route;
         route.metrics.received.increment(1);
@@ -648,12 +480,12 @@ impl KafkaRoute {
         let finished = loop {
             rounds += 1;
             let inbound = self.inbound(record);
-            let processed = match route.pattern.matches(&record.topic) {
+            let processed = match self.captures(&record.topic) {
                 Some(captures) => self.pipeline.process(route, &captures, &inbound).await,
                 None => self.pipeline.refuse(
                     route,
                     ErrorKind::NoRoute,
-                    "the topic does not match the route's pattern",
+                    "the topic does not match the route's subject",
                 ),
             };
             let give_up = self.delivery == Delivery::AtMostOnce
@@ -687,12 +519,30 @@ impl KafkaRoute {
         finished
     }
 
+    /// The route's captures for a topic. Topics named explicitly (`kafka.topics`,
+    /// `kafka.topic_pattern`) need not match a `subject` without captures.
+    fn captures(&self, topic: &str) -> Option<Captures> {
+        let pattern = &self.route.pattern;
+        pattern.matches(topic).or_else(|| {
+            let explicit = !self.config.topics.is_empty() || self.config.topic_pattern.is_some();
+            (explicit && pattern.capture_names().is_empty()).then(Captures::default)
+        })
+    }
+
     /// Waits `delay` with the record's partition paused; `false` if the record lost its
-    /// partition meanwhile.
+    /// partition or ricochet is stopping (the wait ends at once then).
     async fn wait_to_retry(&self, record: &Record, delay: Duration) -> bool {
         let partition = record.partition_id();
         self.set_retrying(&partition, true);
-        tokio::time::sleep(delay).await;
+        let woken = self.shared.wake.notified();
+        tokio::pin!(woken);
+        if self.owns(record) {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut woken => {}
+                _ = self.stop.cancelled() => {}
+            }
+        }
         self.set_retrying(&partition, false);
         self.owns(record)
     }
@@ -707,12 +557,15 @@ impl KafkaRoute {
         }
     }
 
+    /// Whether the record still belongs to this member's current view of its partition.
     fn owns(&self, record: &Record) -> bool {
-        self.shared
-            .lock()
-            .partitions
-            .get(&record.partition_id())
-            .is_some_and(|ps| ps.generation == record.generation)
+        !self.stop.is_cancelled()
+            && self
+                .shared
+                .lock()
+                .partitions
+                .get(&record.partition_id())
+                .is_some_and(|ps| ps.generation == record.generation && !ps.revoking)
     }
 
     /// Produces the reply, if the request has a destination. `false` when the record lost
@@ -727,25 +580,43 @@ impl KafkaRoute {
             route.metrics.outcome(Outcome::NoReply);
             return true;
         };
+        if !crate::config::valid_topic(&topic) {
+            error!(route = %route.name, record = %record.id(), "the reply-to header is not a topic name; no reply is possible");
+            route.metrics.outcome(Outcome::PublishFailed);
+            return true;
+        }
         let correlation = record
             .header(&route.config.correlation_header)
             .unwrap_or_else(|| record.id());
-        let mut headers: Vec<(String, Vec<u8>)> = processed
-            .reply
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
-            .collect();
-        headers.push((
-            route.config.correlation_header.clone(),
-            correlation.into_bytes(),
-        ));
-        let output = Output {
-            topic,
-            key: record.key.clone(),
-            headers,
-            payload: processed.reply.body.clone(),
+        let build = |reply: &Reply| {
+            let mut headers: Vec<(String, Vec<u8>)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+                .collect();
+            headers.push((
+                route.config.correlation_header.clone(),
+                correlation.clone().into_bytes(),
+            ));
+            Output {
+                topic: topic.clone(),
+                key: record.key.clone(),
+                headers,
+                payload: reply.body.clone(),
+            }
         };
+        let mut output = build(&processed.reply);
+        if output.size() > self.max_message_bytes {
+            // The caller learns why instead of waiting for a reply that cannot be produced.
+            let detail = format!(
+                "the service's response ({} bytes) is larger than the producer's message.max.bytes ({})",
+                processed.reply.body.len(),
+                self.max_message_bytes
+            );
+            warn!(route = %route.name, record = %record.id(), "{detail}; a 502 error reply is produced instead");
+            route.metrics.error(ErrorKind::UpstreamUnavailable);
+            output = build(&Reply::error(ErrorKind::UpstreamUnavailable, &detail));
+        }
         let delivered = self.deliver(record, output, replier).await;
         if delivered {
             route.metrics.replies_published.increment(1);
@@ -783,12 +654,20 @@ impl KafkaRoute {
             ] {
                 headers.push((name.to_string(), value.into_bytes()));
             }
-            let output = Output {
+            let mut output = Output {
                 topic: topic.clone(),
                 key: record.key.clone(),
                 headers,
                 payload: record.payload.clone(),
             };
+            if output.size() > self.max_message_bytes {
+                // Keep the record's identity and why; the original topic still holds it.
+                output.headers.push((
+                    "Ricochet-Payload-Omitted".into(),
+                    format!("{} bytes exceed message.max.bytes", record.payload.len()).into_bytes(),
+                ));
+                output.payload = Bytes::new();
+            }
             if !self.deliver(record, output, replier).await {
                 return false;
             }
@@ -802,8 +681,9 @@ impl KafkaRoute {
     }
 
     /// At-least-once: produces `output` and waits for its delivery report, producing again
-    /// (never calling the service again) while the record is ours. Exactly-once: stages it
-    /// for the next transaction, which also commits the record's offset.
+    /// (never calling the service again) while the record is ours; an error no retry can
+    /// fix (too large, no such topic, not authorised) is logged and the output dropped.
+    /// Exactly-once: stages it for the next transaction, which also commits the offset.
     async fn deliver(&self, record: &Record, output: Output, replier: &KafkaReplier) -> bool {
         if self.delivery == Delivery::ExactlyOnce {
             let mut state = self.shared.lock();
@@ -832,6 +712,11 @@ impl KafkaRoute {
                 .await
             {
                 Ok(()) => return true,
+                Err(e) if permanent(&e) => {
+                    error!(route = %self.route.name, topic = %output.topic, record = %record.id(), error = %e, "record cannot be produced, ever; dropped");
+                    self.route.metrics.outcome(Outcome::PublishFailed);
+                    return true;
+                }
                 Err(e) => {
                     warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
                     self.route.metrics.outcome(Outcome::PublishFailed);
@@ -875,43 +760,40 @@ impl KafkaRoute {
         saturated: bool,
     ) {
         let circuit_open = matches!(self.route.invoker.breaker.state(), BreakerState::Open { until } if Instant::now() < until);
-        let wanted: HashSet<Partition> = {
+        let (wanted, assigned): (HashSet<Partition>, HashSet<Partition>) = {
             let state = self.shared.lock();
-            state
+            let wanted = state
                 .partitions
                 .iter()
                 .filter(|(_, ps)| saturated || circuit_open || ps.retrying > 0)
                 .map(|(p, _)| p.clone())
-                .collect()
+                .collect();
+            (wanted, state.partitions.keys().cloned().collect())
         };
-        // Partitions no longer assigned are forgotten, not resumed.
-        paused.retain(|p| self.shared.lock().partitions.contains_key(p));
-        let to_pause: Vec<&Partition> = wanted.difference(paused).collect();
-        let to_resume: Vec<&Partition> = paused.difference(&wanted).collect();
-        if !to_pause.is_empty() && consumer.pause(&list(&to_pause)).is_ok() {
+        // Revoked partitions were resumed by the rebalance callback: forget them.
+        paused.retain(|p| assigned.contains(p));
+        let to_pause: Vec<Partition> = wanted.difference(paused).cloned().collect();
+        let to_resume: Vec<Partition> = paused.difference(&wanted).cloned().collect();
+        if !to_pause.is_empty() && consumer.pause(&list_of(&to_pause)).is_ok() {
             debug!(route = %self.route.name, partitions = ?to_pause, circuit_open, saturated, "paused");
         }
-        if !to_resume.is_empty() && consumer.resume(&list(&to_resume)).is_ok() {
+        if !to_resume.is_empty() && consumer.resume(&list_of(&to_resume)).is_ok() {
             debug!(route = %self.route.name, partitions = ?to_resume, "resumed");
         }
         *paused = wanted;
     }
 
-    fn commit(&self, consumer: &StreamConsumer<RouteContext>, mode: CommitMode) {
+    /// Commits the finished prefix (asynchronously), or, exactly-once, runs a transaction.
+    fn commit(&self, consumer: &StreamConsumer<RouteContext>) {
         if self.delivery == Delivery::ExactlyOnce {
             tokio::task::block_in_place(|| self.shared.transact(consumer));
             return;
         }
-        let commits = self.shared.commits(None);
-        if commits.count() == 0 {
-            return;
-        }
-        if let Err(e) = consumer.commit(&commits, mode) {
-            warn!(route = %self.route.name, error = %e, "offset commit failed; will retry");
-            // Commit again on the next tick.
-            let mut state = self.shared.lock();
-            for partition in state.partitions.values_mut() {
-                partition.tracker.commit_failed();
+        let commits = self.shared.commits(None, false);
+        if commits.count() > 0 {
+            if let Err(e) = consumer.commit(&commits, CommitMode::Async) {
+                warn!(route = %self.route.name, error = %e, "offset commit failed; will retry");
+                self.shared.commit_failed();
             }
         }
     }
@@ -920,7 +802,9 @@ impl KafkaRoute {
     async fn shut_down(&self, consumer: &StreamConsumer<RouteContext>, replier: &KafkaReplier) {
         let route = &self.route;
         let all: Vec<Partition> = self.shared.lock().partitions.keys().cloned().collect();
-        let _ = consumer.pause(&list(&all.iter().collect::<Vec<_>>()));
+        let _ = consumer.pause(&list_of(&all));
+        // Records waiting for a retry give up now (`stop` is cancelled); running ones finish.
+        self.shared.wake.notify_waiters();
         loop {
             let busy = self
                 .shared
@@ -937,79 +821,37 @@ impl KafkaRoute {
                 _ = tokio::time::sleep(RECHECK) => {}
             }
         }
-        if self.delivery == Delivery::ExactlyOnce {
-            tokio::task::block_in_place(|| self.shared.transact(consumer));
-        }
-        let commits = self.shared.commits(None);
-        if self.delivery != Delivery::ExactlyOnce && commits.count() > 0 {
-            if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                warn!(route = %route.name, error = %e, "final offset commit failed");
+        tokio::task::block_in_place(|| {
+            if self.delivery == Delivery::ExactlyOnce {
+                self.shared.transact(consumer);
+            } else {
+                let commits = self.shared.commits(None, true);
+                if commits.count() > 0 {
+                    if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
+                        warn!(route = %route.name, error = %e, "final offset commit failed");
+                    }
+                }
             }
-        }
-        if let Err(e) = replier.flush(Duration::from_secs(5)) {
-            warn!(route = %route.name, error = %e, "producer flush failed");
-        }
+            if let Err(e) = replier.flush(Duration::from_secs(5)) {
+                warn!(route = %route.name, error = %e, "producer flush failed");
+            }
+        });
         consumer.unsubscribe();
         info!(route = %route.name, "Kafka intake stopped");
     }
 }
 
-fn list(partitions: &[&Partition]) -> TopicPartitionList {
-    let mut list = TopicPartitionList::new();
-    for (topic, partition) in partitions {
-        list.add_partition(topic, *partition);
-    }
-    list
-}
-
-/// A record copied out of the consumer, before it gets its permit and generation.
-struct Fetched {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Bytes,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl From<&BorrowedMessage<'_>> for Fetched {
-    fn from(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-            headers,
-        }
-    }
-}
-
-impl Fetched {
-    fn own(self, generation: u64, permit: OwnedSemaphorePermit) -> Record {
-        Record {
-            topic: self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            key: self.key,
-            payload: self.payload,
-            headers: self.headers,
-            generation,
-            _permit: permit,
-        }
-    }
+/// Producer errors that no retry of the same record can fix.
+fn permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
 }
