@@ -62,7 +62,11 @@ fn main() -> ExitCode {
                 }
             };
             ricochet::telemetry::logging::init(&loaded.log);
-            let runtime = match tokio::runtime::Runtime::new() {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = loaded.runtime.worker_threads {
+                builder.worker_threads(threads);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

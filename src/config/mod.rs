@@ -35,7 +35,19 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; default: one per CPU core. A sidecar often does best with 1: fewer
+    /// cross-thread wake-ups per message.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// Connection to the NATS server (core request-reply).

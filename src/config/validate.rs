@@ -78,6 +78,9 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
             "must be greater than zero".into(),
         );
     }
+    if config.runtime.worker_threads == Some(0) {
+        push("runtime.worker_threads", "must be at least 1".into());
+    }
     if let Err(e) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         push("log.level", format!("not a valid log filter: {e}"));
     }

@@ -1,0 +1,942 @@
+//! `ricochet-bench`: what ricochet costs, measured against what the machine allows, in one
+//! run on loopback, with the same payload, upstream and offered load for every leg:
+//!
+//! - L0 direct HTTP: a hyper client calling the upstream;
+//! - L1 native NATS: requester -> nats-server -> responder in this process -> reply;
+//! - L2 ricochet: requester -> nats-server -> ricochet -> upstream -> ricochet -> requester;
+//! - K1 native Kafka: consume -> produce passthrough in this process (no HTTP);
+//! - K2 ricochet Kafka: request topic -> ricochet -> upstream -> reply topic.
+//!
+//! Per leg: closed-loop throughput at several concurrencies, open-loop latency at several
+//! rates (each request timed from its scheduled start, so a stall counts against every
+//! request it delays: no coordinated omission), and for ricochet its CPU time per 1,000
+//! requests and peak RSS from /proc. Prints a table and writes JSON.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Measure ricochet against direct HTTP and native NATS/Kafka on loopback")]
+struct Args {
+    /// Legs to run.
+    #[arg(long, value_delimiter = ',', default_value = "L0,L1,L2,K1,K2")]
+    legs: Vec<String>,
+    /// Duration of each closed-loop and open-loop measurement.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Request and response payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// A fixed delay the upstream adds to every answer.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Closed-loop concurrencies.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+    concurrency: Vec<usize>,
+    /// Open-loop rates in requests per second.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000,5000")]
+    rates: Vec<u64>,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Start a fresh tansu (this binary) on a free port for each Kafka leg, instead of
+    /// using --kafka-brokers: tansu's memory storage slows down as topics fill.
+    #[arg(long)]
+    tansu: Option<std::path::PathBuf>,
+    /// The ricochet binary; default: next to this one.
+    #[arg(long)]
+    ricochet: Option<std::path::PathBuf>,
+    /// Where to write the results as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// ricochet's `runtime.worker_threads` (default: its own default).
+    #[arg(long)]
+    ricochet_threads: Option<usize>,
+    /// HTTP connection pool size for L0 and ricochet.
+    #[arg(long, default_value_t = 128)]
+    pool: usize,
+}
+
+type CallFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+/// One request-reply round trip of a leg, checking the reply.
+type Call = Arc<dyn Fn() -> CallFuture + Send + Sync>;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let payload = Bytes::from(vec![b'x'; args.payload]);
+    let upstream = start_upstream(args.delay).await?;
+    let mut results = Vec::new();
+    for leg in &args.legs {
+        let leg = leg.trim().to_uppercase();
+        eprintln!("== {leg}");
+        let result = match leg.as_str() {
+            "L0" => measure(&args, &leg, l0(&args, upstream, payload.clone()), None).await,
+            "L1" => {
+                let (call, _responder) = l1(&args, payload.clone()).await?;
+                measure(&args, &leg, call, None).await
+            }
+            "L2" => {
+                let (call, ricochet) = l2(&args, upstream, payload.clone()).await?;
+                measure(&args, &leg, call, Some(ricochet.pid())).await
+            }
+            "K1" => {
+                let (args, _broker) = with_fresh_broker(&args).await?;
+                let (call, _passthrough) = k1(&args, payload.clone()).await?;
+                measure(&args, &leg, call, None).await
+            }
+            "K2" => {
+                let (args, _broker) = with_fresh_broker(&args).await?;
+                let (call, ricochet) = k2(&args, upstream, payload.clone()).await?;
+                measure(&args, &leg, call, Some(ricochet.pid())).await
+            }
+            other => bail!("unknown leg {other}: use L0, L1, L2, K1, K2"),
+        };
+        results.push(result);
+    }
+    let report = report(&args, &results);
+    print_table(&args, &results, &report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    let errors: u64 = results.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        bail!("{errors} requests failed or got a wrong reply");
+    }
+    Ok(())
+}
+
+// ---------- measurements ----------
+
+struct LegResult {
+    leg: String,
+    /// (concurrency, requests per second, ricochet CPU ms per 1,000)
+    closed: Vec<(usize, f64, Option<f64>)>,
+    open: Vec<OpenResult>,
+    errors: u64,
+}
+
+struct OpenResult {
+    rate: u64,
+    achieved: f64,
+    /// Requests without a reply within 30 s: the rate was not sustained.
+    unanswered: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    cpu_ms_per_1000: Option<f64>,
+    peak_rss_mb: Option<f64>,
+}
+
+async fn measure(args: &Args, leg: &str, call: Call, pid: Option<u32>) -> LegResult {
+    let errors = Arc::new(AtomicU64::new(0));
+    // Warm up connections and pools.
+    closed_loop(&call, 16, Duration::from_millis(300), &errors).await;
+    errors.store(0, Ordering::SeqCst);
+    let mut open = Vec::new();
+    // Open loop first, so the peak RSS of each rate is not that of a heavier run before it.
+    for &rate in &args.rates {
+        let usage = pid.map(Usage::start);
+        let unanswered = Arc::new(AtomicU64::new(0));
+        let (histogram, achieved, count) =
+            open_loop(&call, rate, args.duration, &errors, &unanswered).await;
+        let unanswered = unanswered.load(Ordering::SeqCst);
+        let (cpu, rss) = usage.map(|u| u.finish(count)).unwrap_or((None, None));
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        eprintln!(
+            "  open {rate:>5}/s: achieved {achieved:>8.0}/s{}  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms{}",
+            if unanswered > 0 { format!(" ({unanswered} unanswered in 30 s: not sustained)") } else { String::new() },
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            cpu.map(|c| format!("  cpu {c:.1} ms/1k  rss {:.1} MB", rss.unwrap_or(0.0))).unwrap_or_default()
+        );
+        open.push(OpenResult {
+            rate,
+            achieved,
+            unanswered,
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            cpu_ms_per_1000: cpu,
+            peak_rss_mb: rss,
+        });
+    }
+    let mut closed = Vec::new();
+    for &concurrency in &args.concurrency {
+        let usage = pid.map(Usage::start);
+        let count = closed_loop(&call, concurrency, args.duration, &errors).await;
+        let throughput = count as f64 / args.duration.as_secs_f64();
+        let cpu = usage.and_then(|u| u.finish(count).0);
+        eprintln!(
+            "  closed c={concurrency:<4} {throughput:>9.0} req/s{}",
+            cpu.map(|c| format!("  cpu {c:.1} ms/1k"))
+                .unwrap_or_default()
+        );
+        closed.push((concurrency, throughput, cpu));
+    }
+    LegResult {
+        leg: leg.to_string(),
+        closed,
+        open,
+        errors: errors.load(Ordering::SeqCst),
+    }
+}
+
+/// `concurrency` workers calling back to back for `duration`; returns the successes.
+async fn closed_loop(
+    call: &Call,
+    concurrency: usize,
+    duration: Duration,
+    errors: &Arc<AtomicU64>,
+) -> u64 {
+    let deadline = Instant::now() + duration;
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (call, done, errors) = (call.clone(), done.clone(), errors.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    match call().await {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    done.load(Ordering::SeqCst)
+}
+
+/// Requests started at `rate` per second on schedule, whatever earlier ones do; each is
+/// timed from its scheduled start, so stalls count against every request they delay (no
+/// coordinated omission). The schedule runs on its own thread with the OS's sleep, which is
+/// far finer than the async timer's millisecond. Returns the latency histogram (µs), the
+/// achieved rate of completions and their count.
+async fn open_loop(
+    call: &Call,
+    rate: u64,
+    duration: Duration,
+    errors: &Arc<AtomicU64>,
+    unanswered: &Arc<AtomicU64>,
+) -> (Histogram<u64>, f64, u64) {
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let runtime = tokio::runtime::Handle::current();
+    let (call, task_histogram, task_errors) = (call.clone(), histogram.clone(), errors.clone());
+    let task_unanswered = unanswered.clone();
+    let start = Instant::now();
+    let scheduler = std::thread::spawn(move || {
+        let mut tasks = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let scheduled = start + interval.mul_f64(i as f64);
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let (call, histogram, errors) =
+                (call.clone(), task_histogram.clone(), task_errors.clone());
+            let unanswered = task_unanswered.clone();
+            tasks.push(runtime.spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(30), call()).await {
+                    Ok(Ok(())) => {
+                        let micros = scheduled.elapsed().as_micros() as u64;
+                        let _ = histogram
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(micros.max(1));
+                    }
+                    Ok(Err(_)) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        unanswered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tasks
+    });
+    let tasks = tokio::task::spawn_blocking(move || scheduler.join().unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let histogram = histogram.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let count = histogram.len();
+    (histogram, count as f64 / elapsed, count)
+}
+
+/// CPU time and peak RSS of a process over one measurement, from /proc.
+struct Usage {
+    pid: u32,
+    ticks: u64,
+}
+
+impl Usage {
+    fn start(pid: u32) -> Self {
+        // Reset the peak RSS (VmHWM) so this measurement reports its own.
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        Self {
+            pid,
+            ticks: cpu_ticks(pid),
+        }
+    }
+
+    /// (CPU ms per 1,000 requests, peak RSS in MB)
+    fn finish(self, requests: u64) -> (Option<f64>, Option<f64>) {
+        let ticks = cpu_ticks(self.pid).saturating_sub(self.ticks);
+        // Linux reports CPU time in USER_HZ, 100 per second.
+        let cpu_ms = ticks as f64 * 10.0;
+        let per_1000 = (requests > 0).then(|| cpu_ms / (requests as f64 / 1000.0));
+        (per_1000, peak_rss_mb(self.pid))
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A tansu broker of this run, stopped on drop.
+struct Broker(Option<Child>);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// With `--tansu`, a fresh broker on a free port, and args pointing at it.
+async fn with_fresh_broker(args: &Args) -> anyhow::Result<(Args, Broker)> {
+    let Some(tansu) = &args.tansu else {
+        return Ok((args.clone(), Broker(None)));
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", tansu.display()))?;
+    let broker = Broker(Some(child));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            let mut args = args.clone();
+            args.kafka_brokers = format!("127.0.0.1:{port}");
+            return Ok((args, broker));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("tansu did not start")
+}
+
+// ---------- the upstream ----------
+
+async fn start_upstream(delay: Duration) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+// ---------- legs ----------
+
+fn l0(args: &Args, upstream: SocketAddr, payload: Bytes) -> Call {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.pool)
+        .build(connector);
+    let uri: hyper::Uri = format!("http://{upstream}/echo").parse().expect("uri");
+    Arc::new(move || {
+        let (client, uri, payload) = (client.clone(), uri.clone(), payload.clone());
+        Box::pin(async move {
+            let request = hyper::Request::post(uri).body(Full::new(payload.clone()))?;
+            let response = client.request(request).await?;
+            let body = response.into_body().collect().await?.to_bytes();
+            check(&body, &payload)
+        })
+    })
+}
+
+/// A native NATS responder in this process; returns the call and the responder task.
+async fn l1(args: &Args, payload: Bytes) -> anyhow::Result<(Call, tokio::task::JoinHandle<()>)> {
+    let subject = format!("bench.l1.{}", unique());
+    let responder = async_nats::connect(&args.nats_url).await.context("NATS")?;
+    let mut subscription = responder.subscribe(subject.clone()).await?;
+    responder.flush().await?;
+    let task = tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            if let Some(reply) = message.reply {
+                let _ = responder.publish(reply, message.payload).await;
+            }
+        }
+    });
+    Ok((nats_call(args, subject, payload).await?, task))
+}
+
+async fn nats_call(args: &Args, subject: String, payload: Bytes) -> anyhow::Result<Call> {
+    let requester = async_nats::connect(&args.nats_url).await.context("NATS")?;
+    Ok(Arc::new(move || {
+        let (requester, subject, payload) = (requester.clone(), subject.clone(), payload.clone());
+        Box::pin(async move {
+            let reply = requester.request(subject, payload.clone()).await?;
+            check(&reply.payload, &payload)
+        })
+    }))
+}
+
+/// ricochet as a child process, killed on drop.
+struct RicochetProcess {
+    child: Child,
+    _dir: std::path::PathBuf,
+}
+
+impl RicochetProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RicochetProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+async fn start_ricochet(args: &Args, routes: &str) -> anyhow::Result<RicochetProcess> {
+    let binary = match &args.ricochet {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("ricochet"),
+    };
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("ricochet-bench-{}", unique()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[log]\nlevel = \"warn\"\n\n{threads}{routes}",
+            args.nats_url,
+            threads = args
+                .ricochet_threads
+                .map(|n| format!("[runtime]\nworker_threads = {n}\n\n"))
+                .unwrap_or_default()
+        ),
+    )?;
+    let child = Command::new(&binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let process = RicochetProcess { child, _dir: dir };
+    for _ in 0..600 {
+        if http_status(admin, "/readyz").await == Some(200) {
+            return Ok(process);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("ricochet did not become ready")
+}
+
+fn upstream_section(args: &Args, upstream: SocketAddr) -> String {
+    format!(
+        "[upstream]\nbase_url = \"http://{upstream}\"\nrequest_timeout = \"10s\"\npool_max_idle = {}\n",
+        args.pool
+    )
+}
+
+async fn l2(
+    args: &Args,
+    upstream: SocketAddr,
+    payload: Bytes,
+) -> anyhow::Result<(Call, RicochetProcess)> {
+    let subject = format!("bench.l2.{}", unique());
+    let routes = format!(
+        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
+        upstream_section(args, upstream)
+    );
+    let ricochet = start_ricochet(args, &routes).await?;
+    Ok((nats_call(args, subject, payload).await?, ricochet))
+}
+
+/// Kafka requester: produces requests with a correlation id and waits for the reply with
+/// the same id on the reply topic.
+struct KafkaRequester {
+    producer: FutureProducer,
+    request_topic: String,
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>,
+    next: AtomicU64,
+}
+
+impl KafkaRequester {
+    async fn new(args: &Args, request_topic: &str, reply_topic: &str) -> anyhow::Result<Arc<Self>> {
+        let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>> = Arc::default();
+        let consumer: StreamConsumer = kafka_client(args)
+            .set("group.id", format!("bench-replies-{}", unique()))
+            .set("auto.offset.reset", "latest")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        consumer.subscribe(&[reply_topic])?;
+        wait_assigned(&consumer).await;
+        let map = waiting.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(message) = consumer.recv().await else {
+                    continue;
+                };
+                let Some(id) = header(&message, "correlation-id") else {
+                    continue;
+                };
+                if let Some(sender) = map.lock().unwrap().remove(&id) {
+                    let _ = sender.send(Bytes::copy_from_slice(
+                        message.payload().unwrap_or_default(),
+                    ));
+                }
+            }
+        });
+        Ok(Arc::new(Self {
+            producer: kafka_client(args).set("linger.ms", "0").create()?,
+            request_topic: request_topic.to_string(),
+            waiting,
+            next: AtomicU64::new(0),
+        }))
+    }
+
+    async fn call(&self, payload: &Bytes) -> anyhow::Result<()> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        let (sender, receiver) = oneshot::channel();
+        self.waiting.lock().unwrap().insert(id.clone(), sender);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "correlation-id",
+            value: Some(&id),
+        });
+        let record = FutureRecord::to(&self.request_topic)
+            .key(&id)
+            .payload(payload.as_ref())
+            .headers(headers);
+        if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
+            self.waiting.lock().unwrap().remove(&id);
+            return Err(e.into());
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(30), receiver).await??;
+        check(&reply, payload)
+    }
+}
+
+fn kafka_client(args: &Args) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.kafka_brokers)
+        // tansu answers a fetch only after fetch.wait.max.ms: keep hops short here (not in
+        // ricochet's defaults).
+        .set("fetch.wait.max.ms", "2");
+    config
+}
+
+async fn create_topics(args: &Args, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka_client(args).create()?;
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 4, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        result.map_err(|(topic, e)| anyhow::anyhow!("cannot create {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn wait_assigned(consumer: &StreamConsumer) {
+    for _ in 0..300 {
+        // Polling drives the group join.
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        if consumer
+            .assignment()
+            .map(|a| a.count() > 0)
+            .unwrap_or(false)
+        {
+            return;
+        }
+    }
+}
+
+/// Native passthrough: consume requests, produce them unchanged as replies.
+async fn k1(args: &Args, payload: Bytes) -> anyhow::Result<(Call, tokio::task::JoinHandle<()>)> {
+    let (requests, replies) = (
+        format!("bench-k1-req-{}", unique()),
+        format!("bench-k1-rep-{}", unique()),
+    );
+    create_topics(args, &[&requests, &replies]).await?;
+    let consumer: StreamConsumer = kafka_client(args)
+        .set("group.id", format!("bench-k1-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&requests])?;
+    wait_assigned(&consumer).await;
+    let producer: FutureProducer = kafka_client(args)
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let reply_topic = replies.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(message) = consumer.recv().await else {
+                continue;
+            };
+            let mut headers = OwnedHeaders::new();
+            if let Some(id) = header(&message, "correlation-id") {
+                headers = headers.insert(Header {
+                    key: "correlation-id",
+                    value: Some(&id),
+                });
+            }
+            let payload = message.payload().unwrap_or_default().to_vec();
+            let key = message.key().map(<[u8]>::to_vec);
+            let producer = producer.clone();
+            let topic = reply_topic.clone();
+            tokio::spawn(async move {
+                let mut record = FutureRecord::to(&topic).payload(&payload).headers(headers);
+                if let Some(key) = &key {
+                    record = record.key(key);
+                }
+                let _ = producer.send(record, Duration::from_secs(10)).await;
+            });
+        }
+    });
+    let requester = KafkaRequester::new(args, &requests, &replies).await?;
+    let call: Call = Arc::new(move || {
+        let (requester, payload) = (requester.clone(), payload.clone());
+        Box::pin(async move { requester.call(&payload).await })
+    });
+    Ok((call, task))
+}
+
+async fn k2(
+    args: &Args,
+    upstream: SocketAddr,
+    payload: Bytes,
+) -> anyhow::Result<(Call, RicochetProcess)> {
+    let (requests, replies) = (
+        format!("bench-k2-req-{}", unique()),
+        format!("bench-k2-rep-{}", unique()),
+    );
+    create_topics(args, &[&requests, &replies]).await?;
+    let routes = format!(
+        "{}\n[[routes]]\nname = \"bench-kafka\"\nsource = \"kafka\"\nsubject = \"{requests}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n\n[routes.kafka]\nbrokers = \"{}\"\nreply_topic = \"{replies}\"\nordering = \"unordered\"\n\n[routes.kafka.consumer]\n\"fetch.wait.max.ms\" = \"2\"\n",
+        upstream_section(args, upstream),
+        args.kafka_brokers
+    );
+    let ricochet = start_ricochet(args, &routes).await?;
+    let requester = KafkaRequester::new(args, &requests, &replies).await?;
+    let call: Call = Arc::new(move || {
+        let (requester, payload) = (requester.clone(), payload.clone());
+        Box::pin(async move { requester.call(&payload).await })
+    });
+    Ok((call, ricochet))
+}
+
+// ---------- helpers ----------
+
+fn check(reply: &[u8], payload: &[u8]) -> anyhow::Result<()> {
+    if reply == payload {
+        Ok(())
+    } else {
+        bail!(
+            "wrong reply: {} bytes instead of {}",
+            reply.len(),
+            payload.len()
+        )
+    }
+}
+
+fn header<M: Message>(message: &M, name: &str) -> Option<String> {
+    message.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn http_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------- report ----------
+
+fn report(args: &Args, results: &[LegResult]) -> Value {
+    let leg = |name: &str| results.iter().find(|r| r.leg == name);
+    let closed_at = |name: &str, c: usize| {
+        leg(name).and_then(|r| r.closed.iter().find(|x| x.0 == c).map(|x| x.1))
+    };
+    let open_at =
+        |name: &str, rate: u64| leg(name).and_then(|r| r.open.iter().find(|x| x.rate == rate));
+    let top = args.concurrency.iter().copied().max().unwrap_or(128);
+    let efficiency = match (
+        closed_at("L0", top),
+        closed_at("L1", top),
+        closed_at("L2", top),
+    ) {
+        (Some(l0), Some(l1), Some(l2)) => Some(l2 / (1.0 / (1.0 / l0 + 1.0 / l1))),
+        _ => None,
+    };
+    let added = match (open_at("L1", 1000), open_at("L2", 1000)) {
+        (Some(l1), Some(l2)) => Some(json!({"p50_ms": l2.p50 - l1.p50, "p99_ms": l2.p99 - l1.p99})),
+        _ => None,
+    };
+    let kafka_ratio = match (closed_at("K1", top), closed_at("K2", top)) {
+        (Some(k1), Some(k2)) => Some(k2 / k1),
+        _ => None,
+    };
+    json!({
+        "machine": machine(),
+        "payload_bytes": args.payload,
+        "upstream_delay_ms": args.delay.as_secs_f64() * 1000.0,
+        "duration_s": args.duration.as_secs_f64(),
+        "legs": results.iter().map(|r| json!({
+            "leg": r.leg,
+            "errors": r.errors,
+            "closed_loop": r.closed.iter().map(|(c, t, cpu)| json!({"concurrency": c, "req_per_s": t, "ricochet_cpu_ms_per_1000": cpu})).collect::<Vec<_>>(),
+            "open_loop": r.open.iter().map(|o| json!({
+                "rate": o.rate, "achieved": o.achieved, "unanswered": o.unanswered,
+                "p50_ms": o.p50, "p90_ms": o.p90, "p99_ms": o.p99, "p999_ms": o.p999,
+                "ricochet_cpu_ms_per_1000": o.cpu_ms_per_1000, "ricochet_peak_rss_mb": o.peak_rss_mb,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "derived": {
+            "efficiency": efficiency,
+            "added_latency_at_1000": added,
+            "kafka_ratio": kafka_ratio,
+            "concurrency_for_ratios": top,
+        },
+    })
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<f64>()
+                    .unwrap_or(0.0)
+                    / 1024.0
+                    / 1024.0
+            })
+        })
+        .unwrap_or(0.0);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_gib": (memory * 10.0).round() / 10.0,
+    })
+}
+
+fn print_table(args: &Args, results: &[LegResult], report: &Value) {
+    println!();
+    println!(
+        "payload {} B, upstream delay {:?}, {:?} per measurement",
+        args.payload, args.delay, args.duration
+    );
+    print!("{:<4}", "leg");
+    for c in &args.concurrency {
+        print!(" {:>11}", format!("c={c} req/s"));
+    }
+    for rate in &args.rates {
+        print!(" {:>24}", format!("{rate}/s p50/p99/p99.9 ms"));
+    }
+    println!(" {:>18}", "cpu ms/1k, rss MB");
+    for r in results {
+        print!("{:<4}", r.leg);
+        for (_, t, _) in &r.closed {
+            print!(" {t:>11.0}");
+        }
+        for o in &r.open {
+            print!(
+                " {:>24}",
+                format!("{:.2}/{:.2}/{:.2}", o.p50, o.p99, o.p999)
+            );
+        }
+        let usage: Vec<String> = r
+            .open
+            .iter()
+            .filter_map(|o| {
+                Some(format!(
+                    "{}/s: {:.1}, {:.1}",
+                    o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
+                ))
+            })
+            .chain(
+                r.closed
+                    .iter()
+                    .filter_map(|(c, _, cpu)| Some(format!("c={c}: {:.1}", (*cpu)?))),
+            )
+            .collect();
+        println!(" {}", usage.join("; "));
+    }
+    let derived = &report["derived"];
+    println!();
+    println!(
+        "efficiency (L2 / (1/(1/L0 + 1/L1)) at c={}): {}",
+        derived["concurrency_for_ratios"],
+        fmt(&derived["efficiency"])
+    );
+    println!(
+        "added latency at 1,000 req/s (L2 - L1): {}",
+        derived["added_latency_at_1000"]
+    );
+    println!("Kafka ratio (K2 / K1): {}", fmt(&derived["kafka_ratio"]));
+}
+
+fn fmt(value: &Value) -> String {
+    value
+        .as_f64()
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,48 @@
+//! A short run of the benchmark: every leg, every request must get its correct reply (the
+//! bench exits non-zero otherwise). Figures are not asserted: speed belongs to the
+//! benchmark itself, not to tests on a shared machine.
+
+use std::process::Command;
+
+#[test]
+fn every_leg_answers_every_request_correctly() {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
+        .args([
+            "--duration",
+            "300ms",
+            "--concurrency",
+            "1,4",
+            "--rates",
+            "50",
+            "--payload",
+            "512",
+        ])
+        .args(["--legs", "L0,L1,L2,K1,K2"])
+        .arg("--ricochet")
+        .arg(env!("CARGO_BIN_EXE_ricochet"))
+        .arg("--json")
+        .arg(json.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let legs = report["legs"].as_array().unwrap();
+    assert_eq!(legs.len(), 5);
+    for leg in legs {
+        assert_eq!(leg["errors"], 0, "{leg}");
+        let closed = leg["closed_loop"].as_array().unwrap();
+        assert!(
+            closed
+                .iter()
+                .all(|c| c["req_per_s"].as_f64().unwrap() > 0.0),
+            "{leg}"
+        );
+    }
+    assert!(report["derived"]["efficiency"].as_f64().is_some());
+    assert!(report["derived"]["kafka_ratio"].as_f64().is_some());
+    assert!(stdout.contains("efficiency"), "{stdout}");
+}
