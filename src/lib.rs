@@ -44,11 +44,19 @@ use crate::telemetry::Health;
 /// finish within `shutdown.grace_period`, flushes their replies and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = telemetry::metrics::install()?;
-    let durable_routes = (config.routes.iter())
-        .filter(|r| r.source != config::SourceKind::Nats)
+    let kafka_routes = (config.routes.iter())
+        .filter(|r| r.source == config::SourceKind::Kafka)
         .count();
+    let jetstream_routes = (config.routes.iter())
+        .filter(|r| r.source == config::SourceKind::Jetstream)
+        .count();
+    // A configuration with Kafka routes only needs no NATS server at all.
+    let needs_nats = kafka_routes < config.routes.len();
     // Readiness waits for the core subscriptions and every JetStream and Kafka consumer.
-    let health = Arc::new(Health::new(1 + durable_routes));
+    let health = Arc::new(Health::new(
+        usize::from(needs_nats) + jetstream_routes + kafka_routes,
+        needs_nats,
+    ));
     let admin = telemetry::admin::serve(config.admin.listen, metrics, health.clone())
         .await
         .map_err(|e| {
@@ -56,30 +64,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })?;
     info!(%admin, "admin server listening (/healthz, /readyz, /metrics)");
 
-    let client = source::nats::connect(&config.nats).await?;
-    health.set_client(client.clone());
-    let pipeline = Arc::new(Pipeline::new(&config, NatsReplier::new(client.clone()))?);
-    let subscribers = source::nats::subscribe(&client, &pipeline).await?;
+    let client = match needs_nats {
+        true => Some(source::nats::connect(&config.nats).await?),
+        false => None,
+    };
+    if let Some(client) = &client {
+        health.set_client(client.clone());
+    }
+    let pipeline = Arc::new(Pipeline::new(
+        &config,
+        client.clone().map(NatsReplier::new),
+    )?);
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut intakes = JoinSet::new();
-    for subscriber in subscribers {
-        intakes.spawn(source::nats::intake(
-            subscriber,
-            pipeline.clone(),
-            tracker.clone(),
-            stop.clone(),
-        ));
+    if let Some(client) = &client {
+        for subscriber in source::nats::subscribe(client, &pipeline).await? {
+            let intake =
+                source::nats::intake(subscriber, pipeline.clone(), tracker.clone(), stop.clone());
+            intakes.spawn(intake);
+        }
     }
     for route in pipeline.routes() {
         if let Some(consumer) = JetStreamRoute::new(route.clone(), pipeline.clone()) {
-            let run = consumer.run(
-                client.clone(),
-                health.clone(),
-                tracker.clone(),
-                stop.clone(),
-            );
+            let client = client.clone().expect("JetStream routes connect to NATS");
+            let run = consumer.run(client, health.clone(), tracker.clone(), stop.clone());
             intakes.spawn(run);
         } else if let Some(consumer) = KafkaRoute::new(route.clone(), pipeline.clone()) {
             intakes.spawn(consumer.run(health.clone(), tracker.clone(), stop.clone()));
@@ -87,14 +97,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 
     tokio::pin!(shutdown);
-    tokio::select! {
-        result = source::nats::confirm_subscriptions(&client) => {
-            result?;
-            health.intake_ready();
-            info!(routes = config.routes.len(), "core subscriptions confirmed");
-            shutdown.as_mut().await;
-        }
-        _ = shutdown.as_mut() => {}
+    match &client {
+        Some(client) => tokio::select! {
+            result = source::nats::confirm_subscriptions(client) => {
+                result?;
+                health.intake_ready();
+                info!(routes = config.routes.len(), "core subscriptions confirmed");
+                shutdown.as_mut().await;
+            }
+            _ = shutdown.as_mut() => {}
+        },
+        None => shutdown.as_mut().await,
     }
 
     let grace = config.shutdown.grace_period;
@@ -117,11 +130,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "grace period over; exiting with messages still in flight"
         );
     }
-    if tokio::time::timeout(std::time::Duration::from_secs(5), client.flush())
-        .await
-        .is_err()
-    {
-        warn!("could not flush the last replies to NATS");
+    if let Some(client) = &client {
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(5), client.flush()).await;
+        if flushed.is_err() {
+            warn!("could not flush the last replies to NATS");
+        }
     }
     info!("stopped");
     Ok(())

@@ -71,12 +71,13 @@ pub struct Pipeline {
     /// Core NATS routes, in file order: the first match wins.
     core: RouteTable<Route>,
     upstream: Upstream,
-    replier: NatsReplier,
+    /// `None` when no route uses NATS (Kafka only): ricochet then needs no NATS server.
+    replier: Option<NatsReplier>,
 }
 
 impl Pipeline {
     /// Built from a validated configuration.
-    pub fn new(config: &Config, replier: NatsReplier) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, replier: Option<NatsReplier>) -> anyhow::Result<Self> {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut core = Vec::new();
         for route in &config.routes {
@@ -122,8 +123,9 @@ impl Pipeline {
         &self.routes
     }
 
-    pub fn replier(&self) -> &NatsReplier {
-        &self.replier
+    /// The NATS publisher; present whenever a NATS or JetStream route exists.
+    pub fn replier(&self) -> Option<&NatsReplier> {
+        self.replier.as_ref()
     }
 
     /// The core NATS routes.
@@ -138,7 +140,7 @@ impl Pipeline {
         let processed = self.process(route, &captures, &inbound).await;
         let reply = processed.reply;
         let outcome = match &inbound.reply {
-            Some(subject) => match self.replier.publish(subject, &reply).await {
+            Some(subject) => match self.publish(subject, &reply).await {
                 Ok(()) => {
                     route.metrics.replies_published.increment(1);
                     Outcome::Replied
@@ -164,13 +166,24 @@ impl Pipeline {
             .record(inbound.received.elapsed());
     }
 
+    async fn publish(
+        &self,
+        subject: &str,
+        reply: &Reply,
+    ) -> Result<(), crate::reply::PublishError> {
+        match &self.replier {
+            Some(replier) => replier.publish(subject, reply).await,
+            None => Err(crate::reply::PublishError::no_connection(subject)),
+        }
+    }
+
     /// A message that no route matches (possible only when subscriptions overlap oddly).
     pub async fn reject_unrouted(&self, inbound: Inbound) {
         warn!(subject = %inbound.subject, "no route matches the subject");
         if let Some(subject) = &inbound.reply {
             let reply = Reply::error(ErrorKind::NoRoute, "no route matches the subject")
                 .with_header(ATTEMPTS_HEADER, "0".into());
-            if let Err(e) = self.replier.publish(subject, &reply).await {
+            if let Err(e) = self.publish(subject, &reply).await {
                 warn!(error = %e, "error reply not published");
             }
         }

@@ -497,3 +497,34 @@ async fn a_reply_too_large_for_kafka_becomes_a_502_error_reply() {
     let body = String::from_utf8_lossy(reply.payload().unwrap()).into_owned();
     assert!(body.contains("message.max.bytes"), "{body}");
 }
+
+#[tokio::test]
+async fn kafka_only_routes_need_no_nats_server() {
+    let requests = kafka::topic("knonats", 1).await;
+    let replies = kafka::topic("knonatsrep", 1).await;
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let nowhere = free_port();
+    let toml = format!(
+        "[nats]\nurl = \"nats://127.0.0.1:{nowhere}\"\n\n[upstream]\nbase_url = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+        upstream.base_url(),
+        kafka::route("solo", &requests, "", &format!("reply_topic = \"{replies}\""))
+    );
+    let ricochet = Ricochet::start(&toml, admin).await;
+    wait_assigned(&ricochet, "solo").await;
+    produce(
+        &kafka::producer(),
+        &requests,
+        Some("k"),
+        &[],
+        b"no nats needed",
+    )
+    .await;
+    let reply = next(&kafka::consumer(&replies), WAIT).await;
+    assert_eq!(reply.payload(), Some(&b"no nats needed"[..]));
+    assert!(
+        !ricochet.logs().contains("NATS connection"),
+        "{}",
+        ricochet.logs()
+    );
+}

@@ -32,6 +32,11 @@ pub struct PublishError {
 }
 
 impl PublishError {
+    /// No NATS connection exists (a configuration with Kafka routes only).
+    pub fn no_connection(subject: &str) -> Self {
+        Self::new(subject, "ricochet has no NATS connection")
+    }
+
     fn new(subject: &str, reason: impl ToString) -> Self {
         Self {
             subject: subject.to_string(),

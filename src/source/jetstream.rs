@@ -57,6 +57,8 @@ pub struct JetStreamRoute {
 impl JetStreamRoute {
     pub fn new(route: Arc<Route>, pipeline: Arc<Pipeline>) -> Option<Self> {
         let config = route.config.jetstream.clone()?;
+        // A JetStream route makes ricochet connect to NATS, so the publisher exists.
+        pipeline.replier()?;
         if route.config.dead_letter.is_none() {
             warn!(route = %route.name, "no dead_letter subject: undeliverable messages will be terminated and only logged");
         }
@@ -66,6 +68,12 @@ impl JetStreamRoute {
             route,
             pipeline,
         })
+    }
+
+    fn replier(&self) -> &crate::reply::NatsReplier {
+        self.pipeline
+            .replier()
+            .expect("checked in JetStreamRoute::new")
     }
 
     fn durable(&self) -> String {
@@ -394,7 +402,6 @@ impl JetStreamRoute {
             extra.push((correlation.as_str(), id.clone()));
         }
         match self
-            .pipeline
             .replier()
             .publish_confirmed(subject, reply, &extra)
             .await
@@ -439,7 +446,6 @@ impl JetStreamRoute {
         };
         let headers = letter.headers(&inbound.headers);
         match self
-            .pipeline
             .replier()
             .publish_raw_confirmed(subject, headers, inbound.payload.clone())
             .await

@@ -21,6 +21,8 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     /// Intakes (core subscriptions, JetStream consumers) not set up yet.
     pending: AtomicUsize,
+    /// False when no route uses NATS: readiness then ignores the NATS connection.
+    needs_nats: bool,
     shutting_down: AtomicBool,
 }
 
@@ -30,9 +32,10 @@ impl Health {
     }
 
     /// Readiness waits for `intakes` calls of [`Health::intake_ready`].
-    pub fn new(intakes: usize) -> Self {
+    pub fn new(intakes: usize, needs_nats: bool) -> Self {
         Self {
             nats: OnceLock::new(),
+            needs_nats,
             pending: AtomicUsize::new(intakes),
             shutting_down: AtomicBool::new(false),
         }
@@ -54,9 +57,11 @@ impl Health {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err("shutting down");
         }
-        match self.nats.get().map(|c| c.connection_state()) {
-            Some(async_nats::connection::State::Connected) => {}
-            _ => return Err("not connected to NATS"),
+        if self.needs_nats {
+            match self.nats.get().map(|c| c.connection_state()) {
+                Some(async_nats::connection::State::Connected) => {}
+                _ => return Err("not connected to NATS"),
+            }
         }
         if self.pending.load(Ordering::SeqCst) > 0 {
             return Err("subscriptions or JetStream consumers not set up yet");
