@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -373,19 +373,7 @@ async fn a_call_slower_than_ack_wait_is_kept_alive_with_in_progress() {
 #[tokio::test]
 async fn an_open_breaker_stops_pulling_until_the_service_recovers() {
     let stream = TestStream::create("jsbreak").await;
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    let upstream = Upstream::start(move |_| {
-        let ok = flag.load(Ordering::SeqCst);
-        async move {
-            if ok {
-                respond(200, "ok")
-            } else {
-                respond(503, "down")
-            }
-        }
-    })
-    .await;
+    let (upstream, healthy) = Upstream::down_until_healthy().await;
     let client = nats().await;
     let replies = format!("{}.replies", stream.prefix);
     let mut sub = client.subscribe(replies.clone()).await.unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -358,19 +358,7 @@ async fn undeliverable_records_go_to_the_dead_letter_topic() {
 async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
     let requests = kafka::topic("kbrk", 2).await;
     let replies = kafka::topic("kbrkrep", 1).await;
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    let upstream = Upstream::start(move |_| {
-        let ok = flag.load(Ordering::SeqCst);
-        async move {
-            if ok {
-                respond(200, "ok")
-            } else {
-                respond(503, "down")
-            }
-        }
-    })
-    .await;
+    let (upstream, healthy) = Upstream::down_until_healthy().await;
     let admin = free_port();
     let routes = kafka::route(
         "brk",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -269,16 +269,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn breaker_opens_sheds_load_and_closes_after_recovery() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    let (upstream, calls) = scripted(move |_| {
-        if flag.load(Ordering::SeqCst) {
-            respond(200, "ok")
-        } else {
-            respond(503, "down")
-        }
-    })
-    .await;
+    let (upstream, healthy) = Upstream::down_until_healthy().await;
     let prefix = unique("breaker");
     let admin = free_port();
     let extra = "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"500ms\"\n";
@@ -303,7 +294,7 @@ async fn breaker_opens_sheds_load_and_closes_after_recovery() {
         );
         assert!(header(&reply, "Retry-After").is_some());
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "no calls while open");
+    assert_eq!(upstream.calls(), 3, "no calls while open");
     let metrics = ricochet.metrics().await;
     assert_eq!(
         metric(&metrics, "ricochet_circuit_state", &["route=\"flaky\""]),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,6 +126,24 @@ impl Upstream {
                 .unwrap()
         })
         .await
+    }
+
+    /// Answers 503 "down" until the returned flag is set, then 200 "ok".
+    pub async fn down_until_healthy() -> (Self, Arc<AtomicBool>) {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let flag = healthy.clone();
+        let upstream = Self::start(move |_| {
+            let ok = flag.load(Ordering::SeqCst);
+            async move {
+                if ok {
+                    respond(200, "ok")
+                } else {
+                    respond(503, "down")
+                }
+            }
+        })
+        .await;
+        (upstream, healthy)
     }
 
     pub fn base_url(&self) -> String {

@@ -103,15 +103,17 @@ struct Fetched {
 
 /// A record being processed: it holds its permit and counts as in flight until dropped.
 struct Record {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Bytes,
-    headers: Vec<(String, Vec<u8>)>,
-    generation: u64,
+    fetched: Fetched,
     _permit: OwnedSemaphorePermit,
     in_flight: metrics::Gauge,
+}
+
+impl std::ops::Deref for Record {
+    type Target = Fetched;
+
+    fn deref(&self) -> &Fetched {
+        &self.fetched
+    }
 }
 
 impl Drop for Record {
@@ -120,7 +122,7 @@ impl Drop for Record {
     }
 }
 
-impl Record {
+impl Fetched {
     fn partition_id(&self) -> Partition {
         (self.topic.clone(), self.partition)
     }
@@ -411,13 +413,7 @@ impl KafkaRoute {
         self.route.metrics.in_flight.increment(1.0);
         let generation = fetched.generation;
         let record = Record {
-            topic: fetched.topic,
-            partition: fetched.partition,
-            offset: fetched.offset,
-            key: fetched.key,
-            payload: fetched.payload,
-            headers: fetched.headers,
-            generation,
+            fetched,
             _permit: permit,
             in_flight: self.route.metrics.in_flight.clone(),
         };
