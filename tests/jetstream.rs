@@ -571,3 +571,29 @@ async fn a_reply_to_a_system_subject_is_refused_and_dead_lettered() {
     );
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn a_reply_too_large_for_nats_is_a_502_and_settles_the_request() {
+    let stream = TestStream::create("jsbig").await;
+    let big: &'static str = Box::leak("y".repeat(2 * 1024 * 1024).into_boxed_str());
+    let upstream = Upstream::start(move |_| async move { respond(200, big) }).await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let routes = stream.route("", "ack_wait = \"1s\"");
+    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    stream
+        .publish("1", request_headers(&replies, "c-big"), b"x")
+        .await;
+    let reply = next(&mut sub).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("502"));
+    assert!(String::from_utf8_lossy(&reply.payload).contains("max_payload"));
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    assert_eq!(upstream.calls(), 1, "settled: not redelivered");
+    let info = stream.consumer("ricochet-test").await;
+    assert_eq!((info.num_ack_pending, info.num_redelivered), (0, 0));
+    stream.delete().await;
+}

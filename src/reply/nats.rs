@@ -77,14 +77,11 @@ impl NatsReplier {
         };
         match send(reply).await {
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                // The caller got an answer (a 502 saying why): that is the reply.
                 let fallback = self.too_large(reply);
                 send(&fallback)
                     .await
-                    .map_err(|e| PublishError::new(subject, e))?;
-                Err(PublishError::new(
-                    subject,
-                    "reply larger than max_payload; a 502 was sent instead",
-                ))
+                    .map_err(|e| PublishError::new(subject, e))
             }
             other => other.map_err(|e| PublishError::new(subject, e)),
         }
@@ -103,14 +100,11 @@ impl NatsReplier {
             .await
         {
             Err(SendError::TooLarge) => {
+                // The caller got an answer (a 502 saying why): the request is settled.
                 let fallback = self.too_large(reply);
                 self.send_confirmed(subject, headers(&fallback, extra), fallback.body.clone())
                     .await
-                    .map_err(|e| PublishError::new(subject, e.to_string()))?;
-                Err(PublishError::new(
-                    subject,
-                    "reply larger than max_payload; a 502 was sent instead",
-                ))
+                    .map_err(|e| PublishError::new(subject, e.to_string()))
             }
             other => other.map_err(|e| PublishError::new(subject, e.to_string())),
         }

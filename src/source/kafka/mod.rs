@@ -47,6 +47,7 @@ use self::state::{list_of, RouteContext, Shared, Transactions};
 use super::Inbound;
 use crate::config::{Delivery, KafkaConfig, Ordering};
 use crate::invoke::breaker::State as BreakerState;
+use crate::mapping::reply::ATTEMPTS_HEADER;
 use crate::mapping::{ErrorKind, Reply};
 use crate::pipeline::{Disposition, Pipeline, Processed, Route};
 use crate::reply::KafkaReplier;
@@ -611,7 +612,15 @@ impl KafkaRoute {
             );
             warn!(route = %route.name, record = %record.id(), "{detail}; a 502 error reply is produced instead");
             route.metrics.error(ErrorKind::UpstreamUnavailable);
-            output = build(&Reply::error(ErrorKind::UpstreamUnavailable, &detail));
+            let attempts = processed
+                .reply
+                .header(ATTEMPTS_HEADER)
+                .unwrap_or("1")
+                .to_string();
+            output = build(
+                &Reply::error(ErrorKind::UpstreamUnavailable, &detail)
+                    .with_header(ATTEMPTS_HEADER, attempts),
+            );
         }
         let delivered = self.deliver(record, output, replier).await;
         if delivered {
@@ -715,7 +724,6 @@ impl KafkaRoute {
                 }
                 Err(e) => {
                     warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
-                    self.route.metrics.outcome(Outcome::PublishFailed);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     if !self.owns(record) {
