@@ -43,6 +43,24 @@ async fn scripted(
     (upstream, calls)
 }
 
+/// ricochet with the route `flaky` on a fresh subject in front of `upstream`: the subject to
+/// send to, the running ricochet, and a NATS client.
+async fn start(
+    upstream: &Upstream,
+    tag: &str,
+    method: &str,
+    extra: &str,
+) -> (String, Ricochet, async_nats::Client) {
+    let prefix = unique(tag);
+    let admin = free_port();
+    let toml = config(&upstream.base_url(), admin, &route(&prefix, method, extra));
+    (
+        format!("{prefix}.x"),
+        Ricochet::start(&toml, admin).await,
+        nats().await,
+    )
+}
+
 async fn send(
     client: &async_nats::Client,
     subject: String,
@@ -71,17 +89,9 @@ async fn three_failures_then_success_makes_four_calls() {
         }
     })
     .await;
-    let prefix = unique("retry4");
-    let admin = free_port();
-    let toml = config(
-        &upstream.base_url(),
-        admin,
-        &route(&prefix, "GET", FAST_RETRIES),
-    );
-    let ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, ricochet, client) = start(&upstream, "retry4", "GET", FAST_RETRIES).await;
 
-    let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(status(&reply), "200");
     assert_eq!(reply.payload.as_ref(), b"done");
     assert_eq!(header(&reply, "Ricochet-Attempts").as_deref(), Some("4"));
@@ -103,17 +113,9 @@ async fn always_failing_stops_at_max_attempts_with_the_last_status() {
         }
     })
     .await;
-    let prefix = unique("retry5");
-    let admin = free_port();
-    let toml = config(
-        &upstream.base_url(),
-        admin,
-        &route(&prefix, "GET", FAST_RETRIES),
-    );
-    let ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, ricochet, client) = start(&upstream, "retry5", "GET", FAST_RETRIES).await;
 
-    let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(calls.load(Ordering::SeqCst), 5);
     assert_eq!(status(&reply), "502", "the last status");
     assert_eq!(
@@ -136,17 +138,9 @@ async fn always_failing_stops_at_max_attempts_with_the_last_status() {
 #[tokio::test]
 async fn a_permanent_answer_is_not_retried() {
     let (upstream, calls) = scripted(|_| respond(400, "bad input")).await;
-    let prefix = unique("perm");
-    let admin = free_port();
-    let toml = config(
-        &upstream.base_url(),
-        admin,
-        &route(&prefix, "GET", FAST_RETRIES),
-    );
-    let _ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, _ricochet, client) = start(&upstream, "perm", "GET", FAST_RETRIES).await;
 
-    let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(status(&reply), "400");
     assert_eq!(reply.payload.as_ref(), b"bad input");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -155,17 +149,9 @@ async fn a_permanent_answer_is_not_retried() {
 #[tokio::test]
 async fn post_is_retried_only_with_an_idempotency_key() {
     let (upstream, calls) = scripted(|_| respond(503, "busy")).await;
-    let prefix = unique("post");
-    let admin = free_port();
-    let toml = config(
-        &upstream.base_url(),
-        admin,
-        &route(&prefix, "POST", FAST_RETRIES),
-    );
-    let _ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, _ricochet, client) = start(&upstream, "post", "POST", FAST_RETRIES).await;
 
-    let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(status(&reply), "503");
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -175,7 +161,7 @@ async fn post_is_retried_only_with_an_idempotency_key() {
 
     let mut headers = HeaderMap::new();
     headers.insert("Idempotency-Key", "order-17");
-    let reply = send(&client, format!("{prefix}.x"), headers).await;
+    let reply = send(&client, subject.clone(), headers).await;
     assert_eq!(status(&reply), "503");
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -192,17 +178,13 @@ async fn hanging_upstream_times_out_each_attempt_and_answers_504_in_time() {
         respond(200, "never")
     })
     .await;
-    let prefix = unique("hang");
-    let admin = free_port();
     let extra = "timeout = \"200ms\"\ntotal_timeout = \"1s\"\n[routes.retry]\nmax_attempts = 3\ninitial_interval = \"10ms\"\njitter = 0.0\n";
-    let toml = config(&upstream.base_url(), admin, &route(&prefix, "GET", extra));
-    let _ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, _ricochet, client) = start(&upstream, "hang", "GET", extra).await;
 
     let started = Instant::now();
     let request = async_nats::Request::new().timeout(Some(Duration::from_secs(3)));
     let reply = client
-        .send_request(format!("{prefix}.x"), request)
+        .send_request(subject.clone(), request)
         .await
         .expect("504 before the caller gives up");
     assert_eq!(status(&reply), "504");
@@ -213,7 +195,7 @@ async fn hanging_upstream_times_out_each_attempt_and_answers_504_in_time() {
     // A caller's shorter deadline (Ricochet-Timeout) cuts the retries short.
     let mut headers = HeaderMap::new();
     headers.insert("Ricochet-Timeout", "300ms");
-    let reply = send(&client, format!("{prefix}.x"), headers).await;
+    let reply = send(&client, subject.clone(), headers).await;
     assert_eq!(status(&reply), "504");
     assert!(
         upstream.calls() <= 5,
@@ -246,17 +228,9 @@ async fn retry_after_is_honoured() {
         }
     })
     .await;
-    let prefix = unique("after");
-    let admin = free_port();
-    let toml = config(
-        &upstream.base_url(),
-        admin,
-        &route(&prefix, "GET", FAST_RETRIES),
-    );
-    let _ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, _ricochet, client) = start(&upstream, "after", "GET", FAST_RETRIES).await;
 
-    let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(status(&reply), "200");
     let times = times.lock().unwrap().clone();
     assert_eq!(times.len(), 2);
@@ -270,19 +244,15 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn breaker_opens_sheds_load_and_closes_after_recovery() {
     let (upstream, healthy) = Upstream::down_until_healthy().await;
-    let prefix = unique("breaker");
-    let admin = free_port();
     let extra = "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"500ms\"\n";
-    let toml = config(&upstream.base_url(), admin, &route(&prefix, "GET", extra));
-    let ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, ricochet, client) = start(&upstream, "breaker", "GET", extra).await;
 
     for _ in 0..3 {
-        let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+        let reply = send(&client, subject.clone(), HeaderMap::new()).await;
         assert_eq!(reply.payload.as_ref(), b"down", "the service's own 503");
     }
     for _ in 0..10 {
-        let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+        let reply = send(&client, subject.clone(), HeaderMap::new()).await;
         assert_eq!(status(&reply), "503");
         assert_eq!(
             header(&reply, "Nats-Service-Error").as_deref(),
@@ -312,7 +282,7 @@ async fn breaker_opens_sheds_load_and_closes_after_recovery() {
     healthy.store(true, Ordering::SeqCst);
     let mut recovered = false;
     for _ in 0..50 {
-        let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+        let reply = send(&client, subject.clone(), HeaderMap::new()).await;
         if status(&reply) == "200" {
             recovered = true;
             break;
@@ -320,7 +290,7 @@ async fn breaker_opens_sheds_load_and_closes_after_recovery() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(recovered, "replies flow again after the break");
-    let reply = send(&client, format!("{prefix}.x"), HeaderMap::new()).await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(status(&reply), "200");
     let metrics = ricochet.metrics().await;
     assert_eq!(
@@ -341,14 +311,10 @@ async fn breaker_opens_sheds_load_and_closes_after_recovery() {
 #[tokio::test]
 async fn rate_limit_reject_mode_answers_429_beyond_the_rate() {
     let (upstream, calls) = scripted(|_| respond(200, "ok")).await;
-    let prefix = unique("reject");
-    let admin = free_port();
     let extra = "[routes.rate_limit]\nmessages_per_second = 5\nmode = \"reject\"\n";
-    let toml = config(&upstream.base_url(), admin, &route(&prefix, "GET", extra));
-    let _ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, _ricochet, client) = start(&upstream, "reject", "GET", extra).await;
 
-    let requests = (0..20).map(|_| send(&client, format!("{prefix}.x"), HeaderMap::new()));
+    let requests = (0..20).map(|_| send(&client, subject.clone(), HeaderMap::new()));
     let replies = futures::future::join_all(requests).await;
     let ok = replies.iter().filter(|r| status(r) == "200").count();
     let limited: Vec<_> = replies.iter().filter(|r| status(r) == "429").collect();
@@ -373,16 +339,12 @@ async fn rate_limit_wait_mode_delivers_everything_at_the_rate() {
         async { respond(200, "ok") }
     })
     .await;
-    let prefix = unique("wait");
-    let admin = free_port();
     let extra = format!(
         "[routes.rate_limit]\nmessages_per_second = {RATE}\nburst_messages = 1\nmode = \"wait\"\n"
     );
-    let toml = config(&upstream.base_url(), admin, &route(&prefix, "GET", &extra));
-    let _ricochet = Ricochet::start(&toml, admin).await;
-    let client = nats().await;
+    let (subject, _ricochet, client) = start(&upstream, "wait", "GET", &extra).await;
 
-    let requests = (0..30).map(|_| send(&client, format!("{prefix}.x"), HeaderMap::new()));
+    let requests = (0..30).map(|_| send(&client, subject.clone(), HeaderMap::new()));
     let replies = futures::future::join_all(requests).await;
     assert!(
         replies.iter().all(|r| status(r) == "200"),
