@@ -516,3 +516,83 @@ async fn kafka_only_routes_need_no_nats_server() {
         ricochet.logs()
     );
 }
+
+#[tokio::test]
+async fn partition_ordering_runs_one_record_at_a_time_per_partition() {
+    const RECORDS: usize = 30;
+    let requests = kafka::topic("kpart", 1).await;
+    let replies = kafka::topic("kpartrep", 1).await;
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (order, a, p) = (seen.clone(), active.clone(), peak.clone());
+    let upstream = Upstream::start(move |request| {
+        order
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&request.body).parse().unwrap());
+        let (active, peak) = (a.clone(), p.clone());
+        async move {
+            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            active.fetch_sub(1, Ordering::SeqCst);
+            respond(200, "ok")
+        }
+    })
+    .await;
+    let admin = free_port();
+    let extra = format!("reply_topic = \"{replies}\"\nordering = \"partition\"");
+    let routes = kafka::route("part", &requests, "max_in_flight = 16", &extra);
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "part").await;
+    let producer = kafka::producer();
+    for i in 0..RECORDS {
+        // Different keys: only the partition orders them.
+        produce(
+            &producer,
+            &requests,
+            Some(&format!("key-{i}")),
+            &[],
+            i.to_string().as_bytes(),
+        )
+        .await;
+    }
+    upstream
+        .wait_for_calls_within(RECORDS, Duration::from_secs(30))
+        .await;
+    assert_eq!(*seen.lock().unwrap(), (0..RECORDS).collect::<Vec<_>>());
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "one at a time on the partition"
+    );
+}
+
+#[tokio::test]
+async fn at_most_once_never_retries_and_answers_the_failure() {
+    let requests = kafka::topic("kamo", 1).await;
+    let replies = kafka::topic("kamorep", 1).await;
+    let (upstream, _healthy) = Upstream::down_until_healthy().await;
+    let admin = free_port();
+    let routes = kafka::route(
+        "amo",
+        &requests,
+        "delivery = \"at_most_once\"\n[routes.retry]\nmax_attempts = 1",
+        &format!("reply_topic = \"{replies}\""),
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    wait_assigned(&ricochet, "amo").await;
+    produce(
+        &kafka::producer(),
+        &requests,
+        Some("k"),
+        &[("correlation-id", "c-amo")],
+        b"x",
+    )
+    .await;
+    let reply = next(&kafka::consumer(&replies), WAIT).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("503"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.calls(), 1, "no local retry, no redelivery");
+}
