@@ -597,3 +597,41 @@ async fn a_reply_too_large_for_nats_is_a_502_and_settles_the_request() {
     assert_eq!((info.num_ack_pending, info.num_redelivered), (0, 0));
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn a_deleted_consumer_makes_ricochet_unready_until_it_is_bound_again() {
+    let stream = TestStream::create("jsgone").await;
+    let upstream = Upstream::echo().await;
+    let client = nats().await;
+    let replies = format!("{}.replies", stream.prefix);
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let admin = free_port();
+    let ricochet = Ricochet::start(
+        &config(&upstream.base_url(), admin, &stream.route("", "")),
+        admin,
+    )
+    .await;
+
+    let js_stream = stream.js.get_stream(&stream.name).await.unwrap();
+    js_stream.delete_consumer("ricochet-test").await.unwrap();
+    let mut saw_unready = false;
+    for _ in 0..300 {
+        if ricochet.admin_get("/readyz").await.unwrap().0 == 503 {
+            saw_unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        saw_unready,
+        "readiness reflects the lost consumer; logs:\n{}",
+        ricochet.logs()
+    );
+    ricochet.wait_ready().await;
+    stream
+        .publish("1", request_headers(&replies, "c-1"), b"after")
+        .await;
+    assert_eq!(next(&mut sub).await.payload.as_ref(), b"after");
+    stream.delete().await;
+}

@@ -93,7 +93,6 @@ impl JetStreamRoute {
     ) {
         let this = Arc::new(self);
         let context = jetstream::new(client);
-        let mut ready = false;
         while !stop.is_cancelled() {
             let consumer = match this.bind(&context).await {
                 Ok(consumer) => consumer,
@@ -107,13 +106,12 @@ impl JetStreamRoute {
                 }
             };
             info!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), "JetStream consumer bound");
-            if !ready {
-                health.intake_ready();
-                ready = true;
-            }
+            health.intake_ready();
             if this.pull(&consumer, &tracker, &stop).await.is_ok() {
                 break;
             }
+            // Not ready until bound again.
+            health.intake_lost();
             // The consumer or stream may be gone (deleted, lost with memory storage): bind
             // again after a pause instead of pulling at full speed.
             tokio::select! {

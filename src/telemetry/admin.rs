@@ -41,6 +41,11 @@ impl Health {
         }
     }
 
+    /// An intake that was ready lost its subscription or consumer.
+    pub fn intake_lost(&self) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// One intake is subscribed (or bound to its consumer).
     pub fn intake_ready(&self) {
         let _ = self
