@@ -80,9 +80,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let tracker = TaskTracker::new();
     let mut intakes = JoinSet::new();
     if let Some(client) = &client {
-        for subscriber in source::nats::subscribe(client, &pipeline).await? {
-            let intake =
-                source::nats::intake(subscriber, pipeline.clone(), tracker.clone(), stop.clone());
+        for (route, subscriber) in source::nats::subscribe(client, &pipeline).await? {
+            let (pipeline, tracker, stop) = (pipeline.clone(), tracker.clone(), stop.clone());
+            let intake = source::nats::intake(route, subscriber, pipeline, tracker, stop);
             intakes.spawn(intake);
         }
     }

@@ -177,19 +177,6 @@ impl Pipeline {
         }
     }
 
-    /// A message that no route matches (possible only when subscriptions overlap oddly).
-    pub async fn reject_unrouted(&self, inbound: Inbound) {
-        warn!(subject = %inbound.subject, "no route matches the subject");
-        metrics::counter!(crate::telemetry::metrics::UNROUTED).increment(1);
-        if let Some(subject) = &inbound.reply {
-            let reply = Reply::error(ErrorKind::NoRoute, "no route matches the subject")
-                .with_header(ATTEMPTS_HEADER, "0".into());
-            if let Err(e) = self.publish(subject, &reply).await {
-                warn!(error = %e, "error reply not published");
-            }
-        }
-    }
-
     /// Takes one message from the size check to its reply; publishes nothing.
     pub async fn process(
         &self,

@@ -273,6 +273,22 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
     if route.source != SourceKind::Jetstream && route.jetstream.is_some() {
         push("jetstream", "only for source = \"jetstream\"".into());
     }
+    // NATS subjects for replies and dead letters belong to JetStream routes only.
+    let hint = match route.source {
+        SourceKind::Jetstream => None,
+        SourceKind::Kafka => Some("Kafka routes use kafka.reply_topic and kafka.dead_letter_topic"),
+        SourceKind::Nats => {
+            Some("only for durable sources: core NATS replies to the request's inbox")
+        }
+    };
+    for (key, set) in [
+        ("reply_subject", route.reply_subject.is_some()),
+        ("dead_letter", route.dead_letter.is_some()),
+    ] {
+        if let (true, Some(hint)) = (set, hint) {
+            push(key, hint.into());
+        }
+    }
     match route.source {
         SourceKind::Nats => {
             if route.delivery == Some(Delivery::AtLeastOnce) {
@@ -281,17 +297,6 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
                     "core NATS is at-most-once; use source = \"jetstream\" for at-least-once"
                         .into(),
                 );
-            }
-            for (key, set) in [
-                ("reply_subject", route.reply_subject.is_some()),
-                ("dead_letter", route.dead_letter.is_some()),
-            ] {
-                if set {
-                    push(
-                        key,
-                        "only for durable sources: core NATS replies to the request's inbox".into(),
-                    );
-                }
             }
         }
         SourceKind::Kafka => check_kafka(route, push),
@@ -339,17 +344,6 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
 }
 
 fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
-    for (key, set) in [
-        ("reply_subject", route.reply_subject.is_some()),
-        ("dead_letter", route.dead_letter.is_some()),
-    ] {
-        if set {
-            push(
-                key,
-                "Kafka routes use kafka.reply_topic and kafka.dead_letter_topic".into(),
-            );
-        }
-    }
     let Some(kafka) = &route.kafka else {
         push(
             "kafka",

@@ -121,7 +121,8 @@ impl RouteInvoker {
         }
         self.budget.record_request();
         let (parts, body) = request.into_parts();
-        let mut backoff = self.policy.backoff();
+        // Made on the first retry only: most messages never need it.
+        let mut backoff = None;
         let mut attempts = 0;
         // The previous attempt's result, while a retry is pending.
         let mut last: Option<Result<UpstreamResponse, InvokeError>> = None;
@@ -201,7 +202,7 @@ impl RouteInvoker {
         result: &Result<UpstreamResponse, InvokeError>,
         attempts: u32,
         deadline: Instant,
-        backoff: &mut backoff::ExponentialBackoff,
+        backoff: &mut Option<backoff::ExponentialBackoff>,
     ) -> Result<Duration, &'static str> {
         if attempts >= self.policy.max_attempts {
             return Err("attempts");
@@ -216,6 +217,7 @@ impl RouteInvoker {
             Ok(response) => (Some(response.status), Some(&response.headers)),
             Err(_) => (None, None),
         };
+        let backoff = backoff.get_or_insert_with(|| self.policy.backoff());
         let delay = retry::next_delay(backoff, status, headers);
         if Instant::now()
             .checked_add(delay)

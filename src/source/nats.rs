@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use super::Inbound;
 use crate::config::NatsConfig;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Route};
 use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
 
 /// Connects, retrying in the background when the server is not reachable yet.
@@ -70,7 +70,11 @@ fn log_event(event: Event) {
 }
 
 /// Subscribes every route with its queue group.
-pub async fn subscribe(client: &Client, pipeline: &Pipeline) -> anyhow::Result<Vec<Subscriber>> {
+/// Subscribes every route with its queue group; each subscription with its route.
+pub async fn subscribe(
+    client: &Client,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Vec<(Arc<Route>, Subscriber)>> {
     let mut subscribers = Vec::new();
     for (pattern, route) in pipeline.core_routes().iter() {
         let subject = pattern.subscription_subject();
@@ -78,7 +82,7 @@ pub async fn subscribe(client: &Client, pipeline: &Pipeline) -> anyhow::Result<V
             .queue_subscribe(subject.clone(), route.queue_group.clone())
             .await?;
         info!(route = %route.name, %subject, queue_group = %route.queue_group, "subscribed");
-        subscribers.push(subscriber);
+        subscribers.push((route.clone(), subscriber));
     }
     Ok(subscribers)
 }
@@ -97,6 +101,7 @@ pub async fn confirm_subscriptions(client: &Client) -> anyhow::Result<()> {
 /// Takes messages from one subscription until `stop`, then drains it: messages the server
 /// already sent are still processed. Each message runs as a task on `tracker`.
 pub async fn intake(
+    own: Arc<Route>,
     mut subscriber: Subscriber,
     pipeline: Arc<Pipeline>,
     tracker: TaskTracker,
@@ -114,12 +119,16 @@ pub async fn intake(
         };
         let Some(message) = message else { break };
         let inbound = to_inbound(message);
-        let Some((route, captures)) = pipeline.core_routes().find(&inbound.subject) else {
-            let pipeline = pipeline.clone();
-            tracker.spawn(async move { pipeline.reject_unrouted(inbound).await });
-            continue;
+        // The first matching route wins, even when the message came on another route's
+        // subscription (overlapping patterns share the queue group). The server only
+        // delivers subjects this subscription's own pattern matches, so that is the fallback.
+        let (route, captures) = match pipeline.core_routes().find(&inbound.subject) {
+            Some((route, captures)) => (route.clone(), captures),
+            None => (
+                own.clone(),
+                own.pattern.matches(&inbound.subject).unwrap_or_default(),
+            ),
         };
-        let route = route.clone();
         // A full route waits for a slot; a shutdown meanwhile still drains at once, so the
         // queue group stops sending this replica more.
         let permit = loop {

@@ -24,7 +24,6 @@ pub const RETRIES: &str = "ricochet_retries_total";
 pub const RETRIES_SKIPPED: &str = "ricochet_retries_skipped_total";
 pub const SETTLEMENTS: &str = "ricochet_settlements_total";
 pub const DEAD_LETTERS: &str = "ricochet_dead_letters_total";
-pub const UNROUTED: &str = "ricochet_unrouted_messages_total";
 pub const KAFKA_ASSIGNED: &str = "ricochet_kafka_assigned_partitions";
 pub const NATS_CONNECTED: &str = "ricochet_nats_connected";
 pub const NATS_EVENTS: &str = "ricochet_nats_connection_events_total";
@@ -91,10 +90,6 @@ fn describe() {
     describe_counter!(
         DEAD_LETTERS,
         "Durable sources: messages published to the dead-letter destination"
-    );
-    describe_counter!(
-        UNROUTED,
-        "Core NATS messages no route matches (answered 404 no_route)"
     );
     describe_gauge!(
         KAFKA_ASSIGNED,

@@ -766,6 +766,11 @@ impl KafkaRoute {
         let circuit_open = matches!(self.route.invoker.breaker.state(), BreakerState::Open { until } if Instant::now() < until);
         let (wanted, assigned): (HashSet<Partition>, HashSet<Partition>) = {
             let state = self.shared.lock();
+            // The common case, once per record: nothing paused and nothing to pause.
+            let retrying = state.partitions.values().any(|ps| ps.retrying > 0);
+            if paused.is_empty() && !saturated && !circuit_open && !retrying {
+                return;
+            }
             let wanted = state
                 .partitions
                 .iter()
