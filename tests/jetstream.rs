@@ -52,6 +52,25 @@ impl TestStream {
             .unwrap();
     }
 
+    /// A subscription to this test's reply subject, in place before anything is published.
+    async fn replies(&self) -> (String, async_nats::Subscriber) {
+        let client = nats().await;
+        let replies = format!("{}.replies", self.prefix);
+        let sub = client.subscribe(replies.clone()).await.unwrap();
+        client.flush().await.unwrap();
+        (replies, sub)
+    }
+
+    /// ricochet in front of `upstream` with this stream's route (see [`Self::route`]).
+    async fn ricochet(&self, upstream: &Upstream, extra: &str, js_extra: &str) -> Ricochet {
+        let admin = free_port();
+        Ricochet::start(
+            &config(&upstream.base_url(), admin, &self.route(extra, js_extra)),
+            admin,
+        )
+        .await
+    }
+
     async fn consumer(&self, durable: &str) -> jetstream::consumer::Info {
         let stream = self.js.get_stream(&self.name).await.unwrap();
         stream.consumer_info(durable).await.unwrap()
@@ -133,9 +152,13 @@ async fn requests_are_answered_with_correlation_and_stable_idempotency_keys() {
     let mut sub = client.subscribe(replies.clone()).await.unwrap();
     let mut default_sub = client.subscribe(default_replies.clone()).await.unwrap();
     client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route(&format!("reply_subject = \"{default_replies}\""), "");
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let ricochet = stream
+        .ricochet(
+            &upstream,
+            &format!("reply_subject = \"{default_replies}\""),
+            "",
+        )
+        .await;
 
     let mut headers = request_headers(&replies, "c-1");
     headers.insert("Nats-Msg-Id", "order-42-v1");
@@ -199,16 +222,14 @@ async fn retryable_failures_are_redelivered_with_a_delay_and_answered_once() {
         }
     })
     .await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route(
-        "[routes.retry]\nmax_attempts = 1\nretry_on = [500]\n",
-        "redelivery_backoff = [\"300ms\"]",
-    );
-    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let (replies, mut sub) = stream.replies().await;
+    let _ricochet = stream
+        .ricochet(
+            &upstream,
+            "[routes.retry]\nmax_attempts = 1\nretry_on = [500]\n",
+            "redelivery_backoff = [\"300ms\"]",
+        )
+        .await;
 
     stream
         .publish("7", request_headers(&replies, "c-7"), b"payload")
@@ -257,12 +278,8 @@ async fn poison_messages_are_dead_lettered_and_not_redelivered() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route(
-        "max_payload = 16\n[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nenabled = false\n",
-        "ack_wait = \"1s\"\nmax_deliver = 2",
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let ricochet = stream.ricochet(&upstream, "max_payload = 16\n[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nenabled = false\n",
+        "ack_wait = \"1s\"\nmax_deliver = 2").await;
 
     let mut headers = request_headers(&replies, "c-big");
     headers.insert("X-Tenant", "acme");
@@ -339,16 +356,14 @@ async fn a_call_slower_than_ack_wait_is_kept_alive_with_in_progress() {
         respond(200, "slow but fine")
     })
     .await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route(
-        "timeout = \"5s\"\n[routes.retry]\nmax_attempts = 1\n",
-        "ack_wait = \"1s\"",
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let (replies, mut sub) = stream.replies().await;
+    let ricochet = stream
+        .ricochet(
+            &upstream,
+            "timeout = \"5s\"\n[routes.retry]\nmax_attempts = 1\n",
+            "ack_wait = \"1s\"",
+        )
+        .await;
 
     stream
         .publish("9", request_headers(&replies, "c-9"), b"x")
@@ -374,16 +389,9 @@ async fn a_call_slower_than_ack_wait_is_kept_alive_with_in_progress() {
 async fn an_open_breaker_stops_pulling_until_the_service_recovers() {
     let stream = TestStream::create("jsbreak").await;
     let (upstream, healthy) = Upstream::down_until_healthy().await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route(
-        "max_in_flight = 1\n[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"2s\"\n",
-        "max_deliver = 20",
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let (replies, mut sub) = stream.replies().await;
+    let ricochet = stream.ricochet(&upstream, "max_in_flight = 1\n[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"2s\"\n",
+        "max_deliver = 20").await;
     for i in 0..20 {
         stream
             .publish(
@@ -437,13 +445,8 @@ async fn sigterm_finishes_and_acknowledges_in_flight_messages() {
         respond(200, "done")
     })
     .await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route("", "");
-    let mut ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let (replies, mut sub) = stream.replies().await;
+    let mut ricochet = stream.ricochet(&upstream, "", "").await;
     for i in 0..5 {
         stream
             .publish(
@@ -480,10 +483,7 @@ async fn a_crash_mid_run_loses_no_request() {
         http::Response::new(http_body_util::Full::new(seen.body))
     })
     .await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
+    let (replies, mut sub) = stream.replies().await;
     let admin = free_port();
     let routes = stream.route("max_in_flight = 32", "max_deliver = 100");
     let toml = config(&upstream.base_url(), admin, &routes);
@@ -551,9 +551,7 @@ async fn a_reply_to_a_system_subject_is_refused_and_dead_lettered() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route("", "");
-    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let _ricochet = stream.ricochet(&upstream, "", "").await;
 
     let hostile = format!("$JS.API.STREAM.DELETE.{}", stream.name);
     stream
@@ -577,13 +575,8 @@ async fn a_reply_too_large_for_nats_is_a_502_and_settles_the_request() {
     let stream = TestStream::create("jsbig").await;
     let big: &'static str = Box::leak("y".repeat(2 * 1024 * 1024).into_boxed_str());
     let upstream = Upstream::start(move |_| async move { respond(200, big) }).await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
-    let admin = free_port();
-    let routes = stream.route("", "ack_wait = \"1s\"");
-    let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let (replies, mut sub) = stream.replies().await;
+    let _ricochet = stream.ricochet(&upstream, "", "ack_wait = \"1s\"").await;
 
     stream
         .publish("1", request_headers(&replies, "c-big"), b"x")
@@ -602,10 +595,7 @@ async fn a_reply_too_large_for_nats_is_a_502_and_settles_the_request() {
 async fn a_deleted_consumer_makes_ricochet_unready_until_it_is_bound_again() {
     let stream = TestStream::create("jsgone").await;
     let upstream = Upstream::echo().await;
-    let client = nats().await;
-    let replies = format!("{}.replies", stream.prefix);
-    let mut sub = client.subscribe(replies.clone()).await.unwrap();
-    client.flush().await.unwrap();
+    let (replies, mut sub) = stream.replies().await;
     let admin = free_port();
     let ricochet = Ricochet::start(
         &config(&upstream.base_url(), admin, &stream.route("", "")),

@@ -15,6 +15,14 @@ use rdkafka::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// ricochet in front of `upstream` with `routes`, once `route` has partitions.
+async fn start(upstream: &Upstream, routes: &str, route: &str) -> Ricochet {
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, routes), admin).await;
+    wait_assigned(&ricochet, route).await;
+    ricochet
+}
+
 /// Waits until ricochet reports assigned partitions for `route`.
 async fn wait_assigned(ricochet: &Ricochet, route: &str) {
     for _ in 0..1000 {
@@ -38,15 +46,17 @@ async fn request_reply_carries_key_correlation_and_status() {
     let replies = kafka::topic("krep", 1).await;
     let default_replies = kafka::topic("kdef", 1).await;
     let upstream = Upstream::echo().await;
-    let admin = free_port();
-    let routes = kafka::route(
+    let _ricochet = start(
+        &upstream,
+        &kafka::route(
+            "k",
+            &requests,
+            "",
+            &format!("reply_topic = \"{default_replies}\""),
+        ),
         "k",
-        &requests,
-        "",
-        &format!("reply_topic = \"{default_replies}\""),
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "k").await;
+    )
+    .await;
     let producer = kafka::producer();
     let reader = kafka::consumer(&replies);
 
@@ -139,15 +149,17 @@ async fn records_with_the_same_key_are_processed_in_order() {
         }
     })
     .await;
-    let admin = free_port();
-    let routes = kafka::route(
+    let _ricochet = start(
+        &upstream,
+        &kafka::route(
+            "ordered",
+            &requests,
+            "max_in_flight = 64",
+            &format!("reply_topic = \"{replies}\"\nordering = \"key\""),
+        ),
         "ordered",
-        &requests,
-        "max_in_flight = 64",
-        &format!("reply_topic = \"{replies}\"\nordering = \"key\""),
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "ordered").await;
+    )
+    .await;
     let producer = kafka::producer();
     // One at a time, so each key's records reach the broker in order.
     for i in 0..RECORDS {
@@ -305,15 +317,17 @@ async fn undeliverable_records_go_to_the_dead_letter_topic() {
     let replies = kafka::topic("kdlqrep", 1).await;
     let dead = kafka::topic("kdlqdead", 1).await;
     let upstream = Upstream::echo().await;
-    let admin = free_port();
-    let routes = kafka::route(
+    let _ricochet = start(
+        &upstream,
+        &kafka::route(
+            "dlq",
+            &requests,
+            "max_payload = 8",
+            &format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\""),
+        ),
         "dlq",
-        &requests,
-        "max_payload = 8",
-        &format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\""),
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "dlq").await;
+    )
+    .await;
     let producer = kafka::producer();
     produce(
         &producer,
@@ -359,15 +373,12 @@ async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
     let requests = kafka::topic("kbrk", 2).await;
     let replies = kafka::topic("kbrkrep", 1).await;
     let (upstream, healthy) = Upstream::down_until_healthy().await;
-    let admin = free_port();
-    let routes = kafka::route(
+    let ricochet = start(&upstream, &kafka::route(
         "brk",
         &requests,
         "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"1s\"",
         &format!("reply_topic = \"{replies}\""),
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "brk").await;
+    ), "brk").await;
     let producer = kafka::producer();
     for i in 0..10 {
         produce(
@@ -462,15 +473,12 @@ async fn a_reply_too_large_for_kafka_becomes_a_502_error_reply() {
     let upstream =
         Upstream::start(|_| async { respond(200, Box::leak("x".repeat(20_000).into_boxed_str())) })
             .await;
-    let admin = free_port();
-    let routes = kafka::route(
+    let _ricochet = start(&upstream, &kafka::route(
         "big",
         &requests,
         "",
         &format!("reply_topic = \"{replies}\"\n[routes.kafka.producer]\n\"message.max.bytes\" = \"10000\""),
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "big").await;
+    ), "big").await;
     produce(
         &kafka::producer(),
         &requests,
@@ -541,11 +549,13 @@ async fn partition_ordering_runs_one_record_at_a_time_per_partition() {
         }
     })
     .await;
-    let admin = free_port();
     let extra = format!("reply_topic = \"{replies}\"\nordering = \"partition\"");
-    let routes = kafka::route("part", &requests, "max_in_flight = 16", &extra);
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "part").await;
+    let _ricochet = start(
+        &upstream,
+        &kafka::route("part", &requests, "max_in_flight = 16", &extra),
+        "part",
+    )
+    .await;
     let producer = kafka::producer();
     for i in 0..RECORDS {
         // Different keys: only the partition orders them.
@@ -574,15 +584,17 @@ async fn at_most_once_never_retries_and_answers_the_failure() {
     let requests = kafka::topic("kamo", 1).await;
     let replies = kafka::topic("kamorep", 1).await;
     let (upstream, _healthy) = Upstream::down_until_healthy().await;
-    let admin = free_port();
-    let routes = kafka::route(
+    let _ricochet = start(
+        &upstream,
+        &kafka::route(
+            "amo",
+            &requests,
+            "delivery = \"at_most_once\"\n[routes.retry]\nmax_attempts = 1",
+            &format!("reply_topic = \"{replies}\""),
+        ),
         "amo",
-        &requests,
-        "delivery = \"at_most_once\"\n[routes.retry]\nmax_attempts = 1",
-        &format!("reply_topic = \"{replies}\""),
-    );
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    wait_assigned(&ricochet, "amo").await;
+    )
+    .await;
     produce(
         &kafka::producer(),
         &requests,
