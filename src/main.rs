@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ricochet::config::{self, EXIT_INVALID_CONFIG};
+use ricochet::config::{self, RuntimeThreads, EXIT_INVALID_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -62,10 +62,16 @@ fn main() -> ExitCode {
                 }
             };
             ricochet::telemetry::logging::init(&loaded.log);
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(threads) = loaded.runtime.worker_threads {
-                builder.worker_threads(threads);
-            }
+            let mut builder = match loaded.runtime_threads() {
+                RuntimeThreads::Single => tokio::runtime::Builder::new_current_thread(),
+                RuntimeThreads::Multi(threads) => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    if let Some(threads) = threads {
+                        builder.worker_threads(threads);
+                    }
+                    builder
+                }
+            };
             let runtime = match builder.enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {

@@ -336,6 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn one_thread_by_default_and_the_multi_thread_runtime_for_kafka() {
+        use crate::config::RuntimeThreads;
+        let threads = |extra: &str| {
+            load_str(&format!("{MINIMAL}{extra}"), no_env())
+                .unwrap()
+                .runtime_threads()
+        };
+        assert_eq!(threads(""), RuntimeThreads::Single);
+        assert_eq!(
+            threads("[runtime]\nworker_threads = 1\n"),
+            RuntimeThreads::Single
+        );
+        assert_eq!(
+            threads("[runtime]\nworker_threads = 4\n"),
+            RuntimeThreads::Multi(Some(4))
+        );
+        let kafka = "[[routes]]\nname = \"k\"\nsource = \"kafka\"\nsubject = \"requests\"\npath = \"/k\"\n[routes.kafka]\nbrokers = \"127.0.0.1:9092\"\nreply_topic = \"replies\"\n";
+        assert_eq!(threads(kafka), RuntimeThreads::Multi(None));
+        assert_eq!(
+            threads(&format!("{kafka}[runtime]\nworker_threads = 1\n")),
+            RuntimeThreads::Multi(Some(1))
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let config = load_str(MINIMAL, no_env()).unwrap();
         assert_eq!(config.nats.url, "nats://127.0.0.1:4222");

@@ -44,10 +44,34 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Worker threads; default: one per CPU core. A sidecar often does best with 1: fewer
-    /// cross-thread wake-ups per message.
+    /// Worker threads; see [`Config::runtime_threads`] for the default.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+}
+
+/// How the async runtime runs, decided by [`Config::runtime_threads`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeThreads {
+    /// Everything on one thread: no cross-thread wake-ups or work stealing per message.
+    Single,
+    /// Worker threads; `None` is one per CPU core.
+    Multi(Option<usize>),
+}
+
+impl Config {
+    /// One thread unless configured otherwise: a sidecar shares its pod's CPU with the
+    /// service, and one thread moves a message with the fewest wake-ups (the benchmark
+    /// measures it). Kafka routes always get the multi-thread runtime: librdkafka's calls
+    /// block (commits, transactions, rebalance callbacks that wait for in-flight records),
+    /// and ricochet hands such a worker over to the others while it does (`block_in_place`),
+    /// which the single-thread runtime cannot do.
+    pub fn runtime_threads(&self) -> RuntimeThreads {
+        let kafka = self.routes.iter().any(|r| r.source == SourceKind::Kafka);
+        match (self.runtime.worker_threads, kafka) {
+            (None | Some(1), false) => RuntimeThreads::Single,
+            (threads, _) => RuntimeThreads::Multi(threads),
+        }
+    }
 }
 
 /// Connection to the NATS server (core request-reply).
