@@ -9,6 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ricochet::config::{self, RuntimeThreads, EXIT_INVALID_CONFIG};
 
+/// mimalloc: with glibc's allocator, malloc and free took about 12% of ricochet's CPU per
+/// message at saturation. Transparent huge pages are off (`no_thp`): with them the peak RSS
+/// grew by 6 MB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ricochet",
