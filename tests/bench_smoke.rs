@@ -41,7 +41,18 @@ fn every_leg_answers_every_request_correctly() {
                 .all(|c| c["req_per_s"].as_f64().unwrap() > 0.0),
             "{leg}"
         );
+        // ricochet, L1's responder and L0's client are measured processes: each reports
+        // its CPU time and peak RSS.
+        if !leg["measured_process"].is_null() {
+            let open = &leg["open_loop"][0];
+            assert!(open["cpu_ms_per_1000"].as_f64().is_some(), "{leg}");
+            assert!(open["peak_rss_mb"].as_f64().unwrap() > 1.0, "{leg}");
+        }
     }
+    let measured =
+        |name: &str| legs.iter().find(|l| l["leg"] == name).unwrap()["measured_process"].clone();
+    assert_eq!(measured("L2"), "ricochet");
+    assert_eq!(measured("L1"), "native responder");
     assert!(report["derived"]["efficiency"].as_f64().is_some());
     assert!(report["derived"]["kafka_ratio"].as_f64().is_some());
     assert!(stdout.contains("efficiency"), "{stdout}");

@@ -1,16 +1,17 @@
 //! `ricochet-bench`: what ricochet costs, measured against what the machine allows, in one
 //! run on loopback, with the same payload, upstream and offered load for every leg:
 //!
-//! - L0 direct HTTP: a hyper client calling the upstream;
-//! - L1 native NATS: requester -> nats-server -> responder in this process -> reply;
+//! - L0 direct HTTP: a hyper client calling the upstream (a child process, as every leg's);
+//! - L1 native NATS: requester -> nats-server -> an async-nats responder (a child process,
+//!   measured like ricochet: the least a NATS responder costs) -> reply;
 //! - L2 ricochet: requester -> nats-server -> ricochet -> upstream -> ricochet -> requester;
 //! - K1 native Kafka: consume -> produce passthrough in this process (no HTTP);
 //! - K2 ricochet Kafka: request topic -> ricochet -> upstream -> reply topic.
 //!
 //! Per leg: closed-loop throughput at several concurrencies, open-loop latency at several
 //! rates (each request timed from its scheduled start, so a stall counts against every
-//! request it delays: no coordinated omission), and for ricochet its CPU time per 1,000
-//! requests and peak RSS from /proc. Prints a table and writes JSON.
+//! request it delays: no coordinated omission), and for ricochet (and L1's responder) the
+//! CPU time per 1,000 requests and peak RSS from /proc. Prints a table and writes JSON.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -84,6 +85,14 @@ struct Args {
     /// HTTP connection pool size for L0 and ricochet.
     #[arg(long, default_value_t = 128)]
     pool: usize,
+    /// Internal: run as L1's native responder on this subject (a child process of the
+    /// bench, so that its CPU and memory are measured like ricochet's).
+    #[arg(long, hide = true)]
+    respond: Option<String>,
+    /// Internal: run as the upstream HTTP service (a child process, so that L0 measures the
+    /// HTTP client alone).
+    #[arg(long, hide = true)]
+    serve_upstream: bool,
 }
 
 type CallFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -92,6 +101,19 @@ type Call = Arc<dyn Fn() -> CallFuture + Send + Sync>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(subject) = &args.respond {
+        // One thread, like ricochet's default: the cheapest way to answer.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(respond(&args.nats_url, subject));
+    }
+    if args.serve_upstream {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve_upstream(args.delay));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -100,16 +122,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let payload = Bytes::from(vec![b'x'; args.payload]);
-    let upstream = start_upstream(args.delay).await?;
+    let (upstream, _upstream_process) = start_upstream(&args).await?;
     let mut results = Vec::new();
     for leg in &args.legs {
         let leg = leg.trim().to_uppercase();
         eprintln!("== {leg}");
         let result = match leg.as_str() {
-            "L0" => measure(&args, &leg, l0(&args, upstream, payload.clone()), None).await,
+            // The client and the load loop are all this process does in L0.
+            "L0" => {
+                let call = l0(&args, upstream, payload.clone());
+                measure(&args, &leg, call, Some(std::process::id())).await
+            }
             "L1" => {
-                let (call, _responder) = l1(&args, payload.clone()).await?;
-                measure(&args, &leg, call, None).await
+                let (call, responder) = l1(&args, payload.clone()).await?;
+                measure(&args, &leg, call, Some(responder.pid())).await
             }
             "L2" => {
                 let (call, ricochet) = l2(&args, upstream, payload.clone()).await?;
@@ -413,35 +439,62 @@ async fn with_fresh_broker(args: &Args) -> anyhow::Result<(Args, Broker)> {
 
 // ---------- the upstream ----------
 
-async fn start_upstream(delay: Duration) -> anyhow::Result<SocketAddr> {
+/// The upstream as a child process; returns its address.
+async fn start_upstream(args: &Args) -> anyhow::Result<(SocketAddr, ChildProcess)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--serve-upstream")
+        .arg("--delay")
+        .arg(humantime::format_duration(args.delay).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the upstream")?;
+    let stdout = child.stdout.take().context("upstream stdout")?;
+    let process = ChildProcess { child, dir: None };
+    let line = first_line(stdout).await?;
+    let addr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the upstream printed {line:?}, not its address"))?;
+    Ok((addr, process))
+}
+
+/// The upstream: echoes the request body, after `delay`. Prints its address.
+async fn serve_upstream(delay: Duration) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<Incoming>| async move {
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+    println!("{}", listener.local_addr()?);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<Incoming>| async move {
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
             });
-        }
-    });
-    Ok(addr)
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The first line a child process prints (its address, or that it is ready).
+async fn first_line(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    })
+    .await??)
 }
 
 // ---------- legs ----------
@@ -464,20 +517,36 @@ fn l0(args: &Args, upstream: SocketAddr, payload: Bytes) -> Call {
     })
 }
 
-/// A native NATS responder in this process; returns the call and the responder task.
-async fn l1(args: &Args, payload: Bytes) -> anyhow::Result<(Call, tokio::task::JoinHandle<()>)> {
+/// The native NATS responder, as a child process; returns the call and the process.
+async fn l1(args: &Args, payload: Bytes) -> anyhow::Result<(Call, ChildProcess)> {
     let subject = format!("bench.l1.{}", unique());
-    let responder = async_nats::connect(&args.nats_url).await.context("NATS")?;
-    let mut subscription = responder.subscribe(subject.clone()).await?;
-    responder.flush().await?;
-    let task = tokio::spawn(async move {
-        while let Some(message) = subscription.next().await {
-            if let Some(reply) = message.reply {
-                let _ = responder.publish(reply, message.payload).await;
-            }
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--respond", &subject, "--nats-url", &args.nats_url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the responder")?;
+    let stdout = child.stdout.take().context("responder stdout")?;
+    let responder = ChildProcess { child, dir: None };
+    // It prints a line once its subscription is confirmed by the server.
+    if first_line(stdout).await?.trim() != "ready" {
+        bail!("the responder did not start");
+    }
+    Ok((nats_call(args, subject, payload).await?, responder))
+}
+
+/// L1's responder: answers every request with its payload.
+async fn respond(nats_url: &str, subject: &str) -> anyhow::Result<()> {
+    let client = async_nats::connect(nats_url).await.context("NATS")?;
+    let mut subscription = client.subscribe(subject.to_string()).await?;
+    client.flush().await?;
+    println!("ready");
+    while let Some(message) = subscription.next().await {
+        if let Some(reply) = message.reply {
+            client.publish(reply, message.payload).await?;
         }
-    });
-    Ok((nats_call(args, subject, payload).await?, task))
+    }
+    Ok(())
 }
 
 async fn nats_call(args: &Args, subject: String, payload: Bytes) -> anyhow::Result<Call> {
@@ -491,27 +560,30 @@ async fn nats_call(args: &Args, subject: String, payload: Bytes) -> anyhow::Resu
     }))
 }
 
-/// ricochet as a child process, killed on drop.
-struct RicochetProcess {
+/// ricochet or the native responder as a child process, killed on drop (with its
+/// configuration directory).
+struct ChildProcess {
     child: Child,
-    _dir: std::path::PathBuf,
+    dir: Option<std::path::PathBuf>,
 }
 
-impl RicochetProcess {
+impl ChildProcess {
     fn pid(&self) -> u32 {
         self.child.id()
     }
 }
 
-impl Drop for RicochetProcess {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-async fn start_ricochet(args: &Args, routes: &str) -> anyhow::Result<RicochetProcess> {
+async fn start_ricochet(args: &Args, routes: &str) -> anyhow::Result<ChildProcess> {
     let binary = match &args.ricochet {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("ricochet"),
@@ -540,7 +612,10 @@ async fn start_ricochet(args: &Args, routes: &str) -> anyhow::Result<RicochetPro
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
-    let process = RicochetProcess { child, _dir: dir };
+    let process = ChildProcess {
+        child,
+        dir: Some(dir),
+    };
     for _ in 0..600 {
         if http_status(admin, "/readyz").await == Some(200) {
             return Ok(process);
@@ -561,7 +636,7 @@ async fn l2(
     args: &Args,
     upstream: SocketAddr,
     payload: Bytes,
-) -> anyhow::Result<(Call, RicochetProcess)> {
+) -> anyhow::Result<(Call, ChildProcess)> {
     let subject = format!("bench.l2.{}", unique());
     let routes = format!(
         "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
@@ -726,7 +801,7 @@ async fn k2(
     args: &Args,
     upstream: SocketAddr,
     payload: Bytes,
-) -> anyhow::Result<(Call, RicochetProcess)> {
+) -> anyhow::Result<(Call, ChildProcess)> {
     let (requests, replies) = (
         format!("bench-k2-req-{}", unique()),
         format!("bench-k2-rep-{}", unique()),
@@ -831,12 +906,13 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
         "duration_s": args.duration.as_secs_f64(),
         "legs": results.iter().map(|r| json!({
             "leg": r.leg,
+            "measured_process": measured_process(&r.leg),
             "errors": r.errors,
-            "closed_loop": r.closed.iter().map(|(c, t, cpu)| json!({"concurrency": c, "req_per_s": t, "ricochet_cpu_ms_per_1000": cpu})).collect::<Vec<_>>(),
+            "closed_loop": r.closed.iter().map(|(c, t, cpu)| json!({"concurrency": c, "req_per_s": t, "cpu_ms_per_1000": cpu})).collect::<Vec<_>>(),
             "open_loop": r.open.iter().map(|o| json!({
                 "rate": o.rate, "achieved": o.achieved, "unanswered": o.unanswered,
                 "p50_ms": o.p50, "p90_ms": o.p90, "p99_ms": o.p99, "p999_ms": o.p999,
-                "ricochet_cpu_ms_per_1000": o.cpu_ms_per_1000, "ricochet_peak_rss_mb": o.peak_rss_mb,
+                "cpu_ms_per_1000": o.cpu_ms_per_1000, "peak_rss_mb": o.peak_rss_mb,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "derived": {
@@ -846,6 +922,16 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
             "concurrency_for_ratios": top,
         },
     })
+}
+
+/// Whose CPU and memory a leg reports.
+fn measured_process(leg: &str) -> Option<&'static str> {
+    match leg {
+        "L0" => Some("HTTP client and load loop"),
+        "L1" => Some("native responder"),
+        "L2" | "K2" => Some("ricochet"),
+        _ => None,
+    }
 }
 
 fn machine() -> Value {
@@ -891,7 +977,7 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
     for rate in &args.rates {
         print!(" {:>24}", format!("{rate}/s p50/p99/p99.9 ms"));
     }
-    println!(" {:>18}", "cpu ms/1k, rss MB");
+    println!(" cpu ms/1k, rss MB (L0: client and load loop; L1: responder; L2, K2: ricochet)");
     for r in results {
         print!("{:<4}", r.leg);
         for (_, t, _) in &r.closed {
