@@ -257,7 +257,10 @@ impl KafkaRoute {
             .set("auto.offset.reset", "earliest")
             // A topic created after ricochet subscribed is picked up within seconds, not
             // librdkafka's default five minutes.
-            .set("topic.metadata.refresh.interval.ms", "10000");
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            // librdkafka prefetches up to 64 MiB by default: a sidecar's memory should not
+            // grow that far when requests arrive faster than the service answers.
+            .set("queued.max.messages.kbytes", "4096");
         if self.delivery == Delivery::ExactlyOnce {
             // Requests produced in transactions count only once committed.
             client.set("isolation.level", "read_committed");
