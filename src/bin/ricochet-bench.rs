@@ -122,7 +122,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let payload = Bytes::from(vec![b'x'; args.payload]);
-    let (upstream, _upstream_process) = start_upstream(&args).await?;
+    let (upstream, upstream_process) = start_upstream(&args).await?;
+    let bench = ("bench", std::process::id());
+    let upstream_pid = ("upstream", upstream_process.pid());
+    let nats = local_process("nats-server").map(|pid| ("nats-server", pid));
     let mut results = Vec::new();
     for leg in &args.legs {
         let leg = leg.trim().to_uppercase();
@@ -131,25 +134,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // The client and the load loop are all this process does in L0.
             "L0" => {
                 let call = l0(&args, upstream, payload.clone());
-                measure(&args, &leg, call, Some(std::process::id())).await
+                let processes = Processes {
+                    measured: Some(("client", bench.1)),
+                    others: vec![upstream_pid],
+                };
+                measure(&args, &leg, call, processes).await
             }
             "L1" => {
                 let (call, responder) = l1(&args, payload.clone()).await?;
-                measure(&args, &leg, call, Some(responder.pid())).await
+                let processes = Processes {
+                    measured: Some(("responder", responder.pid())),
+                    others: [Some(bench), nats].into_iter().flatten().collect(),
+                };
+                measure(&args, &leg, call, processes).await
             }
             "L2" => {
                 let (call, ricochet) = l2(&args, upstream, payload.clone()).await?;
-                measure(&args, &leg, call, Some(ricochet.pid())).await
+                let processes = Processes {
+                    measured: Some(("ricochet", ricochet.pid())),
+                    others: [Some(bench), nats, Some(upstream_pid)]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                };
+                measure(&args, &leg, call, processes).await
             }
             "K1" => {
-                let (args, _broker) = with_fresh_broker(&args).await?;
+                let (args, broker) = with_fresh_broker(&args).await?;
                 let (call, _passthrough) = k1(&args, payload.clone()).await?;
-                measure(&args, &leg, call, None).await
+                let processes = Processes {
+                    measured: None,
+                    others: [Some(bench), broker.pid().map(|pid| ("tansu", pid))]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                };
+                measure(&args, &leg, call, processes).await
             }
             "K2" => {
-                let (args, _broker) = with_fresh_broker(&args).await?;
+                let (args, broker) = with_fresh_broker(&args).await?;
                 let (call, ricochet) = k2(&args, upstream, payload.clone()).await?;
-                measure(&args, &leg, call, Some(ricochet.pid())).await
+                let processes = Processes {
+                    measured: Some(("ricochet", ricochet.pid())),
+                    others: [
+                        Some(bench),
+                        broker.pid().map(|pid| ("tansu", pid)),
+                        Some(upstream_pid),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                };
+                measure(&args, &leg, call, processes).await
             }
             other => bail!("unknown leg {other}: use L0, L1, L2, K1, K2"),
         };
@@ -172,10 +208,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 struct LegResult {
     leg: String,
-    /// (concurrency, requests per second, ricochet CPU ms per 1,000)
-    closed: Vec<(usize, f64, Option<f64>)>,
+    closed: Vec<ClosedResult>,
     open: Vec<OpenResult>,
     errors: u64,
+}
+
+struct ClosedResult {
+    concurrency: usize,
+    req_per_s: f64,
+    /// CPU ms per 1,000 requests of the leg's measured process (ricochet, the responder).
+    cpu_ms_per_1000: Option<f64>,
+    /// CPU ms per 1,000 requests of every process on the path: where the machine's time
+    /// went, so that legs can be compared process by process.
+    by_process: Vec<(&'static str, f64)>,
+}
+
+/// The processes on a leg's path: the measured one (if any) and the others.
+struct Processes {
+    measured: Option<(&'static str, u32)>,
+    others: Vec<(&'static str, u32)>,
+}
+
+impl Processes {
+    fn all(&self) -> Vec<(&'static str, u32)> {
+        self.measured.iter().chain(&self.others).copied().collect()
+    }
+}
+
+/// A local process by its command name (nats-server, tansu), if there is one.
+fn local_process(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
 }
 
 struct OpenResult {
@@ -191,7 +260,8 @@ struct OpenResult {
     peak_rss_mb: Option<f64>,
 }
 
-async fn measure(args: &Args, leg: &str, call: Call, pid: Option<u32>) -> LegResult {
+async fn measure(args: &Args, leg: &str, call: Call, processes: Processes) -> LegResult {
+    let pid = processes.measured.map(|(_, pid)| pid);
     let errors = Arc::new(AtomicU64::new(0));
     // Warm up connections and pools.
     closed_loop(&call, 16, Duration::from_millis(300), &errors).await;
@@ -228,16 +298,29 @@ async fn measure(args: &Args, leg: &str, call: Call, pid: Option<u32>) -> LegRes
     }
     let mut closed = Vec::new();
     for &concurrency in &args.concurrency {
-        let usage = pid.map(Usage::start);
+        let usages: Vec<(&'static str, Usage)> = (processes.all().into_iter())
+            .map(|(name, pid)| (name, Usage::start(pid)))
+            .collect();
         let count = closed_loop(&call, concurrency, args.duration, &errors).await;
         let throughput = count as f64 / args.duration.as_secs_f64();
-        let cpu = usage.and_then(|u| u.finish(count).0);
+        let by_process: Vec<(&'static str, f64)> = (usages.into_iter())
+            .filter_map(|(name, usage)| Some((name, usage.finish(count).0?)))
+            .collect();
+        let cpu = processes
+            .measured
+            .and_then(|(name, _)| by_process.iter().find(|(n, _)| *n == name))
+            .map(|(_, cpu)| *cpu);
         eprintln!(
             "  closed c={concurrency:<4} {throughput:>9.0} req/s{}",
             cpu.map(|c| format!("  cpu {c:.1} ms/1k"))
                 .unwrap_or_default()
         );
-        closed.push((concurrency, throughput, cpu));
+        closed.push(ClosedResult {
+            concurrency,
+            req_per_s: throughput,
+            cpu_ms_per_1000: cpu,
+            by_process,
+        });
     }
     LegResult {
         leg: leg.to_string(),
@@ -390,6 +473,16 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 
 /// A tansu broker of this run, stopped on drop.
 struct Broker(Option<Child>);
+
+impl Broker {
+    /// This run's tansu, else a local one.
+    fn pid(&self) -> Option<u32> {
+        match &self.0 {
+            Some(child) => Some(child.id()),
+            None => local_process("tansu"),
+        }
+    }
+}
 
 impl Drop for Broker {
     fn drop(&mut self) {
@@ -878,7 +971,11 @@ async fn http_status(port: u16, path: &str) -> Option<u16> {
 fn report(args: &Args, results: &[LegResult]) -> Value {
     let leg = |name: &str| results.iter().find(|r| r.leg == name);
     let closed_at = |name: &str, c: usize| {
-        leg(name).and_then(|r| r.closed.iter().find(|x| x.0 == c).map(|x| x.1))
+        leg(name).and_then(|r| {
+            (r.closed.iter())
+                .find(|x| x.concurrency == c)
+                .map(|x| x.req_per_s)
+        })
     };
     let open_at =
         |name: &str, rate: u64| leg(name).and_then(|r| r.open.iter().find(|x| x.rate == rate));
@@ -908,7 +1005,10 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
             "leg": r.leg,
             "measured_process": measured_process(&r.leg),
             "errors": r.errors,
-            "closed_loop": r.closed.iter().map(|(c, t, cpu)| json!({"concurrency": c, "req_per_s": t, "cpu_ms_per_1000": cpu})).collect::<Vec<_>>(),
+            "closed_loop": r.closed.iter().map(|c| json!({
+                "concurrency": c.concurrency, "req_per_s": c.req_per_s, "cpu_ms_per_1000": c.cpu_ms_per_1000,
+                "cpu_ms_per_1000_by_process": c.by_process.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
             "open_loop": r.open.iter().map(|o| json!({
                 "rate": o.rate, "achieved": o.achieved, "unanswered": o.unanswered,
                 "p50_ms": o.p50, "p90_ms": o.p90, "p99_ms": o.p99, "p999_ms": o.p999,
@@ -927,7 +1027,7 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
 /// Whose CPU and memory a leg reports.
 fn measured_process(leg: &str) -> Option<&'static str> {
     match leg {
-        "L0" => Some("HTTP client and load loop"),
+        "L0" => Some("HTTP client and load loop (the bench)"),
         "L1" => Some("native responder"),
         "L2" | "K2" => Some("ricochet"),
         _ => None,
@@ -980,8 +1080,8 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
     println!(" cpu ms/1k, rss MB (L0: client and load loop; L1: responder; L2, K2: ricochet)");
     for r in results {
         print!("{:<4}", r.leg);
-        for (_, t, _) in &r.closed {
-            print!(" {t:>11.0}");
+        for c in &r.closed {
+            print!(" {:>11.0}", c.req_per_s);
         }
         for o in &r.open {
             print!(
@@ -989,22 +1089,32 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
                 format!("{:.2}/{:.2}/{:.2}", o.p50, o.p99, o.p999)
             );
         }
-        let usage: Vec<String> = r
-            .open
-            .iter()
-            .filter_map(|o| {
-                Some(format!(
-                    "{}/s: {:.1}, {:.1}",
-                    o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
-                ))
-            })
-            .chain(
-                r.closed
-                    .iter()
-                    .filter_map(|(c, _, cpu)| Some(format!("c={c}: {:.1}", (*cpu)?))),
-            )
-            .collect();
+        let usage: Vec<String> =
+            r.open
+                .iter()
+                .filter_map(|o| {
+                    Some(format!(
+                        "{}/s: {:.1}, {:.1}",
+                        o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
+                    ))
+                })
+                .chain(r.closed.iter().filter_map(|c| {
+                    Some(format!("c={}: {:.1}", c.concurrency, c.cpu_ms_per_1000?))
+                }))
+                .collect();
         println!(" {}", usage.join("; "));
+    }
+    let top = args.concurrency.iter().copied().max().unwrap_or(128);
+    println!();
+    println!("CPU ms per 1,000 requests by process at c={top} (where the machine's time went):");
+    for r in results {
+        if let Some(c) = r.closed.iter().find(|c| c.concurrency == top) {
+            let parts: Vec<String> = (c.by_process.iter())
+                .map(|(name, cpu)| format!("{name} {cpu:.1}"))
+                .collect();
+            let total: f64 = c.by_process.iter().map(|(_, cpu)| cpu).sum();
+            println!("{:<4} {} = {total:.1}", r.leg, parts.join(" + "));
+        }
     }
     let derived = &report["derived"];
     println!();
