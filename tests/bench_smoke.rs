@@ -57,3 +57,25 @@ fn every_leg_answers_every_request_correctly() {
     assert!(report["derived"]["kafka_ratio"].as_f64().is_some());
     assert!(stdout.contains("efficiency"), "{stdout}");
 }
+
+#[test]
+fn callgrind_counts_ricochets_instructions_per_request() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
+        .args(["--callgrind", "--rates", "20", "--duration", "1s"])
+        .arg("--ricochet")
+        .arg(env!("CARGO_BIN_EXE_ricochet"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    // "ricochet under callgrind: 20 requests at 20/s, 58413 instructions per request ..."
+    let per_request: u64 = stdout
+        .split("20 requests at 20/s, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count for 20 requests in:\n{stdout}"));
+    // A request takes tens of thousands of instructions; zero would mean nothing was counted.
+    assert!(per_request > 1_000, "{stdout}");
+}

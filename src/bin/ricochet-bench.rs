@@ -85,6 +85,12 @@ struct Args {
     /// HTTP connection pool size for L0 and ricochet.
     #[arg(long, default_value_t = 128)]
     pool: usize,
+    /// Instead of the legs: count the instructions ricochet executes per request (user
+    /// space, all threads) with valgrind's callgrind, over an open loop at the first of
+    /// `--rates` for `--duration`. Unlike times, instruction counts repeat exactly on a busy
+    /// machine: the figure to compare before and after a change.
+    #[arg(long)]
+    callgrind: bool,
     /// Internal: run as L1's native responder on this subject (a child process of the
     /// bench, so that its CPU and memory are measured like ricochet's).
     #[arg(long, hide = true)]
@@ -126,6 +132,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bench = ("bench", std::process::id());
     let upstream_pid = ("upstream", upstream_process.pid());
     let nats = local_process("nats-server").map(|pid| ("nats-server", pid));
+    if args.callgrind {
+        return count_instructions(&args, upstream, payload).await;
+    }
     let mut results = Vec::new();
     for leg in &args.legs {
         let leg = leg.trim().to_uppercase();
@@ -677,6 +686,15 @@ impl Drop for ChildProcess {
 }
 
 async fn start_ricochet(args: &Args, routes: &str) -> anyhow::Result<ChildProcess> {
+    start_ricochet_with(args, routes, &[]).await
+}
+
+/// ricochet, started by `launcher` (e.g. valgrind and its options) when not empty.
+async fn start_ricochet_with(
+    args: &Args,
+    routes: &str,
+    launcher: &[String],
+) -> anyhow::Result<ChildProcess> {
     let binary = match &args.ricochet {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("ricochet"),
@@ -698,7 +716,15 @@ async fn start_ricochet(args: &Args, routes: &str) -> anyhow::Result<ChildProces
                 .unwrap_or_default()
         ),
     )?;
-    let child = Command::new(&binary)
+    let mut command = match launcher.split_first() {
+        Some((program, options)) => {
+            let mut command = Command::new(program);
+            command.args(options).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -737,6 +763,73 @@ async fn l2(
     );
     let ricochet = start_ricochet(args, &routes).await?;
     Ok((nats_call(args, subject, payload).await?, ricochet))
+}
+
+/// `--callgrind`: ricochet under callgrind; counters are zeroed after the warm-up and
+/// dumped after an open loop, so the dump holds exactly that loop's requests.
+async fn count_instructions(
+    args: &Args,
+    upstream: SocketAddr,
+    payload: Bytes,
+) -> anyhow::Result<()> {
+    let rate = args.rates.first().copied().unwrap_or(100);
+    let dir = std::env::temp_dir().join(format!("ricochet-callgrind-{}", unique()));
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("callgrind.out");
+    let launcher = [
+        "valgrind".to_string(),
+        "--tool=callgrind".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+        "--log-file=/dev/null".to_string(),
+    ];
+    let subject = format!("bench.callgrind.{}", unique());
+    let routes = format!(
+        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
+        upstream_section(args, upstream)
+    );
+    let ricochet = start_ricochet_with(args, &routes, &launcher)
+        .await
+        .context("ricochet under valgrind (is valgrind installed?)")?;
+    let call = nats_call(args, subject, payload).await?;
+    let errors = Arc::new(AtomicU64::new(0));
+    closed_loop(&call, 4, Duration::from_millis(500), &errors).await;
+    callgrind_control("--zero", ricochet.pid())?;
+    let unanswered = Arc::new(AtomicU64::new(0));
+    let (_, _, count) = open_loop(&call, rate, args.duration, &errors, &unanswered).await;
+    callgrind_control("--dump", ricochet.pid())?;
+    drop(ricochet);
+    let dump =
+        std::fs::read_to_string(dir.join("callgrind.out.1")).context("callgrind wrote no dump")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let total: u64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("totals:"))
+        .and_then(|t| t.trim().parse().ok())
+        .context("no totals in the callgrind dump")?;
+    let failed = errors.load(Ordering::SeqCst) + unanswered.load(Ordering::SeqCst);
+    if failed > 0 || count == 0 {
+        bail!("{failed} requests failed under callgrind");
+    }
+    println!(
+        "ricochet under callgrind: {count} requests at {rate}/s, {} instructions per request (user space, all threads)",
+        total / count
+    );
+    Ok(())
+}
+
+fn callgrind_control(action: &str, pid: u32) -> anyhow::Result<()> {
+    let output = Command::new("callgrind_control")
+        .arg(action)
+        .arg(pid.to_string())
+        .output()
+        .context("callgrind_control")?;
+    if !output.status.success() {
+        bail!(
+            "callgrind_control {action} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Kafka requester: produces requests with a correlation id and waits for the reply with
