@@ -83,9 +83,16 @@ impl PathTemplate {
         Ok(Self { parts })
     }
 
-    /// Fills the template with `values` (in capture-name order), refusing hostile tokens.
-    pub fn render(&self, values: &[&str]) -> Result<String, MapError> {
+    #[cfg(test)]
+    fn render(&self, values: &[&str]) -> Result<String, MapError> {
         let mut out = String::new();
+        self.render_into(values, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the path filled with `values` (in capture-name order) to `out`, refusing
+    /// hostile tokens.
+    pub fn render_into(&self, values: &[&str], out: &mut String) -> Result<(), MapError> {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
@@ -96,7 +103,7 @@ impl PathTemplate {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

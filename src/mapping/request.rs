@@ -66,11 +66,12 @@ impl RequestMapping {
     }
 
     pub fn build(&self, inbound: &Inbound, captures: &[&str]) -> Result<Request<Bytes>, MapError> {
-        let path = self.template.render(captures)?;
+        let mut path = self.base_path.clone();
+        self.template.render_into(captures, &mut path)?;
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.base_path, path))
+            .path_and_query(path)
             .build()
             .map_err(|_| MapError::Uri)?;
         let mut headers = headers::to_http(&inbound.headers, &self.headers)?;

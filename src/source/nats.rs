@@ -169,14 +169,15 @@ fn to_inbound(message: async_nats::Message) -> Inbound {
                 .flat_map(|(name, values)| {
                     values
                         .iter()
-                        .map(move |value| (name.to_string(), value.as_str().to_string()))
+                        .map(move |value| (name.to_string(), value.as_str().to_owned()))
                 })
                 .collect()
         })
         .unwrap_or_default();
     Inbound {
-        subject: message.subject.to_string(),
-        reply: message.reply.map(|r| r.to_string()),
+        // as_str, not to_string: no formatting machinery per message.
+        subject: message.subject.as_str().to_owned(),
+        reply: message.reply.map(|r| r.as_str().to_owned()),
         headers,
         payload: message.payload,
         received: Instant::now(),
