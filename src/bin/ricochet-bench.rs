@@ -284,6 +284,9 @@ async fn measure(args: &Args, leg: &str, call: Call, processes: Processes) -> Le
             open_loop(&call, rate, args.duration, &errors, &unanswered).await;
         let unanswered = unanswered.load(Ordering::SeqCst);
         let (cpu, rss) = usage.map(|u| u.finish(count)).unwrap_or((None, None));
+        if unanswered > 0 {
+            drain(&call).await;
+        }
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         eprintln!(
             "  open {rate:>5}/s: achieved {achieved:>8.0}/s{}  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms{}",
@@ -337,6 +340,20 @@ async fn measure(args: &Args, leg: &str, call: Call, processes: Processes) -> Le
         open,
         errors: errors.load(Ordering::SeqCst),
     }
+}
+
+/// After a rate that was not sustained, the requests still queued (in the broker, in
+/// ricochet) would compete with the next measurement: wait until a request is answered
+/// within a second again (at most two minutes).
+async fn drain(call: &Call) {
+    eprintln!("  draining the backlog of the rate not sustained");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), call()).await {
+            return;
+        }
+    }
+    eprintln!("  the backlog did not drain in two minutes");
 }
 
 /// `concurrency` workers calling back to back for `duration`; returns the successes.
