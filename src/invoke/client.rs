@@ -71,12 +71,16 @@ impl Upstream {
         // Validation checked the URL: http, with a host.
         let uri: Uri = config.base_url.parse().unwrap_or_default();
         let host = uri.host().unwrap_or("localhost");
+        // Host and port only: credentials in the URL never reach the service.
+        let host_header = match uri.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
         let port = uri.port_u16().unwrap_or(80);
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
         Self {
             pool: Arc::new(Pool {
                 address: format!("{host}:{port}"),
-                host: HeaderValue::from_str(authority)
+                host: HeaderValue::from_str(&host_header)
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 connect_timeout: config.connect_timeout,
                 idle_timeout: config.pool_idle_timeout,
@@ -389,6 +393,44 @@ mod tests {
             service.ended.load(Ordering::SeqCst) == accepted - 1
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn the_service_sees_origin_form_and_host_without_credentials() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                head.extend_from_slice(&chunk[..n]);
+            }
+            let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+            stream.write_all(answer).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let text = format!(
+            "[upstream]\nbase_url = \"http://user:secret@127.0.0.1:{port}/api\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n"
+        );
+        let config = crate::config::load_str(&text, Vec::new()).unwrap();
+        let upstream = Upstream::new(&config.upstream);
+        let request = Request::get(format!("http://127.0.0.1:{port}/api/x?y=1"))
+            .body(Bytes::new())
+            .unwrap();
+        let response = upstream
+            .call(request, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(response.status, StatusCode::NO_CONTENT);
+        let head = seen.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /api/x?y=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{head}"
+        );
+        assert!(!head.contains("secret"), "{head}");
     }
 
     #[tokio::test]
