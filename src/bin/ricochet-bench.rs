@@ -560,17 +560,8 @@ async fn with_fresh_broker(args: &Args) -> anyhow::Result<(Args, Broker)> {
 
 /// The upstream as a child process; returns its address.
 async fn start_upstream(args: &Args) -> anyhow::Result<(SocketAddr, ChildProcess)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--serve-upstream")
-        .arg("--delay")
-        .arg(humantime::format_duration(args.delay).to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the upstream")?;
-    let stdout = child.stdout.take().context("upstream stdout")?;
-    let process = ChildProcess { child, dir: None };
-    let line = first_line(stdout).await?;
+    let delay = humantime::format_duration(args.delay).to_string();
+    let (process, line) = start_role(&["--serve-upstream", "--delay", &delay]).await?;
     let addr = line
         .trim()
         .parse()
@@ -607,13 +598,23 @@ async fn serve_upstream(delay: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// The first line a child process prints (its address, or that it is ready).
-async fn first_line(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
-    Ok(tokio::task::spawn_blocking(move || {
+/// This binary in another role (upstream, responder) as a child process, and the first
+/// line it prints (its address, or that it is ready).
+async fn start_role(role: &[&str]) -> anyhow::Result<(ChildProcess, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {role:?}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let process = ChildProcess { child, dir: None };
+    let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
     })
-    .await??)
+    .await??;
+    Ok((process, line))
 }
 
 // ---------- legs ----------
@@ -639,16 +640,10 @@ fn l0(args: &Args, upstream: SocketAddr, payload: Bytes) -> Call {
 /// The native NATS responder, as a child process; returns the call and the process.
 async fn l1(args: &Args, payload: Bytes) -> anyhow::Result<(Call, ChildProcess)> {
     let subject = format!("bench.l1.{}", unique());
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["--respond", &subject, "--nats-url", &args.nats_url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the responder")?;
-    let stdout = child.stdout.take().context("responder stdout")?;
-    let responder = ChildProcess { child, dir: None };
+    let (responder, line) =
+        start_role(&["--respond", &subject, "--nats-url", &args.nats_url]).await?;
     // It prints a line once its subscription is confirmed by the server.
-    if first_line(stdout).await?.trim() != "ready" {
+    if line.trim() != "ready" {
         bail!("the responder did not start");
     }
     Ok((nats_call(args, subject, payload).await?, responder))
