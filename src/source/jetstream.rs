@@ -490,19 +490,7 @@ impl JetStreamRoute {
     }
 
     fn inbound(&self, message: &jetstream::Message, meta: &Meta) -> Inbound {
-        let mut headers: Vec<(String, String)> = message
-            .headers
-            .as_ref()
-            .map(|map| {
-                map.iter()
-                    .flat_map(|(name, values)| {
-                        values
-                            .iter()
-                            .map(move |v| (name.to_string(), v.as_str().to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut headers = super::nats::headers(message.headers.as_ref());
         let header = |name: &str| {
             headers
                 .iter()

@@ -161,19 +161,23 @@ async fn drain(subscriber: &mut Subscriber) {
     }
 }
 
-fn to_inbound(message: async_nats::Message) -> Inbound {
-    let headers = message
-        .headers
-        .map(|map| {
-            map.iter()
-                .flat_map(|(name, values)| {
-                    values
-                        .iter()
-                        .map(move |value| (name.to_string(), value.as_str().to_owned()))
-                })
-                .collect()
+/// NATS message headers in the [`Inbound`] form: every value of every name, in order.
+pub fn headers(map: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {
+    let Some(map) = map else {
+        return Vec::new();
+    };
+    map.iter()
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(move |value| (name.to_owned(), value.as_str().to_owned()))
         })
-        .unwrap_or_default();
+        .collect()
+}
+
+fn to_inbound(message: async_nats::Message) -> Inbound {
+    let headers = headers(message.headers.as_ref());
     Inbound {
         // as_str, not to_string: no formatting machinery per message.
         subject: message.subject.as_str().to_owned(),
