@@ -625,3 +625,49 @@ async fn a_deleted_consumer_makes_ricochet_unready_until_it_is_bound_again() {
     assert_eq!(next(&mut sub).await.payload.as_ref(), b"after");
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn a_reply_its_stream_refuses_leaves_the_request_unacknowledged() {
+    // Replies go to one subject per request, captured by a wildcard stream that holds one
+    // message and refuses more: the second reply is not stored, so its request must be
+    // redelivered, not acknowledged as if it had been answered.
+    let stream = TestStream::create("jsfull").await;
+    let out = format!("{}_OUT", stream.name);
+    stream
+        .js
+        .create_stream(stream::Config {
+            name: out.clone(),
+            subjects: vec![format!("{}.out.>", stream.prefix)],
+            storage: stream::StorageType::Memory,
+            max_messages: 1,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let upstream = Upstream::echo().await;
+    let _ricochet = stream.ricochet(&upstream, "", "").await;
+    for id in ["1", "2"] {
+        let reply_to = format!("{}.out.{id}", stream.prefix);
+        stream
+            .publish(id, request_headers(&reply_to, id), b"{}")
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = stream.consumer("ricochet-test").await;
+        if info.num_redelivered > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never redelivered: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out_stream = stream.js.get_stream(&out).await.unwrap();
+    assert_eq!(out_stream.info().await.unwrap().state.messages, 1);
+    assert!(
+        upstream.calls() > 2,
+        "the refused reply's request was called again"
+    );
+    let _ = stream.js.delete_stream(&out).await;
+    stream.delete().await;
+}

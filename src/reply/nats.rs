@@ -10,19 +10,19 @@
 //! A reply larger than the server's `max_payload` is replaced by a 502 error reply, so the
 //! caller learns why instead of timing out; that counts as the reply (the request is settled).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind as JsPublishErrorKind};
 use async_nats::{Client, HeaderMap, PublishErrorKind};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use tokio::time::Instant;
 
 use tracing::warn;
 
 use crate::mapping::reply::ATTEMPTS_HEADER;
 use crate::mapping::{ErrorKind, Reply};
+use crate::route::Pattern;
 
 #[derive(Debug, thiserror::Error)]
 #[error("could not publish to {subject}: {reason}")]
@@ -45,16 +45,16 @@ impl PublishError {
     }
 }
 
-/// How long an answer to "does a stream capture this subject?" is trusted.
+/// How long the list of subjects that streams capture is trusted.
 const CAPTURE_TTL: Duration = Duration::from_secs(10);
-/// Reply subjects can be many (one per caller); the cache starts over beyond this.
-const CAPTURE_CACHE_MAX: usize = 10_000;
 
 #[derive(Debug)]
 pub struct NatsReplier {
     client: Client,
     jetstream: jetstream::Context,
-    captured: Mutex<HashMap<String, (bool, Instant)>>,
+    /// The subject filters of every stream, and when they were listed. Reply subjects are
+    /// often one per caller, so they are matched here rather than asked about one by one.
+    streams: tokio::sync::Mutex<Option<(Vec<Pattern>, Instant)>>,
 }
 
 impl NatsReplier {
@@ -62,7 +62,7 @@ impl NatsReplier {
         Self {
             jetstream: jetstream::new(client.clone()),
             client,
-            captured: Mutex::new(HashMap::new()),
+            streams: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -154,36 +154,33 @@ impl NatsReplier {
         Ok(())
     }
 
-    /// Whether a stream captures `subject`, cached for a few seconds.
+    /// Whether a stream captures `subject`, from the streams' subject filters (listed again
+    /// when older than [`CAPTURE_TTL`]).
     async fn is_captured(&self, subject: &str) -> Result<bool, SendError> {
-        let now = Instant::now();
-        if let Some((captured, at)) = self.lock().get(subject) {
-            if now.duration_since(*at) < CAPTURE_TTL {
-                return Ok(*captured);
-            }
+        let mut streams = self.streams.lock().await;
+        let fresh = matches!(&*streams, Some((_, at)) if at.elapsed() < CAPTURE_TTL);
+        if !fresh {
+            *streams = Some((self.stream_subjects().await?, Instant::now()));
         }
-        let captured = match self.jetstream.stream_by_subject(subject).await {
-            Ok(_) => true,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamByNameErrorKind::NotFound
-                ) =>
-            {
-                false
-            }
-            Err(e) => {
-                return Err(SendError::Other(format!(
-                    "cannot ask which stream captures it: {e}"
-                )))
-            }
+        let filters = streams
+            .as_ref()
+            .map(|(f, _)| f.as_slice())
+            .unwrap_or_default();
+        Ok(filters.iter().any(|f| f.matches(subject).is_some()))
+    }
+
+    async fn stream_subjects(&self) -> Result<Vec<Pattern>, SendError> {
+        let listing = |e: &dyn std::fmt::Display| {
+            SendError::Other(format!("cannot list the streams' subjects: {e}"))
         };
-        let mut cache = self.lock();
-        if cache.len() >= CAPTURE_CACHE_MAX {
-            cache.clear();
+        let mut filters = Vec::new();
+        let mut streams = self.jetstream.streams();
+        while let Some(info) = streams.try_next().await.map_err(|e| listing(&e))? {
+            filters.extend(
+                (info.config.subjects.iter()).filter_map(|subject| Pattern::parse(subject).ok()),
+            );
         }
-        cache.insert(subject.to_string(), (captured, now));
-        Ok(captured)
+        Ok(filters)
     }
 
     /// The 502 sent instead of a reply the server would refuse.
@@ -196,10 +193,6 @@ impl NatsReplier {
         warn!("{detail}; a 502 error reply was sent instead");
         let attempts = reply.header(ATTEMPTS_HEADER).unwrap_or("1").to_string();
         Reply::error(ErrorKind::UpstreamUnavailable, &detail).with_header(ATTEMPTS_HEADER, attempts)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
-        self.captured.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
