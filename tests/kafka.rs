@@ -424,6 +424,17 @@ async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
 
 #[tokio::test]
 async fn sigterm_drains_commits_and_exits_zero() {
+    sigterm_drains_and_commits("").await;
+}
+
+/// Kafka routes keep the multi-thread runtime even with one worker: the synchronous commit
+/// at shutdown hands that worker over (`block_in_place`), which must not stall or panic.
+#[tokio::test]
+async fn sigterm_drains_commits_and_exits_zero_with_one_worker_thread() {
+    sigterm_drains_and_commits("\n[runtime]\nworker_threads = 1\n").await;
+}
+
+async fn sigterm_drains_and_commits(runtime: &str) {
     let requests = kafka::topic("kterm", 1).await;
     let replies = kafka::topic("ktermrep", 1).await;
     let upstream = Upstream::start(|_| async {
@@ -439,7 +450,7 @@ async fn sigterm_drains_commits_and_exits_zero() {
         "",
         &format!("reply_topic = \"{replies}\"\ngroup_id = \"{group}\"\nordering = \"unordered\""),
     );
-    let toml = config(&upstream.base_url(), admin, &routes);
+    let toml = config(&upstream.base_url(), admin, &routes) + runtime;
     let mut ricochet = Ricochet::start(&toml, admin).await;
     wait_assigned(&ricochet, "term").await;
     let producer = kafka::producer();
