@@ -489,12 +489,17 @@ async fn a_crash_mid_run_loses_no_request() {
     let toml = config(&upstream.base_url(), admin, &routes);
     let mut first = Ricochet::start(&toml, admin).await;
 
+    // Paced, so that publishing goes on while ricochet is killed and restarted.
+    let published = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let js = stream.js.clone();
         let prefix = stream.prefix.clone();
         let replies = replies.clone();
+        let published = published.clone();
         tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(1));
             for i in 0..TOTAL {
+                pace.tick().await;
                 let ack = js
                     .publish_with_headers(
                         format!("{prefix}.req.{i}"),
@@ -504,6 +509,7 @@ async fn a_crash_mid_run_loses_no_request() {
                     .await
                     .unwrap();
                 ack.await.unwrap();
+                published.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
@@ -517,8 +523,15 @@ async fn a_crash_mid_run_loses_no_request() {
         total += 1;
     }
     first.signal("-KILL");
+    let published_at_kill = published.load(Ordering::SeqCst);
+    let unanswered_at_kill = TOTAL - answered.len();
     first.wait_exit(Duration::from_secs(10)).await;
     drop(first);
+    println!("crash test: at the kill {published_at_kill} of {TOTAL} published, {unanswered_at_kill} unanswered");
+    assert!(
+        published_at_kill < TOTAL && unanswered_at_kill >= TOTAL / 3,
+        "a real share of the requests is in flight or not yet taken at the kill"
+    );
     let _second = Ricochet::start(&toml, admin).await;
     publisher.await.unwrap();
 
@@ -669,5 +682,289 @@ async fn a_reply_its_stream_refuses_leaves_the_request_unacknowledged() {
         "the refused reply's request was called again"
     );
     let _ = stream.js.delete_stream(&out).await;
+    stream.delete().await;
+}
+
+/// Three routes on one stream, each with its own durable consumer and path.
+fn routes_on_one_stream(stream: &TestStream, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                r#"
+[[routes]]
+name = "{name}"
+source = "jetstream"
+subject = "{prefix}.req.{name}.{{id}}"
+method = "POST"
+path = "/{name}/{{id}}"
+dead_letter = "{prefix}.dlq"
+
+[routes.jetstream]
+stream = "{stream}"
+durable = "ricochet-{name}"
+ack_wait = "2s"
+redelivery_backoff = ["100ms"]
+"#,
+                prefix = stream.prefix,
+                stream = stream.name
+            )
+        })
+        .collect()
+}
+
+async fn server_version() -> (String, bool) {
+    let version = nats().await.server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let multi_filter = (major, minor) >= (2, 10);
+    (version, multi_filter)
+}
+
+#[tokio::test]
+async fn routes_sharing_a_stream_each_answer_only_their_own_subjects() {
+    const PER_ROUTE: usize = 100;
+    let names = ["a", "b", "c"];
+    let stream = TestStream::create("jsshared").await;
+    let upstream = Upstream::echo().await;
+    let (replies, mut sub) = stream.replies().await;
+    let mut dlq = nats()
+        .await
+        .subscribe(format!("{}.dlq", stream.prefix))
+        .await
+        .unwrap();
+    let admin = free_port();
+    let ricochet = Ricochet::start(
+        &config(
+            &upstream.base_url(),
+            admin,
+            &routes_on_one_stream(&stream, &names),
+        ),
+        admin,
+    )
+    .await;
+
+    for name in names {
+        let info = stream.consumer(&format!("ricochet-{name}")).await;
+        let filter = format!("{}.req.{name}.*", stream.prefix);
+        let kept = [info.config.filter_subject.clone()]
+            .into_iter()
+            .chain(info.config.filter_subjects.clone())
+            .filter(|f| !f.is_empty())
+            .collect::<Vec<_>>();
+        assert_eq!(kept, [filter], "the server kept route {name}'s filter");
+    }
+    for i in 0..PER_ROUTE {
+        for name in names {
+            let id = format!("{name}.{i}");
+            stream
+                .publish(&id, request_headers(&replies, &id), b"{}")
+                .await;
+        }
+    }
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    for _ in 0..PER_ROUTE * names.len() {
+        let reply = next(&mut sub).await;
+        let id = header(&reply, "correlation-id").unwrap();
+        assert_eq!(
+            header(&reply, "Ricochet-Status").as_deref(),
+            Some("200"),
+            "{id}"
+        );
+        // The route that answered called its own path with the request's id.
+        let (name, n) = id.split_once('.').unwrap();
+        assert_eq!(
+            header(&reply, "x-echo-path").as_deref(),
+            Some(format!("/{name}/{n}").as_str()),
+            "{id} answered by its own route"
+        );
+        *answered.entry(id).or_default() += 1;
+    }
+    nothing_more(&mut sub, Duration::from_millis(1500)).await;
+    nothing_more(&mut dlq, Duration::from_millis(10)).await;
+    assert_eq!(answered.len(), PER_ROUTE * names.len());
+    assert!(answered.values().all(|&n| n == 1), "each answered once");
+    assert_eq!(
+        upstream.calls(),
+        PER_ROUTE * names.len(),
+        "each called once"
+    );
+    let metrics = ricochet.metrics().await;
+    assert_eq!(metric(&metrics, "ricochet_dead_letters_total", &[]), 0.0);
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"term\""]),
+        0.0
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn several_filter_subjects_work_on_2_10_and_are_refused_by_name_on_older_servers() {
+    let (version, multi_filter) = server_version().await;
+    let stream = TestStream::create("jsmulti").await;
+    let upstream = Upstream::echo().await;
+    let (replies, mut sub) = stream.replies().await;
+    let filters = format!(
+        "filter_subjects = [\"{p}.req.x.*\", \"{p}.req.y.*\"]",
+        p = stream.prefix
+    );
+    let routes = stream
+        .route("", &filters)
+        .replace(".req.{id}\"", ".req.*.{id}\"");
+    let admin = free_port();
+    let ricochet = Ricochet::spawn(&config(&upstream.base_url(), admin, &routes), admin);
+    if multi_filter {
+        ricochet.wait_ready().await;
+        for (id, kind) in [("1", "x"), ("2", "y"), ("3", "z")] {
+            stream
+                .publish(
+                    &format!("{kind}.{id}"),
+                    request_headers(&replies, id),
+                    b"{}",
+                )
+                .await;
+        }
+        let mut got: Vec<String> = Vec::new();
+        for _ in 0..2 {
+            got.push(header(&next(&mut sub).await, "correlation-id").unwrap());
+        }
+        got.sort();
+        assert_eq!(got, ["1", "2"], "x and y answered");
+        nothing_more(&mut sub, Duration::from_millis(1000)).await;
+        assert_eq!(upstream.calls(), 2, "z is not the consumer's subject");
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ricochet
+            .logs()
+            .contains("several filter subjects need nats-server 2.10")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no refusal logged:\n{}",
+                ricochet.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let logs = ricochet.logs();
+        assert!(
+            logs.contains(&version),
+            "the log names the server's version:\n{logs}"
+        );
+        assert_eq!(ricochet.admin_get("/readyz").await.unwrap().0, 503);
+        let js_stream = stream.js.get_stream(&stream.name).await.unwrap();
+        assert!(
+            js_stream.consumer_info("ricochet-test").await.is_err(),
+            "no consumer that would take every subject was created"
+        );
+    }
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_server_error_is_redelivered_and_dead_lettered_with_its_status_after_max_deliver() {
+    let stream = TestStream::create("js500").await;
+    let upstream = Upstream::start(|_| async { respond(500, "broken") }).await;
+    let (replies, mut sub) = stream.replies().await;
+    let mut dlq = nats()
+        .await
+        .subscribe(format!("{}.dlq", stream.prefix))
+        .await
+        .unwrap();
+    let _ricochet = stream
+        .ricochet(
+            &upstream,
+            "[routes.retry]\nmax_attempts = 1\n",
+            "max_deliver = 3",
+        )
+        .await;
+    stream
+        .publish("1", request_headers(&replies, "c-1"), b"{}")
+        .await;
+    let letter = next(&mut dlq).await;
+    assert_eq!(
+        header(&letter, "Ricochet-Last-Status").as_deref(),
+        Some("500")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Delivery-Count").as_deref(),
+        Some("3")
+    );
+    let reply = next(&mut sub).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("500"));
+    assert_eq!(
+        reply.payload.as_ref(),
+        b"broken",
+        "the service's last answer"
+    );
+    nothing_more(&mut sub, Duration::from_millis(500)).await;
+    assert_eq!(upstream.calls(), 3, "one call per delivery");
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn an_existing_durable_with_other_settings_is_brought_to_the_routes_or_refused() {
+    // What an earlier ricochet left on a 2.9 server: a durable with no filter at all, other
+    // ack settings and a delivery limit. A current server updates it in place; 2.9 would
+    // accept a new filter and then skip messages, so ricochet refuses it there.
+    let (_, current) = server_version().await;
+    let stream = TestStream::create("jsold").await;
+    let js_stream = stream.js.get_stream(&stream.name).await.unwrap();
+    js_stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("ricochet-test".into()),
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let upstream = Upstream::echo().await;
+    let (replies, mut sub) = stream.replies().await;
+    let admin = free_port();
+    let ricochet = Ricochet::spawn(
+        &config(&upstream.base_url(), admin, &stream.route("", "")),
+        admin,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if matches!(ricochet.admin_get("/readyz").await, Ok((200, _))) {
+            // Updated in place: the server now holds the route's settings.
+            let info = stream.consumer("ricochet-test").await;
+            assert_eq!(
+                info.config.filter_subject,
+                format!("{}.req.*", stream.prefix)
+            );
+            assert_eq!(info.config.ack_wait, Duration::from_secs(2));
+            assert_eq!(info.config.max_deliver, -1);
+            stream
+                .publish("1", request_headers(&replies, "c-1"), b"{}")
+                .await;
+            assert_eq!(
+                header(&next(&mut sub).await, "correlation-id").as_deref(),
+                Some("c-1")
+            );
+            break;
+        }
+        let logs = ricochet.logs();
+        if logs.contains("not consuming (readiness stays 503)") {
+            // Refused: the reason is logged and nothing is consumed.
+            stream
+                .publish("1", request_headers(&replies, "c-1"), b"{}")
+                .await;
+            nothing_more(&mut sub, Duration::from_millis(500)).await;
+            assert_eq!(upstream.calls(), 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither bound nor refused:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream.calls() > 0,
+        current,
+        "updated on 2.10+, refused on 2.9"
+    );
     stream.delete().await;
 }

@@ -270,11 +270,16 @@ async fn a_killed_instance_loses_no_request() {
     wait_assigned(&first, "kill").await;
     let reader = kafka::consumer(&replies);
 
+    // Paced, so that producing goes on while ricochet is killed and restarted.
+    let produced = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let requests = requests.clone();
+        let produced = produced.clone();
         tokio::spawn(async move {
             let producer = kafka::producer();
+            let mut pace = tokio::time::interval(Duration::from_millis(1));
             for i in 0..TOTAL {
+                pace.tick().await;
                 produce(
                     &producer,
                     &requests,
@@ -283,6 +288,7 @@ async fn a_killed_instance_loses_no_request() {
                     b"x",
                 )
                 .await;
+                produced.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
@@ -294,8 +300,15 @@ async fn a_killed_instance_loses_no_request() {
             .or_default() += 1;
     }
     first.signal("-KILL");
+    let produced_at_kill = produced.load(Ordering::SeqCst);
+    let unanswered_at_kill = TOTAL - answered.len();
     first.wait_exit(Duration::from_secs(10)).await;
     drop(first);
+    println!("kafka kill test: at the kill {produced_at_kill} of {TOTAL} produced, {unanswered_at_kill} unanswered");
+    assert!(
+        produced_at_kill < TOTAL && unanswered_at_kill >= TOTAL / 3,
+        "a real share of the requests is in flight or not yet taken at the kill"
+    );
     let _second = Ricochet::start(&toml, admin).await;
     publisher.await.unwrap();
     while answered.len() < TOTAL {

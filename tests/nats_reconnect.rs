@@ -12,12 +12,12 @@ struct NatsServer(Child);
 
 impl NatsServer {
     fn start(port: u16) -> Self {
-        let child = Command::new("/usr/sbin/nats-server")
+        let child = Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server is installed at /usr/sbin/nats-server");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_bin()));
         Self(child)
     }
 

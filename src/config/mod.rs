@@ -389,8 +389,9 @@ pub struct RetryConfig {
     #[serde(default = "defaults::jitter")]
     pub jitter: f64,
     /// Statuses and conditions (`connect-failure`, `reset`, `timeout`) worth retrying.
-    #[serde(default = "defaults::retry_on")]
-    pub retry_on: Vec<RetryOn>,
+    /// Unset: the source's default ([`RouteConfig::retry_on`]).
+    #[serde(default)]
+    pub retry_on: Option<Vec<RetryOn>>,
     /// Retry POST, PATCH and other non-idempotent methods even without `Idempotency-Key`.
     #[serde(default)]
     pub retry_non_idempotent: bool,
@@ -504,7 +505,7 @@ impl Default for RetryConfig {
             max_interval: defaults::max_interval(),
             multiplier: defaults::multiplier(),
             jitter: defaults::jitter(),
-            retry_on: defaults::retry_on(),
+            retry_on: None,
             retry_non_idempotent: false,
             budget_ratio: defaults::budget_ratio(),
             budget_window: defaults::budget_window(),
@@ -578,7 +579,20 @@ impl Default for LogConfig {
     }
 }
 
+impl SourceKind {
+    /// Durable sources keep a message until it is settled, so they can redeliver it later.
+    pub fn is_durable(self) -> bool {
+        self != SourceKind::Nats
+    }
+}
+
 impl RouteConfig {
+    /// What this route retries: `retry.retry_on`, else the default of its source.
+    pub fn retry_on(&self) -> Vec<RetryOn> {
+        (self.retry.retry_on.clone())
+            .unwrap_or_else(|| defaults::retry_on(self.source.is_durable()))
+    }
+
     /// The per-attempt HTTP timeout of this route.
     pub fn timeout_or(&self, upstream: &UpstreamConfig) -> Duration {
         self.timeout.unwrap_or(upstream.request_timeout)
@@ -660,8 +674,22 @@ pub mod defaults {
     pub fn jitter() -> f64 {
         0.2
     }
-    pub fn retry_on() -> Vec<RetryOn> {
-        let mut list: Vec<RetryOn> = [408, 429, 502, 503, 504].map(RetryOn::Status).to_vec();
+    /// Core NATS: a caller waits, so only what is likely to pass on a quick second try.
+    /// Durable sources: also every other 5xx but 501 (Not Implemented) and 505 (HTTP
+    /// Version Not Supported), which no later attempt changes. A 500 is often a passing
+    /// fault (a restart, a lost database connection); a durable source can afford to try
+    /// again later instead of turning it into a final answer, as Dapr, Knative and Envoy's
+    /// `5xx` policy do.
+    pub fn retry_on(durable: bool) -> Vec<RetryOn> {
+        let statuses: Vec<u16> = if durable {
+            [408, 429]
+                .into_iter()
+                .chain((500..=599).filter(|s| !matches!(s, 501 | 505)))
+                .collect()
+        } else {
+            vec![408, 429, 502, 503, 504]
+        };
+        let mut list: Vec<RetryOn> = statuses.into_iter().map(RetryOn::Status).collect();
         list.extend(
             [
                 RetryCondition::ConnectFailure,

@@ -495,7 +495,7 @@ fn check_retry(retry: &RetryConfig, push: &mut impl FnMut(&str, String)) {
             format!("{} must be in [0, 1)", retry.jitter),
         );
     }
-    for on in &retry.retry_on {
+    for on in retry.retry_on.iter().flatten() {
         if let RetryOn::Status(status) = on {
             if !(100..=599).contains(status) {
                 push("retry.retry_on", format!("{status} is not an HTTP status"));

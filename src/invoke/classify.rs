@@ -3,7 +3,8 @@
 //!
 //! - success: 2xx and the route's `success_statuses`;
 //! - retryable: what the route's `retry_on` lists (by default 408, 429, 502, 503, 504,
-//!   connect failures, broken connections and attempt timeouts);
+//!   connect failures, broken connections and attempt timeouts; durable sources add every
+//!   other 5xx but 501 and 505, see `config::defaults::retry_on`);
 //! - permanent: everything else. A permanent answer is still the service's answer and goes
 //!   back to the caller unchanged.
 //!
@@ -44,21 +45,38 @@ pub struct Verdict {
 
 #[derive(Debug, Clone, Default)]
 pub struct Classifier {
-    success_statuses: Vec<u16>,
-    retry_statuses: Vec<u16>,
+    success_statuses: StatusSet,
+    retry_statuses: StatusSet,
     retry_conditions: Vec<RetryCondition>,
+}
+
+/// A set of HTTP status codes (100 to 639), one bit each: a lookup is one shift, however
+/// many statuses a route retries.
+#[derive(Debug, Clone, Default)]
+struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    fn insert(&mut self, status: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(status / 64)) {
+            *word |= 1 << (status % 64);
+        }
+    }
+
+    fn contains(&self, status: u16) -> bool {
+        (self.0.get(usize::from(status / 64))).is_some_and(|word| word & (1 << (status % 64)) != 0)
+    }
 }
 
 impl Classifier {
     pub fn new(route: &RouteConfig) -> Self {
-        let mut classifier = Self {
-            success_statuses: route.success_statuses.clone(),
-            ..Self::default()
-        };
-        for on in &route.retry.retry_on {
+        let mut classifier = Self::default();
+        for status in &route.success_statuses {
+            classifier.success_statuses.insert(*status);
+        }
+        for on in route.retry_on() {
             match on {
-                RetryOn::Status(status) => classifier.retry_statuses.push(*status),
-                RetryOn::Condition(condition) => classifier.retry_conditions.push(*condition),
+                RetryOn::Status(status) => classifier.retry_statuses.insert(status),
+                RetryOn::Condition(condition) => classifier.retry_conditions.push(condition),
             }
         }
         classifier
@@ -67,7 +85,7 @@ impl Classifier {
     pub fn classify(&self, result: Result<StatusCode, &InvokeError>) -> Verdict {
         match result {
             Ok(status)
-                if status.is_success() || self.success_statuses.contains(&status.as_u16()) =>
+                if status.is_success() || self.success_statuses.contains(status.as_u16()) =>
             {
                 Verdict {
                     class: Class::Success,
@@ -75,7 +93,7 @@ impl Classifier {
                 }
             }
             Ok(status) => {
-                let retryable = self.retry_statuses.contains(&status.as_u16());
+                let retryable = self.retry_statuses.contains(status.as_u16());
                 Verdict {
                     class: if retryable {
                         Class::Retryable
@@ -184,6 +202,48 @@ mod tests {
                 failed: false
             }
         );
+    }
+
+    #[test]
+    fn durable_sources_retry_server_errors_but_501_and_505() {
+        for source in ["jetstream", "kafka"] {
+            let table = match source {
+                "jetstream" => "[routes.jetstream]\nstream = \"S\"\n",
+                _ => "[routes.kafka]\nbrokers = \"k:9092\"\n",
+            };
+            let c = classifier(&format!("source = \"{source}\"\n{table}"));
+            for code in [408, 429, 500, 502, 503, 504, 507, 511, 599] {
+                assert_eq!(status(&c, code), RETRY, "{source} {code}");
+            }
+            for code in [501, 505] {
+                let verdict = status(&c, code);
+                assert_eq!(verdict.class, Class::Permanent, "{source} {code}");
+                assert!(verdict.failed, "a 5xx still counts against the breaker");
+            }
+            for code in [400, 404, 409, 422] {
+                assert_eq!(status(&c, code).class, Class::Permanent, "{source} {code}");
+            }
+            let reset = InvokeError::Connection("reset".into());
+            assert_eq!(c.classify(Err(&reset)), RETRY);
+        }
+        // A route's own list replaces the default, durable or not.
+        let c = classifier("source = \"jetstream\"\n[routes.retry]\nretry_on = [503]\n[routes.jetstream]\nstream = \"S\"\n");
+        assert_eq!(status(&c, 500).class, Class::Permanent);
+        assert_eq!(status(&c, 503), RETRY);
+    }
+
+    #[test]
+    fn status_sets_hold_every_status_and_nothing_else() {
+        let mut set = StatusSet::default();
+        for status in [100, 200, 404, 500, 599, 639] {
+            set.insert(status);
+        }
+        for status in 0..700u16 {
+            let expected = [100, 200, 404, 500, 599, 639].contains(&status);
+            assert_eq!(set.contains(status), expected, "{status}");
+        }
+        set.insert(700); // out of range: ignored, no panic
+        assert!(!set.contains(700));
     }
 
     #[test]

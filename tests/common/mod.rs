@@ -26,6 +26,12 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// The nats-server binary for tests that run their own server: `NATS_SERVER_BIN`, else
+/// Debian's. Set it with `NATS_URL` to run a suite against another server version.
+pub fn nats_server_bin() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into())
+}
+
 /// A subject prefix no other test run uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", nuid::next().to_string().to_lowercase())

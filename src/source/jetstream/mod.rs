@@ -19,10 +19,12 @@
 //! While a call runs longer than half of `ack_wait`, in-progress is sent every half
 //! `ack_wait` so the server does not redeliver a message still being worked on.
 
+mod consumer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -45,6 +47,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Most messages asked for in one pull.
 const MAX_BATCH: usize = 256;
 const SETUP_RETRY: Duration = Duration::from_secs(2);
+/// After the server refused the consumer ricochet needs: nothing changes until an operator
+/// acts, so look again less often.
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
 
 /// Everything one route's consumer needs.
 pub struct JetStreamRoute {
@@ -92,14 +97,32 @@ impl JetStreamRoute {
         stop: CancellationToken,
     ) {
         let this = Arc::new(self);
-        let context = jetstream::new(client);
+        let context = jetstream::new(client.clone());
         while !stop.is_cancelled() {
-            let consumer = match this.bind(&context).await {
+            // What the consumer may ask for depends on the server's version, known once the
+            // connection is up: a flush returns once it is.
+            if client.server_info().version.is_empty() {
+                tokio::select! {
+                    _ = client.flush() => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            let server = client.server_info().version;
+            let consumer = match this.bind(&context, &server).await {
                 Ok(consumer) => consumer,
                 Err(e) => {
-                    error!(route = %this.route.name, stream = %this.config.stream, error = %e, "cannot set up the JetStream consumer; retrying");
+                    let pause = match &e {
+                        BindError::Refused(refusal) => {
+                            error!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), server = %server, "{refusal}; not consuming (readiness stays 503)");
+                            REFUSED_RETRY
+                        }
+                        BindError::Failed(e) => {
+                            error!(route = %this.route.name, stream = %this.config.stream, error = %e, "cannot set up the JetStream consumer; retrying");
+                            SETUP_RETRY
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(SETUP_RETRY) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = stop.cancelled() => break,
                     }
                     continue;
@@ -122,34 +145,47 @@ impl JetStreamRoute {
         info!(route = %this.route.name, "JetStream intake stopped");
     }
 
-    /// Creates the durable consumer, or updates and binds the existing one.
-    async fn bind(&self, context: &jetstream::Context) -> anyhow::Result<PullConsumer> {
+    /// Creates the durable consumer, or updates and binds the existing one, then reads its
+    /// configuration back: a server that did not keep what ricochet relies on (the filter
+    /// above all) is refused rather than consumed from.
+    async fn bind(
+        &self,
+        context: &jetstream::Context,
+        server_version: &str,
+    ) -> Result<PullConsumer, BindError> {
+        if server_version.is_empty() {
+            return Err(BindError::Failed("not connected to NATS yet".into()));
+        }
         let stream = context
             .get_stream(&self.config.stream)
             .await
-            .map_err(|e| anyhow::anyhow!("stream {:?}: {e}", self.config.stream))?;
-        let filter_subjects = if self.config.filter_subjects.is_empty() {
+            .map_err(|e| BindError::Failed(format!("stream {:?}: {e}", self.config.stream)))?;
+        let filters = if self.config.filter_subjects.is_empty() {
             vec![self.route.pattern.subscription_subject()]
         } else {
             self.config.filter_subjects.clone()
         };
-        let config = pull::Config {
-            durable_name: Some(self.durable()),
-            description: Some(format!("ricochet route {}", self.route.name)),
-            ack_policy: AckPolicy::Explicit,
+        let wanted = consumer::Wanted {
+            durable: self.durable(),
+            description: format!("ricochet route {}", self.route.name),
+            filters,
             ack_wait: self.config.ack_wait,
-            // ricochet enforces max_deliver itself; the server must keep redelivering so a
-            // message whose dead letter could not be published comes back.
-            max_deliver: -1,
             max_ack_pending: i64::from(self.config.max_ack_pending),
-            filter_subjects,
-            ..Default::default()
         };
-        let consumer = stream
-            .create_consumer(config)
+        let asked = consumer::config(&wanted, server_version)?;
+        if let Ok(existing) = stream.consumer_info(&wanted.durable).await {
+            consumer::check_existing(&asked, &existing.config, server_version)?;
+        }
+        let mut bound = stream
+            .create_consumer(asked.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("consumer {:?}: {e}", self.durable()))?;
-        Ok(consumer)
+            .map_err(|e| BindError::Failed(format!("consumer {:?}: {e}", self.durable())))?;
+        let kept = bound
+            .info()
+            .await
+            .map_err(|e| BindError::Failed(format!("consumer {:?}: {e}", self.durable())))?;
+        consumer::check_kept(&asked, &kept.config)?;
+        Ok(bound)
     }
 
     /// Pulls until `stop` (`Ok`) or until a pull fails (`Err`: bind again).
@@ -510,6 +546,17 @@ impl JetStreamRoute {
             received: std::time::Instant::now(),
         }
     }
+}
+
+/// Why a consumer could not be bound.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    /// The server or the existing consumer cannot give the route what it needs.
+    #[error(transparent)]
+    Refused(#[from] consumer::Refusal),
+    /// The stream, the server or the connection failed; may pass.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What the ack subject and headers say about one delivery.
