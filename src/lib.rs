@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::pipeline::Pipeline;
 use crate::reply::NatsReplier;
 use crate::source::jetstream::JetStreamRoute;
@@ -44,19 +44,15 @@ use crate::telemetry::Health;
 /// finish within `shutdown.grace_period`, flushes their replies and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = telemetry::metrics::install()?;
-    let kafka_routes = (config.routes.iter())
-        .filter(|r| r.source == config::SourceKind::Kafka)
-        .count();
-    let jetstream_routes = (config.routes.iter())
-        .filter(|r| r.source == config::SourceKind::Jetstream)
+    let core_routes = (config.routes.iter())
+        .filter(|r| r.source == SourceKind::Nats)
         .count();
     // A configuration with Kafka routes only needs no NATS server at all.
-    let needs_nats = kafka_routes < config.routes.len();
-    // Readiness waits for the core subscriptions and every JetStream and Kafka consumer.
-    let health = Arc::new(Health::new(
-        usize::from(needs_nats) + jetstream_routes + kafka_routes,
-        needs_nats,
-    ));
+    let needs_nats = config.routes.iter().any(|r| r.source.uses_nats());
+    // Readiness waits for the NATS connection's subscriptions (confirmed once for all core
+    // routes) and for the consumer of every other route.
+    let intakes_to_wait_for = usize::from(needs_nats) + config.routes.len() - core_routes;
+    let health = Arc::new(Health::new(intakes_to_wait_for, needs_nats));
     let admin = telemetry::admin::serve(config.admin.listen, metrics, health.clone())
         .await
         .map_err(|e| {
@@ -71,28 +67,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(client) = &client {
         health.set_client(client.clone());
     }
-    let pipeline = Arc::new(Pipeline::new(
-        &config,
-        client.clone().map(NatsReplier::new),
-    )?);
+    let pipeline = Arc::new(Pipeline::new(&config)?);
+    let replier = client.clone().map(|c| Arc::new(NatsReplier::new(c)));
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut intakes = JoinSet::new();
-    if let Some(client) = &client {
-        for (route, subscriber) in source::nats::subscribe(client, &pipeline).await? {
-            let (pipeline, tracker, stop) = (pipeline.clone(), tracker.clone(), stop.clone());
-            let intake = source::nats::intake(route, subscriber, pipeline, tracker, stop);
-            intakes.spawn(intake);
+    for route in pipeline.routes() {
+        let (tracker, stop, health) = (tracker.clone(), stop.clone(), health.clone());
+        match route.config.source {
+            // One intake below serves every core route.
+            SourceKind::Nats => {}
+            SourceKind::Jetstream => {
+                let (client, replier) = (client.clone(), replier.clone());
+                let (client, replier) = client.zip(replier).expect("JetStream connects to NATS");
+                let settings = route.config.jetstream.clone().expect("validated");
+                let consumer = JetStreamRoute::new(route.clone(), settings, pipeline.clone(), replier);
+                intakes.spawn(consumer.run(client, health, tracker, stop));
+            }
+            SourceKind::Kafka => {
+                let settings = route.config.kafka.clone().expect("validated");
+                let consumer = KafkaRoute::new(route.clone(), settings, pipeline.clone());
+                intakes.spawn(consumer.run(health, tracker, stop));
+            }
         }
     }
-    for route in pipeline.routes() {
-        if let Some(consumer) = JetStreamRoute::new(route.clone(), pipeline.clone()) {
-            let client = client.clone().expect("JetStream routes connect to NATS");
-            let run = consumer.run(client, health.clone(), tracker.clone(), stop.clone());
-            intakes.spawn(run);
-        } else if let Some(consumer) = KafkaRoute::new(route.clone(), pipeline.clone()) {
-            intakes.spawn(consumer.run(health.clone(), tracker.clone(), stop.clone()));
+    if let (Some(client), Some(replier), true) = (&client, &replier, core_routes > 0) {
+        let core = Arc::new(source::nats::Core::new(pipeline.clone(), replier.clone()));
+        for (route, subscriber) in source::nats::subscribe(client, &core).await? {
+            let (core, tracker, stop) = (core.clone(), tracker.clone(), stop.clone());
+            intakes.spawn(source::nats::intake(route, subscriber, core, tracker, stop));
         }
     }
 

@@ -489,17 +489,20 @@ async fn a_crash_mid_run_loses_no_request() {
     let toml = config(&upstream.base_url(), admin, &routes);
     let mut first = Ricochet::start(&toml, admin).await;
 
-    // Paced, so that publishing goes on while ricochet is killed and restarted.
     let published = Arc::new(AtomicUsize::new(0));
+    let killing = Arc::new(tokio::sync::Notify::new());
     let publisher = {
         let js = stream.js.clone();
         let prefix = stream.prefix.clone();
         let replies = replies.clone();
         let published = published.clone();
+        let killing = killing.clone();
         tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_millis(1));
             for i in 0..TOTAL {
-                pace.tick().await;
+                if i == TOTAL / 2 {
+                    // The second half goes out while ricochet is killed and restarted.
+                    killing.notified().await;
+                }
                 let ack = js
                     .publish_with_headers(
                         format!("{prefix}.req.{i}"),
@@ -515,13 +518,14 @@ async fn a_crash_mid_run_loses_no_request() {
     };
     let mut answered: HashMap<String, usize> = HashMap::new();
     let mut total = 0;
-    while total < TOTAL / 4 {
+    while total < TOTAL / 10 {
         let reply = next(&mut sub).await;
         *answered
             .entry(header(&reply, "correlation-id").unwrap())
             .or_default() += 1;
         total += 1;
     }
+    killing.notify_one();
     first.signal("-KILL");
     let published_at_kill = published.load(Ordering::SeqCst);
     let unanswered_at_kill = TOTAL - answered.len();

@@ -580,6 +580,20 @@ impl Default for LogConfig {
 }
 
 impl SourceKind {
+    /// The `source` metric label and config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Nats => "nats",
+            SourceKind::Jetstream => "jetstream",
+            SourceKind::Kafka => "kafka",
+        }
+    }
+
+    /// Whether routes of this source need the NATS connection.
+    pub fn uses_nats(self) -> bool {
+        matches!(self, SourceKind::Nats | SourceKind::Jetstream)
+    }
+
     /// Durable sources keep a message until it is settled, so they can redeliver it later.
     pub fn is_durable(self) -> bool {
         self != SourceKind::Nats

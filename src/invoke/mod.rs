@@ -36,9 +36,9 @@ pub use error::InvokeError;
 pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
 
-use crate::config::{RouteConfig, SourceKind, UpstreamConfig};
+use crate::config::{RouteConfig, UpstreamConfig};
 use crate::mapping::ErrorKind;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{RouteMetrics, SkipReason};
 
 /// Attempts are not started with less time than this left before the deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(1);
@@ -96,7 +96,7 @@ impl RouteInvoker {
             limit: route.rate_limit.as_ref().map(|l| {
                 // A durable source has no caller waiting for a fast 429, and a refusal
                 // would be a redelivery: its messages wait for the limit instead.
-                let durable = route.source != SourceKind::Nats;
+                let durable = route.source.is_durable();
                 RateLimit::new(l, route.max_payload, durable)
             }),
         }
@@ -139,7 +139,7 @@ impl RouteInvoker {
                 // message has timed out (it waited too long for a slot or the rate limit).
                 return match previous {
                     Some(previous) => {
-                        metrics.retry_skipped("deadline");
+                        metrics.retry_skipped(SkipReason::Deadline);
                         finish(previous, attempts, Class::Retryable)
                     }
                     None => refused(InvokeError::Timeout(Duration::ZERO).into()),
@@ -154,7 +154,7 @@ impl RouteInvoker {
                 }
                 // The breaker opened during the backoff: the last answer stands.
                 (Err(_), Some(previous)) => {
-                    metrics.retry_skipped("circuit_open");
+                    metrics.retry_skipped(SkipReason::CircuitOpen);
                     return finish(previous, attempts, Class::Retryable);
                 }
             };
@@ -182,7 +182,7 @@ impl RouteInvoker {
             }
             match self.next_attempt(&parts, &result, attempts, deadline, &mut backoff) {
                 Err(reason) => {
-                    debug!(attempts, reason, "retryable failure not retried");
+                    debug!(attempts, reason = reason.as_str(), "retryable failure not retried");
                     metrics.retry_skipped(reason);
                     return finish(result, attempts, verdict.class);
                 }
@@ -203,15 +203,15 @@ impl RouteInvoker {
         attempts: u32,
         deadline: Instant,
         backoff: &mut Option<backoff::ExponentialBackoff>,
-    ) -> Result<Duration, &'static str> {
+    ) -> Result<Duration, SkipReason> {
         if attempts >= self.policy.max_attempts {
-            return Err("attempts");
+            return Err(SkipReason::Attempts);
         }
         if !self
             .policy
             .may_repeat(&parts.method, &parts.headers, result.as_ref().err())
         {
-            return Err("method");
+            return Err(SkipReason::Method);
         }
         let (status, headers) = match result {
             Ok(response) => (Some(response.status), Some(&response.headers)),
@@ -223,13 +223,13 @@ impl RouteInvoker {
             .checked_add(delay)
             .is_none_or(|at| at >= deadline)
         {
-            return Err("deadline");
+            return Err(SkipReason::Deadline);
         }
         if let breaker::State::Open { .. } = self.breaker.state() {
-            return Err("circuit_open");
+            return Err(SkipReason::CircuitOpen);
         }
         if !self.budget.try_retry() {
-            return Err("budget");
+            return Err(SkipReason::Budget);
         }
         Ok(delay)
     }

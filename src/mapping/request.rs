@@ -9,6 +9,7 @@ use http::{HeaderValue, Method, Request, Uri};
 use super::headers::{self, HeaderFilter};
 use super::PathTemplate;
 use crate::config::{RouteConfig, UpstreamConfig};
+use crate::invoke::retry::IDEMPOTENCY_KEY;
 use crate::route::Pattern;
 use crate::source::Inbound;
 
@@ -75,6 +76,12 @@ impl RequestMapping {
             .build()
             .map_err(|_| MapError::Uri)?;
         let mut headers = headers::to_http(&inbound.headers, &self.headers)?;
+        if let Some(key) = &inbound.idempotency_key {
+            // Durable sources: the same key on every redelivery, unless the message has one.
+            if let Ok(value) = HeaderValue::from_str(key) {
+                headers.entry(IDEMPOTENCY_KEY).or_insert(value);
+            }
+        }
         if let Some(content_type) = &self.content_type {
             headers
                 .entry(CONTENT_TYPE)
@@ -92,7 +99,6 @@ impl RequestMapping {
 mod tests {
     use super::*;
     use crate::config::load_str;
-    use std::time::Instant;
 
     fn mapping(base_url: &str, extra: &str) -> (RequestMapping, Pattern) {
         let text = format!(
@@ -105,16 +111,32 @@ mod tests {
     }
 
     fn inbound(headers: &[(&str, &str)]) -> Inbound {
-        Inbound {
-            subject: "orders.42.get".into(),
-            reply: Some("_INBOX.x".into()),
-            headers: headers
+        Inbound::new(
+            "orders.42.get".into(),
+            Some("_INBOX.x".into()),
+            headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
-            payload: Bytes::from_static(b"{\"a\":1}"),
-            received: Instant::now(),
-        }
+            Bytes::from_static(b"{\"a\":1}"),
+        )
+    }
+
+    #[test]
+    fn durable_sources_add_their_idempotency_key_unless_the_message_has_one() {
+        let (m, _) = mapping("http://h:1", "");
+        let mut plain = inbound(&[]);
+        plain.idempotency_key = Some("ORDERS:42".into());
+        let request = m.build(&plain, &["1"]).unwrap();
+        assert_eq!(request.headers()["idempotency-key"], "ORDERS:42");
+        let mut own = inbound(&[("Idempotency-Key", "caller-1")]);
+        own.idempotency_key = Some("ORDERS:43".into());
+        let request = m.build(&own, &["1"]).unwrap();
+        let keys: Vec<_> = request.headers().get_all("idempotency-key").iter().collect();
+        assert_eq!(keys, ["caller-1"], "the message's own key is kept, alone");
+        // Core NATS has none.
+        let request = m.build(&inbound(&[]), &["1"]).unwrap();
+        assert!(request.headers().get("idempotency-key").is_none());
     }
 
     #[test]

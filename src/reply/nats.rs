@@ -7,21 +7,19 @@
 //!   after this returns. A subject captured by a stream is published with JetStream and its
 //!   publish ack awaited; any other subject is published and flushed.
 //!
-//! A reply larger than the server's `max_payload` is replaced by a 502 error reply, so the
-//! caller learns why instead of timing out; that counts as the reply (the request is settled).
+//! [`NatsReplier::size`] tells the pipeline how large a reply is on the wire, so that one
+//! larger than the server's `max_payload` is replaced by a 502 before it is published (the
+//! pipeline's oversize rule).
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind as JsPublishErrorKind};
-use async_nats::{Client, HeaderMap, PublishErrorKind};
+use async_nats::jetstream;
+use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::time::Instant;
 
-use tracing::warn;
-
-use crate::mapping::reply::ATTEMPTS_HEADER;
-use crate::mapping::{ErrorKind, Reply};
+use crate::mapping::Reply;
 use crate::route::Pattern;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,46 +66,37 @@ impl NatsReplier {
 
     /// Core request-reply: hand the reply to the connection.
     pub async fn publish(&self, subject: &str, reply: &Reply) -> Result<(), PublishError> {
-        let send = |reply: &Reply| {
-            self.client.publish_with_headers(
-                subject.to_string(),
-                headers(reply, &[]),
-                reply.body.clone(),
-            )
-        };
-        match send(reply).await {
-            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                // The caller got an answer (a 502 saying why): that is the reply.
-                let fallback = self.too_large(reply);
-                send(&fallback)
-                    .await
-                    .map_err(|e| PublishError::new(subject, e))
-            }
-            other => other.map_err(|e| PublishError::new(subject, e)),
-        }
+        self.client
+            .publish_with_headers(subject.to_string(), headers(reply, &[]), reply.body.clone())
+            .await
+            .map_err(|e| PublishError::new(subject, e))
     }
 
     /// Durable sources: returns once the server has the message (stream ack or flush).
-    /// `extra` headers are added (correlation id, `Nats-Msg-Id` for de-duplication).
+    /// `extra` headers are added (`Nats-Msg-Id` for de-duplication).
     pub async fn publish_confirmed(
         &self,
         subject: &str,
         reply: &Reply,
         extra: &[(&str, String)],
     ) -> Result<(), PublishError> {
-        match self
-            .send_confirmed(subject, headers(reply, extra), reply.body.clone())
+        self.send_confirmed(subject, headers(reply, extra), reply.body.clone())
             .await
-        {
-            Err(SendError::TooLarge) => {
-                // The caller got an answer (a 502 saying why): the request is settled.
-                let fallback = self.too_large(reply);
-                self.send_confirmed(subject, headers(&fallback, extra), fallback.body.clone())
-                    .await
-                    .map_err(|e| PublishError::new(subject, e.to_string()))
-            }
-            other => other.map_err(|e| PublishError::new(subject, e.to_string())),
-        }
+            .map_err(|e| PublishError::new(subject, e))
+    }
+
+    /// The reply's size on the wire with `extra` headers, and the server's limit, when it
+    /// exceeds that limit. Counted as async-nats counts: the header block plus the body.
+    pub fn too_large(&self, reply: &Reply, extra: &[(&str, String)]) -> Option<(usize, usize)> {
+        // "NATS/1.0\r\n" ... "\r\n", and "name: value\r\n" per header.
+        let header_bytes: usize = (reply.headers.iter())
+            .map(|(n, v)| (n.len(), v.len()))
+            .chain(extra.iter().map(|(n, v)| (n.len(), v.len())))
+            .map(|(n, v)| n + v + 4)
+            .sum();
+        let size = reply.body.len() + 12 + header_bytes;
+        let limit = self.client.server_info().max_payload;
+        (limit > 0 && size > limit).then_some((size, limit))
     }
 
     /// Publishes raw headers and payload, confirmed (dead letters).
@@ -119,7 +108,7 @@ impl NatsReplier {
     ) -> Result<(), PublishError> {
         self.send_confirmed(subject, headers, payload)
             .await
-            .map_err(|e| PublishError::new(subject, e.to_string()))
+            .map_err(|e| PublishError::new(subject, e))
     }
 
     async fn send_confirmed(
@@ -127,36 +116,27 @@ impl NatsReplier {
         subject: &str,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), String> {
         if self.is_captured(subject).await? {
             let ack = self
                 .jetstream
                 .publish_with_headers(subject.to_string(), headers, payload)
                 .await
-                .map_err(|e| match e.kind() {
-                    JsPublishErrorKind::MaxPayloadExceeded => SendError::TooLarge,
-                    _ => SendError::Other(e.to_string()),
-                })?;
-            ack.await.map_err(|e| SendError::Other(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
+            ack.await.map_err(|e| e.to_string())?;
         } else {
             self.client
                 .publish_with_headers(subject.to_string(), headers, payload)
                 .await
-                .map_err(|e| match e.kind() {
-                    PublishErrorKind::MaxPayloadExceeded => SendError::TooLarge,
-                    _ => SendError::Other(e.to_string()),
-                })?;
-            self.client
-                .flush()
-                .await
-                .map_err(|e| SendError::Other(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
+            self.client.flush().await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
     /// Whether a stream captures `subject`, from the streams' subject filters (listed again
     /// when older than [`CAPTURE_TTL`]).
-    async fn is_captured(&self, subject: &str) -> Result<bool, SendError> {
+    async fn is_captured(&self, subject: &str) -> Result<bool, String> {
         let mut streams = self.streams.lock().await;
         let fresh = matches!(&*streams, Some((_, at)) if at.elapsed() < CAPTURE_TTL);
         if !fresh {
@@ -169,10 +149,9 @@ impl NatsReplier {
         Ok(filters.iter().any(|f| f.matches(subject).is_some()))
     }
 
-    async fn stream_subjects(&self) -> Result<Vec<Pattern>, SendError> {
-        let listing = |e: &dyn std::fmt::Display| {
-            SendError::Other(format!("cannot list the streams' subjects: {e}"))
-        };
+    async fn stream_subjects(&self) -> Result<Vec<Pattern>, String> {
+        let listing =
+            |e: &dyn std::fmt::Display| format!("cannot list the streams' subjects: {e}");
         let mut filters = Vec::new();
         let mut streams = self.jetstream.streams();
         while let Some(info) = streams.try_next().await.map_err(|e| listing(&e))? {
@@ -183,25 +162,6 @@ impl NatsReplier {
         Ok(filters)
     }
 
-    /// The 502 sent instead of a reply the server would refuse.
-    fn too_large(&self, reply: &Reply) -> Reply {
-        let detail = format!(
-            "the service's response ({} bytes) is larger than the NATS server's max_payload ({} bytes)",
-            reply.body.len(),
-            self.client.server_info().max_payload
-        );
-        warn!("{detail}; a 502 error reply was sent instead");
-        let attempts = reply.header(ATTEMPTS_HEADER).unwrap_or("1").to_string();
-        Reply::error(ErrorKind::UpstreamUnavailable, &detail).with_header(ATTEMPTS_HEADER, attempts)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum SendError {
-    #[error("message larger than the server's max_payload")]
-    TooLarge,
-    #[error("{0}")]
-    Other(String),
 }
 
 fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {

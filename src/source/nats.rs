@@ -1,11 +1,11 @@
 //! The core NATS source: connection, one queue subscription per route, and the intake loop
-//! that hands each message to the pipeline within the route's `max_in_flight`.
+//! that hands each message to the pipeline within the route's `max_in_flight`. Core NATS
+//! has nothing to settle: its [`Settle`] handle only publishes the reply to the inbox.
 //!
 //! The connection retries at start and reconnects by itself (async-nats re-subscribes);
 //! every change is logged and exported as `ricochet_nats_connected`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use futures::StreamExt;
@@ -13,10 +13,49 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::Inbound;
-use crate::config::NatsConfig;
+use super::{Inbound, Settle, Undelivered};
+use crate::config::{NatsConfig, SourceKind};
+use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
+use crate::reply::NatsReplier;
+use crate::route::RouteTable;
 use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
+
+/// What every core NATS intake shares.
+pub struct Core {
+    pipeline: Arc<Pipeline>,
+    replier: Arc<NatsReplier>,
+    /// The core NATS routes, in file order: the first match wins.
+    table: RouteTable<Route>,
+}
+
+impl Core {
+    pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>) -> Self {
+        let core = (pipeline.routes().iter())
+            .filter(|r| r.config.source == SourceKind::Nats)
+            .map(|r| (r.pattern.clone(), r.clone()))
+            .collect();
+        Self {
+            table: RouteTable::new(core),
+            pipeline,
+            replier,
+        }
+    }
+}
+
+/// Replies go to the request's inbox, handed to the connection (shutdown flushes them).
+struct Inbox<'a>(&'a NatsReplier);
+
+impl Settle for Inbox<'_> {
+    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
+        let (size, limit) = self.0.too_large(reply, &[])?;
+        Some((size, limit, "the NATS server's max_payload"))
+    }
+
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+        (self.0.publish(destination, reply).await).map_err(|e| Undelivered::Failed(e.to_string()))
+    }
+}
 
 /// Connects, retrying in the background when the server is not reachable yet.
 pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
@@ -69,14 +108,13 @@ fn log_event(event: Event) {
     }
 }
 
-/// Subscribes every route with its queue group.
-/// Subscribes every route with its queue group; each subscription with its route.
+/// Subscribes every core route with its queue group; each subscription with its route.
 pub async fn subscribe(
     client: &Client,
-    pipeline: &Pipeline,
+    core: &Core,
 ) -> anyhow::Result<Vec<(Arc<Route>, Subscriber)>> {
     let mut subscribers = Vec::new();
-    for (pattern, route) in pipeline.core_routes().iter() {
+    for (pattern, route) in core.table.iter() {
         let subject = pattern.subscription_subject();
         let subscriber = client
             .queue_subscribe(subject.clone(), route.queue_group.clone())
@@ -103,7 +141,7 @@ pub async fn confirm_subscriptions(client: &Client) -> anyhow::Result<()> {
 pub async fn intake(
     own: Arc<Route>,
     mut subscriber: Subscriber,
-    pipeline: Arc<Pipeline>,
+    core: Arc<Core>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -122,7 +160,7 @@ pub async fn intake(
         // The first matching route wins, even when the message came on another route's
         // subscription (overlapping patterns share the queue group). The server only
         // delivers subjects this subscription's own pattern matches, so that is the fallback.
-        let (route, captures) = match pipeline.core_routes().find(&inbound.subject) {
+        let (route, captures) = match core.table.find(&inbound.subject) {
             Some((route, captures)) => (route.clone(), captures),
             None => (
                 own.clone(),
@@ -141,12 +179,14 @@ pub async fn intake(
             }
         };
         let Ok(permit) = permit else { break };
+        route.metrics.received.increment(1);
         route.metrics.in_flight.increment(1.0);
-        let pipeline = pipeline.clone();
+        let core = core.clone();
         tracker.spawn(async move {
-            // Boxed: the handling future is about 3 KB, which a spawn would otherwise copy
+            let settle = Inbox(&core.replier);
+            // Boxed: the handling future is a few KB, which a spawn would otherwise copy
             // several times per message.
-            Box::pin(pipeline.handle(&route, captures, inbound)).await;
+            Box::pin(core.pipeline.deliver(&route, Some(captures), &inbound, &settle)).await;
             route.metrics.in_flight.decrement(1.0);
             drop(permit);
         });
@@ -178,12 +218,11 @@ pub fn headers(map: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {
 
 fn to_inbound(message: async_nats::Message) -> Inbound {
     let headers = headers(message.headers.as_ref());
-    Inbound {
+    Inbound::new(
         // as_str, not to_string: no formatting machinery per message.
-        subject: message.subject.as_str().to_owned(),
-        reply: message.reply.map(|r| r.as_str().to_owned()),
+        message.subject.as_str().to_owned(),
+        message.reply.map(|r| r.as_str().to_owned()),
         headers,
-        payload: message.payload,
-        received: Instant::now(),
-    }
+        message.payload,
+    )
 }

@@ -102,11 +102,62 @@ fn describe() {
     );
 }
 
-/// Settlement actions of durable sources, the `action` label of [`SETTLEMENTS`].
-pub const SETTLE_ACTIONS: [&str; 4] = ["ack", "nak", "term", "in_progress"];
+/// A settlement sent to a durable source's broker, the `action` label of [`SETTLEMENTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Ack,
+    Nak,
+    Term,
+    InProgress,
+}
 
-/// Why a retryable failure was not retried.
-pub const SKIP_REASONS: [&str; 5] = ["attempts", "budget", "deadline", "method", "circuit_open"];
+impl Settlement {
+    pub const ALL: [Settlement; 4] = [
+        Settlement::Ack,
+        Settlement::Nak,
+        Settlement::Term,
+        Settlement::InProgress,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settlement::Ack => "ack",
+            Settlement::Nak => "nak",
+            Settlement::Term => "term",
+            Settlement::InProgress => "in_progress",
+        }
+    }
+}
+
+/// Why a retryable failure was not retried, the `reason` label of [`RETRIES_SKIPPED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    Attempts,
+    Budget,
+    Deadline,
+    Method,
+    CircuitOpen,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 5] = [
+        SkipReason::Attempts,
+        SkipReason::Budget,
+        SkipReason::Deadline,
+        SkipReason::Method,
+        SkipReason::CircuitOpen,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Attempts => "attempts",
+            SkipReason::Budget => "budget",
+            SkipReason::Deadline => "deadline",
+            SkipReason::Method => "method",
+            SkipReason::CircuitOpen => "circuit_open",
+        }
+    }
+}
 
 /// Outcome of one message, the `outcome` label of [`MESSAGES_HANDLED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +179,9 @@ pub struct RouteMetrics {
     http_responses: [Counter; 5],
     errors: [Counter; ERROR_KINDS.len()],
     pub retries: Counter,
-    retries_skipped: [Counter; SKIP_REASONS.len()],
+    retries_skipped: [Counter; SkipReason::ALL.len()],
     publish_errors: Counter,
-    settlements: [Counter; SETTLE_ACTIONS.len()],
+    settlements: [Counter; Settlement::ALL.len()],
     pub dead_letters: Counter,
     outcomes: [Counter; 3],
 }
@@ -158,10 +209,12 @@ impl RouteMetrics {
             errors: ERROR_KINDS
                 .map(|k| counter!(ERRORS, "route" => route.clone(), "kind" => k.as_str())),
             retries: counter!(RETRIES, "route" => route.clone()),
-            retries_skipped: SKIP_REASONS
-                .map(|r| counter!(RETRIES_SKIPPED, "route" => route.clone(), "reason" => r)),
-            settlements: SETTLE_ACTIONS
-                .map(|a| counter!(SETTLEMENTS, "route" => route.clone(), "action" => a)),
+            retries_skipped: SkipReason::ALL.map(
+                |r| counter!(RETRIES_SKIPPED, "route" => route.clone(), "reason" => r.as_str()),
+            ),
+            settlements: Settlement::ALL.map(
+                |a| counter!(SETTLEMENTS, "route" => route.clone(), "action" => a.as_str()),
+            ),
             dead_letters: counter!(DEAD_LETTERS, "route" => route.clone()),
             publish_errors: counter!(ERRORS, "route" => route.clone(), "kind" => "publish_failed"),
             outcomes: [
@@ -182,18 +235,14 @@ impl RouteMetrics {
         self.errors[index].increment(1);
     }
 
-    /// A retryable failure that was not retried; `reason` is one of [`SKIP_REASONS`].
-    pub fn retry_skipped(&self, reason: &'static str) {
-        if let Some(index) = SKIP_REASONS.iter().position(|r| *r == reason) {
-            self.retries_skipped[index].increment(1);
-        }
+    /// A retryable failure that was not retried.
+    pub fn retry_skipped(&self, reason: SkipReason) {
+        self.retries_skipped[reason as usize].increment(1);
     }
 
-    /// One settlement; `action` is one of [`SETTLE_ACTIONS`].
-    pub fn settled(&self, action: &'static str) {
-        if let Some(index) = SETTLE_ACTIONS.iter().position(|a| *a == action) {
-            self.settlements[index].increment(1);
-        }
+    /// One settlement sent to the broker.
+    pub fn settled(&self, action: Settlement) {
+        self.settlements[action as usize].increment(1);
     }
 
     pub fn outcome(&self, outcome: Outcome) {

@@ -6,16 +6,11 @@
 //! breaker is open nothing is pulled; when the break is over one message is pulled as the
 //! probe, and full batches resume once the breaker has closed.
 //!
-//! Settlement of one message (at-least-once):
-//!
-//! | processing result | then |
-//! |---|---|
-//! | the service answered (any status) | publish the reply (confirmed), then double-ack |
-//! | retryable failure, deliveries left | nak with the route's redelivery delay; no reply |
-//! | retryable failure, last delivery | dead letter, error reply, term |
-//! | can never be delivered | dead letter, error reply, term |
-//!
-//! A reply or dead letter that cannot be published leads to a nak: the message comes again.
+//! What becomes of each message is the pipeline's settlement policy (`pipeline::policy`);
+//! this source carries it out: replies and dead letters published and confirmed (stream ack
+//! or flush), then double-ack, nak with the policy's delay, or term. The consumer is created
+//! with unlimited deliveries: the policy counts them (`max_deliver`), so a message whose
+//! dead letter could not be published comes back. At-most-once acks on receipt.
 //! While a call runs longer than half of `ack_wait`, in-progress is sent every half
 //! `ack_wait` so the server does not redeliver a message still being worked on.
 
@@ -33,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use super::Inbound;
+use super::{Inbound, Settle, Undelivered};
 use crate::config::{Delivery, JetStreamConfig};
 use crate::invoke::breaker::State;
-use crate::mapping::{ErrorKind, Reply};
-use crate::pipeline::{Disposition, Pipeline, Processed, Route};
-use crate::reply::DeadLetter;
+use crate::mapping::Reply;
+use crate::pipeline::{Pipeline, Route};
+use crate::reply::{dead_letter, DeadLetter, NatsReplier};
+use crate::telemetry::metrics::Settlement;
 use crate::telemetry::Health;
 
 /// How long one pull request waits for messages; also bounds how long shutdown waits for
@@ -56,29 +52,27 @@ pub struct JetStreamRoute {
     route: Arc<Route>,
     config: JetStreamConfig,
     pipeline: Arc<Pipeline>,
+    replier: Arc<NatsReplier>,
     delivery: Delivery,
 }
 
 impl JetStreamRoute {
-    pub fn new(route: Arc<Route>, pipeline: Arc<Pipeline>) -> Option<Self> {
-        let config = route.config.jetstream.clone()?;
-        // A JetStream route makes ricochet connect to NATS, so the publisher exists.
-        pipeline.replier()?;
+    pub fn new(
+        route: Arc<Route>,
+        config: JetStreamConfig,
+        pipeline: Arc<Pipeline>,
+        replier: Arc<NatsReplier>,
+    ) -> Self {
         if route.config.dead_letter.is_none() {
             warn!(route = %route.name, "no dead_letter subject: undeliverable messages will be terminated and only logged");
         }
-        Some(Self {
+        Self {
             delivery: route.config.delivery.unwrap_or_default(),
             config,
             route,
             pipeline,
-        })
-    }
-
-    fn replier(&self) -> &crate::reply::NatsReplier {
-        self.pipeline
-            .replier()
-            .expect("checked in JetStreamRoute::new")
+            replier,
+        }
     }
 
     fn durable(&self) -> String {
@@ -271,7 +265,6 @@ impl JetStreamRoute {
             route.metrics.in_flight.decrement(1.0);
             return;
         };
-        let mut inbound = self.inbound(&message, &meta);
         if self.delivery == Delivery::AtMostOnce {
             if let Err(e) = message.double_ack().await {
                 // Not acknowledged, so it comes again: do not process it twice.
@@ -279,49 +272,29 @@ impl JetStreamRoute {
                 route.metrics.in_flight.decrement(1.0);
                 return;
             }
-            route.metrics.settled("ack");
+            route.metrics.settled(Settlement::Ack);
         }
-        let processed = match inbound.reply.as_deref().map(reply_subject_problem) {
-            Some(Some(problem)) => {
-                let detail = format!("the {} header {problem}", route.config.reply_to_header);
-                inbound.reply = None;
-                self.pipeline.refuse(route, ErrorKind::BadRequest, &detail)
-            }
-            _ => self.process_with_progress(&message, &inbound).await,
+        let inbound = self.inbound(&message, &meta);
+        let settle = Stream {
+            source: self,
+            message: &message,
+            meta: &meta,
         };
-        match self.delivery {
-            Delivery::AtMostOnce => self.finish_at_most_once(&inbound, &meta, processed).await,
-            // exactly_once is refused for JetStream routes by validation.
-            Delivery::AtLeastOnce | Delivery::ExactlyOnce => {
-                self.settle(&message, &inbound, &meta, processed).await
-            }
-        }
+        let captures = route.pattern.matches(&inbound.subject);
+        let deliver = self.pipeline.deliver(route, captures, &inbound, &settle);
+        self.with_progress(&message, deliver).await;
         route.metrics.in_flight.decrement(1.0);
-        route
-            .metrics
-            .message_duration
-            .record(inbound.received.elapsed());
     }
 
-    /// Runs the pipeline, telling the server the message is in progress while it is slow.
-    async fn process_with_progress(
+    /// Runs `work`, telling the server the message is in progress while it is slow.
+    async fn with_progress<T>(
         &self,
         message: &jetstream::Message,
-        inbound: &Inbound,
-    ) -> Processed {
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         let route = &self.route;
-        let process = async {
-            match route.pattern.matches(&inbound.subject) {
-                Some(captures) => self.pipeline.process(route, &captures, inbound).await,
-                None => self.pipeline.refuse(
-                    route,
-                    ErrorKind::NoRoute,
-                    "the subject does not match the route's pattern",
-                ),
-            }
-        };
         if !(self.config.in_progress && self.delivery == Delivery::AtLeastOnce) {
-            return process.await;
+            return work.await;
         }
         let half = self.config.ack_wait / 2;
         let progress = async {
@@ -329,222 +302,97 @@ impl JetStreamRoute {
             loop {
                 tick.tick().await;
                 match message.ack_with(AckKind::Progress).await {
-                    Ok(()) => route.metrics.settled("in_progress"),
+                    Ok(()) => route.metrics.settled(Settlement::InProgress),
                     Err(e) => warn!(route = %route.name, error = %e, "in-progress signal failed"),
                 }
             }
         };
         tokio::select! {
-            processed = process => processed,
+            done = work => done,
             never = progress => never,
         }
     }
 
-    async fn settle(
-        &self,
-        message: &jetstream::Message,
-        inbound: &Inbound,
-        meta: &Meta,
-        processed: Processed,
-    ) {
-        let route = &self.route;
-        let last_delivery = meta.delivered >= u64::from(self.config.max_deliver);
-        let result = match processed.disposition {
-            Disposition::Answered => match self.reply(inbound, meta, &processed.reply).await {
-                Ok(()) => self.ack(message, AckKind::Ack).await,
-                Err(()) if last_delivery => {
-                    self.give_up(message, inbound, meta, "publish_failed", &processed)
-                        .await
-                }
-                Err(()) => self.nak(message, meta).await,
-            },
-            Disposition::Retry if !last_delivery => {
-                debug!(route = %route.name, delivered = meta.delivered, status = processed.reply.status.as_u16(), "retryable failure; redelivering later");
-                self.nak(message, meta).await
-            }
-            Disposition::Retry => {
-                self.give_up(message, inbound, meta, "max_deliver", &processed)
-                    .await
-            }
-            Disposition::Undeliverable => {
-                let reason = processed.error.map_or("undeliverable", ErrorKind::as_str);
-                self.give_up(message, inbound, meta, reason, &processed)
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            // The server redelivers after ack_wait: the message is not lost.
-            warn!(route = %route.name, error = %e, "settlement failed; the message will be redelivered");
-        }
+    fn inbound(&self, message: &jetstream::Message, meta: &Meta) -> Inbound {
+        let config = &self.route.config;
+        let headers = super::nats::headers(message.headers.as_ref());
+        let mut inbound = Inbound::new(
+            message.subject.to_string(),
+            super::reply_destination(&headers, &config.reply_to_header, config.reply_subject.as_deref()),
+            headers,
+            message.payload.clone(),
+        );
+        inbound.correlation = inbound.header(&config.correlation_header).map(str::to_string);
+        inbound.idempotency_key = Some(meta.idempotency_key.clone());
+        inbound.delivered = meta.delivered;
+        inbound
     }
+}
 
-    /// Dead letter, error reply (best effort: the dead letter holds the request), term. If
-    /// the dead letter cannot be published, nak: the message comes again (the consumer
-    /// redelivers without limit; ricochet counts deliveries itself).
-    async fn give_up(
-        &self,
-        message: &jetstream::Message,
-        inbound: &Inbound,
-        meta: &Meta,
-        reason: &str,
-        processed: &Processed,
-    ) -> Result<(), async_nats::Error> {
-        if self
-            .dead_letter(inbound, meta, reason, &processed.reply)
-            .await
-            .is_err()
-        {
-            return self.nak(message, meta).await;
-        }
-        if reason != "publish_failed" {
-            let _ = self.reply(inbound, meta, &processed.reply).await;
-        }
-        self.ack(message, AckKind::Term).await
-    }
+/// Publishing and settling one JetStream message.
+struct Stream<'a> {
+    source: &'a JetStreamRoute,
+    message: &'a jetstream::Message,
+    meta: &'a Meta,
+}
 
-    async fn finish_at_most_once(&self, inbound: &Inbound, meta: &Meta, processed: Processed) {
-        if processed.disposition == Disposition::Undeliverable {
-            let reason = processed.error.map_or("undeliverable", ErrorKind::as_str);
-            let _ = self
-                .dead_letter(inbound, meta, reason, &processed.reply)
-                .await;
-        }
-        let _ = self.reply(inbound, meta, &processed.reply).await;
-    }
-
-    /// Publishes the reply, if the request has a destination. `Err` when it could not be.
-    async fn reply(&self, inbound: &Inbound, meta: &Meta, reply: &Reply) -> Result<(), ()> {
-        let route = &self.route;
-        let Some(subject) = &inbound.reply else {
-            debug!(route = %route.name, status = reply.status.as_u16(), "no reply destination; nothing to publish");
-            route
-                .metrics
-                .outcome(crate::telemetry::metrics::Outcome::NoReply);
-            return Ok(());
-        };
-        // Scoped by stream: equal message ids in two streams are different requests.
-        let mut extra = vec![(
+impl Stream<'_> {
+    /// Scoped by stream: equal message ids in two streams are different requests.
+    fn reply_id(&self) -> [(&'static str, String); 1] {
+        let meta = self.meta;
+        [(
             "Nats-Msg-Id",
             format!("ricochet-reply:{}:{}", meta.stream, meta.idempotency_key),
-        )];
-        let correlation = &route.config.correlation_header;
-        if let Some((_, id)) = inbound
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(correlation))
-        {
-            extra.push((correlation.as_str(), id.clone()));
-        }
-        match self
-            .replier()
-            .publish_confirmed(subject, reply, &extra)
+        )]
+    }
+}
+
+impl Settle for Stream<'_> {
+    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
+        let (size, limit) = self.source.replier.too_large(reply, &self.reply_id())?;
+        Some((size, limit, "the NATS server's max_payload"))
+    }
+
+    fn destination_problem(&self, destination: &str) -> Option<&'static str> {
+        reply_subject_problem(destination)
+    }
+
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+        (self.source.replier)
+            .publish_confirmed(destination, reply, &self.reply_id())
             .await
-        {
-            Ok(()) => {
-                route.metrics.replies_published.increment(1);
-                route
-                    .metrics
-                    .outcome(crate::telemetry::metrics::Outcome::Replied);
-                Ok(())
-            }
-            Err(e) => {
-                warn!(route = %route.name, error = %e, "reply not published");
-                route
-                    .metrics
-                    .outcome(crate::telemetry::metrics::Outcome::PublishFailed);
-                Err(())
-            }
-        }
+            .map_err(|e| Undelivered::Failed(e.to_string()))
     }
 
-    async fn dead_letter(
-        &self,
-        inbound: &Inbound,
-        meta: &Meta,
-        reason: &str,
-        reply: &Reply,
-    ) -> Result<(), ()> {
-        let route = &self.route;
-        let Some(subject) = &route.config.dead_letter else {
-            error!(route = %route.name, reason, stream = %meta.stream, sequence = meta.sequence, "undeliverable message terminated; no dead_letter subject is configured");
-            return Ok(());
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+        let Some(subject) = &self.source.route.config.dead_letter else {
+            return Ok(false);
         };
-        let letter = DeadLetter {
-            route: &route.name,
-            reason,
-            last_status: reply.status.as_u16(),
-            delivered: meta.delivered,
-            stream: &meta.stream,
-            subject: &inbound.subject,
-            sequence: meta.sequence,
-        };
-        let headers = letter.headers(&inbound.headers);
-        match self
-            .replier()
-            .publish_raw_confirmed(subject, headers, inbound.payload.clone())
+        let meta = self.meta;
+        let origin = [
+            (dead_letter::ORIGINAL_STREAM, meta.stream.clone()),
+            (dead_letter::ORIGINAL_SUBJECT, letter.inbound.subject.clone()),
+            (dead_letter::ORIGINAL_SEQUENCE, meta.sequence.to_string()),
+        ];
+        let id = format!("ricochet-dlq:{}:{}", meta.stream, meta.sequence);
+        (self.source.replier)
+            .publish_raw_confirmed(subject, letter.nats_headers(&origin, id), letter.inbound.payload.clone())
             .await
-        {
-            Ok(()) => {
-                warn!(route = %route.name, reason, %subject, stream = %meta.stream, sequence = meta.sequence, "message dead-lettered");
-                route.metrics.dead_letters.increment(1);
-                Ok(())
-            }
-            Err(e) => {
-                warn!(route = %route.name, error = %e, "dead letter not published; the message will be redelivered");
-                Err(())
-            }
-        }
+            .map(|()| true)
+            .map_err(|e| Undelivered::Failed(e.to_string()))
     }
 
-    async fn nak(
-        &self,
-        message: &jetstream::Message,
-        meta: &Meta,
-    ) -> Result<(), async_nats::Error> {
-        let delays = &self.config.redelivery_backoff;
-        let index = usize::try_from(meta.delivered.saturating_sub(1)).unwrap_or(usize::MAX);
-        let delay = delays.get(index).or(delays.last()).copied();
-        message.ack_with(AckKind::Nak(delay)).await?;
-        self.route.metrics.settled("nak");
-        Ok(())
-    }
-
-    async fn ack(
-        &self,
-        message: &jetstream::Message,
-        kind: AckKind,
-    ) -> Result<(), async_nats::Error> {
-        let action = if matches!(kind, AckKind::Term) {
-            "term"
-        } else {
-            "ack"
-        };
+    async fn ack(&self) -> Result<(), String> {
         // Double ack: the server confirms it, so an ack lost on the way is noticed.
-        message.double_ack_with(kind).await?;
-        self.route.metrics.settled(action);
-        Ok(())
+        self.message.double_ack().await.map_err(|e| e.to_string())
     }
 
-    fn inbound(&self, message: &jetstream::Message, meta: &Meta) -> Inbound {
-        let mut headers = super::nats::headers(message.headers.as_ref());
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let reply = header(&self.route.config.reply_to_header)
-            .or_else(|| self.route.config.reply_subject.clone());
-        if header(crate::invoke::retry::IDEMPOTENCY_KEY).is_none() {
-            headers.push(("Idempotency-Key".to_string(), meta.idempotency_key.clone()));
-        }
-        Inbound {
-            subject: message.subject.to_string(),
-            reply,
-            headers,
-            payload: message.payload.clone(),
-            received: std::time::Instant::now(),
-        }
+    async fn redeliver(&self, delay: Duration) -> Result<(), String> {
+        (self.message.ack_with(AckKind::Nak(Some(delay))).await).map_err(|e| e.to_string())
+    }
+
+    async fn terminate(&self) -> Result<(), String> {
+        (self.message.double_ack_with(AckKind::Term).await).map_err(|e| e.to_string())
     }
 }
 
@@ -563,7 +411,7 @@ enum BindError {
 struct Meta {
     stream: String,
     sequence: u64,
-    delivered: u64,
+    delivered: u32,
     /// Stable across redeliveries: the request's `Nats-Msg-Id`, else `stream:sequence`.
     idempotency_key: String,
 }
@@ -579,7 +427,7 @@ impl Meta {
         Some(Self {
             stream: info.stream.to_string(),
             sequence: info.stream_sequence,
-            delivered: u64::try_from(info.delivered).unwrap_or(1),
+            delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
             idempotency_key: msg_id
                 .unwrap_or_else(|| format!("{}:{}", info.stream, info.stream_sequence)),
         })

@@ -44,15 +44,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use self::state::{list_of, RouteContext, Shared, Transactions};
-use super::Inbound;
+use super::{Inbound, Settle, Undelivered};
 use crate::config::{Delivery, KafkaConfig, Ordering};
 use crate::invoke::breaker::State as BreakerState;
-use crate::mapping::reply::ATTEMPTS_HEADER;
-use crate::mapping::{ErrorKind, Reply};
-use crate::pipeline::{Disposition, Pipeline, Processed, Route};
-use crate::reply::KafkaReplier;
+use crate::mapping::Reply;
+use crate::pipeline::{Pipeline, Route, Settled};
+use crate::reply::{dead_letter, DeadLetter, KafkaReplier};
 use crate::route::Captures;
-use crate::telemetry::metrics::{Outcome, KAFKA_ASSIGNED};
+use crate::telemetry::metrics::KAFKA_ASSIGNED;
 use crate::telemetry::Health;
 
 /// How often finished offsets are committed while running.
@@ -128,13 +127,6 @@ impl Fetched {
         (self.topic.clone(), self.partition)
     }
 
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-
     /// `topic-partition-offset`: the record's identity, stable across reprocessing.
     fn id(&self) -> String {
         format!("{}-{}-{}", self.topic, self.partition, self.offset)
@@ -170,8 +162,7 @@ pub struct KafkaRoute {
 }
 
 impl KafkaRoute {
-    pub fn new(route: Arc<Route>, pipeline: Arc<Pipeline>) -> Option<Self> {
-        let config = route.config.kafka.clone()?;
+    pub fn new(route: Arc<Route>, config: KafkaConfig, pipeline: Arc<Pipeline>) -> Self {
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
         }
@@ -199,7 +190,7 @@ impl KafkaRoute {
             transactions,
             ..Shared::default()
         });
-        Some(this)
+        this
     }
 
     fn group_id(&self) -> String {
@@ -471,52 +462,32 @@ impl KafkaRoute {
 
     /// Processes one record until it is finished; `false` when it must be left to the next
     /// owner (its partition was revoked or rewound, or ricochet is shutting down while it
-    /// waited for a retry).
+    /// waited for a retry). A redelivery is local: the record waits with its partition
+    /// paused, then goes through the pipeline again.
     async fn process(&self, record: &Record, replier: &KafkaReplier) -> bool {
         let route = &self.route;
         route.metrics.received.increment(1);
-        let started = std::time::Instant::now();
-        let mut rounds: u32 = 0;
-        let finished = loop {
-            rounds += 1;
-            let inbound = self.inbound(record);
-            let processed = match self.captures(&record.topic) {
-                Some(captures) => self.pipeline.process(route, &captures, &inbound).await,
-                None => self.pipeline.refuse(
-                    route,
-                    ErrorKind::NoRoute,
-                    "the topic does not match the route's subject",
-                ),
-            };
-            let give_up = self.delivery == Delivery::AtMostOnce
-                || self.config.dead_letter_after.is_some_and(|n| rounds >= n);
-            match processed.disposition {
-                Disposition::Answered => break self.reply(record, &processed, replier).await,
-                Disposition::Undeliverable => {
-                    break self.dead_letter(record, &processed, rounds, replier).await
-                }
-                Disposition::Retry if give_up => {
-                    break match self.delivery {
-                        Delivery::AtMostOnce => self.reply(record, &processed, replier).await,
-                        _ => self.dead_letter(record, &processed, rounds, replier).await,
-                    }
-                }
-                Disposition::Retry => {
-                    let delays = &self.config.retry_backoff;
-                    let delay = delays
-                        .get(rounds as usize - 1)
-                        .or(delays.last())
-                        .copied()
-                        .unwrap_or(Duration::from_secs(1));
-                    debug!(route = %route.name, offset = record.offset, rounds, ?delay, "retryable failure; retrying the record");
+        let mut inbound = self.inbound(record);
+        let settle = Topic {
+            source: self,
+            record,
+            replier,
+        };
+        loop {
+            let captures = self.captures(&record.topic);
+            match self.pipeline.deliver(route, captures, &inbound, &settle).await {
+                Settled::Done => return true,
+                Settled::Abandoned => return false,
+                Settled::Redeliver(delay) => {
                     if !self.wait_to_retry(record, delay).await {
-                        break false;
+                        return false;
                     }
+                    inbound.delivered += 1;
+                    // A fresh deadline for the next round.
+                    inbound.received = std::time::Instant::now();
                 }
             }
-        };
-        route.metrics.message_duration.record(started.elapsed());
-        finished
+        }
     }
 
     /// The route's captures for a topic. Topics named explicitly (`kafka.topics`,
@@ -568,139 +539,24 @@ impl KafkaRoute {
                 .is_some_and(|ps| ps.generation == record.generation && !ps.revoking)
     }
 
-    /// Produces the reply, if the request has a destination. `false` when the record lost
-    /// its partition before the reply could be delivered.
-    async fn reply(&self, record: &Record, processed: &Processed, replier: &KafkaReplier) -> bool {
-        let route = &self.route;
-        let destination = record
-            .header(&route.config.reply_to_header)
-            .or_else(|| self.config.reply_topic.clone());
-        let Some(topic) = destination else {
-            debug!(route = %route.name, status = processed.reply.status.as_u16(), "no reply topic; nothing to produce");
-            route.metrics.outcome(Outcome::NoReply);
-            return true;
-        };
-        if !crate::config::valid_topic(&topic) {
-            error!(route = %route.name, record = %record.id(), "the reply-to header is not a topic name; no reply is possible");
-            route.metrics.outcome(Outcome::PublishFailed);
-            return true;
-        }
-        let correlation = record
-            .header(&route.config.correlation_header)
-            .unwrap_or_else(|| record.id());
-        let build = |reply: &Reply| {
-            let mut headers: Vec<(String, Vec<u8>)> = reply
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
-                .collect();
-            headers.push((
-                route.config.correlation_header.clone(),
-                correlation.clone().into_bytes(),
-            ));
-            Output {
-                topic: topic.clone(),
-                key: record.key.clone(),
-                headers,
-                payload: reply.body.clone(),
-            }
-        };
-        let mut output = build(&processed.reply);
-        if output.size() > self.max_message_bytes {
-            // The caller learns why instead of waiting for a reply that cannot be produced.
-            let detail = format!(
-                "the service's response ({} bytes) is larger than the producer's message.max.bytes ({})",
-                processed.reply.body.len(),
-                self.max_message_bytes
-            );
-            warn!(route = %route.name, record = %record.id(), "{detail}; a 502 error reply is produced instead");
-            route.metrics.error(ErrorKind::UpstreamUnavailable);
-            let attempts = processed
-                .reply
-                .header(ATTEMPTS_HEADER)
-                .unwrap_or("1")
-                .to_string();
-            output = build(
-                &Reply::error(ErrorKind::UpstreamUnavailable, &detail)
-                    .with_header(ATTEMPTS_HEADER, attempts),
-            );
-        }
-        let delivered = self.deliver(record, output, replier).await;
-        if delivered {
-            route.metrics.replies_published.increment(1);
-            route.metrics.outcome(Outcome::Replied);
-        }
-        delivered
-    }
-
-    async fn dead_letter(
-        &self,
-        record: &Record,
-        processed: &Processed,
-        rounds: u32,
-        replier: &KafkaReplier,
-    ) -> bool {
-        let route = &self.route;
-        let reason = match (processed.disposition, processed.error) {
-            (Disposition::Retry, _) => "dead_letter_after",
-            (_, Some(kind)) => kind.as_str(),
-            (_, None) => "undeliverable",
-        };
-        if let Some(topic) = &self.config.dead_letter_topic {
-            let mut headers = record.headers.clone();
-            for (name, value) in [
-                ("Ricochet-Dead-Letter-Reason", reason.to_string()),
-                (
-                    "Ricochet-Last-Status",
-                    processed.reply.status.as_u16().to_string(),
-                ),
-                ("Ricochet-Delivery-Count", rounds.to_string()),
-                ("Ricochet-Route", route.name.clone()),
-                ("Ricochet-Original-Topic", record.topic.clone()),
-                ("Ricochet-Original-Partition", record.partition.to_string()),
-                ("Ricochet-Original-Offset", record.offset.to_string()),
-            ] {
-                headers.push((name.to_string(), value.into_bytes()));
-            }
-            let mut output = Output {
-                topic: topic.clone(),
-                key: record.key.clone(),
-                headers,
-                payload: record.payload.clone(),
-            };
-            if output.size() > self.max_message_bytes {
-                // Keep the record's identity and why; the original topic still holds it.
-                output.headers.push((
-                    "Ricochet-Payload-Omitted".into(),
-                    format!("{} bytes exceed message.max.bytes", record.payload.len()).into_bytes(),
-                ));
-                output.payload = Bytes::new();
-            }
-            if !self.deliver(record, output, replier).await {
-                return false;
-            }
-            warn!(route = %route.name, reason, %topic, record = %record.id(), "record dead-lettered");
-            route.metrics.dead_letters.increment(1);
-        } else {
-            error!(route = %route.name, reason, record = %record.id(), "undeliverable record skipped; no dead_letter_topic is configured");
-        }
-        // The caller learns of it too.
-        self.reply(record, processed, replier).await
-    }
-
     /// At-least-once: produces `output` and waits for its delivery report, producing again
     /// (never calling the service again) while the record is ours; an error no retry can
-    /// fix (too large, no such topic, not authorised) is logged and the output dropped.
+    /// fix (too large, no such topic, not authorised) drops the output.
     /// Exactly-once: stages it for the next transaction, which also commits the offset.
-    async fn deliver(&self, record: &Record, output: Output, replier: &KafkaReplier) -> bool {
+    async fn deliver(
+        &self,
+        record: &Record,
+        output: Output,
+        replier: &KafkaReplier,
+    ) -> Result<(), Undelivered> {
         if self.delivery == Delivery::ExactlyOnce {
             let mut state = self.shared.lock();
             return match state.partitions.get_mut(&record.partition_id()) {
                 Some(ps) if ps.generation == record.generation => {
                     ps.staged.entry(record.offset).or_default().push(output);
-                    true
+                    Ok(())
                 }
-                _ => false,
+                _ => Err(Undelivered::Lost),
             };
         }
         let headers: Vec<(&str, &[u8])> = output
@@ -719,18 +575,17 @@ impl KafkaRoute {
                 )
                 .await
             {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err(e) if permanent(&e) => {
                     error!(route = %self.route.name, topic = %output.topic, record = %record.id(), error = %e, "record cannot be produced, ever; dropped");
-                    self.route.metrics.outcome(Outcome::PublishFailed);
-                    return true;
+                    return Err(Undelivered::Dropped(format!("topic {}: {e}", output.topic)));
                 }
                 Err(e) => {
                     warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     if !self.owns(record) {
-                        return false;
+                        return Err(Undelivered::Lost);
                     }
                 }
             }
@@ -738,24 +593,24 @@ impl KafkaRoute {
     }
 
     fn inbound(&self, record: &Record) -> Inbound {
-        let mut headers: Vec<(String, String)> = record
+        let config = &self.route.config;
+        let headers: Vec<(String, String)> = record
             .headers
             .iter()
             .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
             .collect();
-        if record
-            .header(crate::invoke::retry::IDEMPOTENCY_KEY)
-            .is_none()
-        {
-            headers.push(("Idempotency-Key".into(), record.id()));
-        }
-        Inbound {
-            subject: record.topic.clone(),
-            reply: None,
+        let mut inbound = Inbound::new(
+            record.topic.clone(),
+            super::reply_destination(&headers, &config.reply_to_header, self.config.reply_topic.as_deref()),
             headers,
-            payload: record.payload.clone(),
-            received: std::time::Instant::now(),
-        }
+            record.payload.clone(),
+        );
+        inbound.correlation = Some(
+            (inbound.header(&config.correlation_header).map(str::to_string))
+                .unwrap_or_else(|| record.id()),
+        );
+        inbound.idempotency_key = Some(record.id());
+        inbound
     }
 
     /// Pauses every partition while the route is saturated or its circuit is open, and a
@@ -850,6 +705,78 @@ impl KafkaRoute {
         });
         consumer.unsubscribe();
         info!(route = %route.name, "Kafka intake stopped");
+    }
+}
+
+/// Publishing the outputs of one record: its reply and dead letter, with the record's key.
+/// Nothing to settle at the broker: the lane worker marks the record finished, and the
+/// commit follows.
+struct Topic<'a> {
+    source: &'a KafkaRoute,
+    record: &'a Record,
+    replier: &'a KafkaReplier,
+}
+
+impl Topic<'_> {
+    fn output(&self, topic: &str, reply: &Reply) -> Output {
+        Output {
+            topic: topic.to_string(),
+            key: self.record.key.clone(),
+            headers: (reply.headers.iter())
+                .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+                .collect(),
+            payload: reply.body.clone(),
+        }
+    }
+}
+
+impl Settle for Topic<'_> {
+    fn too_large(&self, destination: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
+        let limit = self.source.max_message_bytes;
+        let size = self.output(destination, reply).size();
+        (size > limit).then_some((size, limit, "the producer's message.max.bytes"))
+    }
+
+    fn destination_problem(&self, destination: &str) -> Option<&'static str> {
+        (!crate::config::valid_topic(destination))
+            .then_some("is not a Kafka topic name (letters, digits, '.', '_', '-')")
+    }
+
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+        let output = self.output(destination, reply);
+        self.source.deliver(self.record, output, self.replier).await
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+        let Some(topic) = &self.source.config.dead_letter_topic else {
+            return Ok(false);
+        };
+        let record = self.record;
+        let mut headers = record.headers.clone();
+        let origin = [
+            (dead_letter::ORIGINAL_TOPIC, record.topic.clone()),
+            (dead_letter::ORIGINAL_PARTITION, record.partition.to_string()),
+            (dead_letter::ORIGINAL_OFFSET, record.offset.to_string()),
+        ];
+        for (name, value) in letter.headers().into_iter().chain(origin) {
+            headers.push((name.to_string(), value.into_bytes()));
+        }
+        let mut output = Output {
+            topic: topic.clone(),
+            key: record.key.clone(),
+            headers,
+            payload: record.payload.clone(),
+        };
+        if output.size() > self.source.max_message_bytes {
+            // Keep the record's identity and why; the original topic still holds it.
+            output.headers.push((
+                dead_letter::PAYLOAD_OMITTED.into(),
+                format!("{} bytes exceed message.max.bytes", record.payload.len()).into_bytes(),
+            ));
+            output.payload = Bytes::new();
+        }
+        let delivered = self.source.deliver(record, output, self.replier).await;
+        delivered.map(|()| true)
     }
 }
 

@@ -2,7 +2,20 @@
 //! bench exits non-zero otherwise). Figures are not asserted: speed belongs to the
 //! benchmark itself, not to tests on a shared machine.
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The ricochet binary the bench measures: the workspace's, next to the bench's own (a
+/// `cargo test` at the root builds both).
+fn ricochet() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_ricochet-bench")).with_file_name("ricochet");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test` at the workspace root, or `cargo build -p ricochet` first",
+        path.display()
+    );
+    path
+}
 
 #[test]
 fn every_leg_answers_every_request_correctly() {
@@ -20,7 +33,7 @@ fn every_leg_answers_every_request_correctly() {
         ])
         .args(["--legs", "L0,L1,L2,K1,K2"])
         .arg("--ricochet")
-        .arg(env!("CARGO_BIN_EXE_ricochet"))
+        .arg(ricochet())
         .arg("--json")
         .arg(json.path())
         .output()
@@ -63,7 +76,7 @@ fn callgrind_counts_ricochets_instructions_per_request() {
     let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
         .args(["--callgrind", "--rates", "20", "--duration", "1s"])
         .arg("--ricochet")
-        .arg(env!("CARGO_BIN_EXE_ricochet"))
+        .arg(ricochet())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

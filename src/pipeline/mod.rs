@@ -1,0 +1,444 @@
+//! One message through the whole flow, for every source:
+//!
+//! ```text
+//! route -> validate -> map to HTTP -> invoke -> map to reply -> policy -> publish -> settle
+//! ```
+//!
+//! [`Pipeline::deliver`] is the one path: the source hands it a message (already routed:
+//! the captures of its route's pattern) and a [`Settle`] handle; the pipeline validates
+//! (`validate`), calls the service ([`Pipeline::process`]), asks the settlement policy
+//! (`policy`) what becomes of the message, publishes the reply or dead letter through the
+//! handle and settles it. Metrics of those steps are recorded here, once.
+//! The source decides concurrency (a permit of the route's `max_in_flight` per message).
+
+pub mod policy;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+pub use self::policy::Policy;
+use self::policy::{Action, Reason};
+use crate::config::{Config, RouteConfig};
+use crate::invoke::{Class, Failure, InvokeError, RouteInvoker, Upstream};
+use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
+use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
+use crate::reply::DeadLetter;
+use crate::route::{Captures, Pattern};
+use crate::source::{Inbound, Settle, Undelivered};
+use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
+
+/// A configured route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub pattern: Pattern,
+    pub queue_group: String,
+    /// The route as configured, for source-specific settings.
+    pub config: RouteConfig,
+    request: RequestMapping,
+    response_headers: HeaderFilter,
+    /// Limit, breaker and retries around the HTTP call.
+    pub invoker: RouteInvoker,
+    /// The message's deadline, measured from its receipt.
+    total_timeout: Duration,
+    /// Permits for `max_in_flight`; the source holds one per message being processed.
+    pub limit: Arc<Semaphore>,
+    pub metrics: RouteMetrics,
+    pub max_payload: usize,
+    /// What becomes of a message once processed: the same rules for every source.
+    pub policy: Policy,
+}
+
+/// How one delivery ended, for the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Answered or given up, and settled: the message is finished.
+    Done,
+    /// It comes again after the delay (JetStream has nak'd it; Kafka waits and runs it
+    /// again).
+    Redeliver(Duration),
+    /// It is no longer this replica's: nothing was settled.
+    Abandoned,
+}
+
+/// What should become of a request message once its reply is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The service gave its final answer (any status): reply, then settle as done.
+    Answered,
+    /// A retryable failure outlasted local retries: a durable source redelivers later.
+    Retry,
+    /// The message can never be delivered (cannot be mapped, too large): dead letter.
+    Undeliverable,
+}
+
+/// The result of processing one message.
+#[derive(Debug)]
+pub struct Processed {
+    pub reply: Reply,
+    pub disposition: Disposition,
+    /// Set when the reply is an error of ricochet's own.
+    pub error: Option<ErrorKind>,
+}
+
+pub struct Pipeline {
+    routes: Vec<Arc<Route>>,
+    upstream: Upstream,
+}
+
+impl Pipeline {
+    /// Built from a validated configuration.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let pattern = Pattern::parse(&route.subject)?;
+            let request = RequestMapping::new(route, &config.upstream, &pattern)
+                .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
+            routes.push(Arc::new(Route {
+                name: route.name.clone(),
+                queue_group: route
+                    .queue_group
+                    .clone()
+                    .unwrap_or_else(|| config.nats.queue_group.clone()),
+                config: route.clone(),
+                request,
+                response_headers: HeaderFilter::from_config(&route.response_headers),
+                invoker: RouteInvoker::new(route, &config.upstream),
+                total_timeout: route.total_timeout_or(&config.upstream),
+                max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
+                limit: Arc::new(Semaphore::new(route.max_in_flight)),
+                metrics: RouteMetrics::new(&route.name, route.source.as_str()),
+                policy: crate::source::policy(route),
+                pattern,
+            }));
+        }
+        Ok(Self {
+            routes,
+            upstream: Upstream::new(&config.upstream),
+        })
+    }
+
+    /// Every route, in file order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// One message through the whole flow: validate, call the service, then reply, dead-letter
+    /// and settle as the route's policy decides, through the source's `settle` handle.
+    /// `captures` are those of the route's pattern, `None` when the subject does not match.
+    pub async fn deliver<S: Settle>(
+        &self,
+        route: &Route,
+        captures: Option<Captures>,
+        inbound: &Inbound,
+        settle: &S,
+    ) -> Settled {
+        let policy = &route.policy;
+        let processed = match validate::check(route, inbound, captures.is_some(), settle) {
+            Err((kind, detail)) => self.refuse(route, kind, &detail),
+            Ok(()) => {
+                let captures = captures.unwrap_or_default();
+                self.process(route, &captures, inbound).await
+            }
+        };
+        let settled = match policy.decide(&processed, inbound.delivered) {
+            Action::Answer => {
+                let last_status = processed.reply.status.as_u16();
+                match self.reply(route, inbound, processed.reply, settle).await {
+                    Ok(()) => self.ack(route, settle).await,
+                    Err(Undelivered::Lost) => Settled::Abandoned,
+                    Err(_) => match policy.reply_failed(inbound.delivered) {
+                        Action::GiveUp(reason) => {
+                            self.give_up(route, inbound, reason, last_status, None, settle)
+                                .await
+                        }
+                        Action::Redeliver(delay) => self.redeliver(route, delay, settle).await,
+                        Action::Answer => Settled::Done,
+                    },
+                }
+            }
+            Action::Redeliver(delay) => {
+                debug!(route = %route.name, delivered = inbound.delivered, status = processed.reply.status.as_u16(), ?delay, "retryable failure; redelivering later");
+                self.redeliver(route, delay, settle).await
+            }
+            Action::GiveUp(reason) => {
+                let last_status = processed.reply.status.as_u16();
+                (self.give_up(route, inbound, reason, last_status, Some(processed.reply), settle))
+                    .await
+            }
+        };
+        if settled == Settled::Done {
+            route
+                .metrics
+                .message_duration
+                .record(inbound.received.elapsed());
+        }
+        settled
+    }
+
+    /// Publishes the reply, if the message has a destination the broker can take: the
+    /// correlation id echoed, a reply over the broker's size limit replaced by a 502.
+    async fn reply<S: Settle>(
+        &self,
+        route: &Route,
+        inbound: &Inbound,
+        mut reply: Reply,
+        settle: &S,
+    ) -> Result<(), Undelivered> {
+        // A destination the broker cannot take was refused by `validate`: no reply then.
+        let destination = (inbound.reply.as_deref())
+            .filter(|d| settle.destination_problem(d).is_none());
+        let Some(destination) = destination else {
+            debug!(route = %route.name, status = reply.status.as_u16(), "message without reply subject or destination delivered; nothing to publish");
+            route.metrics.outcome(Outcome::NoReply);
+            return Ok(());
+        };
+        if let Some(id) = &inbound.correlation {
+            reply = reply.with_header(&route.config.correlation_header, id.clone());
+        }
+        if let Some((size, limit, what)) = settle.too_large(destination, &reply) {
+            reply = too_large(route, &reply, size, limit, what);
+        }
+        let result = settle.reply(destination, &reply).await;
+        match &result {
+            Ok(()) => {
+                route.metrics.replies_published.increment(1);
+                route.metrics.outcome(Outcome::Replied);
+            }
+            Err(Undelivered::Lost) => {}
+            Err(e) => {
+                warn!(route = %route.name, error = %e, "reply not published");
+                route.metrics.outcome(Outcome::PublishFailed);
+            }
+        }
+        // A reply no retry can publish is lost to the caller, but the message is finished.
+        match result {
+            Err(Undelivered::Dropped(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Dead letter, error reply (best effort: the dead letter holds the request; `reply` is
+    /// `None` when the reply is what failed), terminate. A dead letter that could not be
+    /// published makes the message come again instead.
+    async fn give_up<S: Settle>(
+        &self,
+        route: &Route,
+        inbound: &Inbound,
+        reason: Reason,
+        last_status: u16,
+        reply: Option<Reply>,
+        settle: &S,
+    ) -> Settled {
+        let policy = &route.policy;
+        let reason_text = reason.as_str(policy);
+        let letter = DeadLetter {
+            route: &route.name,
+            reason: reason_text,
+            last_status,
+            delivered: inbound.delivered,
+            inbound,
+        };
+        match settle.dead_letter(&letter).await {
+            Ok(true) => {
+                warn!(route = %route.name, reason = reason_text, subject = %inbound.subject, "message dead-lettered");
+                route.metrics.dead_letters.increment(1);
+            }
+            Ok(false) if route.config.source.is_durable() => {
+                error!(route = %route.name, reason = reason_text, subject = %inbound.subject, "undeliverable message given up; the route has no dead-letter destination");
+            }
+            Ok(false) => {}
+            Err(Undelivered::Lost) => return Settled::Abandoned,
+            Err(Undelivered::Dropped(e)) => {
+                error!(route = %route.name, reason = reason_text, error = %e, "the dead letter can never be published; dropped");
+            }
+            Err(e) if policy.at_most_once => {
+                warn!(route = %route.name, error = %e, "dead letter not published (at-most-once: the message does not come again)");
+            }
+            Err(e) => {
+                warn!(route = %route.name, error = %e, "dead letter not published; the message will come again");
+                let delay = policy.dead_letter_failed(inbound.delivered);
+                return self.redeliver(route, delay, settle).await;
+            }
+        }
+        if let Some(reply) = reply {
+            if let Err(Undelivered::Lost) = self.reply(route, inbound, reply, settle).await {
+                return Settled::Abandoned;
+            }
+        }
+        if policy.at_most_once {
+            return Settled::Done;
+        }
+        match settle.terminate().await {
+            Ok(()) => route.metrics.settled(Settlement::Term),
+            Err(e) => {
+                warn!(route = %route.name, error = %e, "term failed; the message will come again")
+            }
+        }
+        Settled::Done
+    }
+
+    async fn ack<S: Settle>(&self, route: &Route, settle: &S) -> Settled {
+        if route.policy.at_most_once {
+            // Settled on receipt, or nothing to settle (core NATS).
+            return Settled::Done;
+        }
+        match settle.ack().await {
+            Ok(()) => route.metrics.settled(Settlement::Ack),
+            // The broker redelivers it: the message is not lost.
+            Err(e) => warn!(route = %route.name, error = %e, "ack failed; the message will come again"),
+        }
+        Settled::Done
+    }
+
+    async fn redeliver<S: Settle>(&self, route: &Route, delay: Duration, settle: &S) -> Settled {
+        match settle.redeliver(delay).await {
+            Ok(()) => route.metrics.settled(Settlement::Nak),
+            Err(e) => warn!(route = %route.name, error = %e, "nak failed; the message will come again after its ack wait"),
+        }
+        Settled::Redeliver(delay)
+    }
+
+    /// Takes one validated message from its deadline to its reply; publishes nothing.
+    pub async fn process(
+        &self,
+        route: &Route,
+        captures: &Captures,
+        inbound: &Inbound,
+    ) -> Processed {
+        let deadline = match self.deadline(route, inbound) {
+            Ok(deadline) => deadline,
+            Err(detail) => return self.refuse(route, ErrorKind::BadRequest, &detail),
+        };
+        let values = captures.values(&inbound.subject);
+        let request = match route.request.build(inbound, &values) {
+            Ok(request) => request,
+            Err(e) => return self.refuse(route, ErrorKind::BadRequest, &e.to_string()),
+        };
+        let method = request.method().clone();
+        let outcome = route
+            .invoker
+            .invoke(&self.upstream, request, deadline, &route.metrics)
+            .await;
+        let attempts = outcome.attempts;
+        let disposition = match (outcome.class, &outcome.result) {
+            (Class::Success, _) => Disposition::Answered,
+            (Class::Retryable, _) => Disposition::Retry,
+            // The service's final answer.
+            (Class::Permanent, Ok(_)) => Disposition::Answered,
+            // A body too large for the contract: no redelivery changes that.
+            (Class::Permanent, Err(Failure::Upstream(InvokeError::ResponseTooLarge(_)))) => {
+                Disposition::Undeliverable
+            }
+            // The service is unreachable or slow even if the route does not retry that
+            // locally: a durable source redelivers later rather than dead-lettering.
+            (Class::Permanent, Err(_)) => Disposition::Retry,
+        };
+        let error = outcome.result.as_ref().err().map(Failure::kind);
+        let reply = match outcome.result {
+            Ok(response) => {
+                if !response.status.is_success() {
+                    debug!(route = %route.name, %method, status = response.status.as_u16(), attempts, "service answered with an error status");
+                }
+                Reply::from_response(
+                    response.status,
+                    &response.headers,
+                    response.body,
+                    &route.response_headers,
+                )
+            }
+            Err(Failure::CircuitOpen { retry_in }) => {
+                route.metrics.error(ErrorKind::CircuitOpen);
+                // Whole seconds, rounded up, as Retry-After wants.
+                let seconds = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+                Reply::error(ErrorKind::CircuitOpen, "circuit open")
+                    .with_header("Retry-After", seconds.to_string())
+            }
+            Err(failure) => {
+                if let Failure::Upstream(e) = &failure {
+                    warn!(route = %route.name, %method, error = %e, attempts, "HTTP call failed");
+                }
+                route.metrics.error(failure.kind());
+                Reply::error(failure.kind(), &failure.to_string())
+            }
+        };
+        Processed {
+            reply: reply.with_header(ATTEMPTS_HEADER, attempts.to_string()),
+            disposition,
+            error,
+        }
+    }
+
+    /// The route's total timeout from receipt, shortened by a `Ricochet-Timeout` header.
+    fn deadline(&self, route: &Route, inbound: &Inbound) -> Result<Instant, String> {
+        let mut budget = route.total_timeout;
+        if let Some((_, value)) = inbound
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(TIMEOUT_HEADER))
+        {
+            let asked = parse_timeout(value).ok_or_else(|| {
+                format!("{TIMEOUT_HEADER} {value:?} is not a duration like \"1500ms\" or \"2s\"")
+            })?;
+            budget = budget.min(asked);
+        }
+        Ok(Instant::from_std(inbound.received) + budget)
+    }
+
+    /// A message ricochet answers itself without calling the service.
+    pub fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Processed {
+        debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
+        route.metrics.error(kind);
+        Processed {
+            reply: Reply::error(kind, detail).with_header(ATTEMPTS_HEADER, "0".into()),
+            disposition: Disposition::Undeliverable,
+            error: Some(kind),
+        }
+    }
+}
+
+/// The one oversize rule: a reply larger than the broker takes becomes a 502 saying why, so
+/// the caller learns it instead of waiting; it keeps `Ricochet-Attempts` and the correlation
+/// id, and counts as the reply.
+fn too_large(route: &Route, reply: &Reply, size: usize, limit: usize, what: &str) -> Reply {
+    let detail = format!(
+        "the service's response ({size} bytes) is larger than {what} ({limit} bytes)"
+    );
+    warn!(route = %route.name, "{detail}; a 502 error reply is sent instead");
+    route.metrics.error(ErrorKind::UpstreamUnavailable);
+    let mut fallback = Reply::error(ErrorKind::UpstreamUnavailable, &detail);
+    for name in [ATTEMPTS_HEADER, route.config.correlation_header.as_str()] {
+        if let Some(value) = reply.header(name) {
+            fallback = fallback.with_header(name, value.to_string());
+        }
+    }
+    fallback
+}
+
+/// `Ricochet-Timeout`: a duration ("1500ms", "2s") or a plain number of milliseconds.
+fn parse_timeout(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    value
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .ok()
+        .or_else(|| humantime::parse_duration(value).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_timeouts_parse() {
+        assert_eq!(parse_timeout("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout(" 250ms "), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("soon"), None);
+    }
+}
