@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, SourceConfig, SourceKind};
 use crate::pipeline::Pipeline;
 use crate::reply::NatsReplier;
 use crate::source::jetstream::JetStreamRoute;
@@ -45,10 +45,10 @@ use crate::telemetry::Health;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = telemetry::metrics::install()?;
     let core_routes = (config.routes.iter())
-        .filter(|r| r.source == SourceKind::Nats)
+        .filter(|r| r.source.kind() == SourceKind::Nats)
         .count();
     // A configuration with Kafka routes only needs no NATS server at all.
-    let needs_nats = config.routes.iter().any(|r| r.source.uses_nats());
+    let needs_nats = (config.routes.iter()).any(|r| r.source.kind().uses_nats());
     // Readiness waits for the NATS connection's subscriptions (confirmed once for all core
     // routes) and for the consumer of every other route.
     let intakes_to_wait_for = usize::from(needs_nats) + config.routes.len() - core_routes;
@@ -75,25 +75,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut intakes = JoinSet::new();
     for route in pipeline.routes() {
         let (tracker, stop, health) = (tracker.clone(), stop.clone(), health.clone());
-        match route.config.source {
+        match &route.config.source {
             // One intake below serves every core route.
-            SourceKind::Nats => {}
-            SourceKind::Jetstream => {
+            SourceConfig::Nats { .. } => {}
+            SourceConfig::Jetstream { settings, .. } => {
                 let (client, replier) = (client.clone(), replier.clone());
                 let (client, replier) = client.zip(replier).expect("JetStream connects to NATS");
-                let settings = route.config.jetstream.clone().expect("validated");
-                let consumer = JetStreamRoute::new(route.clone(), settings, pipeline.clone(), replier);
+                let (route, pipeline) = (route.clone(), pipeline.clone());
+                let consumer = JetStreamRoute::new(route, settings.clone(), pipeline, replier);
                 intakes.spawn(consumer.run(client, health, tracker, stop));
             }
-            SourceKind::Kafka => {
-                let settings = route.config.kafka.clone().expect("validated");
-                let consumer = KafkaRoute::new(route.clone(), settings, pipeline.clone());
+            SourceConfig::Kafka { settings, .. } => {
+                let consumer = KafkaRoute::new(route.clone(), settings.clone(), pipeline.clone());
                 intakes.spawn(consumer.run(health, tracker, stop));
             }
         }
     }
     if let (Some(client), Some(replier), true) = (&client, &replier, core_routes > 0) {
-        let core = Arc::new(source::nats::Core::new(pipeline.clone(), replier.clone()));
+        let queue_group = &config.nats.queue_group;
+        let core = source::nats::Core::new(pipeline.clone(), replier.clone(), queue_group);
+        let core = Arc::new(core);
         for (route, subscriber) in source::nats::subscribe(client, &core).await? {
             let (core, tracker, stop) = (core.clone(), tracker.clone(), stop.clone());
             intakes.spawn(source::nats::intake(route, subscriber, core, tracker, stop));

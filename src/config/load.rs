@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
-use super::{Config, RouteConfig};
+use super::{Config, RouteConfig, RouteFile};
 
 /// Environment variables starting with this override configuration keys.
 /// `RICOCHET__UPSTREAM__BASE_URL` sets `upstream.base_url`; `RICOCHET__ROUTES__0__TIMEOUT`
@@ -104,16 +104,22 @@ pub fn load_str(
     };
     let count = raw_routes.len();
     let mut routes = Vec::with_capacity(count);
+    let mut names = Vec::with_capacity(count);
     for (index, raw) in raw_routes.into_iter().enumerate() {
         let prefix = format!("routes[{index}]");
-        let (route, more) = deserialize_all::<RouteConfig>(raw, &prefix, &env_keys);
+        let (route, more) = deserialize_all::<RouteFile>(raw, &prefix, &env_keys);
         errors.extend(more);
         if let Some(route) = route {
             errors.extend(super::validate::route(&prefix, &route));
-            routes.push((index, route));
+            names.push((index, route.name.clone()));
+            // Typed even with problems (misplaced keys are dropped), so the checks across
+            // settings below still run and report theirs.
+            if let Some(route) = RouteConfig::from_file(route) {
+                routes.push((index, route));
+            }
         }
     }
-    errors.extend(super::validate::across(&routes, count));
+    errors.extend(super::validate::across(&names, count));
     let (config, more) = deserialize_all::<Config>(Value::Table(table), "", &env_keys);
     errors.extend(more);
     let Some(mut config) = config else {

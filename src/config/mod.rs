@@ -36,7 +36,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
-    #[serde(default)]
+    /// Read route by route (see `load.rs`), then typed.
+    #[serde(skip)]
     pub routes: Vec<RouteConfig>,
 }
 
@@ -66,7 +67,7 @@ impl Config {
     /// and ricochet hands such a worker over to the others while it does (`block_in_place`),
     /// which the single-thread runtime cannot do.
     pub fn runtime_threads(&self) -> RuntimeThreads {
-        let kafka = self.routes.iter().any(|r| r.source == SourceKind::Kafka);
+        let kafka = (self.routes.iter()).any(|r| r.source.kind() == SourceKind::Kafka);
         match (self.runtime.worker_threads, kafka) {
             (None | Some(1), false) => RuntimeThreads::Single,
             (threads, _) => RuntimeThreads::Multi(threads),
@@ -154,10 +155,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// One subject pattern mapped to one HTTP endpoint.
+/// A route as written in the file: what serde reads and `validate::route` checks. Every
+/// source's keys are there, so that a key on the wrong kind of route is reported with its
+/// key path; [`RouteConfig::from_file`] then gives the typed form the rest of ricochet uses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+pub struct RouteFile {
     /// Used in logs and as the `route` metric label.
     pub name: String,
     /// NATS subject pattern: literal tokens, `*`, a final `>`, and named tokens `{id}`.
@@ -225,6 +228,74 @@ pub struct RouteConfig {
     /// Which HTTP response headers become reply headers.
     #[serde(default)]
     pub response_headers: HeaderFilterConfig,
+}
+
+/// One subject pattern mapped to one HTTP endpoint, validated. Field meanings as in
+/// [`RouteFile`].
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub subject: String,
+    pub method: String,
+    pub path: String,
+    pub timeout: Option<Duration>,
+    pub total_timeout: Option<Duration>,
+    pub success_statuses: Vec<u16>,
+    pub retry: RetryConfig,
+    pub circuit_breaker: BreakerConfig,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub reply_to_header: String,
+    pub correlation_header: String,
+    pub max_in_flight: usize,
+    pub max_payload: ByteSize,
+    pub content_type: Option<String>,
+    pub request_headers: HeaderFilterConfig,
+    pub response_headers: HeaderFilterConfig,
+    /// Where the requests come from, with that source's settings.
+    pub source: SourceConfig,
+}
+
+/// The source-specific part of a route: one variant per source, so settings of one source
+/// cannot appear on a route of another.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Core NATS request-reply: queue subscriptions, replies to the request's inbox.
+    Nats {
+        /// Overrides `nats.queue_group`.
+        queue_group: Option<String>,
+    },
+    /// A durable JetStream pull consumer.
+    Jetstream {
+        settings: JetStreamConfig,
+        delivery: Delivery,
+        reply_subject: Option<String>,
+        dead_letter: Option<String>,
+    },
+    /// A Kafka consumer group.
+    Kafka {
+        settings: KafkaConfig,
+        delivery: Delivery,
+    },
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceConfig::Nats { .. } => SourceKind::Nats,
+            SourceConfig::Jetstream { .. } => SourceKind::Jetstream,
+            SourceConfig::Kafka { .. } => SourceKind::Kafka,
+        }
+    }
+
+    /// The delivery guarantee; core NATS is at-most-once.
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            SourceConfig::Nats { .. } => Delivery::AtMostOnce,
+            SourceConfig::Jetstream { delivery, .. } | SourceConfig::Kafka { delivery, .. } => {
+                *delivery
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -601,10 +672,50 @@ impl SourceKind {
 }
 
 impl RouteConfig {
+    /// The typed route of a file route that passed `validate::route`; `None` when a source
+    /// table it needs is missing (already reported by validation).
+    pub fn from_file(file: RouteFile) -> Option<Self> {
+        let source = match file.source {
+            SourceKind::Nats => SourceConfig::Nats {
+                queue_group: file.queue_group,
+            },
+            SourceKind::Jetstream => SourceConfig::Jetstream {
+                settings: file.jetstream?,
+                delivery: file.delivery.unwrap_or_default(),
+                reply_subject: file.reply_subject,
+                dead_letter: file.dead_letter,
+            },
+            SourceKind::Kafka => SourceConfig::Kafka {
+                settings: file.kafka?,
+                delivery: file.delivery.unwrap_or_default(),
+            },
+        };
+        Some(Self {
+            name: file.name,
+            subject: file.subject,
+            method: file.method,
+            path: file.path,
+            timeout: file.timeout,
+            total_timeout: file.total_timeout,
+            success_statuses: file.success_statuses,
+            retry: file.retry,
+            circuit_breaker: file.circuit_breaker,
+            rate_limit: file.rate_limit,
+            reply_to_header: file.reply_to_header,
+            correlation_header: file.correlation_header,
+            max_in_flight: file.max_in_flight,
+            max_payload: file.max_payload,
+            content_type: file.content_type,
+            request_headers: file.request_headers,
+            response_headers: file.response_headers,
+            source,
+        })
+    }
+
     /// What this route retries: `retry.retry_on`, else the default of its source.
     pub fn retry_on(&self) -> Vec<RetryOn> {
         (self.retry.retry_on.clone())
-            .unwrap_or_else(|| defaults::retry_on(self.source.is_durable()))
+            .unwrap_or_else(|| defaults::retry_on(self.source.kind().is_durable()))
     }
 
     /// The per-attempt HTTP timeout of this route.

@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 
 use super::{
     BreakerConfig, ByteSize, Config, ConfigError, Delivery, HeaderFilterConfig, RateLimitConfig,
-    RetryConfig, RetryOn, RouteConfig, SourceKind, UpstreamConfig,
+    RetryConfig, RetryOn, RouteConfig, RouteFile, SourceConfig, SourceKind, UpstreamConfig,
 };
 use crate::mapping::PathTemplate;
 use crate::route::Pattern;
@@ -87,8 +87,8 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
     errors
 }
 
-/// One route on its own.
-pub(super) fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
+/// One route on its own, as written.
+pub(super) fn route(prefix: &str, route: &RouteFile) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut push = |key: &str, message: String| {
         errors.push(ConfigError::new(format!("{prefix}.{key}"), message))
@@ -193,53 +193,46 @@ pub(super) fn deadlines(
 ) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (index, route) in routes {
-        if let Some(kafka) = route
-            .kafka
-            .as_ref()
-            .filter(|_| route.source == SourceKind::Kafka)
-        {
-            let max_poll = kafka
-                .consumer
-                .get("max.poll.interval.ms")
-                .and_then(|v| v.parse().ok())
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(crate::source::kafka::DEFAULT_MAX_POLL_INTERVAL);
-            let total = route.total_timeout_or(upstream);
-            // On revoke, in-flight records get half of it to finish.
-            if total >= max_poll / 2 {
+        let total = route.total_timeout_or(upstream);
+        match &route.source {
+            SourceConfig::Kafka { settings, .. } => {
+                let max_poll = settings
+                    .consumer
+                    .get("max.poll.interval.ms")
+                    .and_then(|v| v.parse().ok())
+                    .map(std::time::Duration::from_millis)
+                    .unwrap_or(crate::source::kafka::DEFAULT_MAX_POLL_INTERVAL);
+                // On revoke, in-flight records get half of it to finish.
+                if total >= max_poll / 2 {
+                    errors.push(ConfigError::new(
+                        format!("routes[{index}].total_timeout"),
+                        format!(
+                            "the HTTP deadline of {total:?} must be under half of max.poll.interval.ms ({max_poll:?}), \
+                             so in-flight records can finish when partitions are revoked"
+                        ),
+                    ));
+                }
+            }
+            // Strictly shorter: the reply and the ack still have to happen after the deadline.
+            SourceConfig::Jetstream { settings: js, .. }
+                if !js.in_progress && total >= js.ack_wait =>
+            {
                 errors.push(ConfigError::new(
-                    format!("routes[{index}].total_timeout"),
+                    format!("routes[{index}].jetstream.ack_wait"),
                     format!(
-                        "the HTTP deadline of {total:?} must be under half of max.poll.interval.ms ({max_poll:?}), \
-                         so in-flight records can finish when partitions are revoked"
+                        "{:?} is shorter than the route's HTTP deadline of {total:?} (attempts, timeouts and backoff): \
+                         raise ack_wait, lower total_timeout, or set in_progress = true",
+                        js.ack_wait
                     ),
                 ));
             }
-        }
-        let Some(js) = route
-            .jetstream
-            .as_ref()
-            .filter(|_| route.source == SourceKind::Jetstream)
-        else {
-            continue;
-        };
-        let total = route.total_timeout_or(upstream);
-        // Strictly shorter: the reply and the ack still have to happen after the deadline.
-        if !js.in_progress && total >= js.ack_wait {
-            errors.push(ConfigError::new(
-                format!("routes[{index}].jetstream.ack_wait"),
-                format!(
-                    "{:?} is shorter than the route's HTTP deadline of {total:?} (attempts, timeouts and backoff): \
-                     raise ack_wait, lower total_timeout, or set in_progress = true",
-                    js.ack_wait
-                ),
-            ));
+            SourceConfig::Jetstream { .. } | SourceConfig::Nats { .. } => {}
         }
     }
     errors
 }
 
-fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
+fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     for (key, value) in [
         ("reply_subject", &route.reply_subject),
         ("dead_letter", &route.dead_letter),
@@ -272,6 +265,12 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
     }
     if route.source != SourceKind::Jetstream && route.jetstream.is_some() {
         push("jetstream", "only for source = \"jetstream\"".into());
+    }
+    if route.source != SourceKind::Nats && route.queue_group.is_some() {
+        push(
+            "queue_group",
+            "only for source = \"nats\": replicas of a durable route share its durable consumer or consumer group".into(),
+        );
     }
     // NATS subjects for replies and dead letters belong to JetStream routes only.
     let hint = match route.source {
@@ -343,7 +342,7 @@ fn check_source(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
     }
 }
 
-fn check_kafka(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
+fn check_kafka(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     let Some(kafka) = &route.kafka else {
         push(
             "kafka",
@@ -445,9 +444,9 @@ fn regex_syntax_check(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks across routes; `routes` holds those that deserialized, with their index, out of
-/// `count` in the file.
-pub(super) fn across(routes: &[(usize, RouteConfig)], count: usize) -> Vec<ConfigError> {
+/// Checks across routes; `names` holds those of the routes that deserialized, with their
+/// index, out of `count` in the file.
+pub(super) fn across(names: &[(usize, String)], count: usize) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     if count == 0 {
         errors.push(ConfigError::new(
@@ -455,15 +454,12 @@ pub(super) fn across(routes: &[(usize, RouteConfig)], count: usize) -> Vec<Confi
             "at least one [[routes]] entry is required",
         ));
     }
-    let mut names = HashSet::new();
-    for (index, route) in routes {
-        if !names.insert(route.name.as_str()) {
+    let mut seen = HashSet::new();
+    for (index, name) in names {
+        if !seen.insert(name.as_str()) {
             errors.push(ConfigError::new(
                 format!("routes[{index}].name"),
-                format!(
-                    "{:?} is used by an earlier route; names must be unique",
-                    route.name
-                ),
+                format!("{name:?} is used by an earlier route; names must be unique"),
             ));
         }
     }

@@ -96,7 +96,7 @@ impl RouteInvoker {
             limit: route.rate_limit.as_ref().map(|l| {
                 // A durable source has no caller waiting for a fast 429, and a refusal
                 // would be a redelivery: its messages wait for the limit instead.
-                let durable = route.source.is_durable();
+                let durable = route.source.kind().is_durable();
                 RateLimit::new(l, route.max_payload, durable)
             }),
         }
@@ -182,7 +182,11 @@ impl RouteInvoker {
             }
             match self.next_attempt(&parts, &result, attempts, deadline, &mut backoff) {
                 Err(reason) => {
-                    debug!(attempts, reason = reason.as_str(), "retryable failure not retried");
+                    debug!(
+                        attempts,
+                        reason = reason.as_str(),
+                        "retryable failure not retried"
+                    );
                     metrics.retry_skipped(reason);
                     return finish(result, attempts, verdict.class);
                 }

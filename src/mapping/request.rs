@@ -132,7 +132,11 @@ mod tests {
         let mut own = inbound(&[("Idempotency-Key", "caller-1")]);
         own.idempotency_key = Some("ORDERS:43".into());
         let request = m.build(&own, &["1"]).unwrap();
-        let keys: Vec<_> = request.headers().get_all("idempotency-key").iter().collect();
+        let keys: Vec<_> = request
+            .headers()
+            .get_all("idempotency-key")
+            .iter()
+            .collect();
         assert_eq!(keys, ["caller-1"], "the message's own key is kept, alone");
         // Core NATS has none.
         let request = m.build(&inbound(&[]), &["1"]).unwrap();

@@ -37,7 +37,6 @@ use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
 pub struct Route {
     pub name: String,
     pub pattern: Pattern,
-    pub queue_group: String,
     /// The route as configured, for source-specific settings.
     pub config: RouteConfig,
     request: RequestMapping,
@@ -101,10 +100,6 @@ impl Pipeline {
                 .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
             routes.push(Arc::new(Route {
                 name: route.name.clone(),
-                queue_group: route
-                    .queue_group
-                    .clone()
-                    .unwrap_or_else(|| config.nats.queue_group.clone()),
                 config: route.clone(),
                 request,
                 response_headers: HeaderFilter::from_config(&route.response_headers),
@@ -112,7 +107,7 @@ impl Pipeline {
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
-                metrics: RouteMetrics::new(&route.name, route.source.as_str()),
+                metrics: RouteMetrics::new(&route.name, route.source.kind().as_str()),
                 policy: crate::source::policy(route),
                 pattern,
             }));
@@ -168,8 +163,15 @@ impl Pipeline {
             }
             Action::GiveUp(reason) => {
                 let last_status = processed.reply.status.as_u16();
-                (self.give_up(route, inbound, reason, last_status, Some(processed.reply), settle))
-                    .await
+                (self.give_up(
+                    route,
+                    inbound,
+                    reason,
+                    last_status,
+                    Some(processed.reply),
+                    settle,
+                ))
+                .await
             }
         };
         if settled == Settled::Done {
@@ -191,8 +193,8 @@ impl Pipeline {
         settle: &S,
     ) -> Result<(), Undelivered> {
         // A destination the broker cannot take was refused by `validate`: no reply then.
-        let destination = (inbound.reply.as_deref())
-            .filter(|d| settle.destination_problem(d).is_none());
+        let destination =
+            (inbound.reply.as_deref()).filter(|d| settle.destination_problem(d).is_none());
         let Some(destination) = destination else {
             debug!(route = %route.name, status = reply.status.as_u16(), "message without reply subject or destination delivered; nothing to publish");
             route.metrics.outcome(Outcome::NoReply);
@@ -249,7 +251,7 @@ impl Pipeline {
                 warn!(route = %route.name, reason = reason_text, subject = %inbound.subject, "message dead-lettered");
                 route.metrics.dead_letters.increment(1);
             }
-            Ok(false) if route.config.source.is_durable() => {
+            Ok(false) if route.config.source.kind().is_durable() => {
                 error!(route = %route.name, reason = reason_text, subject = %inbound.subject, "undeliverable message given up; the route has no dead-letter destination");
             }
             Ok(false) => {}
@@ -291,7 +293,9 @@ impl Pipeline {
         match settle.ack().await {
             Ok(()) => route.metrics.settled(Settlement::Ack),
             // The broker redelivers it: the message is not lost.
-            Err(e) => warn!(route = %route.name, error = %e, "ack failed; the message will come again"),
+            Err(e) => {
+                warn!(route = %route.name, error = %e, "ack failed; the message will come again")
+            }
         }
         Settled::Done
     }
@@ -299,7 +303,9 @@ impl Pipeline {
     async fn redeliver<S: Settle>(&self, route: &Route, delay: Duration, settle: &S) -> Settled {
         match settle.redeliver(delay).await {
             Ok(()) => route.metrics.settled(Settlement::Nak),
-            Err(e) => warn!(route = %route.name, error = %e, "nak failed; the message will come again after its ack wait"),
+            Err(e) => {
+                warn!(route = %route.name, error = %e, "nak failed; the message will come again after its ack wait")
+            }
         }
         Settled::Redeliver(delay)
     }
@@ -406,9 +412,8 @@ impl Pipeline {
 /// the caller learns it instead of waiting; it keeps `Ricochet-Attempts` and the correlation
 /// id, and counts as the reply.
 fn too_large(route: &Route, reply: &Reply, size: usize, limit: usize, what: &str) -> Reply {
-    let detail = format!(
-        "the service's response ({size} bytes) is larger than {what} ({limit} bytes)"
-    );
+    let detail =
+        format!("the service's response ({size} bytes) is larger than {what} ({limit} bytes)");
     warn!(route = %route.name, "{detail}; a 502 error reply is sent instead");
     route.metrics.error(ErrorKind::UpstreamUnavailable);
     let mut fallback = Reply::error(ErrorKind::UpstreamUnavailable, &detail);

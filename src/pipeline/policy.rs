@@ -61,9 +61,11 @@ impl Policy {
     pub fn decide(&self, processed: &Processed, delivered: u32) -> Action {
         match processed.disposition {
             Disposition::Answered => Action::Answer,
-            Disposition::Undeliverable => {
-                Action::GiveUp(processed.error.map_or(Reason::Undeliverable, Reason::Refused))
-            }
+            Disposition::Undeliverable => Action::GiveUp(
+                processed
+                    .error
+                    .map_or(Reason::Undeliverable, Reason::Refused),
+            ),
             Disposition::Retry if self.at_most_once => Action::Answer,
             Disposition::Retry if self.last(delivered) => Action::GiveUp(Reason::Exhausted),
             Disposition::Retry => Action::Redeliver(self.delay(delivered)),
@@ -166,8 +168,14 @@ mod tests {
     fn retryable_failures_come_again_with_the_nth_delay_until_the_last_delivery() {
         let policy = jetstream();
         let retry = processed(Disposition::Retry, Some(ErrorKind::Timeout));
-        assert_eq!(policy.decide(&retry, 1), Action::Redeliver(Duration::from_secs(1)));
-        assert_eq!(policy.decide(&retry, 2), Action::Redeliver(Duration::from_secs(5)));
+        assert_eq!(
+            policy.decide(&retry, 1),
+            Action::Redeliver(Duration::from_secs(1))
+        );
+        assert_eq!(
+            policy.decide(&retry, 2),
+            Action::Redeliver(Duration::from_secs(5))
+        );
         assert_eq!(policy.decide(&retry, 3), Action::GiveUp(Reason::Exhausted));
         assert_eq!(Reason::Exhausted.as_str(&policy), "max_deliver");
         // The last delay repeats.
@@ -177,9 +185,18 @@ mod tests {
             "dead_letter_after",
             vec![Duration::from_secs(1), Duration::from_secs(2)],
         );
-        assert_eq!(forever.decide(&retry, 1), Action::Redeliver(Duration::from_secs(1)));
-        assert_eq!(forever.decide(&retry, 2), Action::Redeliver(Duration::from_secs(2)));
-        assert_eq!(forever.decide(&retry, 1000), Action::Redeliver(Duration::from_secs(2)));
+        assert_eq!(
+            forever.decide(&retry, 1),
+            Action::Redeliver(Duration::from_secs(1))
+        );
+        assert_eq!(
+            forever.decide(&retry, 2),
+            Action::Redeliver(Duration::from_secs(2))
+        );
+        assert_eq!(
+            forever.decide(&retry, 1000),
+            Action::Redeliver(Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -195,14 +212,22 @@ mod tests {
             "payload_too_large"
         );
         let unnamed = processed(Disposition::Undeliverable, None);
-        assert_eq!(policy.decide(&unnamed, 1), Action::GiveUp(Reason::Undeliverable));
+        assert_eq!(
+            policy.decide(&unnamed, 1),
+            Action::GiveUp(Reason::Undeliverable)
+        );
     }
 
     #[test]
     fn at_most_once_answers_retryable_failures_and_never_redelivers() {
         for policy in [
             Policy::at_most_once(),
-            Policy::durable(Delivery::AtMostOnce, Some(5), "max_deliver", vec![Duration::from_secs(1)]),
+            Policy::durable(
+                Delivery::AtMostOnce,
+                Some(5),
+                "max_deliver",
+                vec![Duration::from_secs(1)],
+            ),
         ] {
             let retry = processed(Disposition::Retry, Some(ErrorKind::CircuitOpen));
             assert_eq!(policy.decide(&retry, 1), Action::Answer);
@@ -215,8 +240,14 @@ mod tests {
     #[test]
     fn a_reply_that_failed_comes_again_then_is_given_up() {
         let policy = jetstream();
-        assert_eq!(policy.reply_failed(1), Action::Redeliver(Duration::from_secs(1)));
-        assert_eq!(policy.reply_failed(3), Action::GiveUp(Reason::PublishFailed));
+        assert_eq!(
+            policy.reply_failed(1),
+            Action::Redeliver(Duration::from_secs(1))
+        );
+        assert_eq!(
+            policy.reply_failed(3),
+            Action::GiveUp(Reason::PublishFailed)
+        );
         assert_eq!(Reason::PublishFailed.as_str(&policy), "publish_failed");
         assert_eq!(policy.dead_letter_failed(2), Duration::from_secs(5));
     }

@@ -150,8 +150,7 @@ impl NatsReplier {
     }
 
     async fn stream_subjects(&self) -> Result<Vec<Pattern>, String> {
-        let listing =
-            |e: &dyn std::fmt::Display| format!("cannot list the streams' subjects: {e}");
+        let listing = |e: &dyn std::fmt::Display| format!("cannot list the streams' subjects: {e}");
         let mut filters = Vec::new();
         let mut streams = self.jetstream.streams();
         while let Some(info) = streams.try_next().await.map_err(|e| listing(&e))? {
@@ -161,7 +160,6 @@ impl NatsReplier {
         }
         Ok(filters)
     }
-
 }
 
 fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {

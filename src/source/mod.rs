@@ -21,25 +21,26 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::{RouteConfig, SourceKind};
+use crate::config::{RouteConfig, SourceConfig};
 use crate::mapping::Reply;
 use crate::pipeline::Policy;
 use crate::reply::DeadLetter;
 
 /// The settlement policy of a route: the source's redelivery settings.
 pub fn policy(route: &RouteConfig) -> Policy {
-    let delivery = route.delivery.unwrap_or_default();
-    match route.source {
-        SourceKind::Nats => Policy::at_most_once(),
-        SourceKind::Jetstream => {
-            let js = route.jetstream.as_ref().expect("validated: a JetStream table");
-            let max = Some(js.max_deliver);
-            Policy::durable(delivery, max, "max_deliver", js.redelivery_backoff.clone())
+    match &route.source {
+        SourceConfig::Nats { .. } => Policy::at_most_once(),
+        SourceConfig::Jetstream {
+            settings, delivery, ..
+        } => {
+            let max = Some(settings.max_deliver);
+            let delays = settings.redelivery_backoff.clone();
+            Policy::durable(*delivery, max, "max_deliver", delays)
         }
-        SourceKind::Kafka => {
-            let kafka = route.kafka.as_ref().expect("validated: a Kafka table");
-            let max = kafka.dead_letter_after;
-            Policy::durable(delivery, max, "dead_letter_after", kafka.retry_backoff.clone())
+        SourceConfig::Kafka { settings, delivery } => {
+            let max = settings.dead_letter_after;
+            let delays = settings.retry_backoff.clone();
+            Policy::durable(*delivery, max, "dead_letter_after", delays)
         }
     }
 }
@@ -67,7 +68,12 @@ pub struct Inbound {
 
 impl Inbound {
     /// A message delivered for the first time, with nothing but what it carries.
-    pub fn new(subject: String, reply: Option<String>, headers: Vec<(String, String)>, payload: Bytes) -> Self {
+    pub fn new(
+        subject: String,
+        reply: Option<String>,
+        headers: Vec<(String, String)>,
+        payload: Bytes,
+    ) -> Self {
         Self {
             subject,
             reply,
@@ -128,7 +134,11 @@ pub enum Undelivered {
 /// defaults.
 pub trait Settle: Sync {
     /// The broker's limit on a reply, if this one would exceed it: `(size, limit, what)`.
-    fn too_large(&self, _destination: &str, _reply: &Reply) -> Option<(usize, usize, &'static str)> {
+    fn too_large(
+        &self,
+        _destination: &str,
+        _reply: &Reply,
+    ) -> Option<(usize, usize, &'static str)> {
         None
     }
 
@@ -175,7 +185,10 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{NatsConfig, SourceKind};
+use crate::config::{NatsConfig, SourceConfig};
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
 use crate::reply::NatsReplier;
@@ -27,16 +27,24 @@ pub struct Core {
     replier: Arc<NatsReplier>,
     /// The core NATS routes, in file order: the first match wins.
     table: RouteTable<Route>,
+    /// Each core route's queue group, by its index in `table`.
+    queue_groups: Vec<String>,
 }
 
 impl Core {
-    pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>) -> Self {
-        let core = (pipeline.routes().iter())
-            .filter(|r| r.config.source == SourceKind::Nats)
-            .map(|r| (r.pattern.clone(), r.clone()))
-            .collect();
+    /// `queue_group` is the default, `nats.queue_group`.
+    pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>, queue_group: &str) -> Self {
+        let mut core = Vec::new();
+        let mut queue_groups = Vec::new();
+        for route in pipeline.routes() {
+            if let SourceConfig::Nats { queue_group: own } = &route.config.source {
+                core.push((route.pattern.clone(), route.clone()));
+                queue_groups.push(own.clone().unwrap_or_else(|| queue_group.to_string()));
+            }
+        }
         Self {
             table: RouteTable::new(core),
+            queue_groups,
             pipeline,
             replier,
         }
@@ -114,12 +122,10 @@ pub async fn subscribe(
     core: &Core,
 ) -> anyhow::Result<Vec<(Arc<Route>, Subscriber)>> {
     let mut subscribers = Vec::new();
-    for (pattern, route) in core.table.iter() {
+    for ((pattern, route), queue_group) in core.table.iter().zip(&core.queue_groups) {
         let subject = pattern.subscription_subject();
-        let subscriber = client
-            .queue_subscribe(subject.clone(), route.queue_group.clone())
-            .await?;
-        info!(route = %route.name, %subject, queue_group = %route.queue_group, "subscribed");
+        let subscriber = (client.queue_subscribe(subject.clone(), queue_group.clone())).await?;
+        info!(route = %route.name, %subject, %queue_group, "subscribed");
         subscribers.push((route.clone(), subscriber));
     }
     Ok(subscribers)
@@ -186,7 +192,11 @@ pub async fn intake(
             let settle = Inbox(&core.replier);
             // Boxed: the handling future is a few KB, which a spawn would otherwise copy
             // several times per message.
-            Box::pin(core.pipeline.deliver(&route, Some(captures), &inbound, &settle)).await;
+            Box::pin(
+                core.pipeline
+                    .deliver(&route, Some(captures), &inbound, &settle),
+            )
+            .await;
             route.metrics.in_flight.decrement(1.0);
             drop(permit);
         });

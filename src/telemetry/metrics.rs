@@ -212,9 +212,8 @@ impl RouteMetrics {
             retries_skipped: SkipReason::ALL.map(
                 |r| counter!(RETRIES_SKIPPED, "route" => route.clone(), "reason" => r.as_str()),
             ),
-            settlements: Settlement::ALL.map(
-                |a| counter!(SETTLEMENTS, "route" => route.clone(), "action" => a.as_str()),
-            ),
+            settlements: Settlement::ALL
+                .map(|a| counter!(SETTLEMENTS, "route" => route.clone(), "action" => a.as_str())),
             dead_letters: counter!(DEAD_LETTERS, "route" => route.clone()),
             publish_errors: counter!(ERRORS, "route" => route.clone(), "kind" => "publish_failed"),
             outcomes: [

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, JetStreamConfig};
+use crate::config::{Delivery, JetStreamConfig, SourceConfig};
 use crate::invoke::breaker::State;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
@@ -54,6 +54,8 @@ pub struct JetStreamRoute {
     pipeline: Arc<Pipeline>,
     replier: Arc<NatsReplier>,
     delivery: Delivery,
+    reply_subject: Option<String>,
+    dead_letter: Option<String>,
 }
 
 impl JetStreamRoute {
@@ -63,11 +65,21 @@ impl JetStreamRoute {
         pipeline: Arc<Pipeline>,
         replier: Arc<NatsReplier>,
     ) -> Self {
-        if route.config.dead_letter.is_none() {
+        let (reply_subject, dead_letter) = match &route.config.source {
+            SourceConfig::Jetstream {
+                reply_subject,
+                dead_letter,
+                ..
+            } => (reply_subject.clone(), dead_letter.clone()),
+            _ => (None, None),
+        };
+        if dead_letter.is_none() {
             warn!(route = %route.name, "no dead_letter subject: undeliverable messages will be terminated and only logged");
         }
         Self {
-            delivery: route.config.delivery.unwrap_or_default(),
+            delivery: route.config.source.delivery(),
+            reply_subject,
+            dead_letter,
             config,
             route,
             pipeline,
@@ -318,11 +330,17 @@ impl JetStreamRoute {
         let headers = super::nats::headers(message.headers.as_ref());
         let mut inbound = Inbound::new(
             message.subject.to_string(),
-            super::reply_destination(&headers, &config.reply_to_header, config.reply_subject.as_deref()),
+            super::reply_destination(
+                &headers,
+                &config.reply_to_header,
+                self.reply_subject.as_deref(),
+            ),
             headers,
             message.payload.clone(),
         );
-        inbound.correlation = inbound.header(&config.correlation_header).map(str::to_string);
+        inbound.correlation = inbound
+            .header(&config.correlation_header)
+            .map(str::to_string);
         inbound.idempotency_key = Some(meta.idempotency_key.clone());
         inbound.delivered = meta.delivered;
         inbound
@@ -365,18 +383,25 @@ impl Settle for Stream<'_> {
     }
 
     async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
-        let Some(subject) = &self.source.route.config.dead_letter else {
+        let Some(subject) = &self.source.dead_letter else {
             return Ok(false);
         };
         let meta = self.meta;
         let origin = [
             (dead_letter::ORIGINAL_STREAM, meta.stream.clone()),
-            (dead_letter::ORIGINAL_SUBJECT, letter.inbound.subject.clone()),
+            (
+                dead_letter::ORIGINAL_SUBJECT,
+                letter.inbound.subject.clone(),
+            ),
             (dead_letter::ORIGINAL_SEQUENCE, meta.sequence.to_string()),
         ];
         let id = format!("ricochet-dlq:{}:{}", meta.stream, meta.sequence);
         (self.source.replier)
-            .publish_raw_confirmed(subject, letter.nats_headers(&origin, id), letter.inbound.payload.clone())
+            .publish_raw_confirmed(
+                subject,
+                letter.nats_headers(&origin, id),
+                letter.inbound.payload.clone(),
+            )
             .await
             .map(|()| true)
             .map_err(|e| Undelivered::Failed(e.to_string()))

@@ -166,7 +166,7 @@ impl KafkaRoute {
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
         }
-        let delivery = route.config.delivery.unwrap_or_default();
+        let delivery = route.config.source.delivery();
         let mut this = Self {
             max_message_bytes: config
                 .producer
@@ -475,7 +475,11 @@ impl KafkaRoute {
         };
         loop {
             let captures = self.captures(&record.topic);
-            match self.pipeline.deliver(route, captures, &inbound, &settle).await {
+            match self
+                .pipeline
+                .deliver(route, captures, &inbound, &settle)
+                .await
+            {
                 Settled::Done => return true,
                 Settled::Abandoned => return false,
                 Settled::Redeliver(delay) => {
@@ -601,13 +605,19 @@ impl KafkaRoute {
             .collect();
         let mut inbound = Inbound::new(
             record.topic.clone(),
-            super::reply_destination(&headers, &config.reply_to_header, self.config.reply_topic.as_deref()),
+            super::reply_destination(
+                &headers,
+                &config.reply_to_header,
+                self.config.reply_topic.as_deref(),
+            ),
             headers,
             record.payload.clone(),
         );
         inbound.correlation = Some(
-            (inbound.header(&config.correlation_header).map(str::to_string))
-                .unwrap_or_else(|| record.id()),
+            (inbound
+                .header(&config.correlation_header)
+                .map(str::to_string))
+            .unwrap_or_else(|| record.id()),
         );
         inbound.idempotency_key = Some(record.id());
         inbound
@@ -755,7 +765,10 @@ impl Settle for Topic<'_> {
         let mut headers = record.headers.clone();
         let origin = [
             (dead_letter::ORIGINAL_TOPIC, record.topic.clone()),
-            (dead_letter::ORIGINAL_PARTITION, record.partition.to_string()),
+            (
+                dead_letter::ORIGINAL_PARTITION,
+                record.partition.to_string(),
+            ),
             (dead_letter::ORIGINAL_OFFSET, record.offset.to_string()),
         ];
         for (name, value) in letter.headers().into_iter().chain(origin) {
