@@ -670,21 +670,23 @@ async fn a_reply_its_stream_refuses_leaves_the_request_unacknowledged() {
             .publish(id, request_headers(&reply_to, id), b"{}")
             .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = stream.consumer("ricochet-test").await;
-        if info.num_redelivered > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never redelivered: {info:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the request of the refused reply redelivered",
+        || async {
+            let info = stream.consumer("ricochet-test").await;
+            holds(info.num_redelivered > 0, format!("{info:?}"))
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the service called again for it",
+        || async { holds(upstream.calls() > 2, format!("{} calls", upstream.calls())) },
+    )
+    .await;
     let mut out_stream = stream.js.get_stream(&out).await.unwrap();
     assert_eq!(out_stream.info().await.unwrap().state.messages, 1);
-    assert!(
-        upstream.calls() > 2,
-        "the refused reply's request was called again"
-    );
     let _ = stream.js.delete_stream(&out).await;
     stream.delete().await;
 }

@@ -9,8 +9,9 @@
 //! - Then half-open: up to `half_open_probes` probes go through; that many successes close
 //!   the breaker, one failure opens it again.
 //!
-//! The state is also published on a watch channel: durable sources stop taking messages
-//! while it is open and resume when it turns half-open (see [`Breaker::subscribe`]).
+//! The breaker is also a gate: durable sources stop taking messages while it would refuse
+//! a call and wait on [`Breaker::admitted`], which resolves when the break is over or a
+//! probe slot frees (state changes are published on a watch channel; nothing polls).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -146,9 +147,30 @@ impl Breaker {
         self.lock().state
     }
 
-    /// Follows the state; durable sources pause intake while it is `Open`.
-    pub fn subscribe(&self) -> watch::Receiver<State> {
-        self.signal.subscribe()
+    /// Resolves once a call would be let through ([`Self::admits`]): at once while closed;
+    /// while open, when the break is over; while half-open with every probe slot taken, when
+    /// a probe ends. Durable sources wait on this instead of taking messages the breaker
+    /// would refuse.
+    pub async fn admitted(&self) {
+        let mut changes = self.signal.subscribe();
+        loop {
+            // Marked seen before the check: a change after it wakes the wait below.
+            let state = *changes.borrow_and_update();
+            if self.admits().is_ok() {
+                return;
+            }
+            match state {
+                State::Open { until } => tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = changes.changed() => {}
+                },
+                State::Closed | State::HalfOpen => {
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
@@ -236,7 +258,10 @@ impl Breaker {
                         self.close(&mut inner);
                     }
                 }
-                None => {}
+                // A cancelled probe frees its slot: wake whoever waits to be admitted.
+                None => {
+                    self.signal.send_replace(inner.state);
+                }
             }
             return;
         }
@@ -337,6 +362,61 @@ mod tests {
         b.try_acquire().map(|permit| permit.record(failed))
     }
 
+    /// Whether `admitted` resolves within `within` (paused clock: time only moves when every
+    /// task waits).
+    async fn admitted_within(b: &Breaker, within: Duration) -> bool {
+        tokio::time::timeout(within, b.admitted()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_is_open_while_closed_and_opens_when_the_break_is_over() {
+        let b = breaker(|_| {});
+        assert!(admitted_within(&b, Duration::ZERO).await, "closed: at once");
+        for _ in 0..3 {
+            call(&b, true).unwrap();
+        }
+        assert!(matches!(b.state(), State::Open { .. }));
+        let started = Instant::now();
+        assert!(
+            !admitted_within(&b, Duration::from_millis(999)).await,
+            "shut during the break"
+        );
+        assert!(
+            admitted_within(&b, Duration::from_millis(2)).await,
+            "open once the break is over"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_waits_for_a_busy_probe_and_opens_when_it_ends() {
+        let b = breaker(|_| {});
+        for _ in 0..3 {
+            call(&b, true).unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.try_acquire().expect("the probe");
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(
+            !admitted_within(&b, Duration::from_secs(10)).await,
+            "the one slot is taken"
+        );
+        // A cancelled probe frees its slot.
+        let (gate, ()) = tokio::join!(admitted_within(&b, Duration::from_secs(1)), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(probe);
+        });
+        assert!(gate, "admitted once the probe slot is free");
+        // A successful probe closes the breaker: admitted.
+        let probe = b.try_acquire().unwrap();
+        let (gate, ()) = tokio::join!(admitted_within(&b, Duration::from_secs(1)), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            probe.record(false);
+        });
+        assert!(gate);
+        assert_eq!(b.state(), State::Closed);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_and_refuses_calls() {
         let b = breaker(|_| {});
@@ -388,7 +468,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn half_open_probe_success_closes() {
         let b = breaker(|_| {});
-        let mut states = b.subscribe();
+        let mut states = b.signal.subscribe();
         for _ in 0..3 {
             call(&b, true).unwrap();
         }

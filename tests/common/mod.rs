@@ -43,6 +43,35 @@ pub async fn nats() -> async_nats::Client {
         .expect("NATS is running (see README)")
 }
 
+/// Polls `check` every 10 ms until it holds; panics after `within`, naming what was awaited
+/// and, through `check`'s last answer, what was seen instead.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = match check().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("waited {within:?} for {what}; last seen: {seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `Ok` when `condition`, else `Err(seen)`: the answer [`eventually`] expects.
+pub fn holds(condition: bool, seen: impl std::fmt::Display) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(seen.to_string())
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

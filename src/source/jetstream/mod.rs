@@ -205,10 +205,10 @@ impl JetStreamRoute {
         while !stop.is_cancelled() {
             // Pull nothing the breaker would refuse: refusals would be naks that use up
             // deliveries without calling the service.
-            if let Err(wait) = route.invoker.breaker.admits() {
-                debug!(route = %route.name, ?wait, "circuit open: not pulling");
+            if route.invoker.breaker.admits().is_err() {
+                debug!(route = %route.name, "circuit open: not pulling until it admits a call");
                 tokio::select! {
-                    _ = tokio::time::sleep(wait.clamp(Duration::from_millis(10), PULL_EXPIRES)) => {}
+                    _ = route.invoker.breaker.admitted() => {}
                     _ = stop.cancelled() => break,
                 }
                 continue;

@@ -38,7 +38,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -46,7 +45,6 @@ use tracing::{debug, error, info, warn};
 use self::state::{list_of, RouteContext, Shared, Transactions};
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{Delivery, KafkaConfig, Ordering};
-use crate::invoke::breaker::State as BreakerState;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route, Settled};
 use crate::reply::{dead_letter, DeadLetter, KafkaReplier};
@@ -56,8 +54,6 @@ use crate::telemetry::Health;
 
 /// How often finished offsets are committed while running.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-/// How often a saturated or paused route looks again at its permits and breaker.
-const RECHECK: Duration = Duration::from_millis(20);
 /// librdkafka's default `max.poll.interval.ms`.
 pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
 /// librdkafka's default `message.max.bytes`.
@@ -334,7 +330,11 @@ impl KafkaRoute {
                 }
             }
             let saturated = !overflow.is_empty() || self.route.limit.available_permits() == 0;
-            self.update_pauses(consumer, &mut paused, saturated);
+            let breaker = &self.route.invoker.breaker;
+            let circuit_open = breaker.admits().is_err();
+            self.update_pauses(consumer, &mut paused, saturated, circuit_open);
+            // Paused partitions resume on an event, not a timer: a free permit, the breaker
+            // admitting calls again, or a record's retry wait ending.
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
@@ -349,7 +349,13 @@ impl KafkaRoute {
                     }
                     Err(e) => warn!(route = %self.route.name, error = %e, "Kafka consumer error"),
                 },
-                _ = tokio::time::sleep(RECHECK), if saturated || !paused.is_empty() => {}
+                permit = self.route.limit.clone().acquire_owned(), if saturated => {
+                    if let (Ok(permit), Some(record)) = (permit, overflow.pop_front()) {
+                        self.take(record, permit, consumer, &replier, tracker);
+                    }
+                }
+                _ = breaker.admitted(), if circuit_open => {}
+                _ = self.shared.retrying_changed.notified(), if !paused.is_empty() => {}
             }
         }
         // Tracked but never started: they hold the commit back, so the next owner (or a
@@ -530,6 +536,8 @@ impl KafkaRoute {
                 ps.retrying.saturating_sub(1)
             };
         }
+        // The intake pauses and resumes the partition.
+        self.shared.retrying_changed.notify_one();
     }
 
     /// Whether the record still belongs to this member's current view of its partition.
@@ -630,8 +638,8 @@ impl KafkaRoute {
         consumer: &StreamConsumer<RouteContext>,
         paused: &mut HashSet<Partition>,
         saturated: bool,
+        circuit_open: bool,
     ) {
-        let circuit_open = matches!(self.route.invoker.breaker.state(), BreakerState::Open { until } if Instant::now() < until);
         let (wanted, assigned): (HashSet<Partition>, HashSet<Partition>) = {
             let state = self.shared.lock();
             // The common case, once per record: nothing paused and nothing to pause.
@@ -695,7 +703,7 @@ impl KafkaRoute {
             // Keep polling so the group keeps this member while work finishes.
             tokio::select! {
                 _ = consumer.recv() => {}
-                _ = tokio::time::sleep(RECHECK) => {}
+                _ = self.shared.worker_ended.notified() => {}
             }
         }
         tokio::task::block_in_place(|| {

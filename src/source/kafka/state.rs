@@ -63,6 +63,11 @@ pub(super) struct Shared {
     pub idle: Condvar,
     /// Wakes records waiting for a retry, so a revoke or shutdown does not wait for them.
     pub wake: Notify,
+    /// Tells the intake a record started or ended waiting for a retry (its partition is
+    /// paused meanwhile).
+    pub retrying_changed: Notify,
+    /// Tells the shutdown that a lane worker ended.
+    pub worker_ended: Notify,
     pub transactions: Option<Transactions>,
 }
 
@@ -143,6 +148,7 @@ impl Shared {
             }
         }
         self.idle.notify_all();
+        self.worker_ended.notify_one();
     }
 
     pub fn release(&self, partitions: &[Partition]) {
