@@ -436,14 +436,4 @@ fn parse_timeout(value: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caller_timeouts_parse() {
-        assert_eq!(parse_timeout("1500"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_timeout(" 250ms "), Some(Duration::from_millis(250)));
-        assert_eq!(parse_timeout("soon"), None);
-    }
-}
+mod tests;

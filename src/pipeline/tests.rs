@@ -1,0 +1,389 @@
+//! The one delivery path, against a scripted service and a scripted broker: what is
+//! published and settled, in which order, and what the metrics count, for every action of
+//! the settlement policy.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::config::load_str;
+use crate::source::{Inbound, Settle, Undelivered};
+
+#[test]
+fn caller_timeouts_parse() {
+    assert_eq!(parse_timeout("1500"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+    assert_eq!(parse_timeout(" 250ms "), Some(Duration::from_millis(250)));
+    assert_eq!(parse_timeout("soon"), None);
+}
+
+/// A service answering every request with `status` and body "body".
+async fn service(status: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    // The requests here carry no body: one request per header block.
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        let answer =
+                            format!("HTTP/1.1 {status} X\r\ncontent-length: 4\r\n\r\nbody");
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A broker that records what the pipeline asked of it, and answers as scripted.
+#[derive(Default)]
+struct Broker {
+    calls: Mutex<Vec<String>>,
+    replies: Mutex<Vec<Reply>>,
+    reply_result: Option<Undelivered>,
+    dead_letter_result: Option<Undelivered>,
+    /// The broker's size limit for replies.
+    limit: Option<usize>,
+}
+
+impl Broker {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn note(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl Settle for Broker {
+    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
+        let limit = self.limit?;
+        (reply.body.len() > limit).then_some((reply.body.len(), limit, "the test broker's limit"))
+    }
+
+    fn destination_problem(&self, destination: &str) -> Option<&'static str> {
+        destination.contains(' ').then_some("has a space")
+    }
+
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+        self.note(format!("reply {destination} {}", reply.status.as_u16()));
+        self.replies.lock().unwrap().push(reply.clone());
+        self.reply_result.clone().map_or(Ok(()), Err)
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+        self.note(format!(
+            "dead_letter {} {} {}",
+            letter.reason, letter.last_status, letter.delivered
+        ));
+        self.dead_letter_result.clone().map_or(Ok(true), Err)
+    }
+
+    async fn ack(&self) -> Result<(), String> {
+        self.note("ack".into());
+        Ok(())
+    }
+
+    async fn redeliver(&self, delay: Duration) -> Result<(), String> {
+        self.note(format!("redeliver {delay:?}"));
+        Ok(())
+    }
+
+    async fn terminate(&self) -> Result<(), String> {
+        self.note("term".into());
+        Ok(())
+    }
+}
+
+/// A pipeline with one JetStream-like route (3 deliveries, delays 1s, 5s) in front of a
+/// service answering `status`, its metrics recorded by a recorder of its own.
+async fn pipeline(status: u16, delivery: &str) -> (Pipeline, Snapshotter) {
+    let port = service(status).await;
+    let text = format!(
+        r#"
+        [upstream]
+        base_url = "http://127.0.0.1:{port}"
+        [[routes]]
+        name = "r"
+        source = "jetstream"
+        subject = "orders.{{id}}"
+        method = "GET"
+        path = "/orders/{{id}}"
+        delivery = "{delivery}"
+        max_payload = "16B"
+        [routes.retry]
+        max_attempts = 1
+        [routes.jetstream]
+        stream = "S"
+        max_deliver = 3
+        redelivery_backoff = ["1s", "5s"]
+        "#
+    );
+    let config = load_str(&text, Vec::new()).unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The route's metric handles are made now, bound to this recorder.
+    let pipeline = metrics::with_local_recorder(&recorder, || Pipeline::new(&config)).unwrap();
+    (pipeline, snapshotter)
+}
+
+fn message(payload: &'static [u8], delivered: u32) -> Inbound {
+    let mut inbound = Inbound::new(
+        "orders.7".into(),
+        Some("caller.inbox".into()),
+        Vec::new(),
+        Bytes::from_static(payload),
+    );
+    inbound.correlation = Some("c-7".into());
+    inbound.delivered = delivered;
+    inbound
+}
+
+async fn deliver(pipeline: &Pipeline, broker: &Broker, inbound: &Inbound) -> Settled {
+    let route = &pipeline.routes()[0];
+    let captures = route.pattern.matches(&inbound.subject);
+    pipeline.deliver(route, captures, inbound, broker).await
+}
+
+/// A counter's name, labels and value.
+type Count = (String, Vec<(String, String)>, u64);
+
+/// Every counter's value since the last snapshot (a snapshot drains the counters).
+struct Counts(Vec<Count>);
+
+impl Counts {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        let counters = snapshotter.snapshot().into_vec().into_iter();
+        Self(
+            counters
+                .filter_map(|(key, _, _, value)| match value {
+                    DebugValue::Counter(n) => {
+                        let key = key.key();
+                        let labels = (key.labels())
+                            .map(|l| (l.key().to_string(), l.value().to_string()))
+                            .collect();
+                        Some((key.name().to_string(), labels, n))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// The counter `name` with every label in `labels`, summed over the others.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        (self.0.iter())
+            .filter(|(n, have, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(l, v)| have.iter().any(|(hl, hv)| hl == l && hv == v))
+            })
+            .map(|(_, _, value)| value)
+            .sum()
+    }
+
+    fn outcome(&self, outcome: &str) -> u64 {
+        self.get(MESSAGES_HANDLED, &[("outcome", outcome)])
+    }
+}
+
+use crate::telemetry::metrics::{DEAD_LETTERS, MESSAGES_HANDLED, SETTLEMENTS};
+
+#[tokio::test]
+async fn an_answer_is_published_with_the_correlation_id_then_acked() {
+    let (pipeline, metrics) = pipeline(200, "at_least_once").await;
+    let broker = Broker::default();
+    let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(broker.calls(), ["reply caller.inbox 200", "ack"]);
+    let reply = broker.replies.lock().unwrap()[0].clone();
+    assert_eq!(reply.header("correlation-id"), Some("c-7"));
+    assert_eq!(reply.body.as_ref(), b"body");
+    let counts = Counts::take(&metrics);
+    assert_eq!(counts.outcome("replied"), 1);
+    assert_eq!(counts.get(SETTLEMENTS, &[("action", "ack")]), 1);
+}
+
+#[tokio::test]
+async fn a_reply_that_can_never_be_published_counts_once_as_publish_failed() {
+    let (pipeline, metrics) = pipeline(200, "at_least_once").await;
+    let broker = Broker {
+        reply_result: Some(Undelivered::Dropped("no such topic".into())),
+        ..Broker::default()
+    };
+    let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
+    // Finished all the same: nothing another delivery could change.
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(broker.calls(), ["reply caller.inbox 200", "ack"]);
+    let counts = Counts::take(&metrics);
+    assert_eq!(counts.outcome("publish_failed"), 1);
+    assert_eq!(counts.outcome("replied"), 0, "not also counted as replied");
+    assert_eq!(counts.get("ricochet_replies_published_total", &[]), 0);
+}
+
+#[tokio::test]
+async fn a_server_error_comes_again_with_the_nth_delay_then_is_dead_lettered() {
+    let (pipeline, metrics) = pipeline(500, "at_least_once").await;
+    let broker = Broker::default();
+    for (delivered, delay) in [(1, "1s"), (2, "5s")] {
+        let settled = deliver(&pipeline, &broker, &message(b"", delivered)).await;
+        let expected = humantime::parse_duration(delay).unwrap();
+        assert_eq!(settled, Settled::Redeliver(expected));
+    }
+    assert_eq!(
+        broker.calls(),
+        ["redeliver 1s", "redeliver 5s"],
+        "no reply yet"
+    );
+    let settled = deliver(&pipeline, &broker, &message(b"", 3)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(
+        broker.calls()[2..],
+        [
+            "dead_letter max_deliver 500 3",
+            "reply caller.inbox 500",
+            "term"
+        ]
+    );
+    let counts = Counts::take(&metrics);
+    assert_eq!(counts.get(DEAD_LETTERS, &[]), 1);
+    assert_eq!(counts.get(SETTLEMENTS, &[("action", "nak")]), 2);
+    assert_eq!(counts.get(SETTLEMENTS, &[("action", "term")]), 1);
+}
+
+#[tokio::test]
+async fn a_refused_message_is_dead_lettered_at_once_and_answered_without_calling() {
+    let (pipeline, metrics) = pipeline(200, "at_least_once").await;
+    let broker = Broker::default();
+    let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 1)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(
+        broker.calls(),
+        [
+            "dead_letter payload_too_large 413 1",
+            "reply caller.inbox 413",
+            "term"
+        ]
+    );
+    assert_eq!(
+        Counts::take(&metrics).get("ricochet_http_responses_total", &[]),
+        0
+    );
+    // A destination the broker cannot take: refused as a bad request, no reply sent.
+    let mut bad = message(b"", 1);
+    bad.reply = Some("not a subject".into());
+    deliver(&pipeline, &broker, &bad).await;
+    assert_eq!(
+        broker.calls()[3..],
+        ["dead_letter bad_request 400 1", "term"]
+    );
+    assert_eq!(Counts::take(&metrics).outcome("no_reply"), 1);
+}
+
+#[tokio::test]
+async fn a_failed_reply_comes_again_and_on_the_last_delivery_is_dead_lettered_unanswered() {
+    let (pipeline, _) = pipeline(200, "at_least_once").await;
+    let broker = Broker {
+        reply_result: Some(Undelivered::Failed("stream full".into())),
+        ..Broker::default()
+    };
+    let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
+    assert_eq!(settled, Settled::Redeliver(Duration::from_secs(1)));
+    assert_eq!(broker.calls(), ["reply caller.inbox 200", "redeliver 1s"]);
+    let settled = deliver(&pipeline, &broker, &message(b"", 3)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(
+        broker.calls()[2..],
+        [
+            "reply caller.inbox 200",
+            "dead_letter publish_failed 200 3",
+            "term"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_fails_makes_the_message_come_again_unanswered() {
+    let (pipeline, _) = pipeline(200, "at_least_once").await;
+    let broker = Broker {
+        dead_letter_result: Some(Undelivered::Failed("no connection".into())),
+        ..Broker::default()
+    };
+    let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 2)).await;
+    assert_eq!(settled, Settled::Redeliver(Duration::from_secs(5)));
+    assert_eq!(
+        broker.calls(),
+        ["dead_letter payload_too_large 413 2", "redeliver 5s"]
+    );
+}
+
+#[tokio::test]
+async fn a_message_no_longer_ours_is_left_unsettled() {
+    let (pipeline, _) = pipeline(200, "at_least_once").await;
+    let broker = Broker {
+        reply_result: Some(Undelivered::Lost),
+        ..Broker::default()
+    };
+    let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
+    assert_eq!(settled, Settled::Abandoned);
+    assert_eq!(broker.calls(), ["reply caller.inbox 200"]);
+}
+
+#[tokio::test]
+async fn at_most_once_answers_failures_and_never_settles_again() {
+    let (pipeline, _) = pipeline(500, "at_most_once").await;
+    let broker = Broker::default();
+    let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(
+        broker.calls(),
+        ["reply caller.inbox 500"],
+        "no ack, nak or term"
+    );
+    let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 1)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(
+        broker.calls()[1..],
+        [
+            "dead_letter payload_too_large 413 1",
+            "reply caller.inbox 413"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_reply_over_the_brokers_limit_becomes_a_502_saying_why() {
+    let (pipeline, _) = pipeline(200, "at_least_once").await;
+    let broker = Broker {
+        limit: Some(3),
+        ..Broker::default()
+    };
+    deliver(&pipeline, &broker, &message(b"", 1)).await;
+    assert_eq!(broker.calls(), ["reply caller.inbox 502", "ack"]);
+    let reply = broker.replies.lock().unwrap()[0].clone();
+    assert_eq!(reply.header("Ricochet-Error"), Some("upstream_unavailable"));
+    assert_eq!(reply.header("Ricochet-Attempts"), Some("1"));
+    assert_eq!(reply.header("correlation-id"), Some("c-7"));
+    let body = String::from_utf8_lossy(&reply.body);
+    assert!(body.contains("the test broker's limit (3 bytes)"), "{body}");
+}
