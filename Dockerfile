@@ -7,8 +7,10 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+# A workspace member (the benchmark); only ricochet and the examples are built below.
+COPY bench bench
 COPY examples examples
-RUN cargo build --release --locked --bin ricochet --example orders-service --example demo-caller \
+RUN cargo build --release --locked -p ricochet --bin ricochet --example orders-service --example demo-caller \
  && mkdir /out \
  && cp target/release/ricochet target/release/examples/orders-service target/release/examples/demo-caller /out/
 

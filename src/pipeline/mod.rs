@@ -149,8 +149,9 @@ impl Pipeline {
                     Err(Undelivered::Lost) => Settled::Abandoned,
                     Err(_) => match policy.reply_failed(inbound.delivered) {
                         Action::GiveUp(reason) => {
-                            self.give_up(route, inbound, reason, last_status, None, settle)
-                                .await
+                            let give_up =
+                                self.give_up(route, inbound, reason, last_status, None, settle);
+                            Box::pin(give_up).await
                         }
                         Action::Redeliver(delay) => self.redeliver(route, delay, settle).await,
                         Action::Answer => Settled::Done,
@@ -163,15 +164,9 @@ impl Pipeline {
             }
             Action::GiveUp(reason) => {
                 let last_status = processed.reply.status.as_u16();
-                (self.give_up(
-                    route,
-                    inbound,
-                    reason,
-                    last_status,
-                    Some(processed.reply),
-                    settle,
-                ))
-                .await
+                let reply = Some(processed.reply);
+                // Boxed: the rare path should not enlarge every message's future.
+                Box::pin(self.give_up(route, inbound, reason, last_status, reply, settle)).await
             }
         };
         if settled == Settled::Done {

@@ -95,7 +95,7 @@ impl NatsReplier {
             .map(|(n, v)| n + v + 4)
             .sum();
         let size = reply.body.len() + 12 + header_bytes;
-        let limit = self.client.server_info().max_payload;
+        let limit = self.client.max_payload();
         (limit > 0 && size > limit).then_some((size, limit))
     }
 
