@@ -403,12 +403,11 @@ async fn an_open_breaker_stops_pulling_until_the_service_recovers() {
     }
 
     // Three failures open the breaker; then nothing more is pulled or called.
-    for _ in 0..500 {
-        if metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]) == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), "the breaker open", || async {
+        let state = metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]);
+        holds(state == 1.0, format!("state {state}"))
+    })
+    .await;
     let calls = upstream.calls();
     assert_eq!(calls, 3);
     let pending = stream.consumer("ricochet-test").await.num_pending;
@@ -622,19 +621,15 @@ async fn a_deleted_consumer_makes_ricochet_unready_until_it_is_bound_again() {
 
     let js_stream = stream.js.get_stream(&stream.name).await.unwrap();
     js_stream.delete_consumer("ricochet-test").await.unwrap();
-    let mut saw_unready = false;
-    for _ in 0..300 {
-        if ricochet.admin_get("/readyz").await.unwrap().0 == 503 {
-            saw_unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        saw_unready,
-        "readiness reflects the lost consumer; logs:\n{}",
-        ricochet.logs()
-    );
+    eventually(
+        Duration::from_secs(3),
+        "readiness 503 for the lost consumer",
+        || async {
+            let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
+            holds(status == 503, format!("{status} {body}"))
+        },
+    )
+    .await;
     ricochet.wait_ready().await;
     stream
         .publish("1", request_headers(&replies, "c-1"), b"after")
@@ -839,18 +834,12 @@ async fn several_filter_subjects_work_on_2_10_and_are_refused_by_name_on_older_s
         nothing_more(&mut sub, Duration::from_millis(1000)).await;
         assert_eq!(upstream.calls(), 2, "z is not the consumer's subject");
     } else {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ricochet
-            .logs()
-            .contains("several filter subjects need nats-server 2.10")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no refusal logged:\n{}",
-                ricochet.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let refusal = "several filter subjects need nats-server 2.10";
+        eventually(Duration::from_secs(10), "the refusal logged", || async {
+            let logs = ricochet.logs();
+            holds(logs.contains(refusal), logs)
+        })
+        .await;
         let logs = ricochet.logs();
         assert!(
             logs.contains(&version),

@@ -25,19 +25,13 @@ async fn start(upstream: &Upstream, routes: &str, route: &str) -> Ricochet {
 
 /// Waits until ricochet reports assigned partitions for `route`.
 async fn wait_assigned(ricochet: &Ricochet, route: &str) {
-    for _ in 0..1000 {
+    let label = format!("route=\"{route}\"");
+    eventually(Duration::from_secs(20), "partitions assigned", || async {
         let metrics = ricochet.metrics().await;
-        if metric(
-            &metrics,
-            "ricochet_kafka_assigned_partitions",
-            &[&format!("route=\"{route}\"")],
-        ) > 0.0
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no partitions assigned; logs:\n{}", ricochet.logs());
+        let assigned = metric(&metrics, "ricochet_kafka_assigned_partitions", &[&label]);
+        holds(assigned > 0.0, ricochet.logs())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -126,9 +120,7 @@ async fn records_with_the_same_key_are_processed_in_order() {
     let requests = kafka::topic("kord", 4).await;
     let replies = kafka::topic("kordrep", 4).await;
     let seen_order: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
-    let active = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (order, a, p) = (seen_order.clone(), active.clone(), peak.clone());
+    let order = seen_order.clone();
     let upstream = Upstream::start(move |seen| {
         let body = String::from_utf8(seen.body.to_vec()).unwrap();
         let (key, seq) = body.split_once(':').unwrap();
@@ -138,13 +130,9 @@ async fn records_with_the_same_key_are_processed_in_order() {
             .entry(key.to_string())
             .or_default()
             .push(seq.parse().unwrap());
-        let (active, peak) = (a.clone(), p.clone());
         async move {
-            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
             let jitter = nuid::next().as_bytes()[0] % 4;
             tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
-            active.fetch_sub(1, Ordering::SeqCst);
             respond(200, "ok")
         }
     })
@@ -186,10 +174,7 @@ async fn records_with_the_same_key_are_processed_in_order() {
             "{key} out of order"
         );
     }
-    assert!(
-        peak.load(Ordering::SeqCst) > 1,
-        "different keys ran in parallel"
-    );
+    assert!(upstream.peak() > 1, "different keys ran in parallel");
 }
 
 #[tokio::test]
@@ -209,13 +194,15 @@ async fn two_instances_split_the_partitions_and_answer_everything_once() {
     wait_assigned(&second, "split").await;
     // Both members hold partitions: the group has settled.
     let assigned = |m: &str| metric(m, "ricochet_kafka_assigned_partitions", &[]);
-    for _ in 0..500 {
-        let total = assigned(&first.metrics().await) + assigned(&second.metrics().await);
-        if total == 4.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "all 4 partitions assigned",
+        || async {
+            let total = assigned(&first.metrics().await) + assigned(&second.metrics().await);
+            holds(total == 4.0, format!("{total} assigned"))
+        },
+    )
+    .await;
 
     let producer = kafka::producer();
     for i in 0..RECORDS {
@@ -407,12 +394,11 @@ async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
         )
         .await;
     }
-    for _ in 0..500 {
-        if metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]) == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), "the breaker open", || async {
+        let state = metric(&ricochet.metrics().await, "ricochet_circuit_state", &[]);
+        holds(state == 1.0, format!("state {state}"))
+    })
+    .await;
     let calls = upstream.calls();
     assert!(calls >= 3);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -559,20 +545,14 @@ async fn partition_ordering_runs_one_record_at_a_time_per_partition() {
     let requests = kafka::topic("kpart", 1).await;
     let replies = kafka::topic("kpartrep", 1).await;
     let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
-    let active = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (order, a, p) = (seen.clone(), active.clone(), peak.clone());
+    let order = seen.clone();
     let upstream = Upstream::start(move |request| {
         order
             .lock()
             .unwrap()
             .push(String::from_utf8_lossy(&request.body).parse().unwrap());
-        let (active, peak) = (a.clone(), p.clone());
         async move {
-            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(5)).await;
-            active.fetch_sub(1, Ordering::SeqCst);
             respond(200, "ok")
         }
     })
@@ -600,11 +580,7 @@ async fn partition_ordering_runs_one_record_at_a_time_per_partition() {
         .wait_for_calls_within(RECORDS, Duration::from_secs(30))
         .await;
     assert_eq!(*seen.lock().unwrap(), (0..RECORDS).collect::<Vec<_>>());
-    assert_eq!(
-        peak.load(Ordering::SeqCst),
-        1,
-        "one at a time on the partition"
-    );
+    assert_eq!(upstream.peak(), 1, "one at a time on the partition");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -82,10 +82,7 @@ async fn read(
 
 async fn produce_requests(producer: &FutureProducer, topic: &str, ids: std::ops::Range<usize>) {
     for i in ids {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "correlation-id",
-            value: Some(&i.to_string()),
-        });
+        let headers = kafka::headers(&[("correlation-id", &i.to_string())]);
         let key = format!("k{i}");
         producer
             .send(

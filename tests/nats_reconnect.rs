@@ -45,14 +45,18 @@ async fn connect(port: u16) -> async_nats::Client {
 }
 
 async fn wait_not_ready(ricochet: &Ricochet) -> String {
-    for _ in 0..500 {
-        let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
-        if status == 503 {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("ricochet stayed ready while NATS was down");
+    let last = std::sync::Mutex::new(String::new());
+    eventually(
+        Duration::from_secs(10),
+        "readiness 503 while NATS is down",
+        || async {
+            let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
+            *last.lock().unwrap() = body.clone();
+            holds(status == 503, format!("{status} {body}"))
+        },
+    )
+    .await;
+    last.into_inner().unwrap()
 }
 
 #[tokio::test]
@@ -82,15 +86,17 @@ path = "/ping"
 
     // No server yet: ricochet runs, keeps retrying, and says it is not ready.
     let ricochet = Ricochet::spawn(&toml, admin);
-    let mut health = (0, String::new());
-    for _ in 0..500 {
-        if let Ok(answer) = ricochet.admin_get("/healthz").await {
-            health = answer;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(health.0, 200, "alive while NATS is unreachable");
+    eventually(
+        Duration::from_secs(10),
+        "alive while NATS is unreachable",
+        || async {
+            match ricochet.admin_get("/healthz").await {
+                Ok((status, body)) => holds(status == 200, format!("{status} {body}")),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     assert!(wait_not_ready(&ricochet).await.contains("not connected"));
 
     let server = NatsServer::start(port);

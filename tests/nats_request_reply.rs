@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -425,21 +423,18 @@ async fn many_requests_are_in_flight_at_once() {
     const WANTED: usize = 16;
     // Each call waits until WANTED calls are inside at the same time (or 5 s pass), so the
     // peak the upstream records shows whether ricochet really sends them concurrently.
-    let active = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (a, p) = (active.clone(), peak.clone());
-    let upstream = Upstream::start(move |_| {
-        let (active, peak) = (a.clone(), p.clone());
+    let concurrency = Concurrency::default();
+    let inside = concurrency.clone();
+    let upstream = Upstream::start_with(concurrency, move |_| {
+        let inside = inside.clone();
         async move {
-            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            for _ in 0..500 {
-                if peak.load(Ordering::SeqCst) >= WANTED {
-                    break;
+            let all_inside = tokio::time::timeout(Duration::from_secs(5), async {
+                while inside.peak() < WANTED {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            active.fetch_sub(1, Ordering::SeqCst);
+            });
+            // Past the timeout the assertion on the peak below says what happened.
+            let _ = all_inside.await;
             respond(200, "ok")
         }
     })
@@ -463,7 +458,7 @@ async fn many_requests_are_in_flight_at_once() {
         .iter()
         .all(|r| header(r, "Ricochet-Status").as_deref() == Some("200")));
     assert_eq!(
-        peak.load(Ordering::SeqCst),
+        upstream.peak(),
         WANTED,
         "the upstream saw all requests at once"
     );
@@ -471,18 +466,9 @@ async fn many_requests_are_in_flight_at_once() {
 
 #[tokio::test]
 async fn max_in_flight_bounds_concurrency() {
-    let active = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (a, p) = (active.clone(), peak.clone());
-    let upstream = Upstream::start(move |_| {
-        let (active, peak) = (a.clone(), p.clone());
-        async move {
-            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            active.fetch_sub(1, Ordering::SeqCst);
-            respond(200, "ok")
-        }
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        respond(200, "ok")
     })
     .await;
     let prefix = unique("bound");
@@ -503,11 +489,7 @@ async fn max_in_flight_bounds_concurrency() {
         .iter()
         .all(|r| header(r, "Ricochet-Status").as_deref() == Some("200")));
     assert_eq!(upstream.calls(), 12);
-    assert!(
-        peak.load(Ordering::SeqCst) <= 3,
-        "peak {}",
-        peak.load(Ordering::SeqCst)
-    );
+    assert!(upstream.peak() <= 3, "peak {}", upstream.peak());
 }
 
 #[tokio::test]
@@ -527,24 +509,23 @@ async fn message_without_reply_subject_reaches_the_service() {
     upstream.wait_for_calls(1).await;
     assert_eq!(upstream.seen()[0].body.as_ref(), b"fire-and-forget");
 
-    for _ in 0..100 {
-        let metrics = ricochet.metrics().await;
-        if metric(
-            &metrics,
-            "ricochet_messages_handled_total",
-            &["outcome=\"no_reply\""],
-        ) == 1.0
-        {
-            assert_eq!(
-                metric(&metrics, "ricochet_replies_published_total", &[]),
-                0.0
-            );
-            assert!(ricochet.logs().contains("without reply subject"));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the no_reply outcome was not counted");
+    eventually(
+        Duration::from_secs(2),
+        "the no_reply outcome counted",
+        || async {
+            let metrics = ricochet.metrics().await;
+            let outcome = ["outcome=\"no_reply\""];
+            let counted = metric(&metrics, "ricochet_messages_handled_total", &outcome);
+            holds(counted == 1.0, format!("{counted}"))
+        },
+    )
+    .await;
+    let metrics = ricochet.metrics().await;
+    assert_eq!(
+        metric(&metrics, "ricochet_replies_published_total", &[]),
+        0.0
+    );
+    assert!(ricochet.logs().contains("without reply subject"));
 }
 
 #[tokio::test]

@@ -280,16 +280,15 @@ async fn breaker_opens_sheds_load_and_closes_after_recovery() {
     );
 
     healthy.store(true, Ordering::SeqCst);
-    let mut recovered = false;
-    for _ in 0..50 {
-        let reply = send(&client, subject.clone(), HeaderMap::new()).await;
-        if status(&reply) == "200" {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(recovered, "replies flow again after the break");
+    eventually(
+        Duration::from_secs(3),
+        "replies flowing again after the break",
+        || async {
+            let reply = send(&client, subject.clone(), HeaderMap::new()).await;
+            holds(status(&reply) == "200", status(&reply))
+        },
+    )
+    .await;
     let reply = send(&client, subject.clone(), HeaderMap::new()).await;
     assert_eq!(status(&reply), "200");
     let metrics = ricochet.metrics().await;

@@ -93,14 +93,50 @@ pub struct Seen {
 pub type Reply = Response<Full<Bytes>>;
 type Handler = Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
-/// A scripted HTTP service that records every request it gets.
+/// How many requests a service is handling at once, and the most it handled at once.
+#[derive(Debug, Clone, Default)]
+pub struct Concurrency(
+    Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+
+impl Concurrency {
+    fn enter(&self) {
+        let now = self.0 .0.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0 .1.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The most requests handled at the same time so far.
+    pub fn peak(&self) -> usize {
+        self.0 .1.load(Ordering::SeqCst)
+    }
+}
+
+/// A scripted HTTP service that records every request it gets and how many it handles at
+/// once.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    concurrency: Concurrency,
 }
 
 impl Upstream {
     pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        Self::start_with(Concurrency::default(), handler).await
+    }
+
+    /// Like [`Self::start`], counting concurrency in `concurrency` (which a handler may read).
+    pub async fn start_with<F, Fut>(concurrency: Concurrency, handler: F) -> Self
     where
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
@@ -110,6 +146,7 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
+        let counter = concurrency.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -117,10 +154,12 @@ impl Upstream {
                 };
                 let handler = handler.clone();
                 let record = record.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let handler = handler.clone();
                         let record = record.clone();
+                        let counter = counter.clone();
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -139,7 +178,10 @@ impl Upstream {
                                 body,
                             };
                             record.lock().unwrap().push(seen.clone());
-                            Ok::<_, Infallible>(handler(seen).await)
+                            counter.enter();
+                            let reply = handler(seen).await;
+                            counter.leave();
+                            Ok::<_, Infallible>(reply)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -148,7 +190,16 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, seen }
+        Self {
+            addr,
+            seen,
+            concurrency,
+        }
+    }
+
+    /// The most requests this service handled at the same time.
+    pub fn peak(&self) -> usize {
+        self.concurrency.peak()
     }
 
     /// Answers 200 with the request body and an `x-echo-path` header.
@@ -200,14 +251,11 @@ impl Upstream {
     }
 
     pub async fn wait_for_calls_within(&self, count: usize, limit: Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if self.calls() >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("upstream saw {} calls, expected {count}", self.calls());
+        let what = format!("{count} calls at the upstream");
+        eventually(limit, &what, || async {
+            holds(self.calls() >= count, format!("{} calls", self.calls()))
+        })
+        .await;
     }
 }
 
@@ -288,13 +336,13 @@ impl Ricochet {
     }
 
     pub async fn wait_ready(&self) {
-        for _ in 0..500 {
-            if let Ok((200, _)) = self.admin_get("/readyz").await {
-                return;
+        eventually(Duration::from_secs(10), "ricochet ready", || async {
+            match self.admin_get("/readyz").await {
+                Ok((status, body)) => holds(status == 200, format!("{status} {body}")),
+                Err(e) => Err(format!("{e}; logs:\n{}", self.logs())),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("ricochet did not become ready; logs:\n{}", self.logs());
+        })
+        .await;
     }
 
     /// GET on the admin server: status code and body.
@@ -411,21 +459,28 @@ pub mod kafka {
             .expect("producer")
     }
 
+    /// Record headers from name-value pairs.
+    pub fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
+        pairs
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (name, value)| {
+                headers.insert(Header {
+                    key: name,
+                    value: Some(*value),
+                })
+            })
+    }
+
     pub async fn produce(
         producer: &FutureProducer,
         topic: &str,
         key: Option<&str>,
-        headers: &[(&str, &str)],
+        pairs: &[(&str, &str)],
         payload: &[u8],
     ) {
-        let mut owned = OwnedHeaders::new();
-        for (name, value) in headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(*value),
-            });
-        }
-        let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
+        let mut record = FutureRecord::to(topic)
+            .payload(payload)
+            .headers(headers(pairs));
         if let Some(key) = key {
             record = record.key(key);
         }
