@@ -196,7 +196,10 @@ impl Pipeline {
             return Ok(());
         };
         if let Some(id) = &inbound.correlation {
-            reply = reply.with_header(&route.config.correlation_header, id.clone());
+            // The request's id, whatever the service answered under that name.
+            let name = &route.config.correlation_header;
+            reply.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            reply = reply.with_header(name, id.clone());
         }
         if let Some((size, limit, what)) = settle.too_large(destination, &reply) {
             reply = too_large(route, &reply, size, limit, what);

@@ -85,7 +85,7 @@ fn describe() {
     );
     describe_counter!(
         SETTLEMENTS,
-        "Durable sources: acknowledgements sent, by action (ack, nak, term, in_progress)"
+        "Durable sources: settlements by action: ack (finished), nak (to be redelivered: a JetStream nak, a Kafka local retry), term (given up after its dead letter), in_progress (JetStream)"
     );
     describe_counter!(
         DEAD_LETTERS,
@@ -102,7 +102,9 @@ fn describe() {
     );
 }
 
-/// A settlement sent to a durable source's broker, the `action` label of [`SETTLEMENTS`].
+/// A durable source's settlement of one delivery, the `action` label of [`SETTLEMENTS`]:
+/// what the policy decided, carried out by the source (JetStream sends it to the server;
+/// Kafka finishes the record or retries it locally).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
     Ack,
