@@ -1,18 +1,21 @@
 //! ricochet: a sidecar that lets event-native services call REST services.
 //!
-//! It consumes request messages from NATS, calls the HTTP service that runs next to it and
-//! publishes the HTTP response as the reply. Every message takes the same path:
+//! It consumes request messages from NATS, JetStream and Kafka, calls the HTTP service that
+//! runs next to it and publishes the HTTP response as the reply. Every message takes the
+//! same path:
 //!
 //! ```text
-//! source -> route -> validate -> map to HTTP -> invoke -> map to reply -> publish -> settle
+//! source -> route -> validate -> map to HTTP -> invoke -> map to reply -> policy -> publish -> settle
 //! ```
 //!
-//! - [`source`] turns broker messages into [`source::Inbound`] and runs the intake loop;
+//! - [`source`] takes broker messages (one folder per broker) and turns them into
+//!   [`source::Inbound`]; its [`source::Settle`] handle publishes and settles;
 //! - [`route`] matches subjects against patterns with named captures;
+//! - [`pipeline`] takes one message through all of it, the same for every source: the
+//!   validate stage, the call, the settlement policy, publish and settle;
 //! - [`mapping`] is the pure message <-> HTTP mapping (the message contract);
 //! - [`invoke`] owns the HTTP client and classifies every result once;
-//! - [`reply`] publishes replies;
-//! - [`pipeline`] takes one message through all of it;
+//! - [`reply`] publishes replies and dead letters to NATS and Kafka;
 //! - [`telemetry`] holds metric names, logging and the admin server;
 //! - [`config`] loads and validates the configuration.
 

@@ -309,7 +309,7 @@ impl Pipeline {
     }
 
     /// Takes one validated message from its deadline to its reply; publishes nothing.
-    pub async fn process(
+    async fn process(
         &self,
         route: &Route,
         captures: &Captures,
@@ -395,7 +395,7 @@ impl Pipeline {
     }
 
     /// A message ricochet answers itself without calling the service.
-    pub fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Processed {
+    fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Processed {
         debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
         route.metrics.error(kind);
         Processed {
