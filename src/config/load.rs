@@ -342,7 +342,7 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_by_default_and_the_multi_thread_runtime_for_kafka() {
+    fn one_thread_by_default_for_every_source() {
         use crate::config::RuntimeThreads;
         let threads = |extra: &str| {
             load_str(&format!("{MINIMAL}{extra}"), no_env())
@@ -359,10 +359,10 @@ mod tests {
             RuntimeThreads::Multi(Some(4))
         );
         let kafka = "[[routes]]\nname = \"k\"\nsource = \"kafka\"\nsubject = \"requests\"\npath = \"/k\"\n[routes.kafka]\nbrokers = \"127.0.0.1:9092\"\nreply_topic = \"replies\"\n";
-        assert_eq!(threads(kafka), RuntimeThreads::Multi(None));
+        assert_eq!(threads(kafka), RuntimeThreads::Single);
         assert_eq!(
-            threads(&format!("{kafka}[runtime]\nworker_threads = 1\n")),
-            RuntimeThreads::Multi(Some(1))
+            threads(&format!("{kafka}[runtime]\nworker_threads = 2\n")),
+            RuntimeThreads::Multi(Some(2))
         );
     }
 

@@ -60,17 +60,15 @@ pub enum RuntimeThreads {
 }
 
 impl Config {
-    /// One thread unless configured otherwise: a sidecar shares its pod's CPU with the
-    /// service, and one thread moves a message with the fewest wake-ups (the benchmark
-    /// measures it). Kafka routes always get the multi-thread runtime: librdkafka's calls
-    /// block (commits, transactions, rebalance callbacks that wait for in-flight records),
-    /// and ricochet hands such a worker over to the others while it does (`block_in_place`),
-    /// which the single-thread runtime cannot do.
+    /// One thread unless configured otherwise, whatever the sources: a sidecar shares its
+    /// pod's CPU with the service, and one thread moves a message with the fewest wake-ups
+    /// (the benchmark measures it). librdkafka's blocking calls never run on it: each Kafka
+    /// consumer polls on a thread of its own, and commits and transactions run on the
+    /// blocking pool.
     pub fn runtime_threads(&self) -> RuntimeThreads {
-        let kafka = (self.routes.iter()).any(|r| r.source.kind() == SourceKind::Kafka);
-        match (self.runtime.worker_threads, kafka) {
-            (None | Some(1), false) => RuntimeThreads::Single,
-            (threads, _) => RuntimeThreads::Multi(threads),
+        match self.runtime.worker_threads {
+            None | Some(1) => RuntimeThreads::Single,
+            threads => RuntimeThreads::Multi(threads),
         }
     }
 }

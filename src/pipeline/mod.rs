@@ -309,12 +309,7 @@ impl Pipeline {
     }
 
     /// Takes one validated message from its deadline to its reply; publishes nothing.
-    async fn process(
-        &self,
-        route: &Route,
-        captures: &Captures,
-        inbound: &Inbound,
-    ) -> Processed {
+    async fn process(&self, route: &Route, captures: &Captures, inbound: &Inbound) -> Processed {
         let deadline = match self.deadline(route, inbound) {
             Ok(deadline) => deadline,
             Err(detail) => return self.refuse(route, ErrorKind::BadRequest, &detail),

@@ -23,6 +23,7 @@
 //!   synchronously, flush.
 
 mod offsets;
+mod poller;
 mod state;
 
 pub use offsets::OffsetTracker;
@@ -33,15 +34,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::Message;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use self::poller::{Polled, Poller};
 use self::state::{list_of, RouteContext, Shared, Transactions};
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{Delivery, KafkaConfig, Ordering};
@@ -62,6 +62,11 @@ const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 const RECORD_OVERHEAD: usize = 512;
 
 type Partition = (String, i32);
+
+/// The consumer, polled on its own thread ([`poller`]); its non-blocking calls (pause,
+/// resume, asynchronous commit) are made from the intake, its blocking ones on the blocking
+/// pool.
+type KafkaConsumer = BaseConsumer<RouteContext>;
 
 /// Which records must run one after another. The generation keeps lanes of an earlier
 /// assignment or rewind apart from the current ones.
@@ -178,6 +183,7 @@ impl KafkaRoute {
         };
         let transactions = this.transactional_id().map(|id| Transactions {
             producer: Mutex::new(None),
+            running: Mutex::new(()),
             config: this.config.clone(),
             id,
         });
@@ -234,7 +240,7 @@ impl KafkaRoute {
         }
     }
 
-    fn consumer(&self) -> Result<StreamConsumer<RouteContext>, KafkaError> {
+    fn consumer(&self) -> Result<KafkaConsumer, KafkaError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &self.config.brokers)
@@ -273,19 +279,8 @@ impl KafkaRoute {
         self.stop = stop.clone();
         let this = Arc::new(self);
         let route = &this.route;
-        let setup = loop {
-            let attempt = this.consumer().and_then(|consumer| {
-                let topics = this.subscription();
-                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-                consumer.subscribe(&topics)?;
-                let transactional_id = this.transactional_id();
-                // Initialising transactions blocks (and fences an earlier producer).
-                let replier = tokio::task::block_in_place(|| {
-                    KafkaReplier::new(&this.config, transactional_id.as_deref())
-                })?;
-                Ok((consumer, replier))
-            });
-            match attempt {
+        let (consumer, replier) = loop {
+            match this.set_up().await {
                 Ok(setup) => break setup,
                 Err(e) => {
                     error!(route = %route.name, error = %e, "cannot set up the Kafka consumer; retrying");
@@ -296,7 +291,16 @@ impl KafkaRoute {
                 }
             }
         };
-        let (consumer, replier) = setup;
+        let consumer = Arc::new(consumer);
+        let at_once = this.delivery == Delivery::AtMostOnce;
+        let started = Poller::start(&route.name, consumer.clone(), this.shared.clone(), at_once);
+        let (poller, mut records) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                error!(route = %route.name, error = %e, "cannot start the Kafka consumer thread");
+                return;
+            }
+        };
         let replier = Arc::new(replier);
         if let Some(transactions) = &this.shared.transactions {
             *transactions
@@ -306,13 +310,36 @@ impl KafkaRoute {
         }
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
         health.intake_ready();
-        this.consume(&consumer, replier.clone(), &tracker).await;
-        this.shut_down(&consumer, &replier).await;
+        this.consume(&consumer, &mut records, replier.clone(), &tracker)
+            .await;
+        this.shut_down(&consumer, &mut records, &replier).await;
+        // The consumer is closed on its own thread, which leaves the group.
+        drop(consumer);
+        poller.stop().await;
+        info!(route = %route.name, "Kafka intake stopped");
+    }
+
+    /// The consumer, subscribed, and the reply producer. Initialising transactions blocks
+    /// (and fences an earlier producer with the same id), so it runs on the blocking pool.
+    async fn set_up(&self) -> Result<(KafkaConsumer, KafkaReplier), KafkaError> {
+        let consumer = self.consumer()?;
+        let topics = self.subscription();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let config = self.config.clone();
+        let transactional_id = self.transactional_id();
+        let replier = tokio::task::spawn_blocking(move || {
+            KafkaReplier::new(&config, transactional_id.as_deref())
+        })
+        .await
+        .map_err(|e| KafkaError::Subscription(e.to_string()))??;
+        Ok((consumer, replier))
     }
 
     async fn consume(
         self: &Arc<Self>,
-        consumer: &StreamConsumer<RouteContext>,
+        consumer: &Arc<KafkaConsumer>,
+        records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
         replier: Arc<KafkaReplier>,
         tracker: &TaskTracker,
     ) {
@@ -338,16 +365,19 @@ impl KafkaRoute {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
-                _ = commit_tick.tick() => self.commit(consumer),
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        let Some(record) = self.fetched(&message) else { continue };
+                _ = commit_tick.tick() => self.commit(consumer).await,
+                polled = records.recv() => match polled {
+                    Some(Ok(record)) => {
                         match self.route.limit.clone().try_acquire_owned() {
                             Ok(permit) if overflow.is_empty() => self.take(record, permit, consumer, &replier, tracker),
                             _ => overflow.push_back(record),
                         }
                     }
-                    Err(e) => warn!(route = %self.route.name, error = %e, "Kafka consumer error"),
+                    Some(Err(e)) => warn!(route = %self.route.name, error = %e, "Kafka consumer error"),
+                    None => {
+                        error!(route = %self.route.name, "the Kafka consumer thread ended");
+                        break;
+                    }
                 },
                 permit = self.route.limit.clone().acquire_owned(), if saturated => {
                     if let (Ok(permit), Some(record)) = (permit, overflow.pop_front()) {
@@ -363,44 +393,12 @@ impl KafkaRoute {
         drop(overflow);
     }
 
-    /// Copies a record out of the consumer and tracks its offset; `None` for a record of a
-    /// partition no longer assigned.
-    fn fetched(&self, message: &BorrowedMessage<'_>) -> Option<Fetched> {
-        let partition = (message.topic().to_string(), message.partition());
-        // At-most-once: finished on receipt, so the commit before the call covers it.
-        let at_once = self.delivery == Delivery::AtMostOnce;
-        let generation = self.shared.track(&partition, message.offset(), at_once)?;
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(Fetched {
-            topic: partition.0,
-            partition: partition.1,
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-            headers,
-            generation,
-        })
-    }
-
     /// Starts a tracked record: queues it in its lane, or starts the lane's worker.
     fn take(
         self: &Arc<Self>,
         fetched: Fetched,
         permit: OwnedSemaphorePermit,
-        consumer: &StreamConsumer<RouteContext>,
+        consumer: &KafkaConsumer,
         replier: &Arc<KafkaReplier>,
         tracker: &TaskTracker,
     ) {
@@ -436,7 +434,8 @@ impl KafkaRoute {
         }
         drop(state);
         if self.delivery == Delivery::AtMostOnce {
-            self.commit(consumer);
+            // Not exactly-once, so the commit does not block.
+            self.commit_finished(consumer);
         }
         let this = self.clone();
         let replier = replier.clone();
@@ -635,7 +634,7 @@ impl KafkaRoute {
     /// partition while one of its records waits for a retry; resumes the rest.
     fn update_pauses(
         &self,
-        consumer: &StreamConsumer<RouteContext>,
+        consumer: &KafkaConsumer,
         paused: &mut HashSet<Partition>,
         saturated: bool,
         circuit_open: bool,
@@ -668,12 +667,21 @@ impl KafkaRoute {
         *paused = wanted;
     }
 
-    /// Commits the finished prefix (asynchronously), or, exactly-once, runs a transaction.
-    fn commit(&self, consumer: &StreamConsumer<RouteContext>) {
-        if self.delivery == Delivery::ExactlyOnce {
-            tokio::task::block_in_place(|| self.shared.transact(consumer));
-            return;
+    /// Commits the finished prefix (asynchronously), or, exactly-once, runs a transaction
+    /// (blocking, so on the blocking pool; the intake waits for it).
+    async fn commit(&self, consumer: &Arc<KafkaConsumer>) {
+        if self.delivery != Delivery::ExactlyOnce {
+            return self.commit_finished(consumer);
         }
+        let (shared, consumer) = (self.shared.clone(), consumer.clone());
+        let transacted = tokio::task::spawn_blocking(move || shared.transact(&*consumer)).await;
+        if let Err(e) = transacted {
+            error!(route = %self.route.name, error = %e, "transaction task failed");
+        }
+    }
+
+    /// At-least-once and at-most-once: an asynchronous commit of the finished prefix.
+    fn commit_finished(&self, consumer: &KafkaConsumer) {
         let commits = self.shared.commits(None, false);
         if commits.count() > 0 {
             if let Err(e) = consumer.commit(&commits, CommitMode::Async) {
@@ -684,8 +692,12 @@ impl KafkaRoute {
     }
 
     /// Stop fetching, let in-flight records finish, commit synchronously, flush replies.
-    async fn shut_down(&self, consumer: &StreamConsumer<RouteContext>, replier: &KafkaReplier) {
-        let route = &self.route;
+    async fn shut_down(
+        &self,
+        consumer: &Arc<KafkaConsumer>,
+        records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
+        replier: &Arc<KafkaReplier>,
+    ) {
         let all: Vec<Partition> = self.shared.lock().partitions.keys().cloned().collect();
         let _ = consumer.pause(&list_of(&all));
         // Records waiting for a retry give up now (`stop` is cancelled); running ones finish.
@@ -700,29 +712,35 @@ impl KafkaRoute {
             if !busy {
                 break;
             }
-            // Keep polling so the group keeps this member while work finishes.
+            // The thread keeps polling, so the group keeps this member while work finishes;
+            // records still arriving are tracked, never started, and hold the commit back.
             tokio::select! {
-                _ = consumer.recv() => {}
+                _ = records.recv() => {}
                 _ = self.shared.worker_ended.notified() => {}
             }
         }
-        tokio::task::block_in_place(|| {
-            if self.delivery == Delivery::ExactlyOnce {
-                self.shared.transact(consumer);
+        let route = self.route.name.clone();
+        let exactly_once = self.delivery == Delivery::ExactlyOnce;
+        let (shared, consumer, replier) = (self.shared.clone(), consumer.clone(), replier.clone());
+        let finished = tokio::task::spawn_blocking(move || {
+            if exactly_once {
+                shared.transact(&*consumer);
             } else {
-                let commits = self.shared.commits(None, true);
+                let commits = shared.commits(None, true);
                 if commits.count() > 0 {
                     if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                        warn!(route = %route.name, error = %e, "final offset commit failed");
+                        warn!(%route, error = %e, "final offset commit failed");
                     }
                 }
             }
             if let Err(e) = replier.flush(Duration::from_secs(5)) {
-                warn!(route = %route.name, error = %e, "producer flush failed");
+                warn!(%route, error = %e, "producer flush failed");
             }
-        });
-        consumer.unsubscribe();
-        info!(route = %route.name, "Kafka intake stopped");
+        })
+        .await;
+        if let Err(e) = finished {
+            error!(route = %self.route.name, error = %e, "final commit task failed");
+        }
     }
 }
 

@@ -51,6 +51,9 @@ pub(super) struct State {
 /// fatal error (such as being fenced) leaves the old one unusable.
 pub(super) struct Transactions {
     pub producer: Mutex<Option<Arc<KafkaReplier>>>,
+    /// Held through a whole transaction: the intake's periodic one (on the blocking pool)
+    /// and a revoke's (on the consumer's thread) must not overlap on one producer.
+    pub running: Mutex<()>,
     pub config: KafkaConfig,
     pub id: String,
 }
@@ -200,6 +203,10 @@ impl Shared {
         let Some(transactions) = &self.transactions else {
             return;
         };
+        let _one_at_a_time = transactions
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(producer) = transactions
             .producer
             .lock()
@@ -352,22 +359,21 @@ impl ConsumerContext for RouteContext {
         };
         let route = &self.shared.route;
         info!(%route, ?partitions, "partitions revoked: finishing their in-flight records");
-        // Runs inside the intake task's poll: let tokio move other work off this thread.
-        tokio::task::block_in_place(|| {
-            if !self.shared.drain(&partitions, self.revoke_wait) {
-                warn!(%route, "in-flight records did not finish in time; the next owner repeats them");
-            }
-            if self.shared.transactions.is_some() {
-                self.shared.transact(consumer);
-            } else {
-                let commits = self.shared.commits(Some(&partitions), true);
-                if commits.count() > 0 {
-                    if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                        warn!(%route, error = %e, "commit on revoke failed");
-                    }
+        // Runs on the consumer's own thread (`poller`): it may block here while the lane
+        // workers finish on the async runtime.
+        if !self.shared.drain(&partitions, self.revoke_wait) {
+            warn!(%route, "in-flight records did not finish in time; the next owner repeats them");
+        }
+        if self.shared.transactions.is_some() {
+            self.shared.transact(consumer);
+        } else {
+            let commits = self.shared.commits(Some(&partitions), true);
+            if commits.count() > 0 {
+                if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
+                    warn!(%route, error = %e, "commit on revoke failed");
                 }
             }
-        });
+        }
         // librdkafka keeps an application pause across reassignment: start clean.
         let _ = consumer.resume(&list_of(&partitions));
         self.shared.release(&partitions);
