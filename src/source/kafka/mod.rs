@@ -1,8 +1,14 @@
 //! The Kafka source: one consumer group member per route, replies produced to a reply
 //! topic, offsets committed only for the contiguous prefix of finished records.
 //!
+//! - **Threads**: the consumer polls on a thread of its own (`poller.rs`), where rebalance
+//!   callbacks run and may block; records reach the intake over a channel. Pause, resume
+//!   and asynchronous commits are called from the intake; transactions and the final
+//!   commit run on tokio's blocking pool. Nothing blocks the async runtime, which may be
+//!   single-threaded.
 //! - **Tracking**: every record librdkafka hands over is noted in its partition's
-//!   [`OffsetTracker`] at once, so no commit can pass it, whatever happens to it next.
+//!   [`OffsetTracker`] at once (on the consumer's thread), so no commit can pass it,
+//!   whatever happens to it next.
 //! - **Lanes** give the ordering: a record joins the lane of its partition (`partition`), of
 //!   its key (`key`) or its own (`unordered`). One worker task runs a lane's records in
 //!   order; different lanes run in parallel. Every record taken holds a `max_in_flight`
