@@ -76,6 +76,9 @@ struct Args {
     /// The ricochet binary; default: next to this one.
     #[arg(long)]
     ricochet: Option<std::path::PathBuf>,
+    /// With `--callgrind`: keep the callgrind dump at this path (for `callgrind_annotate`).
+    #[arg(long)]
+    keep_dump: Option<std::path::PathBuf>,
     /// Where to write the results as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -812,6 +815,9 @@ async fn count_instructions(
     drop(ricochet);
     let dump =
         std::fs::read_to_string(dir.join("callgrind.out.1")).context("callgrind wrote no dump")?;
+    if let Some(keep) = &args.keep_dump {
+        std::fs::write(keep, &dump).with_context(|| format!("writing {}", keep.display()))?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let total: u64 = dump
         .lines()

@@ -89,12 +89,13 @@ impl NatsReplier {
     /// exceeds that limit. Counted as async-nats counts: the header block plus the body.
     pub fn too_large(&self, reply: &Reply, extra: &[(&str, String)]) -> Option<(usize, usize)> {
         // "NATS/1.0\r\n" ... "\r\n", and "name: value\r\n" per header.
-        let header_bytes: usize = (reply.headers.iter())
-            .map(|(n, v)| (n.len(), v.len()))
-            .chain(extra.iter().map(|(n, v)| (n.len(), v.len())))
-            .map(|(n, v)| n + v + 4)
-            .sum();
-        let size = reply.body.len() + 12 + header_bytes;
+        let mut size = reply.body.len() + 12;
+        for (name, value) in &reply.headers {
+            size += name.len() + value.len() + 4;
+        }
+        for (name, value) in extra {
+            size += name.len() + value.len() + 4;
+        }
         let limit = self.client.max_payload();
         (limit > 0 && size > limit).then_some((size, limit))
     }
