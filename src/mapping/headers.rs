@@ -90,7 +90,10 @@ pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<He
 
 /// HTTP response headers -> reply headers. Values that are not text are skipped: a NATS
 /// header cannot carry them, and the rest of the response is still worth delivering.
-pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> Vec<(String, String)> {
+pub fn from_http(
+    headers: &HeaderMap,
+    filter: &HeaderFilter,
+) -> Vec<(super::reply::HeaderName, String)> {
     let listed = connection_listed(
         headers
             .iter()
@@ -104,7 +107,8 @@ pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> Vec<(String, Str
                 && filter.permits(name)
         })
         .filter_map(|(name, value)| {
-            Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+            let name = super::reply::HeaderName::Owned(name.as_str().to_string());
+            Some((name, value.to_str().ok()?.to_string()))
         })
         .collect()
 }
@@ -178,8 +182,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                ("content-type".to_string(), "application/json".to_string()),
-                ("x-trace".to_string(), "t".to_string())
+                ("content-type".into(), "application/json".to_string()),
+                ("x-trace".into(), "t".to_string())
             ]
         );
     }

@@ -75,11 +75,14 @@ impl ErrorKind {
     }
 }
 
+/// A header name: ricochet's own are static, so a reply costs no allocation for them.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
 /// What gets published back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: StatusCode,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     pub body: Bytes,
 }
 
@@ -127,8 +130,8 @@ impl Reply {
     }
 
     /// Adds a header (used for `Ricochet-Attempts` and `Retry-After`).
-    pub fn with_header(mut self, name: &str, value: String) -> Self {
-        self.headers.push((name.to_string(), value));
+    pub fn with_header(mut self, name: impl Into<HeaderName>, value: String) -> Self {
+        self.headers.push((name.into(), value));
         self
     }
 

@@ -199,7 +199,7 @@ impl Pipeline {
             // The request's id, whatever the service answered under that name.
             let name = &route.config.correlation_header;
             reply.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            reply = reply.with_header(name, id.clone());
+            reply = reply.with_header(name.clone(), id.clone());
         }
         if let Some((size, limit, what)) = settle.too_large(destination, &reply) {
             reply = too_large(route, &reply, size, limit, what);
@@ -412,7 +412,7 @@ fn too_large(route: &Route, reply: &Reply, size: usize, limit: usize, what: &str
     let mut fallback = Reply::error(ErrorKind::UpstreamUnavailable, &detail);
     for name in [ATTEMPTS_HEADER, route.config.correlation_header.as_str()] {
         if let Some(value) = reply.header(name) {
-            fallback = fallback.with_header(name, value.to_string());
+            fallback = fallback.with_header(name.to_string(), value.to_string());
         }
     }
     fallback

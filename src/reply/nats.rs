@@ -166,7 +166,7 @@ impl NatsReplier {
 fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in &reply.headers {
-        headers.append(name.as_str(), value.as_str());
+        headers.append(name.as_ref(), value.as_str());
     }
     for (name, value) in extra {
         headers.insert(*name, value.as_str());

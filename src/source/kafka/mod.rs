@@ -765,7 +765,7 @@ impl Topic<'_> {
             topic: topic.to_string(),
             key: self.record.key.clone(),
             headers: (reply.headers.iter())
-                .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+                .map(|(n, v)| (n.to_string(), v.clone().into_bytes()))
                 .collect(),
             payload: reply.body.clone(),
         }
