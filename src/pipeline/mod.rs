@@ -65,6 +65,14 @@ pub enum Settled {
     Abandoned,
 }
 
+/// What a given-up message's dead letter and last reply say.
+struct Letter {
+    reason: Reason,
+    last_status: u16,
+    /// The error reply for the caller; `None` when publishing the reply is what failed.
+    reply: Option<Reply>,
+}
+
 /// What should become of a request message once its reply is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -134,7 +142,11 @@ impl Pipeline {
         settle: &S,
     ) -> Settled {
         let policy = &route.policy;
-        let processed = match validate::check(route, inbound, captures.is_some(), settle) {
+        // Checked once: a destination the broker cannot take gets no reply, and `validate`
+        // refuses the message.
+        let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));
+        let destination = inbound.reply.as_deref().filter(|_| problem.is_none());
+        let processed = match validate::check(route, inbound, captures.is_some(), problem) {
             Err((kind, detail)) => self.refuse(route, kind, &detail),
             Ok(()) => {
                 let captures = captures.unwrap_or_default();
@@ -144,13 +156,17 @@ impl Pipeline {
         let settled = match policy.decide(&processed, inbound.delivered) {
             Action::Answer => {
                 let last_status = processed.reply.status.as_u16();
-                match self.reply(route, inbound, processed.reply, settle).await {
+                match (self.reply(route, inbound, destination, processed.reply, settle)).await {
                     Ok(()) => self.ack(route, settle).await,
                     Err(Undelivered::Lost) => Settled::Abandoned,
                     Err(_) => match policy.reply_failed(inbound.delivered) {
                         Action::GiveUp(reason) => {
-                            let give_up =
-                                self.give_up(route, inbound, reason, last_status, None, settle);
+                            let letter = Letter {
+                                reason,
+                                last_status,
+                                reply: None,
+                            };
+                            let give_up = self.give_up(route, inbound, destination, letter, settle);
                             Box::pin(give_up).await
                         }
                         Action::Redeliver(delay) => self.redeliver(route, delay, settle).await,
@@ -163,10 +179,13 @@ impl Pipeline {
                 self.redeliver(route, delay, settle).await
             }
             Action::GiveUp(reason) => {
-                let last_status = processed.reply.status.as_u16();
-                let reply = Some(processed.reply);
+                let letter = Letter {
+                    reason,
+                    last_status: processed.reply.status.as_u16(),
+                    reply: Some(processed.reply),
+                };
                 // Boxed: the rare path should not enlarge every message's future.
-                Box::pin(self.give_up(route, inbound, reason, last_status, reply, settle)).await
+                Box::pin(self.give_up(route, inbound, destination, letter, settle)).await
             }
         };
         if settled == Settled::Done {
@@ -178,18 +197,16 @@ impl Pipeline {
         settled
     }
 
-    /// Publishes the reply, if the message has a destination the broker can take: the
-    /// correlation id echoed, a reply over the broker's size limit replaced by a 502.
+    /// Publishes the reply to `destination`, if there is one: the correlation id echoed, a
+    /// reply over the broker's size limit replaced by a 502.
     async fn reply<S: Settle>(
         &self,
         route: &Route,
         inbound: &Inbound,
+        destination: Option<&str>,
         mut reply: Reply,
         settle: &S,
     ) -> Result<(), Undelivered> {
-        // A destination the broker cannot take was refused by `validate`: no reply then.
-        let destination =
-            (inbound.reply.as_deref()).filter(|d| settle.destination_problem(d).is_none());
         let Some(destination) = destination else {
             debug!(route = %route.name, status = reply.status.as_u16(), "message without reply subject or destination delivered; nothing to publish");
             route.metrics.outcome(Outcome::NoReply);
@@ -223,24 +240,23 @@ impl Pipeline {
         }
     }
 
-    /// Dead letter, error reply (best effort: the dead letter holds the request; `reply` is
-    /// `None` when the reply is what failed), terminate. A dead letter that could not be
-    /// published makes the message come again instead.
+    /// Dead letter, error reply (best effort: the dead letter holds the request; none when
+    /// the reply is what failed), terminate. A dead letter that could not be published makes
+    /// the message come again instead.
     async fn give_up<S: Settle>(
         &self,
         route: &Route,
         inbound: &Inbound,
-        reason: Reason,
-        last_status: u16,
-        reply: Option<Reply>,
+        destination: Option<&str>,
+        given_up: Letter,
         settle: &S,
     ) -> Settled {
         let policy = &route.policy;
-        let reason_text = reason.as_str(policy);
+        let reason_text = given_up.reason.as_str(policy);
         let letter = DeadLetter {
             route: &route.name,
             reason: reason_text,
-            last_status,
+            last_status: given_up.last_status,
             delivered: inbound.delivered,
             inbound,
         };
@@ -266,8 +282,9 @@ impl Pipeline {
                 return self.redeliver(route, delay, settle).await;
             }
         }
-        if let Some(reply) = reply {
-            if let Err(Undelivered::Lost) = self.reply(route, inbound, reply, settle).await {
+        if let Some(reply) = given_up.reply {
+            let replied = self.reply(route, inbound, destination, reply, settle).await;
+            if let Err(Undelivered::Lost) = replied {
                 return Settled::Abandoned;
             }
         }
@@ -376,11 +393,7 @@ impl Pipeline {
     /// The route's total timeout from receipt, shortened by a `Ricochet-Timeout` header.
     fn deadline(&self, route: &Route, inbound: &Inbound) -> Result<Instant, String> {
         let mut budget = route.total_timeout;
-        if let Some((_, value)) = inbound
-            .headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(TIMEOUT_HEADER))
-        {
+        if let Some(value) = inbound.header(TIMEOUT_HEADER) {
             let asked = parse_timeout(value).ok_or_else(|| {
                 format!("{TIMEOUT_HEADER} {value:?} is not a duration like \"1500ms\" or \"2s\"")
             })?;

@@ -21,7 +21,8 @@ fn caller_timeouts_parse() {
     assert_eq!(parse_timeout("soon"), None);
 }
 
-/// A service answering every request with `status` and body "body".
+/// A service answering every request with `status`, body "body" and a `correlation-id` of
+/// its own (which the reply must not carry next to the request's).
 async fn service(status: u16) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -41,7 +42,7 @@ async fn service(status: u16) -> u16 {
                     while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                         buffer.drain(..end + 4);
                         let answer =
-                            format!("HTTP/1.1 {status} X\r\ncontent-length: 4\r\n\r\nbody");
+                            format!("HTTP/1.1 {status} X\r\ncorrelation-id: service\r\ncontent-length: 4\r\n\r\nbody");
                         if stream.write_all(answer.as_bytes()).await.is_err() {
                             return;
                         }
@@ -217,7 +218,11 @@ async fn an_answer_is_published_with_the_correlation_id_then_acked() {
     assert_eq!(settled, Settled::Done);
     assert_eq!(broker.calls(), ["reply caller.inbox 200", "ack"]);
     let reply = broker.replies.lock().unwrap()[0].clone();
-    assert_eq!(reply.header("correlation-id"), Some("c-7"));
+    let correlation: Vec<_> = (reply.headers.iter())
+        .filter(|(n, _)| n.eq_ignore_ascii_case("correlation-id"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(correlation, ["c-7"], "the request's id, once");
     assert_eq!(reply.body.as_ref(), b"body");
     let counts = Counts::take(&metrics);
     assert_eq!(counts.outcome("replied"), 1);
@@ -335,6 +340,26 @@ async fn a_dead_letter_that_fails_makes_the_message_come_again_unanswered() {
         broker.calls(),
         ["dead_letter payload_too_large 413 2", "redeliver 5s"]
     );
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_can_never_be_published_is_dropped_and_the_message_finished() {
+    let (pipeline, metrics) = pipeline(200, "at_least_once").await;
+    let broker = Broker {
+        dead_letter_result: Some(Undelivered::Dropped("not authorised".into())),
+        ..Broker::default()
+    };
+    let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 1)).await;
+    assert_eq!(settled, Settled::Done, "no redelivery can change it");
+    assert_eq!(
+        broker.calls(),
+        [
+            "dead_letter payload_too_large 413 1",
+            "reply caller.inbox 413",
+            "term"
+        ]
+    );
+    assert_eq!(Counts::take(&metrics).get(DEAD_LETTERS, &[]), 0);
 }
 
 #[tokio::test]

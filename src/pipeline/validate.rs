@@ -8,14 +8,15 @@
 
 use super::Route;
 use crate::mapping::ErrorKind;
-use crate::source::{Inbound, Settle};
+use crate::source::Inbound;
 
-/// `Err((kind, detail))` when the message must be refused.
-pub fn check<S: Settle>(
+/// `Err((kind, detail))` when the message must be refused. `destination_problem`: why the
+/// source's broker cannot take the reply destination the message names, if it cannot.
+pub fn check(
     route: &Route,
     inbound: &Inbound,
     routed: bool,
-    settle: &S,
+    destination_problem: Option<&'static str>,
 ) -> Result<(), (ErrorKind, String)> {
     if !routed {
         return Err((
@@ -33,7 +34,7 @@ pub fn check<S: Settle>(
             ),
         ));
     }
-    if let Some(problem) = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d)) {
+    if let Some(problem) = destination_problem {
         return Err((
             ErrorKind::BadRequest,
             format!("the reply destination {problem}"),

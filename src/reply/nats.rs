@@ -7,7 +7,7 @@
 //!   after this returns. A subject captured by a stream is published with JetStream and its
 //!   publish ack awaited; any other subject is published and flushed.
 //!
-//! [`NatsReplier::size`] tells the pipeline how large a reply is on the wire, so that one
+//! [`NatsReplier::too_large`] tells the pipeline how large a reply is on the wire, so that one
 //! larger than the server's `max_payload` is replaced by a 502 before it is published (the
 //! pipeline's oversize rule).
 
