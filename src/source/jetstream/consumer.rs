@@ -90,6 +90,12 @@ pub fn major_minor(version: &str) -> Option<(u64, u64)> {
     Some((major, minor.parse().ok()?))
 }
 
+/// Whether the server predates 2.10 (several filters, in-place filter changes); a version
+/// that cannot be read counts as current.
+pub fn before_2_10(server_version: &str) -> bool {
+    major_minor(server_version).is_some_and(|v| v < MULTI_FILTER_VERSION)
+}
+
 /// The consumer configuration to create or update, for a server of `server_version`.
 pub fn config(wanted: &Wanted, server_version: &str) -> Result<pull::Config, Refusal> {
     let mut config = pull::Config {
@@ -107,8 +113,7 @@ pub fn config(wanted: &Wanted, server_version: &str) -> Result<pull::Config, Ref
         [] => {}
         [one] => config.filter_subject = one.clone(),
         many => {
-            let old = major_minor(server_version).is_some_and(|v| v < MULTI_FILTER_VERSION);
-            if old {
+            if before_2_10(server_version) {
                 return Err(Refusal::MultipleFiltersUnsupported {
                     count: many.len(),
                     server: server_version.to_string(),
@@ -126,7 +131,7 @@ pub fn check_existing(
     existing: &consumer::Config,
     server_version: &str,
 ) -> Result<(), Refusal> {
-    let old = major_minor(server_version).is_some_and(|v| v < MULTI_FILTER_VERSION);
+    let old = before_2_10(server_version);
     let asked_filters = sorted_filters(&asked.filter_subject, &asked.filter_subjects);
     let existing_filters = sorted_filters(&existing.filter_subject, &existing.filter_subjects);
     if old && asked_filters != existing_filters {
@@ -143,37 +148,36 @@ pub fn check_existing(
 /// policy, the ack wait, unlimited deliveries, the pending bound and pull mode.
 pub fn check_kept(asked: &pull::Config, kept: &consumer::Config) -> Result<(), Refusal> {
     let mut differences = Vec::new();
-    let asked_filters = sorted_filters(&asked.filter_subject, &asked.filter_subjects);
-    let kept_filters = sorted_filters(&kept.filter_subject, &kept.filter_subjects);
-    if asked_filters != kept_filters {
-        differences.push(format!(
-            "filter subjects {kept_filters:?} instead of {asked_filters:?}"
-        ));
-    }
-    if kept.ack_policy != asked.ack_policy {
-        differences.push(format!(
-            "ack policy {:?} instead of {:?}",
-            kept.ack_policy, asked.ack_policy
-        ));
-    }
-    if kept.ack_wait != asked.ack_wait {
-        differences.push(format!(
-            "ack_wait {:?} instead of {:?}",
-            kept.ack_wait, asked.ack_wait
-        ));
-    }
-    if kept.max_deliver != asked.max_deliver {
-        differences.push(format!(
-            "max_deliver {} instead of {} (unlimited; ricochet counts deliveries itself)",
-            kept.max_deliver, asked.max_deliver
-        ));
-    }
-    if kept.max_ack_pending != asked.max_ack_pending {
-        differences.push(format!(
-            "max_ack_pending {} instead of {}",
-            kept.max_ack_pending, asked.max_ack_pending
-        ));
-    }
+    // One setting: what the server kept against what was asked, both as shown.
+    let mut compare = |what: &str, kept: String, asked: String| {
+        if kept != asked {
+            differences.push(format!("{what} {kept} instead of {asked}"));
+        }
+    };
+    let filters = |one: &str, many: &[String]| format!("{:?}", sorted_filters(one, many));
+    compare(
+        "filter subjects",
+        filters(&kept.filter_subject, &kept.filter_subjects),
+        filters(&asked.filter_subject, &asked.filter_subjects),
+    );
+    let policy = |p: AckPolicy| format!("{p:?}");
+    compare(
+        "ack policy",
+        policy(kept.ack_policy),
+        policy(asked.ack_policy),
+    );
+    let wait = |d: Duration| format!("{d:?}");
+    compare("ack_wait", wait(kept.ack_wait), wait(asked.ack_wait));
+    compare(
+        "max_deliver (unlimited: ricochet counts deliveries itself)",
+        kept.max_deliver.to_string(),
+        asked.max_deliver.to_string(),
+    );
+    compare(
+        "max_ack_pending",
+        kept.max_ack_pending.to_string(),
+        asked.max_ack_pending.to_string(),
+    );
     if let Some(subject) = &kept.deliver_subject {
         differences.push(format!(
             "a push consumer (deliver subject {subject:?}), not a pull consumer"
