@@ -150,9 +150,15 @@ pub struct Output {
 
 impl Output {
     fn size(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + headers + RECORD_OVERHEAD
+        let headers = self.headers.iter().map(|(n, v)| n.len() + v.len());
+        record_size(self.payload.len(), self.key.as_deref(), headers)
     }
+}
+
+/// What a record counts against `message.max.bytes`: payload, key, headers (the sum of
+/// their name and value lengths) and framing.
+fn record_size(payload: usize, key: Option<&[u8]>, headers: impl Iterator<Item = usize>) -> usize {
+    payload + key.map_or(0, <[u8]>::len) + headers.sum::<usize>() + RECORD_OVERHEAD
 }
 
 /// One Kafka route.
@@ -773,9 +779,11 @@ impl Topic<'_> {
 }
 
 impl Settle for Topic<'_> {
-    fn too_large(&self, destination: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
+    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
         let limit = self.source.max_message_bytes;
-        let size = self.output(destination, reply).size();
+        // Measured without building the record: that happens once, when it is produced.
+        let headers = reply.headers.iter().map(|(n, v)| n.len() + v.len());
+        let size = record_size(reply.body.len(), self.record.key.as_deref(), headers);
         (size > limit).then_some((size, limit, "the producer's message.max.bytes"))
     }
 
