@@ -81,15 +81,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         match &route.config.source {
             // One intake below serves every core route.
             SourceConfig::Nats { .. } => {}
-            SourceConfig::Jetstream { settings, .. } => {
+            SourceConfig::Jetstream(js) => {
                 let (client, replier) = (client.clone(), replier.clone());
                 let (client, replier) = client.zip(replier).expect("JetStream connects to NATS");
                 let (route, pipeline) = (route.clone(), pipeline.clone());
-                let consumer = JetStreamRoute::new(route, settings.clone(), pipeline, replier);
+                let consumer = JetStreamRoute::new(route, js.clone(), pipeline, replier);
                 intakes.spawn(consumer.run(client, health, tracker, stop));
             }
-            SourceConfig::Kafka { settings, .. } => {
-                let consumer = KafkaRoute::new(route.clone(), settings.clone(), pipeline.clone());
+            SourceConfig::Kafka(kafka) => {
+                let consumer = KafkaRoute::new(route.clone(), kafka.clone(), pipeline.clone());
                 intakes.spawn(consumer.run(health, tracker, stop));
             }
         }

@@ -509,6 +509,18 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_group_belongs_to_core_nats_routes_only() {
+        let text = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"js\"\nsource = \"jetstream\"\nsubject = \"b\"\npath = \"/\"\nqueue_group = \"g\"\n[routes.jetstream]\nstream = \"S\"\n";
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["routes[0].queue_group"]);
+        let core = text
+            .replace("source = \"jetstream\"\n", "")
+            .replace("[routes.jetstream]\nstream = \"S\"\n", "");
+        load_str(&core, no_env()).expect("a core route may name its queue group");
+    }
+
+    #[test]
     fn secret_values_are_not_echoed_in_errors() {
         let text = format!("{MINIMAL}\n[nats]\nuser = \"u\"\npassword = 987654321\nurl = \"nats://u:hunter2@h:bad\"\n");
         let errors = load_str(&text, no_env()).unwrap_err();

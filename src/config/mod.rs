@@ -263,35 +263,34 @@ pub enum SourceConfig {
         queue_group: Option<String>,
     },
     /// A durable JetStream pull consumer.
-    Jetstream {
-        settings: JetStreamConfig,
-        delivery: Delivery,
-        reply_subject: Option<String>,
-        dead_letter: Option<String>,
-    },
+    Jetstream(JetStreamSource),
     /// A Kafka consumer group.
-    Kafka {
-        settings: KafkaConfig,
-        delivery: Delivery,
-    },
+    Kafka(KafkaSource),
+}
+
+/// A JetStream route's source: its `[routes.jetstream]` table and the route keys only
+/// JetStream routes have.
+#[derive(Debug, Clone)]
+pub struct JetStreamSource {
+    pub settings: JetStreamConfig,
+    pub delivery: Delivery,
+    pub reply_subject: Option<String>,
+    pub dead_letter: Option<String>,
+}
+
+/// A Kafka route's source: its `[routes.kafka]` table and its delivery guarantee.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    pub settings: KafkaConfig,
+    pub delivery: Delivery,
 }
 
 impl SourceConfig {
     pub fn kind(&self) -> SourceKind {
         match self {
             SourceConfig::Nats { .. } => SourceKind::Nats,
-            SourceConfig::Jetstream { .. } => SourceKind::Jetstream,
-            SourceConfig::Kafka { .. } => SourceKind::Kafka,
-        }
-    }
-
-    /// The delivery guarantee; core NATS is at-most-once.
-    pub fn delivery(&self) -> Delivery {
-        match self {
-            SourceConfig::Nats { .. } => Delivery::AtMostOnce,
-            SourceConfig::Jetstream { delivery, .. } | SourceConfig::Kafka { delivery, .. } => {
-                *delivery
-            }
+            SourceConfig::Jetstream(_) => SourceKind::Jetstream,
+            SourceConfig::Kafka(_) => SourceKind::Kafka,
         }
     }
 }
@@ -677,16 +676,16 @@ impl RouteConfig {
             SourceKind::Nats => SourceConfig::Nats {
                 queue_group: file.queue_group,
             },
-            SourceKind::Jetstream => SourceConfig::Jetstream {
+            SourceKind::Jetstream => SourceConfig::Jetstream(JetStreamSource {
                 settings: file.jetstream?,
                 delivery: file.delivery.unwrap_or_default(),
                 reply_subject: file.reply_subject,
                 dead_letter: file.dead_letter,
-            },
-            SourceKind::Kafka => SourceConfig::Kafka {
+            }),
+            SourceKind::Kafka => SourceConfig::Kafka(KafkaSource {
                 settings: file.kafka?,
                 delivery: file.delivery.unwrap_or_default(),
-            },
+            }),
         };
         Some(Self {
             name: file.name,

@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use http::{HeaderName, HeaderValue, Method, Uri};
 
 use super::{
-    BreakerConfig, ByteSize, Config, ConfigError, Delivery, HeaderFilterConfig, RateLimitConfig,
-    RetryConfig, RetryOn, RouteConfig, RouteFile, SourceConfig, SourceKind, UpstreamConfig,
+    BreakerConfig, ByteSize, Config, ConfigError, Delivery, HeaderFilterConfig, JetStreamSource,
+    KafkaSource, RateLimitConfig, RetryConfig, RetryOn, RouteConfig, RouteFile, SourceConfig,
+    SourceKind, UpstreamConfig,
 };
 use crate::mapping::PathTemplate;
 use crate::route::Pattern;
@@ -195,7 +196,7 @@ pub(super) fn deadlines(
     for (index, route) in routes {
         let total = route.total_timeout_or(upstream);
         match &route.source {
-            SourceConfig::Kafka { settings, .. } => {
+            SourceConfig::Kafka(KafkaSource { settings, .. }) => {
                 let max_poll = settings
                     .consumer
                     .get("max.poll.interval.ms")
@@ -214,7 +215,7 @@ pub(super) fn deadlines(
                 }
             }
             // Strictly shorter: the reply and the ack still have to happen after the deadline.
-            SourceConfig::Jetstream { settings: js, .. }
+            SourceConfig::Jetstream(JetStreamSource { settings: js, .. })
                 if !js.in_progress && total >= js.ack_wait =>
             {
                 errors.push(ConfigError::new(
@@ -226,7 +227,7 @@ pub(super) fn deadlines(
                     ),
                 ));
             }
-            SourceConfig::Jetstream { .. } | SourceConfig::Nats { .. } => {}
+            SourceConfig::Jetstream(_) | SourceConfig::Nats { .. } => {}
         }
     }
     errors

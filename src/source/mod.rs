@@ -30,17 +30,15 @@ use crate::reply::DeadLetter;
 pub fn policy(route: &RouteConfig) -> Policy {
     match &route.source {
         SourceConfig::Nats { .. } => Policy::at_most_once(),
-        SourceConfig::Jetstream {
-            settings, delivery, ..
-        } => {
-            let max = Some(settings.max_deliver);
-            let delays = settings.redelivery_backoff.clone();
-            Policy::durable(*delivery, max, "max_deliver", delays)
+        SourceConfig::Jetstream(js) => {
+            let max = Some(js.settings.max_deliver);
+            let delays = js.settings.redelivery_backoff.clone();
+            Policy::durable(js.delivery, max, "max_deliver", delays)
         }
-        SourceConfig::Kafka { settings, delivery } => {
-            let max = settings.dead_letter_after;
-            let delays = settings.retry_backoff.clone();
-            Policy::durable(*delivery, max, "dead_letter_after", delays)
+        SourceConfig::Kafka(kafka) => {
+            let max = kafka.settings.dead_letter_after;
+            let delays = kafka.settings.retry_backoff.clone();
+            Policy::durable(kafka.delivery, max, "dead_letter_after", delays)
         }
     }
 }

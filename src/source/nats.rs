@@ -27,27 +27,32 @@ pub struct Core {
     replier: Arc<NatsReplier>,
     /// The core NATS routes, in file order: the first match wins.
     table: RouteTable<Route>,
-    /// Each core route's queue group, by its index in `table`.
-    queue_groups: Vec<String>,
+    /// `nats.queue_group`, for routes that name none of their own.
+    queue_group: String,
 }
 
 impl Core {
-    /// `queue_group` is the default, `nats.queue_group`.
     pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>, queue_group: &str) -> Self {
-        let mut core = Vec::new();
-        let mut queue_groups = Vec::new();
-        for route in pipeline.routes() {
-            if let SourceConfig::Nats { queue_group: own } = &route.config.source {
-                core.push((route.pattern.clone(), route.clone()));
-                queue_groups.push(own.clone().unwrap_or_else(|| queue_group.to_string()));
-            }
-        }
+        let core = (pipeline.routes().iter())
+            .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+            .map(|r| (r.pattern.clone(), r.clone()))
+            .collect();
         Self {
             table: RouteTable::new(core),
-            queue_groups,
+            queue_group: queue_group.to_string(),
             pipeline,
             replier,
         }
+    }
+}
+
+/// A core route's queue group: its own, else `default` (`nats.queue_group`).
+fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
+    match source {
+        SourceConfig::Nats {
+            queue_group: Some(own),
+        } => own,
+        _ => default,
     }
 }
 
@@ -122,9 +127,10 @@ pub async fn subscribe(
     core: &Core,
 ) -> anyhow::Result<Vec<(Arc<Route>, Subscriber)>> {
     let mut subscribers = Vec::new();
-    for ((pattern, route), queue_group) in core.table.iter().zip(&core.queue_groups) {
+    for (pattern, route) in core.table.iter() {
         let subject = pattern.subscription_subject();
-        let subscriber = (client.queue_subscribe(subject.clone(), queue_group.clone())).await?;
+        let queue_group = queue_group(&route.config.source, &core.queue_group);
+        let subscriber = (client.queue_subscribe(subject.clone(), queue_group.to_string())).await?;
         info!(route = %route.name, %subject, %queue_group, "subscribed");
         subscribers.push((route.clone(), subscriber));
     }
@@ -235,4 +241,19 @@ fn to_inbound(message: async_nats::Message) -> Inbound {
         headers,
         message.payload,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
+        let own = SourceConfig::Nats {
+            queue_group: Some("orders-team".into()),
+        };
+        assert_eq!(queue_group(&own, "ricochet"), "orders-team");
+        let none = SourceConfig::Nats { queue_group: None };
+        assert_eq!(queue_group(&none, "ricochet"), "ricochet");
+    }
 }

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, JetStreamConfig, SourceConfig};
+use crate::config::{Delivery, JetStreamConfig, JetStreamSource};
 use crate::invoke::breaker::State;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
@@ -61,26 +61,18 @@ pub struct JetStreamRoute {
 impl JetStreamRoute {
     pub fn new(
         route: Arc<Route>,
-        config: JetStreamConfig,
+        source: JetStreamSource,
         pipeline: Arc<Pipeline>,
         replier: Arc<NatsReplier>,
     ) -> Self {
-        let (reply_subject, dead_letter) = match &route.config.source {
-            SourceConfig::Jetstream {
-                reply_subject,
-                dead_letter,
-                ..
-            } => (reply_subject.clone(), dead_letter.clone()),
-            _ => (None, None),
-        };
-        if dead_letter.is_none() {
+        if source.dead_letter.is_none() {
             warn!(route = %route.name, "no dead_letter subject: undeliverable messages will be terminated and only logged");
         }
         Self {
-            delivery: route.config.source.delivery(),
-            reply_subject,
-            dead_letter,
-            config,
+            delivery: source.delivery,
+            reply_subject: source.reply_subject,
+            dead_letter: source.dead_letter,
+            config: source.settings,
             route,
             pipeline,
             replier,

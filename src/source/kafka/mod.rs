@@ -50,7 +50,7 @@ use tracing::{debug, error, info, warn};
 use self::poller::{Polled, Poller};
 use self::state::{list_of, RouteContext, Shared, Transactions};
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, KafkaConfig, Ordering};
+use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering};
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route, Settled};
 use crate::reply::{dead_letter, DeadLetter, KafkaReplier};
@@ -175,11 +175,14 @@ pub struct KafkaRoute {
 }
 
 impl KafkaRoute {
-    pub fn new(route: Arc<Route>, config: KafkaConfig, pipeline: Arc<Pipeline>) -> Self {
+    pub fn new(route: Arc<Route>, source: KafkaSource, pipeline: Arc<Pipeline>) -> Self {
+        let KafkaSource {
+            settings: config,
+            delivery,
+        } = source;
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
         }
-        let delivery = route.config.source.delivery();
         let mut this = Self {
             max_message_bytes: config
                 .producer
