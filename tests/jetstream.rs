@@ -132,6 +132,20 @@ async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
         .expect("subscription open")
 }
 
+/// What a dead letter says: why, the last status, and after how many deliveries.
+fn dead_letter_says(letter: &async_nats::Message) -> [Option<String>; 3] {
+    [
+        "Ricochet-Dead-Letter-Reason",
+        "Ricochet-Last-Status",
+        "Ricochet-Delivery-Count",
+    ]
+    .map(|name| header(letter, name))
+}
+
+fn says(reason: &str, status: &str, deliveries: &str) -> [Option<String>; 3] {
+    [reason, status, deliveries].map(|s| Some(s.to_string()))
+}
+
 /// Asserts nothing more arrives on `sub` within `wait`.
 async fn nothing_more(sub: &mut async_nats::Subscriber, wait: Duration) {
     if let Ok(Some(message)) = tokio::time::timeout(wait, sub.next()).await {
@@ -295,11 +309,9 @@ async fn poison_messages_are_dead_lettered_and_not_redelivered() {
     assert_eq!(letter.payload.as_ref(), b"far more than sixteen bytes");
     let get = |name: &str| header(&letter, name);
     assert_eq!(
-        get("Ricochet-Dead-Letter-Reason").as_deref(),
-        Some("payload_too_large")
+        dead_letter_says(&letter),
+        says("payload_too_large", "413", "1")
     );
-    assert_eq!(get("Ricochet-Last-Status").as_deref(), Some("413"));
-    assert_eq!(get("Ricochet-Delivery-Count").as_deref(), Some("1"));
     assert_eq!(
         get("Ricochet-Original-Stream").as_deref(),
         Some(stream.name.as_str())
@@ -319,18 +331,7 @@ async fn poison_messages_are_dead_lettered_and_not_redelivered() {
         .publish("down", request_headers(&replies, "c-down"), b"small")
         .await;
     let letter = next(&mut dlq).await;
-    assert_eq!(
-        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
-        Some("max_deliver")
-    );
-    assert_eq!(
-        header(&letter, "Ricochet-Last-Status").as_deref(),
-        Some("503")
-    );
-    assert_eq!(
-        header(&letter, "Ricochet-Delivery-Count").as_deref(),
-        Some("2")
-    );
+    assert_eq!(dead_letter_says(&letter), says("max_deliver", "503", "2"));
     let reply = next(&mut sub).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("503"));
     assert_eq!(
@@ -626,15 +627,7 @@ async fn a_deleted_consumer_makes_ricochet_unready_until_it_is_bound_again() {
 
     let js_stream = stream.js.get_stream(&stream.name).await.unwrap();
     js_stream.delete_consumer("ricochet-test").await.unwrap();
-    eventually(
-        Duration::from_secs(3),
-        "readiness 503 for the lost consumer",
-        || async {
-            let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
-            holds(status == 503, format!("{status} {body}"))
-        },
-    )
-    .await;
+    ricochet.wait_unready(Duration::from_secs(3)).await;
     ricochet.wait_ready().await;
     stream
         .publish("1", request_headers(&replies, "c-1"), b"after")
@@ -881,14 +874,7 @@ async fn a_server_error_is_redelivered_and_dead_lettered_with_its_status_after_m
         .publish("1", request_headers(&replies, "c-1"), b"{}")
         .await;
     let letter = next(&mut dlq).await;
-    assert_eq!(
-        header(&letter, "Ricochet-Last-Status").as_deref(),
-        Some("500")
-    );
-    assert_eq!(
-        header(&letter, "Ricochet-Delivery-Count").as_deref(),
-        Some("3")
-    );
+    assert_eq!(dead_letter_says(&letter), says("max_deliver", "500", "3"));
     let reply = next(&mut sub).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("500"));
     assert_eq!(

@@ -373,6 +373,41 @@ async fn undeliverable_records_go_to_the_dead_letter_topic() {
 }
 
 #[tokio::test]
+async fn a_reply_to_that_is_not_a_topic_is_refused_and_dead_lettered_unanswered() {
+    let requests = kafka::topic("kbadrep", 1).await;
+    let replies = kafka::topic("kbadreprep", 1).await;
+    let dead = kafka::topic("kbadrepdead", 1).await;
+    let upstream = Upstream::echo().await;
+    let extra = format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\"");
+    let _ricochet = start(
+        &upstream,
+        &kafka::route("badrep", &requests, "", &extra),
+        "badrep",
+    )
+    .await;
+    let producer = kafka::producer();
+    let bad = [("reply-to", "not a topic"), ("correlation-id", "c-bad")];
+    produce(&producer, &requests, Some("k"), &bad, b"x").await;
+    // A good request after it: answered on the route's reply topic.
+    let good = [("correlation-id", "c-good")];
+    produce(&producer, &requests, Some("k"), &good, b"y").await;
+
+    let letter = next(&kafka::consumer(&dead), WAIT).await;
+    assert_eq!(
+        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("bad_request")
+    );
+    assert_eq!(header(&letter, "correlation-id").as_deref(), Some("c-bad"));
+    let reply = next(&kafka::consumer(&replies), WAIT).await;
+    assert_eq!(
+        header(&reply, "correlation-id").as_deref(),
+        Some("c-good"),
+        "the refused request got no reply, not even on the route's reply topic"
+    );
+    assert_eq!(upstream.calls(), 1, "the service saw only the good request");
+}
+
+#[tokio::test]
 async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
     let requests = kafka::topic("kbrk", 2).await;
     let replies = kafka::topic("kbrkrep", 1).await;

@@ -44,21 +44,6 @@ async fn connect(port: u16) -> async_nats::Client {
     panic!("own nats-server did not start");
 }
 
-async fn wait_not_ready(ricochet: &Ricochet) -> String {
-    let last = std::sync::Mutex::new(String::new());
-    eventually(
-        Duration::from_secs(10),
-        "readiness 503 while NATS is down",
-        || async {
-            let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
-            *last.lock().unwrap() = body.clone();
-            holds(status == 503, format!("{status} {body}"))
-        },
-    )
-    .await;
-    last.into_inner().unwrap()
-}
-
 #[tokio::test]
 async fn survives_a_missing_then_restarted_nats_server() {
     let upstream = Upstream::echo().await;
@@ -97,7 +82,8 @@ path = "/ping"
         },
     )
     .await;
-    assert!(wait_not_ready(&ricochet).await.contains("not connected"));
+    let why = ricochet.wait_unready(Duration::from_secs(10)).await;
+    assert!(why.contains("not connected"), "{why}");
 
     let server = NatsServer::start(port);
     ricochet.wait_ready().await;
@@ -111,7 +97,7 @@ path = "/ping"
 
     // The server goes away and comes back on the same port.
     server.kill();
-    wait_not_ready(&ricochet).await;
+    ricochet.wait_unready(Duration::from_secs(10)).await;
     let _server = NatsServer::start(port);
     ricochet.wait_ready().await;
     let client = connect(port).await;

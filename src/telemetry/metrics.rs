@@ -253,3 +253,19 @@ impl RouteMetrics {
         self.outcomes[outcome as usize].increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters are indexed by the enum's value: `ALL` must list the variants in order.
+    #[test]
+    fn every_label_set_is_indexed_by_its_own_variant() {
+        for (index, action) in Settlement::ALL.iter().enumerate() {
+            assert_eq!(*action as usize, index, "{}", action.as_str());
+        }
+        for (index, reason) in SkipReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{}", reason.as_str());
+        }
+    }
+}

@@ -95,26 +95,27 @@ type Handler = Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Reply> + Send>> +
 
 /// How many requests a service is handling at once, and the most it handled at once.
 #[derive(Debug, Clone, Default)]
-pub struct Concurrency(
-    Arc<(
-        std::sync::atomic::AtomicUsize,
-        std::sync::atomic::AtomicUsize,
-    )>,
-);
+pub struct Concurrency(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    active: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
 
 impl Concurrency {
     fn enter(&self) {
-        let now = self.0 .0.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0 .1.fetch_max(now, Ordering::SeqCst);
+        let now = self.0.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.peak.fetch_max(now, Ordering::SeqCst);
     }
 
     fn leave(&self) {
-        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The most requests handled at the same time so far.
     pub fn peak(&self) -> usize {
-        self.0 .1.load(Ordering::SeqCst)
+        self.0.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -343,6 +344,18 @@ impl Ricochet {
             }
         })
         .await;
+    }
+
+    /// Waits until `/readyz` answers 503 and returns why it says it is not ready.
+    pub async fn wait_unready(&self, within: Duration) -> String {
+        let why = Mutex::new(String::new());
+        eventually(within, "readiness 503", || async {
+            let (status, body) = self.admin_get("/readyz").await.unwrap();
+            *why.lock().unwrap() = body.clone();
+            holds(status == 503, format!("{status} {body}"))
+        })
+        .await;
+        why.into_inner().unwrap()
     }
 
     /// GET on the admin server: status code and body.
