@@ -181,6 +181,11 @@ async fn requests_are_answered_with_correlation_and_stable_idempotency_keys() {
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
     assert_eq!(header(&reply, "correlation-id").as_deref(), Some("c-1"));
     assert_eq!(reply.payload.as_ref(), b"first");
+    // The same on every redelivery: a stream capturing replies keeps one of them.
+    assert_eq!(
+        header(&reply, "Nats-Msg-Id"),
+        Some(format!("ricochet-reply:{}:order-42-v1", stream.name))
+    );
 
     // No reply-to header: the route's reply_subject.
     stream.publish("43", HeaderMap::new(), b"second").await;

@@ -284,6 +284,11 @@ impl JetStreamRoute {
             source: self,
             message: &message,
             meta: &meta,
+            // Scoped by stream: equal message ids in two streams are different requests.
+            reply_id: [(
+                "Nats-Msg-Id",
+                format!("ricochet-reply:{}:{}", meta.stream, meta.idempotency_key),
+            )],
         };
         let captures = route.pattern.matches(&inbound.subject);
         let deliver = self.pipeline.deliver(route, captures, &inbound, &settle);
@@ -345,22 +350,14 @@ struct Stream<'a> {
     source: &'a JetStreamRoute,
     message: &'a jetstream::Message,
     meta: &'a Meta,
-}
-
-impl Stream<'_> {
-    /// Scoped by stream: equal message ids in two streams are different requests.
-    fn reply_id(&self) -> [(&'static str, String); 1] {
-        let meta = self.meta;
-        [(
-            "Nats-Msg-Id",
-            format!("ricochet-reply:{}:{}", meta.stream, meta.idempotency_key),
-        )]
-    }
+    /// The reply's `Nats-Msg-Id`: a reply published again after a redelivery is
+    /// de-duplicated by a stream that captures it.
+    reply_id: [(&'static str, String); 1],
 }
 
 impl Settle for Stream<'_> {
     fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
-        let (size, limit) = self.source.replier.too_large(reply, &self.reply_id())?;
+        let (size, limit) = self.source.replier.too_large(reply, &self.reply_id)?;
         Some((size, limit, "the NATS server's max_payload"))
     }
 
@@ -370,7 +367,7 @@ impl Settle for Stream<'_> {
 
     async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
         (self.source.replier)
-            .publish_confirmed(destination, reply, &self.reply_id())
+            .publish_confirmed(destination, reply, &self.reply_id)
             .await
             .map_err(|e| Undelivered::Failed(e.to_string()))
     }
