@@ -1,6 +1,6 @@
 //! ricochet: a sidecar that lets event-native services call REST services.
 //!
-//! It consumes request messages from NATS, JetStream and Kafka, calls the HTTP service that
+//! It consumes request messages from NATS, JetStream, Kafka and AMQP (RabbitMQ), calls the HTTP service that
 //! runs next to it and publishes the HTTP response as the reply. Every message takes the
 //! same path:
 //!
@@ -15,7 +15,7 @@
 //!   validate stage, the call, the settlement policy, publish and settle;
 //! - [`mapping`] is the pure message <-> HTTP mapping (the message contract);
 //! - [`invoke`] owns the HTTP client and classifies every result once;
-//! - [`reply`] publishes replies and dead letters to NATS and Kafka;
+//! - [`reply`] publishes replies and dead letters to NATS, Kafka and RabbitMQ;
 //! - [`telemetry`] holds metric names, logging and the admin server;
 //! - [`config`] loads and validates the configuration.
 
@@ -39,6 +39,7 @@ use tracing::{info, warn};
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::pipeline::Pipeline;
 use crate::reply::NatsReplier;
+use crate::source::amqp::AmqpRoute;
 use crate::source::jetstream::JetStreamRoute;
 use crate::source::kafka::KafkaRoute;
 use crate::telemetry::Health;
@@ -90,6 +91,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
             SourceConfig::Kafka(kafka) => {
                 let consumer = KafkaRoute::new(route.clone(), kafka.clone(), pipeline.clone());
+                intakes.spawn(consumer.run(health, tracker, stop));
+            }
+            SourceConfig::Amqp(amqp) => {
+                let consumer = AmqpRoute::new(route.clone(), amqp.clone(), pipeline.clone());
                 intakes.spawn(consumer.run(health, tracker, stop));
             }
         }

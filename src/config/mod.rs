@@ -208,6 +208,9 @@ pub struct RouteFile {
     /// Required when `source = "kafka"`.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// Required when `source = "amqp"`.
+    #[serde(default)]
+    pub amqp: Option<AmqpConfig>,
     /// Messages of this route processed at the same time.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
@@ -266,6 +269,8 @@ pub enum SourceConfig {
     Jetstream(JetStreamSource),
     /// A Kafka consumer group.
     Kafka(KafkaSource),
+    /// A RabbitMQ (AMQP 0-9-1) queue, RPC style: replies to each request's `reply_to`.
+    Amqp(AmqpSource),
 }
 
 /// A JetStream route's source: its `[routes.jetstream]` table and the route keys only
@@ -285,12 +290,20 @@ pub struct KafkaSource {
     pub delivery: Delivery,
 }
 
+/// An AMQP route's source: its `[routes.amqp]` table and its delivery guarantee.
+#[derive(Debug, Clone)]
+pub struct AmqpSource {
+    pub settings: AmqpConfig,
+    pub delivery: Delivery,
+}
+
 impl SourceConfig {
     pub fn kind(&self) -> SourceKind {
         match self {
             SourceConfig::Nats { .. } => SourceKind::Nats,
             SourceConfig::Jetstream(_) => SourceKind::Jetstream,
             SourceConfig::Kafka(_) => SourceKind::Kafka,
+            SourceConfig::Amqp(_) => SourceKind::Amqp,
         }
     }
 }
@@ -305,6 +318,8 @@ pub enum SourceKind {
     Jetstream,
     /// A Kafka consumer group.
     Kafka,
+    /// A RabbitMQ queue (AMQP 0-9-1).
+    Amqp,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -404,6 +419,68 @@ impl Compression {
             Compression::Zstd => "zstd",
         }
     }
+}
+
+/// A route's RabbitMQ queue, and where its replies, redeliveries and dead letters go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://host:port/vhost` or `amqps://...`; credentials may be in it, or below.
+    pub url: String,
+    /// User name; overrides one in `url`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password; overrides one in `url`. Or from a file: `password_file`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The queue to consume. Default: the route's `subject` (which must then be literal).
+    /// Declared durable when missing; an existing queue is used as it is.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Type of the queue when ricochet declares it.
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// An exchange to bind the queue to (it must exist). Without it, requests are published
+    /// to the queue through the default exchange.
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// Binding keys on `exchange`. Default: the route's subject in AMQP topic syntax
+    /// (`{id}` and `*` as `*`, a final `>` as `#`).
+    #[serde(default)]
+    pub routing_keys: Vec<String>,
+    /// Default: `ricochet-<route name>`.
+    #[serde(default)]
+    pub consumer_tag: Option<String>,
+    /// Deliveries before a message that keeps failing is dead-lettered.
+    #[serde(default = "defaults::max_deliver")]
+    pub max_deliver: u32,
+    /// Delay of the nth redelivery after a retryable failure (the last entry repeats); each
+    /// distinct delay is a retry queue with that TTL.
+    #[serde(
+        default = "defaults::redelivery_backoff",
+        deserialize_with = "units::duration_list"
+    )]
+    pub redelivery_backoff: Vec<Duration>,
+    /// Exchange for messages that can never be delivered, published with ricochet's
+    /// dead-letter headers. Without it they are rejected (`requeue = false`), which the
+    /// queue's own dead-letter exchange, if it has one, receives.
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
+    /// Default: the message's own routing key.
+    #[serde(default)]
+    pub dead_letter_routing_key: Option<String>,
+}
+
+/// `x-queue-type` of a queue ricochet declares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    /// Replicated; counts deliveries itself (`x-delivery-count`).
+    Quorum,
 }
 
 /// A route's JetStream consumer.
@@ -654,6 +731,7 @@ impl SourceKind {
             SourceKind::Nats => "nats",
             SourceKind::Jetstream => "jetstream",
             SourceKind::Kafka => "kafka",
+            SourceKind::Amqp => "amqp",
         }
     }
 
@@ -684,6 +762,10 @@ impl RouteConfig {
             }),
             SourceKind::Kafka => SourceConfig::Kafka(KafkaSource {
                 settings: file.kafka?,
+                delivery: file.delivery.unwrap_or_default(),
+            }),
+            SourceKind::Amqp => SourceConfig::Amqp(AmqpSource {
+                settings: file.amqp?,
                 delivery: file.delivery.unwrap_or_default(),
             }),
         };

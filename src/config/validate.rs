@@ -227,7 +227,18 @@ pub(super) fn deadlines(
                     ),
                 ));
             }
-            SourceConfig::Jetstream(_) | SourceConfig::Nats { .. } => {}
+            // A delivery unacknowledged for longer than the broker's consumer_timeout closes
+            // the channel, and the message comes again.
+            SourceConfig::Amqp(_) if total >= crate::source::amqp::CONSUMER_TIMEOUT => {
+                errors.push(ConfigError::new(
+                    format!("routes[{index}].total_timeout"),
+                    format!(
+                        "the HTTP deadline of {total:?} must be under RabbitMQ's default consumer_timeout ({:?})",
+                        crate::source::amqp::CONSUMER_TIMEOUT
+                    ),
+                ));
+            }
+            SourceConfig::Jetstream(_) | SourceConfig::Nats { .. } | SourceConfig::Amqp(_) => {}
         }
     }
     errors
@@ -267,6 +278,9 @@ fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     if route.source != SourceKind::Jetstream && route.jetstream.is_some() {
         push("jetstream", "only for source = \"jetstream\"".into());
     }
+    if route.source != SourceKind::Amqp && route.amqp.is_some() {
+        push("amqp", "only for source = \"amqp\"".into());
+    }
     if route.source != SourceKind::Nats && route.queue_group.is_some() {
         push(
             "queue_group",
@@ -277,6 +291,9 @@ fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     let hint = match route.source {
         SourceKind::Jetstream => None,
         SourceKind::Kafka => Some("Kafka routes use kafka.reply_topic and kafka.dead_letter_topic"),
+        SourceKind::Amqp => Some(
+            "AMQP routes reply to the request's reply_to and use amqp.dead_letter_exchange",
+        ),
         SourceKind::Nats => {
             Some("only for durable sources: core NATS replies to the request's inbox")
         }
@@ -300,6 +317,7 @@ fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
             }
         }
         SourceKind::Kafka => check_kafka(route, push),
+        SourceKind::Amqp => check_amqp(route, push),
         SourceKind::Jetstream => {
             let Some(js) = &route.jetstream else {
                 push(
@@ -340,6 +358,104 @@ fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
                 push("jetstream.max_ack_pending", "must be at least 1".into());
             }
         }
+    }
+}
+
+fn check_amqp(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
+    let Some(amqp) = &route.amqp else {
+        push(
+            "amqp",
+            "a [routes.amqp] table with at least `url` is required".into(),
+        );
+        return;
+    };
+    let redacted = super::redact_url(&amqp.url);
+    // The parser's message may quote the URL, credentials and all: it is left out.
+    if amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
+        push(
+            "amqp.url",
+            format!("{redacted:?} is not an AMQP URL (amqp://host:port/vhost or amqps://...)"),
+        );
+    }
+    let in_file = amqp.user.is_some() || amqp.password.is_some() || amqp.password_file.is_some();
+    if redacted != amqp.url && in_file {
+        push(
+            "amqp.url",
+            "has credentials, and so do amqp.user/password/password_file: set them in one place"
+                .into(),
+        );
+    }
+    if (amqp.password.is_some() || amqp.password_file.is_some()) && amqp.user.is_none() {
+        push("amqp.user", "a password needs amqp.user".into());
+    }
+    if amqp.password.is_some() && amqp.password_file.is_some() {
+        push(
+            "amqp.password_file",
+            "use either amqp.password or amqp.password_file".into(),
+        );
+    }
+    if let Some(path) = &amqp.password_file {
+        if !path.is_file() {
+            push(
+                "amqp.password_file",
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+    }
+    let literal = !route.subject.contains(['*', '>', '{']);
+    match &amqp.queue {
+        None if !literal => push(
+            "amqp.queue",
+            format!(
+                "required: the subject {:?} has wildcards, so it cannot name the queue",
+                route.subject
+            ),
+        ),
+        Some(queue) if !crate::source::amqp::valid_name(queue) => push(
+            "amqp.queue",
+            format!("{queue:?} must be 1 to 255 bytes and not start with \"amq.\""),
+        ),
+        _ => {}
+    }
+    if amqp.exchange.is_none() && !amqp.routing_keys.is_empty() {
+        push("amqp.routing_keys", "binding keys need amqp.exchange".into());
+    }
+    if amqp.exchange.is_none() && !literal {
+        push(
+            "amqp.exchange",
+            format!(
+                "required: messages reach a queue without an exchange under the queue's name, which the subject {:?} with wildcards cannot route",
+                route.subject
+            ),
+        );
+    }
+    for (key, name) in [
+        ("amqp.exchange", &amqp.exchange),
+        ("amqp.dead_letter_exchange", &amqp.dead_letter_exchange),
+    ] {
+        if let Some(name) = name {
+            if name.is_empty() || name.len() > 255 {
+                push(key, format!("{name:?} must be 1 to 255 bytes"));
+            }
+        }
+    }
+    if amqp.dead_letter_routing_key.is_some() && amqp.dead_letter_exchange.is_none() {
+        push(
+            "amqp.dead_letter_routing_key",
+            "needs amqp.dead_letter_exchange".into(),
+        );
+    }
+    if amqp.max_deliver == 0 {
+        push("amqp.max_deliver", "must be at least 1".into());
+    }
+    if amqp.redelivery_backoff.is_empty() {
+        push("amqp.redelivery_backoff", "needs at least one delay".into());
+    }
+    if route.max_in_flight > usize::from(u16::MAX) {
+        push(
+            "max_in_flight",
+            "AMQP routes take at most 65535 (it is the channel's prefetch count)".into(),
+        );
     }
 }
 

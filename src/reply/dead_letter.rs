@@ -19,6 +19,9 @@ pub const ORIGINAL_MSG_ID: &str = "Ricochet-Original-Msg-Id";
 pub const ORIGINAL_TOPIC: &str = "Ricochet-Original-Topic";
 pub const ORIGINAL_PARTITION: &str = "Ricochet-Original-Partition";
 pub const ORIGINAL_OFFSET: &str = "Ricochet-Original-Offset";
+pub const ORIGINAL_QUEUE: &str = "Ricochet-Original-Queue";
+pub const ORIGINAL_EXCHANGE: &str = "Ricochet-Original-Exchange";
+pub const ORIGINAL_ROUTING_KEY: &str = "Ricochet-Original-Routing-Key";
 /// Set when the payload was left out because it would not fit the broker's limit.
 pub const PAYLOAD_OMITTED: &str = "Ricochet-Payload-Omitted";
 

@@ -1,5 +1,6 @@
 //! Publishing replies and dead letters back to the broker.
 
+pub mod amqp;
 pub mod dead_letter;
 pub mod kafka;
 pub mod nats;

@@ -12,6 +12,7 @@
 //! Adding a source: a folder here with an intake loop and a [`Settle`] implementation, and
 //! one variant in `config::SourceConfig`.
 
+pub mod amqp;
 pub mod jetstream;
 pub mod kafka;
 pub mod nats;
@@ -34,6 +35,11 @@ pub fn policy(route: &RouteConfig) -> Policy {
             let max = Some(js.settings.max_deliver);
             let delays = js.settings.redelivery_backoff.clone();
             Policy::durable(js.delivery, max, "max_deliver", delays)
+        }
+        SourceConfig::Amqp(amqp) => {
+            let max = Some(amqp.settings.max_deliver);
+            let delays = amqp.settings.redelivery_backoff.clone();
+            Policy::durable(amqp.delivery, max, "max_deliver", delays)
         }
         SourceConfig::Kafka(kafka) => {
             let max = kafka.settings.dead_letter_after;

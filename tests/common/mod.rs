@@ -328,6 +328,10 @@ impl Ricochet {
         }
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ricochet.toml")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("ricochet.log")
     }
@@ -567,6 +571,71 @@ retry_backoff = ["100ms"]
 "heartbeat.interval.ms" = "500"
 "#,
             brokers = brokers()
+        )
+    }
+}
+
+/// AMQP helpers: the RabbitMQ at `AMQP_URL` (default the local one, guest/guest), driven by
+/// an independent client (`amqp_client.py`, Python's pika) so that a bug shared by
+/// ricochet's publisher and consumer cannot hide.
+pub mod amqp {
+    use serde_json::{json, Value};
+
+    pub fn url() -> String {
+        std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    }
+
+    /// Runs one command of `amqp_client.py` (see its doc) and returns its JSON answer.
+    pub async fn client(mut command: Value) -> Value {
+        command["url"] = json!(url());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/amqp_client.py");
+        let output = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(command.to_string())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("python3 runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "amqp_client.py {} failed (RabbitMQ running? pika installed: `pip install pika`?):\n{stderr}",
+            command["op"]
+        );
+        serde_json::from_slice(&output.stdout).expect("amqp_client.py prints JSON")
+    }
+
+    /// Deletes the test's queues and exchanges (and the retry queues ricochet declared).
+    pub async fn delete(queues: &[&str], exchanges: &[&str]) {
+        let mut all: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+        for queue in queues {
+            for ms in [0, 50, 100, 200, 1000] {
+                all.push(format!("{queue}.ricochet-retry.{ms}ms"));
+            }
+        }
+        client(json!({"op": "delete", "queues": all, "exchanges": exchanges})).await;
+    }
+
+    /// An AMQP route consuming `queue`; `extra` adds route keys, `amqp_extra` keys of
+    /// `[routes.amqp]`.
+    pub fn route(name: &str, subject: &str, queue: &str, extra: &str, amqp_extra: &str) -> String {
+        format!(
+            r#"
+[[routes]]
+name = "{name}"
+source = "amqp"
+subject = "{subject}"
+method = "POST"
+path = "/work"
+{extra}
+
+[routes.amqp]
+url = "{url}"
+queue = "{queue}"
+redelivery_backoff = ["100ms"]
+{amqp_extra}
+"#,
+            url = url()
         )
     }
 }

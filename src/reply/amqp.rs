@@ -1,0 +1,211 @@
+//! Replies, redeliveries and dead letters to RabbitMQ: published on a channel in confirm
+//! mode, `mandatory`, and returned only once the broker confirmed them, so a request is
+//! acknowledged only after its reply is safe. A reply to a queue that does not exist comes
+//! back as returned (never deliverable); a nack or a broken channel is a failure that may
+//! pass.
+//!
+//! Also the conversion of headers between AMQP's field tables and the `(name, value)` form
+//! the rest of ricochet uses.
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::mapping::Reply;
+use crate::source::Undelivered;
+
+/// Headers RabbitMQ sets itself when it dead-letters or counts a message: never forwarded
+/// to the service and not copied onto republished messages.
+const BROKER_HEADERS: [&str; 3] = ["x-death", "x-delivery-count", "x-received-from"];
+
+fn is_broker_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    BROKER_HEADERS.contains(&lower.as_str())
+        || lower.starts_with("x-first-death-")
+        || lower.starts_with("x-last-death-")
+}
+
+/// A field table's text, number and boolean values as headers. Nested tables, arrays and
+/// byte arrays have no header form and are left out, as are the broker's own headers.
+pub fn headers_of(table: Option<&FieldTable>) -> Vec<(String, String)> {
+    let Some(table) = table else {
+        return Vec::new();
+    };
+    let mut headers = Vec::with_capacity(table.inner().len());
+    for (name, value) in table.inner() {
+        if is_broker_header(name.as_str()) {
+            continue;
+        }
+        if let Some(text) = text_of(value) {
+            headers.push((name.to_string(), text));
+        }
+    }
+    headers
+}
+
+/// A header value as text, if it has a text form.
+pub fn text_of(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        _ => return None,
+    })
+}
+
+/// A whole number header value (`x-delivery-count` is a long; ricochet's own are text).
+pub fn number_of(value: &AMQPValue) -> Option<u64> {
+    match value {
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => text_of(value)?.parse().ok(),
+        AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::Boolean(_) => None,
+        other => text_of(other)?.parse().ok(),
+    }
+}
+
+/// Headers as a field table of long strings; a later value of a name replaces an earlier.
+pub fn table<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        if let Ok(name) = ShortString::try_new(name) {
+            let value = LongString::from(value.as_bytes().to_vec());
+            table.insert(name, AMQPValue::LongString(value));
+        }
+    }
+    table
+}
+
+/// RabbitMQ's direct reply-to: the caller consumes from this pseudo-queue, and a reply to it
+/// can be neither persistent nor queued.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The message a reply becomes: the response's content type as the property, the other
+/// headers (status, errors, allow-listed response headers) as headers, the request's
+/// correlation id.
+pub fn reply_message(destination: &str, reply: &Reply, correlation: Option<&str>) -> BasicProperties {
+    let mut properties = BasicProperties::default();
+    let mut content_type = None;
+    let headers = reply.headers.iter().filter_map(|(name, value)| {
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.as_str());
+            None
+        } else {
+            Some((name.as_ref(), value.as_str()))
+        }
+    });
+    properties = properties.with_headers(table(headers));
+    if let Some(content_type) = content_type.and_then(|c| ShortString::try_new(c).ok()) {
+        properties = properties.with_content_type(content_type);
+    }
+    if let Some(id) = correlation.and_then(|c| ShortString::try_new(c).ok()) {
+        properties = properties.with_correlation_id(id);
+    }
+    if !destination.starts_with(DIRECT_REPLY_TO) {
+        properties = properties.with_delivery_mode(PERSISTENT);
+    }
+    properties
+}
+
+/// `delivery_mode` of a message that survives a broker restart in a durable queue.
+pub const PERSISTENT: u8 = 2;
+
+/// Publishes and waits for the broker's confirm. `channel` must be in confirm mode.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), Undelivered> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let failed = |e: lapin::Error| Undelivered::Failed(e.to_string());
+    let confirm = channel
+        .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
+        .await
+        .map_err(failed)?;
+    match confirm.await.map_err(failed)? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Undelivered::Dropped(match exchange {
+            "" => format!("no queue named {routing_key:?}"),
+            _ => format!("exchange {exchange:?} routes {routing_key:?} to no queue"),
+        })),
+        Confirmation::Nack(_) => Err(Undelivered::Failed(format!(
+            "the broker refused the message to {routing_key:?} (nack)"
+        ))),
+        Confirmation::NotRequested => Err(Undelivered::Failed(
+            "the channel is not in confirm mode".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn headers_keep_text_and_numbers_and_drop_the_brokers_own() {
+        let mut t = FieldTable::default();
+        t.insert("X-Tenant".into(), AMQPValue::LongString("acme".into()));
+        t.insert("x-retry".into(), AMQPValue::LongInt(3));
+        t.insert("flag".into(), AMQPValue::Boolean(true));
+        t.insert("x-death".into(), AMQPValue::LongString("nope".into()));
+        t.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+        t.insert("x-first-death-queue".into(), AMQPValue::LongString("q".into()));
+        t.insert("nested".into(), AMQPValue::FieldTable(FieldTable::default()));
+        let mut headers = headers_of(Some(&t));
+        headers.sort();
+        assert_eq!(
+            headers,
+            vec![
+                ("X-Tenant".to_string(), "acme".to_string()),
+                ("flag".to_string(), "true".to_string()),
+                ("x-retry".to_string(), "3".to_string()),
+            ]
+        );
+        assert!(headers_of(None).is_empty());
+    }
+
+    #[test]
+    fn numbers_are_read_from_longs_and_text() {
+        assert_eq!(number_of(&AMQPValue::LongLongInt(4)), Some(4));
+        assert_eq!(number_of(&AMQPValue::LongString("7".into())), Some(7));
+        assert_eq!(number_of(&AMQPValue::LongString("x".into())), None);
+        assert_eq!(number_of(&AMQPValue::LongInt(-1)), None);
+        assert_eq!(number_of(&AMQPValue::Double(1.0)), None);
+    }
+
+    #[test]
+    fn a_reply_carries_its_content_type_as_the_property_and_the_correlation_id() {
+        let reply = Reply {
+            status: StatusCode::CREATED,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("Ricochet-Status".into(), "201".into()),
+            ],
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        let p = reply_message("replies", &reply, Some("c-1"));
+        assert_eq!(p.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("c-1"));
+        assert_eq!(*p.delivery_mode(), Some(PERSISTENT));
+        let headers = headers_of(p.headers().as_ref());
+        assert_eq!(headers, vec![("Ricochet-Status".to_string(), "201".to_string())]);
+        // Direct reply-to cannot take a persistent message.
+        let direct = reply_message("amq.rabbitmq.reply-to.g2dkABFyYWJiaXRA", &reply, None);
+        assert_eq!(*direct.delivery_mode(), None);
+        assert_eq!(*direct.correlation_id(), None);
+    }
+}

@@ -1,0 +1,260 @@
+//! One AMQP delivery: its [`Inbound`] form, and how the pipeline's decisions are carried out
+//! on RabbitMQ (the [`Settle`] of this source).
+//!
+//! | pipeline | on the broker |
+//! |---|---|
+//! | reply | publish to `reply_to` through the default exchange, confirmed |
+//! | ack | `basic.ack` |
+//! | redeliver after a delay | a confirmed copy to the retry queue of that delay (or the request queue itself when the delay is zero), carrying its delivery number and routing key, then `basic.ack` |
+//! | dead letter | a confirmed copy with ricochet's dead-letter headers to `dead_letter_exchange` |
+//! | terminate | `basic.reject`, no requeue (the queue's own dead-letter exchange, if any, receives it) |
+//!
+//! When the delivery's channel is gone, the broker has requeued it: nothing is settled and
+//! no reply is published (it will be answered on its next delivery).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
+
+use super::topology::{self, DELIVERIES_HEADER, ROUTING_KEY_HEADER};
+use super::{AmqpRoute, Session, MAX_MESSAGE_SIZE};
+use crate::config::Delivery as Guarantee;
+use crate::mapping::Reply;
+use crate::reply::amqp::{self as publisher, PERSISTENT};
+use crate::reply::{dead_letter, DeadLetter};
+use crate::source::{header, reply_destination, Inbound, Settle, Undelivered};
+use crate::telemetry::metrics::Settlement;
+
+impl AmqpRoute {
+    /// One delivery from receipt to settlement. The permit is held throughout.
+    pub(super) async fn handle(
+        &self,
+        session: &Session,
+        mut delivery: Delivery,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let route = &self.route;
+        route.metrics.received.increment(1);
+        route.metrics.in_flight.increment(1.0);
+        if self.delivery == Guarantee::AtMostOnce {
+            let acked = delivery.acker.ack(BasicAckOptions::default()).await;
+            if !matches!(acked, Ok(true)) {
+                // Not acknowledged, so it comes again: do not process it twice.
+                warn!(route = %route.name, "ack on receipt failed; the message will be redelivered");
+                route.metrics.in_flight.decrement(1.0);
+                return;
+            }
+            route.metrics.settled(Settlement::Ack);
+        }
+        let payload = Bytes::from(std::mem::take(&mut delivery.data));
+        let inbound = self.inbound(&delivery, payload);
+        let settle = Request {
+            source: self,
+            session,
+            delivery: &delivery,
+            inbound: &inbound,
+        };
+        let captures = route.pattern.matches(&inbound.subject);
+        self.pipeline
+            .deliver(route, captures, &inbound, &settle)
+            .await;
+        route.metrics.in_flight.decrement(1.0);
+    }
+
+    fn inbound(&self, delivery: &Delivery, payload: Bytes) -> Inbound {
+        let config = &self.route.config;
+        let properties = &delivery.properties;
+        let table = properties.headers().as_ref();
+        let mut headers = publisher::headers_of(table);
+        if let Some(content_type) = properties.content_type() {
+            if header(&headers, "content-type").is_none() {
+                headers.push(("Content-Type".into(), content_type.to_string()));
+            }
+        }
+        // A retry copy comes back under the queue's name; its first routing key routes it.
+        let routing_key = delivery.routing_key.as_str();
+        let subject = match header(&headers, ROUTING_KEY_HEADER) {
+            Some(original) if routing_key == self.queue => original.to_string(),
+            _ => routing_key.to_string(),
+        };
+        let reply = match properties.reply_to() {
+            Some(queue) => Some(queue.to_string()),
+            None => reply_destination(&headers, &config.reply_to_header, None),
+        };
+        let count = |name: &str| {
+            let table = table?;
+            let (_, value) = table.inner().iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))?;
+            publisher::number_of(value)
+        };
+        let delivered = topology::delivery_count(
+            count(DELIVERIES_HEADER),
+            count("x-delivery-count"),
+            delivery.redelivered,
+        );
+        let mut inbound = Inbound::new(subject, reply, headers, payload);
+        inbound.correlation = match properties.correlation_id() {
+            Some(id) => Some(id.to_string()),
+            None => inbound.header(&config.correlation_header).map(str::to_string),
+        };
+        inbound.idempotency_key = properties.message_id().as_ref().map(|id| id.to_string());
+        inbound.delivered = delivered;
+        inbound
+    }
+}
+
+/// Publishing and settling one delivery.
+struct Request<'a> {
+    source: &'a AmqpRoute,
+    session: &'a Session,
+    delivery: &'a Delivery,
+    inbound: &'a Inbound,
+}
+
+impl Request<'_> {
+    /// The delivery's channel is gone: the broker has requeued it.
+    fn lost(&self) -> bool {
+        self.delivery.acker.poisoned() || !self.session.consume.status().connected()
+    }
+
+    /// Publishes on the session's confirm channel; a broken channel breaks the session.
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), Undelivered> {
+        if self.lost() {
+            return Err(Undelivered::Lost);
+        }
+        let channel = &self.session.publish;
+        let published =
+            publisher::publish_confirmed(channel, exchange, routing_key, payload, properties).await;
+        if published.is_err() && !channel.status().connected() {
+            self.session.broken.cancel();
+            return Err(Undelivered::Lost);
+        }
+        published
+    }
+
+    /// The request's own properties, with `headers` instead of its headers: what a retry copy
+    /// and a dead letter carry.
+    fn copy_with(&self, headers: Vec<(&str, &str)>) -> BasicProperties {
+        (self.delivery.properties.clone())
+            .with_headers(publisher::table(headers))
+            .with_delivery_mode(PERSISTENT)
+    }
+
+    /// The request's headers as received, minus ricochet's retry bookkeeping.
+    fn original_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let ours = [ROUTING_KEY_HEADER, DELIVERIES_HEADER];
+        (self.inbound.headers.iter())
+            .filter(move |(n, _)| !ours.iter().any(|o| n.eq_ignore_ascii_case(o)))
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("content-type"))
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    fn settled(result: lapin::Result<bool>, what: &str) -> Result<(), String> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{what}: the delivery's channel is closed")),
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+impl Settle for Request<'_> {
+    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
+        let headers: usize = (reply.headers.iter()).map(|(n, v)| n.len() + v.len()).sum();
+        let size = reply.body.len() + headers;
+        (size > MAX_MESSAGE_SIZE).then_some((size, MAX_MESSAGE_SIZE, "RabbitMQ's max_message_size"))
+    }
+
+    fn destination_problem(&self, destination: &str) -> Option<&'static str> {
+        ShortString::try_new(destination)
+            .is_err()
+            .then_some("is longer than 255 bytes")
+            .or(destination.is_empty().then_some("is empty"))
+    }
+
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+        let correlation = self.inbound.correlation.as_deref();
+        let properties = publisher::reply_message(destination, reply, correlation);
+        self.publish("", destination, &reply.body, properties).await
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+        let Some(exchange) = &self.source.config.dead_letter_exchange else {
+            return Ok(false);
+        };
+        let delivery = self.delivery;
+        let routing_key = (self.source.config.dead_letter_routing_key.as_deref())
+            .unwrap_or(letter.inbound.subject.as_str());
+        let ours = letter.headers();
+        let origin = [
+            (dead_letter::ORIGINAL_QUEUE, self.source.queue.as_str()),
+            (dead_letter::ORIGINAL_EXCHANGE, delivery.exchange.as_str()),
+            (dead_letter::ORIGINAL_ROUTING_KEY, letter.inbound.subject.as_str()),
+        ];
+        let headers = (self.original_headers())
+            .chain(ours.iter().map(|(n, v)| (*n, v.as_str())))
+            .chain(origin)
+            .collect();
+        let properties = self.copy_with(headers);
+        let payload = &letter.inbound.payload;
+        (self.publish(exchange, routing_key, payload, properties).await).map(|()| true)
+    }
+
+    async fn ack(&self) -> Result<(), String> {
+        let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
+        Self::settled(acked, "basic.ack")
+    }
+
+    async fn redeliver(&self, delay: Duration) -> Result<(), String> {
+        let queue = &self.source.queue;
+        let target = match delay.is_zero() {
+            true => queue.clone(),
+            false => topology::retry_queue(queue, delay),
+        };
+        let next = self.inbound.delivered.saturating_add(1).to_string();
+        let headers = (self.original_headers())
+            .chain([
+                (ROUTING_KEY_HEADER, self.inbound.subject.as_str()),
+                (DELIVERIES_HEADER, next.as_str()),
+            ])
+            .collect();
+        let properties = self.copy_with(headers);
+        let copied = self.publish("", &target, &self.inbound.payload, properties).await;
+        match copied {
+            Ok(()) => {
+                let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
+                Self::settled(acked, "basic.ack after the retry copy")
+            }
+            Err(Undelivered::Lost) => Err("the delivery's channel is closed".into()),
+            Err(e) => {
+                // Without its copy the request must not stay unsettled (it would hold a
+                // prefetch slot): back into the queue, without the delay.
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let nacked = self.delivery.acker.nack(requeue).await;
+                Self::settled(nacked, "basic.nack")?;
+                Err(format!("retry copy to {target:?} not published ({e}); requeued at once"))
+            }
+        }
+    }
+
+    async fn terminate(&self) -> Result<(), String> {
+        let rejected = (self.delivery.acker)
+            .reject(BasicRejectOptions { requeue: false })
+            .await;
+        Self::settled(rejected, "basic.reject")
+    }
+}

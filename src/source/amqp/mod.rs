@@ -1,0 +1,260 @@
+//! The AMQP 0-9-1 (RabbitMQ) source: a route's queue, consumed RPC style. A request carries
+//! `reply_to` (a queue, or the direct reply-to pseudo-queue) and `correlation_id`; the
+//! reply goes to that queue through the default exchange with the same correlation id.
+//!
+//! One connection per route, with two channels: one consumes (prefetch = the route's
+//! `max_in_flight`, explicit acks), one publishes replies, retry copies and dead letters in
+//! confirm mode. A request is acked only after its reply is confirmed. When the connection
+//! or a channel is lost, the intake connects again with backoff and declares its topology
+//! again; deliveries of the lost channel are requeued by the broker, so their handlers
+//! settle nothing (`Undelivered::Lost`). Readiness is 503 meanwhile.
+//!
+//! While the route's breaker refuses calls, the intake takes no delivery: at most the
+//! prefetch window waits, unacked, and nothing is redelivered or lost. On shutdown the
+//! consumer is cancelled, in-flight requests finish and are settled, and the connection is
+//! closed; deliveries received but not started go back to the queue with the channel.
+
+mod message;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+pub use self::topology::valid_name;
+use crate::config::{redact_url, AmqpConfig, AmqpSource, Delivery};
+use crate::invoke::breaker::State;
+use crate::pipeline::{Pipeline, Route};
+use crate::telemetry::Health;
+
+/// RabbitMQ's default `consumer_timeout`: a delivery unacknowledged for longer closes its
+/// channel. A route's deadline must fit in it.
+pub const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// RabbitMQ 4's default `max_message_size` (3.x allowed 128 MiB): a larger reply would close
+/// the publishing channel, so it becomes a 502 instead.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(4);
+
+/// A route's AMQP consumer.
+pub struct AmqpRoute {
+    route: Arc<Route>,
+    config: AmqpConfig,
+    delivery: Delivery,
+    pipeline: Arc<Pipeline>,
+    queue: String,
+    consumer_tag: String,
+}
+
+/// One connection and what was set up on it.
+struct Session {
+    connection: Connection,
+    consume: Channel,
+    publish: Channel,
+    /// Cancelled when a channel is found broken: the intake connects again.
+    broken: CancellationToken,
+    /// The handlers of this session's deliveries: the connection stays open until they end.
+    tasks: TaskTracker,
+}
+
+/// Why consuming ended.
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+impl AmqpRoute {
+    pub fn new(route: Arc<Route>, source: AmqpSource, pipeline: Arc<Pipeline>) -> Self {
+        let config = source.settings;
+        let queue = (config.queue.clone()).unwrap_or_else(|| route.config.subject.clone());
+        let consumer_tag = (config.consumer_tag.clone())
+            .unwrap_or_else(|| format!("ricochet-{}", route.name));
+        Self {
+            route,
+            config,
+            delivery: source.delivery,
+            pipeline,
+            queue,
+            consumer_tag,
+        }
+    }
+
+    /// Consumes until `stop`, connecting again whenever the connection is lost.
+    pub async fn run(self, health: Arc<Health>, tracker: TaskTracker, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let route = &this.route;
+        let url = redact_url(&this.config.url);
+        let mut pause = RECONNECT_MIN;
+        while !stop.is_cancelled() {
+            let (session, consumer) = match this.connect().await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    error!(route = %route.name, %url, queue = %this.queue, error = %e, retry_in = ?pause, "cannot set up the AMQP consumer");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    pause = (pause * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            };
+            pause = RECONNECT_MIN;
+            info!(route = %route.name, %url, queue = %this.queue, prefetch = route.config.max_in_flight, "AMQP consumer started");
+            health.intake_ready();
+            let session = Arc::new(session);
+            match this.consume(&session, consumer, &tracker, &stop).await {
+                Ended::Stopped => {
+                    this.close(&session).await;
+                    break;
+                }
+                Ended::Lost(reason) => {
+                    health.intake_lost();
+                    warn!(route = %route.name, %url, reason = %reason, "AMQP connection lost; connecting again (deliveries in flight go back to the queue)");
+                    // The handlers still running on it find their channel closed.
+                    let _ = session.connection.close(200, "reconnecting".into()).await;
+                }
+            }
+        }
+        info!(route = %route.name, "AMQP intake stopped");
+    }
+
+    async fn connect(&self) -> Result<(Session, Consumer), String> {
+        let uri = self.uri()?;
+        let name = format!("ricochet {}", self.route.name);
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties))
+            .await
+            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        topology::declare(&connection, &self.config, &self.queue, &self.route.config.subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        let open = |what: &'static str| {
+            let connection = &connection;
+            async move {
+                (connection.create_channel().await).map_err(|e| format!("{what} channel: {e}"))
+            }
+        };
+        let consume = open("consuming").await?;
+        // Validated to fit: max_in_flight <= u16::MAX.
+        let prefetch = u16::try_from(self.route.config.max_in_flight).unwrap_or(u16::MAX);
+        (consume.basic_qos(prefetch, BasicQosOptions::default()).await)
+            .map_err(|e| format!("basic.qos: {e}"))?;
+        let publish = open("publishing").await?;
+        (publish.confirm_select(ConfirmSelectOptions::default()).await)
+            .map_err(|e| format!("confirm.select: {e}"))?;
+        let consumer = consume
+            .basic_consume(
+                self.queue.as_str().into(),
+                self.consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("consume from {:?}: {e}", self.queue))?;
+        let session = Session {
+            connection,
+            consume,
+            publish,
+            broken: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        Ok((session, consumer))
+    }
+
+    /// The URL with the configured credentials; a password file is read at every connect,
+    /// so a rotated password is picked up on the next reconnect.
+    fn uri(&self) -> Result<AMQPUri, String> {
+        let mut uri: AMQPUri = (self.config.url.parse())
+            .map_err(|_| format!("{:?} is not an AMQP URL", redact_url(&self.config.url)))?;
+        if let Some(user) = &self.config.user {
+            uri.authority.userinfo.username = user.clone();
+        }
+        if let Some(password) = &self.config.password {
+            uri.authority.userinfo.password = password.expose().to_string();
+        }
+        if let Some(path) = &self.config.password_file {
+            let password = std::fs::read_to_string(path)
+                .map_err(|e| format!("amqp.password_file {}: {e}", path.display()))?;
+            uri.authority.userinfo.password = password.trim_end_matches(['\r', '\n']).to_string();
+        }
+        Ok(uri)
+    }
+
+    /// Takes deliveries until `stop` or until the session breaks. Each delivery needs a
+    /// permit of `max_in_flight` and a breaker that admits calls.
+    async fn consume(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        mut consumer: Consumer,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let route = &self.route;
+        let broken = &session.broken;
+        loop {
+            if route.invoker.breaker.admits().is_err() {
+                debug!(route = %route.name, "circuit open: taking no delivery until it admits a call");
+                tokio::select! {
+                    _ = route.invoker.breaker.admitted() => {}
+                    _ = stop.cancelled() => return Ended::Stopped,
+                    _ = broken.cancelled() => return Ended::Lost("a channel broke".into()),
+                }
+                continue;
+            }
+            let probing = route.invoker.breaker.state() != State::Closed;
+            let permit = tokio::select! {
+                permit = route.limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return Ended::Stopped,
+                },
+                _ = stop.cancelled() => return Ended::Stopped,
+                _ = broken.cancelled() => return Ended::Lost("a channel broke".into()),
+            };
+            let delivery = tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Ended::Lost(e.to_string()),
+                    None => return Ended::Lost("the broker cancelled the consumer".into()),
+                },
+                _ = stop.cancelled() => return Ended::Stopped,
+                _ = broken.cancelled() => return Ended::Lost("a channel broke".into()),
+            };
+            let (this, owned) = (self.clone(), session.clone());
+            let handler = session.tasks.track_future(async move {
+                this.handle(&owned, delivery, permit).await;
+            });
+            let task = tracker.spawn(handler);
+            if probing {
+                // One probe at a time: the next delivery waits for its verdict.
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// Shutdown: no more deliveries, let the handlers settle theirs, then close.
+    async fn close(&self, session: &Session) {
+        let cancel = session
+            .consume
+            .basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions::default());
+        if let Err(e) = cancel.await {
+            warn!(route = %self.route.name, error = %e, "basic.cancel failed");
+        }
+        session.tasks.close();
+        session.tasks.wait().await;
+        if let Err(e) = session.connection.close(200, "OK".into()).await {
+            debug!(route = %self.route.name, error = %e, "connection close failed");
+        }
+    }
+}
