@@ -43,7 +43,8 @@ impl Names {
 }
 
 fn rpc(routing_key: &str, count: usize, extra: Value) -> Value {
-    let mut command = json!({"op": "rpc", "routing_key": routing_key, "count": count, "timeout": 30});
+    let mut command =
+        json!({"op": "rpc", "routing_key": routing_key, "count": count, "timeout": 30});
     for (key, value) in extra.as_object().cloned().unwrap_or_default() {
         command[key] = value;
     }
@@ -80,19 +81,35 @@ async fn an_rpc_request_is_answered_on_its_reply_to_with_its_correlation_id() {
     assert_eq!(header(reply, "Ricochet-Status"), Some("200"));
     assert_eq!(header(reply, "x-echo-path"), Some("/work"));
     assert_eq!(reply["content_type"], "text/plain");
-    assert_eq!(reply["delivery_mode"], 2, "a reply to a queue is persistent");
+    assert_eq!(
+        reply["delivery_mode"], 2,
+        "a reply to a queue is persistent"
+    );
 
     assert_eq!(upstream.calls(), 3);
     let seen = &upstream.seen()[0];
     assert_eq!(seen.headers["x-tenant"], "acme");
     assert_eq!(seen.headers["content-type"], "text/plain");
     let key = seen.headers["idempotency-key"].to_str().unwrap();
-    assert!(key.starts_with("m-c-"), "the message id is the idempotency key: {key}");
+    assert!(
+        key.starts_with("m-c-"),
+        "the message id is the idempotency key: {key}"
+    );
     // The request queue is left empty: every request acked after its reply.
     assert_eq!(names.depth(&names.queue).await, Some(0));
     let metrics = ricochet.metrics().await;
-    assert_eq!(metric(&metrics, "ricochet_messages_received_total", &["source=\"amqp\""]), 3.0);
-    assert_eq!(metric(&metrics, "ricochet_settlements_total", &["action=\"ack\""]), 3.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "ricochet_messages_received_total",
+            &["source=\"amqp\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"ack\""]),
+        3.0
+    );
     names.delete(&[], &[]).await;
 }
 
@@ -106,7 +123,10 @@ async fn direct_reply_to_is_answered() {
     let answer = client(rpc(&names.queue, 5, json!({"direct": true, "body": "x"}))).await;
     assert_eq!(answer["answered"], 5, "{answer}");
     assert_eq!(answer["duplicates"], 0);
-    assert_eq!(header(&answer["replies"][0], "Ricochet-Status"), Some("200"));
+    assert_eq!(
+        header(&answer["replies"][0], "Ricochet-Status"),
+        Some("200")
+    );
     names.delete(&[], &[]).await;
 }
 
@@ -123,14 +143,25 @@ async fn a_topic_exchange_binding_routes_by_the_subject_pattern_and_its_captures
         "",
         &format!("exchange = \"{exchange}\""),
     )
-    .replace("method = \"POST\"\npath = \"/work\"", "method = \"GET\"\npath = \"/orders/{id}\"");
+    .replace(
+        "method = \"POST\"\npath = \"/work\"",
+        "method = \"GET\"\npath = \"/orders/{id}\"",
+    );
     let _ricochet = start(&upstream, &routes).await;
 
     let answer = client(rpc("orders.42.get", 1, json!({"exchange": exchange}))).await;
     assert_eq!(answer["answered"], 1, "{answer}");
-    assert_eq!(header(&answer["replies"][0], "x-echo-path"), Some("/orders/42"));
+    assert_eq!(
+        header(&answer["replies"][0], "x-echo-path"),
+        Some("/orders/42")
+    );
     // A routing key the binding does not match never reaches the queue.
-    let stray = client(rpc("orders.42.delete", 1, json!({"exchange": exchange, "timeout": 1}))).await;
+    let stray = client(rpc(
+        "orders.42.delete",
+        1,
+        json!({"exchange": exchange, "timeout": 1}),
+    ))
+    .await;
     assert_eq!(stray["answered"], 0);
     assert_eq!(upstream.calls(), 1);
     names.delete(&[], &[&exchange]).await;
@@ -152,7 +183,12 @@ async fn an_oversized_request_is_refused_and_dead_lettered_with_the_reason_heade
     let ricochet = start(&upstream, &routes).await;
 
     let body = "x".repeat(100);
-    let answer = client(rpc(&names.queue, 1, json!({"body": body, "headers": {"x-tenant": "acme"}}))).await;
+    let answer = client(rpc(
+        &names.queue,
+        1,
+        json!({"body": body, "headers": {"x-tenant": "acme"}}),
+    ))
+    .await;
     assert_eq!(answer["answered"], 1, "{answer}");
     let reply = &answer["replies"][0];
     assert_eq!(header(reply, "Ricochet-Status"), Some("413"));
@@ -161,17 +197,29 @@ async fn an_oversized_request_is_refused_and_dead_lettered_with_the_reason_heade
     let letters = client(json!({"op": "get", "queue": dlq, "count": 1})).await;
     let letter = &letters["messages"][0];
     assert_eq!(letter["body"], body.as_str(), "the request, unchanged");
-    assert_eq!(header(letter, "Ricochet-Dead-Letter-Reason"), Some("payload_too_large"));
+    assert_eq!(
+        header(letter, "Ricochet-Dead-Letter-Reason"),
+        Some("payload_too_large")
+    );
     assert_eq!(header(letter, "Ricochet-Last-Status"), Some("413"));
     assert_eq!(header(letter, "Ricochet-Route"), Some("poison"));
-    assert_eq!(header(letter, "Ricochet-Original-Queue"), Some(names.queue.as_str()));
+    assert_eq!(
+        header(letter, "Ricochet-Original-Queue"),
+        Some(names.queue.as_str())
+    );
     assert_eq!(header(letter, "x-tenant"), Some("acme"));
-    assert!(letter["correlation_id"].as_str().is_some(), "properties kept");
+    assert!(
+        letter["correlation_id"].as_str().is_some(),
+        "properties kept"
+    );
     assert_eq!(upstream.calls(), 0, "the service never sees it");
     assert_eq!(names.depth(&names.queue).await, Some(0), "not requeued");
     let metrics = ricochet.metrics().await;
     assert_eq!(metric(&metrics, "ricochet_dead_letters_total", &[]), 1.0);
-    assert_eq!(metric(&metrics, "ricochet_settlements_total", &["action=\"term\""]), 1.0);
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"term\""]),
+        1.0
+    );
     names.delete(&[&dlq], &[&dlx]).await;
 }
 
@@ -190,22 +238,44 @@ async fn retryable_failures_are_redelivered_after_the_delay_then_answered_once()
         }
     })
     .await;
-    let routes = amqp::route("retry", &names.queue, &names.queue, "[routes.retry]\nmax_attempts = 1", "");
+    let routes = amqp::route(
+        "retry",
+        &names.queue,
+        &names.queue,
+        "[routes.retry]\nmax_attempts = 1",
+        "",
+    );
     let ricochet = start(&upstream, &routes).await;
 
     let started = std::time::Instant::now();
     let answer = client(rpc(&names.queue, 1, json!({"linger": 0.5}))).await;
     assert_eq!(answer["answered"], 1, "{answer}");
     assert_eq!(answer["duplicates"], 0, "failed deliveries get no reply");
-    assert_eq!(header(&answer["replies"][0], "Ricochet-Status"), Some("200"));
-    assert!(started.elapsed() >= Duration::from_millis(200), "two 100 ms delays");
+    assert_eq!(
+        header(&answer["replies"][0], "Ricochet-Status"),
+        Some("200")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "two 100 ms delays"
+    );
     assert_eq!(upstream.calls(), 3);
     // The retry copies kept the request's routing key and counted its deliveries.
     let seen = upstream.seen();
-    assert!(seen.iter().all(|s| s.headers.get("ricochet-deliveries").is_none()), "ricochet's own headers stay out of HTTP");
+    assert!(
+        seen.iter()
+            .all(|s| s.headers.get("ricochet-deliveries").is_none()),
+        "ricochet's own headers stay out of HTTP"
+    );
     let metrics = ricochet.metrics().await;
-    assert_eq!(metric(&metrics, "ricochet_settlements_total", &["action=\"nak\""]), 2.0);
-    assert_eq!(metric(&metrics, "ricochet_settlements_total", &["action=\"ack\""]), 1.0);
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"nak\""]),
+        2.0
+    );
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"ack\""]),
+        1.0
+    );
     assert_eq!(names.depth(&names.retry(100)).await, Some(0));
     names.delete(&[], &[]).await;
 }
@@ -227,14 +297,28 @@ async fn a_request_failing_every_delivery_is_dead_lettered_after_max_deliver() {
 
     let answer = client(rpc(&names.queue, 1, json!({}))).await;
     assert_eq!(answer["answered"], 1, "{answer}");
-    assert_eq!(header(&answer["replies"][0], "Ricochet-Status"), Some("500"), "the caller gets the last answer");
+    assert_eq!(
+        header(&answer["replies"][0], "Ricochet-Status"),
+        Some("500"),
+        "the caller gets the last answer"
+    );
     let letters = client(json!({"op": "get", "queue": dlq, "count": 1})).await;
     let letter = &letters["messages"][0];
-    assert_eq!(header(letter, "Ricochet-Dead-Letter-Reason"), Some("max_deliver"));
+    assert_eq!(
+        header(letter, "Ricochet-Dead-Letter-Reason"),
+        Some("max_deliver")
+    );
     assert_eq!(header(letter, "Ricochet-Delivery-Count"), Some("3"));
     assert_eq!(header(letter, "Ricochet-Last-Status"), Some("500"));
-    assert_eq!(header(letter, "Ricochet-Original-Routing-Key"), Some(names.queue.as_str()));
-    assert_eq!(header(letter, "Ricochet-Deliveries"), None, "retry bookkeeping is not copied");
+    assert_eq!(
+        header(letter, "Ricochet-Original-Routing-Key"),
+        Some(names.queue.as_str())
+    );
+    assert_eq!(
+        header(letter, "Ricochet-Deliveries"),
+        None,
+        "retry bookkeeping is not copied"
+    );
     assert_eq!(upstream.calls(), 3);
     names.delete(&[&dlq], &[&dlx]).await;
 }
@@ -253,7 +337,10 @@ async fn at_most_once_acks_on_receipt_and_never_redelivers() {
     let _ricochet = start(&upstream, &routes).await;
     let answer = client(rpc(&names.queue, 1, json!({"linger": 0.5}))).await;
     assert_eq!(answer["answered"], 1, "{answer}");
-    assert_eq!(header(&answer["replies"][0], "Ricochet-Status"), Some("503"));
+    assert_eq!(
+        header(&answer["replies"][0], "Ricochet-Status"),
+        Some("503")
+    );
     assert_eq!(upstream.calls(), 1);
     assert_eq!(names.depth(&names.queue).await, Some(0));
     assert_eq!(names.depth(&names.retry(100)).await, Some(0));
@@ -291,7 +378,11 @@ async fn an_open_breaker_stops_consumption_until_the_service_recovers() {
     assert_eq!(answer["answered"], 20, "{answer}");
     assert_eq!(answer["duplicates"], 0, "{answer}");
     assert!(
-        answer["replies"].as_array().unwrap().iter().all(|r| header(r, "Ricochet-Status") == Some("200")),
+        answer["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| header(r, "Ricochet-Status") == Some("200")),
         "no error replies for redelivered requests: {answer}"
     );
     names.delete(&[], &[]).await;
@@ -314,7 +405,10 @@ async fn sigterm_finishes_and_acknowledges_in_flight_requests() {
     assert!(status.success(), "exit 0: {status:?}");
     let answer = requests.await.unwrap();
     let answered = answer["answered"].as_u64().unwrap();
-    assert!(answered >= 4, "the requests in flight are answered: {answer}");
+    assert!(
+        answered >= 4,
+        "the requests in flight are answered: {answer}"
+    );
     assert_eq!(answer["duplicates"], 0);
     // The rest wait in the queue for the next consumer: nothing lost, nothing acked unanswered.
     let left = names.depth(&names.queue).await.unwrap();
@@ -345,22 +439,43 @@ async fn under_fault(tag: &str, fault: impl AsyncFnOnce(&mut Ricochet, &str)) ->
     })
     .await;
     let route = format!("fault-{tag}");
-    let routes = amqp::route(&route, &names.queue, &names.queue, "max_in_flight = 32", "max_deliver = 100");
+    let routes = amqp::route(
+        &route,
+        &names.queue,
+        &names.queue,
+        "max_in_flight = 32",
+        "max_deliver = 100",
+    );
     let mut ricochet = start(&upstream, &routes).await;
-    let requests = tokio::spawn(client(rpc(&names.queue, TOTAL, json!({"timeout": 60, "rate": 1000}))));
-    upstream.wait_for_calls_within(300, Duration::from_secs(30)).await;
+    let requests = tokio::spawn(client(rpc(
+        &names.queue,
+        TOTAL,
+        json!({"timeout": 60, "rate": 1000}),
+    )));
+    upstream
+        .wait_for_calls_within(300, Duration::from_secs(30))
+        .await;
     let at_fault = upstream.calls();
     fault(&mut ricochet, &route).await;
-    assert!(at_fault < TOTAL / 2, "most requests come after the fault: {at_fault} called before");
+    assert!(
+        at_fault < TOTAL / 2,
+        "most requests come after the fault: {at_fault} called before"
+    );
     let answer = requests.await.unwrap();
     println!(
         "{tag}: {} requests, {at_fault} called at the fault, {} answered, {} duplicates, {} s, {} upstream calls",
         answer["sent"], answer["answered"], answer["duplicates"], answer["seconds"], upstream.calls()
     );
-    assert_eq!(answer["answered"], TOTAL, "every request answered: {answer}");
+    assert_eq!(
+        answer["answered"], TOTAL,
+        "every request answered: {answer}"
+    );
     assert!(answer["unknown"].as_array().unwrap().is_empty());
     let duplicates = answer["duplicates"].as_u64().unwrap();
-    assert!(duplicates <= 32, "only the prefetch window in flight at the fault is repeated: {duplicates}");
+    assert!(
+        duplicates <= 32,
+        "only the prefetch window in flight at the fault is repeated: {duplicates}"
+    );
     assert_eq!(names.depth(&names.queue).await, Some(0));
     names.delete(&[], &[]).await;
     answer
@@ -369,7 +484,10 @@ async fn under_fault(tag: &str, fault: impl AsyncFnOnce(&mut Ricochet, &str)) ->
 #[tokio::test]
 async fn a_crash_mid_run_loses_no_request() {
     under_fault("crash", async |ricochet, _| {
-        let (toml, admin) = (std::fs::read_to_string(ricochet.config_path()).unwrap(), ricochet.admin_port);
+        let (toml, admin) = (
+            std::fs::read_to_string(ricochet.config_path()).unwrap(),
+            ricochet.admin_port,
+        );
         ricochet.signal("-KILL");
         ricochet.wait_exit(Duration::from_secs(10)).await;
         *ricochet = Ricochet::start(&toml, admin).await;
@@ -387,7 +505,10 @@ async fn a_broker_connection_cut_mid_run_loses_no_request() {
             .unwrap();
         assert!(closed.success());
         eventually(Duration::from_secs(10), "a new connection", || async {
-            holds(connection_of(route).is_some_and(|p| p != pid), "the old one")
+            holds(
+                connection_of(route).is_some_and(|p| p != pid),
+                "the old one",
+            )
         })
         .await;
         assert!(ricochet.logs().contains("AMQP connection lost"));
@@ -417,12 +538,24 @@ async fn credentials_come_from_a_password_file_and_never_reach_the_logs() {
     std::fs::write(&file, format!("{password}\n")).unwrap();
     let upstream = Upstream::echo().await;
     let url = "amqp://127.0.0.1:5672/%2f";
-    let routes = amqp::route("creds", &names.queue, &names.queue, "", &format!("user = \"{user}\"\npassword_file = \"{}\"", file.display()))
-        .replace(&format!("url = \"{}\"", amqp::url()), &format!("url = \"{url}\""));
+    let routes = amqp::route(
+        "creds",
+        &names.queue,
+        &names.queue,
+        "",
+        &format!("user = \"{user}\"\npassword_file = \"{}\"", file.display()),
+    )
+    .replace(
+        &format!("url = \"{}\"", amqp::url()),
+        &format!("url = \"{url}\""),
+    );
     let ricochet = start(&upstream, &routes).await;
     let answer = client(rpc(&names.queue, 2, json!({}))).await;
     assert_eq!(answer["answered"], 2, "{answer}");
-    assert!(!ricochet.logs().contains(&password), "the password is in no log line");
+    assert!(
+        !ricochet.logs().contains(&password),
+        "the password is in no log line"
+    );
     drop(ricochet);
     rabbitmqctl(&["delete_user", &user]);
     names.delete(&[], &[]).await;
@@ -433,8 +566,10 @@ async fn a_wrong_password_keeps_ricochet_unready_with_a_clear_error_and_no_secre
     let names = Names::new("badpw");
     let secret = unique("wrong-");
     let url = format!("amqp://guest:{secret}@127.0.0.1:5672/%2f");
-    let routes = amqp::route("badpw", &names.queue, &names.queue, "", "")
-        .replace(&format!("url = \"{}\"", amqp::url()), &format!("url = \"{url}\""));
+    let routes = amqp::route("badpw", &names.queue, &names.queue, "", "").replace(
+        &format!("url = \"{}\"", amqp::url()),
+        &format!("url = \"{url}\""),
+    );
     let upstream = Upstream::echo().await;
     let admin = free_port();
     let ricochet = Ricochet::spawn(&config(&upstream.base_url(), admin, &routes), admin);
@@ -445,7 +580,18 @@ async fn a_wrong_password_keeps_ricochet_unready_with_a_clear_error_and_no_secre
     .await;
     let why = ricochet.wait_unready(Duration::from_secs(5)).await;
     let logs = ricochet.logs();
-    println!("unready: {why}; log: {}", logs.lines().find(|l| l.contains("cannot set up")).unwrap_or(""));
-    assert!(logs.contains("***@127.0.0.1:5672"), "the URL is logged redacted");
-    assert!(!logs.contains(&secret) && !why.contains(&secret), "the password is in no log line");
+    println!(
+        "unready: {why}; log: {}",
+        logs.lines()
+            .find(|l| l.contains("cannot set up"))
+            .unwrap_or("")
+    );
+    assert!(
+        logs.contains("***@127.0.0.1:5672"),
+        "the URL is logged redacted"
+    );
+    assert!(
+        !logs.contains(&secret) && !why.contains(&secret),
+        "the password is in no log line"
+    );
 }

@@ -550,6 +550,60 @@ mod tests {
     }
 
     #[test]
+    fn amqp_settings_are_checked_with_their_keys_and_no_secret() {
+        let text = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"a\"\nsource = \"amqp\"\nsubject = \"orders.{id}\"\npath = \"/o/{id}\"\ndead_letter = \"x\"\ndelivery = \"exactly_once\"\nmax_in_flight = 70000\n[routes.amqp]\nurl = \"amqp://u:hunter2@h:5672/%2f\"\npassword = \"hunter3\"\nrouting_keys = [\"a.b\"]\nmax_deliver = 0\nredelivery_backoff = []\ndead_letter_routing_key = \"dl\"\n[[routes]]\nname = \"b\"\nsubject = \"s\"\npath = \"/\"\n[routes.amqp]\nurl = \"nope://\"\n";
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "routes[0].dead_letter",
+            "routes[0].delivery",
+            "routes[0].max_in_flight",
+            // A subject with wildcards names no queue, and needs an exchange to route it.
+            "routes[0].amqp.queue",
+            "routes[0].amqp.exchange",
+            "routes[0].amqp.routing_keys",
+            // Credentials in the URL and in the table.
+            "routes[0].amqp.url",
+            "routes[0].amqp.max_deliver",
+            "routes[0].amqp.redelivery_backoff",
+            "routes[0].amqp.dead_letter_routing_key",
+            // An [routes.amqp] table on a core NATS route.
+            "routes[1].amqp",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        let shown = ConfigErrors(errors).to_string();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+
+        let bad_url = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"a\"\nsource = \"amqp\"\nsubject = \"s\"\npath = \"/\"\n[routes.amqp]\nurl = \"http://u:hunter2@h\"\n";
+        let errors = load_str(bad_url, no_env()).unwrap_err().0;
+        let url = errors
+            .iter()
+            .find(|e| e.key == "routes[0].amqp.url")
+            .expect("the url refused");
+        assert!(
+            url.message.contains("not an AMQP URL") && !url.message.contains("hunter2"),
+            "{}",
+            url.message
+        );
+    }
+
+    #[test]
+    fn an_amqp_route_with_a_literal_subject_needs_only_a_url() {
+        let text = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"a\"\nsource = \"amqp\"\nsubject = \"orders.create\"\npath = \"/orders\"\n[routes.amqp]\nurl = \"amqp://127.0.0.1:5672/%2f\"\n";
+        let config = load_str(text, no_env()).unwrap();
+        let crate::config::SourceConfig::Amqp(amqp) = &config.routes[0].source else {
+            panic!("an AMQP route");
+        };
+        assert_eq!(amqp.delivery, crate::config::Delivery::AtLeastOnce);
+        assert_eq!(amqp.settings.max_deliver, 5);
+        assert!(amqp.settings.exchange.is_none());
+    }
+
+    #[test]
     fn missing_required_keys_are_reported() {
         let errors = load_str("[[routes]]\nname = \"x\"\n", no_env())
             .unwrap_err()

@@ -291,9 +291,9 @@ fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     let hint = match route.source {
         SourceKind::Jetstream => None,
         SourceKind::Kafka => Some("Kafka routes use kafka.reply_topic and kafka.dead_letter_topic"),
-        SourceKind::Amqp => Some(
-            "AMQP routes reply to the request's reply_to and use amqp.dead_letter_exchange",
-        ),
+        SourceKind::Amqp => {
+            Some("AMQP routes reply to the request's reply_to and use amqp.dead_letter_exchange")
+        }
         SourceKind::Nats => {
             Some("only for durable sources: core NATS replies to the request's inbox")
         }
@@ -418,7 +418,10 @@ fn check_amqp(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
         _ => {}
     }
     if amqp.exchange.is_none() && !amqp.routing_keys.is_empty() {
-        push("amqp.routing_keys", "binding keys need amqp.exchange".into());
+        push(
+            "amqp.routing_keys",
+            "binding keys need amqp.exchange".into(),
+        );
     }
     if amqp.exchange.is_none() && !literal {
         push(

@@ -91,7 +91,11 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// The message a reply becomes: the response's content type as the property, the other
 /// headers (status, errors, allow-listed response headers) as headers, the request's
 /// correlation id.
-pub fn reply_message(destination: &str, reply: &Reply, correlation: Option<&str>) -> BasicProperties {
+pub fn reply_message(
+    destination: &str,
+    reply: &Reply,
+    correlation: Option<&str>,
+) -> BasicProperties {
     let mut properties = BasicProperties::default();
     let mut content_type = None;
     let headers = reply.headers.iter().filter_map(|(name, value)| {
@@ -132,7 +136,13 @@ pub async fn publish_confirmed(
     };
     let failed = |e: lapin::Error| Undelivered::Failed(e.to_string());
     let confirm = channel
-        .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            payload,
+            properties,
+        )
         .await
         .map_err(failed)?;
     match confirm.await.map_err(failed)? {
@@ -163,8 +173,14 @@ mod tests {
         t.insert("flag".into(), AMQPValue::Boolean(true));
         t.insert("x-death".into(), AMQPValue::LongString("nope".into()));
         t.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
-        t.insert("x-first-death-queue".into(), AMQPValue::LongString("q".into()));
-        t.insert("nested".into(), AMQPValue::FieldTable(FieldTable::default()));
+        t.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString("q".into()),
+        );
+        t.insert(
+            "nested".into(),
+            AMQPValue::FieldTable(FieldTable::default()),
+        );
         let mut headers = headers_of(Some(&t));
         headers.sort();
         assert_eq!(
@@ -198,11 +214,17 @@ mod tests {
             body: bytes::Bytes::from_static(b"{}"),
         };
         let p = reply_message("replies", &reply, Some("c-1"));
-        assert_eq!(p.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(
+            p.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
         assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("c-1"));
         assert_eq!(*p.delivery_mode(), Some(PERSISTENT));
         let headers = headers_of(p.headers().as_ref());
-        assert_eq!(headers, vec![("Ricochet-Status".to_string(), "201".to_string())]);
+        assert_eq!(
+            headers,
+            vec![("Ricochet-Status".to_string(), "201".to_string())]
+        );
         // Direct reply-to cannot take a persistent message.
         let direct = reply_message("amq.rabbitmq.reply-to.g2dkABFyYWJiaXRA", &reply, None);
         assert_eq!(*direct.delivery_mode(), None);

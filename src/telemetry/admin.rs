@@ -69,7 +69,7 @@ impl Health {
             }
         }
         if self.pending.load(Ordering::SeqCst) > 0 {
-            return Err("subscriptions or JetStream consumers not set up yet");
+            return Err("subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting");
         }
         Ok(())
     }

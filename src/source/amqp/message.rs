@@ -89,7 +89,10 @@ impl AmqpRoute {
         };
         let count = |name: &str| {
             let table = table?;
-            let (_, value) = table.inner().iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))?;
+            let (_, value) = table
+                .inner()
+                .iter()
+                .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))?;
             publisher::number_of(value)
         };
         let delivered = topology::delivery_count(
@@ -100,7 +103,9 @@ impl AmqpRoute {
         let mut inbound = Inbound::new(subject, reply, headers, payload);
         inbound.correlation = match properties.correlation_id() {
             Some(id) => Some(id.to_string()),
-            None => inbound.header(&config.correlation_header).map(str::to_string),
+            None => inbound
+                .header(&config.correlation_header)
+                .map(str::to_string),
         };
         inbound.idempotency_key = properties.message_id().as_ref().map(|id| id.to_string());
         inbound.delivered = delivered;
@@ -200,7 +205,10 @@ impl Settle for Request<'_> {
         let origin = [
             (dead_letter::ORIGINAL_QUEUE, self.source.queue.as_str()),
             (dead_letter::ORIGINAL_EXCHANGE, delivery.exchange.as_str()),
-            (dead_letter::ORIGINAL_ROUTING_KEY, letter.inbound.subject.as_str()),
+            (
+                dead_letter::ORIGINAL_ROUTING_KEY,
+                letter.inbound.subject.as_str(),
+            ),
         ];
         let headers = (self.original_headers())
             .chain(ours.iter().map(|(n, v)| (*n, v.as_str())))
@@ -208,7 +216,10 @@ impl Settle for Request<'_> {
             .collect();
         let properties = self.copy_with(headers);
         let payload = &letter.inbound.payload;
-        (self.publish(exchange, routing_key, payload, properties).await).map(|()| true)
+        (self
+            .publish(exchange, routing_key, payload, properties)
+            .await)
+            .map(|()| true)
     }
 
     async fn ack(&self) -> Result<(), String> {
@@ -230,7 +241,9 @@ impl Settle for Request<'_> {
             ])
             .collect();
         let properties = self.copy_with(headers);
-        let copied = self.publish("", &target, &self.inbound.payload, properties).await;
+        let copied = self
+            .publish("", &target, &self.inbound.payload, properties)
+            .await;
         match copied {
             Ok(()) => {
                 let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
@@ -246,7 +259,9 @@ impl Settle for Request<'_> {
                 };
                 let nacked = self.delivery.acker.nack(requeue).await;
                 Self::settled(nacked, "basic.nack")?;
-                Err(format!("retry copy to {target:?} not published ({e}); requeued at once"))
+                Err(format!(
+                    "retry copy to {target:?} not published ({e}); requeued at once"
+                ))
             }
         }
     }

@@ -78,8 +78,8 @@ impl AmqpRoute {
     pub fn new(route: Arc<Route>, source: AmqpSource, pipeline: Arc<Pipeline>) -> Self {
         let config = source.settings;
         let queue = (config.queue.clone()).unwrap_or_else(|| route.config.subject.clone());
-        let consumer_tag = (config.consumer_tag.clone())
-            .unwrap_or_else(|| format!("ricochet-{}", route.name));
+        let consumer_tag =
+            (config.consumer_tag.clone()).unwrap_or_else(|| format!("ricochet-{}", route.name));
         Self {
             route,
             config,
@@ -133,13 +133,19 @@ impl AmqpRoute {
         let uri = self.uri()?;
         let name = format!("ricochet {}", self.route.name);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties))
-            .await
-            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        topology::declare(&connection, &self.config, &self.queue, &self.route.config.subject)
-            .await
-            .map_err(|e| e.to_string())?;
+        let connection =
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties))
+                .await
+                .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+                .map_err(|e| format!("cannot connect: {e}"))?;
+        topology::declare(
+            &connection,
+            &self.config,
+            &self.queue,
+            &self.route.config.subject,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let open = |what: &'static str| {
             let connection = &connection;
             async move {
@@ -149,10 +155,14 @@ impl AmqpRoute {
         let consume = open("consuming").await?;
         // Validated to fit: max_in_flight <= u16::MAX.
         let prefetch = u16::try_from(self.route.config.max_in_flight).unwrap_or(u16::MAX);
-        (consume.basic_qos(prefetch, BasicQosOptions::default()).await)
+        (consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await)
             .map_err(|e| format!("basic.qos: {e}"))?;
         let publish = open("publishing").await?;
-        (publish.confirm_select(ConfirmSelectOptions::default()).await)
+        (publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await)
             .map_err(|e| format!("confirm.select: {e}"))?;
         let consumer = consume
             .basic_consume(
@@ -245,9 +255,10 @@ impl AmqpRoute {
 
     /// Shutdown: no more deliveries, let the handlers settle theirs, then close.
     async fn close(&self, session: &Session) {
-        let cancel = session
-            .consume
-            .basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions::default());
+        let cancel = session.consume.basic_cancel(
+            self.consumer_tag.as_str().into(),
+            BasicCancelOptions::default(),
+        );
         if let Err(e) = cancel.await {
             warn!(route = %self.route.name, error = %e, "basic.cancel failed");
         }

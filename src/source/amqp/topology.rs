@@ -83,7 +83,12 @@ pub async fn declare(
     queue: &str,
     subject: &str,
 ) -> Result<(), TopologyError> {
-    let channel = || async { connection.create_channel().await.map_err(failed("open a channel")) };
+    let channel = || async {
+        connection
+            .create_channel()
+            .await
+            .map_err(failed("open a channel"))
+    };
     // Declared durable with ricochet's arguments; a queue that exists with others (a
     // PRECONDITION_FAILED, which closes the channel) is used as it is.
     let mut arguments = FieldTable::default();
@@ -104,7 +109,9 @@ pub async fn declare(
                 ..QueueDeclareOptions::default()
             };
             let probe = channel().await?;
-            (probe.queue_declare(queue.into(), passive, FieldTable::default()).await)
+            (probe
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await)
                 .map_err(|_| TopologyError {
                     what: format!("declare queue {queue:?}"),
                     error: declare_error,
@@ -143,7 +150,11 @@ pub async fn declare(
         arguments.insert("x-dead-letter-exchange".into(), text(""));
         arguments.insert("x-dead-letter-routing-key".into(), text(queue));
         setup
-            .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), arguments)
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                arguments,
+            )
             .await
             .map_err(failed(format!("declare retry queue {name:?}")))?;
     }
