@@ -1,13 +1,19 @@
 //! The demo's caller: an event-native client that knows nothing of HTTP. It sends NATS
-//! requests and a Kafka request record through ricochet to the orders service and prints
-//! each reply. Exits non-zero if a reply is missing or not what the demo expects.
+//! requests, a Kafka request record and an AMQP RPC request through ricochet to the orders
+//! service and prints each reply. Exits non-zero if a reply is missing or not what the demo
+//! expects.
 //!
 //! Environment: `NATS_URL` (default `nats://127.0.0.1:4222`), `KAFKA_BROKERS` (default
-//! `127.0.0.1:9092`), `READY_URL` (optional: ricochet's `/readyz` to wait for first).
+//! `127.0.0.1:9092`), `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! `READY_URL` (optional: ricochet's `/readyz` to wait for first).
 
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -19,17 +25,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REQUEST_TOPIC: &str = "orders.requests";
 const REPLY_TOPIC: &str = "orders.replies";
+const AMQP_QUEUE: &str = "orders.amqp.create";
 
 #[tokio::main]
 async fn main() {
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let amqp_url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     if let Ok(url) = std::env::var("READY_URL") {
         wait_ready(&url).await;
     }
     let mut failures = 0;
     failures += nats_demo(&nats_url).await;
     failures += kafka_demo(&brokers).await;
+    failures += amqp_demo(&amqp_url).await;
     if failures == 0 {
         println!("demo: every reply as expected");
     } else {
@@ -205,6 +215,85 @@ async fn kafka_demo(brokers: &str) -> usize {
     }
     println!("FAIL kafka {REQUEST_TOPIC} -> no reply on {REPLY_TOPIC} within 60 s");
     1
+}
+
+/// One RPC request over RabbitMQ: published to ricochet's queue with `reply_to` set to the
+/// direct reply-to pseudo-queue and a correlation id; the reply comes back there.
+async fn amqp_demo(url: &str) -> usize {
+    match amqp_call(url).await {
+        Ok((status, correlated, body)) => {
+            let ok = status == "201" && correlated;
+            println!(
+                "{} amqp  {AMQP_QUEUE:<16} -> {status} (direct reply-to, correlation id {}) {body}",
+                if ok { "OK  " } else { "FAIL" },
+                if correlated { "echoed" } else { "missing" }
+            );
+            usize::from(!ok)
+        }
+        Err(e) => {
+            println!("FAIL amqp  {AMQP_QUEUE} -> {e}");
+            1
+        }
+    }
+}
+
+async fn amqp_call(url: &str) -> Result<(String, bool, String), String> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply_to = "amq.rabbitmq.reply-to";
+    let mut replies = channel
+        .basic_consume(
+            reply_to.into(),
+            "demo-caller".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let correlation = format!("demo-{}", nuid::next());
+    let properties = BasicProperties::default()
+        .with_reply_to(reply_to.into())
+        .with_correlation_id(correlation.as_str().into())
+        .with_content_type("application/json".into());
+    channel
+        .basic_publish(
+            "".into(),
+            AMQP_QUEUE.into(),
+            BasicPublishOptions::default(),
+            br#"{"item":"lamp","qty":1}"#,
+            properties,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .map_err(|_| "no reply within 30 s".to_string())?
+        .ok_or("the reply consumer ended")?
+        .map_err(|e| e.to_string())?;
+    let status = (reply.properties.headers().as_ref())
+        .and_then(|h| h.inner().get("Ricochet-Status").cloned())
+        .and_then(|v| v.as_long_string().map(|s| s.to_string()))
+        .unwrap_or_default();
+    let correlated = reply
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str())
+        == Some(correlation.as_str());
+    let _ = connection.close(200, "OK".into()).await;
+    Ok((
+        status,
+        correlated,
+        String::from_utf8_lossy(&reply.data).into_owned(),
+    ))
 }
 
 /// Polls an HTTP URL (`http://host:port/path`) until it answers 200, for up to 2 minutes.

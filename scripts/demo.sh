@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The demo without Docker, on loopback: starts what is missing (nats-server with JetStream,
-# the tansu Kafka-protocol broker), the example orders service and ricochet beside it,
-# sends NATS requests and a Kafka request record through ricochet, prints the replies and
-# ricochet's metrics, then stops everything it started.
+# the tansu Kafka-protocol broker, RabbitMQ), the example orders service and ricochet beside
+# it, sends NATS requests, a Kafka request record and an AMQP RPC request through ricochet,
+# prints the replies and ricochet's metrics, then stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work="$(mktemp -d)"
 pids=()
+stop_rabbitmq=0
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ "$stop_rabbitmq" = 1 ]; then rabbitmqctl stop >/dev/null 2>&1 || true; fi
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -44,6 +46,18 @@ else
     --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
   pids+=($!)
   wait_port 9092
+fi
+
+if port_open 5672; then
+  echo "== using the RabbitMQ on 127.0.0.1:5672"
+else
+  command -v rabbitmq-server >/dev/null 2>&1 \
+    || { echo "RabbitMQ is missing: apt-get install rabbitmq-server" >&2; exit 1; }
+  echo "== starting RabbitMQ on 127.0.0.1:5672"
+  rabbitmq-server -detached
+  stop_rabbitmq=1
+  for _ in $(seq 1 300); do port_open 5672 && break; sleep 0.1; done
+  wait_port 5672
 fi
 
 echo "== building ricochet and the examples"

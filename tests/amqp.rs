@@ -131,6 +131,44 @@ async fn direct_reply_to_is_answered() {
 }
 
 #[tokio::test]
+async fn a_reply_to_a_queue_that_does_not_exist_is_counted_and_the_request_finished() {
+    let names = Names::new("noqueue");
+    let upstream = Upstream::echo().await;
+    let routes = amqp::route("noqueue", &names.queue, &names.queue, "", "");
+    let ricochet = start(&upstream, &routes).await;
+    let missing = unique("ricochet.test.nobody.");
+    let answer = client(rpc(
+        &names.queue,
+        1,
+        json!({"reply_to": missing, "timeout": 1}),
+    ))
+    .await;
+    assert_eq!(answer["answered"], 0);
+    eventually(
+        Duration::from_secs(5),
+        "the failed publish counted",
+        || async {
+            let metrics = ricochet.metrics().await;
+            let failed = metric(
+                &metrics,
+                "ricochet_messages_handled_total",
+                &["outcome=\"publish_failed\""],
+            );
+            holds(failed == 1.0, format!("publish_failed {failed}"))
+        },
+    )
+    .await;
+    assert_eq!(upstream.calls(), 1, "called once, never redelivered");
+    assert_eq!(
+        names.depth(&names.queue).await,
+        Some(0),
+        "the request is finished"
+    );
+    assert!(ricochet.logs().contains("no queue named"));
+    names.delete(&[], &[]).await;
+}
+
+#[tokio::test]
 async fn a_topic_exchange_binding_routes_by_the_subject_pattern_and_its_captures() {
     let names = Names::new("topic");
     let exchange = unique("ricochet.test.ex.");

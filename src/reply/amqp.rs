@@ -1,8 +1,10 @@
 //! Replies, redeliveries and dead letters to RabbitMQ: published on a channel in confirm
-//! mode, `mandatory`, and returned only once the broker confirmed them, so a request is
-//! acknowledged only after its reply is safe. A reply to a queue that does not exist comes
-//! back as returned (never deliverable); a nack or a broken channel is a failure that may
-//! pass.
+//! mode and returned only once the broker confirmed them, so a request is acknowledged only
+//! after its reply is safe. Published `mandatory`: a reply to a queue that does not exist
+//! comes back as returned (never deliverable); a nack or a broken channel is a failure that
+//! may pass. Replies to direct reply-to are not mandatory: RabbitMQ 3.10 returned such
+//! replies as unroutable although it had delivered them (seen with a lapin caller, not with
+//! pika), and a caller that is gone is gone, as with a NATS inbox.
 //!
 //! Also the conversion of headers between AMQP's field tables and the `(name, value)` form
 //! the rest of ricochet uses.
@@ -131,7 +133,7 @@ pub async fn publish_confirmed(
     properties: BasicProperties,
 ) -> Result<(), Undelivered> {
     let options = BasicPublishOptions {
-        mandatory: true,
+        mandatory: !routing_key.starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
     let failed = |e: lapin::Error| Undelivered::Failed(e.to_string());

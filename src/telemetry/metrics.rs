@@ -85,7 +85,7 @@ fn describe() {
     );
     describe_counter!(
         SETTLEMENTS,
-        "Durable sources: settlements by action: ack (finished), nak (to be redelivered: a JetStream nak, a Kafka local retry), term (given up after its dead letter), in_progress (JetStream)"
+        "Durable sources: settlements by action: ack (finished), nak (to be redelivered: a JetStream nak, a Kafka local retry, an AMQP retry copy), term (given up after its dead letter), in_progress (JetStream)"
     );
     describe_counter!(
         DEAD_LETTERS,

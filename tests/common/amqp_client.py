@@ -7,7 +7,8 @@ prints one JSON document on stdout. Commands (field "op"):
 
 - rpc: publishes `count` requests (confirmed) at `rate` per second to `exchange` (default
   "") with `routing_key`, each with a unique correlation_id and reply_to (an exclusive
-  queue of this client, or RabbitMQ's direct reply-to with "direct": true), and collects
+  queue of this client, RabbitMQ's direct reply-to with "direct": true, or the queue
+  "reply_to" names), and collects
   the replies until every request is answered or `timeout` seconds pass. Prints what was
   sent and answered, duplicates, missing ids and the first replies in full.
 - declare: exchanges [[name, type]], queues [name], bindings [[queue, exchange, key]].
@@ -51,6 +52,8 @@ def rpc(cmd):
         reply_to = "amq.rabbitmq.reply-to"
     else:
         reply_to = ch.queue_declare(queue="", exclusive=True).method.queue
+    listen = reply_to
+    reply_to = cmd.get("reply_to", reply_to)
     answered = {}
     replies = []
 
@@ -60,7 +63,7 @@ def rpc(cmd):
             replies.append(message(method, props, body))
 
     # Direct reply-to needs the consumer (auto-ack) before the first publish.
-    ch.basic_consume(queue=reply_to, on_message_callback=on_reply, auto_ack=True)
+    ch.basic_consume(queue=listen, on_message_callback=on_reply, auto_ack=True)
     count = cmd.get("count", 1)
     rate = cmd.get("rate", 0)
     prefix = cmd.get("prefix", uuid.uuid4().hex[:8])
