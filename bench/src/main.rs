@@ -6,12 +6,18 @@
 //!   measured like ricochet: the least a NATS responder costs) -> reply;
 //! - L2 ricochet: requester -> nats-server -> ricochet -> upstream -> ricochet -> requester;
 //! - K1 native Kafka: consume -> produce passthrough in this process (no HTTP);
-//! - K2 ricochet Kafka: request topic -> ricochet -> upstream -> reply topic.
+//! - K2 ricochet Kafka: request topic -> ricochet -> upstream -> reply topic;
+//! - A1 native AMQP: requester -> RabbitMQ -> a lapin RPC responder (a child process) ->
+//!   direct reply-to;
+//! - A2 ricochet AMQP: requester -> RabbitMQ -> ricochet -> upstream -> ricochet ->
+//!   direct reply-to.
 //!
 //! Per leg: closed-loop throughput at several concurrencies, open-loop latency at several
 //! rates (each request timed from its scheduled start, so a stall counts against every
 //! request it delays: no coordinated omission), and for ricochet (and L1's responder) the
 //! CPU time per 1,000 requests and peak RSS from /proc. Prints a table and writes JSON.
+
+mod amqp;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -45,10 +51,10 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Measure ricochet against direct HTTP and native NATS/Kafka on loopback")]
+#[command(about = "Measure ricochet against direct HTTP and native NATS/Kafka/AMQP on loopback")]
 struct Args {
     /// Legs to run.
-    #[arg(long, value_delimiter = ',', default_value = "L0,L1,L2,K1,K2")]
+    #[arg(long, value_delimiter = ',', default_value = "L0,L1,L2,K1,K2,A1,A2")]
     legs: Vec<String>,
     /// Duration of each closed-loop and open-loop measurement.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -69,6 +75,12 @@ struct Args {
     nats_url: String,
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
     /// Start a fresh tansu (this binary) on a free port for each Kafka leg, instead of
     /// using --kafka-brokers: tansu's memory storage slows down as topics fill.
     #[arg(long)]
@@ -98,6 +110,9 @@ struct Args {
     /// bench, so that its CPU and memory are measured like ricochet's).
     #[arg(long, hide = true)]
     respond: Option<String>,
+    /// Internal: run as A1's native RPC responder on this queue.
+    #[arg(long, hide = true)]
+    amqp_respond: Option<String>,
     /// Internal: run as the upstream HTTP service (a child process, so that L0 measures the
     /// HTTP client alone).
     #[arg(long, hide = true)]
@@ -117,6 +132,12 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(respond(&args.nats_url, subject));
     }
+    if let Some(queue) = &args.amqp_respond {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(amqp::respond(&args.amqp_url, queue));
+    }
     if args.serve_upstream {
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -135,6 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bench = ("bench", std::process::id());
     let upstream_pid = ("upstream", upstream_process.pid());
     let nats = local_process("nats-server").map(|pid| ("nats-server", pid));
+    let rabbitmq = local_process("beam.smp").map(|pid| ("rabbitmq", pid));
     if args.callgrind {
         return count_instructions(&args, upstream, payload).await;
     }
@@ -199,7 +221,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 measure(&args, &leg, call, processes).await
             }
-            other => bail!("unknown leg {other}: use L0, L1, L2, K1, K2"),
+            "A1" => {
+                let (call, responder, _queue) = a1(&args, payload.clone()).await?;
+                let processes = Processes {
+                    measured: Some(("responder", responder.pid())),
+                    others: [Some(bench), rabbitmq].into_iter().flatten().collect(),
+                };
+                measure(&args, &leg, call, processes).await
+            }
+            "A2" => {
+                let (call, ricochet, cleanup) = a2(&args, upstream, payload.clone()).await?;
+                let processes = Processes {
+                    measured: Some(("ricochet", ricochet.pid())),
+                    others: [Some(bench), rabbitmq, Some(upstream_pid)]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                };
+                let result = measure(&args, &leg, call, processes).await;
+                drop(ricochet);
+                cleanup.await;
+                result
+            }
+            other => bail!("unknown leg {other}: use L0, L1, L2, K1, K2, A1, A2"),
         };
         results.push(result);
     }
@@ -1025,6 +1069,48 @@ async fn k2(
     Ok((call, ricochet))
 }
 
+/// A1: the native RPC responder as a child process.
+async fn a1(args: &Args, payload: Bytes) -> anyhow::Result<(Call, ChildProcess, String)> {
+    let queue = format!("bench.a1.{}", unique());
+    let (responder, line) =
+        start_role(&["--amqp-respond", &queue, "--amqp-url", &args.amqp_url]).await?;
+    if line.trim() != "ready" {
+        bail!("the AMQP responder did not start");
+    }
+    let requester = amqp::AmqpRequester::new(&args.amqp_url, &queue).await?;
+    let call: Call = Arc::new(move || {
+        let (requester, payload) = (requester.clone(), payload.clone());
+        Box::pin(async move { requester.call(&payload).await })
+    });
+    Ok((call, responder, queue))
+}
+
+/// A2: ricochet consuming a queue; the returned future deletes the queues it declared.
+async fn a2(
+    args: &Args,
+    upstream: SocketAddr,
+    payload: Bytes,
+) -> anyhow::Result<(Call, ChildProcess, impl Future<Output = ()>)> {
+    let queue = format!("bench.a2.{}", unique());
+    let routes = format!(
+        "{}\n[[routes]]\nname = \"bench-amqp\"\nsource = \"amqp\"\nsubject = \"{queue}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n\n[routes.amqp]\nurl = \"{}\"\nredelivery_backoff = [\"1s\"]\n",
+        upstream_section(args, upstream),
+        args.amqp_url
+    );
+    let ricochet = start_ricochet(args, &routes).await?;
+    let requester = amqp::AmqpRequester::new(&args.amqp_url, &queue).await?;
+    let caller = requester.clone();
+    let call: Call = Arc::new(move || {
+        let (requester, payload) = (caller.clone(), payload.clone());
+        Box::pin(async move { requester.call(&payload).await })
+    });
+    let cleanup = async move {
+        let retry = format!("{queue}.ricochet-retry.1000ms");
+        requester.delete(&[queue, retry]).await;
+    };
+    Ok((call, ricochet, cleanup))
+}
+
 // ---------- helpers ----------
 
 fn check(reply: &[u8], payload: &[u8]) -> anyhow::Result<()> {
@@ -1107,6 +1193,10 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
         (Some(k1), Some(k2)) => Some(k2 / k1),
         _ => None,
     };
+    let amqp_ratio = match (closed_at("A1", top), closed_at("A2", top)) {
+        (Some(a1), Some(a2)) => Some(a2 / a1),
+        _ => None,
+    };
     json!({
         "machine": machine(),
         "payload_bytes": args.payload,
@@ -1130,6 +1220,7 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
             "efficiency": efficiency,
             "added_latency_at_1000": added,
             "kafka_ratio": kafka_ratio,
+            "amqp_ratio": amqp_ratio,
             "concurrency_for_ratios": top,
         },
     })
@@ -1139,8 +1230,8 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
 fn measured_process(leg: &str) -> Option<&'static str> {
     match leg {
         "L0" => Some("HTTP client and load loop (the bench)"),
-        "L1" => Some("native responder"),
-        "L2" | "K2" => Some("ricochet"),
+        "L1" | "A1" => Some("native responder"),
+        "L2" | "K2" | "A2" => Some("ricochet"),
         _ => None,
     }
 }
@@ -1188,7 +1279,9 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
     for rate in &args.rates {
         print!(" {:>24}", format!("{rate}/s p50/p99/p99.9 ms"));
     }
-    println!(" cpu ms/1k, rss MB (L0: client and load loop; L1: responder; L2, K2: ricochet)");
+    println!(
+        " cpu ms/1k, rss MB (L0: client and load loop; L1, A1: responder; L2, K2, A2: ricochet)"
+    );
     for r in results {
         print!("{:<4}", r.leg);
         for c in &r.closed {
@@ -1239,6 +1332,7 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
         derived["added_latency_at_1000"]
     );
     println!("Kafka ratio (K2 / K1): {}", fmt(&derived["kafka_ratio"]));
+    println!("AMQP ratio (A2 / A1): {}", fmt(&derived["amqp_ratio"]));
 }
 
 fn fmt(value: &Value) -> String {

@@ -31,7 +31,7 @@ fn every_leg_answers_every_request_correctly() {
             "--payload",
             "512",
         ])
-        .args(["--legs", "L0,L1,L2,K1,K2"])
+        .args(["--legs", "L0,L1,L2,K1,K2,A1,A2"])
         .arg("--ricochet")
         .arg(ricochet())
         .arg("--json")
@@ -44,7 +44,7 @@ fn every_leg_answers_every_request_correctly() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
     let legs = report["legs"].as_array().unwrap();
-    assert_eq!(legs.len(), 5);
+    assert_eq!(legs.len(), 7);
     for leg in legs {
         assert_eq!(leg["errors"], 0, "{leg}");
         let closed = leg["closed_loop"].as_array().unwrap();
@@ -66,8 +66,11 @@ fn every_leg_answers_every_request_correctly() {
         |name: &str| legs.iter().find(|l| l["leg"] == name).unwrap()["measured_process"].clone();
     assert_eq!(measured("L2"), "ricochet");
     assert_eq!(measured("L1"), "native responder");
+    assert_eq!(measured("A1"), "native responder");
+    assert_eq!(measured("A2"), "ricochet");
     assert!(report["derived"]["efficiency"].as_f64().is_some());
     assert!(report["derived"]["kafka_ratio"].as_f64().is_some());
+    assert!(report["derived"]["amqp_ratio"].as_f64().is_some());
     assert!(stdout.contains("efficiency"), "{stdout}");
 }
 
