@@ -114,6 +114,36 @@ async fn an_rpc_request_is_answered_on_its_reply_to_with_its_correlation_id() {
 }
 
 #[tokio::test]
+async fn a_quorum_queue_is_declared_as_asked_and_served() {
+    let names = Names::new("quorum");
+    let upstream = Upstream::echo().await;
+    let routes = amqp::route(
+        "quorum",
+        &names.queue,
+        &names.queue,
+        "",
+        "queue_type = \"quorum\"",
+    );
+    let _ricochet = start(&upstream, &routes).await;
+    let answer = client(rpc(&names.queue, 3, json!({}))).await;
+    assert_eq!(answer["answered"], 3, "{answer}");
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "type", "durable", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(names.queue.as_str()));
+    let fields: Vec<&str> = line
+        .expect("the queue is listed")
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[1..], ["quorum", "true"], "{listing}");
+    names.delete(&[], &[]).await;
+}
+
+#[tokio::test]
 async fn direct_reply_to_is_answered() {
     let names = Names::new("direct");
     let upstream = Upstream::echo().await;

@@ -605,17 +605,6 @@ pub mod amqp {
         serde_json::from_slice(&output.stdout).expect("amqp_client.py prints JSON")
     }
 
-    /// Deletes the test's queues and exchanges (and the retry queues ricochet declared).
-    pub async fn delete(queues: &[&str], exchanges: &[&str]) {
-        let mut all: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
-        for queue in queues {
-            for ms in [0, 50, 100, 200, 1000] {
-                all.push(format!("{queue}.ricochet-retry.{ms}ms"));
-            }
-        }
-        client(json!({"op": "delete", "queues": all, "exchanges": exchanges})).await;
-    }
-
     /// An AMQP route consuming `queue`; `extra` adds route keys, `amqp_extra` keys of
     /// `[routes.amqp]`.
     pub fn route(name: &str, subject: &str, queue: &str, extra: &str, amqp_extra: &str) -> String {

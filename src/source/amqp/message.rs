@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::ShortString;
 use lapin::BasicProperties;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
@@ -182,10 +181,14 @@ impl Settle for Request<'_> {
     }
 
     fn destination_problem(&self, destination: &str) -> Option<&'static str> {
-        ShortString::try_new(destination)
-            .is_err()
-            .then_some("is longer than 255 bytes")
-            .or(destination.is_empty().then_some("is empty"))
+        // A routing key is an AMQP short string.
+        if destination.is_empty() {
+            Some("is empty")
+        } else if destination.len() > 255 {
+            Some("is longer than 255 bytes")
+        } else {
+            None
+        }
     }
 
     async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
@@ -251,6 +254,11 @@ impl Settle for Request<'_> {
             }
             Err(Undelivered::Lost) => Err("the delivery's channel is closed".into()),
             Err(e) => {
+                if let Undelivered::Dropped(_) = e {
+                    // The retry queue is gone (deleted while ricochet runs): connecting again
+                    // declares it again.
+                    self.session.broken.cancel();
+                }
                 // Without its copy the request must not stay unsettled (it would hold a
                 // prefetch slot): back into the queue, without the delay.
                 let requeue = BasicNackOptions {
