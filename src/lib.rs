@@ -27,6 +27,7 @@ pub mod reply;
 pub mod route;
 pub mod source;
 pub mod telemetry;
+pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
