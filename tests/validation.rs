@@ -294,7 +294,7 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
     // Encoded with the subject's latest version; fastavro reads it back.
     let reply = request(&client, &encoded, HeaderMap::new(), b"good".to_vec()).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
-    assert_eq!(header(&reply, "Content-Type").as_deref(), Some("avro/binary"));
+    assert_eq!(header(&reply, "content-type").as_deref(), Some("avro/binary"));
     let (id, record) = fastavro::decode(RECEIPT_AVRO, &[], &reply.payload);
     assert_eq!(id, receipt_id);
     assert_eq!(record, json!({"order": "o-1", "total": 1250}));

@@ -145,3 +145,20 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+    use apache_avro::Schema;
+
+    #[test]
+    fn named_types_of_references_resolve() {
+        let address = r#"{"type": "record", "name": "Address", "namespace": "acme", "fields": [{"name": "city", "type": "string"}]}"#;
+        let order = r#"{"type": "record", "name": "Order", "namespace": "acme", "fields": [{"name": "id", "type": "string"}, {"name": "ship_to", "type": "acme.Address"}]}"#;
+        let (schema, references) = Schema::parse_str_with_list(order, [address]).unwrap();
+        let schema = AvroSchema { id: 3, schema, references };
+        let wire = encode(&schema, br#"{"id": "o", "ship_to": {"city": "Oslo"}}"#).unwrap();
+        let json = to_json(decode(&schema, &wire).unwrap()).unwrap();
+        assert_eq!(json, br#"{"id":"o","ship_to":{"city":"Oslo"}}"#);
+    }
+}

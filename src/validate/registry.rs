@@ -51,15 +51,18 @@ pub enum RegistryError {
 pub struct AvroSchema {
     pub id: u32,
     pub schema: Schema,
-    /// The schemas of its references, for names the main schema uses.
+    /// The schemas of its references, for names the main schema uses; each after those it
+    /// uses.
     pub references: Vec<Schema>,
 }
 
 impl AvroSchema {
-    /// Every schema that may define a name the main schema uses, itself first.
+    /// Every schema that may define a name the main schema uses, each after those it
+    /// uses, the main schema last.
     pub fn schemata(&self) -> Vec<&Schema> {
-        std::iter::once(&self.schema)
-            .chain(&self.references)
+        self.references
+            .iter()
+            .chain(std::iter::once(&self.schema))
             .collect()
     }
 }
@@ -200,23 +203,49 @@ impl Registry {
                 )));
             }
         }
-        let mut texts = Vec::new();
-        let mut pending: Vec<(Reference, usize)> =
-            answer.references.into_iter().map(|r| (r, 1)).collect();
-        let mut seen = std::collections::HashSet::new();
+        // Every reference, fetched once, with the references it has in turn...
+        type Key = (String, i64);
+        let key = |r: &Reference| (r.subject.clone(), r.version);
+        let roots: Vec<Key> = answer.references.iter().map(key).collect();
+        let mut fetched: HashMap<Key, (String, Vec<Key>)> = HashMap::new();
+        let mut pending: Vec<(Key, usize)> = roots.iter().map(|k| (k.clone(), 1)).collect();
         while let Some((reference, depth)) = pending.pop() {
             if depth > MAX_REFERENCE_DEPTH {
                 return Err(RegistryError::Unknown(format!(
                     "schema {id} has references nested deeper than {MAX_REFERENCE_DEPTH}"
                 )));
             }
-            if !seen.insert((reference.subject.clone(), reference.version)) {
+            if fetched.contains_key(&reference) {
                 continue;
             }
-            let path = subject_path(&reference.subject, &reference.version.to_string());
+            let path = subject_path(&reference.0, &reference.1.to_string());
             let found: SchemaAnswer = self.get(&path).await?;
-            pending.extend(found.references.into_iter().map(|r| (r, depth + 1)));
-            texts.push(found.schema);
+            let children: Vec<Key> = found.references.iter().map(key).collect();
+            pending.extend(children.iter().map(|k| (k.clone(), depth + 1)));
+            fetched.insert(reference, (found.schema, children));
+        }
+        // ...in an order where each comes after those it uses, as the Avro library needs.
+        let mut texts = Vec::new();
+        let mut placed = std::collections::HashSet::new();
+        // Expanded already: a cycle (which Avro names cannot express) is not followed again.
+        let mut expanded = std::collections::HashSet::new();
+        let mut stack: Vec<(Key, bool)> = roots.into_iter().rev().map(|k| (k, false)).collect();
+        while let Some((reference, children_done)) = stack.pop() {
+            if children_done {
+                if placed.insert(reference.clone()) {
+                    texts.push(fetched[&reference].0.clone());
+                }
+                continue;
+            }
+            if placed.contains(&reference) || !expanded.insert(reference.clone()) {
+                continue;
+            }
+            stack.push((reference.clone(), true));
+            for child in fetched[&reference].1.iter().rev() {
+                if !placed.contains(child) {
+                    stack.push((child.clone(), false));
+                }
+            }
         }
         let (schema, references) = Schema::parse_str_with_list(&answer.schema, &texts)
             .map_err(|e| RegistryError::Unknown(format!("schema {id} is not valid Avro: {e}")))?;
