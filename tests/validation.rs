@@ -37,7 +37,8 @@ const ORDER_AVRO: &str = r#"{"type": "record", "name": "Order", "namespace": "ac
   {"name": "ship_to", "type": "acme.Address"},
   {"name": "note", "type": ["null", "string"], "default": null}
 ]}"#;
-const ORDER_RECORD: &str = r#"{"id": "o-1", "qty": 2, "ship_to": {"city": "Oslo"}, "note": "gift"}"#;
+const ORDER_RECORD: &str =
+    r#"{"id": "o-1", "qty": 2, "ship_to": {"city": "Oslo"}, "note": "gift"}"#;
 
 /// The reply a service gives, and its Avro schema.
 const RECEIPT_AVRO: &str = r#"{"type": "record", "name": "Receipt", "namespace": "acme",
@@ -63,7 +64,11 @@ impl Orders {
         let address_subject = unique(&format!("address-{tag}-"));
         registry.register(&address_subject, ADDRESS_AVRO, &[]);
         let subject = unique(&format!("orders-{tag}-"));
-        let id = registry.register(&subject, ORDER_AVRO, &[("acme.Address", &address_subject, 1)]);
+        let id = registry.register(
+            &subject,
+            ORDER_AVRO,
+            &[("acme.Address", &address_subject, 1)],
+        );
         Self {
             registry,
             subject,
@@ -82,7 +87,8 @@ impl Orders {
         let address_subject = unique("address-again-");
         self.registry.register(&address_subject, ADDRESS_AVRO, &[]);
         let references = [("acme.Address", address_subject.as_str(), 1)];
-        self.registry.register(&self.subject, ORDER_AVRO, &references)
+        self.registry
+            .register(&self.subject, ORDER_AVRO, &references)
     }
 }
 
@@ -90,7 +96,12 @@ fn core_route(name: &str, subject: &str, extra: &str) -> String {
     format!("[[routes]]\nname = \"{name}\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/orders\"\n{extra}\n")
 }
 
-async fn request(client: &async_nats::Client, subject: &str, headers: HeaderMap, body: Vec<u8>) -> async_nats::Message {
+async fn request(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> async_nats::Message {
     tokio::time::timeout(
         Duration::from_secs(10),
         client.request_with_headers(subject.to_string(), headers, Bytes::from(body)),
@@ -139,35 +150,74 @@ async fn core_nats_json_schema_passes_valid_requests_unchanged_and_answers_inval
     assert_eq!(upstream.seen()[0].body.as_ref(), valid.as_slice());
 
     // Invalid: 400, the violations listed, the service never called.
-    let reply = request(&client, &subject, json_headers(), br#"{"id": 7, "qty": 0}"#.to_vec()).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
-    assert_eq!(header(&reply, "Ricochet-Error").as_deref(), Some("validation"));
+    let reply = request(
+        &client,
+        &subject,
+        json_headers(),
+        br#"{"id": 7, "qty": 0}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
+    assert_eq!(
+        header(&reply, "Ricochet-Error").as_deref(),
+        Some("validation")
+    );
     let answer = body(&reply);
     assert_eq!(answer["code"], 400);
-    assert_eq!(answer["error"], "the message does not match the schema (2 violations)");
+    assert_eq!(
+        answer["error"],
+        "the message does not match the schema (2 violations)"
+    );
     let violations = answer["violations"].as_array().unwrap();
-    let at = |path: &str| violations.iter().find(|v| v["instance_path"] == path).cloned();
+    let at = |path: &str| {
+        violations
+            .iter()
+            .find(|v| v["instance_path"] == path)
+            .cloned()
+    };
     let id = at("/id").expect("a violation at /id");
     assert_eq!(id["schema_path"], "/properties/id/type");
     assert!(id["message"].as_str().unwrap().contains("string"), "{id}");
-    assert_eq!(at("/qty").unwrap()["schema_path"], "/properties/qty/minimum");
+    assert_eq!(
+        at("/qty").unwrap()["schema_path"],
+        "/properties/qty/minimum"
+    );
 
     // Not JSON, the wrong content type, too many headers: refused the same way.
     let reply = request(&client, &subject, json_headers(), b"{\"id\":".to_vec()).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
     let mut xml = HeaderMap::new();
     xml.insert("Content-Type", "application/xml");
     let reply = request(&client, &subject, xml, valid.clone()).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
-    assert!(body(&reply)["error"].as_str().unwrap().contains("application/xml"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
+    assert!(body(&reply)["error"]
+        .as_str()
+        .unwrap()
+        .contains("application/xml"));
     let mut many = json_headers();
     for n in 0..10 {
         many.insert(format!("x-h{n}").as_str(), "v");
     }
     let reply = request(&client, &subject, many, valid.clone()).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
 
-    assert_eq!(upstream.calls(), 1, "only the valid request reached the service");
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "only the valid request reached the service"
+    );
     let metrics = ricochet.metrics().await;
     assert_eq!(validation_failures(&metrics, "schema"), 1.0);
     assert_eq!(validation_failures(&metrics, "decode"), 1.0);
@@ -187,14 +237,23 @@ async fn core_nats_avro_is_decoded_to_json_and_unknown_or_unreachable_schemas_ar
         core_route(
             "avro",
             &subject,
-            &format!("[routes.validate]\nformat = \"avro\"\nsubject = \"{}\"\ndecode = \"json\"", orders.subject),
+            &format!(
+                "[routes.validate]\nformat = \"avro\"\nsubject = \"{}\"\ndecode = \"json\"",
+                orders.subject
+            ),
         )
     );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &extra), admin).await;
     let client = nats().await;
 
     // Valid, written by fastavro: the service gets the record as JSON.
-    let reply = request(&client, &subject, HeaderMap::new(), orders.message(orders.id, ORDER_RECORD)).await;
+    let reply = request(
+        &client,
+        &subject,
+        HeaderMap::new(),
+        orders.message(orders.id, ORDER_RECORD),
+    )
+    .await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
     let seen = upstream.seen();
     assert_eq!(seen[0].headers["content-type"], "application/json");
@@ -202,36 +261,76 @@ async fn core_nats_avro_is_decoded_to_json_and_unknown_or_unreachable_schemas_ar
     assert_eq!(record, serde_json::from_str::<Value>(ORDER_RECORD).unwrap());
 
     // An id the registry does not know, and one of another subject: 400, permanent.
-    let reply = request(&client, &subject, HeaderMap::new(), orders.message(9999, ORDER_RECORD)).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
-    assert!(body(&reply)["error"].as_str().unwrap().contains("9999"), "{}", body(&reply));
-    let other = orders.registry.register(&unique("other-"), ADDRESS_AVRO, &[]);
+    let reply = request(
+        &client,
+        &subject,
+        HeaderMap::new(),
+        orders.message(9999, ORDER_RECORD),
+    )
+    .await;
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
+    assert!(
+        body(&reply)["error"].as_str().unwrap().contains("9999"),
+        "{}",
+        body(&reply)
+    );
+    let other = orders
+        .registry
+        .register(&unique("other-"), ADDRESS_AVRO, &[]);
     let address = fastavro::encode(ADDRESS_AVRO, &[], other, r#"{"city": "Bergen"}"#);
     let reply = request(&client, &subject, HeaderMap::new(), address).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
-    assert!(body(&reply)["error"].as_str().unwrap().contains("not a version of subject"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
+    assert!(body(&reply)["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a version of subject"));
 
     // Bytes that are not the record: 400 as well.
     let mut broken = orders.message(orders.id, ORDER_RECORD);
     broken.truncate(9);
     let reply = request(&client, &subject, HeaderMap::new(), broken).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
 
     // The registry down with a schema not yet cached: 503, nothing let through; back: 200.
     let fresh = orders.new_version();
     orders.registry.set_down(true);
     let message = orders.message(fresh, ORDER_RECORD);
     let reply = request(&client, &subject, HeaderMap::new(), message.clone()).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("503"));
-    assert_eq!(header(&reply, "Ricochet-Error").as_deref(), Some("registry_unavailable"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("503")
+    );
+    assert_eq!(
+        header(&reply, "Ricochet-Error").as_deref(),
+        Some("registry_unavailable")
+    );
     // The cached schema still serves while the registry is down.
-    let cached = request(&client, &subject, HeaderMap::new(), orders.message(orders.id, ORDER_RECORD)).await;
+    let cached = request(
+        &client,
+        &subject,
+        HeaderMap::new(),
+        orders.message(orders.id, ORDER_RECORD),
+    )
+    .await;
     assert_eq!(header(&cached, "Ricochet-Status").as_deref(), Some("200"));
     orders.registry.set_down(false);
     let reply = request(&client, &subject, HeaderMap::new(), message).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
 
-    assert_eq!(upstream.calls(), 3, "only the valid requests reached the service");
+    assert_eq!(
+        upstream.calls(),
+        3,
+        "only the valid requests reached the service"
+    );
     let metrics = ricochet.metrics().await;
     assert_eq!(validation_failures(&metrics, "unknown_schema"), 2.0);
     assert_eq!(validation_failures(&metrics, "decode"), 1.0);
@@ -248,7 +347,11 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
     );
     let registry = SchemaRegistry::start().await;
     let receipts = unique("receipts-");
-    registry.register(&receipts, r#"{"type": "record", "name": "Old", "fields": []}"#, &[]);
+    registry.register(
+        &receipts,
+        r#"{"type": "record", "name": "Old", "fields": []}"#,
+        &[],
+    );
     let receipt_id = registry.register(&receipts, RECEIPT_AVRO, &[]);
     // The service's answer depends on what it is asked.
     let upstream = Upstream::start(|seen| async move {
@@ -258,7 +361,9 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
         };
         http::Response::builder()
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from_static(answer.as_bytes())))
+            .body(http_body_util::Full::new(Bytes::from_static(
+                answer.as_bytes(),
+            )))
             .unwrap()
     })
     .await;
@@ -270,7 +375,10 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
         core_route(
             "checked",
             &checked,
-            &format!("[routes.validate.response]\nformat = \"json_schema\"\nschema = \"{}\"", receipt_schema.display()),
+            &format!(
+                "[routes.validate.response]\nformat = \"json_schema\"\nschema = \"{}\"",
+                receipt_schema.display()
+            ),
         ),
         core_route(
             "encoded",
@@ -285,27 +393,46 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
     let good = request(&client, &checked, HeaderMap::new(), b"good".to_vec()).await;
     assert_eq!(header(&good, "Ricochet-Status").as_deref(), Some("200"));
     let bad = request(&client, &checked, HeaderMap::new(), b"bad".to_vec()).await;
-    assert_eq!(header(&bad, "Nats-Service-Error-Code").as_deref(), Some("502"));
-    assert_eq!(header(&bad, "Ricochet-Error").as_deref(), Some("invalid_response"));
+    assert_eq!(
+        header(&bad, "Nats-Service-Error-Code").as_deref(),
+        Some("502")
+    );
+    assert_eq!(
+        header(&bad, "Ricochet-Error").as_deref(),
+        Some("invalid_response")
+    );
     let answer = body(&bad);
     assert_eq!(answer["violations"][0]["instance_path"], "/total");
-    assert!(answer["error"].as_str().unwrap().contains("the service's response"));
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("the service's response"));
 
     // Encoded with the subject's latest version; fastavro reads it back.
     let reply = request(&client, &encoded, HeaderMap::new(), b"good".to_vec()).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
-    assert_eq!(header(&reply, "content-type").as_deref(), Some("avro/binary"));
+    assert_eq!(
+        header(&reply, "content-type").as_deref(),
+        Some("avro/binary")
+    );
     let (id, record) = fastavro::decode(RECEIPT_AVRO, &[], &reply.payload);
     assert_eq!(id, receipt_id);
     assert_eq!(record, json!({"order": "o-1", "total": 1250}));
     // JSON that does not fit the schema cannot be encoded: 502 too.
     let reply = request(&client, &encoded, HeaderMap::new(), b"bad".to_vec()).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("502"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("502")
+    );
 
     let metrics = ricochet.metrics().await;
     assert_eq!(validation_failures(&metrics, "schema"), 2.0);
     assert_eq!(
-        metric(&metrics, "ricochet_errors_total", &["kind=\"invalid_response\""]),
+        metric(
+            &metrics,
+            "ricochet_errors_total",
+            &["kind=\"invalid_response\""]
+        ),
         2.0
     );
 }
@@ -340,7 +467,11 @@ impl TestStream {
         headers.insert("reply-to", format!("{}.replies", self.prefix).as_str());
         headers.insert("correlation-id", id);
         self.js
-            .publish_with_headers(format!("{}.req.{id}", self.prefix), headers, Bytes::from(payload))
+            .publish_with_headers(
+                format!("{}.req.{id}", self.prefix),
+                headers,
+                Bytes::from(payload),
+            )
             .await
             .unwrap()
             .await
@@ -349,7 +480,10 @@ impl TestStream {
 
     async fn subscribe(&self, what: &str) -> async_nats::Subscriber {
         let client = nats().await;
-        let sub = client.subscribe(format!("{}.{what}", self.prefix)).await.unwrap();
+        let sub = client
+            .subscribe(format!("{}.{what}", self.prefix))
+            .await
+            .unwrap();
         client.flush().await.unwrap();
         sub
     }
@@ -399,32 +533,61 @@ async fn jetstream_dead_letters_an_invalid_request_at_once_with_its_violations()
     let mut replies = stream.subscribe("replies").await;
     let mut dlq = stream.subscribe("dlq").await;
     let upstream = Upstream::echo().await;
-    let validate = format!("[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"", schema.display());
+    let validate = format!(
+        "[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"",
+        schema.display()
+    );
     let admin = free_port();
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &stream.route(&validate)), admin).await;
+    let ricochet = Ricochet::start(
+        &config(&upstream.base_url(), admin, &stream.route(&validate)),
+        admin,
+    )
+    .await;
 
-    stream.publish("bad", br#"{"id": "o-1", "qty": -1}"#.to_vec()).await;
+    stream
+        .publish("bad", br#"{"id": "o-1", "qty": -1}"#.to_vec())
+        .await;
     let letter = next(&mut dlq).await;
     assert_eq!(letter.payload.as_ref(), br#"{"id": "o-1", "qty": -1}"#);
-    assert_eq!(header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(), Some("validation"));
-    assert_eq!(header(&letter, "Ricochet-Last-Status").as_deref(), Some("400"));
-    assert_eq!(header(&letter, "Ricochet-Delivery-Count").as_deref(), Some("1"));
+    assert_eq!(
+        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("validation")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Last-Status").as_deref(),
+        Some("400")
+    );
+    assert_eq!(
+        header(&letter, "Ricochet-Delivery-Count").as_deref(),
+        Some("1")
+    );
     let detail = header(&letter, "Ricochet-Dead-Letter-Detail").unwrap();
     assert!(detail.starts_with("/qty: "), "{detail}");
     let reply = next(&mut replies).await;
-    assert_eq!(header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("400")
+    );
     assert_eq!(header(&reply, "correlation-id").as_deref(), Some("bad"));
     assert_eq!(body(&reply)["violations"][0]["instance_path"], "/qty");
 
     // A valid one after it passes unchanged; the invalid one never came again.
-    stream.publish("good", br#"{"id": "o-2", "qty": 1}"#.to_vec()).await;
+    stream
+        .publish("good", br#"{"id": "o-2", "qty": 1}"#.to_vec())
+        .await;
     let reply = next(&mut replies).await;
     assert_eq!(header(&reply, "correlation-id").as_deref(), Some("good"));
     assert_eq!(reply.payload.as_ref(), br#"{"id": "o-2", "qty": 1}"#);
     assert_eq!(upstream.calls(), 1);
     let metrics = ricochet.metrics().await;
-    assert_eq!(metric(&metrics, "ricochet_settlements_total", &["action=\"term\""]), 1.0);
-    assert_eq!(metric(&metrics, "ricochet_settlements_total", &["action=\"nak\""]), 0.0);
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"term\""]),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "ricochet_settlements_total", &["action=\"nak\""]),
+        0.0
+    );
     assert_eq!(validation_failures(&metrics, "schema"), 1.0);
     stream.delete().await;
 }
@@ -436,7 +599,10 @@ async fn jetstream_waits_out_a_registry_outage_and_loses_no_message() {
     let mut replies = stream.subscribe("replies").await;
     let mut dlq = stream.subscribe("dlq").await;
     let upstream = Upstream::echo().await;
-    let validate = format!("[routes.validate]\nformat = \"avro\"\nsubject = \"{}\"", orders.subject);
+    let validate = format!(
+        "[routes.validate]\nformat = \"avro\"\nsubject = \"{}\"",
+        orders.subject
+    );
     let admin = free_port();
     let routes = format!("{}\n{}", orders.registry.config(), stream.route(&validate));
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
@@ -454,7 +620,11 @@ async fn jetstream_waits_out_a_registry_outage_and_loses_no_message() {
         holds(naks >= 6.0, format!("{naks} naks"))
     })
     .await;
-    assert_eq!(upstream.calls(), 0, "nothing unvalidated reached the service");
+    assert_eq!(
+        upstream.calls(),
+        0,
+        "nothing unvalidated reached the service"
+    );
 
     orders.registry.set_down(false);
     let mut answered = Vec::new();
@@ -466,13 +636,23 @@ async fn jetstream_waits_out_a_registry_outage_and_loses_no_message() {
     answered.sort();
     let mut expected = messages.clone();
     expected.sort();
-    assert_eq!(answered, expected, "every message, unchanged (Avro, not decoded)");
+    assert_eq!(
+        answered, expected,
+        "every message, unchanged (Avro, not decoded)"
+    );
 
     // An unknown id is permanent: dead-lettered at once with reason validation.
-    stream.publish("unknown", orders.message(4242, ORDER_RECORD)).await;
+    stream
+        .publish("unknown", orders.message(4242, ORDER_RECORD))
+        .await;
     let letter = next(&mut dlq).await;
-    assert_eq!(header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(), Some("validation"));
-    assert!(header(&letter, "Ricochet-Dead-Letter-Detail").unwrap().contains("4242"));
+    assert_eq!(
+        header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("validation")
+    );
+    assert!(header(&letter, "Ricochet-Dead-Letter-Detail")
+        .unwrap()
+        .contains("4242"));
     assert_eq!(upstream.calls(), 3);
     stream.delete().await;
 }
@@ -491,7 +671,8 @@ mod kafka_source {
         let dead = kafka::topic("kvaldead", 1).await;
         let upstream = Upstream::start(|seen| async move {
             let order: Value = serde_json::from_slice(&seen.body).unwrap_or_default();
-            let answer = json!({"order": order["id"], "total": order["qty"].as_i64().unwrap_or(0) * 100});
+            let answer =
+                json!({"order": order["id"], "total": order["qty"].as_i64().unwrap_or(0) * 100});
             http::Response::builder()
                 .header("content-type", "application/json")
                 .body(http_body_util::Full::new(Bytes::from(answer.to_string())))
@@ -522,24 +703,59 @@ mod kafka_source {
 
         // Valid: decoded for the service, its JSON answer encoded back as Avro.
         let valid = orders.message(orders.id, ORDER_RECORD);
-        produce(&producer, &requests, Some("k1"), &[("correlation-id", "c1")], &valid).await;
+        produce(
+            &producer,
+            &requests,
+            Some("k1"),
+            &[("correlation-id", "c1")],
+            &valid,
+        )
+        .await;
         let reply = kafka::next(&reply_reader, WAIT).await;
         use rdkafka::Message;
-        assert_eq!(kafka::header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+        assert_eq!(
+            kafka::header(&reply, "Ricochet-Status").as_deref(),
+            Some("200")
+        );
         let (id, record) = fastavro::decode(RECEIPT_AVRO, &[], reply.payload().unwrap());
         assert_eq!(id, receipt_id);
         assert_eq!(record, json!({"order": "o-1", "total": 200}));
 
         // Unknown schema: a 400 reply, a dead letter saying validation, no call.
-        produce(&producer, &requests, Some("k2"), &[("correlation-id", "c2")], &orders.message(777, ORDER_RECORD)).await;
+        produce(
+            &producer,
+            &requests,
+            Some("k2"),
+            &[("correlation-id", "c2")],
+            &orders.message(777, ORDER_RECORD),
+        )
+        .await;
         let reply = kafka::next(&reply_reader, WAIT).await;
-        assert_eq!(kafka::header(&reply, "Ricochet-Status").as_deref(), Some("400"));
-        assert_eq!(kafka::header(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
-        assert_eq!(kafka::header(&reply, "correlation-id").as_deref(), Some("c2"));
+        assert_eq!(
+            kafka::header(&reply, "Ricochet-Status").as_deref(),
+            Some("400")
+        );
+        assert_eq!(
+            kafka::header(&reply, "Nats-Service-Error-Code").as_deref(),
+            Some("400")
+        );
+        assert_eq!(
+            kafka::header(&reply, "correlation-id").as_deref(),
+            Some("c2")
+        );
         let answer: Value = serde_json::from_slice(reply.payload().unwrap()).unwrap();
-        assert!(answer["violations"][0]["message"].as_str().unwrap().contains("777"), "{answer}");
+        assert!(
+            answer["violations"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("777"),
+            "{answer}"
+        );
         let letter = kafka::next(&kafka::consumer(&dead), WAIT).await;
-        assert_eq!(kafka::header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(), Some("validation"));
+        assert_eq!(
+            kafka::header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+            Some("validation")
+        );
         assert_eq!(kafka::key(&letter).as_deref(), Some("k2"));
         assert_eq!(upstream.calls(), 1);
 
@@ -547,18 +763,35 @@ mod kafka_source {
         let fresh = orders.new_version();
         orders.registry.set_down(true);
         let later = orders.message(fresh, &ORDER_RECORD.replace("\"qty\": 2", "\"qty\": 5"));
-        produce(&producer, &requests, Some("k3"), &[("correlation-id", "c3")], &later).await;
+        produce(
+            &producer,
+            &requests,
+            Some("k3"),
+            &[("correlation-id", "c3")],
+            &later,
+        )
+        .await;
         eventually(WAIT, "local retries while the registry is down", || async {
             let metrics = ricochet.metrics().await;
             let failures = validation_failures(&metrics, "registry_unavailable");
             holds(failures >= 2.0, failures)
         })
         .await;
-        assert_eq!(upstream.calls(), 1, "nothing unvalidated reached the service");
+        assert_eq!(
+            upstream.calls(),
+            1,
+            "nothing unvalidated reached the service"
+        );
         orders.registry.set_down(false);
         let reply = kafka::next(&reply_reader, WAIT).await;
-        assert_eq!(kafka::header(&reply, "correlation-id").as_deref(), Some("c3"));
-        assert_eq!(kafka::header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+        assert_eq!(
+            kafka::header(&reply, "correlation-id").as_deref(),
+            Some("c3")
+        );
+        assert_eq!(
+            kafka::header(&reply, "Ricochet-Status").as_deref(),
+            Some("200")
+        );
         let (_, record) = fastavro::decode(RECEIPT_AVRO, &[], reply.payload().unwrap());
         assert_eq!(record, json!({"order": "o-1", "total": 500}));
         assert_eq!(upstream.calls(), 2);

@@ -285,7 +285,10 @@ pub struct SchemaRegistryConfig {
     pub timeout: Duration,
     /// How long the latest version of a subject (for encoding replies) is used before it is
     /// asked for again. Schemas by id are cached for good: an id never changes its schema.
-    #[serde(default = "defaults::registry_latest_refresh", with = "humantime_serde")]
+    #[serde(
+        default = "defaults::registry_latest_refresh",
+        with = "humantime_serde"
+    )]
     pub latest_refresh: Duration,
 }
 

@@ -106,7 +106,10 @@ fn request(validate: &ValidateConfig, push: &mut impl FnMut(&str, String)) {
         push("validate.max_headers", "must be at least 1".into());
     }
     if validate.max_header_bytes.is_some_and(|b| b.bytes() == 0) {
-        push("validate.max_header_bytes", "must be greater than zero".into());
+        push(
+            "validate.max_header_bytes",
+            "must be greater than zero".into(),
+        );
     }
 }
 
@@ -119,7 +122,10 @@ pub(super) fn compile(index: usize, route: &mut RouteConfig) -> Vec<ConfigError>
     let mut load = |key: &str, path: &std::path::Path| match JsonSchema::load(path) {
         Ok(schema) => Some(schema),
         Err(e) => {
-            errors.push(ConfigError::new(format!("routes[{index}].{key}"), e.to_string()));
+            errors.push(ConfigError::new(
+                format!("routes[{index}].{key}"),
+                e.to_string(),
+            ));
             None
         }
     };
@@ -182,7 +188,7 @@ fn check_url(url: &str) -> Result<(), String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{shown:?} has no host"));
     }
-    if !uri.authority().is_some_and(|a| !a.as_str().contains('@')) {
+    if uri.authority().is_none_or(|a| a.as_str().contains('@')) {
         return Err("credentials in the URL are not supported".into());
     }
     if uri.query().is_some() {

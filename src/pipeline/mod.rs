@@ -30,12 +30,12 @@ use crate::invoke::{Class, Failure, InvokeError, RouteInvoker, Upstream};
 use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
 use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::DeadLetter;
-use crate::telemetry::metrics::ValidationFailure;
-use crate::validate::registry::Registry;
-use crate::validate::{Invalid, Passed, Rules, AVRO};
 use crate::route::{Captures, Pattern};
 use crate::source::{Inbound, Settle, Undelivered};
+use crate::telemetry::metrics::ValidationFailure;
 use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
+use crate::validate::registry::Registry;
+use crate::validate::{Invalid, Passed, Rules, AVRO};
 
 /// A configured route, ready to serve.
 #[derive(Debug)]
@@ -428,7 +428,8 @@ impl Pipeline {
                     Err(invalid) => {
                         warn!(route = %route.name, %method, kind = invalid.kind.as_str(), detail = %invalid.detail, "the service's response does not pass the route's response rules");
                         let mut refused = self.refuse_invalid(route, &invalid, true);
-                        refused.reply = (refused.reply).with_header(ATTEMPTS_HEADER, attempts.to_string());
+                        refused.reply =
+                            (refused.reply).with_header(ATTEMPTS_HEADER, attempts.to_string());
                         return refused;
                     }
                 }

@@ -464,7 +464,11 @@ async fn an_invalid_request_is_answered_400_and_dead_lettered_at_once_with_its_v
     assert_eq!(settled, Settled::Done);
     assert_eq!(
         broker.calls(),
-        ["dead_letter validation 400 1", "reply caller.inbox 400", "term"]
+        [
+            "dead_letter validation 400 1",
+            "reply caller.inbox 400",
+            "term"
+        ]
     );
     let reply = broker.replies.lock().unwrap()[0].clone();
     assert_eq!(reply.header("Ricochet-Error"), Some("validation"));
@@ -476,7 +480,11 @@ async fn an_invalid_request_is_answered_400_and_dead_lettered_at_once_with_its_v
     let counts = Counts::take(&metrics);
     let failures = "ricochet_validation_failures_total";
     assert_eq!(counts.get(failures, &[("kind", "schema")]), 1);
-    assert_eq!(counts.get("ricochet_http_responses_total", &[]), 0, "no call");
+    assert_eq!(
+        counts.get("ricochet_http_responses_total", &[]),
+        0,
+        "no call"
+    );
     // A valid one goes through.
     let broker = Broker::default();
     deliver(&pipeline, &broker, &message(br#"{"id": "7"}"#, 1)).await;

@@ -35,16 +35,12 @@ pub fn schema_id(payload: &[u8]) -> Result<u32, AvroError> {
 /// Decodes the record that follows the wire-format header; all bytes must belong to it.
 pub fn decode(schema: &AvroSchema, payload: &[u8]) -> Result<Value, AvroError> {
     let mut body = payload.get(HEADER_LEN..).ok_or(AvroError::NotWireFormat)?;
-    let value = apache_avro::from_avro_datum_schemata(
-        &schema.schema,
-        schema.schemata(),
-        &mut body,
-        None,
-    )
-    .map_err(|e| AvroError::Decode {
-        id: schema.id,
-        error: e.to_string(),
-    })?;
+    let value =
+        apache_avro::from_avro_datum_schemata(&schema.schema, schema.schemata(), &mut body, None)
+            .map_err(|e| AvroError::Decode {
+            id: schema.id,
+            error: e.to_string(),
+        })?;
     if !body.is_empty() {
         return Err(AvroError::Trailing(body.len(), schema.id));
     }
@@ -156,7 +152,11 @@ mod reference_tests {
         let address = r#"{"type": "record", "name": "Address", "namespace": "acme", "fields": [{"name": "city", "type": "string"}]}"#;
         let order = r#"{"type": "record", "name": "Order", "namespace": "acme", "fields": [{"name": "id", "type": "string"}, {"name": "ship_to", "type": "acme.Address"}]}"#;
         let (schema, references) = Schema::parse_str_with_list(order, [address]).unwrap();
-        let schema = AvroSchema { id: 3, schema, references };
+        let schema = AvroSchema {
+            id: 3,
+            schema,
+            references,
+        };
         let wire = encode(&schema, br#"{"id": "o", "ship_to": {"city": "Oslo"}}"#).unwrap();
         let json = to_json(decode(&schema, &wire).unwrap()).unwrap();
         assert_eq!(json, br#"{"id":"o","ship_to":{"city":"Oslo"}}"#);

@@ -125,7 +125,10 @@ mod tests {
         assert!(id.message.contains("string"), "{}", id.message);
         let qty = first.iter().find(|v| v.instance_path == "/qty").unwrap();
         assert_eq!(qty.schema_path, "/properties/qty/minimum");
-        assert!(matches!(order.check(b"{not json"), Err(Mismatch::NotJson(_))));
+        assert!(matches!(
+            order.check(b"{not json"),
+            Err(Mismatch::NotJson(_))
+        ));
     }
 
     #[test]

@@ -104,7 +104,9 @@ impl Invalid {
 
     fn mismatch(mismatch: Mismatch, what: &str) -> Self {
         match mismatch {
-            Mismatch::NotJson(error) => Self::new(Failure::Decode, format!("{what} is not JSON: {error}")),
+            Mismatch::NotJson(error) => {
+                Self::new(Failure::Decode, format!("{what} is not JSON: {error}"))
+            }
             Mismatch::Violations { first, total } => Self {
                 kind: Failure::Schema,
                 detail: format!(
@@ -154,7 +156,10 @@ pub enum Passed {
 enum Body {
     Any,
     Json(JsonSchema),
-    Avro { subject: Option<String>, decode: bool },
+    Avro {
+        subject: Option<String>,
+        decode: bool,
+    },
 }
 
 /// What the service's 2xx body must be, and what becomes of it.
@@ -202,7 +207,9 @@ impl Rules {
         };
         let response = settings.response.as_ref().map(|r| Response {
             check: match r.format {
-                Some(BodyFormat::JsonSchema) => route.schemas.response.clone().map(ResponseCheck::Json),
+                Some(BodyFormat::JsonSchema) => {
+                    route.schemas.response.clone().map(ResponseCheck::Json)
+                }
                 Some(BodyFormat::Avro) => r.subject.clone().map(ResponseCheck::Avro),
                 None => None,
             },
@@ -239,23 +246,33 @@ impl Rules {
                 .map(|()| Passed::AsIs)
                 .map_err(|m| Invalid::mismatch(m, "the message")),
             Body::Avro { subject, decode } => {
-                let value = self.avro(payload, subject.as_deref(), "the message").await?;
+                let value = self
+                    .avro(payload, subject.as_deref(), "the message")
+                    .await?;
                 if !decode {
                     return Ok(Passed::AsIs);
                 }
-                let json = avro::to_json(value).map_err(|e| Invalid::new(Failure::Decode, e.to_string()))?;
+                let json = avro::to_json(value)
+                    .map_err(|e| Invalid::new(Failure::Decode, e.to_string()))?;
                 Ok(Passed::Decoded(Bytes::from(json)))
             }
         }
     }
 
     /// The cheap checks first: header count and size, content type.
-    fn envelope(&self, headers: &[(String, String)], content_type: Option<&str>) -> Result<(), Invalid> {
+    fn envelope(
+        &self,
+        headers: &[(String, String)],
+        content_type: Option<&str>,
+    ) -> Result<(), Invalid> {
         if let Some(max) = self.max_headers {
             if headers.len() > max {
                 return Err(Invalid::new(
                     Failure::Headers,
-                    format!("the message has {} headers; the route allows {max}", headers.len()),
+                    format!(
+                        "the message has {} headers; the route allows {max}",
+                        headers.len()
+                    ),
                 ));
             }
         }
@@ -274,8 +291,14 @@ impl Rules {
                 .is_some_and(|t| self.content_types.iter().any(|a| a.eq_ignore_ascii_case(t)));
             if !allowed {
                 let detail = match content_type {
-                    Some(t) => format!("Content-Type {t:?} is not one the route accepts ({})", self.content_types.join(", ")),
-                    None => format!("the message has no Content-Type; the route accepts {}", self.content_types.join(", ")),
+                    Some(t) => format!(
+                        "Content-Type {t:?} is not one the route accepts ({})",
+                        self.content_types.join(", ")
+                    ),
+                    None => format!(
+                        "the message has no Content-Type; the route accepts {}",
+                        self.content_types.join(", ")
+                    ),
                 };
                 return Err(Invalid::new(Failure::ContentType, detail));
             }
@@ -291,13 +314,19 @@ impl Rules {
         subject: Option<&str>,
         what: &str,
     ) -> Result<apache_avro::types::Value, Invalid> {
-        let id = avro::schema_id(payload).map_err(|e| Invalid::new(Failure::Decode, format!("{what} is {e}")))?;
+        let id = avro::schema_id(payload)
+            .map_err(|e| Invalid::new(Failure::Decode, format!("{what} is {e}")))?;
         let Some(registry) = &self.registry else {
-            return Err(Invalid::registry(RegistryError::Unavailable("none is configured".into())));
+            return Err(Invalid::registry(RegistryError::Unavailable(
+                "none is configured".into(),
+            )));
         };
         let schema = registry.schema(id).await.map_err(Invalid::registry)?;
         if let Some(subject) = subject {
-            let member = registry.in_subject(id, subject).await.map_err(Invalid::registry)?;
+            let member = registry
+                .in_subject(id, subject)
+                .await
+                .map_err(Invalid::registry)?;
             if !member {
                 return Err(Invalid::new(
                     Failure::UnknownSchema,
@@ -305,7 +334,8 @@ impl Rules {
                 ));
             }
         }
-        avro::decode(&schema, payload).map_err(|e| Invalid::new(Failure::Decode, format!("{what}: {e}")))
+        avro::decode(&schema, payload)
+            .map_err(|e| Invalid::new(Failure::Decode, format!("{what}: {e}")))
     }
 
     /// Whether 2xx answers are checked or encoded.
@@ -333,9 +363,14 @@ impl Rules {
             return Ok(None);
         };
         let Some(registry) = &self.registry else {
-            return Err(Invalid::registry(RegistryError::Unavailable("none is configured".into())));
+            return Err(Invalid::registry(RegistryError::Unavailable(
+                "none is configured".into(),
+            )));
         };
-        let schema = registry.version(subject, *version).await.map_err(Invalid::registry)?;
+        let schema = registry
+            .version(subject, *version)
+            .await
+            .map_err(Invalid::registry)?;
         let encoded = avro::encode(&schema, body).map_err(|e| Invalid {
             kind: Failure::Schema,
             detail: format!("{WHAT} cannot be encoded with subject {subject:?}: {e}"),

@@ -175,11 +175,8 @@ impl Registry {
         let id = answer.id.ok_or_else(|| {
             RegistryError::Unknown(format!("the registry's answer for {subject:?} has no id"))
         })?;
-        let schema = match self.by_id.read().expect("registry cache").get(&id) {
-            Some(known) => Some(known.clone()),
-            None => None,
-        };
-        let schema = match schema {
+        let cached = (self.by_id.read().expect("registry cache").get(&id)).cloned();
+        let schema = match cached {
             Some(schema) => schema,
             None => {
                 let parsed = Arc::new(self.parse(id, answer).await?);
@@ -266,7 +263,9 @@ impl Registry {
             })??;
         match status {
             StatusCode::OK => serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::Unknown(format!("the registry's answer to {path} is not understood: {e}"))
+                RegistryError::Unknown(format!(
+                    "the registry's answer to {path} is not understood: {e}"
+                ))
             }),
             StatusCode::NOT_FOUND => Err(RegistryError::Unknown(match path {
                 p if p.starts_with("/schemas/ids/") => {
@@ -275,11 +274,9 @@ impl Registry {
                 }
                 p => format!("{p} is not in the registry"),
             })),
-            status if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
-                Err(RegistryError::Unknown(format!(
-                    "the registry refused {path} with {status}"
-                )))
-            }
+            status if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => Err(
+                RegistryError::Unknown(format!("the registry refused {path} with {status}")),
+            ),
             status => Err(RegistryError::Unavailable(format!(
                 "{path} answered {status}"
             ))),
@@ -291,10 +288,9 @@ impl Registry {
         let stream = TcpStream::connect(&self.address)
             .await
             .map_err(|e| unavailable(&e))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unavailable(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(&e))?;
         tokio::spawn(connection);
         let request = Request::get(target)
             .header(http::header::HOST, &self.host)

@@ -45,12 +45,18 @@ async fn a_json_body_passes_as_is_or_lists_its_violations() {
     assert_eq!(ok, Ok(Passed::AsIs));
     let invalid = (rules.request(&[], None, br#"{"qty": 0}"#).await).unwrap_err();
     assert_eq!(invalid.kind, Failure::Schema);
-    assert_eq!(invalid.detail, "the message does not match the schema (2 violations)");
+    assert_eq!(
+        invalid.detail,
+        "the message does not match the schema (2 violations)"
+    );
     let paths: Vec<_> = (invalid.violations.iter())
         .map(|v| (v.instance_path.as_str(), v.schema_path.as_str()))
         .collect();
     assert!(paths.contains(&("", "/required")), "{paths:?}");
-    assert!(paths.contains(&("/qty", "/properties/qty/minimum")), "{paths:?}");
+    assert!(
+        paths.contains(&("/qty", "/properties/qty/minimum")),
+        "{paths:?}"
+    );
     let not_json = (rules.request(&[], None, b"<order/>").await).unwrap_err();
     assert_eq!(not_json.kind, Failure::Decode);
 }
@@ -60,7 +66,10 @@ async fn content_types_outside_the_allow_list_are_refused() {
     let rules = rules("content_types = [\"application/json\"]");
     let with = |t: &'static str| rules.request(&[], Some(t), b"{}");
     assert_eq!(with("application/json").await, Ok(Passed::AsIs));
-    assert_eq!(with("Application/JSON; charset=utf-8").await, Ok(Passed::AsIs));
+    assert_eq!(
+        with("Application/JSON; charset=utf-8").await,
+        Ok(Passed::AsIs)
+    );
     let refused = with("text/xml").await.unwrap_err();
     assert_eq!(refused.kind, Failure::ContentType);
     assert!(refused.detail.contains("text/xml"), "{}", refused.detail);

@@ -80,7 +80,10 @@ impl SchemaRegistry {
 
     /// The config section pointing ricochet at this registry.
     pub fn config(&self) -> String {
-        format!("[schema_registry]\nurl = \"{}\"\ntimeout = \"1s\"\n", self.url())
+        format!(
+            "[schema_registry]\nurl = \"{}\"\ntimeout = \"1s\"\n",
+            self.url()
+        )
     }
 
     /// Registers `schema` as the next version of `subject`, with references given as
@@ -114,7 +117,10 @@ fn answer(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !accept.contains("application/vnd.schemaregistry.v1+json") {
-        return reply(StatusCode::NOT_ACCEPTABLE, json!({"error_code": 406, "message": "Not Acceptable"}));
+        return reply(
+            StatusCode::NOT_ACCEPTABLE,
+            json!({"error_code": 406, "message": "Not Acceptable"}),
+        );
     }
     let state = state.lock().unwrap();
     let path = req.uri().path().to_string();
@@ -128,7 +134,10 @@ fn answer(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>
         body
     };
     let not_found = |code: u32, message: &str| {
-        reply(StatusCode::NOT_FOUND, json!({"error_code": code, "message": message}))
+        reply(
+            StatusCode::NOT_FOUND,
+            json!({"error_code": code, "message": message}),
+        )
     };
     match segments.as_slice() {
         ["schemas", "ids", id] | ["schemas", "ids", id, "versions"] => {
