@@ -277,6 +277,13 @@ async fn core_nats_avro_is_decoded_to_json_and_unknown_or_unreachable_schemas_ar
         "{}",
         body(&reply)
     );
+    // Asked once: the same bogus id again is answered without the registry.
+    let asked = orders.registry.answered();
+    let again = orders.message(9999, ORDER_RECORD);
+    let again = request(&client, &subject, HeaderMap::new(), again).await;
+    let code = header(&again, "Nats-Service-Error-Code");
+    assert_eq!(code.as_deref(), Some("400"));
+    assert_eq!(orders.registry.answered(), asked);
     let other = orders
         .registry
         .register(&unique("other-"), ADDRESS_AVRO, &[]);
@@ -332,7 +339,7 @@ async fn core_nats_avro_is_decoded_to_json_and_unknown_or_unreachable_schemas_ar
         "only the valid requests reached the service"
     );
     let metrics = ricochet.metrics().await;
-    assert_eq!(validation_failures(&metrics, "unknown_schema"), 2.0);
+    assert_eq!(validation_failures(&metrics, "unknown_schema"), 3.0);
     assert_eq!(validation_failures(&metrics, "decode"), 1.0);
     assert_eq!(validation_failures(&metrics, "registry_unavailable"), 1.0);
 }

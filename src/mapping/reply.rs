@@ -222,6 +222,26 @@ mod tests {
     }
 
     #[test]
+    fn validation_errors_list_their_violations() {
+        let violations = [Violation::new(
+            "/qty",
+            "/properties/qty/minimum",
+            "0 is less than 1",
+        )];
+        let reply = Reply::invalid(ErrorKind::Validation, "2 violations", &violations);
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply.header(ERROR_KIND_HEADER), Some("validation"));
+        assert_eq!(reply.header(SERVICE_ERROR_CODE_HEADER), Some("400"));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "2 violations", "code": 400, "violations": [
+                {"instance_path": "/qty", "schema_path": "/properties/qty/minimum", "message": "0 is less than 1"}
+            ]})
+        );
+    }
+
+    #[test]
     fn own_errors_have_json_bodies() {
         let reply = Reply::error(ErrorKind::Timeout, "upstream did not answer within 5s\n");
         assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);

@@ -72,7 +72,8 @@ fn bounded(text: &str) -> String {
 }
 
 /// Why a message (or a reply) did not pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
 pub struct Invalid {
     pub kind: Failure,
     /// For the caller: what was wrong, in one sentence (no secrets).

@@ -9,7 +9,8 @@
 //! - `GET /subjects/{subject}/versions/{version|latest}`: `{"id", "schema", "references"?}`,
 //!   for references and for encoding replies.
 //!
-//! A 404 (or a schema that does not parse) is [`RegistryError::Unknown`]: permanent. Anything
+//! A 404 (or a schema that does not parse) is [`RegistryError::Unknown`]: permanent, and
+//! remembered for `latest_refresh` so that bogus ids do not each cost a request. Anything
 //! else that prevents an answer (no connection, a timeout, a 5xx) is
 //! [`RegistryError::Unavailable`]: retryable, and never a reason to let a message through.
 //! Each fetch opens its own connection: fetches are rare, the cache answers the rest.
@@ -81,7 +82,14 @@ pub struct Registry {
     membership: RwLock<HashMap<(String, u32), bool>>,
     /// subject -> latest schema and when it was fetched.
     latest: RwLock<HashMap<String, (Arc<AvroSchema>, Instant)>>,
+    /// Ids the registry did not know, and when it said so: a stream of messages with a bogus
+    /// id is answered from here for `latest_refresh` instead of asking the registry each time
+    /// (an id may be registered later, so not for good).
+    unknown: RwLock<HashMap<u32, (RegistryError, Instant)>>,
 }
+
+/// Unknown ids remembered at most; past it the list starts again.
+const MAX_UNKNOWN: usize = 10_000;
 
 #[derive(Deserialize)]
 struct SchemaAnswer {
@@ -124,6 +132,7 @@ impl Registry {
             by_id: RwLock::default(),
             membership: RwLock::default(),
             latest: RwLock::default(),
+            unknown: RwLock::default(),
         }
     }
 
@@ -132,8 +141,27 @@ impl Registry {
         if let Some(found) = self.by_id.read().expect("registry cache").get(&id) {
             return Ok(found.clone());
         }
-        let answer: SchemaAnswer = self.get(&format!("/schemas/ids/{id}")).await?;
-        let schema = Arc::new(self.parse(id, answer).await?);
+        if let Some((error, at)) = self.unknown.read().expect("registry cache").get(&id) {
+            if at.elapsed() < self.latest_refresh {
+                return Err(error.clone());
+            }
+        }
+        let parsed = match self.get(&format!("/schemas/ids/{id}")).await {
+            Ok(answer) => self.parse(id, answer).await,
+            Err(e) => Err(e),
+        };
+        let schema = match parsed {
+            Ok(schema) => Arc::new(schema),
+            Err(e @ RegistryError::Unknown(_)) => {
+                let mut unknown = self.unknown.write().expect("registry cache");
+                if unknown.len() >= MAX_UNKNOWN {
+                    unknown.clear();
+                }
+                unknown.insert(id, (e.clone(), Instant::now()));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         (self.by_id.write().expect("registry cache")).insert(id, schema.clone());
         Ok(schema)
     }
