@@ -408,6 +408,9 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
         header(&bad, "Ricochet-Error").as_deref(),
         Some("invalid_response")
     );
+    let attempts = bad.headers.as_ref().unwrap().get_all("Ricochet-Attempts");
+    let attempts: Vec<_> = attempts.map(|v| v.as_str().to_string()).collect();
+    assert_eq!(attempts, ["1"], "the service was called once");
     let answer = body(&bad);
     assert_eq!(answer["violations"][0]["instance_path"], "/total");
     assert!(answer["error"]

@@ -376,7 +376,7 @@ impl Pipeline {
         inbound: &Inbound,
     ) -> Processed {
         match validate::body(route, rules, inbound).await {
-            Err(invalid) => self.refuse_invalid(route, &invalid, false),
+            Err(invalid) => self.refuse_invalid(route, &invalid, None),
             Ok(Passed::AsIs) => self.process(route, captures, inbound).await,
             Ok(Passed::Decoded(json)) => {
                 let decoded = validate::decoded(inbound, json);
@@ -419,7 +419,8 @@ impl Pipeline {
         let reply = match outcome.result {
             Ok(mut response) if response.status.is_success() && route.checks_responses() => {
                 let rules = route.validation.as_ref().expect("checks_responses");
-                match rules.response(&response.body).await {
+                // Boxed: routes without response rules keep the smaller future.
+                match Box::pin(rules.response(&response.body)).await {
                     Ok(None) => {}
                     Ok(Some(encoded)) => {
                         response.body = encoded;
@@ -427,10 +428,7 @@ impl Pipeline {
                     }
                     Err(invalid) => {
                         warn!(route = %route.name, %method, kind = invalid.kind.as_str(), detail = %invalid.detail, "the service's response does not pass the route's response rules");
-                        let mut refused = self.refuse_invalid(route, &invalid, true);
-                        refused.reply =
-                            (refused.reply).with_header(ATTEMPTS_HEADER, attempts.to_string());
-                        return refused;
+                        return self.refuse_invalid(route, &invalid, Some(attempts));
                     }
                 }
                 Reply::from_response(
@@ -498,10 +496,11 @@ impl Pipeline {
         }
     }
 
-    /// A request (or response) that did not pass the route's validation: the error reply
-    /// lists the violations, the dead letter their summary; counted by kind.
-    fn refuse_invalid(&self, route: &Route, invalid: &Invalid, response: bool) -> Processed {
-        let (kind, disposition) = invalid_kind(invalid, response);
+    /// A request that did not pass the route's validation, or a response (after `attempts`
+    /// HTTP attempts): the error reply lists the violations, the dead letter their summary;
+    /// counted by kind.
+    fn refuse_invalid(&self, route: &Route, invalid: &Invalid, attempts: Option<u32>) -> Processed {
+        let (kind, disposition) = invalid_kind(invalid, attempts.is_some());
         debug!(route = %route.name, kind = invalid.kind.as_str(), detail = %invalid.detail, "validation failed");
         route.metrics.validation_failed(invalid.kind);
         route.metrics.error(kind);
@@ -509,8 +508,9 @@ impl Pipeline {
             true => Reply::error(kind, &invalid.detail),
             false => Reply::invalid(kind, &invalid.detail, &invalid.violations),
         };
+        let attempts = attempts.unwrap_or(0).to_string();
         Processed {
-            reply: reply.with_header(ATTEMPTS_HEADER, "0".into()),
+            reply: reply.with_header(ATTEMPTS_HEADER, attempts),
             disposition,
             error: Some(kind),
             detail: Some(invalid.summary()),
