@@ -181,7 +181,7 @@ enum ResponseCheck {
 /// One route's validation, built once at start.
 #[derive(Debug)]
 pub struct Rules {
-    /// Lower-case media types; empty: any.
+    /// Media types without parameters (compared case-insensitively); empty: any.
     content_types: Vec<String>,
     max_headers: Option<usize>,
     max_header_bytes: Option<u64>,
