@@ -360,24 +360,32 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
         &[],
     );
     let receipt_id = registry.register(&receipts, RECEIPT_AVRO, &[]);
+    let receipt = r#"{"order": "o-1", "total": 1250}"#;
+    let avro_receipt = fastavro::encode(RECEIPT_AVRO, &[], receipt_id, receipt);
+    let foreign_id = registry.register(&unique("foreign-"), RECEIPT_AVRO, &[]);
+    let foreign_receipt = fastavro::encode(RECEIPT_AVRO, &[], foreign_id, receipt);
     // The service's answer depends on what it is asked.
-    let upstream = Upstream::start(|seen| async move {
+    let (avro_answer, foreign_answer) = (avro_receipt.clone(), foreign_receipt);
+    let upstream = Upstream::start(move |seen| {
         let answer = match seen.body.as_ref() {
-            b"good" => r#"{"order": "o-1", "total": 1250}"#,
-            _ => r#"{"order": "o-1", "total": "a lot"}"#,
+            b"good" => Bytes::from_static(receipt.as_bytes()),
+            b"avro" => Bytes::from(avro_answer.clone()),
+            b"foreign" => Bytes::from(foreign_answer.clone()),
+            _ => Bytes::from_static(br#"{"order": "o-1", "total": "a lot"}"#),
         };
-        http::Response::builder()
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from_static(
-                answer.as_bytes(),
-            )))
-            .unwrap()
+        async move {
+            http::Response::builder()
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(answer))
+                .unwrap()
+        }
     })
     .await;
     let checked = unique("val.resp.");
     let encoded = unique("val.enc.");
+    let avro = unique("val.avro.");
     let routes = format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
         registry.config(),
         core_route(
             "checked",
@@ -391,6 +399,11 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
             "encoded",
             &encoded,
             &format!("[routes.validate.response]\nencode = \"avro\"\nsubject = \"{receipts}\""),
+        ),
+        core_route(
+            "avro",
+            &avro,
+            &format!("[routes.validate.response]\nformat = \"avro\"\nsubject = \"{receipts}\""),
         ),
     );
     let admin = free_port();
@@ -428,6 +441,20 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
     let (id, record) = fastavro::decode(RECEIPT_AVRO, &[], &reply.payload);
     assert_eq!(id, receipt_id);
     assert_eq!(record, json!({"order": "o-1", "total": 1250}));
+    // An Avro answer must carry a version of the subject, and be Avro at all.
+    let reply = request(&client, &avro, HeaderMap::new(), b"avro".to_vec()).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+    assert_eq!(reply.payload.as_ref(), avro_receipt.as_slice(), "unchanged");
+    for (ask, why) in [
+        ("foreign", "not a version of subject"),
+        ("bad", "wire format"),
+    ] {
+        let reply = request(&client, &avro, HeaderMap::new(), ask.as_bytes().to_vec()).await;
+        let code = header(&reply, "Nats-Service-Error-Code");
+        assert_eq!(code.as_deref(), Some("502"), "{ask}");
+        let error = body(&reply)["error"].as_str().unwrap().to_string();
+        assert!(error.contains(why), "{ask}: {error}");
+    }
     // JSON that does not fit the schema cannot be encoded: 502 too.
     let reply = request(&client, &encoded, HeaderMap::new(), b"bad".to_vec()).await;
     assert_eq!(
@@ -437,14 +464,10 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
 
     let metrics = ricochet.metrics().await;
     assert_eq!(validation_failures(&metrics, "schema"), 2.0);
-    assert_eq!(
-        metric(
-            &metrics,
-            "ricochet_errors_total",
-            &["kind=\"invalid_response\""]
-        ),
-        2.0
-    );
+    assert_eq!(validation_failures(&metrics, "unknown_schema"), 1.0);
+    assert_eq!(validation_failures(&metrics, "decode"), 1.0);
+    let kind = "kind=\"invalid_response\"";
+    assert_eq!(metric(&metrics, "ricochet_errors_total", &[kind]), 4.0);
 }
 
 /// A stream for one test, on `{prefix}.req.>`, with a route that replies to
