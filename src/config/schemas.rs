@@ -196,3 +196,102 @@ fn check_url(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    /// The problems of a route with this `[routes.validate]` body (and `top`-level text).
+    fn problems(top: &str, validate: &str) -> Vec<String> {
+        let text = format!(
+            "[upstream]\nbase_url = \"http://127.0.0.1:1\"\n{top}\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/p\"\n[routes.validate]\n{validate}\n"
+        );
+        match load_str(&text, Vec::new()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const REGISTRY: &str = "[schema_registry]\nurl = \"http://127.0.0.1:8081\"";
+
+    #[test]
+    fn each_misplaced_or_missing_key_is_reported_with_its_path() {
+        let cases = [
+            (
+                "",
+                "format = \"json_schema\"",
+                "routes[0].validate.schema: required",
+            ),
+            (
+                REGISTRY,
+                "format = \"avro\"\nschema = \"x.json\"",
+                "routes[0].validate.schema: only used",
+            ),
+            (
+                "",
+                "decode = \"json\"",
+                "routes[0].validate.decode: only used",
+            ),
+            (
+                "",
+                "content_types = [\"\"]",
+                "routes[0].validate.content_types:",
+            ),
+            ("", "max_headers = 0", "routes[0].validate.max_headers:"),
+            (
+                "",
+                "max_header_bytes = 0",
+                "routes[0].validate.max_header_bytes:",
+            ),
+            ("", "format = \"xml\"", "routes[0].validate.format:"),
+            (
+                "",
+                "[routes.validate.response]",
+                "routes[0].validate.response: names neither",
+            ),
+            (
+                REGISTRY,
+                "[routes.validate.response]\nencode = \"avro\"",
+                "routes[0].validate.response.subject: required",
+            ),
+            (
+                REGISTRY,
+                "[routes.validate.response]\nformat = \"avro\"\nsubject = \"s\"\nencode = \"avro\"",
+                "routes[0].validate.response.encode:",
+            ),
+            (
+                REGISTRY,
+                "[routes.validate.response]\nformat = \"avro\"\nsubject = \"s\"\nversion = 2",
+                "routes[0].validate.response.version:",
+            ),
+            (
+                "",
+                "[routes.validate.response]\nencode = \"avro\"\nsubject = \"s\"",
+                "routes[0].validate.response.encode: Avro needs a [schema_registry]",
+            ),
+            (
+                "[schema_registry]\nurl = \"https://u:secret@r:8081\"",
+                "format = \"avro\"",
+                "schema_registry.url: https is not supported",
+            ),
+            (
+                "[schema_registry]\nurl = \"http://u:secret@r:8081\"",
+                "format = \"avro\"",
+                "schema_registry.url: credentials",
+            ),
+        ];
+        for (top, validate, expected) in cases {
+            let found = problems(top, validate);
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "{validate:?}: expected {expected:?} in {found:?}"
+            );
+            assert!(!found.iter().any(|p| p.contains("secret")), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn a_valid_table_loads() {
+        assert_eq!(problems(REGISTRY, "format = \"avro\"\nsubject = \"orders-value\"\ndecode = \"json\"\ncontent_types = [\"application/octet-stream\"]\n[routes.validate.response]\nencode = \"avro\"\nsubject = \"replies-value\"\nversion = 3"), Vec::<String>::new());
+    }
+}
