@@ -333,15 +333,26 @@ async fn core_nats_avro_is_decoded_to_json_and_unknown_or_unreachable_schemas_ar
     let reply = request(&client, &subject, HeaderMap::new(), message).await;
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
 
+    // A registry that refuses ricochet (401) is not the message's fault either.
+    let refused = orders.new_version();
+    orders.registry.fail_with(Some(401));
+    let message = orders.message(refused, ORDER_RECORD);
+    let reply = request(&client, &subject, HeaderMap::new(), message.clone()).await;
+    let code = header(&reply, "Nats-Service-Error-Code");
+    assert_eq!(code.as_deref(), Some("503"));
+    orders.registry.fail_with(None);
+    let reply = request(&client, &subject, HeaderMap::new(), message).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+
     assert_eq!(
         upstream.calls(),
-        3,
+        4,
         "only the valid requests reached the service"
     );
     let metrics = ricochet.metrics().await;
     assert_eq!(validation_failures(&metrics, "unknown_schema"), 3.0);
     assert_eq!(validation_failures(&metrics, "decode"), 1.0);
-    assert_eq!(validation_failures(&metrics, "registry_unavailable"), 1.0);
+    assert_eq!(validation_failures(&metrics, "registry_unavailable"), 2.0);
 }
 
 #[tokio::test]

@@ -9,10 +9,11 @@
 //! - `GET /subjects/{subject}/versions/{version|latest}`: `{"id", "schema", "references"?}`,
 //!   for references and for encoding replies.
 //!
-//! A 404 (or a schema that does not parse) is [`RegistryError::Unknown`]: permanent, and
+//! A 404 (or a schema that is not Avro) is [`RegistryError::Unknown`]: permanent, and
 //! remembered for `latest_refresh` so that bogus ids do not each cost a request. Anything
-//! else that prevents an answer (no connection, a timeout, a 5xx) is
-//! [`RegistryError::Unavailable`]: retryable, and never a reason to let a message through.
+//! else that prevents an answer (no connection, a timeout, any other status, an answer that
+//! is not the registry's JSON) is [`RegistryError::Unavailable`]: retryable, and never a
+//! reason to let a message through.
 //! Each fetch opens its own connection: fetches are rare, the cache answers the rest.
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tracing::warn;
 
 use crate::config::SchemaRegistryConfig;
 
@@ -283,6 +285,20 @@ impl Registry {
 
     /// One GET, its JSON answer decoded; 404 is [`RegistryError::Unknown`].
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
+        let answer = self.get_once(path).await;
+        if let Err(RegistryError::Unavailable(why)) = &answer {
+            warn!(path, error = %why, "schema registry request failed");
+        }
+        answer
+    }
+
+    /// Only a 404 says the registry does not know something. Any other failure (a 401 or
+    /// 403 of a misconfigured registry, a 5xx, an answer that is not the registry's JSON)
+    /// is the registry's, not the message's: retryable, so no message is dead-lettered for it.
+    async fn get_once<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, RegistryError> {
         let target = format!("{}{path}", self.base_path);
         let (status, body) = tokio::time::timeout(self.timeout, self.fetch(&target))
             .await
@@ -291,7 +307,7 @@ impl Registry {
             })??;
         match status {
             StatusCode::OK => serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::Unknown(format!(
+                RegistryError::Unavailable(format!(
                     "the registry's answer to {path} is not understood: {e}"
                 ))
             }),
@@ -302,9 +318,6 @@ impl Registry {
                 }
                 p => format!("{p} is not in the registry"),
             })),
-            status if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => Err(
-                RegistryError::Unknown(format!("the registry refused {path} with {status}")),
-            ),
             status => Err(RegistryError::Unavailable(format!(
                 "{path} answered {status}"
             ))),

@@ -30,6 +30,8 @@ pub struct SchemaRegistry {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     down: Arc<AtomicBool>,
+    /// When not 0: the status every request is answered with (a misconfigured registry).
+    failing: Arc<std::sync::atomic::AtomicU16>,
     /// Requests answered (not counting those refused while down).
     answered: Arc<AtomicUsize>,
 }
@@ -41,7 +43,13 @@ impl SchemaRegistry {
         let state = Arc::new(Mutex::new(State::default()));
         let down = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicUsize::new(0));
-        let (s, d, a) = (state.clone(), down.clone(), answered.clone());
+        let failing = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let (s, d, a, f) = (
+            state.clone(),
+            down.clone(),
+            answered.clone(),
+            failing.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -51,12 +59,18 @@ impl SchemaRegistry {
                     drop(stream);
                     continue;
                 }
-                let (state, answered) = (s.clone(), a.clone());
+                let (state, answered, failing) = (s.clone(), a.clone(), f.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (state, answered) = (state.clone(), answered.clone());
+                        let failing = failing.load(Ordering::SeqCst);
                         async move {
                             answered.fetch_add(1, Ordering::SeqCst);
+                            if failing != 0 {
+                                let status = StatusCode::from_u16(failing).unwrap();
+                                let body = json!({"error_code": failing, "message": "failing"});
+                                return Ok::<_, Infallible>(reply(status, body));
+                            }
                             Ok::<_, Infallible>(answer(&state, &req))
                         }
                     });
@@ -70,6 +84,7 @@ impl SchemaRegistry {
             addr,
             state,
             down,
+            failing,
             answered,
         }
     }
@@ -103,6 +118,11 @@ impl SchemaRegistry {
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Answers every request with `status` (e.g. 401), or normally again with `None`.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.failing.store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
     pub fn answered(&self) -> usize {
