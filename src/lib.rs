@@ -13,6 +13,8 @@
 //! - [`route`] matches subjects against patterns with named captures;
 //! - [`pipeline`] takes one message through all of it, the same for every source: the
 //!   validate stage, the call, the settlement policy, publish and settle;
+//! - [`validate`] holds what the validate stage applies: JSON Schema, Avro in the Confluent
+//!   wire format and the schema registry it needs;
 //! - [`mapping`] is the pure message <-> HTTP mapping (the message contract);
 //! - [`invoke`] owns the HTTP client and classifies every result once;
 //! - [`reply`] publishes replies and dead letters to NATS, Kafka and RabbitMQ;
@@ -27,6 +29,7 @@ pub mod reply;
 pub mod route;
 pub mod source;
 pub mod telemetry;
+pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -163,3 +163,89 @@ async fn request_prints_status_headers_and_body() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody listens"));
 }
+
+#[test]
+fn check_accepts_the_validation_example() {
+    let out = ricochet()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check", "--config", "config/validation.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_reports_schemas_that_are_missing_or_do_not_compile_with_their_route_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"type": "object", "properties": {"id": {"type": 12}}}"#,
+    )
+    .unwrap();
+    let path = dir.path().join("schemas.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[upstream]
+base_url = "http://127.0.0.1:8080"
+
+[[routes]]
+name = "fine"
+subject = "a"
+path = "/a"
+
+[[routes]]
+name = "missing"
+subject = "b"
+path = "/b"
+[routes.validate]
+format = "json_schema"
+schema = "/nonexistent/order.json"
+
+[[routes]]
+name = "broken"
+subject = "c"
+path = "/c"
+[routes.validate]
+format = "json_schema"
+schema = "{broken}"
+[routes.validate.response]
+format = "json_schema"
+
+[[routes]]
+name = "avro"
+subject = "d"
+path = "/d"
+[routes.validate]
+format = "avro"
+schema = "/x.json"
+"#,
+            broken = broken.display()
+        ),
+    )
+    .unwrap();
+    let out = ricochet()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "routes[1].validate.schema: cannot read /nonexistent/order.json",
+        "routes[2].validate.schema:",
+        "is not a valid JSON Schema",
+        "routes[2].validate.response.schema: required",
+        "routes[3].validate.schema: only used with format = \"json_schema\"",
+        "routes[3].validate.format: Avro needs a [schema_registry]",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}

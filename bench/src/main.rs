@@ -106,6 +106,11 @@ struct Args {
     /// machine: the figure to compare before and after a change.
     #[arg(long)]
     callgrind: bool,
+    /// With `--callgrind`: count twice with the same JSON payload of `--payload` bytes (an
+    /// order with line items), on a route without validation and on one that validates it
+    /// against a JSON Schema, and print both figures and their difference.
+    #[arg(long)]
+    validate_json: bool,
     /// Internal: run as L1's native responder on this subject (a child process of the
     /// bench, so that its CPU and memory are measured like ricochet's).
     #[arg(long, hide = true)]
@@ -157,8 +162,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let upstream_pid = ("upstream", upstream_process.pid());
     let nats = local_process("nats-server").map(|pid| ("nats-server", pid));
     let rabbitmq = local_process("beam.smp").map(|pid| ("rabbitmq", pid));
+    if args.callgrind && args.validate_json {
+        return count_validation(&args, upstream).await;
+    }
     if args.callgrind {
-        return count_instructions(&args, upstream, payload).await;
+        let (count, per_request) = count_instructions(&args, upstream, payload, "").await?;
+        let rate = args.rates.first().copied().unwrap_or(100);
+        println!(
+            "ricochet under callgrind: {count} requests at {rate}/s, {per_request} instructions per request (user space, all threads)"
+        );
+        return Ok(());
     }
     let mut results = Vec::new();
     for leg in &args.legs {
@@ -824,13 +837,77 @@ async fn l2(
     Ok((nats_call(args, subject, payload).await?, ricochet))
 }
 
+/// The JSON Schema of `--validate-json`'s payload: what a real order route would check.
+const ORDER_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["id", "items"],
+  "properties": {
+    "id": {"type": "string", "pattern": "^o-[0-9]+$"},
+    "items": {"type": "array", "maxItems": 100, "items": {
+      "type": "object", "required": ["sku", "qty"],
+      "properties": {"sku": {"type": "string", "minLength": 1}, "qty": {"type": "integer", "minimum": 1}}
+    }},
+    "note": {"type": "string"}
+  }
+}"#;
+
+/// An order with line items, padded with a note to exactly `size` bytes (at least ~60).
+fn json_order(size: usize) -> Bytes {
+    let mut items = Vec::new();
+    loop {
+        let n = items.len() + 1;
+        items.push(json!({"sku": format!("sku-{n:04}"), "qty": n}));
+        let text = json!({"id": "o-42", "items": items, "note": ""}).to_string();
+        if text.len() + 40 > size {
+            items.pop();
+            break;
+        }
+    }
+    let text = json!({"id": "o-42", "items": items, "note": ""}).to_string();
+    let note = "n".repeat(size.saturating_sub(text.len()));
+    Bytes::from(json!({"id": "o-42", "items": items, "note": note}).to_string())
+}
+
+/// `--callgrind --validate-json`: instructions per request without and with the route's
+/// JSON Schema, the same payload both times.
+async fn count_validation(args: &Args, upstream: SocketAddr) -> anyhow::Result<()> {
+    let payload = json_order(args.payload);
+    let dir = std::env::temp_dir().join(format!("ricochet-bench-schema-{}", unique()));
+    std::fs::create_dir_all(&dir)?;
+    let schema = dir.join("order.schema.json");
+    std::fs::write(&schema, ORDER_SCHEMA)?;
+    // Both runs send the same Content-Type, so that the difference is the validation's.
+    let content_type = "content_type = \"application/json\"\n";
+    let validate = format!(
+        "{content_type}[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"\ncontent_types = [\"application/json\"]\n",
+        schema.display()
+    );
+    let (plain_count, plain) =
+        count_instructions(args, upstream, payload.clone(), content_type).await?;
+    let (checked_count, checked) =
+        count_instructions(args, upstream, payload.clone(), &validate).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "ricochet under callgrind, {} byte JSON payload: {plain} instructions per request without validation ({plain_count} requests), \
+         {checked} with JSON Schema validation ({checked_count} requests): +{} per request (+{:.1}%)",
+        payload.len(),
+        checked as i64 - plain as i64,
+        (checked as f64 / plain as f64 - 1.0) * 100.0
+    );
+    Ok(())
+}
+
 /// `--callgrind`: ricochet under callgrind; counters are zeroed after the warm-up and
-/// dumped after an open loop, so the dump holds exactly that loop's requests.
+/// dumped after an open loop, so the dump holds exactly that loop's requests. `route_extra`
+/// is added to the route (e.g. a `[routes.validate]` table). Returns the requests counted
+/// and the instructions per request.
 async fn count_instructions(
     args: &Args,
     upstream: SocketAddr,
     payload: Bytes,
-) -> anyhow::Result<()> {
+    route_extra: &str,
+) -> anyhow::Result<(u64, u64)> {
     let rate = args.rates.first().copied().unwrap_or(100);
     let dir = std::env::temp_dir().join(format!("ricochet-callgrind-{}", unique()));
     std::fs::create_dir_all(&dir)?;
@@ -843,7 +920,7 @@ async fn count_instructions(
     ];
     let subject = format!("bench.callgrind.{}", unique());
     let routes = format!(
-        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
+        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n{route_extra}",
         upstream_section(args, upstream)
     );
     let ricochet = start_ricochet_with(args, &routes, &launcher)
@@ -872,11 +949,7 @@ async fn count_instructions(
     if failed > 0 || count == 0 {
         bail!("{failed} requests failed under callgrind");
     }
-    println!(
-        "ricochet under callgrind: {count} requests at {rate}/s, {} instructions per request (user space, all threads)",
-        total / count
-    );
-    Ok(())
+    Ok((count, total / count))
 }
 
 fn callgrind_control(action: &str, pid: u32) -> anyhow::Result<()> {

@@ -95,3 +95,35 @@ fn callgrind_counts_ricochets_instructions_per_request() {
     // A request takes tens of thousands of instructions; zero would mean nothing was counted.
     assert!(per_request > 1_000, "{stdout}");
 }
+
+#[test]
+fn callgrind_prices_json_schema_validation() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
+        .args([
+            "--callgrind",
+            "--validate-json",
+            "--rates",
+            "20",
+            "--duration",
+            "1s",
+        ])
+        .arg("--ricochet")
+        .arg(ricochet())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    // "... 1024 byte JSON payload: 49866 instructions per request without validation (20
+    // requests), 147469 with JSON Schema validation (20 requests): +97603 per request ..."
+    let count = |after: &str| -> u64 {
+        (stdout.split(after).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure after {after:?} in:\n{stdout}"))
+    };
+    let without = count("1024 byte JSON payload: ");
+    let with = count("requests), ");
+    // Validation costs something; an equal count would mean the schema was not applied.
+    assert!(with > without && without > 1_000, "{stdout}");
+}

@@ -114,7 +114,8 @@ pub fn load_str(
             names.push((index, route.name.clone()));
             // Typed even with problems (misplaced keys are dropped), so the checks across
             // settings below still run and report theirs.
-            if let Some(route) = RouteConfig::from_file(route) {
+            if let Some(mut route) = RouteConfig::from_file(route) {
+                errors.extend(super::schemas::compile(index, &mut route));
                 routes.push((index, route));
             }
         }
@@ -127,6 +128,7 @@ pub fn load_str(
     };
     errors.extend(super::validate::top(&config));
     errors.extend(super::validate::deadlines(&routes, &config.upstream));
+    errors.extend(super::schemas::registry(&routes, &config));
     config.routes = routes.into_iter().map(|(_, route)| route).collect();
     if errors.is_empty() {
         Ok(config)

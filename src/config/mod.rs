@@ -5,6 +5,7 @@
 //! `units.rs`. Everything else in ricochet receives an already validated [`Config`].
 
 mod load;
+mod schemas;
 mod units;
 mod validate;
 
@@ -13,6 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::validate::json::JsonSchema;
 
 pub use load::{load, load_str, ConfigError, ConfigErrors, ENV_PREFIX};
 pub use units::{redact_url, ByteSize, Secret};
@@ -36,6 +39,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Where Avro schemas come from; required when a route validates or encodes Avro.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
     /// Read route by route (see `load.rs`), then typed.
     #[serde(skip)]
     pub routes: Vec<RouteConfig>,
@@ -229,6 +235,9 @@ pub struct RouteFile {
     /// Which HTTP response headers become reply headers.
     #[serde(default)]
     pub response_headers: HeaderFilterConfig,
+    /// What a request must be before the service is called, and what its answer must be.
+    #[serde(default)]
+    pub validate: Option<ValidateConfig>,
 }
 
 /// One subject pattern mapped to one HTTP endpoint, validated. Field meanings as in
@@ -252,8 +261,110 @@ pub struct RouteConfig {
     pub content_type: Option<String>,
     pub request_headers: HeaderFilterConfig,
     pub response_headers: HeaderFilterConfig,
+    pub validate: Option<ValidateConfig>,
+    /// The JSON Schemas `validate` names, compiled once when the configuration loads.
+    pub schemas: CompiledSchemas,
     /// Where the requests come from, with that source's settings.
     pub source: SourceConfig,
+}
+
+/// A route's JSON Schemas, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledSchemas {
+    /// `validate.schema`.
+    pub request: Option<JsonSchema>,
+    /// `validate.response.schema`.
+    pub response: Option<JsonSchema>,
+}
+
+/// The Confluent-compatible schema registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// `http://host:port[/base/path]`.
+    pub url: String,
+    /// Timeout of one registry request (connect, send, whole answer).
+    #[serde(default = "defaults::registry_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long the latest version of a subject (for encoding replies) is used before it is
+    /// asked for again. Schemas by id are cached for good: an id never changes its schema.
+    #[serde(
+        default = "defaults::registry_latest_refresh",
+        with = "humantime_serde"
+    )]
+    pub latest_refresh: Duration,
+}
+
+/// `[routes.validate]`: what a request must be. Checked before the service is called; a
+/// request that fails gets a 400 error reply listing the violations and, on a durable
+/// source, is dead-lettered at once with reason `validation`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// The body's format; absent: only the header and content-type rules apply.
+    #[serde(default)]
+    pub format: Option<BodyFormat>,
+    /// `format = "json_schema"`: the JSON Schema file (draft 2020-12 or 7).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// `format = "avro"`: only schema ids that are versions of this registry subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `format = "avro"`: `"json"` hands the service the record as JSON.
+    #[serde(default)]
+    pub decode: Option<Decode>,
+    /// Media types a request may have (`Content-Type`, or the route's `content_type`);
+    /// empty: any.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// Most headers a request may carry.
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    /// Most bytes all header names and values of a request may take together.
+    #[serde(default)]
+    pub max_header_bytes: Option<ByteSize>,
+    /// What the service's 2xx answers must be, and whether they are encoded as Avro.
+    #[serde(default)]
+    pub response: Option<ResponseValidateConfig>,
+}
+
+/// `[routes.validate.response]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseValidateConfig {
+    /// `json_schema` (with `schema`) or `avro` (the body in the wire format, with a version
+    /// of `subject`).
+    #[serde(default)]
+    pub format: Option<BodyFormat>,
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `"avro"`: the service answers JSON; the reply is that JSON encoded with `subject`'s
+    /// schema (`version`, else the latest) in the wire format.
+    #[serde(default)]
+    pub encode: Option<Encode>,
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    JsonSchema,
+    Avro,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decode {
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encode {
+    Avro,
 }
 
 /// The source-specific part of a route: one variant per source, so settings of one source
@@ -787,6 +898,8 @@ impl RouteConfig {
             content_type: file.content_type,
             request_headers: file.request_headers,
             response_headers: file.response_headers,
+            validate: file.validate,
+            schemas: CompiledSchemas::default(),
             source,
         })
     }
@@ -954,5 +1067,11 @@ pub mod defaults {
     }
     pub fn max_ack_pending() -> u32 {
         1000
+    }
+    pub fn registry_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn registry_latest_refresh() -> Duration {
+        Duration::from_secs(60)
     }
 }

@@ -170,6 +170,7 @@ pub(super) fn route(prefix: &str, route: &RouteFile) -> Vec<ConfigError> {
         check_rate_limit(limit, route.max_payload, &mut push);
     }
     check_source(route, &mut push);
+    super::schemas::route(route, &mut push);
     for (key, filter) in [
         ("request_headers", &route.request_headers),
         ("response_headers", &route.response_headers),

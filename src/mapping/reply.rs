@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use super::headers::{self, HeaderFilter};
+use crate::validate::Violation;
 
 pub const STATUS_HEADER: &str = "Ricochet-Status";
 pub const ERROR_KIND_HEADER: &str = "Ricochet-Error";
@@ -19,7 +20,7 @@ pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
 /// Every kind, for metrics that pre-register one series each.
-pub const ERROR_KINDS: [ErrorKind; 7] = [
+pub const ERROR_KINDS: [ErrorKind; 10] = [
     ErrorKind::BadRequest,
     ErrorKind::NoRoute,
     ErrorKind::PayloadTooLarge,
@@ -27,6 +28,9 @@ pub const ERROR_KINDS: [ErrorKind; 7] = [
     ErrorKind::Timeout,
     ErrorKind::CircuitOpen,
     ErrorKind::RateLimited,
+    ErrorKind::Validation,
+    ErrorKind::RegistryUnavailable,
+    ErrorKind::InvalidResponse,
 ];
 
 /// Errors that ricochet answers itself, without (or instead of) the service's answer.
@@ -46,6 +50,14 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The route's rate limit refused the message.
     RateLimited,
+    /// The message does not pass the route's `validate` rules (schema, content type,
+    /// headers): never sent to the service, never retried.
+    Validation,
+    /// The schema registry could not be asked: the message is not validated, so it is not
+    /// sent either; a durable source redelivers it later.
+    RegistryUnavailable,
+    /// The service's 2xx answer does not pass the route's response rules.
+    InvalidResponse,
 }
 
 impl ErrorKind {
@@ -58,6 +70,9 @@ impl ErrorKind {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Validation => StatusCode::BAD_REQUEST,
+            ErrorKind::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -71,6 +86,9 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Validation => "validation",
+            ErrorKind::RegistryUnavailable => "registry_unavailable",
+            ErrorKind::InvalidResponse => "invalid_response",
         }
     }
 }
@@ -116,6 +134,24 @@ impl Reply {
     pub fn error(kind: ErrorKind, detail: &str) -> Self {
         let status = kind.status();
         let body = serde_json::json!({ "error": detail, "code": status.as_u16() });
+        Self::own(kind, detail, body)
+    }
+
+    /// An error reply that lists what a message (or response) violated:
+    /// `{"error": "...", "code": N, "violations": [{"instance_path", "schema_path", "message"}]}`.
+    /// The list is bounded by the validator (count and text length).
+    pub fn invalid(kind: ErrorKind, detail: &str, violations: &[Violation]) -> Self {
+        let status = kind.status();
+        let body = serde_json::json!({
+            "error": detail,
+            "code": status.as_u16(),
+            "violations": violations,
+        });
+        Self::own(kind, detail, body)
+    }
+
+    fn own(kind: ErrorKind, detail: &str, body: serde_json::Value) -> Self {
+        let status = kind.status();
         Self {
             status,
             headers: vec![
@@ -183,6 +219,26 @@ mod tests {
         assert_eq!(reply.header(SERVICE_ERROR_CODE_HEADER), Some("404"));
         assert_eq!(reply.header(ERROR_KIND_HEADER), None);
         assert_eq!(reply.body.as_ref(), b"nope");
+    }
+
+    #[test]
+    fn validation_errors_list_their_violations() {
+        let violations = [Violation::new(
+            "/qty",
+            "/properties/qty/minimum",
+            "0 is less than 1",
+        )];
+        let reply = Reply::invalid(ErrorKind::Validation, "2 violations", &violations);
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply.header(ERROR_KIND_HEADER), Some("validation"));
+        assert_eq!(reply.header(SERVICE_ERROR_CODE_HEADER), Some("400"));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "2 violations", "code": 400, "violations": [
+                {"instance_path": "/qty", "schema_path": "/properties/qty/minimum", "message": "0 is less than 1"}
+            ]})
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::CONTENT_TYPE;
+use http::HeaderValue;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
@@ -30,7 +32,10 @@ use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::DeadLetter;
 use crate::route::{Captures, Pattern};
 use crate::source::{Inbound, Settle, Undelivered};
+use crate::telemetry::metrics::ValidationFailure;
 use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
+use crate::validate::registry::Registry;
+use crate::validate::{Invalid, Passed, Rules, AVRO};
 
 /// A configured route, ready to serve.
 #[derive(Debug)]
@@ -51,6 +56,8 @@ pub struct Route {
     pub max_payload: usize,
     /// What becomes of a message once processed: the same rules for every source.
     pub policy: Policy,
+    /// The route's `validate` rules, if it has any.
+    validation: Option<Rules>,
 }
 
 /// How one delivery ended, for the source.
@@ -65,9 +72,18 @@ pub enum Settled {
     Abandoned,
 }
 
+impl Route {
+    /// Whether the service's 2xx answers are checked or encoded before they become replies.
+    fn checks_responses(&self) -> bool {
+        (self.validation.as_ref()).is_some_and(Rules::has_response_rules)
+    }
+}
+
 /// What a given-up message's dead letter and last reply say.
 struct Letter {
     reason: Reason,
+    /// What exactly was wrong (the first violations), for the dead letter.
+    detail: Option<String>,
     last_status: u16,
     /// The error reply for the caller; `None` when publishing the reply is what failed.
     reply: Option<Reply>,
@@ -91,6 +107,8 @@ pub struct Processed {
     pub disposition: Disposition,
     /// Set when the reply is an error of ricochet's own.
     pub error: Option<ErrorKind>,
+    /// A refusal's detail for its dead letter (the first violations).
+    pub detail: Option<String>,
 }
 
 pub struct Pipeline {
@@ -98,10 +116,25 @@ pub struct Pipeline {
     upstream: Upstream,
 }
 
+/// A validation failure as the pipeline answers it: a registry that cannot be asked is
+/// retryable (503, the message comes again); anything else is the message's own fault
+/// (400, dead letter with reason `validation`), or the service's for a response (502).
+fn invalid_kind(invalid: &Invalid, response: bool) -> (ErrorKind, Disposition) {
+    match (invalid.kind, response) {
+        (ValidationFailure::RegistryUnavailable, _) => {
+            (ErrorKind::RegistryUnavailable, Disposition::Retry)
+        }
+        (_, false) => (ErrorKind::Validation, Disposition::Undeliverable),
+        (_, true) => (ErrorKind::InvalidResponse, Disposition::Undeliverable),
+    }
+}
+
 impl Pipeline {
     /// Built from a validated configuration.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let mut routes = Vec::with_capacity(config.routes.len());
+        // One registry (and its cache) for every route.
+        let registry = (config.schema_registry.as_ref()).map(|r| Arc::new(Registry::new(r)));
         for route in &config.routes {
             let pattern = Pattern::parse(&route.subject)?;
             let request = RequestMapping::new(route, &config.upstream, &pattern)
@@ -117,6 +150,7 @@ impl Pipeline {
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
                 metrics: RouteMetrics::new(&route.name, route.source.kind().as_str()),
                 policy: crate::source::policy(route),
+                validation: Rules::new(route, registry.as_ref()),
                 pattern,
             }));
         }
@@ -150,7 +184,11 @@ impl Pipeline {
             Err((kind, detail)) => self.refuse(route, kind, &detail),
             Ok(()) => {
                 let captures = captures.unwrap_or_default();
-                self.process(route, &captures, inbound).await
+                match &route.validation {
+                    None => self.process(route, &captures, inbound).await,
+                    // Boxed: routes without validation keep the smaller future.
+                    Some(rules) => Box::pin(self.validated(route, rules, &captures, inbound)).await,
+                }
             }
         };
         let settled = match policy.decide(&processed, inbound.delivered) {
@@ -163,6 +201,7 @@ impl Pipeline {
                         Action::GiveUp(reason) => {
                             let letter = Letter {
                                 reason,
+                                detail: None,
                                 last_status,
                                 reply: None,
                             };
@@ -181,6 +220,7 @@ impl Pipeline {
             Action::GiveUp(reason) => {
                 let letter = Letter {
                     reason,
+                    detail: processed.detail,
                     last_status: processed.reply.status.as_u16(),
                     reply: Some(processed.reply),
                 };
@@ -256,6 +296,7 @@ impl Pipeline {
         let letter = DeadLetter {
             route: &route.name,
             reason: reason_text,
+            detail: given_up.detail.as_deref(),
             last_status: given_up.last_status,
             delivered: inbound.delivered,
             inbound,
@@ -325,6 +366,25 @@ impl Pipeline {
         Settled::Redeliver(delay)
     }
 
+    /// The route's `validate` rules, then the call with the message as it passed (an Avro
+    /// record decoded to JSON, if the route asks).
+    async fn validated(
+        &self,
+        route: &Route,
+        rules: &Rules,
+        captures: &Captures,
+        inbound: &Inbound,
+    ) -> Processed {
+        match validate::body(route, rules, inbound).await {
+            Err(invalid) => self.refuse_invalid(route, &invalid, None),
+            Ok(Passed::AsIs) => self.process(route, captures, inbound).await,
+            Ok(Passed::Decoded(json)) => {
+                let decoded = validate::decoded(inbound, json);
+                self.process(route, captures, &decoded).await
+            }
+        }
+    }
+
     /// Takes one validated message from its deadline to its reply; publishes nothing.
     async fn process(&self, route: &Route, captures: &Captures, inbound: &Inbound) -> Processed {
         let deadline = match self.deadline(route, inbound) {
@@ -357,6 +417,27 @@ impl Pipeline {
         };
         let error = outcome.result.as_ref().err().map(Failure::kind);
         let reply = match outcome.result {
+            Ok(mut response) if response.status.is_success() && route.checks_responses() => {
+                let rules = route.validation.as_ref().expect("checks_responses");
+                // Boxed: routes without response rules keep the smaller future.
+                match Box::pin(rules.response(&response.body)).await {
+                    Ok(None) => {}
+                    Ok(Some(encoded)) => {
+                        response.body = encoded;
+                        (response.headers).insert(CONTENT_TYPE, HeaderValue::from_static(AVRO));
+                    }
+                    Err(invalid) => {
+                        warn!(route = %route.name, %method, kind = invalid.kind.as_str(), detail = %invalid.detail, "the service's response does not pass the route's response rules");
+                        return self.refuse_invalid(route, &invalid, Some(attempts));
+                    }
+                }
+                Reply::from_response(
+                    response.status,
+                    &response.headers,
+                    response.body,
+                    &route.response_headers,
+                )
+            }
             Ok(response) => {
                 if !response.status.is_success() {
                     debug!(route = %route.name, %method, status = response.status.as_u16(), attempts, "service answered with an error status");
@@ -387,6 +468,7 @@ impl Pipeline {
             reply: reply.with_header(ATTEMPTS_HEADER, attempts.to_string()),
             disposition,
             error,
+            detail: None,
         }
     }
 
@@ -410,6 +492,28 @@ impl Pipeline {
             reply: Reply::error(kind, detail).with_header(ATTEMPTS_HEADER, "0".into()),
             disposition: Disposition::Undeliverable,
             error: Some(kind),
+            detail: Some(detail.to_string()),
+        }
+    }
+
+    /// A request that did not pass the route's validation, or a response (after `attempts`
+    /// HTTP attempts): the error reply lists the violations, the dead letter their summary;
+    /// counted by kind.
+    fn refuse_invalid(&self, route: &Route, invalid: &Invalid, attempts: Option<u32>) -> Processed {
+        let (kind, disposition) = invalid_kind(invalid, attempts.is_some());
+        debug!(route = %route.name, kind = invalid.kind.as_str(), detail = %invalid.detail, "validation failed");
+        route.metrics.validation_failed(invalid.kind);
+        route.metrics.error(kind);
+        let reply = match invalid.violations.is_empty() {
+            true => Reply::error(kind, &invalid.detail),
+            false => Reply::invalid(kind, &invalid.detail, &invalid.violations),
+        };
+        let attempts = attempts.unwrap_or(0).to_string();
+        Processed {
+            reply: reply.with_header(ATTEMPTS_HEADER, attempts),
+            disposition,
+            error: Some(kind),
+            detail: Some(invalid.summary()),
         }
     }
 }

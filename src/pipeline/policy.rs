@@ -148,6 +148,7 @@ mod tests {
             reply: Reply::error(ErrorKind::UpstreamUnavailable, "x"),
             disposition,
             error,
+            detail: None,
         }
     }
 

@@ -412,3 +412,101 @@ async fn a_reply_over_the_brokers_limit_becomes_a_502_saying_why() {
     let body = String::from_utf8_lossy(&reply.body);
     assert!(body.contains("the test broker's limit (3 bytes)"), "{body}");
 }
+
+/// A JetStream-like route in front of a service answering 200, with `[routes.validate]`
+/// `validate` (`SCHEMA` is a JSON Schema requiring a string `id`) and optionally a
+/// `[schema_registry]`.
+async fn validating_pipeline(validate: &str, registry: &str) -> (Pipeline, Snapshotter) {
+    let port = service(200).await;
+    let dir = std::env::temp_dir().join(format!("ricochet-pipeline-{}", nuid::next()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("order.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    let validate = validate.replace("SCHEMA", &schema.display().to_string());
+    let text = format!(
+        r#"
+        [upstream]
+        base_url = "http://127.0.0.1:{port}"
+        {registry}
+        [[routes]]
+        name = "r"
+        source = "jetstream"
+        subject = "orders.{{id}}"
+        method = "GET"
+        path = "/orders/{{id}}"
+        [routes.retry]
+        max_attempts = 1
+        [routes.jetstream]
+        stream = "S"
+        max_deliver = 3
+        redelivery_backoff = ["1s", "5s"]
+        [routes.validate]
+        {validate}
+        "#
+    );
+    let config = load_str(&text, Vec::new()).unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let pipeline = metrics::with_local_recorder(&recorder, || Pipeline::new(&config)).unwrap();
+    (pipeline, snapshotter)
+}
+
+#[tokio::test]
+async fn an_invalid_request_is_answered_400_and_dead_lettered_at_once_with_its_violations() {
+    let (pipeline, metrics) =
+        validating_pipeline("format = \"json_schema\"\nschema = \"SCHEMA\"", "").await;
+    let broker = Broker::default();
+    let settled = deliver(&pipeline, &broker, &message(br#"{"id": 7}"#, 1)).await;
+    assert_eq!(settled, Settled::Done);
+    assert_eq!(
+        broker.calls(),
+        [
+            "dead_letter validation 400 1",
+            "reply caller.inbox 400",
+            "term"
+        ]
+    );
+    let reply = broker.replies.lock().unwrap()[0].clone();
+    assert_eq!(reply.header("Ricochet-Error"), Some("validation"));
+    assert_eq!(reply.header("Ricochet-Attempts"), Some("0"));
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["code"], 400);
+    assert_eq!(body["violations"][0]["instance_path"], "/id");
+    assert_eq!(body["violations"][0]["schema_path"], "/properties/id/type");
+    let counts = Counts::take(&metrics);
+    let failures = "ricochet_validation_failures_total";
+    assert_eq!(counts.get(failures, &[("kind", "schema")]), 1);
+    assert_eq!(
+        counts.get("ricochet_http_responses_total", &[]),
+        0,
+        "no call"
+    );
+    // A valid one goes through.
+    let broker = Broker::default();
+    deliver(&pipeline, &broker, &message(br#"{"id": "7"}"#, 1)).await;
+    assert_eq!(broker.calls(), ["reply caller.inbox 200", "ack"]);
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_makes_the_message_come_again_not_pass() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let registry = format!("[schema_registry]\nurl = \"http://127.0.0.1:{closed}\"");
+    let (pipeline, metrics) = validating_pipeline("format = \"avro\"", &registry).await;
+    let broker = Broker::default();
+    let settled = deliver(&pipeline, &broker, &message(&[0, 0, 0, 0, 1, 2], 1)).await;
+    assert_eq!(settled, Settled::Redeliver(Duration::from_secs(1)));
+    assert_eq!(broker.calls(), ["redeliver 1s"]);
+    let counts = Counts::take(&metrics);
+    let failures = "ricochet_validation_failures_total";
+    assert_eq!(counts.get(failures, &[("kind", "registry_unavailable")]), 1);
+    // The last delivery gives up as any retryable failure does, never calling the service.
+    deliver(&pipeline, &broker, &message(&[0, 0, 0, 0, 1, 2], 3)).await;
+    assert_eq!(broker.calls()[1], "dead_letter max_deliver 503 3");
+}

@@ -2,13 +2,41 @@
 //! source. A message that fails is refused with the error kind and a detail for the caller
 //! (and the dead letter); the service never sees it.
 //!
-//! Today: the subject matches the route, the payload is within the route's `max_payload`,
-//! and the reply destination is one the source's broker can publish to. Schema validation
-//! (JSON Schema, Avro) belongs here too.
+//! First [`check`]: the subject matches the route, the payload is within the route's
+//! `max_payload`, and the reply destination is one the source's broker can publish to. Then,
+//! for a route with a `validate` table, [`body`]: header bounds, the content-type allow-list
+//! and the body's schema (JSON Schema, or Avro with the schema registry; see
+//! [`crate::validate`]). Only the registry makes this stage wait on I/O.
+
+use bytes::Bytes;
 
 use super::Route;
 use crate::mapping::ErrorKind;
 use crate::source::Inbound;
+use crate::validate::{Invalid, Passed, Rules, JSON};
+
+/// The route's `validate` rules applied to the message. Its `Content-Type` is its own, else
+/// the route's `content_type`.
+pub async fn body(route: &Route, rules: &Rules, inbound: &Inbound) -> Result<Passed, Invalid> {
+    let content_type = (inbound.header("content-type")).or(route.config.content_type.as_deref());
+    rules
+        .request(&inbound.headers, content_type, &inbound.payload)
+        .await
+}
+
+/// The message as the service gets it when its Avro record was decoded: the JSON as its
+/// body, `Content-Type: application/json`, everything else as it came.
+pub fn decoded(inbound: &Inbound, json: Bytes) -> Inbound {
+    let mut decoded = inbound.clone();
+    decoded
+        .headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+    decoded
+        .headers
+        .push(("Content-Type".to_string(), JSON.to_string()));
+    decoded.payload = json;
+    decoded
+}
 
 /// `Err((kind, detail))` when the message must be refused. `destination_problem`: why the
 /// source's broker cannot take the reply destination the message names, if it cannot.

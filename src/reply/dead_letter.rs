@@ -22,6 +22,9 @@ pub const ORIGINAL_OFFSET: &str = "Ricochet-Original-Offset";
 pub const ORIGINAL_QUEUE: &str = "Ricochet-Original-Queue";
 pub const ORIGINAL_EXCHANGE: &str = "Ricochet-Original-Exchange";
 pub const ORIGINAL_ROUTING_KEY: &str = "Ricochet-Original-Routing-Key";
+/// What exactly was wrong with a refused message: for a validation failure, its first
+/// violations (`/qty: 0 is less than the minimum of 1; ...`), at most 1 KiB.
+pub const DETAIL: &str = "Ricochet-Dead-Letter-Detail";
 /// Set when the payload was left out because it would not fit the broker's limit.
 pub const PAYLOAD_OMITTED: &str = "Ricochet-Payload-Omitted";
 
@@ -32,6 +35,9 @@ pub struct DeadLetter<'a> {
     /// An error kind (`bad_request`, `payload_too_large`, ...), `max_deliver`,
     /// `dead_letter_after` or `publish_failed`.
     pub reason: &'a str,
+    /// Why exactly, when ricochet refused it (the detail of its error reply, or for a
+    /// validation failure the first violations).
+    pub detail: Option<&'a str>,
     /// The last HTTP status: the service's, or that of ricochet's error reply.
     pub last_status: u16,
     pub delivered: u32,
@@ -40,13 +46,17 @@ pub struct DeadLetter<'a> {
 
 impl DeadLetter<'_> {
     /// ricochet's headers, the same for every source.
-    pub fn headers(&self) -> [(&'static str, String); 4] {
-        [
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
             (REASON, self.reason.to_string()),
             (LAST_STATUS, self.last_status.to_string()),
             (DELIVERY_COUNT, self.delivered.to_string()),
             (ROUTE, self.route.to_string()),
-        ]
+        ];
+        if let Some(detail) = self.detail {
+            headers.push((DETAIL, single_line(detail)));
+        }
+        headers
     }
 
     /// NATS: the original headers plus ricochet's and `origin`. The broker's own `Nats-*`
@@ -71,6 +81,18 @@ impl DeadLetter<'_> {
     }
 }
 
+/// A header value: no line breaks, at most 1 KiB (cut on a character boundary).
+fn single_line(text: &str) -> String {
+    let mut end = text.len().min(1024);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +113,7 @@ mod tests {
         let letter = DeadLetter {
             route: "orders",
             reason: "payload_too_large",
+            detail: Some("message of 20 bytes exceeds\nthe limit"),
             last_status: 413,
             delivered: 1,
             inbound: &inbound,
@@ -107,6 +130,10 @@ mod tests {
         assert_eq!(get("Nats-Expected-Stream"), None);
         assert_eq!(get(REASON).as_deref(), Some("payload_too_large"));
         assert_eq!(get(LAST_STATUS).as_deref(), Some("413"));
+        assert_eq!(
+            get(DETAIL).as_deref(),
+            Some("message of 20 bytes exceeds the limit")
+        );
         assert_eq!(get(DELIVERY_COUNT).as_deref(), Some("1"));
         assert_eq!(get(ROUTE).as_deref(), Some("orders"));
         assert_eq!(get(ORIGINAL_STREAM).as_deref(), Some("ORDERS"));

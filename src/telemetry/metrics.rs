@@ -27,6 +27,7 @@ pub const DEAD_LETTERS: &str = "ricochet_dead_letters_total";
 pub const KAFKA_ASSIGNED: &str = "ricochet_kafka_assigned_partitions";
 pub const NATS_CONNECTED: &str = "ricochet_nats_connected";
 pub const NATS_EVENTS: &str = "ricochet_nats_connection_events_total";
+pub const VALIDATION_FAILURES: &str = "ricochet_validation_failures_total";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -95,6 +96,10 @@ fn describe() {
         KAFKA_ASSIGNED,
         "Kafka partitions assigned to this member of the route's group"
     );
+    describe_counter!(
+        VALIDATION_FAILURES,
+        "Requests refused and service responses rejected by the route's validation, by kind: schema, decode, unknown_schema, registry_unavailable, content_type, headers"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(
         NATS_EVENTS,
@@ -161,6 +166,45 @@ impl SkipReason {
     }
 }
 
+/// What a validation failed on, the `kind` label of [`VALIDATION_FAILURES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidationFailure {
+    /// The body does not match its schema (JSON Schema, or a reply that Avro cannot encode).
+    Schema,
+    /// The body cannot be read at all: not JSON, not the Avro wire format, not decodable.
+    Decode,
+    /// The registry does not know the schema id, or it is not a version of the subject.
+    UnknownSchema,
+    /// The registry could not be asked: retryable, the message is not let through.
+    RegistryUnavailable,
+    /// The message's media type is not in the route's allow-list.
+    ContentType,
+    /// Too many headers, or too many bytes of them.
+    Headers,
+}
+
+impl ValidationFailure {
+    pub const ALL: [ValidationFailure; 6] = [
+        ValidationFailure::Schema,
+        ValidationFailure::Decode,
+        ValidationFailure::UnknownSchema,
+        ValidationFailure::RegistryUnavailable,
+        ValidationFailure::ContentType,
+        ValidationFailure::Headers,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationFailure::Schema => "schema",
+            ValidationFailure::Decode => "decode",
+            ValidationFailure::UnknownSchema => "unknown_schema",
+            ValidationFailure::RegistryUnavailable => "registry_unavailable",
+            ValidationFailure::ContentType => "content_type",
+            ValidationFailure::Headers => "headers",
+        }
+    }
+}
+
 /// Outcome of one message, the `outcome` label of [`MESSAGES_HANDLED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -186,6 +230,7 @@ pub struct RouteMetrics {
     settlements: [Counter; Settlement::ALL.len()],
     pub dead_letters: Counter,
     outcomes: [Counter; 3],
+    validation_failures: [Counter; ValidationFailure::ALL.len()],
 }
 
 impl RouteMetrics {
@@ -223,6 +268,9 @@ impl RouteMetrics {
                 outcome("no_reply"),
                 outcome("publish_failed"),
             ],
+            validation_failures: ValidationFailure::ALL.map(
+                |k| counter!(VALIDATION_FAILURES, "route" => route.clone(), "kind" => k.as_str()),
+            ),
         }
     }
 
@@ -239,6 +287,11 @@ impl RouteMetrics {
     /// A retryable failure that was not retried.
     pub fn retry_skipped(&self, reason: SkipReason) {
         self.retries_skipped[reason as usize].increment(1);
+    }
+
+    /// A request refused, or a response rejected, by the route's validation.
+    pub fn validation_failed(&self, kind: ValidationFailure) {
+        self.validation_failures[kind as usize].increment(1);
     }
 
     /// One settlement sent to the broker.
@@ -266,6 +319,9 @@ mod tests {
         }
         for (index, reason) in SkipReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{}", reason.as_str());
+        }
+        for (index, kind) in ValidationFailure::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, index, "{}", kind.as_str());
         }
     }
 }

@@ -2,6 +2,8 @@
 //! a child process with a generated config, and helpers for NATS and the admin endpoints.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
