@@ -292,6 +292,63 @@ async fn an_oversized_request_is_refused_and_dead_lettered_with_the_reason_heade
 }
 
 #[tokio::test]
+async fn an_invalid_request_gets_the_400_with_its_violations_and_is_dead_lettered() {
+    let names = Names::new("invalid");
+    let (dlx, dlq) = (unique("ricochet.test.dlx."), unique("ricochet.test.dlq."));
+    client(json!({"op": "declare", "exchanges": [[dlx, "fanout"]], "queues": [dlq], "bindings": [[dlq, dlx, ""]]})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("order.json");
+    std::fs::write(&schema, r#"{"type": "object", "required": ["qty"], "properties": {"qty": {"type": "integer", "minimum": 1}}}"#).unwrap();
+    let upstream = Upstream::echo().await;
+    let routes = amqp::route(
+        "invalid",
+        &names.queue,
+        &names.queue,
+        "",
+        &format!("dead_letter_exchange = \"{dlx}\"\n[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"", schema.display()),
+    );
+    let _ricochet = start(&upstream, &routes).await;
+
+    let valid = client(rpc(
+        &names.queue,
+        1,
+        json!({"body": r#"{"qty": 2}"#, "content_type": "application/json"}),
+    ))
+    .await;
+    assert_eq!(
+        header(&valid["replies"][0], "Ricochet-Status"),
+        Some("200"),
+        "{valid}"
+    );
+    let invalid = client(rpc(
+        &names.queue,
+        1,
+        json!({"body": r#"{"qty": 0}"#, "content_type": "application/json"}),
+    ))
+    .await;
+    let reply = &invalid["replies"][0];
+    assert_eq!(header(reply, "Ricochet-Status"), Some("400"), "{invalid}");
+    assert_eq!(header(reply, "Ricochet-Error"), Some("validation"));
+    let body: Value = serde_json::from_str(reply["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["violations"][0]["instance_path"], "/qty", "{body}");
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "only the valid request reaches the service"
+    );
+    let letters = client(json!({"op": "get", "queue": dlq, "count": 1})).await;
+    let letter = &letters["messages"][0];
+    assert_eq!(
+        header(letter, "Ricochet-Dead-Letter-Reason"),
+        Some("validation"),
+        "{letters}"
+    );
+    assert!(header(letter, "Ricochet-Dead-Letter-Detail").is_some_and(|d| d.contains("/qty")));
+    assert_eq!(names.depth(&names.queue).await, Some(0));
+    names.delete(&[&dlq], &[&dlx]).await;
+}
+
+#[tokio::test]
 async fn retryable_failures_are_redelivered_after_the_delay_then_answered_once() {
     let names = Names::new("retry");
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
