@@ -113,6 +113,61 @@ async fn an_rpc_request_is_answered_on_its_reply_to_with_its_correlation_id() {
     names.delete(&[], &[]).await;
 }
 
+/// `rabbitmqctl list_consumers` of `queue`: (consumer tag, prefetch count, ack required).
+fn consumers_of(queue: &str) -> Vec<(String, u64, bool)> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_consumers",
+            "queue_name",
+            "consumer_tag",
+            "prefetch_count",
+            "ack_required",
+            "--formatter",
+            "json",
+            "-q",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing: Value = serde_json::from_slice(&output.stdout).expect("JSON from rabbitmqctl");
+    (listing.as_array().unwrap().iter())
+        .filter(|c| c["queue_name"] == queue)
+        .map(|c| {
+            let tag = c["consumer_tag"].as_str().unwrap_or_default().to_string();
+            (
+                tag,
+                c["prefetch_count"].as_u64().unwrap_or(0),
+                c["ack_required"] == true,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_existing_queue_is_used_as_it_is_with_the_routes_prefetch_and_tag() {
+    let names = Names::new("existing");
+    // Declared by someone else, with arguments ricochet does not ask for.
+    client(json!({"op": "declare", "queues": [names.queue], "arguments": {"x-max-length": 1000}}))
+        .await;
+    let upstream = Upstream::echo().await;
+    let routes = amqp::route(
+        "existing",
+        &names.queue,
+        &names.queue,
+        "max_in_flight = 7",
+        "consumer_tag = \"sidecar-1\"",
+    );
+    let _ricochet = start(&upstream, &routes).await;
+    let answer = client(rpc(&names.queue, 2, json!({}))).await;
+    assert_eq!(answer["answered"], 2, "{answer}");
+    let consumers = consumers_of(&names.queue);
+    assert_eq!(
+        consumers,
+        vec![("sidecar-1".to_string(), 7, true)],
+        "one consumer, prefetch = max_in_flight, explicit acks"
+    );
+    names.delete(&[], &[]).await;
+}
+
 #[tokio::test]
 async fn a_quorum_queue_is_declared_as_asked_and_served() {
     let names = Names::new("quorum");
