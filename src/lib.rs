@@ -112,6 +112,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
 
+    if let (Some(client), Some(service)) = (&client, &config.nats.service) {
+        let queue_group = &config.nats.queue_group;
+        let (client, pipeline, stop) = (client.clone(), pipeline.clone(), stop.clone());
+        let answering = telemetry::discovery::serve(client, service, pipeline, queue_group, stop);
+        answering.await?;
+    }
+
     tokio::pin!(shutdown);
     match &client {
         Some(client) => tokio::select! {

@@ -606,6 +606,23 @@ mod tests {
     }
 
     #[test]
+    fn the_micro_service_name_and_version_are_checked() {
+        let text = "[nats.service]\nname = \"orders api\"\nversion = \"1.2\"\n[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n";
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["nats.service.name", "nats.service.version"]);
+        let fine = text
+            .replace("orders api", "orders-api")
+            .replace("\"1.2\"", "\"1.2.0-rc.1+build.5\"");
+        let config = load_str(&fine, no_env()).unwrap();
+        assert_eq!(config.nats.service.unwrap().version, "1.2.0-rc.1+build.5");
+        for bad in ["01.2.3", "1.2.3-", "1.2.x", "1..3"] {
+            let text = fine.replace("1.2.0-rc.1+build.5", bad);
+            assert!(load_str(&text, no_env()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn missing_required_keys_are_reported() {
         let errors = load_str("[[routes]]\nname = \"x\"\n", no_env())
             .unwrap_err()

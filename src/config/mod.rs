@@ -102,6 +102,24 @@ pub struct NatsConfig {
     pub creds_file: Option<PathBuf>,
     #[serde(default = "defaults::nats_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Answer the NATS micro services API (`$SRV.PING|INFO|STATS`) as this service.
+    #[serde(default)]
+    pub service: Option<ServiceConfig>,
+}
+
+/// How ricochet presents the REST service it fronts on the NATS micro services API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Shared by every replica (letters, digits, `-`, `_`); each replica has its own id.
+    pub name: String,
+    /// Semantic version of the service.
+    #[serde(default = "defaults::service_version")]
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The co-located REST service.
@@ -806,6 +824,7 @@ impl Default for NatsConfig {
             token: None,
             creds_file: None,
             connect_timeout: defaults::nats_connect_timeout(),
+            service: None,
         }
     }
 }
@@ -942,6 +961,9 @@ pub mod defaults {
     }
     pub fn nats_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn service_version() -> String {
+        "0.0.0".into()
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(5)

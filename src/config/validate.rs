@@ -56,6 +56,25 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
     if nats.connect_timeout.is_zero() {
         push("nats.connect_timeout", "must be greater than zero".into());
     }
+    if let Some(service) = &nats.service {
+        let name_ok = !service.name.is_empty()
+            && (service.name.chars()).all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            push(
+                "nats.service.name",
+                format!(
+                    "{:?} must be non-empty and use only letters, digits, '-' and '_'",
+                    service.name
+                ),
+            );
+        }
+        if !semantic_version(&service.version) {
+            push(
+                "nats.service.version",
+                format!("{:?} is not a semantic version like 1.2.3", service.version),
+            );
+        }
+    }
 
     let upstream = &config.upstream;
     if let Err(message) = check_base_url(&upstream.base_url) {
@@ -86,6 +105,29 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
         push("log.level", format!("not a valid log filter: {e}"));
     }
     errors
+}
+
+/// `MAJOR.MINOR.PATCH` with an optional `-pre-release` and `+build`, as the NATS micro
+/// services API requires.
+fn semantic_version(version: &str) -> bool {
+    let (core, _build) = version.split_once('+').unwrap_or((version, ""));
+    let (core, pre) = core
+        .split_once('-')
+        .map_or((core, None), |(c, p)| (c, Some(p)));
+    let numbers: Vec<&str> = core.split('.').collect();
+    let number = |n: &&str| {
+        !n.is_empty()
+            && n.chars().all(|c| c.is_ascii_digit())
+            && (n.len() == 1 || !n.starts_with('0'))
+    };
+    numbers.len() == 3
+        && numbers.iter().all(number)
+        && pre.is_none_or(|p| {
+            !p.is_empty()
+                && (p.split('.')).all(|i| {
+                    !i.is_empty() && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        })
 }
 
 /// One route on its own, as written.

@@ -32,6 +32,7 @@ use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::DeadLetter;
 use crate::route::{Captures, Pattern};
 use crate::source::{Inbound, Settle, Undelivered};
+use crate::telemetry::discovery::RequestStats;
 use crate::telemetry::metrics::ValidationFailure;
 use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
 use crate::validate::registry::Registry;
@@ -58,6 +59,8 @@ pub struct Route {
     pub policy: Policy,
     /// The route's `validate` rules, if it has any.
     validation: Option<Rules>,
+    /// What the NATS micro services API's STATS reports of this route.
+    pub stats: RequestStats,
 }
 
 /// How one delivery ended, for the source.
@@ -151,6 +154,7 @@ impl Pipeline {
                 metrics: RouteMetrics::new(&route.name, route.source.kind().as_str()),
                 policy: crate::source::policy(route),
                 validation: Rules::new(route, registry.as_ref()),
+                stats: RequestStats::default(),
                 pattern,
             }));
         }
@@ -191,6 +195,7 @@ impl Pipeline {
                 }
             }
         };
+        let failed = RequestStats::error_of(&processed.reply);
         let settled = match policy.decide(&processed, inbound.delivered) {
             Action::Answer => {
                 let last_status = processed.reply.status.as_u16();
@@ -229,10 +234,9 @@ impl Pipeline {
             }
         };
         if settled == Settled::Done {
-            route
-                .metrics
-                .message_duration
-                .record(inbound.received.elapsed());
+            let elapsed = inbound.received.elapsed();
+            route.metrics.message_duration.record(elapsed);
+            route.stats.record(elapsed, failed);
         }
         settled
     }

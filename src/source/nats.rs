@@ -47,7 +47,7 @@ impl Core {
 }
 
 /// A core route's queue group: its own, else `default` (`nats.queue_group`).
-fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
+pub fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
     match source {
         SourceConfig::Nats {
             queue_group: Some(own),

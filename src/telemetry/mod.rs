@@ -1,7 +1,9 @@
-//! What ricochet tells operators: metrics (names in one place), logs, and the admin HTTP
-//! server with `/healthz`, `/readyz` and `/metrics`.
+//! What ricochet tells operators: metrics (names in one place), logs, the admin HTTP
+//! server with `/healthz`, `/readyz` and `/metrics`, and (`discovery`) the NATS micro
+//! services API.
 
 pub mod admin;
+pub mod discovery;
 pub mod logging;
 pub mod metrics;
 
