@@ -75,6 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         health.set_client(client.clone());
     }
     let pipeline = Arc::new(Pipeline::new(&config)?);
+    health.set_routes(pipeline.routes().to_vec());
     let replier = client.clone().map(|c| Arc::new(NatsReplier::new(c)));
 
     let stop = CancellationToken::new();

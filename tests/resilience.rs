@@ -366,3 +366,38 @@ async fn rate_limit_wait_mode_delivers_everything_at_the_rate() {
         "{busiest_second} calls within one second"
     );
 }
+
+#[tokio::test]
+async fn readiness_fails_while_every_circuit_is_open_and_says_why_in_json() {
+    let (upstream, healthy) = Upstream::down_until_healthy().await;
+    let breaker = "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 2\nbreak_duration = \"1500ms\"\n";
+    let (subject, ricochet, client) = start(&upstream, "ready", "GET", breaker).await;
+    let (status, body) = ricochet.admin_get("/readyz").await.unwrap();
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(report["ready"], true);
+    assert_eq!(report["routes"][0]["route"], "flaky");
+    assert_eq!(report["routes"][0]["source"], "nats");
+    assert_eq!(report["routes"][0]["circuit"], "closed");
+
+    for _ in 0..2 {
+        send(&client, subject.clone(), HeaderMap::new()).await;
+    }
+    let why = ricochet.wait_unready(Duration::from_secs(2)).await;
+    let report: serde_json::Value = serde_json::from_str(&why).unwrap();
+    assert_eq!(report["ready"], false);
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker is open"),
+        "{report}"
+    );
+    assert_eq!(report["routes"][0]["circuit"], "open");
+
+    // Ready again once the break is over, so the probe can come.
+    healthy.store(true, Ordering::SeqCst);
+    ricochet.wait_ready().await;
+    let reply = send(&client, subject.clone(), HeaderMap::new()).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+}

@@ -44,7 +44,8 @@ impl State {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `closed`, `open` or `half_open`: the `to` label of transitions, and `/readyz`'s word.
+    pub fn name(self) -> &'static str {
         match self {
             State::Closed => "closed",
             State::Open { .. } => "open",
@@ -145,6 +146,11 @@ impl Breaker {
 
     pub fn state(&self) -> State {
         self.lock().state
+    }
+
+    /// Open, with its break not over yet: no call would be let through now.
+    pub fn refusing(&self) -> bool {
+        matches!(self.state(), State::Open { until } if until > Instant::now())
     }
 
     /// Resolves once a call would be let through ([`Self::admits`]): at once while closed;

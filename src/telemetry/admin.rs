@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/healthz` (the process answers), `/readyz` (connected to NATS,
-//! subscribed, not shutting down) and `/metrics` (Prometheus text format).
+//! subscribed, consumers bound, not every circuit open, not shutting down; a JSON body says
+//! why and shows each route's circuit) and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,10 +16,14 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::pipeline::Route;
+
 /// What `/readyz` reports.
 #[derive(Debug)]
 pub struct Health {
     nats: OnceLock<async_nats::Client>,
+    /// The routes, for their circuit breakers.
+    routes: OnceLock<Vec<Arc<Route>>>,
     /// Intakes (core subscriptions, JetStream consumers) not set up yet.
     pending: AtomicUsize,
     /// False when no route uses NATS: readiness then ignores the NATS connection.
@@ -31,10 +36,15 @@ impl Health {
         let _ = self.nats.set(client);
     }
 
+    pub fn set_routes(&self, routes: Vec<Arc<Route>>) {
+        let _ = self.routes.set(routes);
+    }
+
     /// Readiness waits for `intakes` calls of [`Health::intake_ready`].
     pub fn new(intakes: usize, needs_nats: bool) -> Self {
         Self {
             nats: OnceLock::new(),
+            routes: OnceLock::new(),
             needs_nats,
             pending: AtomicUsize::new(intakes),
             shutting_down: AtomicBool::new(false),
@@ -71,7 +81,31 @@ impl Health {
         if self.pending.load(Ordering::SeqCst) > 0 {
             return Err("subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting");
         }
+        let routes = self.routes.get().map(Vec::as_slice).unwrap_or_default();
+        if !routes.is_empty() && routes.iter().all(|r| r.invoker.breaker.refusing()) {
+            return Err("every route's circuit breaker is open: the service is failing");
+        }
         Ok(())
+    }
+
+    /// `/readyz`'s body: whether ricochet is ready, why not, and each route's circuit.
+    fn report(&self) -> (bool, String) {
+        let ready = self.ready();
+        let routes: Vec<serde_json::Value> = (self.routes.get().into_iter().flatten())
+            .map(|route| {
+                serde_json::json!({
+                    "route": route.name,
+                    "source": route.config.source.kind().as_str(),
+                    "circuit": route.invoker.breaker.state().name(),
+                })
+            })
+            .collect();
+        let body = serde_json::json!({
+            "ready": ready.is_ok(),
+            "reason": ready.err(),
+            "routes": routes,
+        });
+        (ready.is_ok(), format!("{body}\n"))
     }
 }
 
@@ -120,13 +154,9 @@ fn respond(
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => match health.ready() {
-            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-            Err(why) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
+        "/readyz" => match health.report() {
+            (true, body) => (StatusCode::OK, "application/json", body),
+            (false, body) => (StatusCode::SERVICE_UNAVAILABLE, "application/json", body),
         },
         "/metrics" => (
             StatusCode::OK,
