@@ -456,6 +456,11 @@ async fn retryable_failures_are_redelivered_after_the_delay_then_answered_once()
         metric(&metrics, "ricochet_settlements_total", &["action=\"ack\""]),
         1.0
     );
+    assert_eq!(
+        metric(&metrics, "ricochet_redeliveries_total", &[]),
+        2.0,
+        "deliveries 2 and 3"
+    );
     assert_eq!(names.depth(&names.retry(100)).await, Some(0));
     names.delete(&[], &[]).await;
 }

@@ -71,29 +71,32 @@ impl RateLimit {
     }
 
     /// Lets one message of `size` bytes through, waiting if the mode allows it and the wait
-    /// ends before `deadline`.
-    pub async fn acquire(&self, size: usize, deadline: Instant) -> Result<(), Throttled> {
+    /// ends before `deadline`. `Ok(true)` when it had to wait.
+    pub async fn acquire(&self, size: usize, deadline: Instant) -> Result<bool, Throttled> {
+        let mut waited = false;
         if let Some(messages) = &self.messages {
-            self.take(messages, NonZeroU32::MIN, deadline).await?;
+            waited |= self.take(messages, NonZeroU32::MIN, deadline).await?;
         }
         if let (Some(bytes), Some(size)) = (
             &self.bytes,
             NonZeroU32::new(u32::try_from(size).unwrap_or(u32::MAX)),
         ) {
-            self.take(bytes, size, deadline).await?;
+            waited |= self.take(bytes, size, deadline).await?;
         }
-        Ok(())
+        Ok(waited)
     }
 
+    /// `Ok(true)` when the bucket made the message wait.
     async fn take(
         &self,
         bucket: &Bucket,
         cells: NonZeroU32,
         deadline: Instant,
-    ) -> Result<(), Throttled> {
+    ) -> Result<bool, Throttled> {
+        let mut waited = false;
         loop {
             let wait = match bucket.check_n(cells) {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => return Ok(waited),
                 Ok(Err(not_until)) => not_until.wait_time_from(TokioClock.now()),
                 // Larger than the burst: it could never pass.
                 Err(_) => return Err(Throttled::OverLimit),
@@ -105,6 +108,7 @@ impl RateLimit {
                 return Err(Throttled::PastDeadline);
             }
             tokio::time::sleep(wait).await;
+            waited = true;
         }
     }
 }
@@ -147,11 +151,13 @@ mod tests {
     async fn wait_mode_spaces_messages_at_the_rate() {
         let l = limit(RateLimitMode::Wait, Some(10), None);
         let start = Instant::now();
+        let mut waited = 0;
         for _ in 0..30 {
-            l.acquire(1, far()).await.unwrap();
+            waited += usize::from(l.acquire(1, far()).await.unwrap());
         }
-        // 10 at once (burst), then one every 100 ms.
+        // 10 at once (burst), then one every 100 ms: the 20 after the burst waited.
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(waited, 20);
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,7 +38,7 @@ pub use retry::{RetryBudget, RetryPolicy};
 
 use crate::config::{RouteConfig, UpstreamConfig};
 use crate::mapping::ErrorKind;
-use crate::telemetry::metrics::{RouteMetrics, SkipReason};
+use crate::telemetry::metrics::{RateLimited, RouteMetrics, SkipReason};
 
 /// Attempts are not started with less time than this left before the deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(1);
@@ -115,8 +115,16 @@ impl RouteInvoker {
             class: Class::Retryable,
         };
         if let Some(limit) = &self.limit {
-            if let Err(throttled) = limit.acquire(request.body().len(), deadline).await {
-                return refused(throttled.into());
+            match limit.acquire(request.body().len(), deadline).await {
+                Ok(false) => {}
+                Ok(true) => metrics.rate_limited(RateLimited::Waited),
+                Err(throttled) => {
+                    metrics.rate_limited(match throttled {
+                        Throttled::OverLimit => RateLimited::Rejected,
+                        Throttled::PastDeadline => RateLimited::PastDeadline,
+                    });
+                    return refused(throttled.into());
+                }
             }
         }
         self.budget.record_request();

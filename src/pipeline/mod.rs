@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
 use http::HeaderValue;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
@@ -76,6 +76,19 @@ pub enum Settled {
 }
 
 impl Route {
+    /// A slot of the route's `max_in_flight`: at once when one is free, else counted as
+    /// throttled and waited for. `None` once the route is closed.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        match self.limit.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::Closed) => None,
+            Err(TryAcquireError::NoPermits) => {
+                self.metrics.throttled.increment(1);
+                self.limit.clone().acquire_owned().await.ok()
+            }
+        }
+    }
+
     /// Whether the service's 2xx answers are checked or encoded before they become replies.
     fn checks_responses(&self) -> bool {
         (self.validation.as_ref()).is_some_and(Rules::has_response_rules)
@@ -180,6 +193,9 @@ impl Pipeline {
         settle: &S,
     ) -> Settled {
         let policy = &route.policy;
+        if inbound.delivered > 1 {
+            route.metrics.redeliveries.increment(1);
+        }
         // Checked once: a destination the broker cannot take gets no reply, and `validate`
         // refuses the message.
         let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));

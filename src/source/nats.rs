@@ -183,14 +183,14 @@ pub async fn intake(
         // queue group stops sending this replica more.
         let permit = loop {
             tokio::select! {
-                permit = route.limit.clone().acquire_owned() => break permit,
+                permit = route.slot() => break permit,
                 _ = stop.cancelled(), if !draining => {
                     draining = true;
                     drain(&mut subscriber).await;
                 }
             }
         };
-        let Ok(permit) = permit else { break };
+        let Some(permit) = permit else { break };
         route.metrics.received.increment(1);
         route.metrics.in_flight.increment(1.0);
         let core = core.clone();

@@ -28,6 +28,9 @@ pub const KAFKA_ASSIGNED: &str = "ricochet_kafka_assigned_partitions";
 pub const NATS_CONNECTED: &str = "ricochet_nats_connected";
 pub const NATS_EVENTS: &str = "ricochet_nats_connection_events_total";
 pub const VALIDATION_FAILURES: &str = "ricochet_validation_failures_total";
+pub const THROTTLED: &str = "ricochet_throttled_messages_total";
+pub const RATE_LIMITED: &str = "ricochet_rate_limited_total";
+pub const REDELIVERIES: &str = "ricochet_redeliveries_total";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -100,6 +103,18 @@ fn describe() {
         VALIDATION_FAILURES,
         "Requests refused and service responses rejected by the route's validation, by kind: schema, decode, unknown_schema, registry_unavailable, content_type, headers"
     );
+    describe_counter!(
+        THROTTLED,
+        "Waits for a free max_in_flight slot: a message that arrived while the route was full (core NATS, Kafka), or the next pull or delivery held back (JetStream, AMQP)"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Messages the route's rate limit held or refused, by result: waited, rejected, past_deadline"
+    );
+    describe_counter!(
+        REDELIVERIES,
+        "Durable sources: deliveries of a message after its first (broker redeliveries, retry copies, Kafka local retries)"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(
         NATS_EVENTS,
@@ -162,6 +177,34 @@ impl SkipReason {
             SkipReason::Deadline => "deadline",
             SkipReason::Method => "method",
             SkipReason::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// What the rate limit did with a message, the `result` label of [`RATE_LIMITED`] (a
+/// message let through at once is not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimited {
+    /// Held until the limit allowed it.
+    Waited,
+    /// Refused at once (`mode = "reject"`, or larger than the burst).
+    Rejected,
+    /// Refused: the wait would have outlasted its deadline.
+    PastDeadline,
+}
+
+impl RateLimited {
+    pub const ALL: [RateLimited; 3] = [
+        RateLimited::Waited,
+        RateLimited::Rejected,
+        RateLimited::PastDeadline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimited::Waited => "waited",
+            RateLimited::Rejected => "rejected",
+            RateLimited::PastDeadline => "past_deadline",
         }
     }
 }
@@ -231,6 +274,10 @@ pub struct RouteMetrics {
     pub dead_letters: Counter,
     outcomes: [Counter; 3],
     validation_failures: [Counter; ValidationFailure::ALL.len()],
+    /// Messages that waited for a `max_in_flight` slot.
+    pub throttled: Counter,
+    rate_limited: [Counter; RateLimited::ALL.len()],
+    pub redeliveries: Counter,
 }
 
 impl RouteMetrics {
@@ -271,6 +318,10 @@ impl RouteMetrics {
             validation_failures: ValidationFailure::ALL.map(
                 |k| counter!(VALIDATION_FAILURES, "route" => route.clone(), "kind" => k.as_str()),
             ),
+            throttled: counter!(THROTTLED, "route" => route.clone()),
+            rate_limited: RateLimited::ALL
+                .map(|r| counter!(RATE_LIMITED, "route" => route.clone(), "result" => r.as_str())),
+            redeliveries: counter!(REDELIVERIES, "route" => route.clone()),
         }
     }
 
@@ -292,6 +343,10 @@ impl RouteMetrics {
     /// A request refused, or a response rejected, by the route's validation.
     pub fn validation_failed(&self, kind: ValidationFailure) {
         self.validation_failures[kind as usize].increment(1);
+    }
+
+    pub fn rate_limited(&self, result: RateLimited) {
+        self.rate_limited[result as usize].increment(1);
     }
 
     /// One settlement sent to the broker.
@@ -316,6 +371,9 @@ mod tests {
     fn every_label_set_is_indexed_by_its_own_variant() {
         for (index, action) in Settlement::ALL.iter().enumerate() {
             assert_eq!(*action as usize, index, "{}", action.as_str());
+        }
+        for (index, result) in RateLimited::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, index, "{}", result.as_str());
         }
         for (index, reason) in SkipReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{}", reason.as_str());

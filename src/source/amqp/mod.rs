@@ -225,9 +225,9 @@ impl AmqpRoute {
             }
             let probing = route.invoker.breaker.state() != State::Closed;
             let permit = tokio::select! {
-                permit = route.limit.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return Ended::Stopped,
+                permit = route.slot() => match permit {
+                    Some(permit) => permit,
+                    None => return Ended::Stopped,
                 },
                 _ = stop.cancelled() => return Ended::Stopped,
                 _ = broken.cancelled() => return Ended::Lost("a channel broke".into()),

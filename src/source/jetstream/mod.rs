@@ -208,9 +208,9 @@ impl JetStreamRoute {
             }
             let probing = route.invoker.breaker.state() != State::Closed;
             let first = tokio::select! {
-                permit = route.limit.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
+                permit = route.slot() => match permit {
+                    Some(permit) => permit,
+                    None => break,
                 },
                 _ = stop.cancelled() => break,
             };

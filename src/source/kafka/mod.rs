@@ -385,7 +385,10 @@ impl KafkaRoute {
                     Some(Ok(record)) => {
                         match self.route.limit.clone().try_acquire_owned() {
                             Ok(permit) if overflow.is_empty() => self.take(record, permit, consumer, &replier, tracker),
-                            _ => overflow.push_back(record),
+                            _ => {
+                                self.route.metrics.throttled.increment(1);
+                                overflow.push_back(record);
+                            }
                         }
                     }
                     Some(Err(e)) => warn!(route = %self.route.name, error = %e, "Kafka consumer error"),
