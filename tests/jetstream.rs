@@ -950,3 +950,61 @@ async fn an_existing_durable_with_other_settings_is_brought_to_the_routes_or_ref
     }
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn the_consumers_pending_counts_are_gauges() {
+    let stream = TestStream::create("jsgauge").await;
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
+    let upstream = Upstream::start(move |_| {
+        let gate = gate.clone();
+        async move {
+            while !gate.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            respond(200, "ok")
+        }
+    })
+    .await;
+    let ricochet = stream
+        .ricochet(
+            &upstream,
+            "max_in_flight = 1\ntimeout = \"20s\"\ntotal_timeout = \"20s\"\n[routes.retry]\nmax_attempts = 1",
+            "ack_wait = \"30s\"",
+        )
+        .await;
+    for i in 0..10 {
+        stream.publish(&i.to_string(), HeaderMap::new(), b"x").await;
+    }
+    let gauges = || async {
+        let metrics = ricochet.metrics().await;
+        let get = |name: &str| metric(&metrics, name, &["route=\"js\""]);
+        (
+            get("ricochet_jetstream_pending_messages"),
+            get("ricochet_jetstream_ack_pending_messages"),
+        )
+    };
+    // One message at the service, nine in the stream for this consumer.
+    eventually(
+        Duration::from_secs(15),
+        "9 pending, 1 unacknowledged",
+        || async {
+            let seen = gauges().await;
+            holds(
+                seen == (9.0, 1.0),
+                format!("pending, ack pending: {seen:?}"),
+            )
+        },
+    )
+    .await;
+    open.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(15), "nothing pending", || async {
+        let seen = gauges().await;
+        holds(
+            seen == (0.0, 0.0),
+            format!("pending, ack pending: {seen:?}"),
+        )
+    })
+    .await;
+    stream.delete().await;
+}

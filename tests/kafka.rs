@@ -647,3 +647,68 @@ async fn at_most_once_never_retries_and_answers_the_failure() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.calls(), 1, "no local retry, no redelivery");
 }
+
+#[tokio::test]
+async fn consumer_lag_and_committed_offset_follow_the_work_left() {
+    let requests = kafka::topic("klag", 1).await;
+    let replies = kafka::topic("klagrep", 1).await;
+    // The first call is answered at once; the others wait until the test opens the gate.
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (gate, counter) = (open.clone(), calls.clone());
+    let upstream = Upstream::start(move |_| {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        let gate = gate.clone();
+        async move {
+            while !first && !gate.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            respond(200, "ok")
+        }
+    })
+    .await;
+    let routes = kafka::route(
+        "lag",
+        &requests,
+        "max_in_flight = 1\ntimeout = \"60s\"\ntotal_timeout = \"60s\"\n[routes.retry]\nmax_attempts = 1",
+        &format!("reply_topic = \"{replies}\"\nordering = \"partition\""),
+    );
+    let ricochet = start(&upstream, &routes, "lag").await;
+    let producer = kafka::producer();
+    for i in 0..10 {
+        produce(&producer, &requests, None, &[], format!("r{i}").as_bytes()).await;
+    }
+    let labels = [
+        format!("topic=\"{requests}\""),
+        "partition=\"0\"".to_string(),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let gauges = || async {
+        let metrics = ricochet.metrics().await;
+        (
+            metric(&metrics, "ricochet_kafka_consumer_lag_messages", &labels),
+            metric(&metrics, "ricochet_kafka_committed_offset", &labels),
+        )
+    };
+    // One record finished and committed, nine to go.
+    eventually(
+        Duration::from_secs(30),
+        "lag 9 at committed offset 1",
+        || async {
+            let seen = gauges().await;
+            holds(seen == (9.0, 1.0), format!("lag, committed: {seen:?}"))
+        },
+    )
+    .await;
+    open.store(true, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "lag 0 at committed offset 10",
+        || async {
+            let seen = gauges().await;
+            holds(seen == (0.0, 10.0), format!("lag, committed: {seen:?}"))
+        },
+    )
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}

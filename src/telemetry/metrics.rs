@@ -1,7 +1,8 @@
 //! Metric names, in one place, and the per-route handles the pipeline records into.
 //!
 //! Names follow `ricochet_<what>_<unit>[_total]`. Labels are few and bounded: `route` (from
-//! the configuration), `source`, `outcome`, `class` and `kind` (fixed sets). Never a subject,
+//! the configuration), `source`, `outcome`, `class`, `kind`, `result` (fixed sets), and on
+//! the Kafka partition gauges `topic` and `partition` (the route's own). Never a subject,
 //! message id or anything else a message controls.
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
@@ -31,6 +32,11 @@ pub const VALIDATION_FAILURES: &str = "ricochet_validation_failures_total";
 pub const THROTTLED: &str = "ricochet_throttled_messages_total";
 pub const RATE_LIMITED: &str = "ricochet_rate_limited_total";
 pub const REDELIVERIES: &str = "ricochet_redeliveries_total";
+pub const JETSTREAM_PENDING: &str = "ricochet_jetstream_pending_messages";
+pub const JETSTREAM_ACK_PENDING: &str = "ricochet_jetstream_ack_pending_messages";
+pub const JETSTREAM_REDELIVERED: &str = "ricochet_jetstream_redelivered_messages";
+pub const KAFKA_LAG: &str = "ricochet_kafka_consumer_lag_messages";
+pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -114,6 +120,26 @@ fn describe() {
     describe_counter!(
         REDELIVERIES,
         "Durable sources: deliveries of a message after its first (broker redeliveries, retry copies, Kafka local retries)"
+    );
+    describe_gauge!(
+        JETSTREAM_PENDING,
+        "JetStream: messages in the stream not yet delivered to the route's consumer (read every 5 s)"
+    );
+    describe_gauge!(
+        JETSTREAM_ACK_PENDING,
+        "JetStream: messages delivered to the route's consumer and not yet acknowledged"
+    );
+    describe_gauge!(
+        JETSTREAM_REDELIVERED,
+        "JetStream: messages redelivered to the route's consumer and not yet acknowledged"
+    );
+    describe_gauge!(
+        KAFKA_LAG,
+        "Kafka: messages between the committed offset and the end of each partition assigned to this member (librdkafka's statistics)"
+    );
+    describe_gauge!(
+        KAFKA_COMMITTED,
+        "Kafka: the route's committed offset of each partition assigned to this member"
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(

@@ -34,7 +34,9 @@ use crate::invoke::breaker::State;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
 use crate::reply::{dead_letter, DeadLetter, NatsReplier};
-use crate::telemetry::metrics::Settlement;
+use crate::telemetry::metrics::{
+    Settlement, JETSTREAM_ACK_PENDING, JETSTREAM_PENDING, JETSTREAM_REDELIVERED,
+};
 use crate::telemetry::Health;
 
 /// How long one pull request waits for messages; also bounds how long shutdown waits for
@@ -46,6 +48,48 @@ const SETUP_RETRY: Duration = Duration::from_secs(2);
 /// After the server refused the consumer ricochet needs: nothing changes until an operator
 /// acts, so look again less often.
 const REFUSED_RETRY: Duration = Duration::from_secs(10);
+/// How often the consumer's counts are read from the server for the gauges.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the server counts for the route's consumer.
+#[derive(Clone)]
+struct ConsumerGauges {
+    pending: metrics::Gauge,
+    ack_pending: metrics::Gauge,
+    redelivered: metrics::Gauge,
+}
+
+impl ConsumerGauges {
+    fn new(route: &str) -> Self {
+        let gauge = |name: &'static str| metrics::gauge!(name, "route" => route.to_string());
+        Self {
+            pending: gauge(JETSTREAM_PENDING),
+            ack_pending: gauge(JETSTREAM_ACK_PENDING),
+            redelivered: gauge(JETSTREAM_REDELIVERED),
+        }
+    }
+}
+
+/// Reads the consumer's counts every [`WATCH_INTERVAL`] until `stop`: messages in the
+/// stream not yet delivered to it, delivered and not yet acknowledged, and redelivered and
+/// not yet acknowledged.
+async fn watch(consumer: PullConsumer, gauges: ConsumerGauges, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match consumer.get_info().await {
+            Ok(info) => {
+                gauges.pending.set(info.num_pending as f64);
+                gauges.ack_pending.set(info.num_ack_pending as f64);
+                gauges.redelivered.set(info.num_redelivered as f64);
+            }
+            Err(e) => debug!(error = %e, "JetStream consumer info not read"),
+        }
+    }
+}
 
 /// Everything one route's consumer needs.
 pub struct JetStreamRoute {
@@ -56,6 +100,7 @@ pub struct JetStreamRoute {
     delivery: Delivery,
     reply_subject: Option<String>,
     dead_letter: Option<String>,
+    gauges: ConsumerGauges,
 }
 
 impl JetStreamRoute {
@@ -69,6 +114,7 @@ impl JetStreamRoute {
             warn!(route = %route.name, "no dead_letter subject: undeliverable messages will be terminated and only logged");
         }
         Self {
+            gauges: ConsumerGauges::new(&route.name),
             delivery: source.delivery,
             reply_subject: source.reply_subject,
             dead_letter: source.dead_letter,
@@ -128,7 +174,16 @@ impl JetStreamRoute {
             };
             info!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), "JetStream consumer bound");
             health.intake_ready();
-            if this.pull(&consumer, &tracker, &stop).await.is_ok() {
+            // Ends with this binding: the consumer of the next one is watched anew.
+            let watching = stop.child_token();
+            tokio::spawn(watch(
+                consumer.clone(),
+                this.gauges.clone(),
+                watching.clone(),
+            ));
+            let pulled = this.pull(&consumer, &tracker, &stop).await;
+            watching.cancel();
+            if pulled.is_ok() {
                 break;
             }
             // Not ready until bound again.

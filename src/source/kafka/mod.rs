@@ -268,7 +268,9 @@ impl KafkaRoute {
             .set("topic.metadata.refresh.interval.ms", "10000")
             // librdkafka prefetches up to 64 MiB by default: a sidecar's memory should not
             // grow that far when requests arrive faster than the service answers.
-            .set("queued.max.messages.kbytes", "4096");
+            .set("queued.max.messages.kbytes", "4096")
+            // Statistics every 5 s: the consumer lag and committed offset gauges.
+            .set("statistics.interval.ms", "5000");
         if self.delivery == Delivery::ExactlyOnce {
             // Requests produced in transactions count only once committed.
             client.set("isolation.level", "read_committed");

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
@@ -18,6 +18,7 @@ use super::{Lane, OffsetTracker, Output, Partition, Record};
 use crate::config::KafkaConfig;
 use crate::reply::kafka::{TransactionError, TransactionRecord};
 use crate::reply::KafkaReplier;
+use crate::telemetry::metrics::{KAFKA_COMMITTED, KAFKA_LAG};
 
 #[derive(Default)]
 pub(super) struct PartitionState {
@@ -344,7 +345,38 @@ pub(super) struct RouteContext {
     pub assigned: metrics::Gauge,
 }
 
-impl ClientContext for RouteContext {}
+impl ClientContext for RouteContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag and committed
+    /// offset of each partition assigned to this member.
+    fn stats(&self, statistics: Statistics) {
+        let route = &self.shared.route;
+        let assigned: Vec<Partition> = self.shared.lock().partitions.keys().cloned().collect();
+        for (topic, partition) in assigned {
+            let Some(stats) =
+                (statistics.topics.get(&topic)).and_then(|t| t.partitions.get(&partition))
+            else {
+                continue;
+            };
+            let labels = partition_labels(route, &topic, partition);
+            // -1 until the partition's end or committed offset is known.
+            if stats.consumer_lag >= 0 {
+                metrics::gauge!(KAFKA_LAG, &labels).set(stats.consumer_lag as f64);
+            }
+            if stats.committed_offset >= 0 {
+                metrics::gauge!(KAFKA_COMMITTED, &labels).set(stats.committed_offset as f64);
+            }
+        }
+    }
+}
+
+/// The labels of a partition's gauges: a bounded set (the route's topics and partitions).
+fn partition_labels(route: &str, topic: &str, partition: i32) -> [(&'static str, String); 3] {
+    [
+        ("route", route.to_string()),
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ]
+}
 
 impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -373,6 +405,11 @@ impl ConsumerContext for RouteContext {
                     warn!(%route, error = %e, "commit on revoke failed");
                 }
             }
+        }
+        // Another member's now: this member no longer lags on it.
+        for (topic, partition) in &partitions {
+            let labels = partition_labels(route, topic, *partition);
+            metrics::gauge!(KAFKA_LAG, &labels).set(0.0);
         }
         // librdkafka keeps an application pause across reassignment: start clean.
         let _ = consumer.resume(&list_of(&partitions));
