@@ -87,18 +87,15 @@ struct Service {
 }
 
 impl Service {
+    /// The fields every answer starts with.
     fn identity(&self, kind: &str) -> serde_json::Map<String, Value> {
-        let value = json!({
-            "type": kind,
-            "name": self.name,
-            "id": self.id,
-            "version": self.version,
-            "metadata": self.metadata,
-        });
-        match value {
-            Value::Object(map) => map,
-            _ => unreachable!("an object"),
-        }
+        let mut answer = serde_json::Map::new();
+        answer.insert("type".into(), json!(kind));
+        answer.insert("name".into(), json!(self.name));
+        answer.insert("id".into(), json!(self.id));
+        answer.insert("version".into(), json!(self.version));
+        answer.insert("metadata".into(), json!(self.metadata));
+        answer
     }
 
     fn ping(&self) -> Value {
