@@ -204,7 +204,7 @@ fn set_path(table: &mut Table, path: &[String], raw: String) -> Result<String, S
 }
 
 /// Keys whose values never appear in an error message.
-const SECRET_KEYS: [&str; 2] = ["password", "token"];
+const SECRET_KEYS: [&str; 3] = ["password", "token", "seed"];
 
 /// Deserializes `value`, collecting one error per bad key instead of stopping at the first.
 /// A bad key is removed (so its default applies) and deserialization runs again; the result
