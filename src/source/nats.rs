@@ -5,7 +5,9 @@
 //! The connection retries at start and reconnects by itself (async-nats re-subscribes);
 //! every change is logged and exported as `ricochet_nats_connected`.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use futures::StreamExt;
@@ -90,6 +92,9 @@ pub enum NatsError {
 pub async fn connect(config: &NatsConfig) -> Result<Client, NatsError> {
     metrics::gauge!(NATS_CONNECTED).set(0.0);
     let url = config.url.as_str();
+    if let Some(path) = &config.creds_file {
+        warn_if_expired(path, SystemTime::now());
+    }
     match options(config).await?.connect(url).await {
         Ok(client) => return Ok(client),
         Err(e) => error!(
@@ -100,6 +105,38 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, NatsError> {
     }
     let options = options(config).await?.retry_on_initial_connect();
     Ok(options.connect(url).await?)
+}
+
+/// The server answers an expired user JWT with a bare "authorization violation": say why.
+fn warn_if_expired(path: &Path, now: SystemTime) {
+    let Some(expires) = creds_expiry(path) else {
+        return;
+    };
+    if expires <= now {
+        error!(
+            creds_file = %path.display(),
+            expired_at = %humantime::format_rfc3339_seconds(expires),
+            "the user JWT in nats.creds_file has expired: the server will refuse it"
+        );
+    }
+}
+
+/// When the user JWT of a creds file expires, if it says.
+fn creds_expiry(path: &Path) -> Option<SystemTime> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).ok()?;
+    // The JWT is the line of base64 JSON (`{"` encodes as `eyJ`); the seed starts with SU.
+    let jwt = text
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("eyJ"))?;
+    let claims = jwt.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    let seconds = claims.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }
 
 /// The connection options of `config`: TLS, and the one way it authenticates. Secrets are
@@ -171,7 +208,7 @@ pub fn describe(error: &async_nats::ConnectError) -> String {
     } else if lower.contains("expired") {
         "expired: the certificate or the credentials (JWT) have expired"
     } else if lower.contains("badcertificate") || lower.contains("bad certificate") {
-        "the server refused the client certificate"
+        "the server refused the client certificate, or wants one (nats.tls.cert_file and key_file)"
     } else if lower.contains("authorization violation") {
         "authorization violation: the server refused the credentials (wrong user or password, token, NKey or creds file)"
     } else if lower.contains("tls") {
@@ -336,6 +373,25 @@ fn to_inbound(message: async_nats::Message) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expiry_of_a_creds_file_is_read_from_its_jwt() {
+        use base64::Engine;
+        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let jwt = format!(
+            "{}.{}.c2ln",
+            encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+            encode(r#"{"sub":"UA","exp":1700000000}"#)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("user.creds");
+        std::fs::write(&file, format!("-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n")).unwrap();
+        assert_eq!(
+            creds_expiry(&file),
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(creds_expiry(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
