@@ -203,7 +203,7 @@ pub fn describe(error: &async_nats::ConnectError) -> String {
         "unknown CA: the server's certificate is not signed by a CA in nats.tls.ca_file"
     } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
         "the server requires a client certificate (nats.tls.cert_file and key_file)"
-    } else if lower.contains("notvalidforname") {
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
         "the server's certificate does not name the host of nats.url"
     } else if lower.contains("expired") {
         "expired: the certificate or the credentials (JWT) have expired"

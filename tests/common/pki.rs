@@ -43,14 +43,24 @@ impl Ca {
         self.issue(name, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for other names only.
+    pub fn server_for(&self, name: &str, names: &[&str]) -> Issued {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        self.issue_for(name, names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A client certificate.
     pub fn client(&self, name: &str) -> Issued {
         self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn issue(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Issued {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        self.issue_for(name, names, usage)
+    }
+
+    fn issue_for(&self, name: &str, names: Vec<String>, usage: ExtendedKeyUsagePurpose) -> Issued {
+        let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().unwrap();
