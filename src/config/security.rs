@@ -398,6 +398,58 @@ mod tests {
         assert!(properties.contains(&("ssl.endpoint.identification.algorithm", "none".into())));
     }
 
+    /// librdkafka checks the properties when a client is made, and loads the CA, the client
+    /// certificate and its key then: what ricochet sets is what librdkafka takes.
+    #[test]
+    fn librdkafka_takes_every_protocol_and_mechanism_and_loads_the_files() {
+        use rdkafka::producer::BaseProducer;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca_file = write("ca.pem", &ca.pem());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ricochet".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_file = write("cert.pem", &cert.pem());
+        let key_file = write("key.pem", &key.serialize_pem());
+        let make = |toml: &str| {
+            let properties = kafka(toml).properties().unwrap();
+            let mut client = rdkafka::ClientConfig::new();
+            client.set("bootstrap.servers", "127.0.0.1:1");
+            for (name, value) in properties {
+                client.set(name, value);
+            }
+            client.create::<BaseProducer>().map(|_| ())
+        };
+        let tls = format!("ssl_ca_file = {ca_file:?}\nssl_cert_file = {cert_file:?}\nssl_key_file = {key_file:?}\n");
+        make("").expect("plaintext");
+        make(&format!("security_protocol = \"ssl\"\n{tls}")).expect("ssl with files");
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let sasl = format!(
+                "sasl_mechanism = \"{mechanism}\"\nsasl_username = \"u\"\nsasl_password = \"p\"\n"
+            );
+            make(&format!("security_protocol = \"sasl_plaintext\"\n{sasl}")).expect(mechanism);
+            make(&format!("security_protocol = \"sasl_ssl\"\n{tls}{sasl}")).expect(mechanism);
+        }
+        // A CA file that is no certificate fails when the client is made, not later.
+        let junk = write("junk.pem", "not a certificate");
+        let error = make(&format!(
+            "security_protocol = \"ssl\"\nssl_ca_file = {junk:?}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.to_lowercase().contains("ca"), "{error}");
+    }
+
     #[test]
     fn inconsistent_settings_are_reported_with_their_keys() {
         let check = |toml: &str| {
