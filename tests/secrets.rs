@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::ConnectOptions;
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -72,7 +71,7 @@ async fn mtls_upstream(ca: &Ca) -> u16 {
                 };
                 let service = service_fn(|request: Request<Incoming>| async move {
                     let body = request.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(body))))
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

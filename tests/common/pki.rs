@@ -1,5 +1,6 @@
 //! Certificates made by the TLS tests (rcgen): a CA, and server and client certificates it
-//! signs, written as PEM files into a temporary directory.
+//! signs, written as PEM files into a temporary directory. Each test binary uses a part.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
