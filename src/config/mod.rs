@@ -23,7 +23,7 @@ pub use load::{load, load_str, ConfigError, ConfigErrors, ENV_PREFIX};
 pub use print::printable;
 pub use security::{
     read_secret_file, NatsTlsConfig, SaslMechanism, SecretFileError, SecurityProtocol,
-    UpstreamTlsConfig,
+    TlsFilesConfig,
 };
 pub use units::{redact_url, ByteSize, Secret};
 pub use validate::valid_topic;
@@ -145,7 +145,7 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// CA and client certificate for an `https` base URL.
     #[serde(default)]
-    pub tls: UpstreamTlsConfig,
+    pub tls: TlsFilesConfig,
 }
 
 /// The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
@@ -633,6 +633,9 @@ pub struct AmqpConfig {
     /// Default: the message's own routing key.
     #[serde(default)]
     pub dead_letter_routing_key: Option<String>,
+    /// CA and client certificate for an `amqps://` URL.
+    #[serde(default)]
+    pub tls: TlsFilesConfig,
 }
 
 /// `x-queue-type` of a queue ricochet declares.

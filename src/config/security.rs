@@ -36,15 +36,16 @@ impl NatsTlsConfig {
     }
 }
 
-/// `[upstream.tls]`: for an `https` base URL. The server's name is verified against the
-/// base URL's host, which is also the SNI.
+/// `[upstream.tls]` (for an `https` base URL) and `[routes.amqp.tls]` (for `amqps://`):
+/// the server's certificate must name the URL's host, which is also the SNI.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamTlsConfig {
-    /// PEM file of the CA(s) that sign the service's certificate; default: the system's roots.
+pub struct TlsFilesConfig {
+    /// PEM file of the CA(s) that sign the server's certificate; default: the system's
+    /// roots (AMQP: in addition to them).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain), for a service that asks for one; needs `key_file`.
+    /// PEM client certificate (chain), for a server that asks for one; needs `key_file`.
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
@@ -315,6 +316,28 @@ pub(super) fn check_nats(nats: &super::NatsConfig, push: &mut impl FnMut(&str, S
     }
 }
 
+/// `[routes.amqp.tls]` against the URL's scheme; keys relative to the route.
+pub(super) fn check_amqp(amqp: &super::AmqpConfig, push: &mut impl FnMut(&str, String)) {
+    let tls = &amqp.tls;
+    let set = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some();
+    if set && !amqp.url.starts_with("amqps://") {
+        push("amqp.tls", "TLS settings need an amqps:// url".into());
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        push(
+            "amqp.tls.cert_file",
+            "a client certificate needs its key: set both cert_file and key_file".into(),
+        );
+    }
+    for (key, file) in [
+        ("amqp.tls.ca_file", &tls.ca_file),
+        ("amqp.tls.cert_file", &tls.cert_file),
+        ("amqp.tls.key_file", &tls.key_file),
+    ] {
+        check_file(push, key, file);
+    }
+}
+
 /// `[upstream.tls]` against the base URL's scheme.
 pub(super) fn check_upstream(
     upstream: &super::UpstreamConfig,
@@ -345,6 +368,7 @@ pub(super) fn check_upstream(
 
 #[cfg(test)]
 mod tests {
+    use super::check_amqp;
 
     fn kafka(toml: &str) -> crate::config::KafkaConfig {
         toml::from_str(&format!("brokers = \"h:9092\"\n{toml}")).unwrap()
@@ -448,6 +472,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.to_lowercase().contains("ca"), "{error}");
+    }
+
+    #[test]
+    fn amqp_tls_needs_an_amqps_url_and_a_key_with_its_certificate() {
+        let amqp: crate::config::AmqpConfig =
+            toml::from_str("url = \"amqp://h:5672/%2f\"\n[tls]\ncert_file = \"/nowhere/c.pem\"\n")
+                .unwrap();
+        let mut keys = Vec::new();
+        check_amqp(&amqp, &mut |key: &str, _| keys.push(key.to_string()));
+        assert_eq!(
+            keys,
+            ["amqp.tls", "amqp.tls.cert_file", "amqp.tls.cert_file"],
+            "needs amqps, needs its key, and the file must exist"
+        );
     }
 
     #[test]

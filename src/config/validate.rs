@@ -409,6 +409,7 @@ fn check_amqp(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
             );
         }
     }
+    super::security::check_amqp(amqp, push);
     let literal = !route.subject.contains(['*', '>', '{']);
     match &amqp.queue {
         None if !literal => push(

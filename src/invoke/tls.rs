@@ -14,7 +14,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use crate::config::UpstreamTlsConfig;
+use crate::config::TlsFilesConfig;
 
 /// Why the TLS settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ impl std::fmt::Debug for UpstreamTls {
 
 impl UpstreamTls {
     /// The TLS client for `host` (the base URL's host, without brackets for IPv6).
-    pub fn new(config: &UpstreamTlsConfig, host: &str) -> Result<Self, TlsError> {
+    pub fn new(config: &TlsFilesConfig, host: &str) -> Result<Self, TlsError> {
         let roots = match &config.ca_file {
             Some(path) => {
                 let mut roots = RootCertStore::empty();
