@@ -430,3 +430,38 @@ async fn tls_first_handshakes_before_the_server_info() {
     let tls = format!("{}\nfirst = true", ca_key(&ca));
     answers(&server, "tls", "", &tls, tls_client(&ca).tls_first()).await;
 }
+
+#[tokio::test]
+async fn ricochet_request_uses_the_tls_and_credentials_of_its_config() {
+    let ca = Ca::new("nats-request");
+    let password = unique("pw-");
+    let conf = format!(
+        "{}authorization {{ user: svc, password: \"{password}\" }}",
+        server_tls(&ca, false, "")
+    );
+    let server = Server::start(&conf).await;
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let subject = unique("tls.request.");
+    let toml = ricochet_config(
+        &server.url("tls"),
+        &format!("user = \"svc\"\npassword = \"{password}\""),
+        &ca_key(&ca),
+        &upstream.base_url(),
+        admin,
+        &subject,
+    );
+    let ricochet = Ricochet::start(&toml, admin).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ricochet"))
+        .args(["request", &subject, "--data", "via request"])
+        .arg("--config")
+        .arg(ricochet.config_path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("via request"), "{stdout}");
+    assert!(!stdout.contains(&password) && !stderr.contains(&password));
+}

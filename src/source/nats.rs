@@ -140,8 +140,8 @@ fn creds_expiry(path: &Path) -> Option<SystemTime> {
 }
 
 /// The connection options of `config`: TLS, and the one way it authenticates. Secrets are
-/// read from their files here, at start-up.
-async fn options(config: &NatsConfig) -> Result<ConnectOptions, NatsError> {
+/// read from their files here, at start-up. Also used by `ricochet request`.
+pub async fn options(config: &NatsConfig) -> Result<ConnectOptions, NatsError> {
     let mut options = ConnectOptions::new()
         .name(&config.name)
         .connection_timeout(config.connect_timeout)
