@@ -22,7 +22,8 @@ pub fn printable(config: &Config) -> Result<String, toml::ser::Error> {
 
 fn redact(value: &mut Value) {
     match value {
-        Value::String(text) => *text = super::redact_url(text),
+        // URLs only: a user name like `svc@example.com` is not a credential.
+        Value::String(text) if text.contains("://") => *text = super::redact_url(text),
         Value::Array(items) => items.iter_mut().for_each(redact),
         Value::Table(table) => {
             for (key, value) in table.iter_mut() {

@@ -100,8 +100,16 @@ pub fn serialize_duration_list<S: Serializer>(
     text.serialize(serializer)
 }
 
-/// A URL fit for logs and errors: any `user:password@` is replaced by `***@`.
+/// A URL fit for logs and errors: any `user:password@` is replaced by `***@`; in a list
+/// of URLs separated by commas (`nats.url`), in each of them.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_one).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
@@ -174,6 +182,10 @@ mod tests {
         assert_eq!(redact_url("tls://token@h:1/x@y"), "tls://***@h:1/x@y");
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
         assert_eq!(redact_url("u:p@host"), "***@host");
+        assert_eq!(
+            redact_url("nats://a:pw1@h1:4222, nats://b:pw2@h2:4222"),
+            "nats://***@h1:4222, nats://***@h2:4222"
+        );
     }
 
     #[test]
