@@ -3,6 +3,7 @@
 #   ricochet        (the default, last stage) the sidecar; config mounted at /etc/ricochet
 #   orders-service  the example legacy REST service
 #   demo-caller     the demo's NATS/Kafka caller
+# The build image has libssl-dev: librdkafka is built with OpenSSL (Kafka ssl/sasl_ssl).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -16,7 +17,7 @@ RUN cargo build --release --locked -p ricochet --bin ricochet --example orders-s
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home ricochet
 USER 10001:10001

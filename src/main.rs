@@ -37,6 +37,10 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "config/ricochet.toml")]
         config: PathBuf,
+        /// Print the effective configuration (file, environment and defaults), secrets
+        /// redacted.
+        #[arg(long)]
+        print: bool,
     },
     /// Send one NATS request and print the reply's status, headers and body.
     Request(request_cmd::RequestArgs),
@@ -45,13 +49,28 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config, print } => match config::load(&config) {
             Ok(loaded) => {
-                println!(
+                if print {
+                    match config::printable(&loaded) {
+                        Ok(text) => print!("{text}"),
+                        Err(e) => {
+                            eprintln!("cannot print the configuration: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                let valid = format!(
                     "{}: valid ({} routes)",
                     config.display(),
                     loaded.routes.len()
                 );
+                // With --print, stdout is the configuration alone.
+                if print {
+                    eprintln!("{valid}");
+                } else {
+                    println!("{valid}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -60,14 +60,10 @@ pub fn run(args: RequestArgs) -> ExitCode {
 }
 
 async fn send(args: RequestArgs) -> Result<(), String> {
-    let url = args
-        .nats_url
-        .clone()
-        .or_else(|| {
-            ricochet::config::load(&args.config)
-                .ok()
-                .map(|c| c.nats.url)
-        })
+    // The configuration's TLS and credentials apply to its server (and to --nats-url).
+    let config = ricochet::config::load(&args.config).ok().map(|c| c.nats);
+    let url = (args.nats_url.clone())
+        .or_else(|| config.as_ref().map(|c| c.url.clone()))
         .unwrap_or_else(ricochet::config::defaults::nats_url);
     let payload = match (&args.data, &args.file) {
         (Some(text), _) => Bytes::from(text.clone()),
@@ -86,14 +82,19 @@ async fn send(args: RequestArgs) -> Result<(), String> {
     for (name, value) in &args.headers {
         headers.append(name.as_str(), value.as_str());
     }
-    let client = async_nats::ConnectOptions::new()
+    let options = match &config {
+        Some(nats) => (ricochet::source::nats::options(nats).await).map_err(|e| e.to_string())?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    let client = options
         .connection_timeout(Duration::from_secs(5))
         .connect(url.as_str())
         .await
         .map_err(|e| {
             format!(
-                "cannot connect to NATS at {}: {e}",
-                ricochet::config::redact_url(&url)
+                "cannot connect to NATS at {}: {}",
+                ricochet::config::redact_url(&url),
+                ricochet::source::nats::describe(&e)
             )
         })?;
     let request = async_nats::Request::new()

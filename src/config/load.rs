@@ -204,7 +204,7 @@ fn set_path(table: &mut Table, path: &[String], raw: String) -> Result<String, S
 }
 
 /// Keys whose values never appear in an error message.
-const SECRET_KEYS: [&str; 2] = ["password", "token"];
+const SECRET_KEYS: [&str; 3] = ["password", "token", "seed"];
 
 /// Deserializes `value`, collecting one error per bad key instead of stopping at the first.
 /// A bad key is removed (so its default applies) and deserialization runs again; the result
@@ -630,6 +630,36 @@ mod tests {
         assert!(errors
             .iter()
             .any(|e| e.key == "upstream" && e.message.contains("missing")));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Any text and environment overrides: a config or errors, never a panic, and never
+        /// the password's value in an error (whatever else is wrong, wherever it is set).
+        #[test]
+        fn any_text_and_environment_load_without_panic_or_echoed_secret(
+            text in proptest::prop_oneof![
+                proptest::prelude::any::<String>(),
+                "(\\[[a-z.]{1,12}\\]\n|[a-z_]{1,12} = (\"[^\"]{0,8}\"|[0-9]{1,4}|true|\\[\\])\n){0,12}",
+            ],
+            env in proptest::collection::vec(("[A-Z_0-9]{1,24}", ".{0,12}"), 0..6),
+            secret_key in proptest::sample::select(vec![
+                "RICOCHET__NATS__PASSWORD", "RICOCHET__NATS__TOKEN", "RICOCHET__NATS__NKEY_SEED",
+                "RICOCHET__ROUTES__0__KAFKA__SASL_PASSWORD", "RICOCHET__ROUTES__0__AMQP__PASSWORD",
+            ]),
+        ) {
+            const SECRET: &str = "zq-secret-7c1d";
+            let text = format!("{MINIMAL}\n{}", text.replace(SECRET, ""));
+            let env: Vec<(String, String)> = (env.into_iter())
+                .map(|(name, value)| (format!("{ENV_PREFIX}{name}"), value.replace(SECRET, "")))
+                .chain([(secret_key.to_string(), SECRET.to_string())])
+                .collect();
+            if let Err(errors) = load_str(&text, env) {
+                let shown = errors.to_string();
+                proptest::prop_assert!(!shown.contains(SECRET), "{}", shown);
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `units.rs`. Everything else in ricochet receives an already validated [`Config`].
 
 mod load;
+mod print;
 mod schemas;
+mod security;
 mod units;
 mod validate;
 
@@ -13,11 +15,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::validate::json::JsonSchema;
 
 pub use load::{load, load_str, ConfigError, ConfigErrors, ENV_PREFIX};
+pub use print::printable;
+pub use security::{
+    read_secret_file, NatsTlsConfig, SaslMechanism, SecretFileError, SecurityProtocol,
+    TlsFilesConfig,
+};
 pub use units::{redact_url, ByteSize, Secret};
 pub use validate::valid_topic;
 
@@ -25,7 +32,7 @@ pub use validate::valid_topic;
 pub const EXIT_INVALID_CONFIG: i32 = 64;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -43,12 +50,12 @@ pub struct Config {
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryConfig>,
     /// Read route by route (see `load.rs`), then typed.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub routes: Vec<RouteConfig>,
 }
 
 /// The async runtime.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads; see [`Config::runtime_threads`] for the default.
@@ -80,7 +87,7 @@ impl Config {
 }
 
 /// Connection to the NATS server (core request-reply).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// One server URL, or several separated by commas.
@@ -98,8 +105,21 @@ pub struct NatsConfig {
     pub password: Option<Secret>,
     #[serde(default)]
     pub token: Option<Secret>,
+    /// The password in a file (trailing newline ignored), instead of `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An NKey user seed (`SU...`); the server knows its public key.
+    #[serde(default)]
+    pub nkey_seed: Option<Secret>,
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A credentials file (user JWT and NKey seed), as `nsc` writes it.
     #[serde(default)]
     pub creds_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: NatsTlsConfig,
     #[serde(default = "defaults::nats_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Answer the NATS micro services API (`$SRV.PING|INFO|STATS`) as this service.
@@ -108,7 +128,7 @@ pub struct NatsConfig {
 }
 
 /// How ricochet presents the REST service it fronts on the NATS micro services API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Shared by every replica (letters, digits, `-`, `_`); each replica has its own id.
@@ -123,7 +143,7 @@ pub struct ServiceConfig {
 }
 
 /// The co-located REST service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Scheme, host, port and optional base path; messages can never change these.
@@ -141,17 +161,20 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// CA and client certificate for an `https` base URL.
+    #[serde(default)]
+    pub tls: TlsFilesConfig,
 }
 
 /// The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests may run after SIGTERM before ricochet exits anyway.
@@ -159,7 +182,7 @@ pub struct ShutdownConfig {
     pub grace_period: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter, e.g. "info" or "ricochet=debug,async_nats=warn". `RUST_LOG` wins.
@@ -169,7 +192,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -180,7 +203,7 @@ pub enum LogFormat {
 /// A route as written in the file: what serde reads and `validate::route` checks. Every
 /// source's keys are there, so that a key on the wrong kind of route is reported with its
 /// key path; [`RouteConfig::from_file`] then gives the typed form the rest of ricochet uses.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// Used in logs and as the `route` metric label.
@@ -260,7 +283,7 @@ pub struct RouteFile {
 
 /// One subject pattern mapped to one HTTP endpoint, validated. Field meanings as in
 /// [`RouteFile`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
     pub name: String,
     pub subject: String,
@@ -281,6 +304,7 @@ pub struct RouteConfig {
     pub response_headers: HeaderFilterConfig,
     pub validate: Option<ValidateConfig>,
     /// The JSON Schemas `validate` names, compiled once when the configuration loads.
+    #[serde(skip)]
     pub schemas: CompiledSchemas,
     /// Where the requests come from, with that source's settings.
     pub source: SourceConfig,
@@ -296,7 +320,7 @@ pub struct CompiledSchemas {
 }
 
 /// The Confluent-compatible schema registry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaRegistryConfig {
     /// `http://host:port[/base/path]`.
@@ -316,7 +340,7 @@ pub struct SchemaRegistryConfig {
 /// `[routes.validate]`: what a request must be. Checked before the service is called; a
 /// request that fails gets a 400 error reply listing the violations and, on a durable
 /// source, is dead-lettered at once with reason `validation`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateConfig {
     /// The body's format; absent: only the header and content-type rules apply.
@@ -347,7 +371,7 @@ pub struct ValidateConfig {
 }
 
 /// `[routes.validate.response]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseValidateConfig {
     /// `json_schema` (with `schema`) or `avro` (the body in the wire format, with a version
@@ -366,20 +390,20 @@ pub struct ResponseValidateConfig {
     pub version: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyFormat {
     JsonSchema,
     Avro,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decode {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encode {
     Avro,
@@ -387,7 +411,8 @@ pub enum Encode {
 
 /// The source-specific part of a route: one variant per source, so settings of one source
 /// cannot appear on a route of another.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// Core NATS request-reply: queue subscriptions, replies to the request's inbox.
     Nats {
@@ -404,7 +429,7 @@ pub enum SourceConfig {
 
 /// A JetStream route's source: its `[routes.jetstream]` table and the route keys only
 /// JetStream routes have.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct JetStreamSource {
     pub settings: JetStreamConfig,
     pub delivery: Delivery,
@@ -413,14 +438,14 @@ pub struct JetStreamSource {
 }
 
 /// A Kafka route's source: its `[routes.kafka]` table and its delivery guarantee.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct KafkaSource {
     pub settings: KafkaConfig,
     pub delivery: Delivery,
 }
 
 /// An AMQP route's source: its `[routes.amqp]` table and its delivery guarantee.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AmqpSource {
     pub settings: AmqpConfig,
     pub delivery: Delivery,
@@ -437,7 +462,7 @@ impl SourceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// Core NATS request-reply (queue subscriptions).
@@ -451,7 +476,7 @@ pub enum SourceKind {
     Amqp,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// Acknowledge on receipt: a crash loses the message, nothing is ever repeated.
@@ -464,7 +489,7 @@ pub enum Delivery {
 }
 
 /// A route's Kafka consumer group and reply producer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`.
@@ -494,7 +519,8 @@ pub struct KafkaConfig {
     /// entry repeats). The record is retried, never skipped...
     #[serde(
         default = "defaults::redelivery_backoff",
-        deserialize_with = "units::duration_list"
+        deserialize_with = "units::duration_list",
+        serialize_with = "units::serialize_duration_list"
     )]
     pub retry_backoff: Vec<Duration>,
     /// ...unless this is set: dead-letter after this many processing rounds.
@@ -505,6 +531,30 @@ pub struct KafkaConfig {
     /// `ricochet-<group id>-<hostname>`.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    #[serde(default)]
+    /// TLS and SASL to the brokers: `plaintext` (default), `ssl`, `sasl_plaintext`, `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// PEM CA file for `ssl`/`sasl_ssl`; default: the system's roots.
+    #[serde(default)]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS; needs `ssl_key_file`.
+    #[serde(default)]
+    pub ssl_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_key_file: Option<PathBuf>,
+    /// Verify the broker's host name against its certificate (`https`); on by default.
+    #[serde(default = "defaults::enabled")]
+    pub ssl_hostname_verification: bool,
+    /// Default `PLAIN` when the protocol is `sasl_*`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// The password in a file (trailing newline ignored), read when the client is made.
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
     /// Extra librdkafka properties of the consumer, e.g. `"fetch.wait.max.ms" = "10"`.
     #[serde(default)]
     pub consumer: std::collections::BTreeMap<String, String>,
@@ -514,7 +564,7 @@ pub struct KafkaConfig {
 }
 
 /// Which records of a route may be processed at the same time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// One record at a time per partition.
@@ -526,7 +576,7 @@ pub enum Ordering {
     Unordered,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
@@ -551,7 +601,7 @@ impl Compression {
 }
 
 /// A route's RabbitMQ queue, and where its replies, redeliveries and dead letters go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// `amqp://host:port/vhost` or `amqps://...`; credentials may be in it, or below.
@@ -589,7 +639,8 @@ pub struct AmqpConfig {
     /// distinct delay is a retry queue with that TTL.
     #[serde(
         default = "defaults::redelivery_backoff",
-        deserialize_with = "units::duration_list"
+        deserialize_with = "units::duration_list",
+        serialize_with = "units::serialize_duration_list"
     )]
     pub redelivery_backoff: Vec<Duration>,
     /// Exchange for messages that can never be delivered, published with ricochet's
@@ -600,10 +651,13 @@ pub struct AmqpConfig {
     /// Default: the message's own routing key.
     #[serde(default)]
     pub dead_letter_routing_key: Option<String>,
+    /// CA and client certificate for an `amqps://` URL.
+    #[serde(default)]
+    pub tls: TlsFilesConfig,
 }
 
 /// `x-queue-type` of a queue ricochet declares.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     #[default]
@@ -613,7 +667,7 @@ pub enum QueueType {
 }
 
 /// A route's JetStream consumer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JetStreamConfig {
     /// The stream holding the requests; it must exist.
@@ -634,7 +688,8 @@ pub struct JetStreamConfig {
     /// Delay of the nth redelivery after a retryable failure (the last entry repeats).
     #[serde(
         default = "defaults::redelivery_backoff",
-        deserialize_with = "units::duration_list"
+        deserialize_with = "units::duration_list",
+        serialize_with = "units::serialize_duration_list"
     )]
     pub redelivery_backoff: Vec<Duration>,
     /// Messages delivered but not yet acknowledged, across all replicas.
@@ -647,7 +702,7 @@ pub struct JetStreamConfig {
 }
 
 /// Retries with exponential backoff, per route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts in total, the first one included; 1 disables retries.
@@ -686,6 +741,19 @@ pub enum RetryOn {
     Condition(RetryCondition),
 }
 
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::Status(code) => serializer.serialize_u16(*code),
+            RetryOn::Condition(RetryCondition::ConnectFailure) => {
+                serializer.serialize_str("connect-failure")
+            }
+            RetryOn::Condition(RetryCondition::Reset) => serializer.serialize_str("reset"),
+            RetryOn::Condition(RetryCondition::Timeout) => serializer.serialize_str("timeout"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for RetryOn {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::{Error, Unexpected};
@@ -717,7 +785,7 @@ pub enum RetryCondition {
 }
 
 /// Circuit breaker, per route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     #[serde(default = "defaults::enabled")]
@@ -744,7 +812,7 @@ pub struct BreakerConfig {
 }
 
 /// Token-bucket rate limits, per route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     #[serde(default)]
@@ -761,7 +829,7 @@ pub struct RateLimitConfig {
     pub mode: RateLimitMode,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitMode {
     /// Hold the message until the limit allows it, within its deadline.
@@ -804,7 +872,7 @@ impl Default for BreakerConfig {
 }
 
 /// Allow/deny list of header names (case-insensitive). An empty `allow` allows all.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderFilterConfig {
     #[serde(default)]
@@ -821,8 +889,13 @@ impl Default for NatsConfig {
             queue_group: defaults::queue_group(),
             user: None,
             password: None,
+            password_file: None,
             token: None,
+            token_file: None,
+            nkey_seed: None,
+            nkey_seed_file: None,
             creds_file: None,
+            tls: NatsTlsConfig::default(),
             connect_timeout: defaults::nats_connect_timeout(),
             service: None,
         }

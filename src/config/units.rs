@@ -3,7 +3,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A size in bytes, written as an integer (`1048576`) or with a unit (`"512KiB"`, `"1MiB"`,
 /// `"2MB"`). Binary units are powers of 1024, decimal units powers of 1000.
@@ -51,6 +51,12 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SizeVisitor;
@@ -83,8 +89,27 @@ pub fn duration_list<'de, D: Deserializer<'de>>(
     Ok(list.into_iter().map(|d| d.into_inner()).collect())
 }
 
-/// A URL fit for logs and errors: any `user:password@` is replaced by `***@`.
+/// Writes a list of durations the way [`duration_list`] reads them.
+pub fn serialize_duration_list<S: Serializer>(
+    list: &[std::time::Duration],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let text: Vec<String> = (list.iter())
+        .map(|d| humantime::format_duration(*d).to_string())
+        .collect();
+    text.serialize(serializer)
+}
+
+/// A URL fit for logs and errors: any `user:password@` is replaced by `***@`; in a list
+/// of URLs separated by commas (`nats.url`), in each of them.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_one).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
@@ -109,6 +134,13 @@ impl Secret {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// Serialized (by `ricochet check --print`) as its redaction, never its value.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
     }
 }
 
@@ -150,6 +182,10 @@ mod tests {
         assert_eq!(redact_url("tls://token@h:1/x@y"), "tls://***@h:1/x@y");
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
         assert_eq!(redact_url("u:p@host"), "***@host");
+        assert_eq!(
+            redact_url("nats://a:pw1@h1:4222, nats://b:pw2@h2:4222"),
+            "nats://***@h1:4222, nats://***@h2:4222"
+        );
     }
 
     #[test]

@@ -33,11 +33,15 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
     if let Err(message) = check_token(&nats.queue_group) {
         push("nats.queue_group", message);
     }
-    if nats.password.is_some() && nats.user.is_none() {
+    let has_password = nats.password.is_some() || nats.password_file.is_some();
+    if has_password && nats.user.is_none() {
         push("nats.password", "a password needs nats.user".into());
     }
-    if nats.user.is_some() && nats.password.is_none() {
-        push("nats.user", "a user needs nats.password".into());
+    if nats.user.is_some() && !has_password {
+        push(
+            "nats.user",
+            "a user needs nats.password (or nats.password_file)".into(),
+        );
     }
     if nats.token.is_some() && nats.user.is_some() {
         push(
@@ -53,6 +57,7 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
             );
         }
     }
+    super::security::check_nats(nats, &mut push);
     if nats.connect_timeout.is_zero() {
         push("nats.connect_timeout", "must be greater than zero".into());
     }
@@ -80,6 +85,7 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
     if let Err(message) = check_base_url(&upstream.base_url) {
         push("upstream.base_url", message);
     }
+    super::security::check_upstream(upstream, &mut push);
     if upstream.request_timeout.is_zero() {
         push(
             "upstream.request_timeout",
@@ -445,6 +451,7 @@ fn check_amqp(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
             );
         }
     }
+    super::security::check_amqp(amqp, push);
     let literal = !route.subject.contains(['*', '>', '{']);
     match &amqp.queue {
         None if !literal => push(
@@ -516,6 +523,7 @@ fn check_kafka(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     if kafka.brokers.trim().is_empty() {
         push("kafka.brokers", "must name at least one broker".into());
     }
+    kafka.check_security(push);
     if !kafka.topics.is_empty() && kafka.topic_pattern.is_some() {
         push(
             "kafka.topic_pattern",
@@ -779,14 +787,8 @@ fn check_base_url(url: &str) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https is not supported yet: ricochet talks plain HTTP to the co-located service"
-                    .into(),
-            )
-        }
-        _ => return Err(format!("{url:?} must start with http://")),
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{url:?} has no host"));

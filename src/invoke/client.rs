@@ -15,8 +15,9 @@
 //!   failed attempt.
 //! - Idle connections are closed after `upstream.pool_idle_timeout`; at most
 //!   `upstream.pool_max_idle` are kept.
+//! - An `https` base URL wraps each new connection in TLS (`tls.rs`) before the HTTP/1
+//!   handshake.
 
-use std::error::Error as _;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::tls::{TlsError, UpstreamTls};
 use super::InvokeError;
 use crate::config::UpstreamConfig;
 
@@ -56,6 +58,8 @@ struct Pool {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Idle>,
+    /// `Some` for an `https` base URL.
+    tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Default)]
@@ -67,17 +71,22 @@ struct Idle {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
-        // Validation checked the URL: http, with a host.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
+        // Validation checked the URL: http or https, with a host.
         let uri: Uri = config.base_url.parse().unwrap_or_default();
         let host = uri.host().unwrap_or("localhost");
+        let https = uri.scheme_str() == Some("https");
+        let tls = match https {
+            true => Some(UpstreamTls::new(&config.tls, host)?),
+            false => None,
+        };
         // Host and port only: credentials in the URL never reach the service.
         let host_header = match uri.port_u16() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let port = uri.port_u16().unwrap_or(80);
-        Self {
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Self {
             pool: Arc::new(Pool {
                 address: format!("{host}:{port}"),
                 host: HeaderValue::from_str(&host_header)
@@ -86,10 +95,11 @@ impl Upstream {
                 idle_timeout: config.pool_idle_timeout,
                 max_idle: config.pool_max_idle,
                 idle: Mutex::default(),
+                tls,
             }),
             max_response_size: usize::try_from(config.max_response_size.bytes())
                 .unwrap_or(usize::MAX),
-        }
+        })
     }
 
     /// One attempt: send, read the body, all within `timeout`.
@@ -199,20 +209,44 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| InvokeError::Connect(describe(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "upstream connection ended");
+        match &self.tls {
+            None => handshake(stream).await,
+            Some(tls) => {
+                let stream = tokio::time::timeout(self.connect_timeout, tls.wrap(stream))
+                    .await
+                    .map_err(|_| {
+                        InvokeError::Connect(format!(
+                            "TLS handshake timed out after {:?}",
+                            self.connect_timeout
+                        ))
+                    })?
+                    .map_err(|e| {
+                        InvokeError::Connect(format!("TLS handshake failed: {}", innermost(&e)))
+                    })?;
+                handshake(stream).await
             }
-        });
-        Ok(sender)
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The HTTP/1 handshake on a (plain or TLS) stream; the connection runs on a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, InvokeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| InvokeError::Connect(describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Closes idle connections past the idle timeout, until the pool is gone.
@@ -235,6 +269,10 @@ const MIN_REAP: Duration = Duration::from_millis(100);
 
 /// The innermost cause says most ("Connection refused"); hyper's outer text says least.
 fn describe(error: &hyper::Error) -> String {
+    innermost(error)
+}
+
+fn innermost(error: &dyn std::error::Error) -> String {
     let mut source: Option<&dyn std::error::Error> = error.source();
     let mut text = error.to_string();
     while let Some(inner) = source {
@@ -308,7 +346,7 @@ mod tests {
             "[upstream]\nbase_url = \"http://127.0.0.1:{port}\"\n{extra}\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n"
         );
         let config = crate::config::load_str(&text, Vec::new()).unwrap();
-        Upstream::new(&config.upstream)
+        Upstream::new(&config.upstream).unwrap()
     }
 
     fn get(port: u16) -> Request<Bytes> {
@@ -415,7 +453,7 @@ mod tests {
             "[upstream]\nbase_url = \"http://user:secret@127.0.0.1:{port}/api\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n"
         );
         let config = crate::config::load_str(&text, Vec::new()).unwrap();
-        let upstream = Upstream::new(&config.upstream);
+        let upstream = Upstream::new(&config.upstream).unwrap();
         let request = Request::get(format!("http://127.0.0.1:{port}/api/x?y=1"))
             .body(Bytes::new())
             .unwrap();

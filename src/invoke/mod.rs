@@ -21,6 +21,7 @@ pub mod client;
 pub mod error;
 pub mod limit;
 pub mod retry;
+pub mod tls;
 
 use std::time::Duration;
 

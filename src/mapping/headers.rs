@@ -1,8 +1,11 @@
 //! Which headers cross between messages and HTTP.
 //!
 //! Never crossing, in either direction: hop-by-hop headers (`Connection` and those it names,
-//! `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, every `Proxy-*`), `Host`, `Content-Length`, the broker's own headers (`Nats-*`) and ricochet's own
-//! (`Ricochet-*`), which ricochet sets itself. On top of that each route has an allow list
+//! `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, every `Proxy-*`), `Host`,
+//! `Content-Length`, the broker's own headers (`Nats-*`), ricochet's own (`Ricochet-*`),
+//! which ricochet sets itself, and the forwarding headers (`Forwarded`, `X-Forwarded-*`):
+//! a service behind its sidecar may trust those as a proxy's word, and no message comes
+//! from an HTTP client whose address they could name. On top of that each route has an allow list
 //! (empty = everything) and a deny list.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -55,6 +58,8 @@ fn is_reserved(name: &str) -> bool {
         || lower.starts_with("proxy-")
         || lower.starts_with("nats-")
         || lower.starts_with("ricochet-")
+        || lower == "forwarded"
+        || lower.starts_with("x-forwarded-")
 }
 
 /// Names listed in `Connection` headers: hop-by-hop for this one message.

@@ -4,6 +4,8 @@
 //! `Inbound` -> `http::Request` ([`request`]), `http::Response` -> [`Reply`] ([`reply`]).
 
 pub mod headers;
+#[cfg(test)]
+mod hostile;
 pub mod path;
 pub mod reply;
 pub mod request;

@@ -173,7 +173,7 @@ impl Pipeline {
         }
         Ok(Self {
             routes,
-            upstream: Upstream::new(&config.upstream),
+            upstream: Upstream::new(&config.upstream)?,
         })
     }
 

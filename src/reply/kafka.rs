@@ -41,6 +41,11 @@ impl KafkaReplier {
             .set("enable.idempotence", "true")
             .set("compression.type", config.compression.as_str())
             .set("linger.ms", "1");
+        let security =
+            (config.properties()).map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        for (name, value) in security {
+            client.set(name, value);
+        }
         for (name, value) in &config.producer {
             client.set(name, value);
         }

@@ -5,7 +5,9 @@
 //! The connection retries at start and reconnects by itself (async-nats re-subscribes);
 //! every change is logged and exported as `ricochet_nats_connected`.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use futures::StreamExt;
@@ -14,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{NatsConfig, SourceConfig};
+use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
 use crate::reply::NatsReplier;
@@ -70,26 +72,151 @@ impl Settle for Inbox<'_> {
     }
 }
 
-/// Connects, retrying in the background when the server is not reachable yet.
-pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
+/// Why the NATS connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error(transparent)]
+    SecretFile(#[from] crate::config::SecretFileError),
+    #[error("cannot read nats.creds_file {path}: {source}")]
+    Credentials {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+}
+
+/// Connects. When the first attempt fails, its cause is logged (it names an unknown CA, a
+/// missing client certificate or refused credentials, which the reconnect events do not)
+/// and the connection keeps retrying in the background.
+pub async fn connect(config: &NatsConfig) -> Result<Client, NatsError> {
+    metrics::gauge!(NATS_CONNECTED).set(0.0);
+    let url = config.url.as_str();
+    if let Some(path) = &config.creds_file {
+        warn_if_expired(path, SystemTime::now());
+    }
+    match options(config).await?.connect(url).await {
+        Ok(client) => return Ok(client),
+        Err(e) => error!(
+            server = %redact_url(url),
+            cause = %describe(&e),
+            "cannot connect to NATS; retrying in the background"
+        ),
+    }
+    let options = options(config).await?.retry_on_initial_connect();
+    Ok(options.connect(url).await?)
+}
+
+/// The server answers an expired user JWT with a bare "authorization violation": say why.
+fn warn_if_expired(path: &Path, now: SystemTime) {
+    let Some(expires) = creds_expiry(path) else {
+        return;
+    };
+    if expires <= now {
+        error!(
+            creds_file = %path.display(),
+            expired_at = %humantime::format_rfc3339_seconds(expires),
+            "the user JWT in nats.creds_file has expired: the server will refuse it"
+        );
+    }
+}
+
+/// When the user JWT of a creds file expires, if it says.
+fn creds_expiry(path: &Path) -> Option<SystemTime> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).ok()?;
+    // The JWT is the line of base64 JSON (`{"` encodes as `eyJ`); the seed starts with SU.
+    let jwt = text
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("eyJ"))?;
+    let claims = jwt.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    let seconds = claims.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
+/// The connection options of `config`: TLS, and the one way it authenticates. Secrets are
+/// read from their files here, at start-up. Also used by `ricochet request`.
+pub async fn options(config: &NatsConfig) -> Result<ConnectOptions, NatsError> {
     let mut options = ConnectOptions::new()
         .name(&config.name)
         .connection_timeout(config.connect_timeout)
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move { log_event(event) });
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+    let password = match (&config.password, &config.password_file) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(path)) => Some(read_secret_file("nats.password_file", path)?),
+        (None, None) => None,
+    };
+    if let (Some(user), Some(password)) = (&config.user, password) {
         options = options.user_and_password(user.clone(), password.expose().to_string());
     }
-    if let Some(token) = &config.token {
+    let token = match (&config.token, &config.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(read_secret_file("nats.token_file", path)?),
+        (None, None) => None,
+    };
+    if let Some(token) = token {
         options = options.token(token.expose().to_string());
     }
-    if let Some(path) = &config.creds_file {
-        options = options.credentials_file(path).await?;
+    let seed = match (&config.nkey_seed, &config.nkey_seed_file) {
+        (Some(seed), _) => Some(seed.clone()),
+        (None, Some(path)) => Some(read_secret_file("nats.nkey_seed_file", path)?),
+        (None, None) => None,
+    };
+    if let Some(seed) = seed {
+        options = options.nkey(seed.expose().to_string());
     }
-    metrics::gauge!(NATS_CONNECTED).set(0.0);
-    let client = options.connect(config.url.as_str()).await?;
-    Ok(client)
+    if let Some(path) = &config.creds_file {
+        options =
+            (options.credentials_file(path).await).map_err(|source| NatsError::Credentials {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    let tls = &config.tls;
+    if tls.enabled() {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if tls.first {
+        options = options.tls_first();
+    }
+    Ok(options)
+}
+
+/// A connection error in words an operator can act on, followed by what async-nats said
+/// (which never holds a secret: the server's error text or the TLS alert).
+pub fn describe(error: &async_nats::ConnectError) -> String {
+    let said = error.to_string();
+    let lower = said.to_ascii_lowercase();
+    let hint = if lower.contains("unknownissuer") || lower.contains("unknown ca") {
+        "unknown CA: the server's certificate is not signed by a CA in nats.tls.ca_file"
+    } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
+        "the server requires a client certificate (nats.tls.cert_file and key_file)"
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        "the server's certificate does not name the host of nats.url"
+    } else if lower.contains("expired") {
+        "expired: the certificate or the credentials (JWT) have expired"
+    } else if lower.contains("badcertificate") || lower.contains("bad certificate") {
+        "the server refused the client certificate, or wants one (nats.tls.cert_file and key_file)"
+    } else if lower.contains("authorization violation") {
+        "authorization violation: the server refused the credentials (wrong user or password, token, NKey or creds file)"
+    } else if lower.contains("tls") {
+        "TLS failed"
+    } else {
+        "the server could not be reached"
+    };
+    format!("{hint} ({said})")
 }
 
 fn log_event(event: Event) {
@@ -246,6 +373,25 @@ fn to_inbound(message: async_nats::Message) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expiry_of_a_creds_file_is_read_from_its_jwt() {
+        use base64::Engine;
+        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let jwt = format!(
+            "{}.{}.c2ln",
+            encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+            encode(r#"{"sub":"UA","exp":1700000000}"#)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("user.creds");
+        std::fs::write(&file, format!("-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n")).unwrap();
+        assert_eq!(
+            creds_expiry(&file),
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(creds_expiry(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {

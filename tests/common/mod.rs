@@ -306,6 +306,11 @@ impl Ricochet {
 
     /// Starts ricochet without waiting for readiness.
     pub fn spawn(toml: &str, admin_port: u16) -> Self {
+        Self::spawn_with_env(toml, admin_port, &[])
+    }
+
+    /// Like [`Self::spawn`], with these environment variables set (`RICOCHET__...`).
+    pub fn spawn_with_env(toml: &str, admin_port: u16, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ricochet.toml");
         std::fs::write(&config, toml).unwrap();
@@ -318,6 +323,7 @@ impl Ricochet {
                 "RUST_LOG",
                 std::env::var("RICOCHET_TEST_LOG").unwrap_or_else(|_| "ricochet=debug,info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)

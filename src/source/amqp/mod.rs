@@ -24,6 +24,7 @@ use futures::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
@@ -133,11 +134,14 @@ impl AmqpRoute {
         let uri = self.uri()?;
         let name = format!("ricochet {}", self.route.name);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties))
-                .await
-                .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|e| format!("cannot connect: {e}"))?;
+        let tls = self.tls()?;
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| format!("no async runtime: {e}"))?;
+        let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot connect: {e}"))?;
         topology::declare(
             &connection,
             &self.config,
@@ -181,6 +185,32 @@ impl AmqpRoute {
             tasks: TaskTracker::new(),
         };
         Ok((session, consumer))
+    }
+
+    /// The `amqps://` CA and client certificate, read at every connect like the password.
+    fn tls(&self) -> Result<OwnedTLSConfig, String> {
+        let tls = &self.config.tls;
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("amqp.tls.{key} {}: {e}", path.display()))
+        };
+        let cert_chain = match &tls.ca_file {
+            Some(path) => Some(
+                String::from_utf8(read("ca_file", path)?)
+                    .map_err(|_| format!("amqp.tls.ca_file {}: not PEM text", path.display()))?,
+            ),
+            None => None,
+        };
+        let identity = match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read("cert_file", cert)?,
+                key: read("key_file", key)?,
+            }),
+            _ => None,
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
     }
 
     /// The URL with the configured credentials; a password file is read at every connect,

@@ -275,6 +275,11 @@ impl KafkaRoute {
             // Requests produced in transactions count only once committed.
             client.set("isolation.level", "read_committed");
         }
+        let security =
+            (self.config.properties()).map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        for (name, value) in security {
+            client.set(name, value);
+        }
         for (name, value) in &self.config.consumer {
             client.set(name, value);
         }

@@ -1,0 +1,277 @@
+//! No secret in the log of a whole run, in `/metrics`, or in `ricochet check --print`:
+//! ricochet runs with a NATS password (through its own nats-server, which requires it), an
+//! https upstream with a client certificate, a Kafka route with a SASL password and an AMQP
+//! route with a password (both brokers unreachable, so their connection errors are logged
+//! too, where URLs and credentials tend to leak).
+
+mod common;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::ConnectOptions;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use common::*;
+use pki::{toml_path, Ca};
+
+struct NatsServer(Child);
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An https echo server that requires a client certificate `ca` signed.
+async fn mtls_upstream(ca: &Ca) -> u16 {
+    let server = ca.server("upstream");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&server.cert_file)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&server.key_file).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&ca.cert_file).unwrap())
+        .unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap();
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn no_secret_appears_in_the_log_the_metrics_or_check_print() {
+    let nats_password = unique("natspw");
+    let kafka_password = unique("kafkapw");
+    let amqp_password = unique("amqppw");
+
+    // NATS that requires the password.
+    let nats_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!("listen: 127.0.0.1:{nats_port}\nauthorization {{ user: svc, password: \"{nats_password}\" }}\n"),
+    )
+    .unwrap();
+    let _nats = NatsServer(
+        Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let ca = Ca::new("secrets");
+    let upstream_port = mtls_upstream(&ca).await;
+    let client = ca.client("ricochet");
+    let key_pem = std::fs::read_to_string(&client.key_file).unwrap();
+    // A line of the key's base64 body: what a leaked key would show.
+    let key_line = key_pem.lines().nth(1).unwrap().to_string();
+
+    let kafka_password_file = dir.path().join("kafka-password");
+    std::fs::write(&kafka_password_file, format!("{kafka_password}\n")).unwrap();
+    let admin = free_port();
+    let subject = unique("secrets.");
+    let toml = format!(
+        r#"
+[nats]
+url = "nats://svc@127.0.0.1:{nats_port}"
+user = "svc"
+connect_timeout = "1s"
+
+[upstream]
+base_url = "https://127.0.0.1:{upstream_port}"
+
+[upstream.tls]
+ca_file = {ca_file}
+cert_file = {cert_file}
+key_file = {key_file}
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "core"
+subject = "{subject}"
+path = "/echo"
+
+[[routes]]
+name = "kafka"
+source = "kafka"
+subject = "{kafka_topic}"
+path = "/k"
+[routes.kafka]
+brokers = "127.0.0.1:{kafka_port}"
+reply_topic = "replies"
+security_protocol = "sasl_plaintext"
+sasl_mechanism = "SCRAM-SHA-512"
+sasl_username = "svc"
+sasl_password_file = {kafka_password_file}
+
+[[routes]]
+name = "amqp"
+source = "amqp"
+subject = "{amqp_queue}"
+path = "/a"
+[routes.amqp]
+url = "amqp://127.0.0.1:{amqp_port}/%2f"
+user = "svc"
+"#,
+        ca_file = toml_path(&ca.cert_file),
+        cert_file = toml_path(&client.cert_file),
+        key_file = toml_path(&client.key_file),
+        kafka_topic = unique("secrets-requests-"),
+        kafka_port = free_port(),
+        kafka_password_file = toml_path(&kafka_password_file),
+        amqp_queue = unique("secrets-"),
+        amqp_port = free_port(),
+    );
+    // The NATS and AMQP passwords come from the environment.
+    let env = [
+        ("RICOCHET__NATS__PASSWORD", nats_password.as_str()),
+        (
+            "RICOCHET__ROUTES__2__AMQP__PASSWORD",
+            amqp_password.as_str(),
+        ),
+    ];
+    let config_file = dir.path().join("ricochet.toml");
+    std::fs::write(&config_file, &toml).unwrap();
+
+    let ricochet = Ricochet::spawn_with_env(&toml, admin, &env);
+    let client = eventually_connect(nats_port, &nats_password).await;
+    eventually(
+        Duration::from_secs(15),
+        "a reply through mutual TLS",
+        || {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request(subject, "hi".into()),
+                )
+                .await
+                {
+                    Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    // Kafka and AMQP keep failing to connect meanwhile; give them time to log it.
+    eventually(
+        Duration::from_secs(15),
+        "Kafka and AMQP errors logged",
+        || async {
+            let logs = ricochet.logs();
+            holds(
+                logs.contains("sasl_plaintext://")
+                    && logs.contains("cannot set up the AMQP consumer"),
+                logs,
+            )
+        },
+    )
+    .await;
+    let metrics = ricochet.metrics().await;
+
+    let mut print = Command::new(env!("CARGO_BIN_EXE_ricochet"));
+    print
+        .args(["check", "--print", "--config"])
+        .arg(&config_file);
+    for (name, value) in env {
+        print.env(name, value);
+    }
+    let printed = print.output().unwrap();
+    assert_eq!(
+        printed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&printed.stdout),
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    assert!(printed.contains("sasl_username = \"svc\""), "{printed}");
+
+    let logs = ricochet.logs();
+    for secret in [&nats_password, &kafka_password, &amqp_password, &key_line] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "{secret} in the log:\n{logs}"
+        );
+        assert!(!metrics.contains(secret.as_str()), "{secret} in /metrics");
+        assert!(
+            !printed.contains(secret.as_str()),
+            "{secret} in check --print:\n{printed}"
+        );
+    }
+}
+
+async fn eventually_connect(port: u16, password: &str) -> async_nats::Client {
+    let client = std::sync::Mutex::new(None);
+    eventually(
+        Duration::from_secs(10),
+        "the test's NATS client connected",
+        || async {
+            let options = ConnectOptions::with_user_and_password("svc".into(), password.into());
+            match options.connect(format!("nats://127.0.0.1:{port}")).await {
+                Ok(c) => {
+                    *client.lock().unwrap() = Some(c);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    client.into_inner().unwrap().unwrap()
+}
