@@ -34,6 +34,8 @@ struct Tally {
     started: Option<Instant>,
     last_new: Option<Instant>,
     longest_stall: Duration,
+    /// When each request was first answered, in order.
+    new_at: Vec<Instant>,
 }
 
 impl Tally {
@@ -54,11 +56,18 @@ impl Tally {
                 self.longest_stall = self.longest_stall.max(now - last);
             }
             self.last_new = Some(now);
+            self.new_at.push(now);
         }
     }
 
     fn unique(&self) -> usize {
         self.answers.len()
+    }
+
+    /// Time from `since` to the first answer of a request not answered before.
+    fn first_new_after(&self, since: Instant) -> Option<Duration> {
+        let i = self.new_at.partition_point(|&t| t < since);
+        self.new_at.get(i).map(|&t| t - since)
     }
 
     fn duplicates(&self) -> usize {
@@ -174,12 +183,14 @@ async fn collect_nats(
 /// Publishes requests `0..total` to `{prefix}.req.<i>`, 100 acks outstanding at a time,
 /// publishing again whatever the server did not acknowledge, each with its `Nats-Msg-Id` so
 /// that the stream keeps one copy. Returns how many publishes it made (including the
-/// repeated ones).
+/// repeated ones). `pause` comes after every 100.
 fn js_publisher(
     js: jetstream::Context,
     prefix: String,
     replies: String,
     total: usize,
+    pause: Duration,
+    acked: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut publishes = 0;
@@ -210,6 +221,8 @@ fn js_publisher(
                 for (i, ack) in acks {
                     if ack.await.is_err() {
                         failed.push(i);
+                    } else {
+                        acked.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 if !failed.is_empty() {
@@ -217,6 +230,7 @@ fn js_publisher(
                 }
                 pending = failed;
             }
+            tokio::time::sleep(pause).await;
         }
         publishes
     })
@@ -253,7 +267,14 @@ async fn jetstream_killed_three_times_loses_no_request() {
         &js_route(&prefix, &name, IN_FLIGHT),
     );
     let mut ricochet = Ricochet::start(&toml, admin).await;
-    let publisher = js_publisher(js.clone(), prefix.clone(), replies.clone(), TOTAL);
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies.clone(),
+        TOTAL,
+        Duration::ZERO,
+        Arc::default(),
+    );
 
     let mut recoveries = Vec::new();
     for kill in 1..=KILLS {
@@ -748,19 +769,31 @@ listen = "127.0.0.1:{admin}"
             }
         })
     };
-    let publisher = js_publisher(js.clone(), prefix.clone(), replies, TOTAL);
+    let acked = Arc::new(AtomicUsize::new(0));
+    // About 500 requests/s for 20 s, so that the bounces hit the requester too.
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies,
+        TOTAL,
+        Duration::from_millis(200),
+        acked.clone(),
+    );
 
     // The bouncer: down for 0-2 s every 1-3 s until every request is answered.
     let mut jitter = Jitter::new();
     let mut bounces = 0;
+    let mut restarts = Vec::new();
     let mut down_total = Duration::ZERO;
     let started = Instant::now();
     while tally.lock().unwrap().unique() < TOTAL {
         assert!(
             started.elapsed() < ALL_ANSWERED_WITHIN,
-            "{} of {TOTAL} answered after {:?}; logs:\n{}",
+            "{} of {TOTAL} answered after {:?} ({} publishes acknowledged, {} replies read); logs:\n{}",
             tally.lock().unwrap().unique(),
             started.elapsed(),
+            acked.load(Ordering::SeqCst),
+            tally.lock().unwrap().by_offset.len(),
             ricochet.logs()
         );
         tokio::time::sleep(jitter.between(Duration::from_secs(1), Duration::from_secs(3))).await;
@@ -771,6 +804,7 @@ listen = "127.0.0.1:{admin}"
         let down = jitter.between(Duration::ZERO, Duration::from_secs(2));
         tokio::time::sleep(down).await;
         server.start();
+        restarts.push(Instant::now());
         bounces += 1;
         down_total += down;
     }
@@ -779,12 +813,17 @@ listen = "127.0.0.1:{admin}"
     tokio::time::sleep(Duration::from_secs(3)).await;
     reader.abort();
     let tally = tally.lock().unwrap();
+    // Recovery: from each restart to the next request answered for the first time.
+    let recoveries: Vec<Duration> = restarts
+        .iter()
+        .filter_map(|&at| tally.first_new_after(at))
+        .collect();
     let calls = upstream.calls();
     report(
         "jetstream bounce",
         TOTAL,
         &tally,
-        &[],
+        &recoveries,
         &format!(
             ", {bounces} bounces ({down_total:.1?} down), publishes {publishes}, upstream calls {calls} \
              ({} repeated), sync_interval always: {}",
