@@ -1193,3 +1193,155 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
     drop(victim);
     let _ = js.delete_stream(&name).await;
 }
+
+/// Upstream faults through a fault-injecting proxy (latency and jitter, connection reset,
+/// black hole, connection refused, headers then a stalled body), each for 3 s, while core
+/// NATS callers keep asking: every request gets the service's answer or a documented error
+/// (502, 503 from the breaker, 504) within its deadline, and throughput is back to (half
+/// of, on a loaded machine) the baseline within 10 s of the fault's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_get_answers_or_documented_errors_and_recover() {
+    use common::faults::{Fault, FaultProxy};
+    const CALLERS: usize = 8;
+    let upstream = Upstream::echo().await;
+    let proxy = FaultProxy::start(upstream.addr).await;
+    let admin = free_port();
+    let subject = unique("relfault");
+    let routes = format!(
+        r#"
+[[routes]]
+name = "faults"
+subject = "{subject}"
+method = "GET"
+path = "/fault"
+timeout = "300ms"
+total_timeout = "1s"
+
+[routes.retry]
+max_attempts = 2
+
+[routes.circuit_breaker]
+break_duration = "1s"
+max_break_duration = "2s"
+"#
+    );
+    let toml = config(&proxy.base_url(), admin, &routes);
+    let ricochet = Ricochet::start(&toml, admin).await;
+
+    #[derive(Default)]
+    struct Seen {
+        ok_at: Vec<Instant>,
+        statuses: HashMap<String, usize>,
+        no_answer: usize,
+        slowest: Duration,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = nats().await;
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let (client, subject, seen, stop) =
+            (client.clone(), subject.clone(), seen.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let request = client.request(subject.clone(), "x".into());
+                // The route's deadline is 1 s: 3 s leaves room for a loaded machine.
+                let answer = tokio::time::timeout(Duration::from_secs(3), request).await;
+                let took = started.elapsed();
+                let mut seen = seen.lock().unwrap();
+                match answer {
+                    Ok(Ok(reply)) => {
+                        let status =
+                            header(&reply, "Ricochet-Status").unwrap_or_else(|| "200".into());
+                        if status == "200" {
+                            seen.ok_at.push(Instant::now());
+                        }
+                        *seen.statuses.entry(status).or_default() += 1;
+                        seen.slowest = seen.slowest.max(took);
+                    }
+                    _ => seen.no_answer += 1,
+                }
+            }
+        }));
+    }
+    let ok_in_last_second = || {
+        let seen = seen.lock().unwrap();
+        let since = Instant::now() - Duration::from_secs(1);
+        seen.ok_at.iter().rev().take_while(|&&t| t >= since).count()
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline = ok_in_last_second();
+    assert!(baseline > 0, "answers before any fault");
+
+    let faults = [
+        (
+            "latency 50ms+-50ms",
+            Fault::Latency {
+                base: Duration::from_millis(50),
+                jitter: Duration::from_millis(50),
+            },
+        ),
+        ("reset", Fault::Reset),
+        ("black hole", Fault::BlackHole),
+        ("refused", Fault::Refuse),
+        ("stalled body", Fault::StallBody),
+    ];
+    let mut figures = Vec::new();
+    for (what, fault) in faults {
+        let before: HashMap<String, usize> = seen.lock().unwrap().statuses.clone();
+        proxy.set(fault);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.set(Fault::None);
+        let ended = Instant::now();
+        let during: HashMap<String, usize> = {
+            let seen = seen.lock().unwrap();
+            seen.statuses
+                .iter()
+                .map(|(s, n)| (s.clone(), n - before.get(s).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        let what_recovers =
+            format!("throughput back to half the baseline ({baseline}/s) after {what}");
+        eventually(Duration::from_secs(10), &what_recovers, || async {
+            let now = ok_in_last_second();
+            holds(now * 2 >= baseline, format!("{now}/s"))
+        })
+        .await;
+        figures.push(format!(
+            "{what}: {during:?}, recovered in {:.1?}",
+            ended.elapsed()
+        ));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let answered: usize = seen.statuses.values().sum();
+    println!(
+        "RELIABILITY upstream faults: requests {}, answered {answered}, unanswered {}, slowest {:.1?}, \
+         baseline {baseline} answers/s; {}",
+        answered + seen.no_answer,
+        seen.no_answer,
+        seen.slowest,
+        figures.join("; ")
+    );
+    assert_eq!(
+        seen.no_answer, 0,
+        "every request answered: {:?}",
+        seen.statuses
+    );
+    for status in seen.statuses.keys() {
+        assert!(
+            ["200", "502", "503", "504"].contains(&status.as_str()),
+            "only the service's answer or a documented error: {status}"
+        );
+    }
+    assert!(
+        seen.slowest < Duration::from_secs(3),
+        "within the deadline (and slack)"
+    );
+    drop(ricochet);
+}

@@ -103,8 +103,10 @@ fn jitter(seed: &Mutex<u64>, span: Duration) -> Duration {
     Duration::from_micros(if span == 0 { 0 } else { *state % span })
 }
 
+// SO_LINGER 0: closing sends RST instead of FIN, and never blocks (the deprecation is about
+// a non-zero linger blocking the thread on drop).
+#[allow(deprecated)]
 fn reset(stream: &TcpStream) {
-    // SO_LINGER 0: closing sends RST instead of FIN.
     let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
@@ -138,6 +140,8 @@ async fn pipe(
                 };
                 match *fault.borrow() {
                     Fault::Reset => return true,
+                    // A connection open before the refusal closes at its next request.
+                    Fault::Refuse => return false,
                     Fault::BlackHole => continue,
                     _ => {}
                 }

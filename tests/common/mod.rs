@@ -2,6 +2,7 @@
 //! a child process with a generated config, and helpers for NATS and the admin endpoints.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod registry;
 
 use std::convert::Infallible;
