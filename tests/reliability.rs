@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// Generous: the suite shares two cores with other builds.
-const ALL_ANSWERED_WITHIN: Duration = Duration::from_secs(300);
+const ALL_ANSWERED_WITHIN: Duration = Duration::from_secs(240);
 
 /// Every reply seen, by correlation id, and when new ones stopped coming.
 #[derive(Default)]
@@ -290,6 +290,7 @@ async fn jetstream_killed_three_times_loses_no_request() {
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
     // Let redeliveries of requests that were in flight at the last kill arrive and be counted.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = js.delete_stream(&name).await;
     let tally = tally.lock().unwrap();
     report(
         "jetstream, 3 kills",
@@ -318,7 +319,6 @@ async fn jetstream_killed_three_times_loses_no_request() {
     );
     assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
     drop(ricochet);
-    let _ = js.delete_stream(&name).await;
 }
 
 /// A producer that sends every record in a batch of its own (tansu stalls when a fetch
@@ -510,7 +510,7 @@ async fn kafka_killed_three_times_loses_no_request() {
     let mut windows = Vec::new();
     let mut repeated_by_one_instance = 0;
     for (k, upstream) in upstreams.iter().enumerate() {
-        let calls: Vec<String> = upstream.seen().iter().map(|s| kafka_id(s)).collect();
+        let calls: Vec<String> = upstream.seen().iter().map(kafka_id).collect();
         let distinct: std::collections::HashSet<&String> = calls.iter().collect();
         repeated_by_one_instance += calls.len() - distinct.len();
         if k < KILLS {
@@ -787,13 +787,38 @@ listen = "127.0.0.1:{admin}"
     let mut down_total = Duration::ZERO;
     let started = Instant::now();
     while tally.lock().unwrap().unique() < TOTAL {
+        let (answered, read) = {
+            let tally = tally.lock().unwrap();
+            (tally.unique(), tally.by_offset.len())
+        };
+        if started.elapsed() >= ALL_ANSWERED_WITHIN {
+            // What the server holds, to tell a stuck requester, reader or ricochet apart.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let stream = js
+                .get_stream(&name)
+                .await
+                .map(|s| s.cached_info().state.clone());
+            let consumer = match js.get_stream(&name).await {
+                Ok(stream) => stream.consumer_info("ricochet-rel").await.map(|i| {
+                    format!(
+                        "delivered {:?}, ack floor {:?}, pending {}, ack pending {}, waiting pulls {}",
+                        i.delivered, i.ack_floor, i.num_pending, i.num_ack_pending, i.num_waiting
+                    )
+                }).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            println!(
+                "bounce stalled: stream {stream:?}; consumer {consumer:?}; metrics:\n{}",
+                ricochet.metrics().await
+            );
+        }
         assert!(
             started.elapsed() < ALL_ANSWERED_WITHIN,
             "{} of {TOTAL} answered after {:?} ({} publishes acknowledged, {} replies read); logs:\n{}",
-            tally.lock().unwrap().unique(),
+            answered,
             started.elapsed(),
             acked.load(Ordering::SeqCst),
-            tally.lock().unwrap().by_offset.len(),
+            read,
             ricochet.logs()
         );
         tokio::time::sleep(jitter.between(Duration::from_secs(1), Duration::from_secs(3))).await;
@@ -937,6 +962,8 @@ path = "/core"
         .await;
     }
     caller.abort();
+    let (status, _) = ricochet.admin_get("/healthz").await.unwrap();
+    let metrics = ricochet.metrics().await;
     let calls = calls.lock().unwrap();
     println!(
         "RELIABILITY core nats restart: requests {}, answered {}, unanswered {} (sent while the \
@@ -947,9 +974,7 @@ path = "/core"
         calls.wrong
     );
     assert_eq!(calls.wrong, 0, "every answer is its request's");
-    let (status, _) = ricochet.admin_get("/healthz").await.unwrap();
     assert_eq!(status, 200, "the same ricochet process, never restarted");
-    let metrics = ricochet.metrics().await;
     assert!(
         metric(
             &metrics,
@@ -1049,6 +1074,7 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
     publisher.await.unwrap();
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = js.delete_stream(&name).await;
     let tally = tally.lock().unwrap();
     report(
         "sigterm at 1000/s",
@@ -1079,7 +1105,6 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
         "nothing processed twice after a graceful stop"
     );
     assert_eq!(tally.duplicates(), 0);
-    let _ = js.delete_stream(&name).await;
 }
 
 /// The requests `upstream` saw, by the id the path or header carries.
@@ -1166,6 +1191,7 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
     let (orphans, took) = takeover(&tally, &victim_upstream, false, killed_at).await;
     publisher.await.unwrap();
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    let _ = js.delete_stream(&name).await;
     let tally = tally.lock().unwrap();
     report(
         "jetstream two replicas, one killed",
@@ -1191,7 +1217,6 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
     );
     assert_eq!(dead.load(Ordering::SeqCst), 0);
     drop(victim);
-    let _ = js.delete_stream(&name).await;
 }
 
 /// Upstream faults through a fault-injecting proxy (latency and jitter, connection reset,
