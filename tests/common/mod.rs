@@ -331,6 +331,11 @@ impl Ricochet {
         }
     }
 
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("ricochet.toml")
     }
