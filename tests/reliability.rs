@@ -780,6 +780,27 @@ listen = "127.0.0.1:{admin}"
         acked.clone(),
     );
 
+    // Progress every 10 s: what the requester had acknowledged, what ricochet took, what
+    // was answered, so that a stall can be placed.
+    let progress = {
+        let (acked, tally, admin) = (acked.clone(), tally.clone(), ricochet.admin_port);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let taken = metrics_of(admin)
+                    .await
+                    .map(|m| metric(&m, "ricochet_messages_received_total", &[]))
+                    .unwrap_or(-1.0);
+                let answered = tally.lock().unwrap().unique();
+                println!(
+                    "bounce progress at {:.0?}: publishes acknowledged {}, taken by ricochet {taken}, answered {answered}",
+                    started.elapsed(),
+                    acked.load(Ordering::SeqCst)
+                );
+            }
+        })
+    };
     // The bouncer: down for 0-2 s every 1-3 s until every request is answered.
     let mut jitter = Jitter::new();
     let mut bounces = 0;
@@ -833,6 +854,7 @@ listen = "127.0.0.1:{admin}"
         bounces += 1;
         down_total += down;
     }
+    progress.abort();
     let publishes = publisher.await.unwrap();
     // Redeliveries of requests in flight at the last bounce come within ack_wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1369,4 +1391,19 @@ max_break_duration = "2s"
         "within the deadline (and slack)"
     );
     drop(ricochet);
+}
+
+/// The admin server's `/metrics` on `port`, if it answers.
+async fn metrics_of(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    Some(text)
 }
