@@ -191,8 +191,10 @@ fn js_publisher(
     total: usize,
     pause: Duration,
     acked: Arc<AtomicUsize>,
+    reconnect_to: Option<String>,
 ) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
+        let mut js = js;
         let mut publishes = 0;
         let ids: Vec<usize> = (0..total).collect();
         for chunk in ids.chunks(100) {
@@ -202,24 +204,25 @@ fn js_publisher(
                 let mut failed = Vec::new();
                 for &i in &pending {
                     publishes += 1;
-                    match js
-                        .publish_with_headers(
-                            format!("{prefix}.req.{i}"),
-                            {
-                                let mut headers = request_headers(&replies, &i.to_string());
-                                headers.insert("Nats-Msg-Id", format!("req-{i}").as_str());
-                                headers
-                            },
-                            "x".into(),
-                        )
-                        .await
-                    {
-                        Ok(ack) => acks.push((i, ack)),
-                        Err(_) => failed.push(i),
+                    // Bounded: across a server restart the client's publish has been seen
+                    // to wait for minutes; a requester gives up and publishes again.
+                    let publish = js.publish_with_headers(
+                        format!("{prefix}.req.{i}"),
+                        {
+                            let mut headers = request_headers(&replies, &i.to_string());
+                            headers.insert("Nats-Msg-Id", format!("req-{i}").as_str());
+                            headers
+                        },
+                        "x".into(),
+                    );
+                    match tokio::time::timeout(Duration::from_secs(5), publish).await {
+                        Ok(Ok(ack)) => acks.push((i, ack)),
+                        _ => failed.push(i),
                     }
                 }
                 for (i, ack) in acks {
-                    if ack.await.is_err() {
+                    let ack = tokio::time::timeout(Duration::from_secs(10), ack).await;
+                    if !matches!(ack, Ok(Ok(_))) {
                         failed.push(i);
                     } else {
                         acked.fetch_add(1, Ordering::SeqCst);
@@ -227,6 +230,15 @@ fn js_publisher(
                 }
                 if !failed.is_empty() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Nothing got through: a requester connects again rather than wait on a
+                // client that has been seen to stay stuck for minutes after a restart.
+                if failed.len() == pending.len() {
+                    if let Some(url) = &reconnect_to {
+                        if let Ok(client) = async_nats::connect(url.as_str()).await {
+                            js = jetstream::new(client);
+                        }
+                    }
                 }
                 pending = failed;
             }
@@ -274,6 +286,7 @@ async fn jetstream_killed_three_times_loses_no_request() {
         TOTAL,
         Duration::ZERO,
         Arc::default(),
+        None,
     );
 
     let mut recoveries = Vec::new();
@@ -778,6 +791,7 @@ listen = "127.0.0.1:{admin}"
         TOTAL,
         Duration::from_millis(200),
         acked.clone(),
+        Some(server.url()),
     );
 
     // Progress every 10 s: what the requester had acknowledged, what ricochet took, what
@@ -1205,6 +1219,7 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
         TOTAL,
         Duration::from_millis(50),
         Arc::default(),
+        None,
     );
     answered_at_least(&tally, TOTAL / 3, ALL_ANSWERED_WITHIN).await;
     victim.signal("-KILL");
