@@ -2,6 +2,7 @@
 //! a child process with a generated config, and helpers for NATS and the admin endpoints.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod registry;
 
 use std::convert::Infallible;
@@ -334,6 +335,11 @@ impl Ricochet {
             admin_port,
             dir,
         }
+    }
+
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     pub fn config_path(&self) -> PathBuf {

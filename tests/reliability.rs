@@ -1,0 +1,1424 @@
+//! Reliability suite (issue #17): ricochet killed and restarted under load, brokers bounced,
+//! every request accounted for. Each scenario prints its figures (messages, answered, lost,
+//! duplicated, longest stall, recovery) and asserts on counts, never on speed: the machine
+//! running them may be loaded.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use common::*;
+use futures::StreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Generous: the suite shares two cores with other builds.
+const ALL_ANSWERED_WITHIN: Duration = Duration::from_secs(240);
+
+/// Every reply seen, by correlation id, and when new ones stopped coming.
+#[derive(Default)]
+struct Tally {
+    answers: HashMap<String, usize>,
+    /// Replies read from a log (Kafka offset, stream sequence) with their ids; a reply read
+    /// twice from the log (a reader's own redelivery) is counted once.
+    by_offset: Vec<(i64, String)>,
+    offsets: std::collections::HashSet<i64>,
+    started: Option<Instant>,
+    last_new: Option<Instant>,
+    longest_stall: Duration,
+    /// When each request was first answered, in order.
+    new_at: Vec<Instant>,
+}
+
+impl Tally {
+    /// One reply; `offset` is its place in a log, if it was read from one.
+    fn record(&mut self, id: String, offset: Option<i64>) {
+        let now = Instant::now();
+        self.started.get_or_insert(now);
+        if let Some(offset) = offset {
+            if !self.offsets.insert(offset) {
+                return;
+            }
+            self.by_offset.push((offset, id.clone()));
+        }
+        let count = self.answers.entry(id).or_default();
+        *count += 1;
+        if *count == 1 {
+            if let Some(last) = self.last_new {
+                self.longest_stall = self.longest_stall.max(now - last);
+            }
+            self.last_new = Some(now);
+            self.new_at.push(now);
+        }
+    }
+
+    fn unique(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Time from `since` to the first answer of a request not answered before.
+    fn first_new_after(&self, since: Instant) -> Option<Duration> {
+        let i = self.new_at.partition_point(|&t| t < since);
+        self.new_at.get(i).map(|&t| t - since)
+    }
+
+    fn duplicates(&self) -> usize {
+        self.answers.values().map(|n| n - 1).sum()
+    }
+}
+
+type Shared = Arc<Mutex<Tally>>;
+
+/// What a scenario prints: the issue's figures.
+fn report(scenario: &str, sent: usize, tally: &Tally, recoveries: &[Duration], extra: &str) {
+    let lost = sent.saturating_sub(tally.unique());
+    println!(
+        "RELIABILITY {scenario}: messages {sent}, answered {}, lost {lost}, duplicated {}, \
+         longest stall {:.1?}, recovery {:.1?}{extra}",
+        tally.unique(),
+        tally.duplicates(),
+        tally.longest_stall,
+        recoveries,
+    );
+}
+
+/// Waits until `tally` holds `count` distinct answers.
+async fn answered_at_least(tally: &Shared, count: usize, within: Duration) {
+    let what = format!("{count} distinct requests answered");
+    eventually(within, &what, || async {
+        let unique = tally.lock().unwrap().unique();
+        holds(unique >= count, format!("{unique} answered"))
+    })
+    .await;
+}
+
+/// Time from `since` until a request not answered before is answered.
+async fn recovery_after(tally: &Shared, since: Instant) -> Duration {
+    let before = tally.lock().unwrap().unique();
+    answered_at_least(tally, before + 1, Duration::from_secs(120)).await;
+    since.elapsed()
+}
+
+/// A stream on the shared NATS, memory storage, subjects `{prefix}.req.>`.
+async fn js_stream(tag: &str) -> (jetstream::Context, String, String) {
+    let js = jetstream::new(nats().await);
+    let prefix = unique(tag);
+    let name = prefix.to_uppercase().replace('-', "_");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.req.>")],
+        storage: stream::StorageType::Memory,
+        max_age: Duration::from_secs(900),
+        ..Default::default()
+    })
+    .await
+    .expect("JetStream is enabled on the NATS server");
+    (js, prefix, name)
+}
+
+fn js_route(prefix: &str, stream: &str, max_in_flight: usize) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "js"
+source = "jetstream"
+subject = "{prefix}.req.{{id}}"
+method = "POST"
+path = "/orders/{{id}}"
+dead_letter = "{prefix}.dlq"
+max_in_flight = {max_in_flight}
+
+[routes.jetstream]
+stream = "{stream}"
+durable = "ricochet-rel"
+ack_wait = "2s"
+max_deliver = 1000
+redelivery_backoff = ["100ms"]
+"#
+    )
+}
+
+fn request_headers(reply_to: &str, correlation: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("reply-to", reply_to);
+    headers.insert("correlation-id", correlation);
+    headers
+}
+
+/// Collects replies on `subject` (and counts dead letters on `dlq`) in the background.
+async fn collect_nats(
+    client: &async_nats::Client,
+    subject: &str,
+    dlq: &str,
+) -> (Shared, Arc<AtomicUsize>) {
+    let tally = Shared::default();
+    let dead = Arc::new(AtomicUsize::new(0));
+    let mut replies = client.subscribe(subject.to_string()).await.unwrap();
+    let mut letters = client.subscribe(dlq.to_string()).await.unwrap();
+    client.flush().await.unwrap();
+    let sink = tally.clone();
+    tokio::spawn(async move {
+        while let Some(reply) = replies.next().await {
+            let id = header(&reply, "correlation-id").unwrap_or_default();
+            sink.lock().unwrap().record(id, None);
+        }
+    });
+    let count = dead.clone();
+    tokio::spawn(async move {
+        while letters.next().await.is_some() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (tally, dead)
+}
+
+/// Publishes requests `0..total` to `{prefix}.req.<i>`, 100 acks outstanding at a time,
+/// publishing again whatever the server did not acknowledge, each with its `Nats-Msg-Id` so
+/// that the stream keeps one copy. Returns how many publishes it made (including the
+/// repeated ones). `pause` comes after every 100.
+fn js_publisher(
+    js: jetstream::Context,
+    prefix: String,
+    replies: String,
+    total: usize,
+    pause: Duration,
+    acked: Arc<AtomicUsize>,
+    reconnect_to: Option<String>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut js = js;
+        let mut publishes = 0;
+        let ids: Vec<usize> = (0..total).collect();
+        for chunk in ids.chunks(100) {
+            let mut pending: Vec<usize> = chunk.to_vec();
+            while !pending.is_empty() {
+                let mut acks = Vec::new();
+                let mut failed = Vec::new();
+                for &i in &pending {
+                    publishes += 1;
+                    // Bounded: across a server restart the client's publish has been seen
+                    // to wait for minutes; a requester gives up and publishes again.
+                    let publish = js.publish_with_headers(
+                        format!("{prefix}.req.{i}"),
+                        {
+                            let mut headers = request_headers(&replies, &i.to_string());
+                            headers.insert("Nats-Msg-Id", format!("req-{i}").as_str());
+                            headers
+                        },
+                        "x".into(),
+                    );
+                    match tokio::time::timeout(Duration::from_secs(5), publish).await {
+                        Ok(Ok(ack)) => acks.push((i, ack)),
+                        _ => failed.push(i),
+                    }
+                }
+                for (i, ack) in acks {
+                    let ack = tokio::time::timeout(Duration::from_secs(10), ack).await;
+                    if !matches!(ack, Ok(Ok(_))) {
+                        failed.push(i);
+                    } else {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                if !failed.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Nothing got through: a requester connects again rather than wait on a
+                // client that has been seen to stay stuck for minutes after a restart.
+                if failed.len() == pending.len() {
+                    if let Some(url) = &reconnect_to {
+                        if let Ok(client) = async_nats::connect(url.as_str()).await {
+                            js = jetstream::new(client);
+                        }
+                    }
+                }
+                pending = failed;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        publishes
+    })
+}
+
+async fn slow_echo(delay: Duration) -> Upstream {
+    Upstream::start(move |seen| async move {
+        tokio::time::sleep(delay).await;
+        http::Response::new(http_body_util::Full::new(seen.body))
+    })
+    .await
+}
+
+/// ricochet SIGKILLed and restarted three times during 10,000 JetStream requests.
+///
+/// ricochet acknowledges a request (double ack: it waits for the server's confirmation)
+/// only after its reply is published, and holds the request's `max_in_flight` permit until
+/// then, so what a kill can repeat is at most the requests in flight at that moment: at most
+/// `max_in_flight` per kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_killed_three_times_loses_no_request() {
+    const TOTAL: usize = 10_000;
+    const IN_FLIGHT: usize = 32;
+    const KILLS: usize = 3;
+    let (js, prefix, name) = js_stream("reljskill").await;
+    let client = nats().await;
+    let replies = format!("{prefix}.replies");
+    let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
+    let upstream = slow_echo(Duration::from_millis(1)).await;
+    let admin = free_port();
+    let toml = config(
+        &upstream.base_url(),
+        admin,
+        &js_route(&prefix, &name, IN_FLIGHT),
+    );
+    let mut ricochet = Ricochet::start(&toml, admin).await;
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies.clone(),
+        TOTAL,
+        Duration::ZERO,
+        Arc::default(),
+        None,
+    );
+
+    let mut recoveries = Vec::new();
+    for kill in 1..=KILLS {
+        answered_at_least(&tally, TOTAL * kill / (KILLS + 1), ALL_ANSWERED_WITHIN).await;
+        ricochet.signal("-KILL");
+        let killed_at = Instant::now();
+        ricochet.wait_exit(Duration::from_secs(10)).await;
+        drop(ricochet);
+        ricochet = Ricochet::start(&toml, admin).await;
+        recoveries.push(recovery_after(&tally, killed_at).await);
+    }
+    let sent = publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    // Let redeliveries of requests that were in flight at the last kill arrive and be counted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = js.delete_stream(&name).await;
+    let tally = tally.lock().unwrap();
+    report(
+        "jetstream, 3 kills",
+        TOTAL,
+        &tally,
+        &recoveries,
+        &format!(
+            ", publishes {sent}, dead-lettered {}, upstream calls {} ({} repeated)",
+            dead.load(Ordering::SeqCst),
+            upstream.calls(),
+            upstream.calls() - TOTAL.min(upstream.calls())
+        ),
+    );
+    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
+    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
+    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    assert!(
+        tally.duplicates() <= KILLS * IN_FLIGHT,
+        "a kill repeats at most the {IN_FLIGHT} requests in flight: {} duplicates",
+        tally.duplicates()
+    );
+    assert!(
+        upstream.calls() <= TOTAL + KILLS * IN_FLIGHT,
+        "a kill makes the service repeat at most the {IN_FLIGHT} calls in flight: {} calls",
+        upstream.calls()
+    );
+    assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
+    drop(ricochet);
+}
+
+/// A producer that sends every record in a batch of its own (tansu stalls when a fetch
+/// starts inside a batch), many at once.
+fn single_record_producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .expect("producer")
+}
+
+/// Produces requests `0..total` to `topic`, 50 outstanding at a time, producing again what
+/// failed. Returns how many sends it made.
+fn kafka_publisher(brokers: String, topic: String, total: usize) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let producer = single_record_producer(&brokers);
+        let mut sends = 0;
+        let ids: Vec<usize> = (0..total).collect();
+        for chunk in ids.chunks(50) {
+            let mut pending: Vec<usize> = chunk.to_vec();
+            while !pending.is_empty() {
+                sends += pending.len();
+                let results = futures::future::join_all(pending.iter().map(|&i| {
+                    let producer = producer.clone();
+                    let topic = topic.clone();
+                    async move {
+                        let id = i.to_string();
+                        let key = format!("k{i}");
+                        let record = FutureRecord::to(&topic)
+                            .payload("x")
+                            .key(&key)
+                            .headers(kafka::headers(&[("correlation-id", &id)]));
+                        (
+                            i,
+                            producer.send(record, Duration::from_secs(30)).await.is_ok(),
+                        )
+                    }
+                }))
+                .await;
+                pending = results
+                    .into_iter()
+                    .filter(|(_, ok)| !ok)
+                    .map(|(i, _)| i)
+                    .collect();
+                if !pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        sends
+    })
+}
+
+/// Collects replies from `topic` (one partition) with their offsets.
+fn collect_kafka(brokers: &str, topic: &str) -> Shared {
+    let tally = Shared::default();
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("rel-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let sink = tally.clone();
+    tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => {
+                    let message = message.detach();
+                    let id = kafka::header(&message, "correlation-id").unwrap_or_default();
+                    sink.lock().unwrap().record(id, Some(message.offset()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tally
+}
+
+/// Records of `topic` (all partitions) that `group` has committed.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let offsets = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    offsets
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Records in `topic` partition 0 (its high watermark).
+fn high_watermark(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks")
+        .1
+}
+
+/// ricochet SIGKILLed and restarted three times during 10,000 Kafka requests.
+///
+/// ricochet commits only the contiguous prefix of records whose reply was delivered, so what
+/// a kill can repeat is the records the killed instance took but had not committed: its
+/// in-flight window. Each instance calls a service of its own, so the test knows exactly
+/// which records each one took; the window at a kill is that instance's distinct calls
+/// minus what it committed (the group's committed offsets before and after its life). The
+/// duplicates are at most the windows' sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_killed_three_times_loses_no_request() {
+    const TOTAL: usize = 10_000;
+    const KILLS: usize = 3;
+    const PARTITIONS: i32 = 4;
+    let brokers = kafka::brokers();
+    let requests = kafka::topic("relkkill", PARTITIONS).await;
+    let replies = kafka::topic("relkkillrep", 1).await;
+    let group = unique("rel-kill");
+    let admin = free_port();
+    let routes = kafka::route(
+        "kill",
+        &requests,
+        "max_in_flight = 64",
+        &format!("reply_topic = \"{replies}\"\nordering = \"unordered\"\ngroup_id = \"{group}\""),
+    );
+    let mut upstreams = vec![slow_echo(Duration::from_millis(1)).await];
+    let mut ricochet =
+        Ricochet::start(&config(&upstreams[0].base_url(), admin, &routes), admin).await;
+    let tally = collect_kafka(&brokers, &replies);
+    let publisher = kafka_publisher(brokers.clone(), requests.clone(), TOTAL);
+
+    let mut recoveries = Vec::new();
+    // Records committed when each instance died.
+    let mut committed_at = vec![0i64];
+    for kill in 1..=KILLS {
+        answered_at_least(&tally, TOTAL * kill / (KILLS + 1), ALL_ANSWERED_WITHIN).await;
+        ricochet.signal("-KILL");
+        let killed_at = Instant::now();
+        ricochet.wait_exit(Duration::from_secs(10)).await;
+        drop(ricochet);
+        // A commit the dead instance sent may still reach the broker after its exit: read
+        // the commits once they stand still.
+        let mut now = committed(&brokers, &group, &requests, PARTITIONS);
+        loop {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let again = committed(&brokers, &group, &requests, PARTITIONS);
+            if again == now {
+                break;
+            }
+            now = again;
+        }
+        committed_at.push(now);
+        upstreams.push(slow_echo(Duration::from_millis(1)).await);
+        let toml = config(&upstreams[kill].base_url(), admin, &routes);
+        ricochet = Ricochet::start(&toml, admin).await;
+        recoveries.push(recovery_after(&tally, killed_at).await);
+    }
+    let sent = publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    // Everything ricochet published is read before the duplicates are counted.
+    let end = high_watermark(&brokers, &replies);
+    eventually(Duration::from_secs(60), "every reply read", || async {
+        let read = tally.lock().unwrap().by_offset.len() as i64;
+        holds(read >= end, format!("{read} of {end}"))
+    })
+    .await;
+    let tally = tally.lock().unwrap();
+    // Per killed instance: distinct records it called the service for, minus those it
+    // committed.
+    let mut windows = Vec::new();
+    let mut repeated_by_one_instance = 0;
+    for (k, upstream) in upstreams.iter().enumerate() {
+        let calls: Vec<String> = upstream.seen().iter().map(kafka_id).collect();
+        let distinct: std::collections::HashSet<&String> = calls.iter().collect();
+        repeated_by_one_instance += calls.len() - distinct.len();
+        if k < KILLS {
+            let committed_by_it = committed_at[k + 1] - committed_at[k];
+            windows.push((distinct.len() as i64 - committed_by_it).max(0) as usize);
+        }
+    }
+    let calls: Vec<usize> = upstreams.iter().map(Upstream::calls).collect();
+    report(
+        "kafka, 3 kills",
+        TOTAL,
+        &tally,
+        &recoveries,
+        &format!(
+            ", sends {sent}, taken-but-uncommitted at each kill {windows:?}, calls per \
+             instance {calls:?}, repeated by one instance {repeated_by_one_instance}, replies read {}",
+            tally.by_offset.len()
+        ),
+    );
+    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
+    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
+    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    assert_eq!(
+        repeated_by_one_instance, 0,
+        "no instance calls the service twice for a record"
+    );
+    assert!(
+        tally.duplicates() <= windows.iter().sum(),
+        "only the records taken but not committed at a kill are repeated: {} duplicates, windows {windows:?}",
+        tally.duplicates()
+    );
+}
+
+/// The correlation id of a request the Kafka tests' service saw (its `correlation-id`
+/// header).
+fn kafka_id(seen: &Seen) -> String {
+    seen.headers
+        .get("correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A nats-server of this test's own, on its own port, with file storage in a temp dir, that
+/// the test stops and starts again.
+struct OwnNats {
+    bin: String,
+    config: std::path::PathBuf,
+    port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    /// Whether the server accepted `sync_interval: always` (nats-server 2.10 and later).
+    sync_always: bool,
+}
+
+impl OwnNats {
+    fn new() -> Self {
+        let bin = nats_server_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let store = dir.path().join("jetstream");
+        let config = dir.path().join("nats.conf");
+        let write = |sync: &str| {
+            std::fs::write(
+                &config,
+                format!("listen: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} {sync} }}\n"),
+            )
+            .unwrap()
+        };
+        write(", sync_interval: always");
+        let accepted = Command::new(&bin)
+            .arg("-t")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+            .success();
+        if !accepted {
+            // nats-server 2.9 (Debian's) has no sync_interval: it syncs every 2 minutes,
+            // which a process kill (not a machine crash) does not lose.
+            write("");
+        }
+        let mut server = Self {
+            bin,
+            config,
+            port,
+            child: None,
+            _dir: dir,
+            sync_always: accepted,
+        };
+        server.start();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn client(&self) -> async_nats::Client {
+        for _ in 0..400 {
+            if let Ok(client) = async_nats::ConnectOptions::new()
+                .retry_on_initial_connect()
+                .connect(self.url())
+                .await
+            {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("own nats-server did not start");
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), seeded from the clock and
+/// printed so that a failing run can be told apart.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        Self(seed)
+    }
+
+    /// A duration in `[low, high)`.
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let span = (high - low).as_millis() as u64;
+        low + Duration::from_millis(self.0 % span.max(1))
+    }
+}
+
+/// JetStream bounce: a nats-server of the test's own, file storage, killed for 0-2 s every
+/// 1-3 s while 10,000 requests flow. The requester publishes again whatever was not
+/// acknowledged (with `Nats-Msg-Id`, so the stream keeps one copy); replies go to a stream
+/// of their own (ricochet waits for its publish ack), read with acknowledgements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_bounce_every_request_answered() {
+    const TOTAL: usize = 10_000;
+    let mut server = OwnNats::new();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let prefix = unique("reljsbounce");
+    let name = prefix.to_uppercase();
+    for (stream, subject) in [
+        (&name, format!("{prefix}.req.>")),
+        (&format!("{name}_REPLIES"), format!("{prefix}.replies")),
+    ] {
+        js.create_stream(stream::Config {
+            name: stream.clone(),
+            subjects: vec![subject],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let upstream = slow_echo(Duration::from_millis(1)).await;
+    let admin = free_port();
+    let toml = format!(
+        r#"
+[nats]
+url = "{url}"
+connect_timeout = "500ms"
+
+[upstream]
+base_url = "{base}"
+request_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+{route}
+"#,
+        url = server.url(),
+        base = upstream.base_url(),
+        route = js_route(&prefix, &name, 32),
+    );
+    let ricochet = Ricochet::start(&toml, admin).await;
+    let replies = format!("{prefix}.replies");
+
+    // The reader: a durable pull consumer on the replies stream, reading on through every
+    // outage; a reply read again (its ack lost with the server) is counted once, by sequence.
+    let tally = Shared::default();
+    let reader = {
+        let js = js.clone();
+        let stream_name = format!("{name}_REPLIES");
+        let sink = tally.clone();
+        tokio::spawn(async move {
+            loop {
+                let consumer = async {
+                    let stream = js.get_stream(&stream_name).await.ok()?;
+                    stream
+                        .get_or_create_consumer(
+                            "reader",
+                            jetstream::consumer::pull::Config {
+                                durable_name: Some("reader".into()),
+                                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .ok()
+                };
+                let Some(consumer) = consumer.await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                loop {
+                    let batch = consumer
+                        .fetch()
+                        .max_messages(500)
+                        .expires(Duration::from_millis(500))
+                        .messages()
+                        .await;
+                    let Ok(mut batch) = batch else { break };
+                    while let Some(Ok(message)) = batch.next().await {
+                        let sequence = message.info().map(|i| i.stream_sequence as i64).ok();
+                        let id = header(&message, "correlation-id").unwrap_or_default();
+                        sink.lock().unwrap().record(id, sequence);
+                        let _ = message.ack().await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let acked = Arc::new(AtomicUsize::new(0));
+    // About 500 requests/s for 20 s, so that the bounces hit the requester too.
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies,
+        TOTAL,
+        Duration::from_millis(200),
+        acked.clone(),
+        Some(server.url()),
+    );
+
+    // Progress every 10 s: what the requester had acknowledged, what ricochet took, what
+    // was answered, so that a stall can be placed.
+    let progress = {
+        let (acked, tally, admin) = (acked.clone(), tally.clone(), ricochet.admin_port);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let taken = metrics_of(admin)
+                    .await
+                    .map(|m| metric(&m, "ricochet_messages_received_total", &[]))
+                    .unwrap_or(-1.0);
+                let answered = tally.lock().unwrap().unique();
+                println!(
+                    "bounce progress at {:.0?}: publishes acknowledged {}, taken by ricochet {taken}, answered {answered}",
+                    started.elapsed(),
+                    acked.load(Ordering::SeqCst)
+                );
+            }
+        })
+    };
+    // The bouncer: down for 0-2 s every 1-3 s until every request is answered.
+    let mut jitter = Jitter::new();
+    let mut bounces = 0;
+    let mut restarts = Vec::new();
+    let mut down_total = Duration::ZERO;
+    let started = Instant::now();
+    while tally.lock().unwrap().unique() < TOTAL {
+        let (answered, read) = {
+            let tally = tally.lock().unwrap();
+            (tally.unique(), tally.by_offset.len())
+        };
+        if started.elapsed() >= ALL_ANSWERED_WITHIN {
+            // What the server holds, to tell a stuck requester, reader or ricochet apart.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let stream = js
+                .get_stream(&name)
+                .await
+                .map(|s| s.cached_info().state.clone());
+            let consumer = match js.get_stream(&name).await {
+                Ok(stream) => stream.consumer_info("ricochet-rel").await.map(|i| {
+                    format!(
+                        "delivered {:?}, ack floor {:?}, pending {}, ack pending {}, waiting pulls {}",
+                        i.delivered, i.ack_floor, i.num_pending, i.num_ack_pending, i.num_waiting
+                    )
+                }).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            println!(
+                "bounce stalled: stream {stream:?}; consumer {consumer:?}; metrics:\n{}",
+                ricochet.metrics().await
+            );
+        }
+        assert!(
+            started.elapsed() < ALL_ANSWERED_WITHIN,
+            "{} of {TOTAL} answered after {:?} ({} publishes acknowledged, {} replies read); logs:\n{}",
+            answered,
+            started.elapsed(),
+            acked.load(Ordering::SeqCst),
+            read,
+            ricochet.logs()
+        );
+        tokio::time::sleep(jitter.between(Duration::from_secs(1), Duration::from_secs(3))).await;
+        if tally.lock().unwrap().unique() >= TOTAL {
+            break;
+        }
+        server.kill();
+        let down = jitter.between(Duration::ZERO, Duration::from_secs(2));
+        tokio::time::sleep(down).await;
+        server.start();
+        restarts.push(Instant::now());
+        bounces += 1;
+        down_total += down;
+    }
+    progress.abort();
+    let publishes = publisher.await.unwrap();
+    // Redeliveries of requests in flight at the last bounce come within ack_wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    reader.abort();
+    let tally = tally.lock().unwrap();
+    // Recovery: from each restart to the next request answered for the first time.
+    let recoveries: Vec<Duration> = restarts
+        .iter()
+        .filter_map(|&at| tally.first_new_after(at))
+        .collect();
+    let calls = upstream.calls();
+    report(
+        "jetstream bounce",
+        TOTAL,
+        &tally,
+        &recoveries,
+        &format!(
+            ", {bounces} bounces ({down_total:.1?} down), publishes {publishes}, upstream calls {calls} \
+             ({} repeated), sync_interval always: {}",
+            calls.saturating_sub(TOTAL),
+            server.sync_always
+        ),
+    );
+    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
+    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
+    assert_eq!(seen, expected, "every request answered");
+    assert!(
+        bounces >= 3,
+        "the server was bounced during the run: {bounces}"
+    );
+    assert!(
+        tally.longest_stall < Duration::from_secs(30),
+        "no stall over 30 s: {:?}",
+        tally.longest_stall
+    );
+    drop(ricochet);
+}
+
+/// Core NATS: the nats-server restarted while requests flow. ricochet (the same process)
+/// reconnects, subscribes again and answers within 5 s of the server being back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_server_restart_answers_again_within_5s() {
+    let mut server = OwnNats::new();
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let subject = unique("relcore");
+    let toml = format!(
+        r#"
+[nats]
+url = "{url}"
+connect_timeout = "500ms"
+
+[upstream]
+base_url = "{base}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "core"
+subject = "{subject}"
+path = "/core"
+"#,
+        url = server.url(),
+        base = upstream.base_url(),
+    );
+    let ricochet = Ricochet::start(&toml, admin).await;
+    let client = server.client().await;
+
+    // The caller: one request after another, each with a 1 s timeout.
+    #[derive(Default)]
+    struct Calls {
+        sent: usize,
+        answered: usize,
+        wrong: usize,
+        last_answer: Option<Instant>,
+    }
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let caller = {
+        let calls = calls.clone();
+        let subject = subject.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let body = format!("r{i}");
+                calls.lock().unwrap().sent += 1;
+                let request = client.request(subject.clone(), body.clone().into());
+                match tokio::time::timeout(Duration::from_secs(1), request).await {
+                    Ok(Ok(reply)) => {
+                        let mut calls = calls.lock().unwrap();
+                        if reply.payload.as_ref() == body.as_bytes() {
+                            calls.answered += 1;
+                            calls.last_answer = Some(Instant::now());
+                        } else {
+                            calls.wrong += 1;
+                        }
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+    let answered = || calls.lock().unwrap().answered;
+    eventually(
+        Duration::from_secs(20),
+        "requests answered before the restart",
+        || async { holds(answered() >= 100, answered()) },
+    )
+    .await;
+
+    let mut recoveries = Vec::new();
+    for _ in 0..2 {
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = answered();
+        server.start();
+        let back = Instant::now();
+        eventually(
+            Duration::from_secs(5),
+            "an answer within 5 s of the server's return",
+            || async { holds(answered() > before, format!("{} answered", answered())) },
+        )
+        .await;
+        recoveries.push(back.elapsed());
+        eventually(Duration::from_secs(20), "answers flowing again", || async {
+            holds(answered() >= before + 100, answered())
+        })
+        .await;
+    }
+    caller.abort();
+    let (status, _) = ricochet.admin_get("/healthz").await.unwrap();
+    let metrics = ricochet.metrics().await;
+    let calls = calls.lock().unwrap();
+    println!(
+        "RELIABILITY core nats restart: requests {}, answered {}, unanswered {} (sent while the \
+         server was away; core NATS is at-most-once), wrong {}, recovery {recoveries:.1?}",
+        calls.sent,
+        calls.answered,
+        calls.sent - calls.answered - calls.wrong,
+        calls.wrong
+    );
+    assert_eq!(calls.wrong, 0, "every answer is its request's");
+    assert_eq!(status, 200, "the same ricochet process, never restarted");
+    assert!(
+        metric(
+            &metrics,
+            "ricochet_nats_connection_events_total",
+            &["event=\"disconnected\""]
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
+
+/// Graceful stop: SIGTERM while JetStream requests arrive at about 1,000/s. ricochet stops
+/// taking requests, finishes the ones it took, exits 0 within its grace period; every
+/// request the service saw was answered, none dead-lettered, none processed twice; the
+/// next instance answers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
+    const TOTAL: usize = 6_000;
+    const GRACE: Duration = Duration::from_secs(10);
+    let (js, prefix, name) = js_stream("relterm").await;
+    let client = nats().await;
+    let replies = format!("{prefix}.replies");
+    let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
+    // Slow enough that many calls are under way at the SIGTERM.
+    let upstream = slow_echo(Duration::from_millis(50)).await;
+    let admin = free_port();
+    let routes = format!(
+        "[shutdown]\ngrace_period = \"{}s\"\n{}",
+        GRACE.as_secs(),
+        js_route(&prefix, &name, 100)
+    );
+    let toml = config(&upstream.base_url(), admin, &routes);
+    let mut ricochet = Ricochet::start(&toml, admin).await;
+
+    // About 1,000 requests/s: 10 every 10 ms.
+    let publisher = {
+        let js = js.clone();
+        let prefix = prefix.clone();
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(10) {
+                tick.tick().await;
+                let mut acks = Vec::new();
+                for &i in chunk {
+                    let mut headers = request_headers(&replies, &i.to_string());
+                    headers.insert("Nats-Msg-Id", format!("req-{i}").as_str());
+                    let ack = js
+                        .publish_with_headers(format!("{prefix}.req.{i}"), headers, "x".into())
+                        .await
+                        .unwrap();
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+            }
+        })
+    };
+    answered_at_least(&tally, TOTAL / 3, ALL_ANSWERED_WITHIN).await;
+    ricochet.signal("-TERM");
+    let termed = Instant::now();
+    let status = ricochet.wait_exit(GRACE + Duration::from_secs(20)).await;
+    let stopped_in = termed.elapsed();
+    let logs = ricochet.logs();
+    drop(ricochet);
+    // Every request the service saw before the stop has its reply (replies may trail by a
+    // moment on the reader's connection).
+    let accepted: std::collections::HashSet<String> = upstream
+        .seen()
+        .iter()
+        .map(|seen| {
+            seen.path_and_query
+                .trim_start_matches("/orders/")
+                .to_string()
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "a reply for every accepted request",
+        || async {
+            let tally = tally.lock().unwrap();
+            let missing = accepted
+                .iter()
+                .filter(|id| !tally.answers.contains_key(*id))
+                .count();
+            holds(
+                missing == 0,
+                format!("{missing} of {} unanswered", accepted.len()),
+            )
+        },
+    )
+    .await;
+    let accepted_count = accepted.len();
+    let calls_at_stop = upstream.calls();
+
+    let _next = Ricochet::start(&toml, admin).await;
+    publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = js.delete_stream(&name).await;
+    let tally = tally.lock().unwrap();
+    report(
+        "sigterm at 1000/s",
+        TOTAL,
+        &tally,
+        &[],
+        &format!(
+            ", accepted by the stopped instance {accepted_count}, stopped in {stopped_in:.1?} \
+             (grace {GRACE:?}), exit {status}, dead-lettered {}, upstream calls {}",
+            dead.load(Ordering::SeqCst),
+            upstream.calls()
+        ),
+    );
+    assert!(status.success(), "exit 0: {status}; logs:\n{logs}");
+    assert!(
+        stopped_in <= GRACE + Duration::from_secs(2),
+        "stopped within the grace period: {stopped_in:?}"
+    );
+    assert!(
+        calls_at_stop > 0 && accepted_count < TOTAL,
+        "the stop came mid-run"
+    );
+    assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
+    assert_eq!(tally.unique(), TOTAL);
+    assert_eq!(
+        upstream.calls(),
+        TOTAL,
+        "nothing processed twice after a graceful stop"
+    );
+    assert_eq!(tally.duplicates(), 0);
+}
+
+/// The requests `upstream` saw, by the id the path or header carries.
+fn seen_ids(upstream: &Upstream, kafka: bool) -> std::collections::HashSet<String> {
+    // (Kafka: the replicas test is not in the suite; tansu 0.6 leaves a killed member's
+    // partitions unassigned, see the README's Reliability section.)
+    upstream
+        .seen()
+        .iter()
+        .map(|seen| {
+            if kafka {
+                kafka_id(seen)
+            } else {
+                seen.path_and_query
+                    .trim_start_matches("/orders/")
+                    .to_string()
+            }
+        })
+        .collect()
+}
+
+/// After `victim` is killed: how long until every request it had taken and not answered
+/// is answered (by the survivor).
+async fn takeover(
+    tally: &Shared,
+    victim: &Upstream,
+    kafka: bool,
+    killed_at: Instant,
+) -> (usize, Duration) {
+    let orphans: Vec<String> = {
+        let tally = tally.lock().unwrap();
+        seen_ids(victim, kafka)
+            .into_iter()
+            .filter(|id| !tally.answers.contains_key(id))
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(120),
+        "the survivor answers the victim's requests",
+        || async {
+            let tally = tally.lock().unwrap();
+            let left = orphans
+                .iter()
+                .filter(|id| !tally.answers.contains_key(*id))
+                .count();
+            holds(
+                left == 0,
+                format!("{left} of {} orphans unanswered", orphans.len()),
+            )
+        },
+    )
+    .await;
+    (orphans.len(), killed_at.elapsed())
+}
+
+/// Two ricochet replicas on one JetStream durable consumer, one SIGKILLed mid-run: every
+/// request answered, and what the dead one held is redelivered to the survivor after
+/// `ack_wait` (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
+    const TOTAL: usize = 5_000;
+    let (js, prefix, name) = js_stream("reljsrep").await;
+    let client = nats().await;
+    let replies = format!("{prefix}.replies");
+    let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
+    let routes = js_route(&prefix, &name, 32);
+    let victim_upstream = slow_echo(Duration::from_millis(5)).await;
+    let survivor_upstream = slow_echo(Duration::from_millis(5)).await;
+    let (a, b) = (free_port(), free_port());
+    let mut victim = Ricochet::start(&config(&victim_upstream.base_url(), a, &routes), a).await;
+    let _survivor = Ricochet::start(&config(&survivor_upstream.base_url(), b, &routes), b).await;
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies.clone(),
+        TOTAL,
+        Duration::from_millis(50),
+        Arc::default(),
+        None,
+    );
+    answered_at_least(&tally, TOTAL / 3, ALL_ANSWERED_WITHIN).await;
+    victim.signal("-KILL");
+    let killed_at = Instant::now();
+    victim.wait_exit(Duration::from_secs(10)).await;
+    let (orphans, took) = takeover(&tally, &victim_upstream, false, killed_at).await;
+    publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    let _ = js.delete_stream(&name).await;
+    let tally = tally.lock().unwrap();
+    report(
+        "jetstream two replicas, one killed",
+        TOTAL,
+        &tally,
+        &[took],
+        &format!(
+            ", victim calls {}, survivor calls {}, orphans at the kill {orphans} (answered by the \
+             survivor after the 2s ack_wait), dead-lettered {}",
+            victim_upstream.calls(),
+            survivor_upstream.calls(),
+            dead.load(Ordering::SeqCst)
+        ),
+    );
+    assert_eq!(tally.unique(), TOTAL, "every request answered");
+    assert!(
+        victim_upstream.calls() > 0 && survivor_upstream.calls() > 0,
+        "both replicas worked"
+    );
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_secs(20),
+        "takeover within ack_wait (and slack): {took:?}"
+    );
+    assert_eq!(dead.load(Ordering::SeqCst), 0);
+    drop(victim);
+}
+
+/// Upstream faults through a fault-injecting proxy (latency and jitter, connection reset,
+/// black hole, connection refused, headers then a stalled body), each for 3 s, while core
+/// NATS callers keep asking: every request gets the service's answer or a documented error
+/// (502, 503 from the breaker, 504) within its deadline, and throughput is back to (half
+/// of, on a loaded machine) the baseline within 10 s of the fault's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_get_answers_or_documented_errors_and_recover() {
+    use common::faults::{Fault, FaultProxy};
+    const CALLERS: usize = 8;
+    let upstream = Upstream::echo().await;
+    let proxy = FaultProxy::start(upstream.addr).await;
+    let admin = free_port();
+    let subject = unique("relfault");
+    let routes = format!(
+        r#"
+[[routes]]
+name = "faults"
+subject = "{subject}"
+method = "GET"
+path = "/fault"
+timeout = "300ms"
+total_timeout = "1s"
+
+[routes.retry]
+max_attempts = 2
+
+[routes.circuit_breaker]
+break_duration = "1s"
+max_break_duration = "2s"
+"#
+    );
+    let toml = config(&proxy.base_url(), admin, &routes);
+    let ricochet = Ricochet::start(&toml, admin).await;
+
+    #[derive(Default)]
+    struct Seen {
+        ok_at: Vec<Instant>,
+        statuses: HashMap<String, usize>,
+        no_answer: usize,
+        slowest: Duration,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = nats().await;
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let (client, subject, seen, stop) =
+            (client.clone(), subject.clone(), seen.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let request = client.request(subject.clone(), "x".into());
+                // The route's deadline is 1 s: 3 s leaves room for a loaded machine.
+                let answer = tokio::time::timeout(Duration::from_secs(3), request).await;
+                let took = started.elapsed();
+                let mut seen = seen.lock().unwrap();
+                match answer {
+                    Ok(Ok(reply)) => {
+                        let status =
+                            header(&reply, "Ricochet-Status").unwrap_or_else(|| "200".into());
+                        if status == "200" {
+                            seen.ok_at.push(Instant::now());
+                        }
+                        *seen.statuses.entry(status).or_default() += 1;
+                        seen.slowest = seen.slowest.max(took);
+                    }
+                    _ => seen.no_answer += 1,
+                }
+            }
+        }));
+    }
+    let ok_in_last_second = || {
+        let seen = seen.lock().unwrap();
+        let since = Instant::now() - Duration::from_secs(1);
+        seen.ok_at.iter().rev().take_while(|&&t| t >= since).count()
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline = ok_in_last_second();
+    assert!(baseline > 0, "answers before any fault");
+
+    let faults = [
+        (
+            "latency 50ms+-50ms",
+            Fault::Latency {
+                base: Duration::from_millis(50),
+                jitter: Duration::from_millis(50),
+            },
+        ),
+        ("reset", Fault::Reset),
+        ("black hole", Fault::BlackHole),
+        ("refused", Fault::Refuse),
+        ("stalled body", Fault::StallBody),
+    ];
+    let mut figures = Vec::new();
+    for (what, fault) in faults {
+        let before: HashMap<String, usize> = seen.lock().unwrap().statuses.clone();
+        proxy.set(fault);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.set(Fault::None);
+        let ended = Instant::now();
+        let during: HashMap<String, usize> = {
+            let seen = seen.lock().unwrap();
+            seen.statuses
+                .iter()
+                .map(|(s, n)| (s.clone(), n - before.get(s).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        let what_recovers =
+            format!("throughput back to half the baseline ({baseline}/s) after {what}");
+        eventually(Duration::from_secs(10), &what_recovers, || async {
+            let now = ok_in_last_second();
+            holds(now * 2 >= baseline, format!("{now}/s"))
+        })
+        .await;
+        figures.push(format!(
+            "{what}: {during:?}, recovered in {:.1?}",
+            ended.elapsed()
+        ));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let answered: usize = seen.statuses.values().sum();
+    println!(
+        "RELIABILITY upstream faults: requests {}, answered {answered}, unanswered {}, slowest {:.1?}, \
+         baseline {baseline} answers/s; {}",
+        answered + seen.no_answer,
+        seen.no_answer,
+        seen.slowest,
+        figures.join("; ")
+    );
+    assert_eq!(
+        seen.no_answer, 0,
+        "every request answered: {:?}",
+        seen.statuses
+    );
+    for status in seen.statuses.keys() {
+        assert!(
+            ["200", "502", "503", "504"].contains(&status.as_str()),
+            "only the service's answer or a documented error: {status}"
+        );
+    }
+    assert!(
+        seen.slowest < Duration::from_secs(3),
+        "within the deadline (and slack)"
+    );
+    drop(ricochet);
+}
+
+/// The admin server's `/metrics` on `port`, if it answers.
+async fn metrics_of(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    Some(text)
+}

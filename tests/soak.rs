@@ -1,0 +1,241 @@
+//! Soak (issue #17): one ricochet serving a core NATS, a JetStream and a Kafka route at a
+//! fixed load for `RICOCHET_SOAK_SECS` (default 20 s; `scripts/soak.sh` runs it for 60 s or
+//! as long as asked). Every request must be answered, and after a warm-up (the first
+//! quarter) its resident memory and open file descriptors must stay within 10% of where
+//! they were.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use common::*;
+use futures::StreamExt;
+use rdkafka::consumer::StreamConsumer;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_load_on_every_source_keeps_memory_and_fds_flat() {
+    let secs: u64 = std::env::var("RICOCHET_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let duration = Duration::from_secs(secs);
+    // Requests per second on each source.
+    const RATE: u64 = 100;
+
+    let client = nats().await;
+    let js = jetstream::new(client.clone());
+    let prefix = unique("soak");
+    let stream_name = prefix.to_uppercase();
+    js.create_stream(stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.js.>")],
+        storage: stream::StorageType::Memory,
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let requests = kafka::topic("soakreq", 2).await;
+    let replies_topic = kafka::topic("soakrep", 1).await;
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let routes = format!(
+        r#"
+[[routes]]
+name = "core"
+subject = "{prefix}.core"
+path = "/core"
+
+[[routes]]
+name = "js"
+source = "jetstream"
+subject = "{prefix}.js.{{id}}"
+path = "/js/{{id}}"
+
+[routes.jetstream]
+stream = "{stream_name}"
+durable = "soak"
+ack_wait = "5s"
+redelivery_backoff = ["100ms"]
+{kafka}"#,
+        kafka = kafka::route(
+            "kafka",
+            &requests,
+            "",
+            &format!("reply_topic = \"{replies_topic}\"")
+        ),
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let pid = ricochet.pid();
+
+    // Replies of the durable sources, by id.
+    let js_answers = Arc::new(Mutex::new(HashSet::new()));
+    {
+        let mut sub = client.subscribe(format!("{prefix}.replies")).await.unwrap();
+        client.flush().await.unwrap();
+        let answers = js_answers.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = sub.next().await {
+                answers
+                    .lock()
+                    .unwrap()
+                    .insert(header(&reply, "correlation-id").unwrap_or_default());
+            }
+        });
+    }
+    let kafka_answers = Arc::new(Mutex::new(HashSet::new()));
+    {
+        let reader: StreamConsumer = kafka::consumer(&replies_topic);
+        let answers = kafka_answers.clone();
+        tokio::spawn(async move {
+            while let Ok(record) = reader.recv().await {
+                let record = record.detach();
+                answers
+                    .lock()
+                    .unwrap()
+                    .insert(kafka::header(&record, "correlation-id").unwrap_or_default());
+            }
+        });
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let core_failures = Arc::new(Mutex::new(0usize));
+    let mut load = Vec::new();
+    // Each source: one request every 1/RATE s, counted.
+    for source in ["core", "js", "kafka"] {
+        let (client, js, prefix, requests, stop, core_failures) = (
+            client.clone(),
+            js.clone(),
+            prefix.clone(),
+            requests.clone(),
+            stop.clone(),
+            core_failures.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let producer = kafka::producer();
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+            let mut sent = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let id = sent.to_string();
+                match source {
+                    "core" => {
+                        let request = client.request(format!("{prefix}.core"), id.clone().into());
+                        let ok = matches!(
+                            tokio::time::timeout(Duration::from_secs(5), request).await,
+                            Ok(Ok(reply)) if reply.payload.as_ref() == id.as_bytes()
+                        );
+                        if !ok {
+                            *core_failures.lock().unwrap() += 1;
+                        }
+                    }
+                    "js" => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("reply-to", format!("{prefix}.replies").as_str());
+                        headers.insert("correlation-id", id.as_str());
+                        js.publish_with_headers(format!("{prefix}.js.{id}"), headers, "x".into())
+                            .await
+                            .unwrap()
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        kafka::produce(
+                            &producer,
+                            &requests,
+                            None,
+                            &[("correlation-id", &id)],
+                            b"x",
+                        )
+                        .await;
+                    }
+                }
+                sent += 1;
+            }
+            sent
+        }));
+    }
+
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push((started.elapsed(), rss_kib(pid), open_fds(pid)));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for task in load {
+        sent.push(task.await.unwrap());
+    }
+    let (core_sent, js_sent, kafka_sent) = (sent[0], sent[1], sent[2]);
+    let wait = |answers: Arc<Mutex<HashSet<String>>>, total: usize, what: &'static str| async move {
+        eventually(Duration::from_secs(120), what, || async {
+            let n = answers.lock().unwrap().len();
+            holds(n >= total, format!("{n} of {total}"))
+        })
+        .await;
+    };
+    wait(
+        js_answers.clone(),
+        js_sent,
+        "every JetStream request answered",
+    )
+    .await;
+    wait(
+        kafka_answers.clone(),
+        kafka_sent,
+        "every Kafka request answered",
+    )
+    .await;
+
+    let after_warmup = &samples[samples.len() / 4..];
+    let first = after_warmup[0];
+    let (rss_max, fds_max) = after_warmup
+        .iter()
+        .fold((0, 0), |(r, f), s| (r.max(s.1), f.max(s.2)));
+    let (rss_min, fds_min) = after_warmup
+        .iter()
+        .fold((u64::MAX, u64::MAX), |(r, f), s| (r.min(s.1), f.min(s.2)));
+    let core_failures = *core_failures.lock().unwrap();
+    println!(
+        "RELIABILITY soak {secs}s at {RATE}/s per source: core {core_sent} sent, {} answered; \
+         jetstream {js_sent} sent, {} answered; kafka {kafka_sent} sent, {} answered; after \
+         warm-up RSS {rss_min}-{rss_max} KiB (first {} KiB), open fds {fds_min}-{fds_max} (first {})",
+        core_sent - core_failures,
+        js_answers.lock().unwrap().len(),
+        kafka_answers.lock().unwrap().len(),
+        first.1,
+        first.2,
+    );
+    assert_eq!(core_failures, 0, "every core NATS request answered");
+    assert!(
+        rss_max * 10 <= first.1 * 11,
+        "RSS within 10% after warm-up: {rss_min}-{rss_max} KiB from {} KiB",
+        first.1
+    );
+    assert!(
+        fds_max * 10 <= first.2 * 11 + 10,
+        "open fds within 10% (and one) after warm-up: {fds_min}-{fds_max} from {}",
+        first.2
+    );
+    let _ = js.delete_stream(&stream_name).await;
+}
