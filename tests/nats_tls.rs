@@ -456,6 +456,8 @@ async fn ricochet_request_uses_the_tls_and_credentials_of_its_config() {
         .args(["request", &subject, "--data", "via request"])
         .arg("--config")
         .arg(ricochet.config_path())
+        // NATS_URL (set for the suite) would win over the config's own server URL.
+        .env_remove("NATS_URL")
         .output()
         .await
         .unwrap();
