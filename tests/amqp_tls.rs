@@ -12,12 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::TlsAcceptor;
 
 use common::amqp::client;
 use common::*;
@@ -26,19 +22,7 @@ use pki::{toml_path, Ca};
 /// A TLS proxy on a free port to RabbitMQ at 127.0.0.1:5672; counts handshakes completed.
 async fn tls_proxy(ca: &Ca) -> (u16, Arc<AtomicUsize>) {
     let server = ca.server("rabbitmq");
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&server.cert_file)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&server.key_file).unwrap();
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = pki::acceptor(&server, None);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let handshakes = Arc::new(AtomicUsize::new(0));

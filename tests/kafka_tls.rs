@@ -12,12 +12,7 @@ mod pki;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
-use tokio_rustls::TlsAcceptor;
 
 use common::*;
 use pki::{toml_path, Ca, Issued};
@@ -38,30 +33,7 @@ async fn tls_listener(
     certificate: &Issued,
     client_ca: Option<&Ca>,
 ) -> (u16, Arc<Mutex<Vec<Handshake>>>) {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certificate.cert_file)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&certificate.key_file).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            roots
-                .add(CertificateDer::from_pem_file(&ca.cert_file).unwrap())
-                .unwrap();
-            builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap(),
-            )
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let acceptor = TlsAcceptor::from(Arc::new(builder.with_single_cert(chain, key).unwrap()));
+    let acceptor = pki::acceptor(certificate, client_ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -81,3 +81,38 @@ impl Ca {
 pub fn toml_path(path: &std::path::Path) -> String {
     format!("{:?}", path.display().to_string())
 }
+
+/// The TLS side of a test server: `certificate` as its identity; `client_ca` makes it
+/// require a client certificate signed by that CA.
+pub fn acceptor(certificate: &Issued, client_ca: Option<&Ca>) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certificate.cert_file)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&certificate.key_file).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(&ca.cert_file).unwrap())
+                .unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
