@@ -252,16 +252,14 @@ pub(super) fn check_file(push: &mut impl FnMut(&str, String), key: &str, file: &
 /// `[nats.tls]` and the NATS credentials beyond user/password/token.
 pub(super) fn check_nats(nats: &super::NatsConfig, push: &mut impl FnMut(&str, String)) {
     let tls = &nats.tls;
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        push(
-            "nats.tls.cert_file",
-            "a client certificate needs its key: set both cert_file and key_file".into(),
-        );
-    }
+    check_tls_files(
+        "nats.tls",
+        &tls.ca_file,
+        &tls.cert_file,
+        &tls.key_file,
+        push,
+    );
     for (key, file) in [
-        ("nats.tls.ca_file", &tls.ca_file),
-        ("nats.tls.cert_file", &tls.cert_file),
-        ("nats.tls.key_file", &tls.key_file),
         ("nats.password_file", &nats.password_file),
         ("nats.token_file", &nats.token_file),
         ("nats.nkey_seed_file", &nats.nkey_seed_file),
@@ -323,18 +321,36 @@ pub(super) fn check_amqp(amqp: &super::AmqpConfig, push: &mut impl FnMut(&str, S
     if set && !amqp.url.starts_with("amqps://") {
         push("amqp.tls", "TLS settings need an amqps:// url".into());
     }
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
+    check_tls_files(
+        "amqp.tls",
+        &tls.ca_file,
+        &tls.cert_file,
+        &tls.key_file,
+        push,
+    );
+}
+
+/// A TLS table's files (under key `prefix`): a client certificate comes with its key, and
+/// every file named exists.
+fn check_tls_files(
+    prefix: &str,
+    ca_file: &Option<PathBuf>,
+    cert_file: &Option<PathBuf>,
+    key_file: &Option<PathBuf>,
+    push: &mut impl FnMut(&str, String),
+) {
+    if cert_file.is_some() != key_file.is_some() {
         push(
-            "amqp.tls.cert_file",
+            &format!("{prefix}.cert_file"),
             "a client certificate needs its key: set both cert_file and key_file".into(),
         );
     }
-    for (key, file) in [
-        ("amqp.tls.ca_file", &tls.ca_file),
-        ("amqp.tls.cert_file", &tls.cert_file),
-        ("amqp.tls.key_file", &tls.key_file),
+    for (name, file) in [
+        ("ca_file", ca_file),
+        ("cert_file", cert_file),
+        ("key_file", key_file),
     ] {
-        check_file(push, key, file);
+        check_file(push, &format!("{prefix}.{name}"), file);
     }
 }
 
@@ -351,19 +367,13 @@ pub(super) fn check_upstream(
             "TLS settings need an https:// base_url".into(),
         );
     }
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        push(
-            "upstream.tls.cert_file",
-            "a client certificate needs its key: set both cert_file and key_file".into(),
-        );
-    }
-    for (key, file) in [
-        ("upstream.tls.ca_file", &tls.ca_file),
-        ("upstream.tls.cert_file", &tls.cert_file),
-        ("upstream.tls.key_file", &tls.key_file),
-    ] {
-        check_file(push, key, file);
-    }
+    check_tls_files(
+        "upstream.tls",
+        &tls.ca_file,
+        &tls.cert_file,
+        &tls.key_file,
+        push,
+    );
 }
 
 #[cfg(test)]
@@ -486,6 +496,30 @@ mod tests {
             ["amqp.tls", "amqp.tls.cert_file", "amqp.tls.cert_file"],
             "needs amqps, needs its key, and the file must exist"
         );
+    }
+
+    #[test]
+    fn every_tls_table_names_its_own_keys() {
+        let upstream: crate::config::UpstreamConfig = toml::from_str(
+            "base_url = \"https://h:1\"\n[tls]\nca_file = \"/nowhere/ca.pem\"\nkey_file = \"/nowhere/k.pem\"\n",
+        )
+        .unwrap();
+        let mut keys = Vec::new();
+        super::check_upstream(&upstream, &mut |key: &str, _| keys.push(key.to_string()));
+        assert_eq!(
+            keys,
+            [
+                "upstream.tls.cert_file",
+                "upstream.tls.ca_file",
+                "upstream.tls.key_file"
+            ],
+            "a key without its certificate, and two files that do not exist"
+        );
+        let nats: crate::config::NatsConfig =
+            toml::from_str("[tls]\ncert_file = \"/nowhere/c.pem\"\n").unwrap();
+        let mut keys = Vec::new();
+        super::check_nats(&nats, &mut |key: &str, _| keys.push(key.to_string()));
+        assert_eq!(keys, ["nats.tls.cert_file", "nats.tls.cert_file"]);
     }
 
     #[test]
