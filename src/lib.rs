@@ -160,6 +160,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             warn!("could not flush the last replies to NATS");
         }
     }
+    // The exporter's last batch goes out through the runtime: wait for it off the runtime's
+    // thread.
+    let exported = tokio::task::spawn_blocking(move || pipeline.shutdown());
+    if tokio::time::timeout(std::time::Duration::from_secs(5), exported)
+        .await
+        .is_err()
+    {
+        warn!("tracing: the last spans were not exported within 5 s");
+    }
     info!("stopped");
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// OpenTelemetry traces, exported as OTLP; off unless enabled.
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Where Avro schemas come from; required when a route validates or encodes Avro.
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryConfig>,
@@ -164,6 +167,46 @@ pub struct UpstreamConfig {
     /// CA and client certificate for an `https` base URL.
     #[serde(default)]
     pub tls: TlsFilesConfig,
+}
+
+/// OpenTelemetry tracing: spans per message exported over OTLP (HTTP/protobuf).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Off by default: then ricochet makes no spans and passes `traceparent`, `tracestate`
+    /// and `baggage` through to the service unchanged.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP traces endpoint (plain `http://`: a collector or agent
+    /// beside ricochet).
+    #[serde(default = "defaults::otlp_endpoint")]
+    pub endpoint: String,
+    /// The share of new traces recorded (0.0 to 1.0); a message that carries a trace
+    /// context follows its parent's sampling decision.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// Further resource attributes, e.g. `{ "deployment.environment.name" = "prod" }`.
+    #[serde(default)]
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// How long one export may take.
+    #[serde(default = "defaults::otlp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: defaults::otlp_endpoint(),
+            sample_ratio: defaults::sample_ratio(),
+            service_name: defaults::service_name(),
+            resource_attributes: Default::default(),
+            timeout: defaults::otlp_timeout(),
+        }
+    }
 }
 
 /// The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
@@ -1061,6 +1104,18 @@ pub mod defaults {
     }
     pub fn log_level() -> String {
         "info".into()
+    }
+    pub fn otlp_endpoint() -> String {
+        "http://127.0.0.1:4318/v1/traces".into()
+    }
+    pub fn sample_ratio() -> f64 {
+        1.0
+    }
+    pub fn service_name() -> String {
+        "ricochet".into()
+    }
+    pub fn otlp_timeout() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn method() -> String {
         "POST".into()

@@ -58,6 +58,30 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
         }
     }
     super::security::check_nats(nats, &mut push);
+    let tracing = &config.tracing;
+    if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+        push(
+            "tracing.sample_ratio",
+            format!("{} is not between 0.0 and 1.0", tracing.sample_ratio),
+        );
+    }
+    match tracing.endpoint.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+        Ok(_) => push(
+            "tracing.endpoint",
+            format!(
+                "{:?} is not an http:// URL (OTLP goes to a collector beside ricochet, in plain HTTP)",
+                super::redact_url(&tracing.endpoint)
+            ),
+        ),
+        Err(e) => push(
+            "tracing.endpoint",
+            format!("{:?} is not a URL: {e}", super::redact_url(&tracing.endpoint)),
+        ),
+    }
+    if tracing.service_name.trim().is_empty() {
+        push("tracing.service_name", "must not be empty".into());
+    }
     if nats.connect_timeout.is_zero() {
         push("nats.connect_timeout", "must be greater than zero".into());
     }

@@ -40,6 +40,7 @@ pub use retry::{RetryBudget, RetryPolicy};
 use crate::config::{RouteConfig, UpstreamConfig};
 use crate::mapping::ErrorKind;
 use crate::telemetry::metrics::{RateLimited, RouteMetrics, SkipReason};
+use crate::telemetry::trace::{MessageTrace, RouteSpans};
 
 /// Attempts are not started with less time than this left before the deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(1);
@@ -109,6 +110,8 @@ impl RouteInvoker {
         request: Request<Bytes>,
         deadline: Instant,
         metrics: &RouteMetrics,
+        trace: &MessageTrace<'_>,
+        spans: &RouteSpans,
     ) -> Outcome {
         let refused = |failure: Failure| Outcome {
             result: Err(failure),
@@ -172,9 +175,17 @@ impl RouteInvoker {
                 metrics.retries.increment(1);
             }
             let attempt_timeout = self.timeout.min(remaining);
+            let mut span = trace.attempt(spans, &parts.method, attempts);
+            let mut request = rebuild(&parts, &body);
+            span.inject_http(request.headers_mut());
             let started = Instant::now();
-            let result = upstream.call(rebuild(&parts, &body), attempt_timeout).await;
+            let result = upstream.call(request, attempt_timeout).await;
             metrics.http_duration.record(started.elapsed());
+            match &result {
+                Ok(response) => span.status(response.status.as_u16()),
+                Err(e) => span.failed(e.kind().as_str()),
+            }
+            span.end();
             let verdict = self.classifier.classify(result.as_ref().map(|r| r.status));
             if matches!(result, Err(InvokeError::Timeout(_))) && attempt_timeout < self.timeout {
                 // Cut short by the message's deadline (possibly a caller's tiny

@@ -35,6 +35,7 @@ use crate::source::{Inbound, Settle, Undelivered};
 use crate::telemetry::discovery::RequestStats;
 use crate::telemetry::metrics::ValidationFailure;
 use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
+use crate::telemetry::trace::{MessageTrace, RouteSpans, Tracing};
 use crate::validate::registry::Registry;
 use crate::validate::{Invalid, Passed, Rules, AVRO};
 
@@ -61,6 +62,8 @@ pub struct Route {
     validation: Option<Rules>,
     /// What the NATS micro services API's STATS reports of this route.
     pub stats: RequestStats,
+    /// What the route's spans say of it.
+    pub spans: RouteSpans,
 }
 
 /// How one delivery ended, for the source.
@@ -130,6 +133,7 @@ pub struct Processed {
 pub struct Pipeline {
     routes: Vec<Arc<Route>>,
     upstream: Upstream,
+    tracing: Tracing,
 }
 
 /// A validation failure as the pipeline answers it: a registry that cannot be asked is
@@ -168,13 +172,20 @@ impl Pipeline {
                 policy: crate::source::policy(route),
                 validation: Rules::new(route, registry.as_ref()),
                 stats: RequestStats::default(),
+                spans: RouteSpans::new(route, &config.nats.queue_group),
                 pattern,
             }));
         }
         Ok(Self {
             routes,
             upstream: Upstream::new(&config.upstream)?,
+            tracing: Tracing::new(&config.tracing)?,
         })
+    }
+
+    /// Exports the spans not yet exported; at shutdown.
+    pub fn shutdown(&self) {
+        self.tracing.shutdown();
     }
 
     /// Every route, in file order.
@@ -196,6 +207,7 @@ impl Pipeline {
         if inbound.delivered > 1 {
             route.metrics.redeliveries.increment(1);
         }
+        let trace = self.tracing.start(&route.spans, inbound);
         // Checked once: a destination the broker cannot take gets no reply, and `validate`
         // refuses the message.
         let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));
@@ -205,18 +217,30 @@ impl Pipeline {
             Ok(()) => {
                 let captures = captures.unwrap_or_default();
                 match &route.validation {
-                    None => self.process(route, &captures, inbound).await,
+                    None => self.process(route, &captures, inbound, &trace).await,
                     // Boxed: routes without validation keep the smaller future.
-                    Some(rules) => Box::pin(self.validated(route, rules, &captures, inbound)).await,
+                    Some(rules) => {
+                        let validated = self.validated(route, rules, &captures, inbound, &trace);
+                        Box::pin(validated).await
+                    }
                 }
             }
         };
         let failed = RequestStats::error_of(&processed.reply);
-        let settled = match policy.decide(&processed, inbound.delivered) {
+        let error = processed.error.map(ErrorKind::as_str);
+        let action = policy.decide(&processed, inbound.delivered);
+        let mut outcome = match action {
+            Action::Answer => "answered",
+            Action::Redeliver(_) => "redelivered",
+            Action::GiveUp(_) => "given_up",
+        };
+        let t = &trace;
+        let settled = match action {
             Action::Answer => {
                 let last_status = processed.reply.status.as_u16();
-                match (self.reply(route, inbound, destination, processed.reply, settle)).await {
-                    Ok(()) => self.ack(route, settle).await,
+                let reply = processed.reply;
+                match (self.reply(route, inbound, destination, reply, settle, t)).await {
+                    Ok(()) => self.ack(route, settle, t).await,
                     Err(Undelivered::Lost) => Settled::Abandoned,
                     Err(_) => match policy.reply_failed(inbound.delivered) {
                         Action::GiveUp(reason) => {
@@ -226,17 +250,22 @@ impl Pipeline {
                                 last_status,
                                 reply: None,
                             };
-                            let give_up = self.give_up(route, inbound, destination, letter, settle);
+                            outcome = "given_up";
+                            let give_up =
+                                self.give_up(route, inbound, destination, letter, settle, t);
                             Box::pin(give_up).await
                         }
-                        Action::Redeliver(delay) => self.redeliver(route, delay, settle).await,
+                        Action::Redeliver(delay) => {
+                            outcome = "redelivered";
+                            self.redeliver(route, delay, settle, t).await
+                        }
                         Action::Answer => Settled::Done,
                     },
                 }
             }
             Action::Redeliver(delay) => {
                 debug!(route = %route.name, delivered = inbound.delivered, status = processed.reply.status.as_u16(), ?delay, "retryable failure; redelivering later");
-                self.redeliver(route, delay, settle).await
+                self.redeliver(route, delay, settle, t).await
             }
             Action::GiveUp(reason) => {
                 let letter = Letter {
@@ -246,7 +275,7 @@ impl Pipeline {
                     reply: Some(processed.reply),
                 };
                 // Boxed: the rare path should not enlarge every message's future.
-                Box::pin(self.give_up(route, inbound, destination, letter, settle)).await
+                Box::pin(self.give_up(route, inbound, destination, letter, settle, t)).await
             }
         };
         if settled == Settled::Done {
@@ -254,6 +283,10 @@ impl Pipeline {
             route.metrics.message_duration.record(elapsed);
             route.stats.record(elapsed, failed);
         }
+        if settled == Settled::Abandoned {
+            outcome = "abandoned";
+        }
+        trace.finish(outcome, error);
         settled
     }
 
@@ -266,6 +299,7 @@ impl Pipeline {
         destination: Option<&str>,
         mut reply: Reply,
         settle: &S,
+        trace: &MessageTrace<'_>,
     ) -> Result<(), Undelivered> {
         let Some(destination) = destination else {
             debug!(route = %route.name, status = reply.status.as_u16(), "message without reply subject or destination delivered; nothing to publish");
@@ -281,7 +315,13 @@ impl Pipeline {
         if let Some((size, limit, what)) = settle.too_large(destination, &reply) {
             reply = too_large(route, &reply, size, limit, what);
         }
+        let mut span = trace.send(destination);
+        span.inject_reply(&mut reply);
         let result = settle.reply(destination, &reply).await;
+        if result.is_err() {
+            span.failed("publish_failed");
+        }
+        span.end();
         match &result {
             Ok(()) => {
                 route.metrics.replies_published.increment(1);
@@ -310,6 +350,7 @@ impl Pipeline {
         destination: Option<&str>,
         given_up: Letter,
         settle: &S,
+        trace: &MessageTrace<'_>,
     ) -> Settled {
         let policy = &route.policy;
         let reason_text = given_up.reason.as_str(policy);
@@ -340,11 +381,11 @@ impl Pipeline {
             Err(e) => {
                 warn!(route = %route.name, error = %e, "dead letter not published; the message will come again");
                 let delay = policy.dead_letter_failed(inbound.delivered);
-                return self.redeliver(route, delay, settle).await;
+                return self.redeliver(route, delay, settle, trace).await;
             }
         }
         if let Some(reply) = given_up.reply {
-            let replied = self.reply(route, inbound, destination, reply, settle).await;
+            let replied = (self.reply(route, inbound, destination, reply, settle, trace)).await;
             if let Err(Undelivered::Lost) = replied {
                 return Settled::Abandoned;
             }
@@ -352,34 +393,46 @@ impl Pipeline {
         if policy.at_most_once {
             return Settled::Done;
         }
+        let mut span = trace.settle("term");
         match settle.terminate().await {
             Ok(()) => route.metrics.settled(Settlement::Term),
             Err(e) => {
+                span.failed("settle_failed");
                 warn!(route = %route.name, error = %e, "term failed; the message will come again")
             }
         }
         Settled::Done
     }
 
-    async fn ack<S: Settle>(&self, route: &Route, settle: &S) -> Settled {
+    async fn ack<S: Settle>(&self, route: &Route, settle: &S, trace: &MessageTrace<'_>) -> Settled {
         if route.policy.at_most_once {
             // Settled on receipt, or nothing to settle (core NATS).
             return Settled::Done;
         }
+        let mut span = trace.settle("ack");
         match settle.ack().await {
             Ok(()) => route.metrics.settled(Settlement::Ack),
             // The broker redelivers it: the message is not lost.
             Err(e) => {
+                span.failed("settle_failed");
                 warn!(route = %route.name, error = %e, "ack failed; the message will come again")
             }
         }
         Settled::Done
     }
 
-    async fn redeliver<S: Settle>(&self, route: &Route, delay: Duration, settle: &S) -> Settled {
+    async fn redeliver<S: Settle>(
+        &self,
+        route: &Route,
+        delay: Duration,
+        settle: &S,
+        trace: &MessageTrace<'_>,
+    ) -> Settled {
+        let mut span = trace.settle("nak");
         match settle.redeliver(delay).await {
             Ok(()) => route.metrics.settled(Settlement::Nak),
             Err(e) => {
+                span.failed("settle_failed");
                 warn!(route = %route.name, error = %e, "nak failed; the message will come again after its ack wait")
             }
         }
@@ -394,19 +447,26 @@ impl Pipeline {
         rules: &Rules,
         captures: &Captures,
         inbound: &Inbound,
+        trace: &MessageTrace<'_>,
     ) -> Processed {
         match validate::body(route, rules, inbound).await {
             Err(invalid) => self.refuse_invalid(route, &invalid, None),
-            Ok(Passed::AsIs) => self.process(route, captures, inbound).await,
+            Ok(Passed::AsIs) => self.process(route, captures, inbound, trace).await,
             Ok(Passed::Decoded(json)) => {
                 let decoded = validate::decoded(inbound, json);
-                self.process(route, captures, &decoded).await
+                self.process(route, captures, &decoded, trace).await
             }
         }
     }
 
     /// Takes one validated message from its deadline to its reply; publishes nothing.
-    async fn process(&self, route: &Route, captures: &Captures, inbound: &Inbound) -> Processed {
+    async fn process(
+        &self,
+        route: &Route,
+        captures: &Captures,
+        inbound: &Inbound,
+        trace: &MessageTrace<'_>,
+    ) -> Processed {
         let deadline = match self.deadline(route, inbound) {
             Ok(deadline) => deadline,
             Err(detail) => return self.refuse(route, ErrorKind::BadRequest, &detail),
@@ -419,7 +479,14 @@ impl Pipeline {
         let method = request.method().clone();
         let outcome = route
             .invoker
-            .invoke(&self.upstream, request, deadline, &route.metrics)
+            .invoke(
+                &self.upstream,
+                request,
+                deadline,
+                &route.metrics,
+                trace,
+                &route.spans,
+            )
             .await;
         let attempts = outcome.attempts;
         let disposition = match (outcome.class, &outcome.result) {

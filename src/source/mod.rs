@@ -68,6 +68,19 @@ pub struct Inbound {
     pub correlation: Option<String>,
     /// Deliveries of this message so far, this one included.
     pub delivered: u32,
+    /// Where the message sits in its stream or partition, for traces.
+    pub position: Position,
+}
+
+/// A message's place in a durable log, where its broker has one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Position {
+    #[default]
+    None,
+    /// A JetStream stream sequence.
+    Stream { sequence: u64 },
+    /// A Kafka partition and offset.
+    Partition { partition: i32, offset: i64 },
 }
 
 impl Inbound {
@@ -87,6 +100,7 @@ impl Inbound {
             idempotency_key: None,
             correlation: None,
             delivered: 1,
+            position: Position::None,
         }
     }
 

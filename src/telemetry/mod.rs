@@ -1,10 +1,11 @@
 //! What ricochet tells operators: metrics (names in one place), logs, the admin HTTP
 //! server with `/healthz`, `/readyz` and `/metrics`, and (`discovery`) the NATS micro
-//! services API.
+//! services API, and (`trace`) OpenTelemetry traces.
 
 pub mod admin;
 pub mod discovery;
 pub mod logging;
 pub mod metrics;
+pub mod trace;
 
 pub use admin::Health;

@@ -396,6 +396,9 @@ impl JetStreamRoute {
             .map(str::to_string);
         inbound.idempotency_key = Some(meta.idempotency_key.clone());
         inbound.delivered = meta.delivered;
+        inbound.position = super::Position::Stream {
+            sequence: meta.sequence,
+        };
         inbound
     }
 }

@@ -652,6 +652,10 @@ impl KafkaRoute {
             .unwrap_or_else(|| record.id()),
         );
         inbound.idempotency_key = Some(record.id());
+        inbound.position = super::Position::Partition {
+            partition: record.partition,
+            offset: record.offset,
+        };
         inbound
     }
 

@@ -1,0 +1,475 @@
+//! OpenTelemetry traces: the trace stage of the pipeline, the same for every source.
+//!
+//! Per message, when `[tracing] enabled`:
+//!
+//! ```text
+//! process {subject template}  CONSUMER  parent: the message's traceparent, else a new trace
+//! ├── {METHOD} {path template} CLIENT   one per HTTP attempt; its context goes on the request
+//! ├── send                     PRODUCER the reply; its context goes on the reply's headers
+//! └── settle                   CLIENT   ack, nak, term (or commit)
+//! ```
+//!
+//! W3C `traceparent`/`tracestate` and `baggage` are read from the message headers. Off
+//! (the default), ricochet makes no spans and those headers pass through to the service
+//! like any other header: no cost beyond that. Spans are exported in batches over
+//! OTLP/HTTP (protobuf) on a thread of the SDK's own, through a hyper client that runs
+//! on ricochet's runtime.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::Resource;
+use tracing::warn;
+
+use crate::config::{SourceConfig, TracingConfig};
+use crate::mapping::reply::HeaderName as ReplyHeaderName;
+use crate::mapping::Reply;
+use crate::source::{Inbound, Position};
+
+/// The headers of trace context ricochet reads and, when tracing, writes.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// The tracer of a running ricochet, or nothing when tracing is off.
+pub struct Tracing {
+    enabled: Option<Enabled>,
+}
+
+struct Enabled {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TextMapCompositePropagator,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing")
+            .field("enabled", &self.enabled.is_some())
+            .finish()
+    }
+}
+
+impl Tracing {
+    /// Tracing off: no spans, nothing exported.
+    pub fn off() -> Self {
+        Self { enabled: None }
+    }
+
+    /// From the configuration; starts the exporter when enabled. Must run on ricochet's
+    /// runtime (the exporter's HTTP client spawns its requests there).
+    pub fn new(config: &TracingConfig) -> anyhow::Result<Self> {
+        if !config.enabled {
+            return Ok(Self::off());
+        }
+        let client = OtlpClient {
+            runtime: tokio::runtime::Handle::current(),
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(config.timeout)
+            .build()
+            .map_err(|e| anyhow::anyhow!("tracing: cannot build the OTLP exporter: {e}"))?;
+        let attributes = (config.resource_attributes.iter())
+            .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
+        let resource = Resource::builder_empty()
+            .with_service_name(config.service_name.clone())
+            .with_attributes(attributes)
+            .with_attribute(KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION").to_string(),
+            ))
+            .build();
+        let sampler =
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("ricochet");
+        let propagator = TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        Ok(Self {
+            enabled: Some(Enabled {
+                provider,
+                tracer,
+                propagator,
+            }),
+        })
+    }
+
+    /// Exports what is left; called once at shutdown. Blocks while the exporter flushes.
+    pub fn shutdown(&self) {
+        if let Some(enabled) = &self.enabled {
+            if let Err(e) = enabled.provider.shutdown() {
+                warn!(error = %e, "tracing: the last spans may not have been exported");
+            }
+        }
+    }
+
+    /// The `process` span of one message, a child of the trace context it carries.
+    pub fn start(&self, route: &RouteSpans, inbound: &Inbound) -> MessageTrace<'_> {
+        let Some(enabled) = &self.enabled else {
+            return MessageTrace { active: None };
+        };
+        let parent = enabled
+            .propagator
+            .extract(&MessageHeaders(&inbound.headers));
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", route.system),
+            KeyValue::new("messaging.destination.name", inbound.subject.clone()),
+            KeyValue::new("messaging.destination.template", route.template.clone()),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.message.body.size", inbound.payload.len() as i64),
+            KeyValue::new("ricochet.route", route.name.clone()),
+        ];
+        if let Some(group) = &route.consumer_group {
+            attributes.push(KeyValue::new(
+                "messaging.consumer.group.name",
+                group.clone(),
+            ));
+        }
+        if let Some(id) = &inbound.correlation {
+            attributes.push(KeyValue::new(
+                "messaging.message.conversation_id",
+                id.clone(),
+            ));
+        }
+        if let Some(key) = &inbound.idempotency_key {
+            attributes.push(KeyValue::new("messaging.message.id", key.clone()));
+        }
+        if inbound.delivered > 1 {
+            attributes.push(KeyValue::new(
+                "messaging.message.delivery_count",
+                i64::from(inbound.delivered),
+            ));
+        }
+        match inbound.position {
+            Position::None => {}
+            Position::Stream { sequence } => attributes.push(KeyValue::new(
+                "messaging.nats.stream.sequence",
+                sequence as i64,
+            )),
+            Position::Partition { partition, offset } => {
+                attributes.push(KeyValue::new(
+                    "messaging.destination.partition.id",
+                    partition.to_string(),
+                ));
+                attributes.push(KeyValue::new("messaging.kafka.offset", offset));
+            }
+        }
+        let span = enabled
+            .tracer
+            .span_builder(route.span_name.clone())
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes)
+            .start_with_context(&enabled.tracer, &parent);
+        let context = parent.with_remote_span_context(span.span_context().clone());
+        MessageTrace {
+            active: Some(Active {
+                enabled,
+                span,
+                context,
+            }),
+        }
+    }
+}
+
+/// What a route's spans say of it, worked out once.
+#[derive(Debug, Clone)]
+pub struct RouteSpans {
+    name: String,
+    span_name: String,
+    template: String,
+    system: &'static str,
+    consumer_group: Option<String>,
+    path_template: String,
+}
+
+impl RouteSpans {
+    pub fn new(route: &crate::config::RouteConfig, default_queue_group: &str) -> Self {
+        let (system, consumer_group) = match &route.source {
+            SourceConfig::Nats { queue_group } => (
+                "nats",
+                Some(
+                    queue_group
+                        .as_deref()
+                        .unwrap_or(default_queue_group)
+                        .to_string(),
+                ),
+            ),
+            SourceConfig::Jetstream(js) => (
+                "nats",
+                Some(
+                    (js.settings.durable.clone())
+                        .unwrap_or_else(|| format!("ricochet-{}", route.name)),
+                ),
+            ),
+            SourceConfig::Kafka(kafka) => ("kafka", kafka.settings.group_id.clone()),
+            SourceConfig::Amqp(_) => ("rabbitmq", None),
+        };
+        Self {
+            name: route.name.clone(),
+            span_name: format!("process {}", route.subject),
+            template: route.subject.clone(),
+            system,
+            consumer_group,
+            path_template: route.path.clone(),
+        }
+    }
+}
+
+/// One message's trace: its `process` span and the context its child spans and
+/// outgoing headers carry. Empty when tracing is off.
+pub struct MessageTrace<'a> {
+    active: Option<Active<'a>>,
+}
+
+struct Active<'a> {
+    enabled: &'a Enabled,
+    span: Span,
+    /// The message's context (baggage included) with the `process` span as the parent.
+    context: Context,
+}
+
+impl MessageTrace<'_> {
+    /// A child span of the `process` span.
+    fn child(
+        &self,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> Child<'_> {
+        let Some(active) = &self.active else {
+            return Child { span: None };
+        };
+        let tracer = &active.enabled.tracer;
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &active.context);
+        Child {
+            span: Some((span, active)),
+        }
+    }
+
+    /// The HTTP client span of attempt `attempt` (1 for the first).
+    pub fn attempt(&self, route: &RouteSpans, method: &http::Method, attempt: u32) -> Child<'_> {
+        if self.active.is_none() {
+            return Child { span: None };
+        }
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.template", route.path_template.clone()),
+        ];
+        if attempt > 1 {
+            attributes.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(attempt - 1),
+            ));
+        }
+        let name = format!("{method} {}", route.path_template);
+        self.child(Cow::Owned(name), SpanKind::Client, attributes)
+    }
+
+    /// The `send` span of the reply to `destination`.
+    pub fn send(&self, destination: &str) -> Child<'_> {
+        if self.active.is_none() {
+            return Child { span: None };
+        }
+        let attributes = vec![
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", destination.to_string()),
+        ];
+        self.child(Cow::Borrowed("send"), SpanKind::Producer, attributes)
+    }
+
+    /// The `settle` span of an ack, nak or term.
+    pub fn settle(&self, operation: &'static str) -> Child<'_> {
+        if self.active.is_none() {
+            return Child { span: None };
+        }
+        let attributes = vec![
+            KeyValue::new("messaging.operation.type", "settle"),
+            KeyValue::new("messaging.operation.name", operation),
+        ];
+        self.child(Cow::Borrowed("settle"), SpanKind::Client, attributes)
+    }
+
+    /// Ends the `process` span with how the message ended and, if it failed, why.
+    pub fn finish(self, outcome: &'static str, error: Option<&'static str>) {
+        let Some(mut active) = self.active else {
+            return;
+        };
+        active
+            .span
+            .set_attribute(KeyValue::new("ricochet.outcome", outcome));
+        if let Some(error) = error {
+            active
+                .span
+                .set_attribute(KeyValue::new("error.type", error));
+            active.span.set_status(Status::error(error));
+        }
+        active.span.end();
+    }
+}
+
+/// A child span; ends when dropped (or through [`Child::end`]).
+pub struct Child<'a> {
+    span: Option<(Span, &'a Active<'a>)>,
+}
+
+impl Child<'_> {
+    /// Puts this span's context (and the message's baggage) on an HTTP request.
+    pub fn inject_http(&self, headers: &mut HeaderMap) {
+        if let Some((span, active)) = &self.span {
+            let context = self.context(span, active);
+            (active.enabled.propagator).inject_context(&context, &mut HttpHeaders(headers));
+        }
+    }
+
+    /// Puts this span's context on a reply, replacing any the service's response carried.
+    pub fn inject_reply(&self, reply: &mut Reply) {
+        if let Some((span, active)) = &self.span {
+            let context = self.context(span, active);
+            let mut headers = ReplyHeaders(Vec::new());
+            (active.enabled.propagator).inject_context(&context, &mut headers);
+            let names = TRACE_HEADERS.iter().chain(["baggage"].iter());
+            let names: Vec<&str> = names.copied().collect();
+            reply
+                .headers
+                .retain(|(n, _)| !names.iter().any(|t| n.as_ref().eq_ignore_ascii_case(t)));
+            for (name, value) in headers.0 {
+                reply.headers.push((ReplyHeaderName::Borrowed(name), value));
+            }
+        }
+    }
+
+    fn context(&self, span: &Span, active: &Active<'_>) -> Context {
+        (active.context).with_remote_span_context(span.span_context().clone())
+    }
+
+    /// The HTTP status of an attempt's response.
+    pub fn status(&mut self, status: u16) {
+        if let Some((span, _)) = &mut self.span {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if status >= 500 {
+                span.set_attribute(KeyValue::new("error.type", status.to_string()));
+                span.set_status(Status::error(status.to_string()));
+            }
+        }
+    }
+
+    /// Marks the span failed with `error` (an error kind such as `timeout`).
+    pub fn failed(&mut self, error: &'static str) {
+        if let Some((span, _)) = &mut self.span {
+            span.set_attribute(KeyValue::new("error.type", error));
+            span.set_status(Status::error(error));
+        }
+    }
+
+    pub fn end(self) {}
+}
+
+impl Drop for Child<'_> {
+    fn drop(&mut self) {
+        if let Some((span, _)) = &mut self.span {
+            span.end();
+        }
+    }
+}
+
+/// The message's headers, read case-insensitively.
+struct MessageHeaders<'a>(&'a [(String, String)]);
+
+impl Extractor for MessageHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        crate::source::header(self.0, key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+struct HttpHeaders<'a>(&'a mut HeaderMap);
+
+impl Injector for HttpHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Collects what the propagators write, for a reply.
+struct ReplyHeaders(Vec<(&'static str, String)>);
+
+impl Injector for ReplyHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        // The propagators write only these names.
+        let name = match key {
+            "traceparent" => "traceparent",
+            "tracestate" => "tracestate",
+            "baggage" => "baggage",
+            _ => return,
+        };
+        self.0.push((name, value));
+    }
+}
+
+/// The exporter's HTTP client: requests run on ricochet's runtime, awaited from the SDK's
+/// export thread.
+#[derive(Debug, Clone)]
+struct OtlpClient {
+    runtime: tokio::runtime::Handle,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        let call = self.runtime.spawn(async move {
+            let response = client.request(request.map(Full::new)).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
+        });
+        call.await?
+    }
+}

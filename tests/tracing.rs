@@ -1,0 +1,566 @@
+//! OpenTelemetry traces: an OTLP/HTTP receiver of the test's own collects what ricochet
+//! exports, decoded with the protocol's own protobuf types (opentelemetry-proto). One trace
+//! must cover the caller, ricochet (process, one HTTP client span per attempt, send,
+//! settle), the service and the reply.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use common::*;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+
+/// A span as received, with its resource's attributes.
+#[derive(Debug, Clone)]
+struct Received {
+    span: Span,
+    resource: HashMap<String, String>,
+}
+
+impl Received {
+    fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+    fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+    fn parent(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+    fn attribute(&self, key: &str) -> Option<String> {
+        let found = self.span.attributes.iter().find(|kv| kv.key == key)?;
+        Some(match found.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => s.clone(),
+            AnyValue::IntValue(i) => i.to_string(),
+            AnyValue::BoolValue(b) => b.to_string(),
+            AnyValue::DoubleValue(d) => d.to_string(),
+            other => format!("{other:?}"),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn strings(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => Some((kv.key.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An OTLP/HTTP traces receiver: POST /v1/traces with a protobuf
+/// `ExportTraceServiceRequest`, answered 200 with an empty response.
+struct Collector {
+    port: u16,
+    spans: Arc<Mutex<Vec<Received>>>,
+    content_types: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let content_types = Arc::new(Mutex::new(Vec::new()));
+        let (sink, types) = (spans.clone(), content_types.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (sink, types) = (sink.clone(), types.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let (sink, types) = (sink.clone(), types.clone());
+                            async move {
+                                let path = request.uri().path().to_string();
+                                let content_type = (request.headers().get("content-type"))
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_string();
+                                let body = request.into_body().collect().await?.to_bytes();
+                                if path != "/v1/traces" {
+                                    return Ok::<_, hyper::Error>(
+                                        hyper::Response::builder()
+                                            .status(404)
+                                            .body(Full::new(Bytes::new()))
+                                            .unwrap(),
+                                    );
+                                }
+                                types.lock().unwrap().push(content_type);
+                                let export = ExportTraceServiceRequest::decode(body)
+                                    .expect("an OTLP protobuf ExportTraceServiceRequest");
+                                let mut sink = sink.lock().unwrap();
+                                for resource_spans in export.resource_spans {
+                                    let resource = (resource_spans.resource.as_ref())
+                                        .map(|r| strings(&r.attributes))
+                                        .unwrap_or_default();
+                                    for scope in resource_spans.scope_spans {
+                                        for span in scope.spans {
+                                            sink.push(Received {
+                                                span,
+                                                resource: resource.clone(),
+                                            });
+                                        }
+                                    }
+                                }
+                                Ok(hyper::Response::new(Full::new(Bytes::new())))
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            spans,
+            content_types,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/traces", self.port)
+    }
+
+    /// The spans of trace `trace_id`, once at least `count` have arrived.
+    async fn trace(&self, trace_id: &str, count: usize) -> Vec<Received> {
+        let mut found = Vec::new();
+        eventually(
+            Duration::from_secs(15),
+            "the trace's spans exported",
+            || {
+                found = (self.spans.lock().unwrap().iter())
+                    .filter(|s| s.trace_id() == trace_id)
+                    .cloned()
+                    .collect();
+                let names: Vec<String> = found.iter().map(|s| s.span.name.clone()).collect();
+                let result = holds(found.len() >= count, format!("{names:?}"));
+                async move { result }
+            },
+        )
+        .await;
+        found
+    }
+}
+
+fn one<'a>(spans: &'a [Received], name: &str) -> &'a Received {
+    let matching: Vec<&Received> = spans.iter().filter(|s| s.span.name == name).collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "one span named {name:?} in {:?}",
+        spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+    );
+    matching[0]
+}
+
+/// `00-<trace id>-<span id>-<flags>`, split.
+fn traceparent(value: &str) -> (String, String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "a W3C traceparent: {value}");
+    assert_eq!(parts[0], "00", "{value}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+fn traced_config(base_url: &str, admin: u16, collector: &Collector, routes: &str) -> String {
+    config(
+        base_url,
+        admin,
+        &format!(
+            r#"
+[tracing]
+enabled = true
+endpoint = "{}"
+service_name = "orders-sidecar"
+resource_attributes = {{ "deployment.environment.name" = "test" }}
+
+{routes}
+"#,
+            collector.endpoint()
+        ),
+    )
+}
+
+const EXPORT_SOON: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+
+async fn start(toml: &str, admin: u16) -> Ricochet {
+    let ricochet = Ricochet::spawn_with_env(toml, admin, &EXPORT_SOON);
+    ricochet.wait_ready().await;
+    ricochet
+}
+
+/// A core NATS request with a `traceparent`: ricochet's spans join the caller's trace, the
+/// service sees the trace with the HTTP client span as its parent, the reply carries the
+/// trace on, and `tracestate` and `baggage` travel with it. One attempt failed with a 503
+/// and retried: one HTTP client span per attempt.
+#[tokio::test]
+async fn a_request_with_traceparent_is_one_trace_through_ricochet_and_the_service() {
+    let collector = Collector::start().await;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        Upstream::start(move |_seen| {
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    respond(503, "warming up")
+                } else {
+                    respond(200, r#"{"ok":true}"#)
+                }
+            }
+        })
+        .await
+    };
+    let prefix = unique("trace");
+    let admin = free_port();
+    let routes = format!(
+        r#"
+[[routes]]
+name = "orders"
+subject = "{prefix}.orders.{{id}}"
+method = "GET"
+path = "/orders/{{id}}"
+
+[routes.retry]
+max_attempts = 3
+initial_interval = "10ms"
+"#
+    );
+    let ricochet = start(
+        &traced_config(&upstream.base_url(), admin, &collector, &routes),
+        admin,
+    )
+    .await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").as_str(),
+    );
+    headers.insert("tracestate", "vendor=opaque");
+    headers.insert("baggage", "tenant=acme");
+    let client = nats().await;
+    let reply = client
+        .request_with_headers(format!("{prefix}.orders.42"), headers, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(&reply.payload[..], br#"{"ok":true}"#);
+
+    // The service saw the caller's trace, with a parent of ricochet's.
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "one 503, then the retry");
+    let mut parents = Vec::new();
+    for call in &seen {
+        let value = call
+            .headers
+            .get("traceparent")
+            .expect("traceparent on the HTTP request");
+        let (id, parent, flags) = traceparent(value.to_str().unwrap());
+        assert_eq!(id, trace_id, "the service sees the caller's trace");
+        assert_ne!(
+            parent, caller_span,
+            "the service's parent is ricochet's span"
+        );
+        assert_eq!(flags, "01", "sampled");
+        assert_eq!(call.headers.get("tracestate").unwrap(), "vendor=opaque");
+        assert_eq!(call.headers.get("baggage").unwrap(), "tenant=acme");
+        parents.push(parent);
+    }
+    assert_ne!(parents[0], parents[1], "a new span per attempt");
+
+    // The reply carries the trace on.
+    let reply_parent = header(&reply, "traceparent").expect("traceparent on the reply");
+    let (id, send_span, _) = traceparent(&reply_parent);
+    assert_eq!(id, trace_id);
+
+    let spans = collector.trace(trace_id, 4).await;
+    let process = one(&spans, &format!("process {prefix}.orders.{{id}}"));
+    assert_eq!(process.span.kind, SpanKind::Consumer as i32);
+    assert_eq!(
+        process.parent(),
+        caller_span,
+        "the caller's span is the parent"
+    );
+    assert_eq!(
+        process.attribute("messaging.system").as_deref(),
+        Some("nats")
+    );
+    assert_eq!(
+        process.attribute("messaging.destination.name"),
+        Some(format!("{prefix}.orders.42"))
+    );
+    assert_eq!(
+        process.attribute("messaging.operation.type").as_deref(),
+        Some("process")
+    );
+    assert_eq!(
+        process
+            .attribute("messaging.consumer.group.name")
+            .as_deref(),
+        Some("ricochet")
+    );
+    assert_eq!(
+        process.attribute("messaging.message.body.size").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        process.attribute("ricochet.outcome").as_deref(),
+        Some("answered")
+    );
+    assert_eq!(
+        process.resource.get("service.name").map(String::as_str),
+        Some("orders-sidecar")
+    );
+    assert_eq!(
+        process
+            .resource
+            .get("deployment.environment.name")
+            .map(String::as_str),
+        Some("test")
+    );
+
+    let attempts: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.span.name == "GET /orders/{id}")
+        .collect();
+    assert_eq!(attempts.len(), 2, "one HTTP client span per attempt");
+    for attempt in &attempts {
+        assert_eq!(attempt.span.kind, SpanKind::Client as i32);
+        assert_eq!(attempt.parent(), process.span_id());
+        assert!(
+            parents.contains(&attempt.span_id()),
+            "the service's parent is an attempt span"
+        );
+        assert_eq!(
+            attempt.attribute("http.request.method").as_deref(),
+            Some("GET")
+        );
+        assert_eq!(
+            attempt.attribute("url.template").as_deref(),
+            Some("/orders/{id}")
+        );
+    }
+    let statuses: Vec<Option<String>> = attempts
+        .iter()
+        .map(|a| a.attribute("http.response.status_code"))
+        .collect();
+    assert!(
+        statuses.contains(&Some("503".into())) && statuses.contains(&Some("200".into())),
+        "{statuses:?}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.attribute("http.request.resend_count").as_deref() == Some("1")),
+        "the retry is marked as a resend"
+    );
+
+    let send = one(&spans, "send");
+    assert_eq!(send.span.kind, SpanKind::Producer as i32);
+    assert_eq!(send.parent(), process.span_id());
+    assert_eq!(
+        send.span_id(),
+        send_span,
+        "the reply's parent is the send span"
+    );
+    assert!(
+        (collector.content_types.lock().unwrap().iter()).all(|t| t == "application/x-protobuf"),
+        "OTLP over HTTP/protobuf"
+    );
+    drop(ricochet);
+}
+
+/// A message without trace context starts a new root trace, which the service and the
+/// reply see.
+#[tokio::test]
+async fn a_request_without_traceparent_starts_a_root_trace() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::echo().await;
+    let prefix = unique("traceroot");
+    let admin = free_port();
+    let routes = format!(
+        r#"
+[[routes]]
+name = "echo"
+subject = "{prefix}.echo"
+method = "POST"
+path = "/echo"
+"#
+    );
+    let ricochet = start(
+        &traced_config(&upstream.base_url(), admin, &collector, &routes),
+        admin,
+    )
+    .await;
+    let reply = nats()
+        .await
+        .request(format!("{prefix}.echo"), "hello".into())
+        .await
+        .unwrap();
+    let (trace_id, _, _) =
+        traceparent(&header(&reply, "traceparent").expect("traceparent on the reply"));
+    let seen = upstream.seen();
+    let (service_trace, service_parent, _) = traceparent(
+        seen[0]
+            .headers
+            .get("traceparent")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    assert_eq!(service_trace, trace_id);
+
+    let spans = collector.trace(&trace_id, 3).await;
+    let process = one(&spans, &format!("process {prefix}.echo"));
+    assert_eq!(process.parent(), "", "a root span");
+    assert_eq!(
+        process.attribute("messaging.message.body.size").as_deref(),
+        Some("5")
+    );
+    let attempt = one(&spans, "POST /echo");
+    assert_eq!(attempt.span_id(), service_parent);
+    drop(ricochet);
+}
+
+/// JetStream: the process span names the stream sequence and the durable consumer, and the
+/// ack is a `settle` span.
+#[tokio::test]
+async fn a_jetstream_message_has_its_sequence_and_a_settle_span() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::echo().await;
+    let prefix = unique("tracejs");
+    let stream_name = prefix.to_uppercase();
+    let client = nats().await;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = free_port();
+    let routes = format!(
+        r#"
+[[routes]]
+name = "js"
+source = "jetstream"
+subject = "{prefix}.req.*"
+method = "POST"
+path = "/echo"
+reply_subject = "{prefix}.replies"
+
+[routes.jetstream]
+stream = "{stream_name}"
+durable = "traced"
+"#
+    );
+    let ricochet = start(
+        &traced_config(&upstream.base_url(), admin, &collector, &routes),
+        admin,
+    )
+    .await;
+    let mut replies = client.subscribe(format!("{prefix}.replies")).await.unwrap();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01").as_str(),
+    );
+    js.publish_with_headers(format!("{prefix}.req.1"), headers, "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .expect("a reply")
+        .unwrap();
+    let (id, _, _) = traceparent(&header(&reply, "traceparent").unwrap());
+    assert_eq!(id, trace_id);
+
+    let spans = collector.trace(trace_id, 4).await;
+    let process = one(&spans, &format!("process {prefix}.req.*"));
+    assert_eq!(
+        process
+            .attribute("messaging.nats.stream.sequence")
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        process
+            .attribute("messaging.consumer.group.name")
+            .as_deref(),
+        Some("traced")
+    );
+    let settle = one(&spans, "settle");
+    assert_eq!(
+        settle.attribute("messaging.operation.name").as_deref(),
+        Some("ack")
+    );
+    assert_eq!(settle.parent(), process.span_id());
+    drop(ricochet);
+    let _ = js.delete_stream(&stream_name).await;
+}
+
+/// Tracing off (the default): no spans, and the caller's trace context reaches the service
+/// unchanged, like any other header.
+#[tokio::test]
+async fn with_tracing_off_trace_headers_pass_through_unchanged() {
+    let upstream = Upstream::echo().await;
+    let prefix = unique("traceoff");
+    let admin = free_port();
+    let routes = format!(
+        r#"
+[[routes]]
+name = "echo"
+subject = "{prefix}.echo"
+method = "POST"
+path = "/echo"
+"#
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", value);
+    headers.insert("baggage", "tenant=acme");
+    let reply = nats()
+        .await
+        .request_with_headers(format!("{prefix}.echo"), headers, "x".into())
+        .await
+        .unwrap();
+    let seen = upstream.seen();
+    assert_eq!(seen[0].headers.get("traceparent").unwrap(), value);
+    assert_eq!(seen[0].headers.get("baggage").unwrap(), "tenant=acme");
+    assert_eq!(
+        header(&reply, "traceparent"),
+        None,
+        "ricochet adds no context of its own"
+    );
+    drop(ricochet);
+}
