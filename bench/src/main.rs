@@ -111,6 +111,11 @@ struct Args {
     /// against a JSON Schema, and print both figures and their difference.
     #[arg(long)]
     validate_json: bool,
+    /// With `--callgrind`: count twice, with tracing off (the default) and with tracing on
+    /// (every message sampled, spans exported over OTLP/HTTP to a sink), and print both
+    /// figures and their difference.
+    #[arg(long)]
+    tracing: bool,
     /// Internal: run as L1's native responder on this subject (a child process of the
     /// bench, so that its CPU and memory are measured like ricochet's).
     #[arg(long, hide = true)]
@@ -164,6 +169,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let rabbitmq = local_process("beam.smp").map(|pid| ("rabbitmq", pid));
     if args.callgrind && args.validate_json {
         return count_validation(&args, upstream).await;
+    }
+    if args.callgrind && args.tracing {
+        return count_tracing(&args, upstream, payload).await;
     }
     if args.callgrind {
         let (count, per_request) = count_instructions(&args, upstream, payload, "").await?;
@@ -898,9 +906,26 @@ async fn count_validation(args: &Args, upstream: SocketAddr) -> anyhow::Result<(
     Ok(())
 }
 
+/// `--callgrind --tracing`: instructions per request with tracing off and on. The spans go
+/// to the bench's upstream, which answers every POST with 200 like a collector.
+async fn count_tracing(args: &Args, upstream: SocketAddr, payload: Bytes) -> anyhow::Result<()> {
+    let (off_count, off) = count_instructions(args, upstream, payload.clone(), "").await?;
+    let tracing = format!(
+        "\n[tracing]\nenabled = true\nsample_ratio = 1.0\nendpoint = \"http://{upstream}/v1/traces\"\n"
+    );
+    let (on_count, on) = count_instructions(args, upstream, payload, &tracing).await?;
+    println!(
+        "ricochet under callgrind: {off} instructions per request with tracing off ({off_count} requests), \
+         {on} with tracing on, every message sampled and exported ({on_count} requests): +{} per request (+{:.1}%)",
+        on as i64 - off as i64,
+        (on as f64 / off as f64 - 1.0) * 100.0
+    );
+    Ok(())
+}
+
 /// `--callgrind`: ricochet under callgrind; counters are zeroed after the warm-up and
 /// dumped after an open loop, so the dump holds exactly that loop's requests. `route_extra`
-/// is added to the route (e.g. a `[routes.validate]` table). Returns the requests counted
+/// is added after the route (e.g. a `[routes.validate]` or a `[tracing]` table). Returns the requests counted
 /// and the instructions per request.
 async fn count_instructions(
     args: &Args,

@@ -8,7 +8,10 @@
 //!   single-threaded.
 //! - **Tracking**: every record librdkafka hands over is noted in its partition's
 //!   [`OffsetTracker`] at once (on the consumer's thread), so no commit can pass it,
-//!   whatever happens to it next.
+//!   whatever happens to it next. A record the assignment has taken already is dropped
+//!   there: librdkafka can fetch records a second time when a partition is paused and
+//!   resumed while the consumer polls (seen about once in 10,000 records under constant
+//!   backpressure), and the first copy is in hand or done.
 //! - **Lanes** give the ordering: a record joins the lane of its partition (`partition`), of
 //!   its key (`key`) or its own (`unordered`). One worker task runs a lane's records in
 //!   order; different lanes run in parallel. Every record taken holds a `max_in_flight`

@@ -15,13 +15,39 @@ pub struct OffsetTracker {
     highest: Option<i64>,
     /// The last position handed out for commit.
     committed: Option<i64>,
+    /// Set after ricochet seeks the partition back: records below the highest taken come
+    /// again on purpose.
+    rewound: bool,
 }
 
 impl OffsetTracker {
-    /// A record was taken from the partition.
-    pub fn taken(&mut self, offset: i64) {
+    /// A tracker for a partition ricochet has just seeked back: records already taken
+    /// before the seek come again and are taken again.
+    pub fn rewound() -> Self {
+        Self {
+            rewound: true,
+            ..Self::default()
+        }
+    }
+
+    /// A record was taken from the partition. `false`, and nothing changes, when it is not
+    /// past the highest offset taken: the consumer fetched it a second time (librdkafka can
+    /// go back to an earlier fetch position when a partition is paused and resumed while
+    /// records are being polled), and the first copy is in hand or done already. After a
+    /// rewind only a copy of a record still in hand is refused: the seek brings finished
+    /// records back on purpose.
+    pub fn taken(&mut self, offset: i64) -> bool {
+        let twice = if self.rewound {
+            self.unfinished.contains(&offset)
+        } else {
+            self.highest.is_some_and(|h| offset <= h)
+        };
+        if twice {
+            return false;
+        }
         self.unfinished.insert(offset);
         self.highest = Some(self.highest.map_or(offset, |h| h.max(offset)));
+        true
     }
 
     /// A record is done (replied, dead-lettered, or refused for good).
@@ -82,6 +108,37 @@ mod tests {
         t.finished(12);
         assert_eq!(t.take_commit(), Some(16), "the gap 13-14 was never taken");
         assert_eq!(t.take_commit(), None);
+    }
+
+    #[test]
+    fn a_record_fetched_twice_is_taken_once() {
+        let mut t = OffsetTracker::default();
+        for offset in [10, 11, 12] {
+            assert!(t.taken(offset));
+        }
+        t.finished(10);
+        assert!(!t.taken(10), "finished already");
+        assert!(!t.taken(11), "still in hand");
+        assert!(t.taken(13), "a new record");
+        t.finished(11);
+        t.finished(12);
+        t.finished(13);
+        assert_eq!(
+            t.take_commit(),
+            Some(14),
+            "the second copies hold nothing back"
+        );
+    }
+
+    #[test]
+    fn after_a_rewind_earlier_records_are_taken_again() {
+        let mut t = OffsetTracker::rewound();
+        assert!(t.taken(20), "a record fetched before the seek took effect");
+        assert!(t.taken(15), "the seek's position");
+        assert!(!t.taken(20), "still in hand");
+        t.finished(20);
+        assert!(t.taken(20), "fetched again after the seek");
+        assert_eq!(t.take_commit(), Some(15));
     }
 
     proptest! {

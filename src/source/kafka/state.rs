@@ -12,7 +12,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Lane, OffsetTracker, Output, Partition, Record};
 use crate::config::KafkaConfig;
@@ -97,11 +97,15 @@ impl Shared {
     }
 
     /// Notes a record librdkafka handed over, before anything else happens to it, so no
-    /// commit can pass it. Returns its generation, or `None` for an unassigned partition.
+    /// commit can pass it. Returns its generation, or `None` for a record to drop: of an
+    /// unassigned partition, or one this assignment has taken already (fetched twice).
     pub fn track(&self, partition: &Partition, offset: i64, finished_at_once: bool) -> Option<u64> {
         let mut state = self.lock();
         let ps = state.partitions.get_mut(partition)?;
-        ps.tracker.taken(offset);
+        if !ps.tracker.taken(offset) {
+            debug!(route = %self.route, ?partition, offset, "record fetched a second time: dropped");
+            return None;
+        }
         if finished_at_once {
             ps.tracker.finished(offset);
         }
@@ -313,7 +317,7 @@ impl Shared {
                     continue;
                 };
                 ps.generation = generation;
-                ps.tracker = OffsetTracker::default();
+                ps.tracker = OffsetTracker::rewound();
                 ps.staged.clear();
                 if let Some(position) = ps.committed {
                     seeks.push((partition.clone(), position));
