@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
-# The demo without Docker, on loopback: starts what is missing (nats-server with JetStream,
-# the tansu Kafka-protocol broker, RabbitMQ), the example orders service and ricochet beside
-# it, sends NATS requests, a Kafka request record and an AMQP RPC request through ricochet,
-# prints the replies and ricochet's metrics, then stops everything it started.
+# The demo without Docker, on loopback: installs what is missing (nats-server, the tansu
+# Kafka-protocol broker, RabbitMQ), starts the brokers that are not running, the example
+# orders service and ricochet beside it, sends NATS requests, a Kafka request record and an
+# AMQP RPC request through ricochet and prints each round trip and ricochet's metrics. Then it
+# stays up so you can send your own requests (`ricochet request`) until Ctrl-C, which stops
+# everything it started.
+#
+#   scripts/demo.sh          # the demo, then stay up
+#   scripts/demo.sh --once   # the demo, then stop (CI runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+once=0
+for arg in "$@"; do
+  case "$arg" in
+    --once) once=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  echo "== installing $* from Debian's archive (about a minute)"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 
 work="$(mktemp -d)"
 pids=()
@@ -30,8 +51,9 @@ done
 if port_open 4222; then
   echo "== using the NATS server on 127.0.0.1:4222"
 else
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt_install nats-server
   echo "== starting nats-server (JetStream) on 127.0.0.1:4222"
-  nats-server -a 127.0.0.1 -p 4222 -js -sd "$work/jetstream" >"$work/nats.log" 2>&1 &
+  "$(command -v nats-server || echo /usr/sbin/nats-server)" -a 127.0.0.1 -p 4222 -js -sd "$work/jetstream" >"$work/nats.log" 2>&1 &
   pids+=($!)
   wait_port 4222
 fi
@@ -41,7 +63,11 @@ if port_open 9092; then
 else
   echo "== starting tansu (Kafka protocol) on 127.0.0.1:9092"
   tansu_bin="$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")"
-  [ -x "$tansu_bin" ] || { echo "tansu is missing: cargo install tansu --locked --features dynostore" >&2; exit 1; }
+  if [ ! -x "$tansu_bin" ]; then
+    echo "== building tansu once from crates.io (about 8 minutes on 2 cores; kept in cargo's bin directory)"
+    cargo install tansu --locked --features dynostore
+    tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  fi
   "$tansu_bin" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
     --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
   pids+=($!)
@@ -51,16 +77,15 @@ fi
 if port_open 5672; then
   echo "== using the RabbitMQ on 127.0.0.1:5672"
 else
-  command -v rabbitmq-server >/dev/null 2>&1 \
-    || { echo "RabbitMQ is missing: apt-get install rabbitmq-server" >&2; exit 1; }
-  echo "== starting RabbitMQ on 127.0.0.1:5672"
-  rabbitmq-server -detached
+  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
+  echo "== starting RabbitMQ on 127.0.0.1:5672 (about 10 s)"
+  sudo_if_needed rabbitmq-server -detached
   stop_rabbitmq=1
   for _ in $(seq 1 300); do port_open 5672 && break; sleep 0.1; done
   wait_port 5672
 fi
 
-echo "== building ricochet and the examples"
+echo "== building ricochet and the examples (the first build takes about 10 minutes)"
 cargo build -q --bin ricochet --example orders-service --example demo-caller
 
 echo "== starting the orders service on 127.0.0.1:8080"
@@ -83,5 +108,23 @@ curl -s http://127.0.0.1:9464/metrics \
 
 if [ "$status" -ne 0 ]; then
   echo "== ricochet's log"; cat "$work/ricochet.log"
+  exit "$status"
 fi
-exit "$status"
+if [ "$once" = 1 ]; then
+  exit 0
+fi
+
+cat <<EOT
+
+== ricochet is running (config/demo.toml). Try, in another terminal:
+  target/debug/ricochet request --config config/demo.toml orders.create -H Content-Type=application/json --data '{"item":"tea","qty":2}'
+  target/debug/ricochet request --config config/demo.toml orders.list
+  target/debug/ricochet request --config config/demo.toml orders.1.get
+  curl -s http://127.0.0.1:9464/metrics | grep ^ricochet_
+ricochet's log: $work/ricochet.log
+Ctrl-C stops ricochet, the orders service and the brokers this script started.
+EOT
+trap 'echo; echo "== stopping"; exit 0' INT TERM
+while kill -0 "${pids[-1]}" 2>/dev/null; do sleep 1; done
+echo "== ricochet exited; its log:"; cat "$work/ricochet.log"
+exit 1

@@ -2,7 +2,7 @@
 # Soak: one ricochet serving a core NATS, a JetStream and a Kafka route at a fixed load
 # (100 requests/s on each) for SECONDS (default 60); fails unless every request is answered
 # and, after the first quarter, RSS and open file descriptors stay within 10%.
-# Needs the brokers of the test suite (NATS_URL with JetStream, KAFKA_BROKERS).
+# Uses the test suite's brokers: its own nats-server and tansu, or NATS_URL and KAFKA_BROKERS.
 #   scripts/soak.sh          # 60 s, as CI runs it
 #   scripts/soak.sh 3600     # an hour
 set -euo pipefail

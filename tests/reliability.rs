@@ -524,7 +524,10 @@ async fn kafka_killed_three_times_loses_no_request() {
         for call in upstream.seen() {
             if !distinct.insert(kafka_id(&call)) {
                 repeated_by_one_instance += 1;
-                let key = call.headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+                let key = call
+                    .headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok());
                 repeats.push(format!("instance {k}: id {} from {key:?}", kafka_id(&call)));
             }
         }

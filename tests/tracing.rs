@@ -564,3 +564,63 @@ path = "/echo"
     );
     drop(ricochet);
 }
+
+/// A collector that cannot be reached costs no request: replies come as before, and the
+/// lost batches are counted and logged, without the endpoint's address.
+#[tokio::test]
+async fn an_unreachable_collector_is_counted_and_requests_are_still_answered() {
+    let upstream = Upstream::echo().await;
+    let prefix = unique("tracedown");
+    let admin = free_port();
+    // A port nothing listens on.
+    let closed = free_port();
+    let toml = config(
+        &upstream.base_url(),
+        admin,
+        &format!(
+            r#"
+[tracing]
+enabled = true
+endpoint = "http://127.0.0.1:{closed}/v1/traces"
+
+[[routes]]
+name = "echo"
+subject = "{prefix}.echo"
+method = "POST"
+path = "/echo"
+"#
+        ),
+    );
+    let ricochet = start(&toml, admin).await;
+    let client = nats().await;
+    for i in 0..3 {
+        let reply = client
+            .request(format!("{prefix}.echo"), format!("hello {i}").into())
+            .await
+            .unwrap();
+        assert_eq!(reply.payload, format!("hello {i}").as_bytes());
+    }
+    eventually(
+        Duration::from_secs(10),
+        "a failed export counted",
+        || async {
+            let text = ricochet.metrics().await;
+            let failed = metric(
+                &text,
+                "ricochet_trace_exports_total",
+                &["result=\"failed\""],
+            );
+            holds(failed >= 1.0, format!("failed exports: {failed}"))
+        },
+    )
+    .await;
+    let logs = ricochet.logs();
+    assert!(
+        logs.contains("could not be exported"),
+        "the lost spans are logged:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&format!("127.0.0.1:{closed}")),
+        "the endpoint is not logged:\n{logs}"
+    );
+}

@@ -5,6 +5,24 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+// The test suite's brokers: NATS_URL and KAFKA_BROKERS, else a nats-server and a tansu of
+// this test binary's own.
+#[path = "../../tests/common/brokers.rs"]
+mod brokers;
+
+/// The bench, pointed at the test brokers and at the workspace's ricochet.
+fn bench() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"));
+    command
+        .arg("--nats-url")
+        .arg(brokers::nats_url())
+        .arg("--kafka-brokers")
+        .arg(brokers::kafka_brokers())
+        .arg("--ricochet")
+        .arg(ricochet());
+    command
+}
+
 /// The ricochet binary the bench measures: the workspace's, next to the bench's own (a
 /// `cargo test` at the root builds both).
 fn ricochet() -> PathBuf {
@@ -20,7 +38,7 @@ fn ricochet() -> PathBuf {
 #[test]
 fn every_leg_answers_every_request_correctly() {
     let json = tempfile::NamedTempFile::new().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
+    let output = bench()
         .args([
             "--duration",
             "300ms",
@@ -32,8 +50,6 @@ fn every_leg_answers_every_request_correctly() {
             "512",
         ])
         .args(["--legs", "L0,L1,L2,K1,K2,A1,A2"])
-        .arg("--ricochet")
-        .arg(ricochet())
         .arg("--json")
         .arg(json.path())
         .output()
@@ -76,10 +92,8 @@ fn every_leg_answers_every_request_correctly() {
 
 #[test]
 fn callgrind_counts_ricochets_instructions_per_request() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
+    let output = bench()
         .args(["--callgrind", "--rates", "20", "--duration", "1s"])
-        .arg("--ricochet")
-        .arg(ricochet())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -98,7 +112,7 @@ fn callgrind_counts_ricochets_instructions_per_request() {
 
 #[test]
 fn callgrind_prices_json_schema_validation() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ricochet-bench"))
+    let output = bench()
         .args([
             "--callgrind",
             "--validate-json",
@@ -107,8 +121,6 @@ fn callgrind_prices_json_schema_validation() {
             "--duration",
             "1s",
         ])
-        .arg("--ricochet")
-        .arg(ricochet())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -126,4 +138,34 @@ fn callgrind_prices_json_schema_validation() {
     let with = count("requests), ");
     // Validation costs something; an equal count would mean the schema was not applied.
     assert!(with > without && without > 1_000, "{stdout}");
+}
+
+#[test]
+fn callgrind_prices_tracing() {
+    let output = bench()
+        .args([
+            "--callgrind",
+            "--tracing",
+            "--rates",
+            "20",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    // "ricochet under callgrind: 49000 instructions per request with tracing off (20
+    // requests), 81000 with tracing on, ...: +32000 per request (+65.3%)"
+    let count = |after: &str| -> u64 {
+        (stdout.split(after).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure after {after:?} in:\n{stdout}"))
+    };
+    let off = count("ricochet under callgrind: ");
+    let on = count("requests), ");
+    // Spans cost something; an equal count would mean tracing was not switched on.
+    assert!(on > off && off > 1_000, "{stdout}");
 }

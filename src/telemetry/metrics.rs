@@ -37,6 +37,7 @@ pub const JETSTREAM_ACK_PENDING: &str = "ricochet_jetstream_ack_pending_messages
 pub const JETSTREAM_REDELIVERED: &str = "ricochet_jetstream_redelivered_messages";
 pub const KAFKA_LAG: &str = "ricochet_kafka_consumer_lag_messages";
 pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
+pub const TRACE_EXPORTS: &str = "ricochet_trace_exports_total";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -140,6 +141,10 @@ fn describe() {
     describe_gauge!(
         KAFKA_COMMITTED,
         "Kafka: the route's committed offset of each partition assigned to this member"
+    );
+    describe_counter!(
+        TRACE_EXPORTS,
+        "Tracing: batches of spans sent to the OTLP endpoint, by result: ok, failed (unreachable, timed out or refused; those spans are dropped)"
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(

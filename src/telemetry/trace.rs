@@ -37,6 +37,7 @@ use crate::config::{SourceConfig, TracingConfig};
 use crate::mapping::reply::HeaderName as ReplyHeaderName;
 use crate::mapping::Reply;
 use crate::source::{Inbound, Position};
+use crate::telemetry::metrics::TRACE_EXPORTS;
 
 /// The headers of trace context ricochet reads and, when tracing, writes.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -470,6 +471,19 @@ impl opentelemetry_http::HttpClient for OtlpClient {
             let body = body.collect().await?.to_bytes();
             Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
         });
-        call.await?
+        let outcome = call.await?;
+        // The SDK's own diagnostics are off: say here when spans are lost. Neither the
+        // endpoint nor the collector's answer is logged (they may carry credentials).
+        let failure = match &outcome {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("the collector answered {}", response.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        let result = if failure.is_some() { "failed" } else { "ok" };
+        metrics::counter!(TRACE_EXPORTS, "result" => result).increment(1);
+        if let Some(failure) = failure {
+            warn!(error = %failure, "tracing: a batch of spans could not be exported and is dropped");
+        }
+        outcome
     }
 }

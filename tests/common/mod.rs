@@ -2,6 +2,7 @@
 //! a child process with a generated config, and helpers for NATS and the admin endpoints.
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod faults;
 pub mod registry;
 
@@ -25,15 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// The nats-server binary for tests that run their own server: `NATS_SERVER_BIN`, else
-/// Debian's. Set it with `NATS_URL` to run a suite against another server version.
-pub fn nats_server_bin() -> String {
-    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into())
-}
+// Not every test binary starts servers of its own.
+#[allow(unused_imports)]
+pub use brokers::{nats_server_bin, nats_url};
 
 /// A subject prefix no other test run uses.
 pub fn unique(prefix: &str) -> String {
@@ -446,7 +441,7 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Kafka helpers: the broker from `KAFKA_BROKERS` (tansu in CI), topics created per test.
+/// Kafka helpers: the broker of [`brokers::kafka_brokers`], topics created per test.
 pub mod kafka {
     use std::time::Duration;
 
@@ -459,7 +454,7 @@ pub mod kafka {
     use rdkafka::Message;
 
     pub fn brokers() -> String {
-        std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+        super::brokers::kafka_brokers()
     }
 
     /// Creates a fresh topic with `partitions` partitions.
@@ -475,7 +470,7 @@ pub mod kafka {
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
-            .expect("Kafka is running at KAFKA_BROKERS (see README)");
+            .unwrap_or_else(|e| panic!("the Kafka broker at {} answers: {e}", brokers()));
         for result in results {
             result.expect("topic created");
         }
