@@ -43,7 +43,7 @@ pub fn unique(prefix: &str) -> String {
 pub async fn nats() -> async_nats::Client {
     async_nats::connect(nats_url())
         .await
-        .expect("NATS is running (see README)")
+        .expect("NATS is running (see docs/development.md)")
 }
 
 /// Polls `check` every 10 ms until it holds; panics after `within`, naming what was awaited
@@ -475,7 +475,7 @@ pub mod kafka {
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
-            .expect("Kafka is running at KAFKA_BROKERS (see README)");
+            .expect("Kafka is running at KAFKA_BROKERS (see docs/development.md)");
         for result in results {
             result.expect("topic created");
         }
