@@ -1,6 +1,28 @@
 //! The `ricochet` command: `run` the bridge, `check` a configuration, or send one test
 //! `request` over NATS.
 
+/// The configuration file every command reads unless `--config` names another. A macro, so
+/// that the help texts below can name it in `concat!`.
+macro_rules! default_config {
+    () => {
+        "config/ricochet.toml"
+    };
+}
+
+/// The environment overrides of the configuration, as every command's help states them.
+macro_rules! environment_help {
+    () => {
+        concat!(
+            "Environment:\n",
+            "  RICOCHET__<SECTION>__<KEY>  overrides a key of the configuration: its path in upper case with\n",
+            "                              \"__\" between parts, list entries by index, e.g.\n",
+            "                              RICOCHET__UPSTREAM__BASE_URL=http://127.0.0.1:9000\n",
+            "                              RICOCHET__ROUTES__0__TIMEOUT=2s\n",
+            "                              RICOCHET__NATS__PASSWORD=...\n",
+        )
+    };
+}
+
 mod request_cmd;
 
 use std::path::PathBuf;
@@ -19,7 +41,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "ricochet",
     version,
-    about = "A sidecar that answers NATS requests by calling a REST service"
+    about = "A sidecar that answers NATS, JetStream, Kafka and AMQP requests by calling a REST service",
+    after_help = concat!(
+        "Configuration: ", default_config!(), " unless --config FILE names another (docs/configuration.md).\n\n",
+        environment_help!(),
+        "  RUST_LOG                    overrides log.level\n",
+        "  NATS_URL                    the server of `ricochet request`, before the configuration's nats.url\n\n",
+        "Examples:\n",
+        "  ricochet check --config ", default_config!(), "\n",
+        "  ricochet run --config /etc/ricochet/ricochet.toml\n",
+        "  ricochet request orders.42.get --timeout 2s\n",
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,14 +60,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the bridge.
+    /// Run the bridge until SIGTERM or SIGINT; exit 64 when the configuration is invalid.
+    #[command(after_help = concat!(
+        environment_help!(),
+        "  RUST_LOG                    overrides log.level\n",
+        "\nExamples:\n",
+        "  ricochet run\n",
+        "  ricochet run --config /etc/ricochet/ricochet.toml\n",
+        "  RICOCHET__UPSTREAM__BASE_URL=http://127.0.0.1:9000 ricochet run --config ", default_config!(), "\n",
+    ))]
     Run {
-        #[arg(long, short, default_value = "config/ricochet.toml")]
+        /// The configuration file (TOML).
+        #[arg(long, short, default_value = default_config!())]
         config: PathBuf,
     },
     /// Validate a configuration and print every problem; exit 64 when invalid.
+    #[command(after_help = concat!(
+        environment_help!(),
+        "  RUST_LOG                    overrides log.level\n",
+        "\nExamples:\n",
+        "  ricochet check --config ", default_config!(), "\n",
+        "  RICOCHET__ROUTES__0__TIMEOUT=2s ricochet check --config /etc/ricochet/ricochet.toml --print\n",
+    ))]
     Check {
-        #[arg(long, short, default_value = "config/ricochet.toml")]
+        /// The configuration file (TOML), with the environment overrides applied.
+        #[arg(long, short, default_value = default_config!())]
         config: PathBuf,
         /// Print the effective configuration (file, environment and defaults), secrets
         /// redacted.
@@ -43,6 +92,14 @@ enum Command {
         print: bool,
     },
     /// Send one NATS request and print the reply's status, headers and body.
+    #[command(after_help = concat!(
+        environment_help!(),
+        "  NATS_URL                    the server, when --nats-url is not given (before nats.url of --config)\n",
+        "\nExamples:\n",
+        "  ricochet request orders.42.get\n",
+        "  ricochet request orders.create --data '{\"item\":\"book\"}' -H Content-Type=application/json\n",
+        "  ricochet request orders.42.get --config /etc/ricochet/ricochet.toml --timeout 2s\n",
+    ))]
     Request(request_cmd::RequestArgs),
 }
 

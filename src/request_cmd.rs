@@ -27,7 +27,9 @@ pub struct RequestArgs {
     /// NATS server; defaults to nats.url of --config, else nats://127.0.0.1:4222.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
-    #[arg(long, short, default_value = "config/ricochet.toml")]
+    /// The configuration file whose nats.url, TLS and credentials apply (ignored when it
+    /// cannot be read or is invalid).
+    #[arg(long, short, default_value = default_config!())]
     config: PathBuf,
 }
 

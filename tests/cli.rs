@@ -249,3 +249,76 @@ schema = "/x.json"
         assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
     }
 }
+
+/// `--help` of the command and of each subcommand names the configuration file and its
+/// default, the environment overrides and an example invocation; the default it names is
+/// the file `check` reads when given none.
+#[test]
+fn help_names_the_config_file_the_environment_and_examples() {
+    let default = "config/ricochet.toml";
+    for (args, example, variables) in [
+        (
+            &["--help"][..],
+            "ricochet check --config",
+            &["RUST_LOG", "NATS_URL"][..],
+        ),
+        (
+            &["run", "--help"][..],
+            "ricochet run --config",
+            &["RUST_LOG"][..],
+        ),
+        (
+            &["check", "--help"][..],
+            "ricochet check --config",
+            &["RUST_LOG"][..],
+        ),
+        (
+            &["request", "--help"][..],
+            "ricochet request orders.42.get",
+            &["NATS_URL"][..],
+        ),
+    ] {
+        let out = ricochet().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        let named = [
+            default,
+            "RICOCHET__<SECTION>__<KEY>",
+            "RICOCHET__ROUTES__0__TIMEOUT=2s",
+            example,
+        ];
+        for expected in named.iter().chain(variables) {
+            assert!(
+                help.contains(expected),
+                "`ricochet {}` does not name {expected:?}:\n{help}",
+                args.join(" ")
+            );
+        }
+    }
+
+    // Without --config, `check` reads the named default: the shipped file from the
+    // repository root, nothing from an empty directory.
+    let root = ricochet()
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        root.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let elsewhere = ricochet()
+        .arg("check")
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(elsewhere.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        stderr.contains(default) && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}

@@ -1150,7 +1150,7 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
 /// The requests `upstream` saw, by the id the path or header carries.
 fn seen_ids(upstream: &Upstream, kafka: bool) -> std::collections::HashSet<String> {
     // (Kafka: the replicas test is not in the suite; tansu 0.6 leaves a killed member's
-    // partitions unassigned, see the README's Reliability section.)
+    // partitions unassigned, see docs/reliability.md.)
     upstream
         .seen()
         .iter()

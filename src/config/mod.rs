@@ -1060,7 +1060,7 @@ impl RouteConfig {
     }
 }
 
-/// Named defaults, so the README and the code agree on one value each.
+/// Named defaults, so the documentation and the code agree on one value each.
 pub mod defaults {
     use super::{ByteSize, RetryCondition, RetryOn};
     use std::net::SocketAddr;

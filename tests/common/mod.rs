@@ -38,7 +38,7 @@ pub fn unique(prefix: &str) -> String {
 pub async fn nats() -> async_nats::Client {
     async_nats::connect(nats_url())
         .await
-        .expect("NATS is running (see README)")
+        .expect("NATS is running (see docs/development.md)")
 }
 
 /// Polls `check` every 10 ms until it holds; panics after `within`, naming what was awaited
