@@ -528,6 +528,79 @@ durable = "traced"
     let _ = js.delete_stream(&stream_name).await;
 }
 
+/// Kafka: the record's `traceparent` header is the parent; the process span names the
+/// partition, the offset and the consumer group (its default name here), and the reply
+/// record carries the trace on.
+#[tokio::test]
+async fn a_kafka_record_is_one_trace_through_ricochet_to_its_reply_record() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::echo().await;
+    let requests = kafka::topic("tracek", 1).await;
+    let replies = kafka::topic("tracekrep", 1).await;
+    let admin = free_port();
+    let routes = kafka::route(
+        "traced-kafka",
+        &requests,
+        "",
+        &format!("reply_topic = \"{replies}\""),
+    );
+    let ricochet = start(
+        &traced_config(&upstream.base_url(), admin, &collector, &routes),
+        admin,
+    )
+    .await;
+    let reader = kafka::consumer(&replies);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    kafka::produce(
+        &kafka::producer(),
+        &requests,
+        Some("order-1"),
+        &[("traceparent", &format!("00-{trace_id}-{caller_span}-01"))],
+        b"x",
+    )
+    .await;
+    let reply = kafka::next(&reader, Duration::from_secs(60)).await;
+    let (id, parent, _) =
+        traceparent(&kafka::header(&reply, "traceparent").expect("traceparent on the reply"));
+    assert_eq!(
+        id, trace_id,
+        "the reply record continues the caller's trace"
+    );
+    let seen = upstream.seen();
+    let (service_trace, _, _) = traceparent(
+        seen[0]
+            .headers
+            .get("traceparent")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    assert_eq!(service_trace, trace_id);
+
+    let spans = collector.trace(trace_id, 4).await;
+    let process = one(&spans, &format!("process {requests}"));
+    assert_eq!(process.parent(), caller_span);
+    let attribute = |name: &str| process.attribute(name);
+    assert_eq!(attribute("messaging.system").as_deref(), Some("kafka"));
+    assert_eq!(
+        attribute("messaging.destination.partition.id").as_deref(),
+        Some("0")
+    );
+    assert_eq!(attribute("messaging.kafka.offset").as_deref(), Some("0"));
+    assert_eq!(
+        attribute("messaging.consumer.group.name").as_deref(),
+        Some("ricochet-traced-kafka"),
+        "the default group's name"
+    );
+    assert_eq!(
+        one(&spans, "send").span_id(),
+        parent,
+        "the reply's parent is the send span"
+    );
+    drop(ricochet);
+}
+
 /// Tracing off (the default): no spans, and the caller's trace context reaches the service
 /// unchanged, like any other header.
 #[tokio::test]

@@ -531,6 +531,26 @@ pub enum Delivery {
     ExactlyOnce,
 }
 
+/// The name a route's durable state goes by when the config names none: its Kafka group
+/// and its JetStream durable consumer.
+pub fn default_consumer_name(route: &str) -> String {
+    format!("ricochet-{route}")
+}
+
+impl KafkaConfig {
+    /// The consumer group: `group_id`, else [`default_consumer_name`].
+    pub fn group(&self, route: &str) -> String {
+        (self.group_id.clone()).unwrap_or_else(|| default_consumer_name(route))
+    }
+}
+
+impl JetStreamConfig {
+    /// The durable consumer: `durable`, else [`default_consumer_name`].
+    pub fn durable_name(&self, route: &str) -> String {
+        (self.durable.clone()).unwrap_or_else(|| default_consumer_name(route))
+    }
+}
+
 /// A route's Kafka consumer group and reply producer.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

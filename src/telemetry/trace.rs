@@ -220,14 +220,8 @@ impl RouteSpans {
                         .to_string(),
                 ),
             ),
-            SourceConfig::Jetstream(js) => (
-                "nats",
-                Some(
-                    (js.settings.durable.clone())
-                        .unwrap_or_else(|| format!("ricochet-{}", route.name)),
-                ),
-            ),
-            SourceConfig::Kafka(kafka) => ("kafka", kafka.settings.group_id.clone()),
+            SourceConfig::Jetstream(js) => ("nats", Some(js.settings.durable_name(&route.name))),
+            SourceConfig::Kafka(kafka) => ("kafka", Some(kafka.settings.group(&route.name))),
             SourceConfig::Amqp(_) => ("rabbitmq", None),
         };
         Self {

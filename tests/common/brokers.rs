@@ -55,8 +55,6 @@ pub fn kafka_brokers() -> String {
             .args(["--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
             .args(["--storage-engine", "memory://tansu/"]);
-        // tansu's own metrics listener would collide between test binaries.
-        command.env_remove("PROMETHEUS_LISTENER_URL");
         start("tansu", command, &dir, port);
         format!("127.0.0.1:{port}")
     })

@@ -126,10 +126,7 @@ impl JetStreamRoute {
     }
 
     fn durable(&self) -> String {
-        self.config
-            .durable
-            .clone()
-            .unwrap_or_else(|| format!("ricochet-{}", self.route.name))
+        self.config.durable_name(&self.route.name)
     }
 
     /// Binds the consumer (retrying until it can), then pulls until `stop`.

@@ -214,10 +214,7 @@ impl KafkaRoute {
     }
 
     fn group_id(&self) -> String {
-        self.config
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("ricochet-{}", self.route.name))
+        self.config.group(&self.route.name)
     }
 
     /// Exactly-once only: unique per replica, stable across its restarts.
