@@ -103,6 +103,7 @@ log "the NATS suites again, against the current nats-server ($("$current_nats" -
 env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test \
   --test jetstream --test nats_request_reply --test nats_reconnect --test nats_tls --test resilience \
   --test validation --test nats_service --test tracing
+env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test --test reliability jetstream_bounce
 
 log "soak, 60 s at a fixed load on core NATS, JetStream and Kafka (scripts/soak.sh)"
 scripts/soak.sh 60
