@@ -31,7 +31,8 @@ apt_install() {
   if [ "$apt_updated" = 0 ]; then sudo_if_needed apt-get update -qq; apt_updated=1; fi
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
-pip_install() { python3 -m pip install -q "$@"; }
+# Debian's own Python refuses pip installs into it (PEP 668) unless told to.
+pip_install() { python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"; }
 
 current_nats="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/nats-server"
 tansu_bin="$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")"
