@@ -23,24 +23,23 @@ fn yaml_file(relative: &str) -> serde_yaml::Value {
     serde_yaml::from_str(&read(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
-/// The port of an address or URL (`host:port`, `scheme://host:port/...`).
-fn port(address: &str) -> u16 {
+/// The host and port of an address or URL (`host:port`, `scheme://user@host:port/...`).
+fn host_and_port(address: &str) -> (String, u16) {
     let authority = address.split("://").last().unwrap();
     let authority = authority.split('/').next().unwrap();
     let authority = authority.rsplit('@').next().unwrap();
-    authority
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {address:?}"))
+    let port =
+        (authority.rsplit_once(':')).and_then(|(host, port)| Some((host, port.parse().ok()?)));
+    let (host, port) = port.unwrap_or_else(|| panic!("no port in {address:?}"));
+    (host.to_string(), port)
 }
 
-/// The host of an address or URL.
+fn port(address: &str) -> u16 {
+    host_and_port(address).1
+}
+
 fn host(address: &str) -> String {
-    let authority = address.split("://").last().unwrap();
-    let authority = authority.split('/').next().unwrap();
-    let authority = authority.rsplit('@').next().unwrap();
-    authority.rsplit_once(':').unwrap().0.to_string()
+    host_and_port(address).0
 }
 
 fn text<'a>(value: &'a Value, path: &str) -> &'a str {

@@ -184,6 +184,16 @@ fn traceparent(value: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
+/// The `traceparent` the service saw on its first request, in parts.
+fn service_traceparent(upstream: &Upstream) -> (String, String, String) {
+    let seen = upstream.seen();
+    let value = seen[0]
+        .headers
+        .get("traceparent")
+        .expect("a traceparent on the request");
+    traceparent(value.to_str().unwrap())
+}
+
 fn traced_config(base_url: &str, admin: u16, collector: &Collector, routes: &str) -> String {
     config(
         base_url,
@@ -423,15 +433,7 @@ path = "/echo"
         .unwrap();
     let (trace_id, _, _) =
         traceparent(&header(&reply, "traceparent").expect("traceparent on the reply"));
-    let seen = upstream.seen();
-    let (service_trace, service_parent, _) = traceparent(
-        seen[0]
-            .headers
-            .get("traceparent")
-            .unwrap()
-            .to_str()
-            .unwrap(),
-    );
+    let (service_trace, service_parent, _) = service_traceparent(&upstream);
     assert_eq!(service_trace, trace_id);
 
     let spans = collector.trace(&trace_id, 3).await;
@@ -567,15 +569,7 @@ async fn a_kafka_record_is_one_trace_through_ricochet_to_its_reply_record() {
         id, trace_id,
         "the reply record continues the caller's trace"
     );
-    let seen = upstream.seen();
-    let (service_trace, _, _) = traceparent(
-        seen[0]
-            .headers
-            .get("traceparent")
-            .unwrap()
-            .to_str()
-            .unwrap(),
-    );
+    let (service_trace, _, _) = service_traceparent(&upstream);
     assert_eq!(service_trace, trace_id);
 
     let spans = collector.trace(trace_id, 4).await;

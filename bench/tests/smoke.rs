@@ -90,82 +90,54 @@ fn every_leg_answers_every_request_correctly() {
     assert!(stdout.contains("efficiency"), "{stdout}");
 }
 
-#[test]
-fn callgrind_counts_ricochets_instructions_per_request() {
+/// Runs the bench under callgrind at 20 requests/s for 1 s with `extra` flags; its stdout.
+fn callgrind(extra: &[&str]) -> String {
     let output = bench()
         .args(["--callgrind", "--rates", "20", "--duration", "1s"])
+        .args(extra)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    // "ricochet under callgrind: 20 requests at 20/s, 58413 instructions per request ..."
-    let per_request: u64 = stdout
-        .split("20 requests at 20/s, ")
-        .nth(1)
+    stdout
+}
+
+/// The number printed right after the first `after` in `stdout`.
+fn figure(stdout: &str, after: &str) -> u64 {
+    (stdout.split(after).nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no instruction count for 20 requests in:\n{stdout}"));
+        .unwrap_or_else(|| panic!("no figure after {after:?} in:\n{stdout}"))
+}
+
+#[test]
+fn callgrind_counts_ricochets_instructions_per_request() {
+    let stdout = callgrind(&[]);
+    // "ricochet under callgrind: 20 requests at 20/s, 58413 instructions per request ..."
+    let per_request = figure(&stdout, "20 requests at 20/s, ");
     // A request takes tens of thousands of instructions; zero would mean nothing was counted.
     assert!(per_request > 1_000, "{stdout}");
 }
 
 #[test]
 fn callgrind_prices_json_schema_validation() {
-    let output = bench()
-        .args([
-            "--callgrind",
-            "--validate-json",
-            "--rates",
-            "20",
-            "--duration",
-            "1s",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let stdout = callgrind(&["--validate-json"]);
     // "... 1024 byte JSON payload: 49866 instructions per request without validation (20
     // requests), 147469 with JSON Schema validation (20 requests): +97603 per request ..."
-    let count = |after: &str| -> u64 {
-        (stdout.split(after).nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no figure after {after:?} in:\n{stdout}"))
-    };
-    let without = count("1024 byte JSON payload: ");
-    let with = count("requests), ");
+    let without = figure(&stdout, "1024 byte JSON payload: ");
+    let with = figure(&stdout, "requests), ");
     // Validation costs something; an equal count would mean the schema was not applied.
     assert!(with > without && without > 1_000, "{stdout}");
 }
 
 #[test]
 fn callgrind_prices_tracing() {
-    let output = bench()
-        .args([
-            "--callgrind",
-            "--tracing",
-            "--rates",
-            "20",
-            "--duration",
-            "1s",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let stdout = callgrind(&["--tracing"]);
     // "ricochet under callgrind: 49000 instructions per request with tracing off (20
     // requests), 81000 with tracing on, ...: +32000 per request (+65.3%)"
-    let count = |after: &str| -> u64 {
-        (stdout.split(after).nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no figure after {after:?} in:\n{stdout}"))
-    };
-    let off = count("ricochet under callgrind: ");
-    let on = count("requests), ");
+    let off = figure(&stdout, "ricochet under callgrind: ");
+    let on = figure(&stdout, "requests), ");
     // Spans cost something; an equal count would mean tracing was not switched on.
     assert!(on > off && off > 1_000, "{stdout}");
 }

@@ -531,8 +531,8 @@ pub enum Delivery {
     ExactlyOnce,
 }
 
-/// The name a route's durable state goes by when the config names none: its Kafka group
-/// and its JetStream durable consumer.
+/// The name a route's consumer goes by when the config names none: its Kafka group, its
+/// JetStream durable consumer and its AMQP consumer tag.
 pub fn default_consumer_name(route: &str) -> String {
     format!("ricochet-{route}")
 }

@@ -465,7 +465,11 @@ impl opentelemetry_http::HttpClient for OtlpClient {
             let body = body.collect().await?.to_bytes();
             Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
         });
-        let outcome = call.await?;
+        // A task that ended abnormally is a failed export too.
+        let outcome = match call.await {
+            Ok(outcome) => outcome,
+            Err(ended) => Err(ended.into()),
+        };
         // The SDK's own diagnostics are off: say here when spans are lost. Neither the
         // endpoint nor the collector's answer is logged (they may carry credentials).
         let failure = match &outcome {

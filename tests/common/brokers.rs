@@ -20,45 +20,40 @@ const START_WITHIN: Duration = Duration::from_secs(30);
 
 /// The NATS server: `NATS_URL`, else this test binary's own nats-server.
 pub fn nats_url() -> String {
-    if let Ok(url) = std::env::var("NATS_URL") {
-        return url;
-    }
     static OWN: OnceLock<String> = OnceLock::new();
-    OWN.get_or_init(|| {
-        let bin = nats_server_bin();
-        let port = free_port();
-        let store = scratch("nats", port);
-        let mut command = Command::new(&bin);
-        command
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.join("jetstream"));
-        start("nats-server", command, &store, port);
+    env_or_own("NATS_URL", &OWN, || {
+        let port = start("nats-server", |port, dir| {
+            let mut command = Command::new(nats_server_bin());
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.join("jetstream"));
+            command
+        });
         format!("nats://127.0.0.1:{port}")
     })
-    .clone()
 }
 
 /// The Kafka-protocol broker: `KAFKA_BROKERS`, else this test binary's own tansu.
 pub fn kafka_brokers() -> String {
-    if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-        return brokers;
-    }
     static OWN: OnceLock<String> = OnceLock::new();
-    OWN.get_or_init(|| {
-        let bin = tansu_bin();
-        let port = free_port();
-        let dir = scratch("tansu", port);
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let mut command = Command::new(&bin);
-        command
-            .arg("broker")
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "memory://tansu/"]);
-        start("tansu", command, &dir, port);
+    env_or_own("KAFKA_BROKERS", &OWN, || {
+        let port = start("tansu", |port, _| {
+            let listener = format!("tcp://127.0.0.1:{port}");
+            let mut command = Command::new(tansu_bin());
+            command
+                .arg("broker")
+                .args(["--listener-url", &listener])
+                .args(["--advertised-listener-url", &listener])
+                .args(["--storage-engine", "memory://tansu/"]);
+            command
+        });
         format!("127.0.0.1:{port}")
     })
-    .clone()
+}
+
+/// `var` when set, else the address of a broker of this process, started on first use.
+fn env_or_own(var: &str, own: &'static OnceLock<String>, start: impl FnOnce() -> String) -> String {
+    std::env::var(var).unwrap_or_else(|_| own.get_or_init(start).clone())
 }
 
 /// The nats-server binary for tests that start servers: `NATS_SERVER_BIN` (to run a suite
@@ -136,9 +131,12 @@ fn scratch(kind: &str, port: u16) -> PathBuf {
     dir
 }
 
-/// Starts `command` (its output to `dir/log`) so that it dies with this process, and waits
-/// until it listens on `port`.
-fn start(what: &str, mut command: Command, dir: &Path, port: u16) {
+/// Starts the broker `build` makes for a free port and a scratch directory (its output to
+/// `log` there) so that it dies with this process, and waits until it listens. Its port.
+fn start(what: &str, build: impl FnOnce(u16, &Path) -> Command) -> u16 {
+    let port = free_port();
+    let dir = scratch(what, port);
+    let mut command = build(port, &dir);
     let log_path = dir.join("log");
     let log = std::fs::File::create(&log_path).expect("broker log file");
     command
@@ -197,4 +195,5 @@ fn start(what: &str, mut command: Command, dir: &Path, port: u16) {
         "test broker: {what} on 127.0.0.1:{port} (log {})",
         log_path.display()
     );
+    port
 }

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 pub use self::topology::valid_name;
-use crate::config::{redact_url, AmqpConfig, AmqpSource, Delivery};
+use crate::config::{default_consumer_name, redact_url, AmqpConfig, AmqpSource, Delivery};
 use crate::invoke::breaker::State;
 use crate::pipeline::{Pipeline, Route};
 use crate::telemetry::Health;
@@ -80,7 +80,7 @@ impl AmqpRoute {
         let config = source.settings;
         let queue = (config.queue.clone()).unwrap_or_else(|| route.config.subject.clone());
         let consumer_tag =
-            (config.consumer_tag.clone()).unwrap_or_else(|| format!("ricochet-{}", route.name));
+            (config.consumer_tag.clone()).unwrap_or_else(|| default_consumer_name(&route.name));
         Self {
             route,
             config,
