@@ -60,7 +60,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the bridge until SIGTERM or SIGINT; exit 64 when the configuration is invalid.
+    /// Run the bridge until SIGTERM or SIGINT; SIGHUP reloads the configuration; exit 64 when
+    /// the configuration is invalid.
     #[command(after_help = concat!(
         environment_help!(),
         "  RUST_LOG                    overrides log.level\n",
@@ -161,7 +162,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(ricochet::run(loaded, shutdown_signal())) {
+            let running = async move {
+                // SIGHUP (and, with reload.watch, the file's changes) reload the file.
+                let reloads = ricochet::reload::Triggers::new(config, &loaded.reload)?;
+                ricochet::run(loaded, Some(reloads), shutdown_signal()).await
+            };
+            match runtime.block_on(running) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

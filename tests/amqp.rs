@@ -702,6 +702,23 @@ async fn a_broker_connection_cut_mid_run_loses_no_request() {
     .await;
 }
 
+#[tokio::test]
+async fn a_reload_mid_run_loses_and_repeats_no_request() {
+    let answer = under_fault("reload", async |ricochet, _| {
+        // The route changes (a smaller prefetch window): its consumer is replaced.
+        let toml = std::fs::read_to_string(ricochet.config_path()).unwrap();
+        let changed = toml.replace("max_in_flight = 32", "max_in_flight = 16");
+        assert_ne!(toml, changed);
+        ricochet.reload(&changed, "applied").await;
+        assert!(ricochet.logs().contains("AMQP intake stopped"));
+    })
+    .await;
+    assert_eq!(
+        answer["duplicates"], 0,
+        "a reload repeats nothing: {answer}"
+    );
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let status = std::process::Command::new("rabbitmqctl")
         .args(args)

@@ -316,6 +316,85 @@ async fn a_killed_instance_loses_no_request() {
 }
 
 #[tokio::test]
+async fn a_reload_mid_run_hands_the_partitions_over_without_losing_or_repeating() {
+    const TOTAL: usize = 2000;
+    let requests = kafka::topic("kreload", 4).await;
+    let replies = kafka::topic("kreloadrep", 1).await;
+    let upstream = Upstream::start(|seen| async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        http::Response::new(http_body_util::Full::new(seen.body))
+    })
+    .await;
+    let admin = free_port();
+    let routes = |window: usize| {
+        kafka::route(
+            "reload",
+            &requests,
+            &format!("max_in_flight = {window}"),
+            &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
+        )
+    };
+    let ricochet = start(&upstream, &routes(64), "reload").await;
+    let reader = kafka::consumer(&replies);
+    let publisher = {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let producer = kafka::producer();
+            for i in 0..TOTAL {
+                let correlation = i.to_string();
+                produce(
+                    &producer,
+                    &requests,
+                    Some(&format!("k{i}")),
+                    &[("correlation-id", &correlation)],
+                    correlation.as_bytes(),
+                )
+                .await;
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    while answered.len() < TOTAL / 5 {
+        let reply = next(&reader, WAIT).await;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
+    }
+    // The route changes (a smaller window): its consumer leaves the group and a new one
+    // joins, while records keep coming.
+    let at_reload = answered.len();
+    ricochet
+        .reload(&config(&upstream.base_url(), admin, &routes(16)), "applied")
+        .await;
+    publisher.await.unwrap();
+    while answered.len() < TOTAL {
+        let reply = next(&reader, Duration::from_secs(60)).await;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
+    }
+    // A repeat still on its way arrives within a few seconds.
+    while let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
+        let reply = reply.detach();
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
+    }
+    let repeated: Vec<_> = answered.iter().filter(|(_, n)| **n > 1).collect();
+    println!("kafka reload: {TOTAL} requests, {at_reload} answered at the reload, all answered, {} repeated", repeated.len());
+    assert!(repeated.is_empty(), "answered more than once: {repeated:?}");
+    assert_eq!(
+        upstream.calls(),
+        TOTAL,
+        "the service is called once per record"
+    );
+    assert!(ricochet.logs().contains("Kafka intake stopped"));
+}
+
+#[tokio::test]
 async fn undeliverable_records_go_to_the_dead_letter_topic() {
     let requests = kafka::topic("kdlq", 1).await;
     let replies = kafka::topic("kdlqrep", 1).await;

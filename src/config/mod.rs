@@ -52,13 +52,38 @@ pub struct Config {
     /// Where Avro schemas come from; required when a route validates or encodes Avro.
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryConfig>,
+    /// Reading the configuration again while running (SIGHUP, or watching the file).
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// Read route by route (see `load.rs`), then typed.
     #[serde(skip_deserializing)]
     pub routes: Vec<RouteConfig>,
 }
 
+/// `[reload]`: SIGHUP always reloads the configuration file; `watch` also reloads it when
+/// the file changes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the file's modification time or size changes (checked every
+    /// `watch_interval`; follows symlinks, so a Kubernetes ConfigMap update counts).
+    #[serde(default)]
+    pub watch: bool,
+    #[serde(default = "defaults::watch_interval", with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: false,
+            watch_interval: defaults::watch_interval(),
+        }
+    }
+}
+
 /// The async runtime.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads; see [`Config::runtime_threads`] for the default.
@@ -90,7 +115,7 @@ impl Config {
 }
 
 /// Connection to the NATS server (core request-reply).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// One server URL, or several separated by commas.
@@ -131,7 +156,7 @@ pub struct NatsConfig {
 }
 
 /// How ricochet presents the REST service it fronts on the NATS micro services API.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Shared by every replica (letters, digits, `-`, `_`); each replica has its own id.
@@ -210,7 +235,7 @@ impl Default for TracingConfig {
 }
 
 /// The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "defaults::admin_listen")]
@@ -225,7 +250,7 @@ pub struct ShutdownConfig {
     pub grace_period: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter, e.g. "info" or "ricochet=debug,async_nats=warn". `RUST_LOG` wins.
@@ -1136,6 +1161,9 @@ pub mod defaults {
     }
     pub fn otlp_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn watch_interval() -> Duration {
+        Duration::from_secs(2)
     }
     pub fn method() -> String {
         "POST".into()

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::Secret;
 
 /// `[nats.tls]`: TLS to the NATS server. A `tls://` URL or any key here turns TLS on.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsTlsConfig {
     /// PEM file of the CA(s) that sign the server's certificate; default: the system's roots.

@@ -58,6 +58,15 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
         }
     }
     super::security::check_nats(nats, &mut push);
+    if config.reload.watch_interval < std::time::Duration::from_millis(100) {
+        push(
+            "reload.watch_interval",
+            format!(
+                "{:?} is too short: at least 100ms",
+                config.reload.watch_interval
+            ),
+        );
+    }
     let tracing = &config.tracing;
     if !(0.0..=1.0).contains(&tracing.sample_ratio) {
         push(

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -18,7 +18,33 @@ use tokio::net::TcpListener;
 
 use crate::pipeline::Route;
 
-/// What `/readyz` reports.
+/// The health of the generation running now (see `generation.rs`): a reload puts the new
+/// generation's in its place once that one is ready.
+#[derive(Debug, Default)]
+pub struct HealthSlot(RwLock<Option<Arc<Health>>>);
+
+impl HealthSlot {
+    pub fn set(&self, health: Arc<Health>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(health);
+    }
+
+    fn current(&self) -> Option<Arc<Health>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `/readyz`'s body; not ready until the first generation has started.
+    fn report(&self) -> (bool, String) {
+        match self.current() {
+            Some(health) => health.report(),
+            None => {
+                let body = serde_json::json!({"ready": false, "reason": "starting", "routes": []});
+                (false, format!("{body}\n"))
+            }
+        }
+    }
+}
+
+/// What `/readyz` reports of one generation.
 #[derive(Debug)]
 pub struct Health {
     nats: OnceLock<async_nats::Client>,
@@ -61,6 +87,11 @@ impl Health {
         let _ = self
             .pending
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Whether some intake is not set up yet (or lost its subscription or consumer).
+    pub fn intakes_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) > 0
     }
 
     pub fn set_shutting_down(&self) {
@@ -113,7 +144,7 @@ impl Health {
 pub async fn serve(
     listen: SocketAddr,
     metrics: PrometheusHandle,
-    health: Arc<Health>,
+    health: Arc<HealthSlot>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
@@ -150,7 +181,7 @@ pub async fn serve(
 fn respond(
     req: &Request<Incoming>,
     metrics: &PrometheusHandle,
-    health: &Health,
+    health: &HealthSlot,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),

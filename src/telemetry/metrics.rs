@@ -38,6 +38,7 @@ pub const JETSTREAM_REDELIVERED: &str = "ricochet_jetstream_redelivered_messages
 pub const KAFKA_LAG: &str = "ricochet_kafka_consumer_lag_messages";
 pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
 pub const TRACE_EXPORTS: &str = "ricochet_trace_exports_total";
+pub const RELOADS: &str = "ricochet_config_reloads_total";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -146,11 +147,33 @@ fn describe() {
         TRACE_EXPORTS,
         "Tracing: batches of spans sent to the OTLP endpoint, by result: ok, failed (unreachable, timed out or refused; those spans are dropped)"
     );
+    describe_counter!(
+        RELOADS,
+        "Configuration reloads (SIGHUP or a watched file's change), by result: applied, refused (invalid, or the new routes cannot start; the running configuration stays)"
+    );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
     describe_counter!(
         NATS_EVENTS,
         "NATS connection events (connected, disconnected, ...)"
     );
+}
+
+/// How a configuration reload ended, the `result` label of [`RELOADS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Applied,
+    Refused,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 2] = [ReloadResult::Applied, ReloadResult::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Refused => "refused",
+        }
+    }
 }
 
 /// A durable source's settlement of one delivery, the `action` label of [`SETTLEMENTS`]:

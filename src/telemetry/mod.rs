@@ -8,4 +8,4 @@ pub mod logging;
 pub mod metrics;
 pub mod trace;
 
-pub use admin::Health;
+pub use admin::{Health, HealthSlot};

@@ -397,6 +397,35 @@ impl Ricochet {
         self.admin_get("/metrics").await.unwrap().1
     }
 
+    /// The configuration reloads counted with `result` (`applied`, `refused`).
+    pub async fn reloads(&self, result: &str) -> f64 {
+        let label = format!("result=\"{result}\"");
+        metric(
+            &self.metrics().await,
+            "ricochet_config_reloads_total",
+            &[&label],
+        )
+    }
+
+    /// Waits until `count` reloads have been counted with `result`.
+    pub async fn wait_for_reloads(&self, result: &str, count: f64) {
+        let what = format!("{count} reloads {result}");
+        eventually(Duration::from_secs(30), &what, || async {
+            let seen = self.reloads(result).await;
+            holds(seen == count, format!("{seen}; logs:\n{}", self.logs()))
+        })
+        .await;
+    }
+
+    /// Writes `toml` as the configuration file, sends SIGHUP and waits until the reload is
+    /// counted with `result`.
+    pub async fn reload(&self, toml: &str, result: &str) {
+        let before = self.reloads(result).await;
+        std::fs::write(self.config_path(), toml).unwrap();
+        self.signal("-HUP");
+        self.wait_for_reloads(result, before + 1.0).await;
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let status = std::process::Command::new("kill")

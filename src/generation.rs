@@ -1,0 +1,225 @@
+//! One generation of the running bridge: the [`Pipeline`] built from one configuration and
+//! the intakes that feed it, with their own stop token, in-flight tracker and readiness.
+//!
+//! ricochet starts one generation; each reload (`reload.rs`) starts another and stops the
+//! one before it. What lives longer than a generation (the NATS connection, the admin
+//! server, the metrics) is handed in as [`Nats`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::pipeline::Pipeline;
+use crate::reply::NatsReplier;
+use crate::source::amqp::AmqpRoute;
+use crate::source::jetstream::JetStreamRoute;
+use crate::source::kafka::KafkaRoute;
+use crate::telemetry::Health;
+
+/// The NATS connection every generation shares, when a route needs one.
+#[derive(Clone)]
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub replier: Arc<NatsReplier>,
+}
+
+impl Nats {
+    pub fn new(client: async_nats::Client) -> Self {
+        let replier = Arc::new(NatsReplier::new(client.clone()));
+        Self { client, replier }
+    }
+}
+
+pub struct Generation {
+    pub config: Config,
+    pub pipeline: Arc<Pipeline>,
+    pub health: Arc<Health>,
+    nats: Option<Nats>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    intakes: JoinSet<()>,
+    /// Cancelled once the server has confirmed the core subscriptions.
+    confirmed: CancellationToken,
+}
+
+/// Whether any route of `config` takes messages from NATS (core or JetStream).
+pub fn needs_nats(config: &Config) -> bool {
+    (config.routes.iter()).any(|r| r.source.kind().uses_nats())
+}
+
+fn core_routes(config: &Config) -> usize {
+    (config.routes.iter())
+        .filter(|r| r.source.kind() == SourceKind::Nats)
+        .count()
+}
+
+impl Generation {
+    /// Builds the pipeline (HTTP client, limits, breakers, validation, tracing); starts
+    /// nothing yet. `nats` is required when a route uses NATS.
+    pub fn new(config: Config, nats: Option<Nats>) -> anyhow::Result<Self> {
+        let needs_nats = needs_nats(&config);
+        if needs_nats && nats.is_none() {
+            anyhow::bail!("routes take messages from NATS but there is no NATS connection");
+        }
+        let pipeline = Arc::new(Pipeline::new(&config)?);
+        // Readiness waits for the NATS connection's subscriptions (confirmed once for all
+        // core routes) and for the consumer of every other route.
+        let intakes = usize::from(needs_nats) + config.routes.len() - core_routes(&config);
+        let health = Arc::new(Health::new(intakes, needs_nats));
+        if let (Some(nats), true) = (&nats, needs_nats) {
+            health.set_client(nats.client.clone());
+        }
+        health.set_routes(pipeline.routes().to_vec());
+        Ok(Self {
+            config,
+            pipeline,
+            health,
+            nats: nats.filter(|_| needs_nats),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            intakes: JoinSet::new(),
+            confirmed: CancellationToken::new(),
+        })
+    }
+
+    /// Subscribes the core NATS routes (their queue groups share requests with any other
+    /// subscriber, an older generation included). Readiness follows once the server has
+    /// confirmed them: see [`Generation::core_confirmed`].
+    pub async fn start_core(&mut self) -> anyhow::Result<()> {
+        let Some(nats) = self.nats.clone() else {
+            self.confirmed.cancel();
+            return Ok(());
+        };
+        if core_routes(&self.config) > 0 {
+            let queue_group = &self.config.nats.queue_group;
+            let core = crate::source::nats::Core::new(
+                self.pipeline.clone(),
+                nats.replier.clone(),
+                queue_group,
+            );
+            let core = Arc::new(core);
+            for (route, subscriber) in crate::source::nats::subscribe(&nats.client, &core).await? {
+                let (core, tracker, stop) = (core.clone(), self.tracker.clone(), self.stop.clone());
+                let intake = crate::source::nats::intake(route, subscriber, core, tracker, stop);
+                self.intakes.spawn(intake);
+            }
+        }
+        let (health, confirmed, stop) = (
+            self.health.clone(),
+            self.confirmed.clone(),
+            self.stop.clone(),
+        );
+        let routes = self.config.routes.len();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = crate::source::nats::confirm_subscriptions(&nats.client) => match result {
+                    Ok(()) => {
+                        health.intake_ready();
+                        info!(routes, "core subscriptions confirmed");
+                    }
+                    Err(e) => warn!(error = %e, "could not confirm the core subscriptions"),
+                },
+                _ = stop.cancelled() => {}
+            }
+            confirmed.cancel();
+        });
+        Ok(())
+    }
+
+    /// Resolves once the server has the core subscriptions (at once without NATS).
+    pub async fn core_confirmed(&self) {
+        self.confirmed.cancelled().await;
+    }
+
+    /// Starts the consumers of the durable sources (JetStream, Kafka, AMQP) and the NATS
+    /// micro services API.
+    pub async fn start_durable(&mut self) -> anyhow::Result<()> {
+        for route in self.pipeline.routes() {
+            let (tracker, stop, health) =
+                (self.tracker.clone(), self.stop.clone(), self.health.clone());
+            let pipeline = self.pipeline.clone();
+            match &route.config.source {
+                // Started by `start_core`.
+                SourceConfig::Nats { .. } => {}
+                SourceConfig::Jetstream(js) => {
+                    let nats = self.nats.clone().expect("JetStream connects to NATS");
+                    let consumer =
+                        JetStreamRoute::new(route.clone(), js.clone(), pipeline, nats.replier);
+                    self.intakes
+                        .spawn(consumer.run(nats.client, health, tracker, stop));
+                }
+                SourceConfig::Kafka(kafka) => {
+                    let consumer = KafkaRoute::new(route.clone(), kafka.clone(), pipeline);
+                    self.intakes.spawn(consumer.run(health, tracker, stop));
+                }
+                SourceConfig::Amqp(amqp) => {
+                    let consumer = AmqpRoute::new(route.clone(), amqp.clone(), pipeline);
+                    self.intakes.spawn(consumer.run(health, tracker, stop));
+                }
+            }
+        }
+        if let (Some(nats), Some(service)) = (&self.nats, &self.config.nats.service) {
+            let queue_group = &self.config.nats.queue_group;
+            let (client, pipeline, stop) = (
+                nats.client.clone(),
+                self.pipeline.clone(),
+                self.stop.clone(),
+            );
+            crate::telemetry::discovery::serve(client, service, pipeline, queue_group, stop)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves once every intake is set up (or after `limit`); false on the limit.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let ready = async {
+            while self.health.intakes_pending() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(limit, ready).await.is_ok()
+    }
+
+    /// Stops intake (core subscriptions drain, consumers stop fetching) and lets the
+    /// messages in flight finish within `grace`. What is still running then goes on in the
+    /// background (a reload) or ends with the process (a shutdown). True when all finished.
+    pub async fn stop(mut self, grace: Duration) -> (bool, Arc<Pipeline>) {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        let (intakes, tracker) = (&mut self.intakes, &self.tracker);
+        let drained = tokio::time::timeout_at(deadline, async {
+            while intakes.join_next().await.is_some() {}
+            tracker.close();
+            tracker.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                abandoned = self.tracker.len(),
+                ?grace,
+                "grace period over with messages still in flight"
+            );
+            // Dropping the set would abort the intakes still winding down.
+            self.intakes.detach_all();
+        }
+        (drained.is_ok(), self.pipeline)
+    }
+}
+
+/// Exports the spans `pipeline` has not exported yet, off the runtime's thread (the
+/// exporter's last batch goes out through the runtime), for at most 5 s.
+pub async fn flush_traces(pipeline: Arc<Pipeline>) {
+    let exported = tokio::task::spawn_blocking(move || pipeline.shutdown());
+    if tokio::time::timeout(Duration::from_secs(5), exported)
+        .await
+        .is_err()
+    {
+        warn!("tracing: the last spans were not exported within 5 s");
+    }
+}

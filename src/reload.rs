@@ -1,0 +1,385 @@
+//! Reloading the configuration while running.
+//!
+//! SIGHUP, or with `reload.watch` a change of the file, reads the file again with the
+//! environment overrides. An invalid configuration is refused: every problem is logged
+//! with its key and the running generation goes on unchanged. A valid one becomes a new
+//! [`Generation`]:
+//!
+//! 1. its pipeline is built (HTTP client, limits, breakers, validation); an error refuses
+//!    the reload;
+//! 2. its core NATS routes subscribe beside the old ones, with the same queue groups, so
+//!    each request goes to exactly one of them, and the server confirms them;
+//! 3. the old generation stops: its subscriptions drain, its consumers stop fetching, and
+//!    its messages in flight finish and are settled, within `shutdown.grace_period`;
+//! 4. the new durable consumers (JetStream, Kafka, AMQP) start, after the old ones have
+//!    stopped: a Kafka group never holds both, and a transactional producer is never
+//!    fenced in the middle of a transaction; messages wait in the broker meanwhile;
+//! 5. `/readyz` follows the new generation once its consumers are set up.
+//!
+//! When a core route's queue group changes, both subscriptions would receive every
+//! request, so the old generation stops first and a request arriving in between finds no
+//! responder. What outlives a generation (the NATS connection, the admin listener, logging,
+//! the runtime's threads) changes only with a restart: such a change is logged, and the
+//! running values are kept.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, ReloadConfig, SourceConfig};
+use crate::generation::{self, Generation, Nats};
+use crate::telemetry::metrics::{ReloadResult, RELOADS};
+use crate::telemetry::HealthSlot;
+
+/// How long a reload waits for the server to confirm the new core subscriptions, and for
+/// the new consumers to be set up before readiness follows them anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// What asks for a reload: SIGHUP, and the file's changes when watched.
+pub struct Triggers {
+    path: PathBuf,
+    hangup: Signal,
+    watch: Option<Watch>,
+}
+
+/// Polls the file's modification time and size.
+struct Watch {
+    every: tokio::time::Interval,
+    seen: Option<(SystemTime, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Hangup,
+    FileChanged,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Hangup => "SIGHUP",
+            Trigger::FileChanged => "file changed",
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Triggers {
+    /// Listens for SIGHUP from now on; watches `path` when `config.watch`.
+    pub fn new(path: PathBuf, config: &ReloadConfig) -> std::io::Result<Self> {
+        let mut triggers = Self {
+            path,
+            hangup: signal(SignalKind::hangup())?,
+            watch: None,
+        };
+        triggers.configure(config);
+        Ok(triggers)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies the `[reload]` settings of a configuration just applied.
+    pub fn configure(&mut self, config: &ReloadConfig) {
+        let unchanged = (self.watch.as_ref()).map(|w| w.every.period());
+        if !config.watch {
+            self.watch = None;
+        } else if unchanged != Some(config.watch_interval) {
+            let mut every = tokio::time::interval(config.watch_interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let seen = stamp(&self.path);
+            self.watch = Some(Watch { every, seen });
+        }
+    }
+
+    /// The next reason to reload.
+    pub async fn next(&mut self) -> Trigger {
+        let Some(watch) = &mut self.watch else {
+            self.hangup.recv().await;
+            return Trigger::Hangup;
+        };
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => {
+                    // Whatever the file holds now is read: no second reload for it.
+                    watch.seen = stamp(&self.path);
+                    return Trigger::Hangup;
+                }
+                _ = watch.every.tick() => {
+                    let now = stamp(&self.path);
+                    if now != watch.seen {
+                        watch.seen = now;
+                        // A file is often written in steps: read it once they are done.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        watch.seen = stamp(&self.path);
+                        return Trigger::FileChanged;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the file again and, when it is valid, replaces `running` with a new generation
+/// (see the module's documentation); returns the generation running afterwards.
+pub async fn reload(
+    running: Generation,
+    trigger: Trigger,
+    triggers: &mut Triggers,
+    nats: &mut Option<Nats>,
+    health: &HealthSlot,
+) -> Generation {
+    let file = triggers.path().display().to_string();
+    info!(%file, trigger = trigger.as_str(), "reloading the configuration");
+    let refused =
+        || metrics::counter!(RELOADS, "result" => ReloadResult::Refused.as_str()).increment(1);
+    let loaded = match config::load(triggers.path()) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for problem in &errors.0 {
+                error!(key = %problem.key, problem = %problem.message, "reload refused: invalid configuration");
+            }
+            error!(%file, problems = errors.0.len(), "reload refused; the running configuration stays");
+            refused();
+            return running;
+        }
+    };
+    let (new, kept) = keep_restart_only(&running.config, loaded, nats.is_some());
+    if !kept.is_empty() {
+        warn!(keys = ?kept, "these settings change only with a restart; running with their old values");
+    }
+    if generation::needs_nats(&new) && nats.is_none() {
+        match crate::source::nats::connect(&new.nats).await {
+            Ok(client) => *nats = Some(Nats::new(client)),
+            Err(e) => {
+                error!(error = %e, "reload refused: the new routes need NATS, which cannot be reached; the running configuration stays");
+                refused();
+                return running;
+            }
+        }
+    }
+    let changes = Changes::between(&running.config, &new);
+    let overlap = core_queue_groups(&running.config) == core_queue_groups(&new);
+    let mut next = match Generation::new(new, nats.clone()) {
+        Ok(next) => next,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "reload refused; the running configuration stays");
+            refused();
+            return running;
+        }
+    };
+    let grace = next.config.shutdown.grace_period;
+    let finished = if overlap {
+        if let Err(e) = next.start_core().await {
+            error!(error = %format!("{e:#}"), "reload refused: cannot subscribe the new routes; the running configuration stays");
+            next.stop(Duration::ZERO).await;
+            refused();
+            return running;
+        }
+        if tokio::time::timeout(SETTLE_LIMIT, next.core_confirmed())
+            .await
+            .is_err()
+        {
+            warn!("the server has not confirmed the new core subscriptions yet; stopping the old ones anyway");
+        }
+        stop_old(running, grace).await
+    } else {
+        info!("a core route's queue group changed: the old subscriptions drain before the new ones subscribe");
+        let finished = stop_old(running, grace).await;
+        if let Err(e) = next.start_core().await {
+            error!(error = %format!("{e:#}"), "cannot subscribe the core routes");
+        }
+        finished
+    };
+    if let Err(e) = next.start_durable().await {
+        error!(error = %format!("{e:#}"), "the NATS micro services API is not answering");
+    }
+    if !next.wait_ready(SETTLE_LIMIT).await {
+        warn!("not every consumer of the new configuration is set up yet; /readyz says so");
+    }
+    health.set(next.health.clone());
+    triggers.configure(&next.config.reload);
+    metrics::counter!(RELOADS, "result" => ReloadResult::Applied.as_str()).increment(1);
+    info!(
+        routes = next.config.routes.len(),
+        added = ?changes.added,
+        removed = ?changes.removed,
+        changed = ?changes.changed,
+        upstream_changed = changes.upstream,
+        old_messages_finished = finished,
+        "configuration reloaded"
+    );
+    next
+}
+
+/// Stops the old generation; its last spans are exported in the background.
+async fn stop_old(running: Generation, grace: Duration) -> bool {
+    let (finished, pipeline) = running.stop(grace).await;
+    tokio::spawn(generation::flush_traces(pipeline));
+    finished
+}
+
+/// `new` with the running values of what changes only with a restart, and the keys of
+/// those that differ. The NATS connection's settings count only while connected.
+fn keep_restart_only(
+    running: &Config,
+    mut new: Config,
+    connected: bool,
+) -> (Config, Vec<&'static str>) {
+    let mut kept = Vec::new();
+    if connected {
+        let mut nats = running.nats.clone();
+        nats.queue_group = new.nats.queue_group.clone();
+        nats.service = new.nats.service.clone();
+        if nats != new.nats {
+            kept.push("nats (connection)");
+        }
+        new.nats = nats;
+    }
+    if running.admin != new.admin {
+        kept.push("admin");
+        new.admin = running.admin.clone();
+    }
+    if running.log != new.log {
+        kept.push("log");
+        new.log = running.log.clone();
+    }
+    if running.runtime != new.runtime {
+        kept.push("runtime");
+        new.runtime = running.runtime.clone();
+    }
+    (new, kept)
+}
+
+/// The queue groups the core NATS routes subscribe with.
+fn core_queue_groups(config: &Config) -> BTreeSet<String> {
+    (config.routes.iter())
+        .filter(|r| matches!(r.source, SourceConfig::Nats { .. }))
+        .map(|r| crate::source::nats::queue_group(&r.source, &config.nats.queue_group).to_string())
+        .collect()
+}
+
+/// What a reload changes, for its log line: routes by name, and the upstream.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Changes {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    upstream: bool,
+}
+
+impl Changes {
+    /// Compared as `check --print` shows them (secrets redacted: a changed password alone
+    /// is applied but not listed).
+    fn between(old: &Config, new: &Config) -> Self {
+        let shown = |config: &Config| -> Vec<(String, serde_json::Value)> {
+            (config.routes.iter())
+                .map(|r| (r.name.clone(), serde_json::to_value(r).unwrap_or_default()))
+                .collect()
+        };
+        let (before, after) = (shown(old), shown(new));
+        let find = |list: &[(String, serde_json::Value)], name: &str| {
+            list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        };
+        let mut changes = Changes {
+            upstream: serde_json::to_value(&old.upstream).ok()
+                != serde_json::to_value(&new.upstream).ok(),
+            ..Default::default()
+        };
+        for (name, value) in &after {
+            match find(&before, name) {
+                None => changes.added.push(name.clone()),
+                Some(old) if &old != value => changes.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &before {
+            if find(&after, name).is_none() {
+                changes.removed.push(name.clone());
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        config::load_str(text, Vec::new()).expect("valid")
+    }
+
+    const BASE: &str = r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+[upstream]
+base_url = "http://127.0.0.1:8080"
+[[routes]]
+name = "get"
+subject = "orders.*.get"
+path = "/orders/{1}"
+[[routes]]
+name = "gone"
+subject = "gone.>"
+path = "/gone"
+"#;
+
+    #[test]
+    fn routes_are_compared_by_name() {
+        let old = config(BASE);
+        let new = config(
+            &BASE
+                .replace(
+                    "path = \"/orders/{1}\"",
+                    "path = \"/orders/{1}\"\nmax_in_flight = 7",
+                )
+                .replace(
+                    "name = \"gone\"\nsubject = \"gone.>\"",
+                    "name = \"new\"\nsubject = \"new.>\"",
+                ),
+        );
+        let changes = Changes::between(&old, &new);
+        assert_eq!(changes.added, ["new"]);
+        assert_eq!(changes.removed, ["gone"]);
+        assert_eq!(changes.changed, ["get"]);
+        assert!(!changes.upstream);
+        assert_eq!(Changes::between(&old, &old), Changes::default());
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_values() {
+        let old = config(BASE);
+        let new = config(&format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:9999\"\n",
+            BASE.replace("127.0.0.1:4222", "127.0.0.1:4333")
+                .replace("[upstream]", "queue_group = \"other\"\n[upstream]")
+        ));
+        let (effective, kept) = keep_restart_only(&old, new.clone(), true);
+        assert_eq!(kept, ["nats (connection)", "admin"]);
+        assert_eq!(effective.nats.url, old.nats.url);
+        assert_eq!(effective.admin.listen, old.admin.listen);
+        // The queue group belongs to the routes: it is applied.
+        assert_eq!(effective.nats.queue_group, "other");
+        // Without a connection yet, the new NATS settings are the ones to connect with.
+        let (effective, kept) = keep_restart_only(&old, new, false);
+        assert_eq!(kept, ["admin"]);
+        assert_eq!(effective.nats.url, "nats://127.0.0.1:4333");
+    }
+
+    #[test]
+    fn a_changed_queue_group_is_seen() {
+        let old = config(BASE);
+        let new = config(&BASE.replace("[upstream]", "queue_group = \"other\"\n[upstream]"));
+        assert_ne!(core_queue_groups(&old), core_queue_groups(&new));
+        assert_eq!(core_queue_groups(&old), core_queue_groups(&config(BASE)));
+    }
+}
