@@ -325,8 +325,8 @@ url = "nats://127.0.0.1:4222"
 base_url = "http://127.0.0.1:8080"
 [[routes]]
 name = "get"
-subject = "orders.*.get"
-path = "/orders/{1}"
+subject = "orders.{id}.get"
+path = "/orders/{id}"
 [[routes]]
 name = "gone"
 subject = "gone.>"
@@ -339,8 +339,8 @@ path = "/gone"
         let new = config(
             &BASE
                 .replace(
-                    "path = \"/orders/{1}\"",
-                    "path = \"/orders/{1}\"\nmax_in_flight = 7",
+                    "path = \"/orders/{id}\"",
+                    "path = \"/orders/{id}\"\nmax_in_flight = 7",
                 )
                 .replace(
                     "name = \"gone\"\nsubject = \"gone.>\"",
