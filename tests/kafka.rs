@@ -366,9 +366,11 @@ async fn a_reload_mid_run_hands_the_partitions_over_without_losing_or_repeating(
     // The route changes (a smaller window): its consumer leaves the group and a new one
     // joins, while records keep coming.
     let at_reload = answered.len();
+    let reloading = std::time::Instant::now();
     ricochet
         .reload(&config(&upstream.base_url(), admin, &routes(16)), "applied")
         .await;
+    let reload_took = reloading.elapsed();
     publisher.await.unwrap();
     while answered.len() < TOTAL {
         let reply = next(&reader, Duration::from_secs(60)).await;
@@ -384,7 +386,7 @@ async fn a_reload_mid_run_hands_the_partitions_over_without_losing_or_repeating(
             .or_default() += 1;
     }
     let repeated: Vec<_> = answered.iter().filter(|(_, n)| **n > 1).collect();
-    println!("kafka reload: {TOTAL} requests, {at_reload} answered at the reload, all answered, {} repeated", repeated.len());
+    println!("kafka reload: {TOTAL} requests, {at_reload} answered at the reload, which took {reload_took:?}; all answered, {} repeated", repeated.len());
     assert!(repeated.is_empty(), "answered more than once: {repeated:?}");
     assert_eq!(
         upstream.calls(),
