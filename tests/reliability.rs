@@ -1149,8 +1149,6 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
 
 /// The requests `upstream` saw, by the id the path or header carries.
 fn seen_ids(upstream: &Upstream, kafka: bool) -> std::collections::HashSet<String> {
-    // (Kafka: the replicas test is not in the suite; tansu 0.6 leaves a killed member's
-    // partitions unassigned, see docs/reliability.md.)
     upstream
         .seen()
         .iter()
@@ -1256,6 +1254,72 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
         "takeover within ack_wait (and slack): {took:?}"
     );
     assert_eq!(dead.load(Ordering::SeqCst), 0);
+    drop(victim);
+}
+
+/// Two ricochet replicas in one Kafka consumer group, one SIGKILLed mid-run: every request
+/// answered, and the dead member's partitions go to the survivor once the group
+/// coordinator's session timeout (6 s here) expires. Against librdkafka's mock cluster:
+/// tansu 0.6 leaves a dead member's partitions unassigned (docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_two_replicas_one_killed_survivor_takes_over() {
+    const TOTAL: usize = 5_000;
+    const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let (requests, replies) = (unique("relkrep"), unique("relkreprep"));
+    mock.create_topic(&requests, 4, 1).unwrap();
+    mock.create_topic(&replies, 1, 1).unwrap();
+    let routes = kafka::route_on(
+        &brokers,
+        "takeover",
+        &requests,
+        "max_in_flight = 32",
+        &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
+    );
+    let victim_upstream = slow_echo(Duration::from_millis(2)).await;
+    let survivor_upstream = slow_echo(Duration::from_millis(2)).await;
+    let (a, b) = (free_port(), free_port());
+    let mut victim = Ricochet::start(&config(&victim_upstream.base_url(), a, &routes), a).await;
+    let survivor = Ricochet::start(&config(&survivor_upstream.base_url(), b, &routes), b).await;
+    let tally = collect_kafka(&brokers, &replies);
+    let publisher = kafka_publisher(brokers.clone(), requests.clone(), TOTAL);
+    answered_at_least(&tally, TOTAL / 3, ALL_ANSWERED_WITHIN).await;
+    assert!(
+        victim_upstream.calls() > 0 && survivor_upstream.calls() > 0,
+        "both replicas have partitions before the kill ({} and {} calls); survivor logs:\n{}",
+        victim_upstream.calls(),
+        survivor_upstream.calls(),
+        survivor.logs()
+    );
+    victim.signal("-KILL");
+    let killed_at = Instant::now();
+    victim.wait_exit(Duration::from_secs(10)).await;
+    let (orphans, took) = takeover(&tally, &victim_upstream, true, killed_at).await;
+    let sent = publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    let tally = tally.lock().unwrap();
+    report(
+        "kafka two replicas, one killed (mock cluster)",
+        TOTAL,
+        &tally,
+        &[took],
+        &format!(
+            ", sends {sent}, victim calls {}, survivor calls {}, orphans at the kill {orphans} \
+             (answered by the survivor after the {SESSION_TIMEOUT:?} session timeout)",
+            victim_upstream.calls(),
+            survivor_upstream.calls(),
+        ),
+    );
+    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
+    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
+    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    // The session timeout, the coordinator's rebalance (the mock delays it by a few
+    // seconds) and the survivor's own revoke and assign, on a loaded machine.
+    assert!(
+        took < SESSION_TIMEOUT + Duration::from_secs(30),
+        "takeover within the session timeout (and slack): {took:?}"
+    );
     drop(victim);
 }
 

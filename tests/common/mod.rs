@@ -588,6 +588,17 @@ pub mod kafka {
     /// A Kafka route on `topic`; `extra` adds route keys, `kafka_extra` keys of
     /// `[routes.kafka]`.
     pub fn route(name: &str, topic: &str, extra: &str, kafka_extra: &str) -> String {
+        route_on(&brokers(), name, topic, extra, kafka_extra)
+    }
+
+    /// Like [`route`], on the cluster at `brokers` (librdkafka's mock cluster, say).
+    pub fn route_on(
+        brokers: &str,
+        name: &str,
+        topic: &str,
+        extra: &str,
+        kafka_extra: &str,
+    ) -> String {
         format!(
             r#"
 [[routes]]
@@ -607,8 +618,7 @@ retry_backoff = ["100ms"]
 "fetch.wait.max.ms" = "10"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
-"#,
-            brokers = brokers()
+"#
         )
     }
 }
