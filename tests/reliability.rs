@@ -1489,3 +1489,204 @@ async fn metrics_of(port: u16) -> Option<String> {
     stream.read_to_string(&mut text).await.ok()?;
     Some(text)
 }
+
+/// Samples `pid`'s RSS every 50 ms until the returned flag is set; the task ends with the
+/// highest value seen.
+fn peak_rss(
+    pid: u32,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while !flag.load(Ordering::SeqCst) {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    });
+    (done, sampler)
+}
+
+/// Core NATS requests offered at 10x what the service answers (service 40 ms, `max_in_flight
+/// = 4`: 100/s; offered 1,000/s for 4 s): every caller gets an answer, the service's 200 or
+/// a 503 `overloaded` at once, never a timeout; ricochet's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_overload_at_ten_times_gets_fast_refusals_not_timeouts() {
+    const RATE: usize = 1_000;
+    const SECONDS: usize = 4;
+    const CALLER_TIMEOUT: Duration = Duration::from_secs(5);
+    let prefix = unique("relover");
+    let upstream = slow_echo(Duration::from_millis(40)).await;
+    let admin = free_port();
+    let route = format!(
+        "[[routes]]\nname = \"over\"\nsubject = \"{prefix}.{{id}}\"\nmethod = \"POST\"\npath = \"/orders/{{id}}\"\nmax_in_flight = 4\n"
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &route), admin).await;
+    let before = rss_kib(ricochet.pid());
+    let (done, sampler) = peak_rss(ricochet.pid());
+    let client = nats().await;
+    // (status, seconds to the answer) of every request; `None` for no answer.
+    let answers = Arc::new(Mutex::new(Vec::<Option<(String, f64)>>::new()));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut callers = Vec::new();
+    for i in 0..RATE * SECONDS {
+        if i % (RATE / 100) == 0 {
+            tick.tick().await;
+        }
+        let (client, answers, subject) = (client.clone(), answers.clone(), format!("{prefix}.{i}"));
+        callers.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer =
+                tokio::time::timeout(CALLER_TIMEOUT, client.request(subject, "x".into())).await;
+            let seen = match answer {
+                Ok(Ok(reply)) => {
+                    let status = header(&reply, "Ricochet-Status").unwrap_or_default();
+                    let kind = header(&reply, "Ricochet-Error").unwrap_or_default();
+                    Some((format!("{status} {kind}"), sent.elapsed().as_secs_f64()))
+                }
+                _ => None,
+            };
+            answers.lock().unwrap().push(seen);
+        }));
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let peak = sampler.await.unwrap();
+    let answers = answers.lock().unwrap().clone();
+    let unanswered = answers.iter().filter(|a| a.is_none()).count();
+    let mut by_status = HashMap::<String, (usize, f64)>::new();
+    for (status, took) in answers.iter().flatten() {
+        let entry = by_status.entry(status.clone()).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(*took);
+    }
+    println!(
+        "RELIABILITY core NATS overload at 10x: {} requests, {unanswered} unanswered, by status (count, slowest s): {by_status:?}, RSS {before} KiB before, peak {peak} KiB, service calls {}",
+        answers.len(),
+        upstream.calls()
+    );
+    assert_eq!(unanswered, 0, "every caller gets an answer, not a timeout");
+    let statuses: std::collections::HashSet<&str> = by_status.keys().map(String::as_str).collect();
+    assert!(
+        statuses.is_subset(&["200 ", "503 overloaded"].into()),
+        "only the service's answers and overload refusals: {by_status:?}"
+    );
+    let (refused, slowest_refusal) = by_status["503 overloaded"];
+    assert!(refused > answers.len() / 2, "most of a 10x load is refused");
+    assert!(
+        slowest_refusal < CALLER_TIMEOUT.as_secs_f64() / 2.0,
+        "refusals come at once, not near the caller's timeout: {slowest_refusal} s"
+    );
+    assert!(
+        by_status["200 "].0 > 0,
+        "the service's capacity is still used"
+    );
+    assert!(
+        peak < before + 64 * 1024,
+        "memory bounded under overload: {before} KiB before, {peak} KiB at the peak"
+    );
+}
+
+/// Durable sources offered 10x what the service answers (service 50 ms, `max_in_flight = 2`
+/// per route: 40/s; 1,000 requests on each of JetStream, Kafka and AMQP as fast as the
+/// publishers go): each route falls behind and catches up, every request answered once,
+/// nothing dead-lettered, memory bounded (what waits stays in the brokers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
+    const TOTAL: usize = 1_000;
+    let upstream = slow_echo(Duration::from_millis(50)).await;
+    let client = nats().await;
+    let (js, prefix, stream) = js_stream("reloverjs").await;
+    let js_replies = format!("{prefix}.replies");
+    let (js_tally, dead) = collect_nats(&client, &js_replies, &format!("{prefix}.dlq")).await;
+    let brokers = kafka::brokers();
+    let requests = kafka::topic("reloverk", 2).await;
+    let kafka_replies = kafka::topic("reloverkrep", 1).await;
+    let kafka_tally = collect_kafka(&brokers, &kafka_replies);
+    let queue = unique("ricochet.test.relover.");
+    let routes = format!(
+        "{}{}{}",
+        js_route(&prefix, &stream, 2),
+        kafka::route(
+            "kafka",
+            &requests,
+            "max_in_flight = 2",
+            &format!("reply_topic = \"{kafka_replies}\"\nordering = \"unordered\""),
+        ),
+        amqp::route(
+            "amqp",
+            &queue,
+            &queue,
+            "max_in_flight = 2",
+            "max_deliver = 100"
+        ),
+    );
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let before = rss_kib(ricochet.pid());
+    let (done, sampler) = peak_rss(ricochet.pid());
+    let started = Instant::now();
+    let js_publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        js_replies,
+        TOTAL,
+        Duration::ZERO,
+        Arc::default(),
+    );
+    let kafka_publisher = kafka_publisher(brokers, requests, TOTAL);
+    let command = serde_json::json!({
+        "op": "rpc", "routing_key": queue, "count": TOTAL, "timeout": 240, "rate": 400,
+    });
+    let amqp_answers = tokio::spawn(amqp::client(command));
+    js_publisher.await.unwrap();
+    kafka_publisher.await.unwrap();
+    let offered_in = started.elapsed();
+    let behind = (
+        TOTAL - js_tally.lock().unwrap().unique(),
+        TOTAL - kafka_tally.lock().unwrap().unique(),
+    );
+    answered_at_least(&js_tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    answered_at_least(&kafka_tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    let amqp = amqp_answers.await.unwrap();
+    let caught_up_in = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let peak = sampler.await.unwrap();
+    let (js_tally, kafka_tally) = (js_tally.lock().unwrap(), kafka_tally.lock().unwrap());
+    println!(
+        "RELIABILITY durable overload at 10x: {TOTAL} requests per source offered in {offered_in:.1?} \
+         (JetStream and Kafka {behind:?} behind then), all caught up in {caught_up_in:.1?}; \
+         JetStream {} answered, {} duplicates; Kafka {} answered, {} duplicates; AMQP {} answered, \
+         {} duplicates; dead-lettered {}; RSS {before} KiB before, peak {peak} KiB",
+        js_tally.unique(),
+        js_tally.duplicates(),
+        kafka_tally.unique(),
+        kafka_tally.duplicates(),
+        amqp["answered"],
+        amqp["duplicates"],
+        dead.load(Ordering::SeqCst),
+    );
+    assert!(
+        behind.0 > TOTAL / 2 && behind.1 > TOTAL / 2,
+        "the load outran the service: {behind:?}"
+    );
+    assert_eq!(
+        amqp["answered"], TOTAL,
+        "every AMQP request answered: {amqp}"
+    );
+    assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
+    assert_eq!(js_tally.duplicates() + kafka_tally.duplicates(), 0);
+    assert_eq!(amqp["duplicates"], 0);
+    assert!(
+        peak < before + 64 * 1024,
+        "memory bounded under overload: {before} KiB before, {peak} KiB at the peak"
+    );
+    let _ = js.delete_stream(&stream).await;
+    amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
+}

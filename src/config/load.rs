@@ -523,6 +523,24 @@ mod tests {
     }
 
     #[test]
+    fn max_pending_belongs_to_core_nats_routes_and_defaults_to_max_in_flight() {
+        let text = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"js\"\nsource = \"jetstream\"\nsubject = \"b\"\npath = \"/\"\nmax_pending = 3\n[routes.jetstream]\nstream = \"S\"\n";
+        let errors = load_str(text, no_env()).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["routes[0].max_pending"]);
+        let core = text
+            .replace("source = \"jetstream\"\n", "")
+            .replace("[routes.jetstream]\nstream = \"S\"\n", "");
+        let pending = |text: &str| match &load_str(text, no_env()).unwrap().routes[0].source {
+            crate::config::SourceConfig::Nats { max_pending, .. } => *max_pending,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pending(&core), 3);
+        let default = core.replace("max_pending = 3\n", "max_in_flight = 9\n");
+        assert_eq!(pending(&default), 9);
+    }
+
+    #[test]
     fn secret_values_are_not_echoed_in_errors() {
         let text = format!("{MINIMAL}\n[nats]\nuser = \"u\"\npassword = 987654321\nurl = \"nats://u:hunter2@h:bad\"\n");
         let errors = load_str(&text, no_env()).unwrap_err();

@@ -338,6 +338,10 @@ pub struct RouteFile {
     /// Overrides `nats.queue_group` for this route.
     #[serde(default)]
     pub queue_group: Option<String>,
+    /// Core NATS: messages that may wait for a `max_in_flight` slot; more are answered 503
+    /// `overloaded` at once. Default: `max_in_flight`.
+    #[serde(default)]
+    pub max_pending: Option<usize>,
     /// Which message headers become HTTP request headers.
     #[serde(default)]
     pub request_headers: HeaderFilterConfig,
@@ -486,6 +490,8 @@ pub enum SourceConfig {
     Nats {
         /// Overrides `nats.queue_group`.
         queue_group: Option<String>,
+        /// Messages that may wait for a slot when the route is full; more are shed.
+        max_pending: usize,
     },
     /// A durable JetStream pull consumer.
     Jetstream(JetStreamSource),
@@ -1044,6 +1050,7 @@ impl RouteConfig {
         let source = match file.source {
             SourceKind::Nats => SourceConfig::Nats {
                 queue_group: file.queue_group,
+                max_pending: file.max_pending.unwrap_or(file.max_in_flight),
             },
             SourceKind::Jetstream => SourceConfig::Jetstream(JetStreamSource {
                 settings: file.jetstream?,

@@ -363,6 +363,12 @@ fn check_source(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
     if route.source != SourceKind::Amqp && route.amqp.is_some() {
         push("amqp", "only for source = \"amqp\"".into());
     }
+    if route.source != SourceKind::Nats && route.max_pending.is_some() {
+        push(
+            "max_pending",
+            "only for source = \"nats\": a durable route leaves what it cannot take yet in the broker".into(),
+        );
+    }
     if route.source != SourceKind::Nats && route.queue_group.is_some() {
         push(
             "queue_group",

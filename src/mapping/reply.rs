@@ -20,7 +20,7 @@ pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
 /// Every kind, for metrics that pre-register one series each.
-pub const ERROR_KINDS: [ErrorKind; 10] = [
+pub const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::BadRequest,
     ErrorKind::NoRoute,
     ErrorKind::PayloadTooLarge,
@@ -28,6 +28,7 @@ pub const ERROR_KINDS: [ErrorKind; 10] = [
     ErrorKind::Timeout,
     ErrorKind::CircuitOpen,
     ErrorKind::RateLimited,
+    ErrorKind::Overloaded,
     ErrorKind::Validation,
     ErrorKind::RegistryUnavailable,
     ErrorKind::InvalidResponse,
@@ -50,6 +51,10 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The route's rate limit refused the message.
     RateLimited,
+    /// Core NATS: the route is at `max_in_flight` with `max_pending` messages already
+    /// waiting; the message is answered at once instead of queueing towards its caller's
+    /// timeout.
+    Overloaded,
     /// The message does not pass the route's `validate` rules (schema, content type,
     /// headers): never sent to the service, never retried.
     Validation,
@@ -70,6 +75,7 @@ impl ErrorKind {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Validation => StatusCode::BAD_REQUEST,
             ErrorKind::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
@@ -86,6 +92,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Validation => "validation",
             ErrorKind::RegistryUnavailable => "registry_unavailable",
             ErrorKind::InvalidResponse => "invalid_response",

@@ -54,6 +54,8 @@ pub struct Route {
     total_timeout: Duration,
     /// Permits for `max_in_flight`; the source holds one per message being processed.
     pub limit: Arc<Semaphore>,
+    /// Core NATS: messages taken while the route was full, waiting for a permit.
+    pub waiting: std::sync::atomic::AtomicUsize,
     pub metrics: RouteMetrics,
     pub max_payload: usize,
     /// What becomes of a message once processed: the same rules for every source.
@@ -168,6 +170,7 @@ impl Pipeline {
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
+                waiting: Default::default(),
                 metrics: RouteMetrics::new(&route.name, route.source.kind().as_str()),
                 policy: crate::source::policy(route),
                 validation: Rules::new(route, registry.as_ref()),
@@ -203,7 +206,6 @@ impl Pipeline {
         inbound: &Inbound,
         settle: &S,
     ) -> Settled {
-        let policy = &route.policy;
         if inbound.delivered > 1 {
             route.metrics.redeliveries.increment(1);
         }
@@ -226,6 +228,34 @@ impl Pipeline {
                 }
             }
         };
+        self.conclude(route, inbound, destination, processed, settle, trace)
+            .await
+    }
+
+    /// A message the source cannot take now (core NATS: its route is full and `max_pending`
+    /// messages already wait): answered 503 `overloaded` at once, the service not called.
+    pub async fn shed<S: Settle>(&self, route: &Route, inbound: &Inbound, settle: &S) -> Settled {
+        let trace = self.tracing.start(&route.spans, inbound);
+        let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));
+        let destination = inbound.reply.as_deref().filter(|_| problem.is_none());
+        let detail = "the route is at max_in_flight with max_pending messages waiting";
+        let processed = self.refuse(route, ErrorKind::Overloaded, detail);
+        self.conclude(route, inbound, destination, processed, settle, trace)
+            .await
+    }
+
+    /// What the policy makes of a processed message: the reply, the dead letter, the
+    /// settlement; recorded in metrics, STATS and the message's span.
+    async fn conclude<S: Settle>(
+        &self,
+        route: &Route,
+        inbound: &Inbound,
+        destination: Option<&str>,
+        processed: Processed,
+        settle: &S,
+        trace: MessageTrace<'_>,
+    ) -> Settled {
+        let policy = &route.policy;
         let failed = RequestStats::error_of(&processed.reply);
         let error = processed.error.map(ErrorKind::as_str);
         let action = policy.decide(&processed, inbound.delivered);

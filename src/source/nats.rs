@@ -6,11 +6,13 @@
 //! every change is logged and exported as `ricochet_nats_connected`.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -20,7 +22,7 @@ use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
 use crate::reply::NatsReplier;
-use crate::route::RouteTable;
+use crate::route::{Captures, RouteTable};
 use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
 
 /// What every core NATS intake shares.
@@ -53,6 +55,7 @@ pub fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
     match source {
         SourceConfig::Nats {
             queue_group: Some(own),
+            ..
         } => own,
         _ => default,
     }
@@ -306,33 +309,66 @@ pub async fn intake(
                 own.pattern.matches(&inbound.subject).unwrap_or_default(),
             ),
         };
-        // A full route waits for a slot; a shutdown meanwhile still drains at once, so the
-        // queue group stops sending this replica more.
-        let permit = loop {
-            tokio::select! {
-                permit = route.slot() => break permit,
-                _ = stop.cancelled(), if !draining => {
-                    draining = true;
-                    drain(&mut subscriber).await;
+        route.metrics.received.increment(1);
+        let core = core.clone();
+        // A full route never holds the intake up: up to `max_pending` messages wait for a
+        // slot in their own tasks (the semaphore serves them in order), and the rest are
+        // answered 503 at once, so callers learn of the overload instead of timing out.
+        let permit = match route.limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                let max_pending = max_pending(&route.config.source);
+                let waiting = route.waiting.fetch_add(1, Ordering::SeqCst);
+                if waiting >= max_pending {
+                    route.waiting.fetch_sub(1, Ordering::SeqCst);
+                    tracker.spawn(async move {
+                        let settle = Inbox(&core.replier);
+                        core.pipeline.shed(&route, &inbound, &settle).await;
+                    });
+                    continue;
                 }
+                route.metrics.throttled.increment(1);
+                tracker.spawn(async move {
+                    let permit = route.limit.clone().acquire_owned().await;
+                    route.waiting.fetch_sub(1, Ordering::SeqCst);
+                    if let Ok(permit) = permit {
+                        handle(core, route, captures, inbound, permit).await;
+                    }
+                });
+                continue;
             }
         };
-        let Some(permit) = permit else { break };
-        route.metrics.received.increment(1);
-        route.metrics.in_flight.increment(1.0);
-        let core = core.clone();
-        tracker.spawn(async move {
-            let settle = Inbox(&core.replier);
-            // Boxed: the handling future is a few KB, which a spawn would otherwise copy
-            // several times per message.
-            Box::pin(
-                core.pipeline
-                    .deliver(&route, Some(captures), &inbound, &settle),
-            )
-            .await;
-            route.metrics.in_flight.decrement(1.0);
-            drop(permit);
-        });
+        tracker.spawn(handle(core, route, captures, inbound, permit));
+    }
+}
+
+/// One message through the pipeline, holding its route's slot.
+async fn handle(
+    core: Arc<Core>,
+    route: Arc<Route>,
+    captures: Captures,
+    inbound: Inbound,
+    permit: OwnedSemaphorePermit,
+) {
+    route.metrics.in_flight.increment(1.0);
+    let settle = Inbox(&core.replier);
+    // Boxed: the handling future is a few KB, which a spawn would otherwise copy several
+    // times per message.
+    Box::pin(
+        core.pipeline
+            .deliver(&route, Some(captures), &inbound, &settle),
+    )
+    .await;
+    route.metrics.in_flight.decrement(1.0);
+    drop(permit);
+}
+
+/// A core route's `max_pending`.
+fn max_pending(source: &SourceConfig) -> usize {
+    match source {
+        SourceConfig::Nats { max_pending, .. } => *max_pending,
+        _ => 0,
     }
 }
 
@@ -397,9 +433,13 @@ mod tests {
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
         let own = SourceConfig::Nats {
             queue_group: Some("orders-team".into()),
+            max_pending: 1,
         };
         assert_eq!(queue_group(&own, "ricochet"), "orders-team");
-        let none = SourceConfig::Nats { queue_group: None };
+        let none = SourceConfig::Nats {
+            queue_group: None,
+            max_pending: 1,
+        };
         assert_eq!(queue_group(&none, "ricochet"), "ricochet");
     }
 }

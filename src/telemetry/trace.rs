@@ -211,7 +211,7 @@ pub struct RouteSpans {
 impl RouteSpans {
     pub fn new(route: &crate::config::RouteConfig, default_queue_group: &str) -> Self {
         let (system, consumer_group) = match &route.source {
-            SourceConfig::Nats { queue_group } => (
+            SourceConfig::Nats { queue_group, .. } => (
                 "nats",
                 Some(
                     queue_group
