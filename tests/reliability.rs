@@ -1687,6 +1687,7 @@ async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
         peak < before + 64 * 1024,
         "memory bounded under overload: {before} KiB before, {peak} KiB at the peak"
     );
+    drop((js_tally, kafka_tally));
     let _ = js.delete_stream(&stream).await;
     amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
 }
