@@ -1323,7 +1323,7 @@ async fn kafka_two_replicas_one_killed_survivor_takes_over() {
     drop(victim);
 }
 
-/// Upstream faults through a fault-injecting proxy (latency and jitter, connection reset,
+/// Upstream faults through a fault-injecting proxy (latency and jitter, slow bandwidth, connection reset,
 /// black hole, connection refused, headers then a stalled body), each for 3 s, while core
 /// NATS callers keep asking: every request gets the service's answer or a documented error
 /// (502, 503 from the breaker, 504) within its deadline, and throughput is back to (half
@@ -1332,7 +1332,9 @@ async fn kafka_two_replicas_one_killed_survivor_takes_over() {
 async fn upstream_faults_get_answers_or_documented_errors_and_recover() {
     use common::faults::{Fault, FaultProxy};
     const CALLERS: usize = 8;
-    let upstream = Upstream::echo().await;
+    // 1 KiB answers: at the slow bandwidth below one takes about 250 ms.
+    let body: &'static str = "0123456789abcdef".repeat(64).leak();
+    let upstream = Upstream::start(move |_| async move { respond(200, body) }).await;
     let proxy = FaultProxy::start(upstream.addr).await;
     let admin = free_port();
     let subject = unique("relfault");
@@ -1409,6 +1411,12 @@ max_break_duration = "2s"
             Fault::Latency {
                 base: Duration::from_millis(50),
                 jitter: Duration::from_millis(50),
+            },
+        ),
+        (
+            "slow bandwidth 4 KiB/s",
+            Fault::SlowBandwidth {
+                bytes_per_second: 4096,
             },
         ),
         ("reset", Fault::Reset),

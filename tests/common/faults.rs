@@ -1,6 +1,7 @@
 //! A fault-injecting TCP proxy between ricochet and a service: it forwards bytes both ways
-//! and, when told, delays them, resets connections, swallows them (black hole), refuses
-//! connections, or lets a response's headers through and stalls its body. A fault applies to
+//! and, when told, delays them, throttles them to a slow bandwidth, resets connections,
+//! swallows them (black hole), refuses connections, or lets a response's headers through
+//! and stalls its body. A fault applies to
 //! connections already open as well as new ones.
 
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ pub enum Fault {
     None,
     /// Every chunk from the service is held `base` plus up to `jitter`.
     Latency { base: Duration, jitter: Duration },
+    /// Bytes pass both ways at this many bytes per second.
+    SlowBandwidth { bytes_per_second: u32 },
     /// Every connection is reset (RST) as soon as bytes flow on it.
     Reset,
     /// Connections are accepted and kept, and nothing comes back.
@@ -110,6 +113,27 @@ fn reset(stream: &TcpStream) {
     let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
+/// Writes `chunk`, at the fault's bandwidth if it is [`Fault::SlowBandwidth`].
+async fn paced<W: AsyncWriteExt + Unpin>(
+    out: &mut W,
+    chunk: &[u8],
+    fault: Fault,
+) -> std::io::Result<()> {
+    let Fault::SlowBandwidth { bytes_per_second } = fault else {
+        return out.write_all(chunk).await;
+    };
+    // Pieces of a tenth of a second's worth, each followed by its share of the second.
+    let piece = (bytes_per_second as usize / 10).max(1);
+    for part in chunk.chunks(piece) {
+        out.write_all(part).await?;
+        tokio::time::sleep(Duration::from_secs_f64(
+            part.len() as f64 / f64::from(bytes_per_second),
+        ))
+        .await;
+    }
+    Ok(())
+}
+
 /// One client connection: forwards both ways, applying the fault of the moment to each chunk.
 async fn pipe(
     mut client: TcpStream,
@@ -145,7 +169,11 @@ async fn pipe(
                     Fault::BlackHole => continue,
                     _ => {}
                 }
-                if service_write.write_all(&buf[..n]).await.is_err() {
+                let throttle = *fault.borrow();
+                if paced(&mut service_write, &buf[..n], throttle)
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
             }
@@ -174,9 +202,9 @@ async fn pipe(
                             std::future::pending::<()>().await;
                         }
                     }
-                    Fault::None | Fault::Refuse => {}
+                    Fault::None | Fault::Refuse | Fault::SlowBandwidth { .. } => {}
                 }
-                if client_write.write_all(chunk).await.is_err() {
+                if paced(&mut client_write, chunk, current).await.is_err() {
                     return false;
                 }
             }
