@@ -64,8 +64,8 @@ else
   echo "== starting tansu (Kafka protocol) on 127.0.0.1:9092"
   tansu_bin="$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")"
   if [ ! -x "$tansu_bin" ]; then
-    echo "== building tansu once from crates.io (about 8 minutes on 2 cores; kept in cargo's bin directory)"
-    cargo install tansu --locked --features dynostore
+    echo "== building tansu once from crates.io (about 10 minutes on 2 cores; kept in cargo's bin directory)"
+    cargo install tansu --locked --features dynostore,libsql
     tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
   fi
   "$tansu_bin" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \

@@ -67,9 +67,15 @@ if [ "$setup" = 1 ]; then
   fi
 
   log "tansu, the Kafka-protocol broker the Kafka tests start"
-  if [ ! -x "$tansu_bin" ]; then
-    echo "building tansu once from crates.io (about 8 minutes on 2 cores); kept in cargo's bin directory"
-    cargo install tansu --locked --features dynostore
+  # The Kafka bounce test keeps tansu's data in SQLite: tansu's libsql feature. A build
+  # without it answers a sqlite:// storage with FeatureNotEnabled at once.
+  tansu_has_sqlite() {
+    ! timeout 10 "$1" broker --listener-url tcp://127.0.0.1:1 --advertised-listener-url tcp://127.0.0.1:1 \
+      --storage-engine sqlite:///nonexistent/ricochet-probe.db 2>&1 | grep -q FeatureNotEnabled
+  }
+  if [ ! -x "$tansu_bin" ] || ! tansu_has_sqlite "$tansu_bin"; then
+    echo "building tansu once from crates.io (about 10 minutes on 2 cores); kept in cargo's bin directory"
+    cargo install tansu --locked --force --features dynostore,libsql
     tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
   fi
   echo "tansu: $tansu_bin"

@@ -180,7 +180,7 @@ pub async fn reload(
     let finished = if overlap {
         if let Err(e) = next.start_core().await {
             error!(error = %format!("{e:#}"), "reload refused: cannot subscribe the new routes; the running configuration stays");
-            next.stop(Duration::ZERO).await;
+            next.stop(Duration::from_secs(1)).await;
             refused();
             return running;
         }

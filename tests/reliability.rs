@@ -1702,3 +1702,132 @@ async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
     let _ = js.delete_stream(&stream).await;
     amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
 }
+
+/// A tansu of the test's own with persistent storage (SQLite, a file in a temp dir), on its
+/// own port, that the test kills and starts again.
+struct OwnTansu {
+    port: u16,
+    storage: String,
+    child: Option<Child>,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnTansu {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tansu = Self {
+            port: free_port(),
+            storage: format!("sqlite://{}", dir.path().join("tansu.db").display()),
+            log: dir.path().join("tansu.log"),
+            child: None,
+            _dir: dir,
+        };
+        tansu.start();
+        tansu
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(brokers::tansu_bin())
+            .arg("broker")
+            .args(["--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", &self.storage])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "tansu does not listen ({exited:?}; built without `--features libsql`? see \
+                 docs/development.md); its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnTansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kafka bounce: a tansu of the test's own with persistent (SQLite) storage, SIGKILLed
+/// and started again twice during 5,000 requests. The producer sends again what failed;
+/// ricochet's consumer and reply producer ride over the restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_bounce_every_request_answered() {
+    const TOTAL: usize = 5_000;
+    const BOUNCES: usize = 2;
+    let mut tansu = OwnTansu::new();
+    let brokers = tansu.brokers();
+    let requests = kafka::topic_on(&brokers, "relkbounce", 2).await;
+    let replies = kafka::topic_on(&brokers, "relkbouncerep", 1).await;
+    let routes = kafka::route_on(
+        &brokers,
+        "bounce",
+        &requests,
+        "max_in_flight = 32",
+        &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
+    );
+    let upstream = slow_echo(Duration::from_millis(1)).await;
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let tally = collect_kafka(&brokers, &replies);
+    let publisher = kafka_publisher(brokers.clone(), requests.clone(), TOTAL);
+    let mut jitter = Jitter::new();
+    let mut recoveries = Vec::new();
+    for bounce in 1..=BOUNCES {
+        answered_at_least(&tally, TOTAL * bounce / (BOUNCES + 1), ALL_ANSWERED_WITHIN).await;
+        tansu.kill();
+        let down = jitter.between(Duration::from_millis(500), Duration::from_secs(2));
+        tokio::time::sleep(down).await;
+        let restarted = Instant::now();
+        tansu.start();
+        recoveries.push(recovery_after(&tally, restarted).await);
+    }
+    let sent = publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    let tally = tally.lock().unwrap();
+    report(
+        "kafka bounce (tansu, SQLite storage)",
+        TOTAL,
+        &tally,
+        &recoveries,
+        &format!(
+            ", bounces {BOUNCES}, sends {sent}, service calls {}",
+            upstream.calls()
+        ),
+    );
+    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
+    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
+    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    drop(ricochet);
+}

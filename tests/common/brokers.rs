@@ -84,7 +84,7 @@ pub fn tansu_bin() -> String {
     find("tansu", &[&cargo_bin]).unwrap_or_else(|| {
         panic!(
             "tansu (the Kafka-protocol broker the tests use) is not installed: \
-             `cargo install tansu --locked --features dynostore` (about 8 minutes, once), or \
+             `cargo install tansu --locked --features dynostore,libsql` (about 10 minutes, once), or \
              scripts/test.sh, which installs everything the tests need; or set KAFKA_BROKERS \
              to a running broker"
         )

@@ -497,9 +497,14 @@ pub mod kafka {
 
     /// Creates a fresh topic with `partitions` partitions.
     pub async fn topic(prefix: &str, partitions: i32) -> String {
+        topic_on(&brokers(), prefix, partitions).await
+    }
+
+    /// Like [`topic`], on the cluster at `brokers`.
+    pub async fn topic_on(brokers: &str, prefix: &str, partitions: i32) -> String {
         let name = super::unique(prefix);
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .create()
             .expect("admin client");
         let results = admin
@@ -508,7 +513,7 @@ pub mod kafka {
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
-            .unwrap_or_else(|e| panic!("the Kafka broker at {} answers: {e}", brokers()));
+            .unwrap_or_else(|e| panic!("the Kafka broker at {brokers} answers: {e}"));
         for result in results {
             result.expect("topic created");
         }
