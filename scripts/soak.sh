@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Soak: one ricochet serving a core NATS, a JetStream and a Kafka route at a fixed load
+# Soak: one ricochet serving a core NATS, a JetStream, a Kafka and an AMQP route at a fixed load
 # (100 requests/s on each) for SECONDS (default 60); fails unless every request is answered
 # and, after the first quarter, RSS and open file descriptors stay within 10%.
-# Uses the test suite's brokers: its own nats-server and tansu, or NATS_URL and KAFKA_BROKERS.
+# Uses the test suite's brokers (its own nats-server and tansu, or NATS_URL and KAFKA_BROKERS) and RabbitMQ.
 #   scripts/soak.sh          # 60 s, as CI runs it
 #   scripts/soak.sh 3600     # an hour
 set -euo pipefail

@@ -112,7 +112,7 @@ env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test \
   --test validation --test nats_service --test tracing
 env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test --test reliability jetstream_bounce
 
-log "soak, 60 s at a fixed load on core NATS, JetStream and Kafka (scripts/soak.sh)"
+log "soak, 60 s at a fixed load on core NATS, JetStream, Kafka and AMQP (scripts/soak.sh)"
 scripts/soak.sh 60
 
 log "every test passed in $((SECONDS - started)) s"

@@ -68,7 +68,10 @@ pub async fn run(
 
     // A configuration with Kafka or AMQP routes only needs no NATS server at all.
     let mut nats = match generation::needs_nats(&config) {
-        true => Some(Nats::new(source::nats::connect(&config.nats).await?)),
+        true => {
+            health.starting(telemetry::admin::NOT_CONNECTED);
+            Some(Nats::new(source::nats::connect(&config.nats).await?))
+        }
         false => None,
     };
     let mut running = Generation::new(config, nats.clone())?;

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -478,7 +480,7 @@ async fn max_in_flight_bounds_concurrency() {
         &format!("{prefix}.x"),
         "POST",
         "/x",
-        "max_in_flight = 3",
+        "max_in_flight = 3\nmax_pending = 9",
     );
     let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     let client = nats().await;
@@ -490,6 +492,74 @@ async fn max_in_flight_bounds_concurrency() {
         .all(|r| header(r, "Ricochet-Status").as_deref() == Some("200")));
     assert_eq!(upstream.calls(), 12);
     assert!(upstream.peak() <= 3, "peak {}", upstream.peak());
+}
+
+#[tokio::test]
+async fn requests_beyond_max_pending_are_refused_at_once_with_503_overloaded() {
+    // The service holds every call until the test opens the gate.
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = open.clone();
+    let upstream = Upstream::start(move |_| {
+        let gate = gate.clone();
+        async move {
+            while !gate.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            respond(200, "ok")
+        }
+    })
+    .await;
+    let prefix = unique("shed");
+    let admin = free_port();
+    let routes = route(
+        "shed",
+        &format!("{prefix}.x"),
+        "POST",
+        "/x",
+        "max_in_flight = 1\nmax_pending = 2",
+    );
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let client = nats().await;
+
+    // One is called, two wait for its slot, and the other five are answered while the
+    // service still holds the first: 503, overloaded, the service not called for them.
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            let subject = format!("{prefix}.x");
+            tokio::spawn(async move { request(&client, subject, HeaderMap::new(), "x").await })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "five refusals", || async {
+        let metrics = ricochet.metrics().await;
+        let refused = metric(&metrics, "ricochet_errors_total", &["kind=\"overloaded\""]);
+        holds(refused == 5.0, refused)
+    })
+    .await;
+    assert_eq!(upstream.calls(), 1, "the rest are not sent to the service");
+    open.store(true, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for request in requests {
+        let reply = request.await.unwrap();
+        let status = header(&reply, "Ricochet-Status").unwrap_or_default();
+        let kind = header(&reply, "Ricochet-Error").unwrap_or_default();
+        statuses.push(format!("{status} {kind}").trim().to_string());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            "200",
+            "200",
+            "200",
+            "503 overloaded",
+            "503 overloaded",
+            "503 overloaded",
+            "503 overloaded",
+            "503 overloaded"
+        ]
+    );
+    assert_eq!(upstream.calls(), 3);
 }
 
 #[tokio::test]

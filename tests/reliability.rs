@@ -1358,6 +1358,8 @@ max_break_duration = "2s"
     );
     let toml = config(&proxy.base_url(), admin, &routes);
     let ricochet = Ricochet::start(&toml, admin).await;
+    let rss_before = rss_kib(ricochet.pid());
+    let (sampled, sampler) = peak_rss(ricochet.pid());
 
     #[derive(Default)]
     struct Seen {
@@ -1455,15 +1457,21 @@ max_break_duration = "2s"
     for caller in callers {
         caller.await.unwrap();
     }
+    sampled.store(true, Ordering::SeqCst);
+    let rss_peak = sampler.await.unwrap();
     let seen = seen.lock().unwrap();
     let answered: usize = seen.statuses.values().sum();
     println!(
         "RELIABILITY upstream faults: requests {}, answered {answered}, unanswered {}, slowest {:.1?}, \
-         baseline {baseline} answers/s; {}",
+         baseline {baseline} answers/s, RSS {rss_before} KiB before, peak {rss_peak} KiB; {}",
         answered + seen.no_answer,
         seen.no_answer,
         seen.slowest,
         figures.join("; ")
+    );
+    assert!(
+        rss_peak < rss_before + 64 * 1024,
+        "memory bounded through the faults: {rss_before} KiB before, {rss_peak} KiB at the peak"
     );
     assert_eq!(
         seen.no_answer, 0,
@@ -1754,7 +1762,10 @@ impl OwnTansu {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             assert!(
                 exited.is_none() && Instant::now() < deadline,
                 "tansu does not listen ({exited:?}; built without `--features libsql`? see \

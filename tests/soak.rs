@@ -1,5 +1,5 @@
-//! Soak (issue #17): one ricochet serving a core NATS, a JetStream and a Kafka route at a
-//! fixed load for `RICOCHET_SOAK_SECS` (default 20 s; `scripts/soak.sh` runs it for 60 s or
+//! Soak (issue #17): one ricochet serving a core NATS, a JetStream, a Kafka and an AMQP
+//! route at a fixed load for `RICOCHET_SOAK_SECS` (default 20 s; `scripts/soak.sh` runs it for 60 s or
 //! as long as asked). Every request must be answered, and after a warm-up (the first
 //! quarter) its resident memory and open file descriptors must stay within 10% of where
 //! they were.
@@ -49,6 +49,7 @@ async fn fixed_load_on_every_source_keeps_memory_and_fds_flat() {
     let replies_topic = kafka::topic("soakrep", 1).await;
     let upstream = Upstream::echo().await;
     let admin = free_port();
+    let queue = unique("ricochet.test.soak.");
     let routes = format!(
         r#"
 [[routes]]
@@ -67,13 +68,14 @@ stream = "{stream_name}"
 durable = "soak"
 ack_wait = "5s"
 redelivery_backoff = ["100ms"]
-{kafka}"#,
+{kafka}{amqp}"#,
         kafka = kafka::route(
             "kafka",
             &requests,
             "",
             &format!("reply_topic = \"{replies_topic}\"")
         ),
+        amqp = amqp::route("amqp", &queue, &queue, "", ""),
     );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     let pid = ricochet.pid();
@@ -108,6 +110,11 @@ redelivery_backoff = ["100ms"]
         });
     }
 
+    // AMQP: the independent client (pika) sends at the same rate for the whole run.
+    let amqp_total = (RATE * secs) as usize;
+    let amqp_load = tokio::spawn(amqp::client(serde_json::json!({
+        "op": "rpc", "routing_key": queue, "count": amqp_total, "rate": RATE, "timeout": 120,
+    })));
     let stop = Arc::new(AtomicBool::new(false));
     let core_failures = Arc::new(Mutex::new(0usize));
     let mut load = Vec::new();
@@ -198,6 +205,8 @@ redelivery_backoff = ["100ms"]
     )
     .await;
 
+    let amqp = amqp_load.await.unwrap();
+
     let after_warmup = &samples[samples.len() / 4..];
     let first = after_warmup[0];
     let (rss_max, fds_max) = after_warmup
@@ -209,15 +218,22 @@ redelivery_backoff = ["100ms"]
     let core_failures = *core_failures.lock().unwrap();
     println!(
         "RELIABILITY soak {secs}s at {RATE}/s per source: core {core_sent} sent, {} answered; \
-         jetstream {js_sent} sent, {} answered; kafka {kafka_sent} sent, {} answered; after \
+         jetstream {js_sent} sent, {} answered; kafka {kafka_sent} sent, {} answered; amqp \
+         {amqp_total} sent, {} answered ({} duplicates); after \
          warm-up RSS {rss_min}-{rss_max} KiB (first {} KiB), open fds {fds_min}-{fds_max} (first {})",
         core_sent - core_failures,
         js_answers.lock().unwrap().len(),
         kafka_answers.lock().unwrap().len(),
+        amqp["answered"],
+        amqp["duplicates"],
         first.1,
         first.2,
     );
     assert_eq!(core_failures, 0, "every core NATS request answered");
+    assert_eq!(
+        amqp["answered"], amqp_total,
+        "every AMQP request answered: {amqp}"
+    );
     assert!(
         rss_max * 10 <= first.1 * 11,
         "RSS within 10% after warm-up: {rss_min}-{rss_max} KiB from {} KiB",
@@ -229,4 +245,5 @@ redelivery_backoff = ["100ms"]
         first.2
     );
     let _ = js.delete_stream(&stream_name).await;
+    amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
 }

@@ -18,18 +18,33 @@ use tokio::net::TcpListener;
 
 use crate::pipeline::Route;
 
+/// `/readyz`'s reason while the NATS connection is down (or not made yet).
+pub const NOT_CONNECTED: &str = "not connected to NATS";
+
 /// The health of the generation running now (see `generation.rs`): a reload puts the new
 /// generation's in its place once that one is ready.
 #[derive(Debug, Default)]
-pub struct HealthSlot(RwLock<Option<Arc<Health>>>);
+pub struct HealthSlot {
+    current: RwLock<Option<Arc<Health>>>,
+    /// Why there is no generation yet, for `/readyz`.
+    starting: RwLock<Option<&'static str>>,
+}
 
 impl HealthSlot {
     pub fn set(&self, health: Arc<Health>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(health);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(health);
+    }
+
+    /// What `/readyz` says until the first generation has started.
+    pub fn starting(&self, reason: &'static str) {
+        *self.starting.write().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
 
     fn current(&self) -> Option<Arc<Health>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `/readyz`'s body; not ready until the first generation has started.
@@ -37,7 +52,9 @@ impl HealthSlot {
         match self.current() {
             Some(health) => health.report(),
             None => {
-                let body = serde_json::json!({"ready": false, "reason": "starting", "routes": []});
+                let reason = self.starting.read().unwrap_or_else(|e| e.into_inner());
+                let reason = reason.unwrap_or("starting");
+                let body = serde_json::json!({"ready": false, "reason": reason, "routes": []});
                 (false, format!("{body}\n"))
             }
         }
@@ -106,7 +123,7 @@ impl Health {
         if self.needs_nats {
             match self.nats.get().map(|c| c.connection_state()) {
                 Some(async_nats::connection::State::Connected) => {}
-                _ => return Err("not connected to NATS"),
+                _ => return Err(NOT_CONNECTED),
             }
         }
         if self.pending.load(Ordering::SeqCst) > 0 {

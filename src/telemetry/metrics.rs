@@ -113,7 +113,7 @@ fn describe() {
     );
     describe_counter!(
         THROTTLED,
-        "Waits for a free max_in_flight slot: a message that arrived while the route was full (core NATS, Kafka), or the next pull or delivery held back (JetStream, AMQP)"
+        "Waits for a free max_in_flight slot: a core NATS request that waited (up to max_pending at once), a Kafka record taken while the route was full, or the next pull or delivery held back (JetStream, AMQP)"
     );
     describe_counter!(
         RATE_LIMITED,
