@@ -70,8 +70,10 @@ if [ "$setup" = 1 ]; then
   # The Kafka bounce test keeps tansu's data in SQLite: tansu's libsql feature. A build
   # without it answers a sqlite:// storage with FeatureNotEnabled at once.
   tansu_has_sqlite() {
-    ! timeout 10 "$1" broker --listener-url tcp://127.0.0.1:1 --advertised-listener-url tcp://127.0.0.1:1 \
-      --storage-engine sqlite:///nonexistent/ricochet-probe.db 2>&1 | grep -q FeatureNotEnabled
+    local answer
+    answer="$(timeout 10 "$1" broker --listener-url tcp://127.0.0.1:1 --advertised-listener-url tcp://127.0.0.1:1 \
+      --storage-engine sqlite:///nonexistent/ricochet-probe.db 2>&1 || true)"
+    [[ "$answer" != *FeatureNotEnabled* ]]
   }
   if [ ! -x "$tansu_bin" ] || ! tansu_has_sqlite "$tansu_bin"; then
     echo "building tansu once from crates.io (about 10 minutes on 2 cores); kept in cargo's bin directory"
@@ -109,7 +111,7 @@ log "the NATS suites again, against the current nats-server ($("$current_nats" -
 # and 2.9 silently ignores them).
 env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test \
   --test jetstream --test nats_request_reply --test nats_reconnect --test nats_tls --test resilience \
-  --test validation --test nats_service --test tracing
+  --test validation --test nats_service --test tracing --test reload
 env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test --test reliability jetstream_bounce
 
 log "soak, 60 s at a fixed load on core NATS, JetStream, Kafka and AMQP (scripts/soak.sh)"
