@@ -1715,10 +1715,9 @@ async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
 /// own port, that the test kills and starts again.
 struct OwnTansu {
     port: u16,
-    storage: String,
     child: Option<Child>,
     log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl OwnTansu {
@@ -1726,10 +1725,9 @@ impl OwnTansu {
         let dir = tempfile::tempdir().unwrap();
         let mut tansu = Self {
             port: free_port(),
-            storage: format!("sqlite://{}", dir.path().join("tansu.db").display()),
             log: dir.path().join("tansu.log"),
             child: None,
-            _dir: dir,
+            dir,
         };
         tansu.start();
         tansu
@@ -1754,7 +1752,9 @@ impl OwnTansu {
             .arg("broker")
             .args(["--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", &self.storage])
+            // The database file in the temp dir: tansu takes the URL's path as relative.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
