@@ -1295,6 +1295,22 @@ async fn kafka_two_replicas_one_killed_survivor_takes_over() {
     victim.signal("-KILL");
     let killed_at = Instant::now();
     victim.wait_exit(Duration::from_secs(10)).await;
+    // When the coordinator hands the survivor all four partitions.
+    let label = "route=\"takeover\"";
+    eventually(
+        Duration::from_secs(60),
+        "all partitions at the survivor",
+        || async {
+            let assigned = metric(
+                &survivor.metrics().await,
+                "ricochet_kafka_assigned_partitions",
+                &[label],
+            );
+            holds(assigned == 4.0, assigned)
+        },
+    )
+    .await;
+    let reassigned = killed_at.elapsed();
     let (orphans, took) = takeover(&tally, &victim_upstream, true, killed_at).await;
     let sent = publisher.await.unwrap();
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
@@ -1305,8 +1321,9 @@ async fn kafka_two_replicas_one_killed_survivor_takes_over() {
         &tally,
         &[took],
         &format!(
-            ", sends {sent}, victim calls {}, survivor calls {}, orphans at the kill {orphans} \
-             (answered by the survivor after the {SESSION_TIMEOUT:?} session timeout)",
+            ", sends {sent}, victim calls {}, survivor calls {}, every partition at the survivor \
+             {reassigned:.1?} after the kill ({SESSION_TIMEOUT:?} session timeout), orphans at the \
+             kill {orphans}",
             victim_upstream.calls(),
             survivor_upstream.calls(),
         ),
