@@ -160,7 +160,7 @@ pub async fn reload(
         match crate::source::nats::connect(&new.nats).await {
             Ok(client) => *nats = Some(Nats::new(client)),
             Err(e) => {
-                error!(error = %e, "reload refused: the new routes need NATS, which cannot be reached; the running configuration stays");
+                error!(error = %e, "reload refused: the new routes need NATS and its connection settings cannot be used; the running configuration stays");
                 refused();
                 return running;
             }
