@@ -576,11 +576,7 @@ async fn an_open_breaker_stops_consumption_until_the_service_recovers() {
 #[tokio::test]
 async fn sigterm_finishes_and_acknowledges_in_flight_requests() {
     let names = Names::new("term");
-    let upstream = Upstream::start(|seen| async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        http::Response::new(http_body_util::Full::new(seen.body))
-    })
-    .await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(500)).await;
     let routes = amqp::route("term", &names.queue, &names.queue, "max_in_flight = 4", "");
     let mut ricochet = start(&upstream, &routes).await;
     let requests = tokio::spawn(client(rpc(&names.queue, 10, json!({"timeout": 5}))));
@@ -618,11 +614,7 @@ fn connection_of(route: &str) -> Option<String> {
 async fn under_fault(tag: &str, fault: impl AsyncFnOnce(&mut Ricochet, &str)) -> Value {
     const TOTAL: usize = 2000;
     let names = Names::new(tag);
-    let upstream = Upstream::start(|seen| async move {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        http::Response::new(http_body_util::Full::new(seen.body))
-    })
-    .await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(2)).await;
     let route = format!("fault-{tag}");
     let routes = amqp::route(
         &route,

@@ -954,18 +954,7 @@ async fn an_existing_durable_with_other_settings_is_brought_to_the_routes_or_ref
 #[tokio::test]
 async fn the_consumers_pending_counts_are_gauges() {
     let stream = TestStream::create("jsgauge").await;
-    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let gate = open.clone();
-    let upstream = Upstream::start(move |_| {
-        let gate = gate.clone();
-        async move {
-            while !gate.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            respond(200, "ok")
-        }
-    })
-    .await;
+    let (upstream, open) = Upstream::gated().await;
     let ricochet = stream
         .ricochet(
             &upstream,

@@ -240,11 +240,7 @@ async fn a_killed_instance_loses_no_request() {
     const TOTAL: usize = 2000;
     let requests = kafka::topic("kkill", 4).await;
     let replies = kafka::topic("kkillrep", 1).await;
-    let upstream = Upstream::start(|seen| async move {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        http::Response::new(http_body_util::Full::new(seen.body))
-    })
-    .await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
     let routes = kafka::route(
         "kill",
@@ -320,11 +316,7 @@ async fn a_reload_mid_run_hands_the_partitions_over_without_losing_or_repeating(
     const TOTAL: usize = 2000;
     let requests = kafka::topic("kreload", 4).await;
     let replies = kafka::topic("kreloadrep", 1).await;
-    let upstream = Upstream::start(|seen| async move {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        http::Response::new(http_body_util::Full::new(seen.body))
-    })
-    .await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
     let routes = |window: usize| {
         kafka::route(

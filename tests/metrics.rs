@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,18 +56,7 @@ fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 async fn counts_and_histograms_match_the_traffic_and_name_the_throttling() {
     let prefix = unique("metrics");
     // The service holds every call until the test opens the gate.
-    let open = Arc::new(AtomicBool::new(false));
-    let gate = open.clone();
-    let upstream = Upstream::start(move |_| {
-        let gate = gate.clone();
-        async move {
-            while !gate.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            respond(200, "ok")
-        }
-    })
-    .await;
+    let (upstream, open) = Upstream::gated().await;
     let admin = free_port();
     let routes = format!(
         r#"

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -497,18 +496,7 @@ async fn max_in_flight_bounds_concurrency() {
 #[tokio::test]
 async fn requests_beyond_max_pending_are_refused_at_once_with_503_overloaded() {
     // The service holds every call until the test opens the gate.
-    let open = Arc::new(AtomicBool::new(false));
-    let gate = open.clone();
-    let upstream = Upstream::start(move |_| {
-        let gate = gate.clone();
-        async move {
-            while !gate.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            respond(200, "ok")
-        }
-    })
-    .await;
+    let (upstream, open) = Upstream::gated().await;
     let prefix = unique("shed");
     let admin = free_port();
     let routes = route(

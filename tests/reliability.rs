@@ -70,6 +70,14 @@ impl Tally {
         self.new_at.get(i).map(|&t| t - since)
     }
 
+    /// The answered ids are exactly the ids sent: `0..total`.
+    fn assert_answered_exactly(&self, total: usize) {
+        let expected: std::collections::HashSet<String> =
+            (0..total).map(|i| i.to_string()).collect();
+        let seen: std::collections::HashSet<String> = self.answers.keys().cloned().collect();
+        assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    }
+
     fn duplicates(&self) -> usize {
         self.answers.values().map(|n| n - 1).sum()
     }
@@ -242,14 +250,6 @@ fn js_publisher(
     })
 }
 
-async fn slow_echo(delay: Duration) -> Upstream {
-    Upstream::start(move |seen| async move {
-        tokio::time::sleep(delay).await;
-        http::Response::new(http_body_util::Full::new(seen.body))
-    })
-    .await
-}
-
 /// ricochet SIGKILLed and restarted three times during 10,000 JetStream requests.
 ///
 /// ricochet acknowledges a request (double ack: it waits for the server's confirmation)
@@ -265,7 +265,7 @@ async fn jetstream_killed_three_times_loses_no_request() {
     let client = nats().await;
     let replies = format!("{prefix}.replies");
     let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
-    let upstream = slow_echo(Duration::from_millis(1)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
     let toml = config(
         &upstream.base_url(),
@@ -310,9 +310,7 @@ async fn jetstream_killed_three_times_loses_no_request() {
             upstream.calls() - TOTAL.min(upstream.calls())
         ),
     );
-    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
-    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
-    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    tally.assert_answered_exactly(TOTAL);
     assert!(
         tally.duplicates() <= KILLS * IN_FLIGHT,
         "a kill repeats at most the {IN_FLIGHT} requests in flight: {} duplicates",
@@ -469,7 +467,7 @@ async fn kafka_killed_three_times_loses_no_request() {
         "max_in_flight = 64",
         &format!("reply_topic = \"{replies}\"\nordering = \"unordered\"\ngroup_id = \"{group}\""),
     );
-    let mut upstreams = vec![slow_echo(Duration::from_millis(1)).await];
+    let mut upstreams = vec![Upstream::slow_echo(Duration::from_millis(1)).await];
     let mut ricochet =
         Ricochet::start(&config(&upstreams[0].base_url(), admin, &routes), admin).await;
     let tally = collect_kafka(&brokers, &replies);
@@ -496,7 +494,7 @@ async fn kafka_killed_three_times_loses_no_request() {
             now = again;
         }
         committed_at.push(now);
-        upstreams.push(slow_echo(Duration::from_millis(1)).await);
+        upstreams.push(Upstream::slow_echo(Duration::from_millis(1)).await);
         let toml = config(&upstreams[kill].base_url(), admin, &routes);
         ricochet = Ricochet::start(&toml, admin).await;
         recoveries.push(recovery_after(&tally, killed_at).await);
@@ -548,9 +546,7 @@ async fn kafka_killed_three_times_loses_no_request() {
             tally.by_offset.len()
         ),
     );
-    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
-    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
-    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    tally.assert_answered_exactly(TOTAL);
     assert_eq!(
         repeated_by_one_instance, 0,
         "no instance calls the service twice for a record: {repeats:?}"
@@ -717,7 +713,7 @@ async fn jetstream_bounce_every_request_answered() {
         .await
         .unwrap();
     }
-    let upstream = slow_echo(Duration::from_millis(1)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
     let toml = format!(
         r#"
@@ -896,9 +892,7 @@ listen = "127.0.0.1:{admin}"
             server.sync_always
         ),
     );
-    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
-    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
-    assert_eq!(seen, expected, "every request answered");
+    tally.assert_answered_exactly(TOTAL);
     assert!(
         bounces >= 3,
         "the server was bounced during the run: {bounces}"
@@ -1038,7 +1032,7 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
     let replies = format!("{prefix}.replies");
     let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
     // Slow enough that many calls are under way at the SIGTERM.
-    let upstream = slow_echo(Duration::from_millis(50)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(50)).await;
     let admin = free_port();
     let routes = format!(
         "[shutdown]\ngrace_period = \"{}s\"\n{}",
@@ -1209,8 +1203,8 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
     let replies = format!("{prefix}.replies");
     let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
     let routes = js_route(&prefix, &name, 32);
-    let victim_upstream = slow_echo(Duration::from_millis(5)).await;
-    let survivor_upstream = slow_echo(Duration::from_millis(5)).await;
+    let victim_upstream = Upstream::slow_echo(Duration::from_millis(5)).await;
+    let survivor_upstream = Upstream::slow_echo(Duration::from_millis(5)).await;
     let (a, b) = (free_port(), free_port());
     let mut victim = Ricochet::start(&config(&victim_upstream.base_url(), a, &routes), a).await;
     let _survivor = Ricochet::start(&config(&survivor_upstream.base_url(), b, &routes), b).await;
@@ -1277,8 +1271,8 @@ async fn kafka_two_replicas_one_killed_survivor_takes_over() {
         "max_in_flight = 32",
         &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
     );
-    let victim_upstream = slow_echo(Duration::from_millis(2)).await;
-    let survivor_upstream = slow_echo(Duration::from_millis(2)).await;
+    let victim_upstream = Upstream::slow_echo(Duration::from_millis(2)).await;
+    let survivor_upstream = Upstream::slow_echo(Duration::from_millis(2)).await;
     let (a, b) = (free_port(), free_port());
     let mut victim = Ricochet::start(&config(&victim_upstream.base_url(), a, &routes), a).await;
     let survivor = Ricochet::start(&config(&survivor_upstream.base_url(), b, &routes), b).await;
@@ -1328,9 +1322,7 @@ async fn kafka_two_replicas_one_killed_survivor_takes_over() {
             survivor_upstream.calls(),
         ),
     );
-    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
-    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
-    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    tally.assert_answered_exactly(TOTAL);
     // The session timeout, the coordinator's rebalance (the mock delays it by a few
     // seconds) and the survivor's own revoke and assign, on a loaded machine.
     assert!(
@@ -1553,7 +1545,7 @@ async fn core_nats_overload_at_ten_times_gets_fast_refusals_not_timeouts() {
     const SECONDS: usize = 4;
     const CALLER_TIMEOUT: Duration = Duration::from_secs(5);
     let prefix = unique("relover");
-    let upstream = slow_echo(Duration::from_millis(40)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(40)).await;
     let admin = free_port();
     let route = format!(
         "[[routes]]\nname = \"over\"\nsubject = \"{prefix}.{{id}}\"\nmethod = \"POST\"\npath = \"/orders/{{id}}\"\nmax_in_flight = 4\n"
@@ -1633,7 +1625,7 @@ async fn core_nats_overload_at_ten_times_gets_fast_refusals_not_timeouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
     const TOTAL: usize = 1_000;
-    let upstream = slow_echo(Duration::from_millis(50)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(50)).await;
     let client = nats().await;
     let (js, prefix, stream) = js_stream("reloverjs").await;
     let js_replies = format!("{prefix}.replies");
@@ -1825,7 +1817,7 @@ async fn kafka_bounce_every_request_answered() {
         "max_in_flight = 32",
         &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
     );
-    let upstream = slow_echo(Duration::from_millis(1)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     let tally = collect_kafka(&brokers, &replies);
@@ -1854,8 +1846,6 @@ async fn kafka_bounce_every_request_answered() {
             upstream.calls()
         ),
     );
-    let expected: std::collections::HashSet<String> = (0..TOTAL).map(|i| i.to_string()).collect();
-    let seen: std::collections::HashSet<String> = tally.answers.keys().cloned().collect();
-    assert_eq!(seen, expected, "the answered ids are exactly the ids sent");
+    tally.assert_answered_exactly(TOTAL);
     drop(ricochet);
 }

@@ -15,16 +15,23 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
-use http::Response;
-use http_body_util::Full;
 
-/// Answers 200 with the request body after `latency`, so requests are in flight at the swap.
-async fn slow_echo(latency: Duration) -> Upstream {
-    Upstream::start(move |seen| async move {
-        tokio::time::sleep(latency).await;
-        Response::builder().body(Full::new(seen.body)).unwrap()
-    })
-    .await
+/// Asks `subject` and asserts the service's 200 came back; the reply.
+async fn answered(
+    client: &async_nats::Client,
+    subject: String,
+    payload: &'static str,
+) -> async_nats::Message {
+    let reply = client
+        .request(subject.clone(), payload.into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject} answers: {e}"));
+    assert_eq!(
+        header(&reply, "Ricochet-Status").as_deref(),
+        Some("200"),
+        "{subject}"
+    );
+    reply
 }
 
 /// A core NATS route answering `{prefix}.{name}.{id}` with POST /{name}/{id}.
@@ -72,7 +79,7 @@ struct Answers {
 #[tokio::test]
 async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_every_request_once() {
     let prefix = unique("reload");
-    let upstream = slow_echo(Duration::from_millis(20)).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(20)).await;
     let client = nats().await;
     let js = jetstream::new(client.clone());
     let stream_name = prefix.to_uppercase();
@@ -184,11 +191,7 @@ async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_ever
     let first_after = next_id.load(Ordering::SeqCst) as u64 + 8;
 
     // Phase 2: the new limit and the new route are in force.
-    let added = client
-        .request(format!("{prefix}.added.1"), "new".into())
-        .await
-        .expect("the added route answers");
-    assert_eq!(header(&added, "Ricochet-Status").as_deref(), Some("200"));
+    answered(&client, format!("{prefix}.added.1"), "new").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     for caller in callers {
@@ -287,11 +290,7 @@ async fn an_invalid_file_is_refused_with_every_problem_and_the_running_configura
     }
     assert_eq!(ricochet.reloads("applied").await, 0.0);
     // The running configuration still answers, and ricochet stays ready.
-    let reply = client
-        .request(format!("{prefix}.orders.7"), "still".into())
-        .await
-        .unwrap();
-    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+    let reply = answered(&client, format!("{prefix}.orders.7"), "still").await;
     assert_eq!(reply.payload.as_ref(), b"still");
     let (status, _) = ricochet.admin_get("/readyz").await.unwrap();
     assert_eq!(status, 200);
@@ -314,11 +313,7 @@ async fn a_watched_file_reloads_by_itself_and_a_removed_route_stops_answering() 
     );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &both), admin).await;
     for name in ["kept", "removed"] {
-        let reply = client
-            .request(format!("{prefix}.{name}.1"), Bytes::new())
-            .await
-            .unwrap();
-        assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+        answered(&client, format!("{prefix}.{name}.1"), "").await;
     }
 
     // No signal: the file's change is the trigger. The admin port cannot move while
@@ -334,15 +329,42 @@ async fn a_watched_file_reloads_by_itself_and_a_removed_route_stops_answering() 
         gone.is_err(),
         "the removed route no longer answers: {gone:?}"
     );
-    let kept = client
-        .request(format!("{prefix}.kept.2"), Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(header(&kept, "Ricochet-Status").as_deref(), Some("200"));
+    answered(&client, format!("{prefix}.kept.2"), "").await;
     let logs = ricochet.logs();
     assert!(
         logs.contains("change only with a restart") && logs.contains("admin"),
         "{logs}"
     );
     assert!(logs.contains("file changed"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_changed_queue_group_drains_the_old_subscription_first_and_answers_once() {
+    let prefix = unique("reloadgroup");
+    let upstream = Upstream::echo().await;
+    let client = nats().await;
+    let admin = free_port();
+    let route = core_route(&prefix, "orders", "");
+    let toml = config(&upstream.base_url(), admin, &route);
+    let ricochet = Ricochet::start(&toml, admin).await;
+    answered(&client, format!("{prefix}.orders.1"), "before").await;
+
+    // Both groups would each get every request: the old subscription goes first.
+    let regrouped = toml.replace("[upstream]", "queue_group = \"orders-team\"\n\n[upstream]");
+    assert_ne!(regrouped, toml);
+    ricochet.reload(&regrouped, "applied").await;
+    assert!(
+        ricochet.logs().contains("queue group changed"),
+        "{}",
+        ricochet.logs()
+    );
+    let calls = upstream.calls();
+    for i in 2..12 {
+        answered(&client, format!("{prefix}.orders.{i}"), "after").await;
+    }
+    assert_eq!(
+        upstream.calls(),
+        calls + 10,
+        "one service call per request: no second subscription"
+    );
 }

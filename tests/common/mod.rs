@@ -222,6 +222,32 @@ impl Upstream {
         .await
     }
 
+    /// Answers 200 with the request body after `delay`.
+    pub async fn slow_echo(delay: Duration) -> Self {
+        Self::start(move |seen| async move {
+            tokio::time::sleep(delay).await;
+            Response::new(Full::new(seen.body))
+        })
+        .await
+    }
+
+    /// Holds every call until the returned flag is set, then answers 200 "ok".
+    pub async fn gated() -> (Self, Arc<AtomicBool>) {
+        let open = Arc::new(AtomicBool::new(false));
+        let gate = open.clone();
+        let upstream = Self::start(move |_| {
+            let gate = gate.clone();
+            async move {
+                while !gate.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                respond(200, "ok")
+            }
+        })
+        .await;
+        (upstream, open)
+    }
+
     /// Answers 503 "down" until the returned flag is set, then 200 "ok".
     pub async fn down_until_healthy() -> (Self, Arc<AtomicBool>) {
         let healthy = Arc::new(AtomicBool::new(false));
