@@ -22,7 +22,7 @@
 //! the runtime's threads) changes only with a restart: such a change is logged, and the
 //! running values are kept.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -280,33 +280,24 @@ impl Changes {
     /// Compared as `check --print` shows them (secrets redacted: a changed password alone
     /// is applied but not listed).
     fn between(old: &Config, new: &Config) -> Self {
-        let shown = |config: &Config| -> Vec<(String, serde_json::Value)> {
+        let shown = |config: &Config| -> BTreeMap<String, serde_json::Value> {
             (config.routes.iter())
                 .map(|r| (r.name.clone(), serde_json::to_value(r).unwrap_or_default()))
                 .collect()
         };
         let (before, after) = (shown(old), shown(new));
-        let find = |list: &[(String, serde_json::Value)], name: &str| {
-            list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        let names = |routes: &BTreeMap<_, _>, keep: &dyn Fn(&String) -> bool| {
+            routes.keys().filter(|n| keep(n)).cloned().collect()
         };
-        let mut changes = Changes {
+        Changes {
+            added: names(&after, &|n| !before.contains_key(n)),
+            removed: names(&before, &|n| !after.contains_key(n)),
+            changed: names(&after, &|n| {
+                before.get(n).is_some_and(|v| Some(v) != after.get(n))
+            }),
             upstream: serde_json::to_value(&old.upstream).ok()
                 != serde_json::to_value(&new.upstream).ok(),
-            ..Default::default()
-        };
-        for (name, value) in &after {
-            match find(&before, name) {
-                None => changes.added.push(name.clone()),
-                Some(old) if &old != value => changes.changed.push(name.clone()),
-                Some(_) => {}
-            }
         }
-        for (name, _) in &before {
-            if find(&after, name).is_none() {
-                changes.removed.push(name.clone());
-            }
-        }
-        changes
     }
 }
 

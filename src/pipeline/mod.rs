@@ -14,6 +14,7 @@
 pub mod policy;
 pub mod validate;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tracing::{debug, error, warn};
 
 pub use self::policy::Policy;
 use self::policy::{Action, Reason};
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, RouteConfig, SourceConfig};
 use crate::invoke::{Class, Failure, InvokeError, RouteInvoker, Upstream};
 use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
 use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
@@ -55,7 +56,7 @@ pub struct Route {
     /// Permits for `max_in_flight`; the source holds one per message being processed.
     pub limit: Arc<Semaphore>,
     /// Core NATS: messages taken while the route was full, waiting for a permit.
-    pub waiting: std::sync::atomic::AtomicUsize,
+    pub queue: Queue,
     pub metrics: RouteMetrics,
     pub max_payload: usize,
     /// What becomes of a message once processed: the same rules for every source.
@@ -66,6 +67,37 @@ pub struct Route {
     pub stats: RequestStats,
     /// What the route's spans say of it.
     pub spans: RouteSpans,
+}
+
+/// The line of messages waiting for a slot of a full route, at most `max` long (core NATS:
+/// `max_pending`; the durable sources leave such messages in the broker).
+#[derive(Debug)]
+pub struct Queue {
+    waiting: AtomicUsize,
+    max: usize,
+}
+
+impl Queue {
+    fn new(max: usize) -> Self {
+        Self {
+            waiting: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a place in the line; false when it is full.
+    pub fn join(&self) -> bool {
+        (self.waiting)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back: its message got a slot (or the route closed).
+    pub fn leave(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How one delivery ended, for the source.
@@ -138,6 +170,19 @@ pub struct Pipeline {
     tracing: Tracing,
 }
 
+/// Where the message's reply goes, and why not when its broker cannot take the destination
+/// it names (checked once: such a destination gets no reply).
+fn destination<'a, S: Settle>(
+    inbound: &'a Inbound,
+    settle: &S,
+) -> (Option<&'a str>, Option<&'static str>) {
+    let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));
+    (
+        inbound.reply.as_deref().filter(|_| problem.is_none()),
+        problem,
+    )
+}
+
 /// A validation failure as the pipeline answers it: a registry that cannot be asked is
 /// retryable (503, the message comes again); anything else is the message's own fault
 /// (400, dead letter with reason `validation`), or the service's for a response (502).
@@ -170,7 +215,10 @@ impl Pipeline {
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
-                waiting: Default::default(),
+                queue: Queue::new(match &route.source {
+                    SourceConfig::Nats { max_pending, .. } => *max_pending,
+                    _ => 0,
+                }),
                 metrics: RouteMetrics::new(&route.name, route.source.kind().as_str()),
                 policy: crate::source::policy(route),
                 validation: Rules::new(route, registry.as_ref()),
@@ -210,10 +258,8 @@ impl Pipeline {
             route.metrics.redeliveries.increment(1);
         }
         let trace = self.tracing.start(&route.spans, inbound);
-        // Checked once: a destination the broker cannot take gets no reply, and `validate`
-        // refuses the message.
-        let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));
-        let destination = inbound.reply.as_deref().filter(|_| problem.is_none());
+        // A destination the broker cannot take: `validate` refuses the message.
+        let (destination, problem) = destination(inbound, settle);
         let processed = match validate::check(route, inbound, captures.is_some(), problem) {
             Err((kind, detail)) => self.refuse(route, kind, &detail),
             Ok(()) => {
@@ -236,8 +282,7 @@ impl Pipeline {
     /// messages already wait): answered 503 `overloaded` at once, the service not called.
     pub async fn shed<S: Settle>(&self, route: &Route, inbound: &Inbound, settle: &S) -> Settled {
         let trace = self.tracing.start(&route.spans, inbound);
-        let problem = (inbound.reply.as_deref()).and_then(|d| settle.destination_problem(d));
-        let destination = inbound.reply.as_deref().filter(|_| problem.is_none());
+        let (destination, _) = destination(inbound, settle);
         let detail = "the route is at max_in_flight with max_pending messages waiting";
         let processed = self.refuse(route, ErrorKind::Overloaded, detail);
         self.conclude(route, inbound, destination, processed, settle, trace)

@@ -6,7 +6,6 @@
 //! every change is logged and exported as `ricochet_nats_connected`.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -318,10 +317,7 @@ pub async fn intake(
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => break,
             Err(TryAcquireError::NoPermits) => {
-                let max_pending = max_pending(&route.config.source);
-                let waiting = route.waiting.fetch_add(1, Ordering::SeqCst);
-                if waiting >= max_pending {
-                    route.waiting.fetch_sub(1, Ordering::SeqCst);
+                if !route.queue.join() {
                     tracker.spawn(async move {
                         let settle = Inbox(&core.replier);
                         core.pipeline.shed(&route, &inbound, &settle).await;
@@ -331,7 +327,7 @@ pub async fn intake(
                 route.metrics.throttled.increment(1);
                 tracker.spawn(async move {
                     let permit = route.limit.clone().acquire_owned().await;
-                    route.waiting.fetch_sub(1, Ordering::SeqCst);
+                    route.queue.leave();
                     if let Ok(permit) = permit {
                         handle(core, route, captures, inbound, permit).await;
                     }
@@ -362,14 +358,6 @@ async fn handle(
     .await;
     route.metrics.in_flight.decrement(1.0);
     drop(permit);
-}
-
-/// A core route's `max_pending`.
-fn max_pending(source: &SourceConfig) -> usize {
-    match source {
-        SourceConfig::Nats { max_pending, .. } => *max_pending,
-        _ => 0,
-    }
 }
 
 /// Unsubscribes, letting messages the server already sent arrive. If that fails (the

@@ -126,7 +126,7 @@ impl Health {
                 _ => return Err(NOT_CONNECTED),
             }
         }
-        if self.pending.load(Ordering::SeqCst) > 0 {
+        if self.intakes_pending() {
             return Err("subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting");
         }
         let routes = self.routes.get().map(Vec::as_slice).unwrap_or_default();
