@@ -19,6 +19,7 @@ use crate::reply::NatsReplier;
 use crate::source::amqp::AmqpRoute;
 use crate::source::jetstream::JetStreamRoute;
 use crate::source::kafka::KafkaRoute;
+use crate::source::nats::Link;
 use crate::telemetry::Health;
 
 /// The NATS connection every generation shares, when a route needs one.
@@ -29,8 +30,8 @@ pub struct Nats {
 }
 
 impl Nats {
-    pub fn new(client: async_nats::Client) -> Self {
-        let replier = Arc::new(NatsReplier::new(client.clone()));
+    pub fn new((client, link): (async_nats::Client, Link)) -> Self {
+        let replier = Arc::new(NatsReplier::new(client.clone(), link));
         Self { client, replier }
     }
 }

@@ -158,7 +158,7 @@ pub async fn reload(
     }
     if generation::needs_nats(&new) && nats.is_none() {
         match crate::source::nats::connect(&new.nats).await {
-            Ok(client) => *nats = Some(Nats::new(client)),
+            Ok(connection) => *nats = Some(Nats::new(connection)),
             Err(e) => {
                 error!(error = %e, "reload refused: the new routes need NATS and its connection settings cannot be used; the running configuration stays");
                 refused();

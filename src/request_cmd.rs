@@ -85,7 +85,8 @@ async fn send(args: RequestArgs) -> Result<(), String> {
         headers.append(name.as_str(), value.as_str());
     }
     let options = match &config {
-        Some(nats) => (ricochet::source::nats::options(nats).await).map_err(|e| e.to_string())?,
+        Some(nats) => (ricochet::source::nats::options(nats, &Default::default()).await)
+            .map_err(|e| e.to_string())?,
         None => async_nats::ConnectOptions::new(),
     };
     let client = options

@@ -200,12 +200,29 @@ fn js_publisher(
     pause: Duration,
     acked: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<usize> {
+    js_publisher_watching(js, None, prefix, replies, total, pause, acked)
+}
+
+/// [`js_publisher`] that, told its connection's losses, gives up waiting for the acks of a
+/// round when the connection is lost (they will never come) and publishes the round again.
+fn js_publisher_watching(
+    js: jetstream::Context,
+    mut losses: Option<tokio::sync::watch::Receiver<u64>>,
+    prefix: String,
+    replies: String,
+    total: usize,
+    pause: Duration,
+    acked: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut publishes = 0;
         let ids: Vec<usize> = (0..total).collect();
         for chunk in ids.chunks(100) {
             let mut pending: Vec<usize> = chunk.to_vec();
             while !pending.is_empty() {
+                if let Some(losses) = &mut losses {
+                    losses.borrow_and_update();
+                }
                 let mut acks = Vec::new();
                 let mut failed = Vec::new();
                 for &i in &pending {
@@ -229,10 +246,26 @@ fn js_publisher(
                 // Awaited together: an ack lost with the server costs its timeout once per
                 // round, not once per lost ack (a round that lost 60 acks would wait 60
                 // timeouts one after the other, a stall of the requester's own).
+                let round: Vec<usize> = acks.iter().map(|(i, _)| *i).collect();
                 let acks = acks.into_iter().map(|(i, ack)| async move {
                     (i, tokio::time::timeout(Duration::from_secs(10), ack).await)
                 });
-                for (i, ack) in futures::future::join_all(acks).await {
+                let acks = futures::future::join_all(acks);
+                let answered = match &mut losses {
+                    Some(losses) => tokio::select! {
+                        answered = acks => Some(answered),
+                        Ok(()) = losses.changed() => None,
+                    },
+                    None => Some(acks.await),
+                };
+                let Some(answered) = answered else {
+                    // Published again with the same Nats-Msg-Id: the stream keeps one copy.
+                    failed.extend(round);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    pending = failed;
+                    continue;
+                };
+                for (i, ack) in answered {
                     if !matches!(ack, Ok(Ok(_))) {
                         failed.push(i);
                     } else {
@@ -575,6 +608,8 @@ struct OwnNats {
     config: std::path::PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The server's own log (every start appends to it): printed when a run fails.
+    log: std::path::PathBuf,
     _dir: tempfile::TempDir,
     /// Whether the server accepted `sync_interval: always` (nats-server 2.10 and later).
     sync_always: bool,
@@ -614,6 +649,7 @@ impl OwnNats {
             config,
             port,
             child: None,
+            log: dir.path().join("nats.log"),
             _dir: dir,
             sync_always: accepted,
         };
@@ -626,11 +662,16 @@ impl OwnNats {
     }
 
     fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
         self.child = Some(child);
@@ -641,6 +682,58 @@ impl OwnNats {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// How long after `started` (its start) the server answers for `stream` on a new
+    /// connection: it recovers its streams from disk first. `None` after 60 s.
+    fn ready_after(
+        &self,
+        started: Instant,
+        stream: &str,
+    ) -> impl std::future::Future<Output = Option<Duration>> {
+        let (url, stream) = (self.url(), stream.to_string());
+        async move {
+            while started.elapsed() < Duration::from_secs(60) {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_millis(200))
+                    .connect(&url);
+                if let Ok(client) = connect.await {
+                    let js = jetstream::new(client);
+                    let asked =
+                        tokio::time::timeout(Duration::from_secs(1), js.get_stream(&stream));
+                    if let Ok(Ok(_)) = asked.await {
+                        return Some(started.elapsed());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        }
+    }
+
+    /// The last lines of the server's log.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// A client, and the count of its connection's losses.
+    async fn client_watched(&self) -> (async_nats::Client, tokio::sync::watch::Receiver<u64>) {
+        let losses = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let told = losses.clone();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    told.send_modify(|n| *n += 1);
+                }
+                async {}
+            })
+            .connect(self.url())
+            .await
+            .expect("own nats-server");
+        (client, losses.subscribe())
     }
 
     async fn client(&self) -> async_nats::Client {
@@ -696,7 +789,7 @@ impl Jitter {
 async fn jetstream_bounce_every_request_answered() {
     const TOTAL: usize = 10_000;
     let mut server = OwnNats::new();
-    let client = server.client().await;
+    let (client, losses) = server.client_watched().await;
     let js = jetstream::new(client.clone());
     let prefix = unique("reljsbounce");
     let name = prefix.to_uppercase();
@@ -772,7 +865,13 @@ listen = "127.0.0.1:{admin}"
                         .messages()
                         .await;
                     let Ok(mut batch) = batch else { break };
-                    while let Some(Ok(message)) = batch.next().await {
+                    // A fetch the bounced server will never answer is given up after 1 s of
+                    // silence, not after its own timeout (5.5 s): the reader's recovery is
+                    // not ricochet's.
+                    let silence = Duration::from_secs(1);
+                    while let Ok(Some(Ok(message))) =
+                        tokio::time::timeout(silence, batch.next()).await
+                    {
                         let sequence = message.info().map(|i| i.stream_sequence as i64).ok();
                         let id = header(&message, "correlation-id").unwrap_or_default();
                         sink.lock().unwrap().record(id, sequence);
@@ -785,8 +884,9 @@ listen = "127.0.0.1:{admin}"
     };
     let acked = Arc::new(AtomicUsize::new(0));
     // About 500 requests/s for 20 s, so that the bounces hit the requester too.
-    let publisher = js_publisher(
+    let publisher = js_publisher_watching(
         js.clone(),
+        Some(losses),
         prefix.clone(),
         replies,
         TOTAL,
@@ -819,6 +919,8 @@ listen = "127.0.0.1:{admin}"
     let mut jitter = Jitter::new();
     let mut bounces = 0;
     let mut restarts = Vec::new();
+    // From each restart to the server answering JetStream requests: its own recovery.
+    let mut readiness: Vec<tokio::task::JoinHandle<Option<Duration>>> = Vec::new();
     let mut down_total = Duration::ZERO;
     let started = Instant::now();
     while tally.lock().unwrap().unique() < TOTAL {
@@ -860,11 +962,17 @@ listen = "127.0.0.1:{admin}"
         if tally.lock().unwrap().unique() >= TOTAL {
             break;
         }
+        // A start not yet ready is recorded as never ready (None).
+        if let Some(probe) = readiness.last() {
+            probe.abort();
+        }
         server.kill();
         let down = jitter.between(Duration::ZERO, Duration::from_secs(2));
         tokio::time::sleep(down).await;
         server.start();
-        restarts.push(Instant::now());
+        let at = Instant::now();
+        restarts.push(at);
+        readiness.push(tokio::spawn(server.ready_after(at, &name)));
         bounces += 1;
         down_total += down;
     }
@@ -873,6 +981,11 @@ listen = "127.0.0.1:{admin}"
     // Redeliveries of requests in flight at the last bounce come within ack_wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
     reader.abort();
+    let mut ready = Vec::new();
+    for probe in readiness {
+        ready.push(probe.await.ok().flatten());
+    }
+    let slowest_ready = ready.iter().map(|r| r.unwrap_or(Duration::MAX)).max();
     let tally = tally.lock().unwrap();
     // Recovery: from each restart to the next request answered for the first time.
     let recoveries: Vec<Duration> = restarts
@@ -887,7 +1000,7 @@ listen = "127.0.0.1:{admin}"
         &recoveries,
         &format!(
             ", {bounces} bounces ({down_total:.1?} down), publishes {publishes}, upstream calls {calls} \
-             ({} repeated), sync_interval always: {}",
+             ({} repeated), sync_interval always: {}, server ready after each restart {ready:.1?}",
             calls.saturating_sub(TOTAL),
             server.sync_always
         ),
@@ -899,8 +1012,10 @@ listen = "127.0.0.1:{admin}"
     );
     assert!(
         tally.longest_stall < Duration::from_secs(30),
-        "no stall over 30 s: {:?}",
-        tally.longest_stall
+        "no stall over 30 s: {:?} (slowest server start {slowest_ready:?}); the server's log:\n{}\nricochet's:\n{}",
+        tally.longest_stall,
+        server.log_tail(),
+        ricochet.logs()
     );
     drop(ricochet);
 }

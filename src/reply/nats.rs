@@ -11,6 +11,7 @@
 //! larger than the server's `max_payload` is replaced by a 502 before it is published (the
 //! pipeline's oversize rule).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -18,9 +19,11 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::mapping::Reply;
 use crate::route::Pattern;
+use crate::source::nats::Link;
 
 #[derive(Debug, thiserror::Error)]
 #[error("could not publish to {subject}: {reason}")]
@@ -45,22 +48,57 @@ impl PublishError {
 
 /// How long the list of subjects that streams capture is trusted.
 const CAPTURE_TTL: Duration = Duration::from_secs(10);
+/// After a listing failed (the server bouncing, say), how long the previous list is used
+/// before listing again.
+const CAPTURE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct NatsReplier {
     client: Client,
+    /// Ends a wait for a confirmation when the connection it was asked on is lost.
+    link: Link,
     jetstream: jetstream::Context,
-    /// The subject filters of every stream, and when they were listed. Reply subjects are
-    /// often one per caller, so they are matched here rather than asked about one by one.
-    streams: tokio::sync::Mutex<Option<(Vec<Pattern>, Instant)>>,
+    /// The subject filters of every stream. Reply subjects are often one per caller, so they
+    /// are matched here rather than asked about one by one.
+    captures: CaptureList,
+}
+
+/// The subjects streams capture, as last listed.
+#[derive(Debug, Default)]
+struct CaptureList {
+    known: std::sync::Mutex<Option<Captures>>,
+    /// Held by the one task that lists the streams; the others go on with the list they have
+    /// (a reply never waits for a listing except the first).
+    listing: tokio::sync::Mutex<()>,
+}
+
+/// The subjects streams capture, and when to list them again.
+#[derive(Debug, Clone)]
+struct Captures {
+    filters: Arc<[Pattern]>,
+    list_again: Instant,
+}
+
+impl Captures {
+    fn new(filters: Arc<[Pattern]>, trusted_for: Duration) -> Self {
+        Self {
+            filters,
+            list_again: Instant::now() + trusted_for,
+        }
+    }
+
+    fn cover(&self, subject: &str) -> bool {
+        self.filters.iter().any(|f| f.matches(subject).is_some())
+    }
 }
 
 impl NatsReplier {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, link: Link) -> Self {
         Self {
+            link,
             jetstream: jetstream::new(client.clone()),
             client,
-            streams: tokio::sync::Mutex::new(None),
+            captures: CaptureList::default(),
         }
     }
 
@@ -121,33 +159,36 @@ impl NatsReplier {
         if self.is_captured(subject).await? {
             let ack = self
                 .jetstream
-                .publish_with_headers(subject.to_string(), headers, payload)
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())?;
+                .publish_with_headers(subject.to_string(), headers, payload);
+            self.confirmed(async { ack.await?.await }).await?;
         } else {
-            self.client
-                .publish_with_headers(subject.to_string(), headers, payload)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.client.flush().await.map_err(|e| e.to_string())?;
+            let publish = self
+                .client
+                .publish_with_headers(subject.to_string(), headers, payload);
+            publish.await.map_err(|e| e.to_string())?;
+            self.confirmed(self.client.flush()).await?;
         }
         Ok(())
     }
 
-    /// Whether a stream captures `subject`, from the streams' subject filters (listed again
-    /// when older than [`CAPTURE_TTL`]).
+    /// The connection's losses (see [`Link`]).
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Waits for a confirmation from the server (see [`Link`]).
+    pub async fn confirmed<T, E: std::fmt::Display>(
+        &self,
+        confirmation: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        self.link.confirmed(confirmation).await
+    }
+
+    /// Whether a stream captures `subject` (see [`CaptureList::covers`]).
     async fn is_captured(&self, subject: &str) -> Result<bool, String> {
-        let mut streams = self.streams.lock().await;
-        let fresh = matches!(&*streams, Some((_, at)) if at.elapsed() < CAPTURE_TTL);
-        if !fresh {
-            *streams = Some((self.stream_subjects().await?, Instant::now()));
-        }
-        let filters = streams
-            .as_ref()
-            .map(|(f, _)| f.as_slice())
-            .unwrap_or_default();
-        Ok(filters.iter().any(|f| f.matches(subject).is_some()))
+        self.captures
+            .covers(subject, || self.stream_subjects())
+            .await
     }
 
     async fn stream_subjects(&self) -> Result<Vec<Pattern>, String> {
@@ -163,6 +204,48 @@ impl NatsReplier {
     }
 }
 
+impl CaptureList {
+    /// Whether a stream captures `subject`, from the streams' subject filters (`list`ed again
+    /// when older than [`CAPTURE_TTL`]). One task lists at a time while the others use the
+    /// list they have; a listing that fails keeps the previous list for [`CAPTURE_RETRY`].
+    /// Only without any list yet does a reply wait for one (or fail with the listing).
+    async fn covers<L, F>(&self, subject: &str, list: L) -> Result<bool, String>
+    where
+        L: FnOnce() -> F,
+        F: std::future::Future<Output = Result<Vec<Pattern>, String>>,
+    {
+        loop {
+            let known = self.known.lock().expect("captures lock").clone();
+            if let Some(known) = known.as_ref().filter(|k| Instant::now() < k.list_again) {
+                return Ok(known.cover(subject));
+            }
+            let Ok(_listing) = self.listing.try_lock() else {
+                match known {
+                    Some(known) => return Ok(known.cover(subject)),
+                    // The first listing is under way: wait for it, then look again.
+                    None => {
+                        drop(self.listing.lock().await);
+                        continue;
+                    }
+                }
+            };
+            let listed = match list().await {
+                Ok(filters) => Captures::new(filters.into(), CAPTURE_TTL),
+                Err(e) => match known {
+                    Some(known) => {
+                        debug!(error = %e, "streams not listed; the previous list is used");
+                        Captures::new(known.filters, CAPTURE_RETRY)
+                    }
+                    None => return Err(e),
+                },
+            };
+            let captured = listed.cover(subject);
+            *self.known.lock().expect("captures lock") = Some(listed);
+            return Ok(captured);
+        }
+    }
+}
+
 fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in &reply.headers {
@@ -172,4 +255,73 @@ fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {
         headers.insert(*name, value.as_str());
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn filters(subjects: &[&str]) -> Vec<Pattern> {
+        subjects
+            .iter()
+            .map(|s| Pattern::parse(s).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_do_not_wait_for_a_listing_of_the_streams_once_one_is_known() {
+        let captures = Arc::new(CaptureList::default());
+        let listings = Arc::new(AtomicUsize::new(0));
+        let listed = |answer: Result<Vec<Pattern>, String>| {
+            let listings = listings.clone();
+            move || async move {
+                listings.fetch_add(1, Ordering::SeqCst);
+                answer
+            }
+        };
+        // No list yet: a failed listing fails the reply.
+        let none = captures
+            .covers("r.1", listed(Err("timed out".into())))
+            .await;
+        assert_eq!(none, Err("timed out".to_string()));
+        // The first list, trusted for CAPTURE_TTL.
+        let first = captures.covers("r.1", listed(Ok(filters(&["r.*"])))).await;
+        assert_eq!(first, Ok(true));
+        assert_eq!(captures.covers("x.1", listed(Ok(vec![]))).await, Ok(false));
+        assert_eq!(listings.load(Ordering::SeqCst), 2, "the list was trusted");
+
+        // Stale: one task lists (here a listing that never ends, a server gone away)...
+        tokio::time::advance(CAPTURE_TTL).await;
+        let hanging = {
+            let (captures, listings) = (captures.clone(), listings.clone());
+            tokio::spawn(async move {
+                let list = || async move {
+                    listings.fetch_add(1, Ordering::SeqCst);
+                    futures::future::pending::<Result<Vec<Pattern>, String>>().await
+                };
+                captures.covers("r.1", list).await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(listings.load(Ordering::SeqCst), 3);
+        // ...and every other reply goes on at once with the list it has.
+        let meanwhile = captures.covers("r.2", listed(Ok(vec![]))).await;
+        assert_eq!(meanwhile, Ok(true));
+        assert_eq!(listings.load(Ordering::SeqCst), 3, "no second listing");
+        hanging.abort();
+        assert!(hanging.await.unwrap_err().is_cancelled());
+
+        // A failed listing keeps the previous list, and is tried again after CAPTURE_RETRY.
+        let failed = captures
+            .covers("r.3", listed(Err("timed out".into())))
+            .await;
+        assert_eq!(failed, Ok(true));
+        assert_eq!(captures.covers("r.4", listed(Ok(vec![]))).await, Ok(true));
+        assert_eq!(listings.load(Ordering::SeqCst), 4, "not listed again yet");
+        tokio::time::advance(CAPTURE_RETRY).await;
+        let relisted = captures.covers("r.5", listed(Ok(filters(&["q.*"])))).await;
+        assert_eq!(relisted, Ok(false));
+        assert_eq!(listings.load(Ordering::SeqCst), 5);
+    }
 }

@@ -274,6 +274,10 @@ impl JetStreamRoute {
                     Err(_) => break,
                 }
             }
+            // A pull under way when the connection is lost is answered by nobody: the
+            // server forgets it (a restart) or the answer has nowhere to go. Given up then,
+            // rather than waiting out its client-side timeout (PULL_EXPIRES + 5 s).
+            let mut losses = self.replier.link().losses();
             let batch = consumer
                 .batch()
                 .max_messages(permits.len())
@@ -288,8 +292,18 @@ impl JetStreamRoute {
                 }
             };
             // The batch under way is always read to its end (at most PULL_EXPIRES), so every
-            // message the server handed out is processed, even during shutdown.
-            while let Some(message) = batch.next().await {
+            // message the server handed out is processed, even during shutdown; only a lost
+            // connection ends it early (what it had delivered is taken first).
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    message = batch.next() => message,
+                    () = losses.next() => {
+                        debug!(route = %route.name, "connection lost: the pull under way is given up");
+                        None
+                    }
+                };
+                let Some(message) = message else { break };
                 let message = match message {
                     Ok(message) => message,
                     Err(e) => {
@@ -323,7 +337,7 @@ impl JetStreamRoute {
             return;
         };
         if self.delivery == Delivery::AtMostOnce {
-            if let Err(e) = message.double_ack().await {
+            if let Err(e) = self.replier.confirmed(message.double_ack()).await {
                 // Not acknowledged, so it comes again: do not process it twice.
                 warn!(route = %route.name, error = %e, "ack on receipt failed; the message will be redelivered");
                 route.metrics.in_flight.decrement(1.0);
@@ -454,7 +468,10 @@ impl Settle for Stream<'_> {
 
     async fn ack(&self) -> Result<(), String> {
         // Double ack: the server confirms it, so an ack lost on the way is noticed.
-        self.message.double_ack().await.map_err(|e| e.to_string())
+        self.source
+            .replier
+            .confirmed(self.message.double_ack())
+            .await
     }
 
     async fn redeliver(&self, delay: Duration) -> Result<(), String> {
@@ -462,7 +479,8 @@ impl Settle for Stream<'_> {
     }
 
     async fn terminate(&self) -> Result<(), String> {
-        (self.message.double_ack_with(AckKind::Term).await).map_err(|e| e.to_string())
+        let term = self.message.double_ack_with(AckKind::Term);
+        self.source.replier.confirmed(term).await
     }
 }
 
