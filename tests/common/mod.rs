@@ -674,8 +674,13 @@ pub mod amqp {
     }
 
     /// Runs one command of `amqp_client.py` (see its doc) and returns its JSON answer.
-    pub async fn client(mut command: Value) -> Value {
-        command["url"] = json!(url());
+    pub async fn client(command: Value) -> Value {
+        client_at(&url(), command).await
+    }
+
+    /// [`client`] against the broker at `url`.
+    pub async fn client_at(url: &str, mut command: Value) -> Value {
+        command["url"] = json!(url);
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/amqp_client.py");
         let output = tokio::process::Command::new("python3")
             .arg(script)
@@ -696,6 +701,18 @@ pub mod amqp {
     /// An AMQP route consuming `queue`; `extra` adds route keys, `amqp_extra` keys of
     /// `[routes.amqp]`.
     pub fn route(name: &str, subject: &str, queue: &str, extra: &str, amqp_extra: &str) -> String {
+        route_at(&url(), name, subject, queue, extra, amqp_extra)
+    }
+
+    /// [`route`] on the broker at `url`.
+    pub fn route_at(
+        url: &str,
+        name: &str,
+        subject: &str,
+        queue: &str,
+        extra: &str,
+        amqp_extra: &str,
+    ) -> String {
         format!(
             r#"
 [[routes]]
@@ -711,8 +728,7 @@ url = "{url}"
 queue = "{queue}"
 redelivery_backoff = ["100ms"]
 {amqp_extra}
-"#,
-            url = url()
+"#
         )
     }
 }
