@@ -157,16 +157,26 @@ impl NatsReplier {
         payload: Bytes,
     ) -> Result<(), String> {
         if self.is_captured(subject).await? {
-            let ack = self
-                .jetstream
-                .publish_with_headers(subject.to_string(), headers, payload);
-            self.confirmed(async { ack.await?.await }).await?;
+            let publish = || async {
+                let ack = (self.jetstream).publish_with_headers(
+                    subject.to_string(),
+                    headers.clone(),
+                    payload.clone(),
+                );
+                ack.await?.await
+            };
+            // With a Nats-Msg-Id the stream keeps one copy: published again after a lost
+            // connection rather than failed (which would call the service again).
+            match headers.get("Nats-Msg-Id") {
+                Some(_) => self.link.confirmed_again(publish).await?,
+                None => self.link.confirmed(publish()).await?,
+            };
         } else {
             let publish = self
                 .client
                 .publish_with_headers(subject.to_string(), headers, payload);
             publish.await.map_err(|e| e.to_string())?;
-            self.confirmed(self.client.flush()).await?;
+            self.link.confirmed(self.client.flush()).await?;
         }
         Ok(())
     }
@@ -174,14 +184,6 @@ impl NatsReplier {
     /// The connection's losses (see [`Link`]).
     pub fn link(&self) -> &Link {
         &self.link
-    }
-
-    /// Waits for a confirmation from the server (see [`Link`]).
-    pub async fn confirmed<T, E: std::fmt::Display>(
-        &self,
-        confirmation: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
-        self.link.confirmed(confirmation).await
     }
 
     /// Whether a stream captures `subject` (see [`CaptureList::covers`]).

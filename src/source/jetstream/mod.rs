@@ -337,7 +337,8 @@ impl JetStreamRoute {
             return;
         };
         if self.delivery == Delivery::AtMostOnce {
-            if let Err(e) = self.replier.confirmed(message.double_ack()).await {
+            let ack = || message.double_ack();
+            if let Err(e) = self.replier.link().confirmed_again(ack).await {
                 // Not acknowledged, so it comes again: do not process it twice.
                 warn!(route = %route.name, error = %e, "ack on receipt failed; the message will be redelivered");
                 route.metrics.in_flight.decrement(1.0);
@@ -467,11 +468,10 @@ impl Settle for Stream<'_> {
     }
 
     async fn ack(&self) -> Result<(), String> {
-        // Double ack: the server confirms it, so an ack lost on the way is noticed.
-        self.source
-            .replier
-            .confirmed(self.message.double_ack())
-            .await
+        // Double ack: the server confirms it, so an ack lost on the way is noticed; one
+        // lost with the connection is sent again once it is back.
+        let ack = || self.message.double_ack();
+        self.source.replier.link().confirmed_again(ack).await
     }
 
     async fn redeliver(&self, delay: Duration) -> Result<(), String> {
@@ -479,8 +479,8 @@ impl Settle for Stream<'_> {
     }
 
     async fn terminate(&self) -> Result<(), String> {
-        let term = self.message.double_ack_with(AckKind::Term);
-        self.source.replier.confirmed(term).await
+        let term = || self.message.double_ack_with(AckKind::Term);
+        self.source.replier.link().confirmed_again(term).await
     }
 }
 

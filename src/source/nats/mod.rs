@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+mod link;
+
+pub use link::Link;
+
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
 use crate::mapping::Reply;
@@ -227,69 +231,6 @@ pub fn describe(error: &async_nats::ConnectError) -> String {
     format!("{hint} ({said})")
 }
 
-/// What the connection's losses mean for a wait on the server: a confirmation asked for
-/// (a publish ack, a double ack, a flush) on a connection that is lost before it arrives
-/// never arrives, since the server answers on the connection it was asked on. Such a wait
-/// ends when the connection is lost instead of running into its timeout; after a server
-/// restart that frees the permits of every message in flight at once, so pulling resumes
-/// as soon as the connection is back.
-#[derive(Debug, Clone)]
-pub struct Link {
-    losses: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Self {
-            losses: Arc::new(tokio::sync::watch::Sender::new(0)),
-        }
-    }
-}
-
-/// The error of a wait that [`Link::confirmed`] ended.
-pub const CONNECTION_LOST: &str = "the connection to NATS was lost before the server confirmed";
-
-impl Link {
-    fn observe(&self, event: &Event) {
-        if matches!(event, Event::Disconnected) {
-            self.losses.send_modify(|losses| *losses += 1);
-        }
-    }
-
-    /// Waits for `confirmation`, asked for on this connection when it is first polled, or
-    /// ends with [`CONNECTION_LOST`] when the connection is lost first.
-    pub async fn confirmed<T, E: std::fmt::Display>(
-        &self,
-        confirmation: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
-        // Watched before the confirmation is asked for: a loss after it is seen.
-        let mut losses = self.losses();
-        tokio::select! {
-            biased;
-            done = confirmation => done.map_err(|e| e.to_string()),
-            () = losses.next() => Err(CONNECTION_LOST.to_string()),
-        }
-    }
-
-    /// The losses from now on.
-    pub fn losses(&self) -> Losses {
-        Losses(self.losses.subscribe())
-    }
-}
-
-/// The losses of a connection after a moment (see [`Link::losses`]).
-pub struct Losses(tokio::sync::watch::Receiver<u64>);
-
-impl Losses {
-    /// Resolves at the next loss.
-    pub async fn next(&mut self) {
-        // The sender lives as long as the link that made this.
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 fn log_event(event: Event) {
     let name = match &event {
         Event::Connected => "connected",
@@ -466,42 +407,6 @@ fn to_inbound(message: async_nats::Message) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_for_a_confirmation_ends_when_the_connection_is_lost() {
-        let link = Link::default();
-        // Confirmed: its answer.
-        let answered = link.confirmed(async { Ok::<_, String>(7) }).await;
-        assert_eq!(answered, Ok(7));
-        // Refused by the server: its error.
-        let refused = link.confirmed(async { Err::<(), _>("no stream") }).await;
-        assert_eq!(refused, Err("no stream".to_string()));
-        // A confirmation that would come only after its 5 s timeout: the loss ends it.
-        let waiting = tokio::spawn({
-            let link = link.clone();
-            async move {
-                let late = async {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    Ok::<_, String>(())
-                };
-                let started = tokio::time::Instant::now();
-                (link.confirmed(late).await, started.elapsed())
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        link.observe(&Event::Disconnected);
-        let (result, waited) = waiting.await.unwrap();
-        assert_eq!(result, Err(CONNECTION_LOST.to_string()));
-        assert_eq!(waited, Duration::from_millis(100));
-        // A loss before the wait began is not this wait's, nor are other events.
-        link.observe(&Event::Connected);
-        let later = async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, String>("acked")
-        };
-        assert_eq!(link.confirmed(later).await, Ok("acked"));
-    }
 
     #[test]
     fn the_expiry_of_a_creds_file_is_read_from_its_jwt() {

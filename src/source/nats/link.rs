@@ -1,0 +1,221 @@
+//! What the NATS connection's losses mean for a wait on the server.
+//!
+//! The server answers a confirmation (a publish ack, a double ack, a flush) on the
+//! connection it was asked on, so one asked on a connection that is lost never comes. A wait
+//! for it ends when the connection is lost instead of running into its timeout (5 s); after a
+//! server restart that frees the permits of every message in flight at once, so pulling
+//! resumes as soon as the connection is back. A confirmation the server answers the same way
+//! when asked twice is asked for again once the connection is back
+//! ([`Link::confirmed_again`]): an ack or term (the server answers an ack of a message
+//! already acknowledged too), a publish with `Nats-Msg-Id` (the stream keeps one copy).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Event;
+use tokio::sync::watch;
+
+/// The error of a wait that [`Link::confirmed`] ended.
+pub const CONNECTION_LOST: &str = "the connection to NATS was lost before the server confirmed";
+
+/// How long [`Link::confirmed_again`] waits for the connection to come back.
+const BACK_WITHIN: Duration = Duration::from_secs(5);
+/// How many times [`Link::confirmed_again`] asks again.
+const ASK_AGAIN: usize = 2;
+
+/// The connection's losses and whether it is up, from its events.
+#[derive(Debug, Clone)]
+pub struct Link {
+    losses: Arc<watch::Sender<u64>>,
+    up: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            losses: Arc::new(watch::Sender::new(0)),
+            up: Arc::new(watch::Sender::new(false)),
+        }
+    }
+}
+
+impl Link {
+    /// Told every event of the connection.
+    pub(super) fn observe(&self, event: &Event) {
+        match event {
+            Event::Disconnected => {
+                self.up.send_replace(false);
+                self.losses.send_modify(|losses| *losses += 1);
+            }
+            Event::Connected => {
+                self.up.send_replace(true);
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits for `confirmation`, asked for on this connection when it is first polled, or
+    /// ends with [`CONNECTION_LOST`] when the connection is lost first.
+    pub async fn confirmed<T, E: std::fmt::Display>(
+        &self,
+        confirmation: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        match self.once(confirmation).await {
+            Ok(done) => Ok(done),
+            Err(Some(e)) => Err(e),
+            Err(None) => Err(CONNECTION_LOST.to_string()),
+        }
+    }
+
+    /// [`Link::confirmed`] for a confirmation that may be asked for twice: when the
+    /// connection is lost first, `ask` is called again once it is back (within 5 s), at most
+    /// twice more.
+    pub async fn confirmed_again<T, E, F, Fut>(&self, ask: F) -> Result<T, String>
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut again = ASK_AGAIN;
+        loop {
+            match self.once(ask()).await {
+                Ok(done) => return Ok(done),
+                Err(Some(e)) => return Err(e),
+                Err(None) if again > 0 && self.back_within(BACK_WITHIN).await => again -= 1,
+                Err(None) => return Err(CONNECTION_LOST.to_string()),
+            }
+        }
+    }
+
+    /// The confirmation, its error, or `None` when the connection was lost first.
+    async fn once<T, E: std::fmt::Display>(
+        &self,
+        confirmation: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Option<String>> {
+        // Watched before the confirmation is asked for: a loss after it is seen.
+        let mut losses = self.losses();
+        tokio::select! {
+            biased;
+            done = confirmation => done.map_err(|e| Some(e.to_string())),
+            () = losses.next() => Err(None),
+        }
+    }
+
+    /// Whether the connection is up, or comes up within `wait`.
+    async fn back_within(&self, wait: Duration) -> bool {
+        let mut up = self.up.subscribe();
+        let back = tokio::time::timeout(wait, up.wait_for(|up| *up)).await;
+        matches!(back, Ok(Ok(_)))
+    }
+
+    /// The losses from now on.
+    pub fn losses(&self) -> Losses {
+        Losses(self.losses.subscribe())
+    }
+}
+
+/// The losses of a connection after a moment (see [`Link::losses`]).
+pub struct Losses(watch::Receiver<u64>);
+
+impl Losses {
+    /// Resolves at the next loss.
+    pub async fn next(&mut self) {
+        // The sender lives as long as the link that made this.
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A confirmation that comes only after `after` (past its connection's loss, say).
+    async fn late<T>(after: Duration, value: T) -> Result<T, String> {
+        tokio::time::sleep(after).await;
+        Ok(value)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_confirmation_ends_when_the_connection_is_lost() {
+        let link = Link::default();
+        link.observe(&Event::Connected);
+        // Confirmed: its answer.
+        let answered = link.confirmed(async { Ok::<_, String>(7) }).await;
+        assert_eq!(answered, Ok(7));
+        // Refused by the server: its error.
+        let refused = link.confirmed(async { Err::<(), _>("no stream") }).await;
+        assert_eq!(refused, Err("no stream".to_string()));
+        // A confirmation that would come only after its 5 s timeout: the loss ends it.
+        let waiting = tokio::spawn({
+            let link = link.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let result = link.confirmed(late(Duration::from_secs(5), ())).await;
+                (result, started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        link.observe(&Event::Disconnected);
+        let (result, waited) = waiting.await.unwrap();
+        assert_eq!(result, Err(CONNECTION_LOST.to_string()));
+        assert_eq!(waited, Duration::from_millis(100));
+        // A loss before the wait began is not this wait's, nor are other events.
+        link.observe(&Event::Connected);
+        let later = link.confirmed(late(Duration::from_secs(1), "acked"));
+        assert_eq!(later.await, Ok("acked"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_confirmation_lost_with_the_connection_is_asked_for_again_once_it_is_back() {
+        let link = Link::default();
+        link.observe(&Event::Connected);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let ask = || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            late(Duration::from_secs(1), "acked")
+        };
+        // Lost after 100 ms, back 2 s later: asked again, confirmed 1 s after that.
+        let flapping = {
+            let link = link.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                link.observe(&Event::Disconnected);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                link.observe(&Event::Connected);
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let (answer, ()) = tokio::join!(link.confirmed_again(ask), flapping);
+        assert_eq!(answer, Ok("acked"));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(started.elapsed(), Duration::from_millis(3100));
+
+        // Not back within 5 s: the loss is the answer, and nobody is asked again.
+        asked.store(0, Ordering::SeqCst);
+        let gone = {
+            let link = link.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                link.observe(&Event::Disconnected);
+            }
+        };
+        let (answer, ()) = tokio::join!(link.confirmed_again(ask), gone);
+        assert_eq!(answer, Err(CONNECTION_LOST.to_string()));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+        // The server's own error is not asked again.
+        link.observe(&Event::Connected);
+        asked.store(0, Ordering::SeqCst);
+        let refusing = || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>("stream full") }
+        };
+        let refused = link.confirmed_again(refusing).await;
+        assert_eq!(refused, Err("stream full".to_string()));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+}
