@@ -931,6 +931,12 @@ async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
             serde_json::json!({"op": "get", "queue": &replies, "count": 500, "timeout": 0.3});
         amqp::client_at(&url, command)
     };
+    let record = |tally: &mut Tally, taken: serde_json::Value| {
+        for reply in taken["messages"].as_array().unwrap() {
+            let id = reply["correlation_id"].as_str().unwrap_or_default();
+            tally.record(id.trim_start_matches("r-").to_string(), None);
+        }
+    };
     let started = Instant::now();
     let (mut recoveries, mut restarts) = (Vec::new(), Vec::new());
     for kill_at in [600, 1_300, TOTAL] {
@@ -942,10 +948,7 @@ async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
                 started.elapsed(),
                 ricochet.logs()
             );
-            for reply in take().await["messages"].as_array().unwrap() {
-                let id = reply["correlation_id"].as_str().unwrap_or_default();
-                tally.record(id.trim_start_matches("r-").to_string(), None);
-            }
+            record(&mut tally, take().await);
         }
         if kill_at == TOTAL {
             break;
@@ -959,10 +962,7 @@ async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
     }
     // Late copies: redeliveries of what was in flight at the last kill.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for reply in take().await["messages"].as_array().unwrap() {
-        let id = reply["correlation_id"].as_str().unwrap_or_default();
-        tally.record(id.trim_start_matches("r-").to_string(), None);
-    }
+    record(&mut tally, take().await);
     // Recovery: from the node taking connections again to the next request answered.
     let recoveries: Vec<Duration> = recoveries
         .iter()
