@@ -519,12 +519,19 @@ async fn requests_beyond_max_pending_are_refused_at_once_with_503_overloaded() {
         })
         .collect();
     // The refusals can come before the first call has reached the service: both awaited.
-    eventually(Duration::from_secs(10), "five refusals, one call", || async {
-        let metrics = ricochet.metrics().await;
-        let refused = metric(&metrics, "ricochet_errors_total", &["kind=\"overloaded\""]);
-        let calls = upstream.calls();
-        holds(refused == 5.0 && calls == 1, format!("{refused} refused, {calls} calls"))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "five refusals, one call",
+        || async {
+            let metrics = ricochet.metrics().await;
+            let refused = metric(&metrics, "ricochet_errors_total", &["kind=\"overloaded\""]);
+            let calls = upstream.calls();
+            holds(
+                refused == 5.0 && calls == 1,
+                format!("{refused} refused, {calls} calls"),
+            )
+        },
+    )
     .await;
     open.store(true, Ordering::SeqCst);
     let mut statuses = Vec::new();
