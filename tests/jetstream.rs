@@ -997,3 +997,47 @@ async fn the_consumers_pending_counts_are_gauges() {
     .await;
     stream.delete().await;
 }
+
+/// What ricochet relies on when it sends an ack again after a lost connection (the ack may
+/// have reached the server before the connection went): the server answers a double ack of
+/// a message it has already acknowledged, and the message is not delivered again. Checked on
+/// every server the suite runs against.
+#[tokio::test]
+async fn the_server_answers_an_ack_sent_twice_and_does_not_redeliver() {
+    let stream = TestStream::create("jsackagain").await;
+    stream.publish("1", HeaderMap::new(), b"x").await;
+    let consumer = (stream.js.get_stream(&stream.name).await.unwrap())
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("ack-again".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let fetch = || async {
+        let batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        batch.map(|m| m.unwrap()).collect::<Vec<_>>().await
+    };
+    let delivered = fetch().await;
+    assert_eq!(delivered.len(), 1);
+    let message = &delivered[0];
+    message.double_ack().await.expect("first ack confirmed");
+    message
+        .double_ack()
+        .await
+        .expect("the same ack again is confirmed too");
+    // Past ack_wait: nothing comes again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fetch().await.is_empty(),
+        "an acknowledged message was redelivered"
+    );
+    stream.delete().await;
+}

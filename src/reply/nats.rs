@@ -165,12 +165,10 @@ impl NatsReplier {
                 );
                 ack.await?.await
             };
-            // With a Nats-Msg-Id the stream keeps one copy: published again after a lost
-            // connection rather than failed (which would call the service again).
-            match headers.get("Nats-Msg-Id") {
-                Some(_) => self.link.confirmed_again(publish).await?,
-                None => self.link.confirmed(publish()).await?,
-            };
+            // Published again after a lost connection rather than failed: a failure would
+            // have the message redelivered, the service called again and the reply published
+            // again anyway. The callers' Nats-Msg-Id has the stream keep one copy.
+            self.link.confirmed_again(publish).await?;
         } else {
             let publish = self
                 .client
