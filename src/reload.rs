@@ -16,13 +16,13 @@
 //!    fenced in the middle of a transaction; messages wait in the broker meanwhile;
 //! 5. `/readyz` follows the new generation once its consumers are set up.
 //!
-//! When a core route's queue group changes, both subscriptions would receive every
-//! request, so the old generation stops first and a request arriving in between finds no
-//! responder. What outlives a generation (the NATS connection, the admin listener, logging,
+//! When a core route's queue group changes, both subscriptions would receive its requests
+//! (any old and new subscriptions whose subjects overlap in different groups would), so the
+//! old generation stops first and a request arriving in between finds no responder. What outlives a generation (the NATS connection, the admin listener, logging,
 //! the runtime's threads) changes only with a restart: such a change is logged, and the
 //! running values are kept.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ReloadConfig, SourceConfig};
 use crate::generation::{self, Generation, Nats};
+use crate::route::Pattern;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
 use crate::telemetry::HealthSlot;
 
@@ -167,7 +168,7 @@ pub async fn reload(
         }
     }
     let changes = Changes::between(&running.config, &new);
-    let overlap = core_queue_groups(&running.config) == core_queue_groups(&new);
+    let overlap = can_overlap(&running.config, &new);
     let mut next = match Generation::new(new, nats.clone()) {
         Ok(next) => next,
         Err(e) => {
@@ -259,12 +260,28 @@ fn keep_restart_only(
     (new, kept)
 }
 
-/// The queue groups the core NATS routes subscribe with.
-fn core_queue_groups(config: &Config) -> BTreeSet<String> {
+/// The core NATS routes' subscriptions: subject pattern and queue group.
+fn core_subscriptions(config: &Config) -> Vec<(Pattern, &str)> {
     (config.routes.iter())
         .filter(|r| matches!(r.source, SourceConfig::Nats { .. }))
-        .map(|r| crate::source::nats::queue_group(&r.source, &config.nats.queue_group).to_string())
+        .filter_map(|r| {
+            let group = crate::source::nats::queue_group(&r.source, &config.nats.queue_group);
+            Some((Pattern::parse(&r.subject).ok()?, group))
+        })
         .collect()
+}
+
+/// Whether the new core subscriptions can be made while the old ones still take requests:
+/// a request the server hands to an old and a new subscription in different queue groups
+/// would be processed twice, so no old subscription may share a subject with a new one in
+/// another group. (Same-group subscriptions share each request: one of them gets it.)
+fn can_overlap(old: &Config, new: &Config) -> bool {
+    let (old, new) = (core_subscriptions(old), core_subscriptions(new));
+    old.iter().all(|(old_subject, old_group)| {
+        (new.iter()).all(|(new_subject, new_group)| {
+            old_group == new_group || !old_subject.overlaps(new_subject)
+        })
+    })
 }
 
 /// What a reload changes, for its log line: routes by name, and the upstream.
@@ -367,10 +384,31 @@ path = "/gone"
     }
 
     #[test]
-    fn a_changed_queue_group_is_seen() {
+    fn subscriptions_overlap_unless_a_subject_changes_its_queue_group() {
         let old = config(BASE);
-        let new = config(&BASE.replace("[upstream]", "queue_group = \"other\"\n[upstream]"));
-        assert_ne!(core_queue_groups(&old), core_queue_groups(&new));
-        assert_eq!(core_queue_groups(&old), core_queue_groups(&config(BASE)));
+        // The file's text with `route` in queue group `group`.
+        let grouped = |text: &str, route: &str, group: &str| {
+            let name = format!("name = \"{route}\"\n");
+            text.replace(&name, &format!("{name}queue_group = \"{group}\"\n"))
+        };
+        assert!(can_overlap(&old, &config(BASE)));
+        // Every route in another group: the old and the new would both get each request.
+        let moved = config(&BASE.replace("[upstream]", "queue_group = \"other\"\n[upstream]"));
+        assert!(!can_overlap(&old, &moved));
+        // Two routes swapping their groups: the set of groups is the same, but each subject
+        // would be in two groups at once.
+        let before = config(&grouped(&grouped(BASE, "get", "a"), "gone", "b"));
+        let swapped = config(&grouped(&grouped(BASE, "get", "b"), "gone", "a"));
+        assert!(!can_overlap(&before, &swapped));
+        // A route added in a group of its own, on subjects no old route takes: no overlap.
+        let added = config(&format!(
+            "{BASE}[[routes]]\nname = \"new\"\nsubject = \"new.>\"\npath = \"/new\"\nqueue_group = \"solo\"\n"
+        ));
+        assert!(can_overlap(&old, &added));
+        // ... but on a subject an old route takes, it would get those requests twice.
+        let shadowing = config(&format!(
+            "{BASE}[[routes]]\nname = \"new\"\nsubject = \"orders.>\"\npath = \"/new\"\nqueue_group = \"solo\"\n"
+        ));
+        assert!(!can_overlap(&old, &shadowing));
     }
 }

@@ -110,6 +110,26 @@ impl Pattern {
         parts.join(".")
     }
 
+    /// Whether some subject matches both patterns (named tokens count as `*`).
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        fn overlap(a: &[Token], b: &[Token]) -> bool {
+            match (a.split_first(), b.split_first()) {
+                (None, None) => true,
+                // `>` takes one or more tokens; the other pattern has at least one left.
+                (Some((Token::Tail, _)), Some(_)) | (Some(_), Some((Token::Tail, _))) => true,
+                (Some((x, a)), Some((y, b))) => {
+                    let same = match (x, y) {
+                        (Token::Literal(x), Token::Literal(y)) => x == y,
+                        _ => true,
+                    };
+                    same && overlap(a, b)
+                }
+                _ => false,
+            }
+        }
+        overlap(&self.tokens, &other.tokens)
+    }
+
     /// Matches a concrete subject; on success returns the byte ranges of the named tokens
     /// in `subject`, in the order of [`Self::capture_names`].
     pub fn matches(&self, subject: &str) -> Option<Captures> {
@@ -215,6 +235,43 @@ mod tests {
         let p = Pattern::parse("orders.{id}.*.>").unwrap();
         assert_eq!(p.subscription_subject(), "orders.*.*.>");
         assert_eq!(p.capture_names(), ["id".to_string()]);
+    }
+
+    /// Checked against every subject of up to three tokens (as many as the patterns have) over a small alphabet: two
+    /// patterns overlap exactly when one of those subjects matches both.
+    #[test]
+    fn overlapping_patterns_share_a_subject() {
+        fn all(alphabet: &[&str], max: usize) -> Vec<String> {
+            let mut found: Vec<String> = alphabet.iter().map(|t| t.to_string()).collect();
+            let mut last = found.clone();
+            for _ in 1..max {
+                last = (last.iter())
+                    .flat_map(|p| alphabet.iter().map(move |t| format!("{p}.{t}")))
+                    .collect();
+                found.extend(last.iter().cloned());
+            }
+            found
+        }
+        let subjects = all(&["a", "b", "c"], 3);
+        let patterns: Vec<String> = (all(&["a", "b", "*", "{x}", ">"], 3).into_iter())
+            .filter(|p| Pattern::parse(p).is_ok())
+            .collect();
+        let mut overlapping = 0;
+        for a in &patterns {
+            for b in &patterns {
+                let (pa, pb) = (Pattern::parse(a).unwrap(), Pattern::parse(b).unwrap());
+                let shared = subjects
+                    .iter()
+                    .any(|s| pa.matches(s).is_some() && pb.matches(s).is_some());
+                assert_eq!(pa.overlaps(&pb), shared, "{a} and {b}");
+                overlapping += usize::from(shared);
+            }
+        }
+        assert!(overlapping > 0 && overlapping < patterns.len() * patterns.len());
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        assert!(p("orders.{id}.get").overlaps(&p("orders.>")));
+        assert!(!p("orders.>").overlaps(&p("orders")));
+        assert!(!p("orders.*.get").overlaps(&p("orders.*.put")));
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub struct Route {
     /// Permits for `max_in_flight`; the source holds one per message being processed.
     pub limit: Arc<Semaphore>,
     /// Core NATS: messages taken while the route was full, waiting for a permit.
-    pub queue: Queue,
+    queue: Queue,
     pub metrics: RouteMetrics,
     pub max_payload: usize,
     /// What becomes of a message once processed: the same rules for every source.
@@ -86,7 +86,7 @@ impl Queue {
     }
 
     /// Takes a place in the line; false when it is full.
-    pub fn join(&self) -> bool {
+    fn join(&self) -> bool {
         (self.waiting)
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max).then_some(n + 1)
@@ -94,9 +94,35 @@ impl Queue {
             .is_ok()
     }
 
-    /// Gives a place back: its message got a slot (or the route closed).
-    pub fn leave(&self) {
+    fn leave(&self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What [`Route::admit`] gives a message that must not hold its intake up.
+pub enum Admission {
+    /// A slot, free at once.
+    Now(OwnedSemaphorePermit),
+    /// A place in the route's waiting line: [`InLine::slot`] waits for a slot.
+    Queued(InLine),
+    /// No slot and the line is full (or the route closed): the message is refused.
+    Full,
+}
+
+/// A place in a full route's waiting line, given back when it is dropped: once its message
+/// has a slot, or if that message is abandoned on the way.
+pub struct InLine(Arc<Route>);
+
+impl InLine {
+    /// Waits for a slot; `None` once the route is closed.
+    pub async fn slot(self) -> Option<OwnedSemaphorePermit> {
+        self.0.limit.clone().acquire_owned().await.ok()
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.0.queue.leave();
     }
 }
 
@@ -123,6 +149,19 @@ impl Route {
                 self.metrics.throttled.increment(1);
                 self.limit.clone().acquire_owned().await.ok()
             }
+        }
+    }
+
+    /// For an intake that must not wait (core NATS): a slot at once, else a place in the
+    /// waiting line of `max_pending` (counted as throttled), else refused.
+    pub fn admit(self: &Arc<Self>) -> Admission {
+        match self.limit.clone().try_acquire_owned() {
+            Ok(permit) => Admission::Now(permit),
+            Err(TryAcquireError::NoPermits) if self.queue.join() => {
+                self.metrics.throttled.increment(1);
+                Admission::Queued(InLine(self.clone()))
+            }
+            Err(_) => Admission::Full,
         }
     }
 

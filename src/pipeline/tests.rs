@@ -510,3 +510,51 @@ async fn an_unreachable_registry_makes_the_message_come_again_not_pass() {
     deliver(&pipeline, &broker, &message(&[0, 0, 0, 0, 1, 2], 3)).await;
     assert_eq!(broker.calls()[1], "dead_letter max_deliver 503 3");
 }
+
+/// Core NATS admission: a free slot at once, then up to `max_pending` places in the line,
+/// then refusals; a place is given back once its message has a slot, and when it is
+/// abandoned before.
+#[tokio::test]
+async fn admission_gives_slots_then_places_in_line_then_refuses() {
+    let text = r#"
+        [upstream]
+        base_url = "http://127.0.0.1:9"
+        [[routes]]
+        name = "core"
+        subject = "orders.get"
+        path = "/orders"
+        max_in_flight = 1
+        max_pending = 1
+        "#;
+    let config = load_str(text, Vec::new()).unwrap();
+    let pipeline = Pipeline::new(&config).unwrap();
+    let route = pipeline.routes()[0].clone();
+    let Admission::Now(first) = route.admit() else {
+        panic!("a free slot is given at once")
+    };
+    let Admission::Queued(line) = route.admit() else {
+        panic!("the second message waits in the line")
+    };
+    assert!(
+        matches!(route.admit(), Admission::Full),
+        "the line holds one"
+    );
+
+    // The place is given back once the waiting message has its slot.
+    let waiting = tokio::spawn(line.slot());
+    drop(first);
+    let second = waiting
+        .await
+        .unwrap()
+        .expect("the slot freed by the first message");
+    let Admission::Queued(line) = route.admit() else {
+        panic!("the line is free again")
+    };
+    assert!(matches!(route.admit(), Admission::Full));
+
+    // An abandoned place is given back too.
+    drop(line);
+    assert!(matches!(route.admit(), Admission::Queued(_)));
+    drop(second);
+    assert!(matches!(route.admit(), Admission::Now(_)));
+}

@@ -186,8 +186,10 @@ impl NatsReplier {
 
     /// Whether a stream captures `subject` (see [`CaptureList::covers`]).
     async fn is_captured(&self, subject: &str) -> Result<bool, String> {
+        // A listing asked on a connection that is lost is never answered: it ends with the
+        // connection, and the previous list is used meanwhile.
         self.captures
-            .covers(subject, || self.stream_subjects())
+            .covers(subject, || self.link.confirmed(self.stream_subjects()))
             .await
     }
 
@@ -206,9 +208,10 @@ impl NatsReplier {
 
 impl CaptureList {
     /// Whether a stream captures `subject`, from the streams' subject filters (`list`ed again
-    /// when older than [`CAPTURE_TTL`]). One task lists at a time while the others use the
-    /// list they have; a listing that fails keeps the previous list for [`CAPTURE_RETRY`].
-    /// Only without any list yet does a reply wait for one (or fail with the listing).
+    /// when older than [`CAPTURE_TTL`]). The reply that finds the list old lists again and
+    /// waits for that listing, one at a time, while the others use the list they have; a
+    /// listing that fails keeps the previous list for [`CAPTURE_RETRY`]. Without any list
+    /// yet, every reply waits for the first (or fails with it).
     async fn covers<L, F>(&self, subject: &str, list: L) -> Result<bool, String>
     where
         L: FnOnce() -> F,

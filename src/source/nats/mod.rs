@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -23,7 +23,7 @@ pub use link::Link;
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
 use crate::mapping::Reply;
-use crate::pipeline::{Pipeline, Route};
+use crate::pipeline::{Admission, Pipeline, Route};
 use crate::reply::NatsReplier;
 use crate::route::{Captures, RouteTable};
 use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
@@ -323,29 +323,24 @@ pub async fn intake(
         // A full route never holds the intake up: up to `max_pending` messages wait for a
         // slot in their own tasks (the semaphore serves them in order), and the rest are
         // answered 503 at once, so callers learn of the overload instead of timing out.
-        let permit = match route.limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => {
-                if !route.queue.join() {
-                    tracker.spawn(async move {
-                        let settle = Inbox(&core.replier);
-                        core.pipeline.shed(&route, &inbound, &settle).await;
-                    });
-                    continue;
-                }
-                route.metrics.throttled.increment(1);
+        match route.admit() {
+            Admission::Now(permit) => {
+                tracker.spawn(handle(core, route, captures, inbound, permit));
+            }
+            Admission::Queued(line) => {
                 tracker.spawn(async move {
-                    let permit = route.limit.clone().acquire_owned().await;
-                    route.queue.leave();
-                    if let Ok(permit) = permit {
+                    if let Some(permit) = line.slot().await {
                         handle(core, route, captures, inbound, permit).await;
                     }
                 });
-                continue;
             }
-        };
-        tracker.spawn(handle(core, route, captures, inbound, permit));
+            Admission::Full => {
+                tracker.spawn(async move {
+                    let settle = Inbox(&core.replier);
+                    core.pipeline.shed(&route, &inbound, &settle).await;
+                });
+            }
+        }
     }
 }
 
