@@ -1075,6 +1075,10 @@ listen = "127.0.0.1:{admin}"
                             jetstream::consumer::pull::Config {
                                 durable_name: Some("reader".into()),
                                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                                // A reply the server sent as the connection went down comes
+                                // again after this (the default 30 s once made the reader's
+                                // stall look like ricochet's).
+                                ack_wait: Duration::from_secs(2),
                                 ..Default::default()
                             },
                         )
@@ -1143,6 +1147,9 @@ listen = "127.0.0.1:{admin}"
             }
         })
     };
+    // When ricochet's own connection came back and when it took messages again, to tell
+    // its recovery from the test's clients'.
+    let (samples, sampler) = ricochet_samples(ricochet.admin_port);
     // The bouncer: down for 0-2 s every 1-3 s until every request is answered.
     let mut jitter = Jitter::new();
     let mut bounces = 0;
@@ -1205,6 +1212,7 @@ listen = "127.0.0.1:{admin}"
         down_total += down;
     }
     progress.abort();
+    sampler.abort();
     let publishes = publisher.await.unwrap();
     // Redeliveries of requests in flight at the last bounce come within ack_wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1220,6 +1228,18 @@ listen = "127.0.0.1:{admin}"
         .iter()
         .filter_map(|&at| tally.first_new_after(at))
         .collect();
+    // From each restart to ricochet's first connection, and its first message, after it.
+    let (reconnected, taking): (Vec<_>, Vec<_>) = {
+        let samples = samples.lock().unwrap();
+        (restarts.iter())
+            .map(|&at| {
+                (
+                    samples.after(at, |s| s.connected),
+                    samples.after(at, |s| s.received),
+                )
+            })
+            .unzip()
+    };
     let calls = upstream.calls();
     report(
         "jetstream bounce",
@@ -1228,7 +1248,9 @@ listen = "127.0.0.1:{admin}"
         &recoveries,
         &format!(
             ", {bounces} bounces ({down_total:.1?} down), publishes {publishes}, upstream calls {calls} \
-             ({} repeated), sync_interval always: {}, server ready after each restart {ready:.1?}",
+             ({} repeated), sync_interval always: {}, server ready after each restart {ready:.1?}, \
+             ricochet connected again after each restart {reconnected:.1?} and took messages again \
+             {taking:.1?}",
             calls.saturating_sub(TOTAL),
             server.sync_always
         ),
@@ -1844,6 +1866,48 @@ max_break_duration = "2s"
 }
 
 /// The admin server's `/metrics` on `port`, if it answers.
+/// One reading of ricochet's counters.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// Its NATS connection's `connected` events.
+    connected: f64,
+    /// Messages taken.
+    received: f64,
+}
+
+#[derive(Debug, Default)]
+struct Samples(Vec<Sample>);
+
+impl Samples {
+    /// How long after `at` the counter `of` first grew (None: not until the end).
+    fn after(&self, at: Instant, of: impl Fn(&Sample) -> f64) -> Option<Duration> {
+        let before = self.0.iter().rev().find(|s| s.at <= at)?;
+        let grown = (self.0.iter()).find(|s| s.at > at && of(s) > of(before))?;
+        Some(grown.at - at)
+    }
+}
+
+/// Reads ricochet's connection events and messages taken every 20 ms, until aborted.
+fn ricochet_samples(admin: u16) -> (Arc<Mutex<Samples>>, tokio::task::JoinHandle<()>) {
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let record = samples.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            if let Some(text) = metrics_of(admin).await {
+                let connected = r#"event="connected""#;
+                record.lock().unwrap().0.push(Sample {
+                    at: Instant::now(),
+                    connected: metric(&text, "ricochet_nats_connection_events_total", &[connected]),
+                    received: metric(&text, "ricochet_messages_received_total", &[]),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (samples, sampler)
+}
+
 async fn metrics_of(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))

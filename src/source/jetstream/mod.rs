@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use super::nats::Connection;
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{Delivery, JetStreamConfig, JetStreamSource};
 use crate::invoke::breaker::State;
@@ -278,6 +279,8 @@ impl JetStreamRoute {
             // server forgets it (a restart) or the answer has nowhere to go. Given up then,
             // rather than waiting out its client-side timeout (PULL_EXPIRES + 5 s).
             let mut losses = self.replier.link().losses();
+            // What this pull delivers comes on this connection (or one lost before it).
+            let delivered_on = self.replier.link().connection();
             let batch = consumer
                 .batch()
                 .max_messages(permits.len())
@@ -316,7 +319,8 @@ impl JetStreamRoute {
                     break;
                 };
                 let this = self.clone();
-                let task = tracker.spawn(async move { this.handle(message, permit).await });
+                let task =
+                    tracker.spawn(async move { this.handle(message, delivered_on, permit).await });
                 if probing {
                     // One probe at a time: the next pull waits for its verdict.
                     let _ = task.await;
@@ -327,7 +331,12 @@ impl JetStreamRoute {
     }
 
     /// One message from receipt to settlement. The permit is held throughout.
-    async fn handle(&self, message: jetstream::Message, _permit: OwnedSemaphorePermit) {
+    async fn handle(
+        &self,
+        message: jetstream::Message,
+        delivered_on: Connection,
+        _permit: OwnedSemaphorePermit,
+    ) {
         let route = &self.route;
         route.metrics.received.increment(1);
         route.metrics.in_flight.increment(1.0);
@@ -338,7 +347,7 @@ impl JetStreamRoute {
         };
         if self.delivery == Delivery::AtMostOnce {
             let ack = || message.double_ack();
-            if let Err(e) = self.replier.link().confirmed_again(ack).await {
+            if let Err(e) = self.replier.link().settled(delivered_on, ack).await {
                 // Not acknowledged, so it comes again: do not process it twice.
                 warn!(route = %route.name, error = %e, "ack on receipt failed; the message will be redelivered");
                 route.metrics.in_flight.decrement(1.0);
@@ -356,6 +365,7 @@ impl JetStreamRoute {
                 "Nats-Msg-Id",
                 format!("ricochet-reply:{}:{}", meta.stream, meta.idempotency_key),
             )],
+            delivered_on,
         };
         let captures = route.pattern.matches(&inbound.subject);
         let deliver = self.pipeline.deliver(route, captures, &inbound, &settle);
@@ -423,6 +433,8 @@ struct Stream<'a> {
     /// The reply's `Nats-Msg-Id`: a reply published again after a redelivery is
     /// de-duplicated by a stream that captures it.
     reply_id: [(&'static str, String); 1],
+    /// The connection the message came on: its settlement waits less once that is gone.
+    delivered_on: Connection,
 }
 
 impl Settle for Stream<'_> {
@@ -471,7 +483,11 @@ impl Settle for Stream<'_> {
         // Double ack: the server confirms it, so an ack lost on the way is noticed; one
         // lost with the connection is sent again once it is back.
         let ack = || self.message.double_ack();
-        self.source.replier.link().confirmed_again(ack).await
+        self.source
+            .replier
+            .link()
+            .settled(self.delivered_on, ack)
+            .await
     }
 
     async fn redeliver(&self, delay: Duration) -> Result<(), String> {
@@ -480,7 +496,11 @@ impl Settle for Stream<'_> {
 
     async fn terminate(&self) -> Result<(), String> {
         let term = || self.message.double_ack_with(AckKind::Term);
-        self.source.replier.link().confirmed_again(term).await
+        self.source
+            .replier
+            .link()
+            .settled(self.delivered_on, term)
+            .await
     }
 }
 

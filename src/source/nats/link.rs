@@ -23,6 +23,16 @@ pub const CONNECTION_LOST: &str = "the connection to NATS was lost before the se
 const BACK_WITHIN: Duration = Duration::from_secs(5);
 /// How many times [`Link::confirmed_again`] asks again.
 const ASK_AGAIN: usize = 2;
+/// How long [`Link::settled`] waits for the server to answer the settlement of a delivery
+/// made on a connection since lost (the server answers one it knows within milliseconds).
+const FORGOTTEN_AFTER: Duration = Duration::from_secs(1);
+
+/// The error of a settlement [`Link::settled`] gave up.
+pub const FORGOTTEN: &str = "no answer to the settlement of a message delivered before the connection was lost: the server, restarted since, no longer knows that delivery and delivers the message again";
+
+/// Which connection something happened on: the count of losses before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection(u64);
 
 /// The connection's losses and whether it is up, from its events.
 #[derive(Debug, Clone)]
@@ -68,6 +78,11 @@ impl Link {
         }
     }
 
+    /// The connection now (see [`Connection`]).
+    pub fn connection(&self) -> Connection {
+        Connection(*self.losses.borrow())
+    }
+
     /// [`Link::confirmed`] for a confirmation that may be asked for twice: when the
     /// connection is lost first, `ask` is called again once it is back (within 5 s), at most
     /// twice more.
@@ -77,9 +92,43 @@ impl Link {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.asked_again(None, ask).await
+    }
+
+    /// [`Link::confirmed_again`] for the settlement (ack, term) of a JetStream message
+    /// delivered on connection `delivered_on`. Once that connection is gone, an answer is
+    /// awaited for at most [`FORGOTTEN_AFTER`] ([`FORGOTTEN`]): a server restarted since may
+    /// have lost the delivery (nats-server 2.15 with `sync_interval: always` does, after a
+    /// kill) and then never answers its settlement, while the message comes again anyway.
+    pub async fn settled<T, E, F, Fut>(&self, delivered_on: Connection, ask: F) -> Result<T, String>
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.asked_again(Some(delivered_on), ask).await
+    }
+
+    async fn asked_again<T, E, F, Fut>(
+        &self,
+        delivered_on: Option<Connection>,
+        ask: F,
+    ) -> Result<T, String>
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let mut again = ASK_AGAIN;
         loop {
-            match self.once(ask()).await {
+            let answer = match delivered_on {
+                Some(on) if on != self.connection() => {
+                    let answer = tokio::time::timeout(FORGOTTEN_AFTER, self.once(ask())).await;
+                    answer.map_err(|_| FORGOTTEN.to_string())?
+                }
+                _ => self.once(ask()).await,
+            };
+            match answer {
                 Ok(done) => return Ok(done),
                 Err(Some(e)) => return Err(e),
                 Err(None) if again > 0 && self.back_within(BACK_WITHIN).await => again -= 1,
@@ -217,5 +266,55 @@ mod tests {
         let refused = link.confirmed_again(refusing).await;
         assert_eq!(refused, Err("stream full".to_string()));
         assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    /// A settlement of a message delivered on a connection since lost: the server restarted
+    /// may never answer it (it forgot the delivery), so it is given up after 1 s instead of
+    /// the 5 s of its own timeout; on the connection it came on, it waits as long as it takes.
+    #[tokio::test(start_paused = true)]
+    async fn a_settlement_of_a_delivery_from_a_lost_connection_waits_one_second() {
+        let link = Link::default();
+        link.observe(&Event::Connected);
+        let delivered_on = link.connection();
+        // On the same connection: the answer, however late.
+        let answer = link.settled(delivered_on, || late(Duration::from_secs(3), "acked"));
+        assert_eq!(answer.await, Ok("acked"));
+
+        // Lost and back before the ack is asked: 1 s, then given up.
+        link.observe(&Event::Disconnected);
+        link.observe(&Event::Connected);
+        assert_ne!(link.connection(), delivered_on);
+        let started = tokio::time::Instant::now();
+        let forgotten = link.settled(delivered_on, || late(Duration::from_secs(5), ()));
+        assert_eq!(forgotten.await, Err(FORGOTTEN.to_string()));
+        assert_eq!(started.elapsed(), FORGOTTEN_AFTER);
+        // A server that knows the delivery answers within that second.
+        let known = link.settled(delivered_on, || late(Duration::from_millis(2), "acked"));
+        assert_eq!(known.await, Ok("acked"));
+
+        // Asked on its own connection, lost meanwhile: asked again once back, then bounded.
+        let delivered_on = link.connection();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let ask = || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            late(Duration::from_secs(5), ())
+        };
+        let flapping = {
+            let link = link.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                link.observe(&Event::Disconnected);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                link.observe(&Event::Connected);
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let (answer, ()) = tokio::join!(link.settled(delivered_on, ask), flapping);
+        assert_eq!(answer, Err(FORGOTTEN.to_string()));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(500) + FORGOTTEN_AFTER
+        );
     }
 }

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 mod link;
 
-pub use link::Link;
+pub use link::{Connection, Link};
 
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
