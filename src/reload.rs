@@ -18,9 +18,11 @@
 //!
 //! When a core route's queue group changes, both subscriptions would receive its requests
 //! (any old and new subscriptions whose subjects overlap in different groups would), so the
-//! old generation stops first and a request arriving in between finds no responder. What outlives a generation (the NATS connection, the admin listener, logging,
-//! the runtime's threads) changes only with a restart: such a change is logged, and the
-//! running values are kept.
+//! old generation stops first and a request arriving in between finds no responder.
+//!
+//! What outlives a generation (the NATS connection, the admin listener, logging, the
+//! runtime's threads) changes only with a restart: such a change is logged, and the running
+//! values are kept.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

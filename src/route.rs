@@ -237,8 +237,9 @@ mod tests {
         assert_eq!(p.capture_names(), ["id".to_string()]);
     }
 
-    /// Checked against every subject of up to three tokens (as many as the patterns have) over a small alphabet: two
-    /// patterns overlap exactly when one of those subjects matches both.
+    /// Checked against every subject of up to three tokens (as many as the patterns have)
+    /// over a small alphabet: two patterns overlap exactly when one of those subjects
+    /// matches both.
     #[test]
     fn overlapping_patterns_share_a_subject() {
         fn all(alphabet: &[&str], max: usize) -> Vec<String> {

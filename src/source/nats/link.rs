@@ -8,6 +8,9 @@
 //! when asked twice is asked for again once the connection is back
 //! ([`Link::confirmed_again`]): an ack or term (the server answers an ack of a message
 //! already acknowledged too), a publish with `Nats-Msg-Id` (the stream keeps one copy).
+//! The settlement of a message delivered on a connection since lost is awaited for 1 s
+//! only ([`Link::settled`]): a restarted server may have forgotten the delivery and then
+//! never answers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +31,7 @@ const ASK_AGAIN: usize = 2;
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(1);
 
 /// The error of a settlement [`Link::settled`] gave up.
-pub const FORGOTTEN: &str = "no answer to the settlement of a message delivered before the connection was lost: the server, restarted since, no longer knows that delivery and delivers the message again";
+pub const FORGOTTEN: &str = "no answer within 1s to the settlement of a message delivered before the connection was lost (a server restarted since may have forgotten that delivery)";
 
 /// Which connection something happened on: the count of losses before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
