@@ -33,6 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ReloadConfig, SourceConfig};
 use crate::generation::{self, Generation, Nats};
+use crate::pipeline::Pipeline;
 use crate::route::Pattern;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
 use crate::telemetry::HealthSlot;
@@ -170,7 +171,6 @@ pub async fn reload(
         }
     }
     let changes = Changes::between(&running.config, &new);
-    let overlap = can_overlap(&running.config, &new);
     let mut next = match Generation::new(new, nats.clone()) {
         Ok(next) => next,
         Err(e) => {
@@ -179,6 +179,10 @@ pub async fn reload(
             return running;
         }
     };
+    let overlap = can_overlap(
+        &core_subscriptions(&running.pipeline, &running.config.nats.queue_group),
+        &core_subscriptions(&next.pipeline, &next.config.nats.queue_group),
+    );
     let grace = next.config.shutdown.grace_period;
     let finished = if overlap {
         if let Err(e) = next.start_core().await {
@@ -262,13 +266,17 @@ fn keep_restart_only(
     (new, kept)
 }
 
-/// The core NATS routes' subscriptions: subject pattern and queue group.
-fn core_subscriptions(config: &Config) -> Vec<(Pattern, &str)> {
-    (config.routes.iter())
-        .filter(|r| matches!(r.source, SourceConfig::Nats { .. }))
-        .filter_map(|r| {
-            let group = crate::source::nats::queue_group(&r.source, &config.nats.queue_group);
-            Some((Pattern::parse(&r.subject).ok()?, group))
+/// The core NATS routes' subscriptions, from the patterns their pipeline parsed: subject
+/// pattern and queue group (`default_group` unless the route has its own).
+fn core_subscriptions<'a>(
+    pipeline: &'a Pipeline,
+    default_group: &'a str,
+) -> Vec<(&'a Pattern, &'a str)> {
+    (pipeline.routes().iter())
+        .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+        .map(|r| {
+            let group = crate::source::nats::queue_group(&r.config.source, default_group);
+            (&r.pattern, group)
         })
         .collect()
 }
@@ -277,8 +285,7 @@ fn core_subscriptions(config: &Config) -> Vec<(Pattern, &str)> {
 /// a request the server hands to an old and a new subscription in different queue groups
 /// would be processed twice, so no old subscription may share a subject with a new one in
 /// another group. (Same-group subscriptions share each request: one of them gets it.)
-fn can_overlap(old: &Config, new: &Config) -> bool {
-    let (old, new) = (core_subscriptions(old), core_subscriptions(new));
+fn can_overlap(old: &[(&Pattern, &str)], new: &[(&Pattern, &str)]) -> bool {
     old.iter().all(|(old_subject, old_group)| {
         (new.iter()).all(|(new_subject, new_group)| {
             old_group == new_group || !old_subject.overlaps(new_subject)
@@ -383,6 +390,15 @@ path = "/gone"
         let (effective, kept) = keep_restart_only(&old, new, false);
         assert_eq!(kept, ["admin"]);
         assert_eq!(effective.nats.url, "nats://127.0.0.1:4333");
+    }
+
+    /// Whether a reload from `old` to `new` overlaps their core subscriptions.
+    fn can_overlap(old: &Config, new: &Config) -> bool {
+        let (before, after) = (Pipeline::new(old).unwrap(), Pipeline::new(new).unwrap());
+        super::can_overlap(
+            &core_subscriptions(&before, &old.nats.queue_group),
+            &core_subscriptions(&after, &new.nats.queue_group),
+        )
     }
 
     #[test]

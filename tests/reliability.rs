@@ -1865,7 +1865,6 @@ max_break_duration = "2s"
     drop(ricochet);
 }
 
-/// The admin server's `/metrics` on `port`, if it answers.
 /// One reading of ricochet's counters.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -1908,6 +1907,7 @@ fn ricochet_samples(admin: u16) -> (Arc<Mutex<Samples>>, tokio::task::JoinHandle
     (samples, sampler)
 }
 
+/// The admin server's `/metrics` on `port`, if it answers.
 async fn metrics_of(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))

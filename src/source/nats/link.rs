@@ -31,7 +31,12 @@ const ASK_AGAIN: usize = 2;
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(1);
 
 /// The error of a settlement [`Link::settled`] gave up.
-pub const FORGOTTEN: &str = "no answer within 1s to the settlement of a message delivered before the connection was lost (a server restarted since may have forgotten that delivery)";
+fn forgotten() -> String {
+    format!(
+        "no answer within {FORGOTTEN_AFTER:?} to the settlement of a message delivered before \
+         the connection was lost (a server restarted since may have forgotten that delivery)"
+    )
+}
 
 /// Which connection something happened on: the count of losses before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +105,7 @@ impl Link {
 
     /// [`Link::confirmed_again`] for the settlement (ack, term) of a JetStream message
     /// delivered on connection `delivered_on`. Once that connection is gone, an answer is
-    /// awaited for at most [`FORGOTTEN_AFTER`] ([`FORGOTTEN`]): a server restarted since may
+    /// awaited for at most [`FORGOTTEN_AFTER`] (then an error): a server restarted since may
     /// have lost the delivery (nats-server 2.15 with `sync_interval: always` does, after a
     /// kill) and then never answers its settlement, while the message comes again anyway.
     pub async fn settled<T, E, F, Fut>(&self, delivered_on: Connection, ask: F) -> Result<T, String>
@@ -127,7 +132,7 @@ impl Link {
             let answer = match delivered_on {
                 Some(on) if on != self.connection() => {
                     let answer = tokio::time::timeout(FORGOTTEN_AFTER, self.once(ask())).await;
-                    answer.map_err(|_| FORGOTTEN.to_string())?
+                    answer.map_err(|_| forgotten())?
                 }
                 _ => self.once(ask()).await,
             };
@@ -185,6 +190,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Loses `link`'s connection after `after`, and has it back `down` later.
+    async fn flap(link: &Link, after: Duration, down: Duration) {
+        tokio::time::sleep(after).await;
+        link.observe(&Event::Disconnected);
+        tokio::time::sleep(down).await;
+        link.observe(&Event::Connected);
+    }
+
     /// A confirmation that comes only after `after` (past its connection's loss, say).
     async fn late<T>(after: Duration, value: T) -> Result<T, String> {
         tokio::time::sleep(after).await;
@@ -231,15 +244,7 @@ mod tests {
             late(Duration::from_secs(1), "acked")
         };
         // Lost after 100 ms, back 2 s later: asked again, confirmed 1 s after that.
-        let flapping = {
-            let link = link.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                link.observe(&Event::Disconnected);
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                link.observe(&Event::Connected);
-            }
-        };
+        let flapping = flap(&link, Duration::from_millis(100), Duration::from_secs(2));
         let started = tokio::time::Instant::now();
         let (answer, ()) = tokio::join!(link.confirmed_again(ask), flapping);
         assert_eq!(answer, Ok("acked"));
@@ -288,8 +293,8 @@ mod tests {
         link.observe(&Event::Connected);
         assert_ne!(link.connection(), delivered_on);
         let started = tokio::time::Instant::now();
-        let forgotten = link.settled(delivered_on, || late(Duration::from_secs(5), ()));
-        assert_eq!(forgotten.await, Err(FORGOTTEN.to_string()));
+        let unanswered = link.settled(delivered_on, || late(Duration::from_secs(5), ()));
+        assert_eq!(unanswered.await, Err(forgotten()));
         assert_eq!(started.elapsed(), FORGOTTEN_AFTER);
         // A server that knows the delivery answers within that second.
         let known = link.settled(delivered_on, || late(Duration::from_millis(2), "acked"));
@@ -302,18 +307,14 @@ mod tests {
             asked.fetch_add(1, Ordering::SeqCst);
             late(Duration::from_secs(5), ())
         };
-        let flapping = {
-            let link = link.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                link.observe(&Event::Disconnected);
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                link.observe(&Event::Connected);
-            }
-        };
+        let flapping = flap(
+            &link,
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+        );
         let started = tokio::time::Instant::now();
         let (answer, ()) = tokio::join!(link.settled(delivered_on, ask), flapping);
-        assert_eq!(answer, Err(FORGOTTEN.to_string()));
+        assert_eq!(answer, Err(forgotten()));
         assert_eq!(asked.load(Ordering::SeqCst), 2);
         assert_eq!(
             started.elapsed(),
