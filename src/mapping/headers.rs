@@ -47,6 +47,13 @@ impl HeaderFilter {
     fn permits(&self, name: &HeaderName) -> bool {
         (self.allow.is_empty() || self.allow.contains(name)) && !self.deny.contains(name)
     }
+
+    /// Whether a message header of this name would reach the service (a name that is not a
+    /// valid HTTP header name would, and be refused there).
+    pub fn forwards(&self, name: &str) -> bool {
+        !is_reserved(name)
+            && HeaderName::from_bytes(name.as_bytes()).map_or(true, |n| self.permits(&n))
+    }
 }
 
 /// Headers ricochet never forwards, whatever the route's lists say.

@@ -20,6 +20,8 @@ pub enum MapError {
     HostileToken { name: String, reason: &'static str },
     #[error("header {0:?} is not a valid HTTP header")]
     Header(String),
+    #[error("header {name:?} cannot become an HTTP header: its value is {why}")]
+    Unreadable { name: String, why: String },
     #[error("the request path is not a valid URI")]
     Uri,
 }
@@ -75,6 +77,12 @@ impl RequestMapping {
             .path_and_query(path)
             .build()
             .map_err(|_| MapError::Uri)?;
+        if let Some(header) = (inbound.unreadable.iter()).find(|h| self.headers.forwards(&h.name)) {
+            return Err(MapError::Unreadable {
+                name: header.name.clone(),
+                why: header.why.clone(),
+            });
+        }
         let mut headers = headers::to_http(&inbound.headers, &self.headers)?;
         if let Some(key) = &inbound.idempotency_key {
             // Durable sources: the same key on every redelivery, unless the message has one.
@@ -155,6 +163,30 @@ mod tests {
         assert_eq!(request.headers()["x-id"], "7");
         assert_eq!(request.headers()["content-type"], "application/json");
         assert_eq!(request.body().as_ref(), b"{\"a\":1}");
+    }
+
+    #[test]
+    fn a_header_without_a_text_form_is_refused_unless_the_route_would_not_forward_it() {
+        let unreadable = |name: &str| crate::source::UnreadableHeader {
+            name: name.into(),
+            why: "bytes that are not UTF-8".into(),
+        };
+        let (m, _) = mapping("http://h:1", "");
+        let mut message = inbound(&[("X-Ok", "1")]);
+        message.unreadable.push(unreadable("Authorization"));
+        let err = m.build(&message, &["1"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header \"Authorization\" cannot become an HTTP header: its value is bytes that are not UTF-8"
+        );
+        // Never forwarded whatever its value: a reserved name, or one the deny list names.
+        let (m, _) = mapping("http://h:1", "[routes.request_headers]\ndeny = [\"x-bin\"]");
+        let mut message = inbound(&[("X-Ok", "1")]);
+        message.unreadable.push(unreadable("Nats-Anything"));
+        message.unreadable.push(unreadable("X-Bin"));
+        let request = m.build(&message, &["1"]).unwrap();
+        assert_eq!(request.headers()["x-ok"], "1");
+        assert!(request.headers().get("x-bin").is_none());
     }
 
     #[test]

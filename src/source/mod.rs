@@ -58,6 +58,9 @@ pub struct Inbound {
     pub reply: Option<String>,
     /// Message headers in arrival order; a name may repeat.
     pub headers: Vec<(String, String)>,
+    /// Headers the broker delivered whose values have no text form (see
+    /// [`UnreadableHeader`]); kept out of `headers`, never dropped silently.
+    pub unreadable: Vec<UnreadableHeader>,
     pub payload: Bytes,
     /// When ricochet took the message, for latency and deadlines.
     pub received: Instant,
@@ -70,6 +73,17 @@ pub struct Inbound {
     pub delivered: u32,
     /// Where the message sits in its stream or partition, for traces.
     pub position: Position,
+}
+
+/// A header whose value cannot become an HTTP header value: bytes that are not UTF-8, or an
+/// AMQP field type with no text form. A message with one that would be forwarded is refused
+/// with 400 (and dead-lettered on a durable source) by the request mapping, as a text value
+/// with a line break is; one the route's header lists would not forward is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableHeader {
+    pub name: String,
+    /// What the value is, in words, e.g. "bytes that are not UTF-8".
+    pub why: String,
 }
 
 /// A message's place in a durable log, where its broker has one.
@@ -95,6 +109,7 @@ impl Inbound {
             subject,
             reply,
             headers,
+            unreadable: Vec::new(),
             payload,
             received: Instant::now(),
             idempotency_key: None,
