@@ -5,6 +5,7 @@
 //! one before it. What lives longer than a generation (the NATS connection, the admin
 //! server, the metrics) is handed in as [`Nats`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::source::amqp::AmqpRoute;
 use crate::source::jetstream::JetStreamRoute;
 use crate::source::kafka::KafkaRoute;
 use crate::source::nats::Link;
+use crate::telemetry::liveness::{self, Cause};
 use crate::telemetry::Health;
 
 /// The NATS connection every generation shares, when a route needs one.
@@ -30,7 +32,11 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// Also watches the client's connection task for the process's liveness.
     pub fn new((client, link): (async_nats::Client, Link)) -> Self {
+        tokio::spawn(crate::telemetry::liveness::watch_nats_client(
+            client.clone(),
+        ));
         let replier = Arc::new(NatsReplier::new(client.clone(), link));
         Self { client, replier }
     }
@@ -106,8 +112,9 @@ impl Generation {
             let core = Arc::new(core);
             for (route, subscriber) in crate::source::nats::subscribe(&nats.client, &core).await? {
                 let (core, tracker, stop) = (core.clone(), self.tracker.clone(), self.stop.clone());
+                let name = format!("core NATS route {}", route.name);
                 let intake = crate::source::nats::intake(route, subscriber, core, tracker, stop);
-                self.intakes.spawn(intake);
+                self.spawn_intake(name, intake);
             }
         }
         let (health, confirmed, stop) = (
@@ -140,7 +147,7 @@ impl Generation {
     /// Starts the consumers of the durable sources (JetStream, Kafka, AMQP) and the NATS
     /// micro services API.
     pub async fn start_durable(&mut self) -> anyhow::Result<()> {
-        for route in self.pipeline.routes() {
+        for route in self.pipeline.clone().routes() {
             let (tracker, stop, health) =
                 (self.tracker.clone(), self.stop.clone(), self.health.clone());
             let pipeline = self.pipeline.clone();
@@ -151,16 +158,18 @@ impl Generation {
                     let nats = self.nats.clone().expect("JetStream connects to NATS");
                     let consumer =
                         JetStreamRoute::new(route.clone(), js.clone(), pipeline, nats.replier);
-                    self.intakes
-                        .spawn(consumer.run(nats.client, health, tracker, stop));
+                    let name = format!("JetStream route {}", route.name);
+                    self.spawn_intake(name, consumer.run(nats.client, health, tracker, stop));
                 }
                 SourceConfig::Kafka(kafka) => {
                     let consumer = KafkaRoute::new(route.clone(), kafka.clone(), pipeline);
-                    self.intakes.spawn(consumer.run(health, tracker, stop));
+                    let name = format!("Kafka route {}", route.name);
+                    self.spawn_intake(name, consumer.run(health, tracker, stop));
                 }
                 SourceConfig::Amqp(amqp) => {
                     let consumer = AmqpRoute::new(route.clone(), amqp.clone(), pipeline);
-                    self.intakes.spawn(consumer.run(health, tracker, stop));
+                    let name = format!("AMQP route {}", route.name);
+                    self.spawn_intake(name, consumer.run(health, tracker, stop));
                 }
             }
         }
@@ -175,6 +184,20 @@ impl Generation {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Runs one intake until it ends. An intake ends by itself only when `stop` asks it to;
+    /// any other end (its subscription or client gone) leaves its route unserved for good, a
+    /// liveness failure. (A panic is one already, through the panic hook.)
+    fn spawn_intake(&mut self, name: String, intake: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.intakes.spawn(async move {
+            intake.await;
+            if !stop.is_cancelled() {
+                let reason = format!("the intake of {name} ended while ricochet was running");
+                liveness::global().failed(Cause::IntakeEnded, reason);
+            }
+        });
     }
 
     /// Resolves once every intake is set up (or after `limit`); false on the limit.

@@ -55,6 +55,7 @@ pub async fn run(
     reloads: Option<Triggers>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    telemetry::liveness::watch_panics();
     let metrics = telemetry::metrics::install()?;
     for result in ReloadResult::ALL {
         metrics::counter!(RELOADS, "result" => result.as_str()).increment(0);

@@ -80,7 +80,8 @@ fn connection_listed<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> V
 }
 
 /// Message headers -> HTTP request headers. A header that is not valid HTTP is an error
-/// (the message gets a 400) rather than silently dropped.
+/// (the message gets a 400) rather than silently dropped: a name that is not a token, a
+/// value with a control character other than tab (CR, LF, NUL, DEL).
 pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<HeaderMap, MapError> {
     let listed = connection_listed(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let mut out = HeaderMap::with_capacity(headers.len());
@@ -93,8 +94,10 @@ pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<He
         if !filter.permits(&header_name) {
             continue;
         }
-        let header_value =
-            HeaderValue::from_str(value).map_err(|_| MapError::Header(name.clone()))?;
+        // Bytes, not `from_str`: text beyond ASCII (`café`) is carried as its UTF-8 bytes,
+        // which HTTP allows in a value; control characters (CR, LF, NUL) are still refused.
+        let header_value = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| MapError::Header(name.clone()))?;
         out.append(header_name, header_value);
     }
     Ok(out)

@@ -232,6 +232,8 @@ fn header_values_with_cr_lf_or_nul_and_invalid_names_are_refused() {
         ("X-A", "v\r\nHost: evil"),
         ("X-A", "v\nInjected: 1"),
         ("X-A", "v\0"),
+        ("X-A", "v\rw"),
+        ("X-A", "v\u{7f}"),
         ("X A", "v"),
         ("X-A\r\n", "v"),
         ("", "v"),
@@ -243,6 +245,12 @@ fn header_values_with_cr_lf_or_nul_and_invalid_names_are_refused() {
             "{name:?}: {value:?}: {built:?}"
         );
     }
+    // Text beyond ASCII is passed on as its UTF-8 bytes.
+    let request = build("1", vec![("X-Name".into(), "caf\u{e9} \u{2603}".into())]).unwrap();
+    assert_eq!(
+        request.headers()["x-name"].as_bytes(),
+        "caf\u{e9} \u{2603}".as_bytes()
+    );
     // An overlong value is passed on as it is (the route's validate.max_header_bytes caps it).
     let long = "v".repeat(64 * 1024);
     let request = build("1", vec![("X-Long".into(), long.clone())]).unwrap();

@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/healthz` (the process answers), `/readyz` (connected to NATS,
+//! The admin HTTP server: `/healthz` (the process answers and its machinery is alive: see
+//! `liveness`; 503 with the reasons once not), `/readyz` (connected to NATS,
 //! subscribed, consumers bound, not every circuit open, not shutting down; a JSON body says
 //! why and shows each route's circuit) and `/metrics` (Prometheus text format).
 
@@ -201,7 +202,14 @@ fn respond(
     health: &HealthSlot,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => match super::liveness::global().check() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(reasons) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("failed: restart ricochet\n{}\n", reasons.join("\n")),
+            ),
+        },
         "/readyz" => match health.report() {
             (true, body) => (StatusCode::OK, "application/json", body),
             (false, body) => (StatusCode::SERVICE_UNAVAILABLE, "application/json", body),

@@ -1,8 +1,21 @@
 //! Log set-up: human-readable text or JSON lines, filtered by `RUST_LOG` or `log.level`.
+//!
+//! Beside the log itself, one small layer watches a dependency: async-nats ends its
+//! connection when it cannot parse a message the server relays (a header name with a space,
+//! a subject that is not UTF-8), and says why only in a debug line of its own. That layer
+//! turns the line into ricochet's warning and a count, whatever the log level.
 
+use std::fmt::Debug;
+
+use tracing::field::{Field, Visit};
+use tracing::{warn, Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::telemetry::metrics::NATS_EVENTS;
 
 /// lapin logs every connection failure itself, at error level, in its own words (and
 /// about its own recovery, which ricochet does not use); ricochet logs each with its cause
@@ -17,12 +30,104 @@ pub fn init(config: &LogConfig) {
     if !text.contains("lapin") {
         filter = filter.add_directive(LAPIN_QUIET.parse().expect("a valid directive"));
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let drops = NatsDrops.with_filter(Targets::new().with_target("async_nats", Level::DEBUG));
+    let registry = tracing_subscriber::registry().with(drops);
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // A second init (tests calling it twice) is harmless: the first subscriber stays.
     let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => registry.with(log.with_filter(filter)).try_init(),
+        LogFormat::Json => registry.with(log.json().with_filter(filter)).try_init(),
     };
+}
+
+/// Sees async-nats' "disconnected" line and, when its error says the client could not
+/// parse what it read (`InvalidInput`), logs the cause in ricochet's words and counts it as
+/// `ricochet_nats_connection_events_total{event="protocol_error"}`. The error's own text
+/// is never repeated: it can quote the bytes of a message.
+struct NatsDrops;
+
+impl<S: Subscriber> Layer<S> for NatsDrops {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut seen = Fields::default();
+        event.record(&mut seen);
+        if seen.message != "disconnected" {
+            return;
+        }
+        if let Some(cause) = protocol_error(&seen.error) {
+            metrics::counter!(NATS_EVENTS, "event" => "protocol_error").increment(1);
+            warn!(
+                cause,
+                "the NATS client dropped its connection: the server relayed a message it cannot \
+                 parse (lost on core NATS, redelivered by JetStream); connecting again"
+            );
+        }
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    error: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// What the client could not parse, from the `Debug` form of its `Option<io::Error>`;
+/// `None` for a connection that broke for any other reason.
+fn protocol_error(error: &str) -> Option<&'static str> {
+    if !error.contains("InvalidInput") {
+        return None;
+    }
+    let cause = if error.contains("ParseHeaderNameError") {
+        "a header name it cannot parse (a space, CR, LF or colon in a name)"
+    } else if error.contains("Utf8Error") || error.contains("utf-8") {
+        "bytes that are not UTF-8 in a subject or header block"
+    } else if error.contains("NATS/1.0") || error.contains("version line") {
+        "a header block that does not start with NATS/1.0"
+    } else if error.contains("status") {
+        "a status it cannot parse"
+    } else if error.contains("arguments after") {
+        "a message line it cannot parse"
+    } else {
+        "bytes that are not a message it can parse"
+    };
+    Some(cause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_are_named_and_other_drops_are_not_protocol_errors() {
+        let of = |error: std::io::Error| protocol_error(&format!("{:?}", Some(error)));
+        let invalid = |e: Box<dyn std::error::Error + Send + Sync>| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+        };
+        let name = of(invalid(Box::new(async_nats::header::ParseHeaderNameError)));
+        assert_eq!(
+            name,
+            Some("a header name it cannot parse (a space, CR, LF or colon in a name)")
+        );
+        let version = "header version line does not begin with `NATS/1.0`";
+        assert_eq!(
+            of(invalid(version.into())),
+            Some("a header block that does not start with NATS/1.0")
+        );
+        let secret = "invalid server operation: 'Authorization: Bearer s3cret'";
+        assert_eq!(
+            of(invalid(secret.into())),
+            Some("bytes that are not a message it can parse")
+        );
+        assert_eq!(of(std::io::ErrorKind::ConnectionReset.into()), None);
+        assert_eq!(protocol_error("None"), None);
+    }
 }

@@ -39,6 +39,7 @@ pub const KAFKA_LAG: &str = "ricochet_kafka_consumer_lag_messages";
 pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
 pub const TRACE_EXPORTS: &str = "ricochet_trace_exports_total";
 pub const RELOADS: &str = "ricochet_config_reloads_total";
+pub const LIVENESS_FAILURES: &str = "ricochet_liveness_failures_total";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -152,6 +153,10 @@ fn describe() {
         "Configuration reloads (SIGHUP or a watched file's change), by result: applied, refused (invalid, or the new routes cannot start; the running configuration stays)"
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
+    describe_counter!(
+        LIVENESS_FAILURES,
+        "Failures that make /healthz answer 503 until a restart (cause: panic, intake_ended, nats_client_ended)"
+    );
     describe_counter!(
         NATS_EVENTS,
         "NATS connection events (connected, disconnected, ...)"

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod discovery;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod trace;
