@@ -81,19 +81,24 @@ impl Visit for Fields {
 }
 
 /// What the client could not parse, from the `Debug` form of its `Option<io::Error>`;
-/// `None` for a connection that broke for any other reason.
+/// `None` for a connection that broke for any other reason. async-nats 0.52 says
+/// `InvalidInput` for every parse error but the status line's (`Other`, its own words).
 fn protocol_error(error: &str) -> Option<&'static str> {
-    if !error.contains("InvalidInput") {
+    let status = error.contains("could not parse status");
+    if !error.contains("InvalidInput") && !status {
         return None;
     }
-    let cause = if error.contains("ParseHeaderNameError") {
+    let cause = if status {
+        "a status it cannot parse"
+    } else if error.contains("ParseHeaderNameError") {
         "a header name it cannot parse (a space, CR, LF or colon in a name)"
     } else if error.contains("Utf8Error") || error.contains("utf-8") {
         "bytes that are not UTF-8 in a subject or header block"
-    } else if error.contains("NATS/1.0") || error.contains("version line") {
+    } else if error.contains("does not begin with `NATS/1.0`") {
         "a header block that does not start with NATS/1.0"
-    } else if error.contains("status") {
-        "a status it cannot parse"
+    } else if error.contains("no header version line found") {
+        // The client's words for a header line without a colon, too.
+        "a header line it cannot parse (no colon, or no NATS/1.0 line)"
     } else if error.contains("arguments after") {
         "a message line it cannot parse"
     } else {
@@ -127,7 +132,15 @@ mod tests {
             of(invalid(secret.into())),
             Some("bytes that are not a message it can parse")
         );
+        let status = std::io::Error::other("could not parse status parameter");
+        assert_eq!(of(status), Some("a status it cannot parse"));
+        let colon = invalid("no header version line found".into());
+        assert_eq!(
+            of(colon),
+            Some("a header line it cannot parse (no colon, or no NATS/1.0 line)")
+        );
         assert_eq!(of(std::io::ErrorKind::ConnectionReset.into()), None);
+        assert_eq!(of(std::io::Error::other("broken pipe")), None);
         assert_eq!(protocol_error("None"), None);
     }
 }
