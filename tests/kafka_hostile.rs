@@ -189,11 +189,12 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
     let producer = kafka::producer();
 
     // Refused: X-Bom is not UTF-8 (a UTF-16 byte order mark).
-    let bad: [RawHeader; 7] = [
+    let bad: [RawHeader; 8] = [
         ("correlation-id", Some(b"c-bad")),
         ("X-Tenant", Some(b"acme")),
         ("X-Bom", Some(b"\xff\xfe")),
         ("X-Empty", Some(b"")),
+        ("X-Null", None),
         ("X-Dup", Some(b"1")),
         ("X-Dup", Some(b"2")),
         ("X-Bin", Some(b"c1-\xffbin")),
@@ -228,10 +229,20 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
         Some("bad_request")
     );
     let body: serde_json::Value = serde_json::from_slice(refused.payload().unwrap()).unwrap();
-    assert_eq!(
-        body["error"],
-        "header \"X-Bom\" cannot become an HTTP header: its value is 2 bytes that are not \
-         UTF-8 (the first invalid byte at offset 0)"
+    let error = "header \"X-Bom\" cannot become an HTTP header: its value is 2 bytes that are \
+                 not UTF-8 (the first invalid byte at offset 0)";
+    assert_eq!(body["error"], error);
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/sources/kafka.md"
+    ))
+    .unwrap();
+    assert!(
+        page.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(error),
+        "docs/sources/kafka.md quotes the refusal as ricochet words it"
     );
     let nameless_reply = &answers["c-nameless"];
     assert_eq!(
@@ -259,9 +270,10 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
     ] {
         let letter = &dead_letters[payload];
         let headers = headers_of(letter);
+        // A null value is produced as an empty one (documented).
         let expected: Vec<(String, Option<Vec<u8>>)> = original
             .iter()
-            .map(|(n, v)| (n.to_string(), v.map(<[u8]>::to_vec)))
+            .map(|(n, v)| (n.to_string(), Some(v.unwrap_or_default().to_vec())))
             .collect();
         assert_eq!(headers[..expected.len()], expected[..], "{headers:?}");
         assert_eq!(
