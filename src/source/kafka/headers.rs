@@ -63,6 +63,38 @@ fn not_utf8(len: usize, valid_up_to: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a producer sends, every header is accounted for, in order: text with its
+        /// exact bytes, or unreadable by name; only a binary correlation id is neither, and
+        /// it is what `correlation` echoes when it comes first.
+        #[test]
+        fn no_header_is_lost_or_altered(
+            headers in prop::collection::vec(
+                (
+                    prop_oneof![Just("correlation-id".to_string()), Just("X-Dup".to_string()), any::<String>()],
+                    prop_oneof![any::<Vec<u8>>(), any::<String>().prop_map(String::into_bytes)],
+                ),
+                0..12,
+            )
+        ) {
+            let (text, unreadable) = split(&headers, "correlation-id");
+            let (mut text, mut unreadable) = (text.into_iter(), unreadable.into_iter());
+            for (name, value) in &headers {
+                match std::str::from_utf8(value) {
+                    Ok(value) => {
+                        prop_assert_eq!(text.next(), Some((name.clone(), value.to_string())));
+                    }
+                    Err(_) if name.eq_ignore_ascii_case("correlation-id") => {}
+                    Err(_) => prop_assert_eq!(unreadable.next().map(|u| u.name), Some(name.clone())),
+                }
+            }
+            prop_assert!(text.next().is_none() && unreadable.next().is_none());
+            let first = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("correlation-id"));
+            prop_assert_eq!(correlation(&headers, "correlation-id"), first.map(|(_, v)| v.as_slice()));
+        }
+    }
 
     fn raw(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
         pairs
