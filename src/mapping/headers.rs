@@ -103,12 +103,11 @@ pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<He
     Ok(out)
 }
 
-/// HTTP response headers -> reply headers. Values that are not text are skipped: a NATS
-/// header cannot carry them, and the rest of the response is still worth delivering.
-pub fn from_http(
-    headers: &HeaderMap,
-    filter: &HeaderFilter,
-) -> Vec<(super::reply::HeaderName, String)> {
+/// HTTP response headers -> reply headers. Values are kept as the service sent their
+/// bytes, obs-text (`café` in UTF-8, raw bytes 0x80-0xFF) included: Kafka and AMQP replies
+/// carry them unchanged, and the NATS publisher drops, and names, what NATS cannot carry
+/// (see `reply::nats`).
+pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> super::reply::ReplyHeaders {
     let listed = connection_listed(
         headers
             .iter()
@@ -121,9 +120,9 @@ pub fn from_http(
                 && !listed.iter().any(|l| l == name.as_str())
                 && filter.permits(name)
         })
-        .filter_map(|(name, value)| {
+        .map(|(name, value)| {
             let name = super::reply::HeaderName::Owned(name.as_str().to_string());
-            Some((name, value.to_str().ok()?.to_string()))
+            (name, bytes::Bytes::copy_from_slice(value.as_bytes()))
         })
         .collect()
 }
@@ -192,13 +191,31 @@ mod tests {
         headers.insert("connection", HeaderValue::from_static("keep-alive"));
         headers.insert("nats-msg-id", HeaderValue::from_static("spoof"));
         headers.insert("x-trace", HeaderValue::from_static("t"));
-        headers.insert("x-binary", HeaderValue::from_bytes(b"\xff").unwrap());
         let out = from_http(&headers, &HeaderFilter::default());
+        let out: Vec<(&str, &[u8])> = out.iter().map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         assert_eq!(
             out,
-            vec![
-                ("content-type".into(), "application/json".to_string()),
-                ("x-trace".into(), "t".to_string())
+            [
+                ("content-type", &b"application/json"[..]),
+                ("x-trace", &b"t"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn response_header_values_keep_their_bytes_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-name", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        headers.insert("x-binary", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        headers.append("x-name", HeaderValue::from_static("second"));
+        let out = from_http(&headers, &HeaderFilter::default());
+        let out: Vec<(&str, &[u8])> = out.iter().map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
+        assert_eq!(
+            out,
+            [
+                ("x-name", &b"caf\xc3\xa9"[..]),
+                ("x-name", &b"second"[..]),
+                ("x-binary", &b"\xff\xfe"[..]),
             ]
         );
     }

@@ -4,6 +4,10 @@
 //! carry `Nats-Service-Error` and `Nats-Service-Error-Code`, the NATS service API convention.
 //! Errors ricochet produces itself add `Ricochet-Error: <kind>` and a JSON body
 //! `{"error": "...", "code": N}`.
+//!
+//! Header values are bytes ([`ReplyHeaders`]): Kafka and AMQP replies carry them as the
+//! service sent them (`café` as UTF-8, obs-text, raw bytes) and a Kafka correlation id as
+//! the request had it; each publisher decides what its broker can carry (NATS: UTF-8 only).
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -103,11 +107,67 @@ impl ErrorKind {
 /// A header name: ricochet's own are static, so a reply costs no allocation for them.
 pub type HeaderName = std::borrow::Cow<'static, str>;
 
+/// A reply's headers in order (a name may repeat), each value the bytes to publish.
+///
+/// Values are bytes, not text: an HTTP response header may hold obs-text (bytes 0x80-0xFF,
+/// e.g. UTF-8 `café`) and a Kafka correlation id any bytes, and Kafka and AMQP carry them
+/// unchanged. `push` takes any value that converts to bytes (`String`, `&'static str`,
+/// `Vec<u8>`), so the text ricochet writes itself needs no ceremony.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyHeaders(Vec<(HeaderName, Bytes)>);
+
+impl ReplyHeaders {
+    /// Appends a header (a `(name, value)` pair, as `Vec::push` would).
+    pub fn push(&mut self, (name, value): (HeaderName, impl Into<Bytes>)) {
+        self.0.push((name, value.into()));
+    }
+
+    /// Keeps the headers for which `keep` is true, in order.
+    pub fn retain(&mut self, keep: impl FnMut(&(HeaderName, Bytes)) -> bool) {
+        self.0.retain(keep);
+    }
+
+    /// The first value of `name` (case-insensitive), as published.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl std::ops::Deref for ReplyHeaders {
+    type Target = [(HeaderName, Bytes)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a ReplyHeaders {
+    type Item = &'a (HeaderName, Bytes);
+    type IntoIter = std::slice::Iter<'a, (HeaderName, Bytes)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<N: Into<HeaderName>, V: Into<Bytes>> FromIterator<(N, V)> for ReplyHeaders {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(headers: I) -> Self {
+        Self(
+            (headers.into_iter())
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
 /// What gets published back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: StatusCode,
-    pub headers: Vec<(HeaderName, String)>,
+    pub headers: ReplyHeaders,
     pub body: Bytes,
 }
 
@@ -120,14 +180,17 @@ impl Reply {
         filter: &HeaderFilter,
     ) -> Self {
         let mut headers = headers::from_http(response_headers, filter);
-        headers.push((STATUS_HEADER.into(), status.as_str().into()));
+        headers.push((STATUS_HEADER.into(), status.as_str().to_string()));
         if status.as_u16() >= 400 {
             let description = status
                 .canonical_reason()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
             headers.push((SERVICE_ERROR_HEADER.into(), description));
-            headers.push((SERVICE_ERROR_CODE_HEADER.into(), status.as_str().into()));
+            headers.push((
+                SERVICE_ERROR_CODE_HEADER.into(),
+                status.as_str().to_string(),
+            ));
         }
         Self {
             status,
@@ -161,28 +224,29 @@ impl Reply {
         let status = kind.status();
         Self {
             status,
-            headers: vec![
-                ("Content-Type".into(), "application/json".into()),
-                (STATUS_HEADER.into(), status.as_str().into()),
-                (ERROR_KIND_HEADER.into(), kind.as_str().into()),
-                (SERVICE_ERROR_HEADER.into(), single_line(detail)),
-                (SERVICE_ERROR_CODE_HEADER.into(), status.as_str().into()),
-            ],
+            headers: [
+                ("Content-Type", "application/json".to_string()),
+                (STATUS_HEADER, status.as_str().to_string()),
+                (ERROR_KIND_HEADER, kind.as_str().to_string()),
+                (SERVICE_ERROR_HEADER, single_line(detail)),
+                (SERVICE_ERROR_CODE_HEADER, status.as_str().to_string()),
+            ]
+            .into_iter()
+            .collect(),
             body: Bytes::from(body.to_string()),
         }
     }
 
-    /// Adds a header (used for `Ricochet-Attempts` and `Retry-After`).
-    pub fn with_header(mut self, name: impl Into<HeaderName>, value: String) -> Self {
+    /// Adds a header (used for `Ricochet-Attempts`, `Retry-After` and the correlation id).
+    pub fn with_header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
         self.headers.push((name.into(), value));
         self
     }
 
+    /// The first value of `name` as text; `None` when absent or not UTF-8 (see
+    /// [`ReplyHeaders::get`] for the bytes).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        std::str::from_utf8(self.headers.get(name)?).ok()
     }
 }
 

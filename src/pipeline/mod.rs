@@ -690,7 +690,7 @@ impl Pipeline {
         debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
         route.metrics.error(kind);
         Processed {
-            reply: Reply::error(kind, detail).with_header(ATTEMPTS_HEADER, "0".into()),
+            reply: Reply::error(kind, detail).with_header(ATTEMPTS_HEADER, "0"),
             disposition: Disposition::Undeliverable,
             error: Some(kind),
             detail: Some(detail.to_string()),
@@ -729,8 +729,9 @@ fn too_large(route: &Route, reply: &Reply, size: usize, limit: usize, what: &str
     route.metrics.error(ErrorKind::UpstreamUnavailable);
     let mut fallback = Reply::error(ErrorKind::UpstreamUnavailable, &detail);
     for name in [ATTEMPTS_HEADER, route.config.correlation_header.as_str()] {
-        if let Some(value) = reply.header(name) {
-            fallback = fallback.with_header(name.to_string(), value.to_string());
+        if let Some(value) = reply.headers.get(name) {
+            // Bytes: a Kafka correlation id is echoed as the request had it.
+            fallback = fallback.with_header(name.to_string(), value.to_vec());
         }
     }
     fallback

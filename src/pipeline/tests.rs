@@ -220,9 +220,9 @@ async fn an_answer_is_published_with_the_correlation_id_then_acked() {
     let reply = broker.replies.lock().unwrap()[0].clone();
     let correlation: Vec<_> = (reply.headers.iter())
         .filter(|(n, _)| n.eq_ignore_ascii_case("correlation-id"))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_ref())
         .collect();
-    assert_eq!(correlation, ["c-7"], "the request's id, once");
+    assert_eq!(correlation, [b"c-7"], "the request's id, once");
     assert_eq!(reply.body.as_ref(), b"body");
     let counts = Counts::take(&metrics);
     assert_eq!(counts.outcome("replied"), 1);

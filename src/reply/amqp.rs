@@ -93,25 +93,34 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// The message a reply becomes: the response's content type as the property, the other
 /// headers (status, errors, allow-listed response headers) as headers, the request's
 /// correlation id.
+///
+/// Header values are long strings holding the reply's bytes unchanged (an AMQP long string
+/// is a byte sequence): UTF-8 `café` and raw bytes alike, nothing dropped. A content type
+/// that cannot be the `content_type` property (not UTF-8, longer than 255 bytes) stays a
+/// `Content-Type` header rather than being lost.
 pub fn reply_message(
     destination: &str,
     reply: &Reply,
     correlation: Option<&str>,
 ) -> BasicProperties {
     let mut properties = BasicProperties::default();
-    let mut content_type = None;
-    let headers = reply.headers.iter().filter_map(|(name, value)| {
-        if name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value.as_str());
-            None
-        } else {
-            Some((name.as_ref(), value.as_str()))
+    let mut headers = FieldTable::default();
+    for (name, value) in &reply.headers {
+        if name.eq_ignore_ascii_case("content-type") && properties.content_type().is_none() {
+            let property = std::str::from_utf8(value)
+                .ok()
+                .and_then(|c| ShortString::try_new(c).ok());
+            if let Some(content_type) = property {
+                properties = properties.with_content_type(content_type);
+                continue;
+            }
         }
-    });
-    properties = properties.with_headers(table(headers));
-    if let Some(content_type) = content_type.and_then(|c| ShortString::try_new(c).ok()) {
-        properties = properties.with_content_type(content_type);
+        if let Ok(name) = ShortString::try_new(name.as_ref()) {
+            let value = LongString::from(value.to_vec());
+            headers.insert(name, AMQPValue::LongString(value));
+        }
     }
+    properties = properties.with_headers(headers);
     if let Some(id) = correlation.and_then(|c| ShortString::try_new(c).ok()) {
         properties = properties.with_correlation_id(id);
     }
@@ -209,10 +218,12 @@ mod tests {
     fn a_reply_carries_its_content_type_as_the_property_and_the_correlation_id() {
         let reply = Reply {
             status: StatusCode::CREATED,
-            headers: vec![
-                ("Content-Type".into(), "application/json".into()),
-                ("Ricochet-Status".into(), "201".into()),
-            ],
+            headers: [
+                ("Content-Type", "application/json"),
+                ("Ricochet-Status", "201"),
+            ]
+            .into_iter()
+            .collect(),
             body: bytes::Bytes::from_static(b"{}"),
         };
         let p = reply_message("replies", &reply, Some("c-1"));
@@ -231,5 +242,34 @@ mod tests {
         let direct = reply_message("amq.rabbitmq.reply-to.g2dkABFyYWJiaXRA", &reply, None);
         assert_eq!(*direct.delivery_mode(), None);
         assert_eq!(*direct.correlation_id(), None);
+    }
+
+    #[test]
+    fn reply_header_values_are_long_strings_of_their_bytes_unchanged() {
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers: [
+                ("X-Name", &b"caf\xc3\xa9"[..]),
+                ("X-Raw", &b"\xff\xfe\x00"[..]),
+                ("X-Empty", &b""[..]),
+                ("Content-Type", &b"text/plain; charset=caf\xe9"[..]),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n, bytes::Bytes::from_static(v)))
+            .collect(),
+            body: bytes::Bytes::new(),
+        };
+        let p = reply_message("replies", &reply, None);
+        let table = p.headers().clone().unwrap();
+        let get = |name: &str| match table.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => s.as_bytes().to_vec(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(get("X-Name"), b"caf\xc3\xa9");
+        assert_eq!(get("X-Raw"), b"\xff\xfe\x00");
+        assert_eq!(get("X-Empty"), b"");
+        // Not UTF-8: no content_type property, but not lost either.
+        assert_eq!(*p.content_type(), None);
+        assert_eq!(get("Content-Type"), b"text/plain; charset=caf\xe9");
     }
 }

@@ -19,7 +19,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::mapping::Reply;
 use crate::route::Pattern;
@@ -249,15 +249,42 @@ impl CaptureList {
     }
 }
 
+/// Name of the reply header that lists, comma-separated, the response headers a NATS reply
+/// left out because NATS cannot carry their values.
+pub const DROPPED_HEADERS: &str = "Ricochet-Dropped-Headers";
+
+/// The reply's headers as NATS headers. A NATS header value is text (async-nats holds it as
+/// a `String`): a UTF-8 value (`café`) passes unchanged; one that is not (raw obs-text bytes
+/// from the service) cannot, and is left out, never silently: the reply names it in
+/// `Ricochet-Dropped-Headers` and a warning counts them.
 fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &reply.headers {
-        headers.append(name.as_ref(), value.as_str());
+    let (mut headers, dropped) = nats_headers(reply);
+    if !dropped.is_empty() {
+        warn!(
+            count = dropped.len(),
+            headers = %dropped.join(", "),
+            "reply headers whose values are not UTF-8 left out: NATS headers carry text"
+        );
+        headers.insert(DROPPED_HEADERS, dropped.join(", "));
     }
     for (name, value) in extra {
         headers.insert(*name, value.as_str());
     }
     headers
+}
+
+/// The reply's headers NATS can carry, and the names of those it cannot (once each).
+fn nats_headers(reply: &Reply) -> (HeaderMap, Vec<&str>) {
+    let mut headers = HeaderMap::new();
+    let mut dropped: Vec<&str> = Vec::new();
+    for (name, value) in &reply.headers {
+        match std::str::from_utf8(value) {
+            Ok(text) => headers.append(name.as_ref(), text),
+            Err(_) if !dropped.contains(&name.as_ref()) => dropped.push(name.as_ref()),
+            Err(_) => {}
+        }
+    }
+    (headers, dropped)
 }
 
 #[cfg(test)]
@@ -326,5 +353,34 @@ mod tests {
         let relisted = captures.covers("r.5", listed(Ok(filters(&["q.*"])))).await;
         assert_eq!(relisted, Ok(false));
         assert_eq!(listings.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn utf8_reply_headers_pass_and_the_rest_are_named_not_silently_dropped() {
+        let reply = Reply {
+            status: http::StatusCode::OK,
+            headers: [
+                ("X-Name", &b"caf\xc3\xa9"[..]),
+                ("X-Raw", &b"\xff\xfe"[..]),
+                ("X-Raw", &b"\xfe"[..]),
+                ("X-Other", &b"\xe9"[..]),
+                ("X-Empty", &b""[..]),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n, Bytes::from_static(v)))
+            .collect(),
+            body: Bytes::new(),
+        };
+        let map = headers(&reply, &[("Nats-Msg-Id", "m".to_string())]);
+        let get = |name: &str| map.get(name).map(|v| v.as_str().to_string());
+        assert_eq!(get("X-Name").as_deref(), Some("café"));
+        assert_eq!(get("X-Empty").as_deref(), Some(""));
+        assert_eq!(get("X-Raw"), None);
+        assert_eq!(get("X-Other"), None);
+        assert_eq!(get(DROPPED_HEADERS).as_deref(), Some("X-Raw, X-Other"));
+        assert_eq!(get("Nats-Msg-Id").as_deref(), Some("m"));
+        // Nothing to drop, nothing said.
+        let clean = Reply::error(crate::mapping::ErrorKind::Timeout, "late");
+        assert_eq!(headers(&clean, &[]).get(DROPPED_HEADERS), None);
     }
 }

@@ -67,7 +67,10 @@ pub struct Inbound {
     /// Durable sources: the same on every redelivery (a `Nats-Msg-Id`, a stream sequence,
     /// topic-partition-offset); sent as `Idempotency-Key` unless the message has one.
     pub idempotency_key: Option<String>,
-    /// Echoed on the reply in the route's `correlation_header`.
+    /// Echoed on the reply in the route's `correlation_header`. Text, as NATS and AMQP ids
+    /// are and as traces show it; a Kafka id may be any bytes, so the Kafka source keeps the
+    /// record's own and puts them on the reply byte for byte (this is then their lossy
+    /// text form).
     pub correlation: Option<String>,
     /// Deliveries of this message so far, this one included.
     pub delivered: u32,

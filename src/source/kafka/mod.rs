@@ -31,6 +31,7 @@
 //! - **Shutdown**: stop fetching, finish in-flight work (waiting retries give up), commit
 //!   synchronously, flush.
 
+mod headers;
 mod offsets;
 mod poller;
 mod state;
@@ -630,11 +631,7 @@ impl KafkaRoute {
 
     fn inbound(&self, record: &Record) -> Inbound {
         let config = &self.route.config;
-        let headers: Vec<(String, String)> = record
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
+        let (headers, unreadable) = headers::split(&record.headers, &config.correlation_header);
         let mut inbound = Inbound::new(
             record.topic.clone(),
             super::reply_destination(
@@ -645,12 +642,14 @@ impl KafkaRoute {
             headers,
             record.payload.clone(),
         );
-        inbound.correlation = Some(
-            (inbound
-                .header(&config.correlation_header)
-                .map(str::to_string))
-            .unwrap_or_else(|| record.id()),
-        );
+        inbound.unreadable = unreadable;
+        // The text form, for traces and the pipeline's echo; the reply gets the raw bytes
+        // (`Topic::output`).
+        let correlation = headers::correlation(&record.headers, &config.correlation_header);
+        inbound.correlation = Some(match correlation {
+            Some(id) => String::from_utf8_lossy(id).into_owned(),
+            None => record.id(),
+        });
         inbound.idempotency_key = Some(record.id());
         inbound.position = super::Position::Partition {
             partition: record.partition,
@@ -783,12 +782,21 @@ struct Topic<'a> {
 }
 
 impl Topic<'_> {
+    /// The reply as a record: its header values as bytes, unchanged, and the correlation id
+    /// the request carried byte for byte. `Inbound::correlation` is text (what NATS and
+    /// AMQP ids are, and what traces show), so the one header the pipeline echoed from it
+    /// gets the record's own bytes back here.
     fn output(&self, topic: &str, reply: &Reply) -> Output {
+        let name = &self.source.route.config.correlation_header;
+        let id = headers::correlation(&self.record.headers, name);
         Output {
             topic: topic.to_string(),
             key: self.record.key.clone(),
             headers: (reply.headers.iter())
-                .map(|(n, v)| (n.to_string(), v.clone().into_bytes()))
+                .map(|(n, v)| match id {
+                    Some(id) if n.eq_ignore_ascii_case(name) => (n.to_string(), id.to_vec()),
+                    _ => (n.to_string(), v.to_vec()),
+                })
                 .collect(),
             payload: reply.body.clone(),
         }
