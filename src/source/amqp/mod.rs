@@ -14,6 +14,7 @@
 //! consumer is cancelled, in-flight requests finish and are settled, and the connection is
 //! closed; deliveries received but not started go back to the queue with the channel.
 
+pub mod fields;
 mod message;
 pub mod topology;
 
