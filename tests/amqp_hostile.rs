@@ -240,6 +240,114 @@ fn corpus() -> Vec<Case> {
     ]
 }
 
+/// The cases that docs/sources/amqp.md's header-value table shows, with what its "sent"
+/// column says of each.
+const DOCUMENTED: [(&str, &str); 24] = [
+    ("bool", "true"),
+    ("bool-false", "false"),
+    ("int8", "-128"),
+    ("uint8", "255"),
+    ("int16", "-32768"),
+    ("uint16", "65535"),
+    ("int32", "-2147483648"),
+    ("uint32", "4294967295"),
+    ("int64", "-9223372036854775808"),
+    ("float", "1.5"),
+    ("double", "-0.25"),
+    ("double-large", "6.02e23"),
+    ("decimal", "scale 2, value 150"),
+    ("decimal-negative", "scale 1, value -15"),
+    ("long-string", "acme"),
+    ("long-string-utf8", "grüße"),
+    ("long-string-empty", "(empty)"),
+    ("long-string-binary", "bytes e9"),
+    ("byte-array-utf8", "Bearer abc.def"),
+    ("byte-array-binary", "bytes 01 02 ff"),
+    ("timestamp", "1700000000"),
+    ("void", "(no value)"),
+    ("table", "{k: v}"),
+    ("array", "[1, two]"),
+];
+
+/// The rows of the table under `## Header values` in docs/sources/amqp.md.
+fn documented_rows() -> Vec<Vec<String>> {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sources/amqp.md"))
+            .unwrap();
+    let section = page.split("## Header values").nth(1).expect("the section");
+    (section.lines())
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            (l.trim_matches('|').split(" | "))
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The first `code` span of a cell.
+fn code(cell: &str) -> Option<&str> {
+    cell.split('`').nth(1)
+}
+
+#[test]
+fn the_documented_mapping_is_the_one_the_corpus_holds() {
+    let corpus = corpus();
+    let rows = documented_rows();
+    assert_eq!(rows.len(), DOCUMENTED.len(), "{rows:?}");
+    for row in &rows {
+        let [kind, sent, gets] = &row[..] else {
+            panic!("three cells: {row:?}")
+        };
+        let (name, _) = (DOCUMENTED.iter())
+            .find(|(_, s)| s == sent)
+            .unwrap_or_else(|| panic!("a corpus case sends {sent:?}"));
+        let case = corpus.iter().find(|c| c.name == *name).unwrap();
+        assert_eq!(
+            code(kind),
+            case.table[0][1].as_str(),
+            "{name}: the type letter"
+        );
+        let documented = match gets.strip_prefix("refused: ") {
+            Some(why) => Expect::Refused(format!(
+                "header {:?} cannot become an HTTP header: its value is {why}",
+                case.table[0][0].as_str().unwrap()
+            )),
+            None if gets.starts_with("the empty value") => text("", ""),
+            None => text("", code(gets).expect("a code span")),
+        };
+        match (&documented, &case.expect) {
+            (Expect::Refused(doc), Expect::Refused(tested)) => assert_eq!(doc, tested, "{name}"),
+            (Expect::Header(_, doc), Expect::Header(_, tested)) => {
+                assert_eq!(doc, tested, "{name}")
+            }
+            _ => panic!("{name}: the page says {gets:?}"),
+        }
+    }
+    // The other pages name every type the table does.
+    for page in ["docs/security.md", "docs/message-contract.md"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{page}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for kind in [
+            "boolean",
+            "integer",
+            "float",
+            "double",
+            "decimal",
+            "timestamp",
+            "void",
+            "long string",
+            "byte array",
+            "field table",
+            "field array",
+        ] {
+            assert!(text.contains(kind), "{page} names {kind}");
+        }
+    }
+}
+
 fn header<'a>(message: &'a Value, name: &str) -> Option<&'a str> {
     message["headers"][name].as_str()
 }
