@@ -482,3 +482,81 @@ async fn every_field_type_and_hostile_value_gets_its_documented_header_or_a_400_
     assert_eq!(depth[&queue]["messages"], 0, "every request settled");
     client(json!({"op": "delete", "queues": [queue, dlq], "exchanges": [dlx]})).await;
 }
+
+#[tokio::test]
+async fn a_header_name_lapin_cannot_read_is_set_aside_by_a_quorum_queues_delivery_limit() {
+    // lapin cannot parse a header name that is not UTF-8: the connection fails on that
+    // delivery, every time. The documented defence: a quorum queue with a delivery limit and
+    // a dead-letter exchange of its own.
+    let queue = unique("ricochet.test.badname.");
+    let (dlx, dlq) = (unique("ricochet.test.dlx."), unique("ricochet.test.dlq."));
+    client(json!({"op": "declare", "exchanges": [[dlx, "fanout"]], "queues": [dlq], "bindings": [[dlq, dlx, ""]]})).await;
+    let arguments =
+        json!({"x-queue-type": "quorum", "x-delivery-limit": 2, "x-dead-letter-exchange": dlx});
+    client(json!({"op": "declare", "queues": [queue], "arguments": arguments})).await;
+    let upstream = Upstream::echo().await;
+    let routes = amqp::route("badname", &queue, &queue, "", "queue_type = \"quorum\"");
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+
+    let table = json!([[{"hex": "58ff"}, "S", "v"], ["X-Ok", "S", "1"]]);
+    let poison = client(
+        json!({"op": "rpc", "routing_key": queue, "table": table, "body": "poison", "timeout": 1}),
+    )
+    .await;
+    assert_eq!(poison["answered"], 0, "{poison}");
+    let good =
+        client(json!({"op": "rpc", "routing_key": queue, "body": "good", "timeout": 30})).await;
+    assert_eq!(good["answered"], 1, "the next request is answered: {good}");
+    let letters = client(json!({"op": "get", "queue": dlq, "count": 1, "timeout": 10})).await;
+    let letter = &letters["messages"][0];
+    assert_eq!(letter["body"], "poison", "{letters}");
+    assert!(
+        (letter["table"].as_array().unwrap().iter()).any(|e| e[0] == json!({"hex": "58ff"})),
+        "set aside as it was sent: {letter}"
+    );
+    assert!(
+        upstream.seen().iter().all(|s| s.body.as_ref() != b"poison"),
+        "the service never sees it"
+    );
+    let losses = ricochet.logs().matches("AMQP connection lost").count();
+    assert!(
+        (1..=3).contains(&losses),
+        "one lost connection per delivery of it: {losses}"
+    );
+    ricochet.wait_ready().await;
+    client(json!({"op": "delete", "queues": [queue, dlq], "exchanges": [dlx]})).await;
+}
+
+#[tokio::test]
+async fn a_delivery_that_breaks_the_connection_every_time_backs_the_reconnects_off() {
+    // Without a delivery limit the request lapin cannot read comes back after every
+    // reconnect; ricochet waits longer each time (100 ms doubling to 4 s) instead of
+    // reconnecting many times a second.
+    let queue = unique("ricochet.test.badname.");
+    let upstream = Upstream::echo().await;
+    let routes = amqp::route("badname-again", &queue, &queue, "", "");
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let started = std::time::Instant::now();
+    let table = json!([[{"hex": "c328"}, "S", "v"]]);
+    let poison =
+        client(json!({"op": "rpc", "routing_key": queue, "table": table, "timeout": 5})).await;
+    assert_eq!(poison["answered"], 0, "{poison}");
+    // Counted before the time is taken: every loss counted happened within it.
+    let losses = ricochet.logs().matches("AMQP connection lost").count();
+    let elapsed = started.elapsed();
+    // Each loss but the last is followed by its pause: count the pauses that fit.
+    let (mut pause, mut waited, mut allowed) = (0.1f64, 0.0, 1);
+    while waited + pause <= elapsed.as_secs_f64() {
+        waited += pause;
+        pause = (pause * 2.0).min(4.0);
+        allowed += 1;
+    }
+    println!("{losses} lost connections in {elapsed:?} (at most {allowed} with the backoff)");
+    assert!(
+        (1..=allowed).contains(&losses),
+        "{losses} lost connections in {elapsed:?}"
+    );
+    client(json!({"op": "delete", "queues": [queue]})).await;
+}
