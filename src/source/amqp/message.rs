@@ -7,10 +7,10 @@
 //! | ack | `basic.ack` |
 //! | redeliver after a delay | a confirmed copy to the retry queue of that delay (or the request queue itself when the delay is zero), carrying its delivery number, routing key and exchange, then `basic.ack` |
 //! | dead letter | a confirmed copy with ricochet's dead-letter headers to `dead_letter_exchange` |
-//!
-//! A copy carries the request's properties, payload and header table as they arrived
-//! (`fields::copy`), so its headers keep their AMQP types.
 //! | terminate | `basic.reject`, no requeue (the queue's own dead-letter exchange, if any, receives it) |
+//!
+//! A copy (retry or dead letter) carries the request's properties, payload and header table
+//! as they arrived (`fields::copy`), so its headers keep their AMQP types.
 //!
 //! When the delivery's channel is gone, the broker has requeued it: nothing is settled and
 //! no reply is published (it will be answered on its next delivery).
@@ -123,9 +123,12 @@ impl AmqpRoute {
     /// The exchange the request was first published to: a retry copy comes back through the
     /// default exchange under the queue's name, carrying it (as it carries the routing key).
     fn first_exchange(&self, delivery: &Delivery, inbound: &Inbound) -> String {
+        let exchange = delivery.exchange.as_str();
         match inbound.header(EXCHANGE_HEADER) {
-            Some(original) if delivery.routing_key.as_str() == self.queue => original.to_string(),
-            _ => delivery.exchange.to_string(),
+            Some(first) if exchange.is_empty() && delivery.routing_key.as_str() == self.queue => {
+                first.to_string()
+            }
+            _ => exchange.to_string(),
         }
     }
 }
