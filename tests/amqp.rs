@@ -789,3 +789,95 @@ async fn a_wrong_password_keeps_ricochet_unready_with_a_clear_error_and_no_secre
         "the password is in no log line"
     );
 }
+
+/// A table's entries as `(name, type, raw bytes)` (see `amqp_client.py`), sorted, without
+/// ricochet's own.
+fn entries(table: &Value) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = (table.as_array().unwrap().iter())
+        .map(|e| (e[0].to_string(), e[1].to_string(), e[3].to_string()))
+        .filter(|(name, _, _)| !name.starts_with("\"Ricochet-"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_dead_letter_after_retries_keeps_the_request_header_table_and_its_first_exchange() {
+    let names = Names::new("keep");
+    let exchange = unique("ricochet.test.ex.");
+    let (dlx, dlq) = (unique("ricochet.test.dlx."), unique("ricochet.test.dlq."));
+    client(json!({"op": "declare", "exchanges": [[exchange, "topic"], [dlx, "fanout"]], "queues": [dlq], "bindings": [[dlq, dlx, ""]]})).await;
+    let upstream = Upstream::start(|_| async { respond(500, "broken") }).await;
+    let subject = format!("{}.{{id}}", names.queue);
+    let routes = amqp::route(
+        "keep",
+        &subject,
+        &names.queue,
+        "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nenabled = false\n[routes.request_headers]\ndeny = [\"x-bin\", \"x-tab\", \"x-arr\"]",
+        &format!("exchange = \"{exchange}\"\ndead_letter_exchange = \"{dlx}\"\nmax_deliver = 3"),
+    );
+    let _ricochet = start(&upstream, &routes).await;
+
+    // The issue's example and more: a field of every kind that has no text form, or a
+    // text form that is not its type.
+    let table = json!([
+        ["X-Num", "I", 7],
+        ["X-Small", "u", 7],
+        ["X-Bin", "x", {"hex": "0102"}],
+        ["X-Tab", "F", [["k", "S", "v"], ["n", "l", -1]]],
+        ["X-Arr", "A", [["t", true], ["d", 0.5]]],
+        ["X-Dec", "D", [2, 150]],
+        ["X-Void", "V", null],
+        ["X-Text", "S", "plain"],
+        ["Content-Type", "S", "text/x-header"]
+    ]);
+    let routing_key = format!("{}.7", names.queue);
+    let answer = client(rpc(
+        &routing_key,
+        1,
+        json!({"exchange": exchange, "table": table}),
+    ))
+    .await;
+    assert_eq!(answer["answered"], 1, "{answer}");
+    assert_eq!(
+        header(&answer["replies"][0], "Ricochet-Status"),
+        Some("500")
+    );
+    let letters = client(json!({"op": "get", "queue": dlq, "count": 1})).await;
+    let letter = &letters["messages"][0];
+    assert_eq!(
+        header(letter, "Ricochet-Dead-Letter-Reason"),
+        Some("max_deliver"),
+        "{letters}"
+    );
+    // Every name, type and value as the caller sent them, through two retry copies.
+    assert_eq!(entries(&letter["table"]), entries(&answer["sent_table"]));
+    assert_eq!(
+        header(letter, "Ricochet-Original-Exchange"),
+        Some(exchange.as_str()),
+        "the exchange it was first published to, not the retry queue's"
+    );
+    assert_eq!(
+        header(letter, "Ricochet-Original-Routing-Key"),
+        Some(routing_key.as_str())
+    );
+    assert_eq!(header(letter, "Ricochet-Delivery-Count"), Some("3"));
+    for bookkeeping in [
+        "Ricochet-Deliveries",
+        "Ricochet-Routing-Key",
+        "Ricochet-Exchange",
+    ] {
+        assert_eq!(header(letter, bookkeeping), None, "{bookkeeping}");
+    }
+    // Each delivery reached the service with the same text headers.
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        assert_eq!(s.headers["x-num"], "7");
+        assert_eq!(s.headers["x-small"], "7");
+        assert_eq!(s.headers["x-dec"], "1.50");
+        assert_eq!(s.headers["x-void"], "");
+        assert!(s.headers.get("x-bin").is_none() && s.headers.get("x-tab").is_none());
+    }
+    names.delete(&[&dlq], &[&exchange, &dlx]).await;
+}

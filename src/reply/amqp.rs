@@ -6,8 +6,8 @@
 //! replies as unroutable although it had delivered them (seen with a lapin caller, not with
 //! pika), and a caller that is gone is gone, as with a NATS inbox.
 //!
-//! Also the conversion of headers between AMQP's field tables and the `(name, value)` form
-//! the rest of ricochet uses.
+//! Also the conversion of reply headers to an AMQP field table (a request's table is read by
+//! `source::amqp::fields`).
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -15,64 +15,6 @@ use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::mapping::Reply;
 use crate::source::Undelivered;
-
-/// Headers RabbitMQ sets itself when it dead-letters or counts a message: never forwarded
-/// to the service and not copied onto republished messages.
-const BROKER_HEADERS: [&str; 3] = ["x-death", "x-delivery-count", "x-received-from"];
-
-fn is_broker_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    BROKER_HEADERS.contains(&lower.as_str())
-        || lower.starts_with("x-first-death-")
-        || lower.starts_with("x-last-death-")
-}
-
-/// A field table's text, number and boolean values as headers. Nested tables, arrays and
-/// byte arrays have no header form and are left out, as are the broker's own headers.
-pub fn headers_of(table: Option<&FieldTable>) -> Vec<(String, String)> {
-    let Some(table) = table else {
-        return Vec::new();
-    };
-    let mut headers = Vec::with_capacity(table.inner().len());
-    for (name, value) in table.inner() {
-        if is_broker_header(name.as_str()) {
-            continue;
-        }
-        if let Some(text) = text_of(value) {
-            headers.push((name.to_string(), text));
-        }
-    }
-    headers
-}
-
-/// A header value as text, if it has a text form.
-pub fn text_of(value: &AMQPValue) -> Option<String> {
-    Some(match value {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.to_string(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
-        AMQPValue::Float(n) => n.to_string(),
-        AMQPValue::Double(n) => n.to_string(),
-        _ => return None,
-    })
-}
-
-/// A whole number header value (`x-delivery-count` is a long; ricochet's own are text).
-pub fn number_of(value: &AMQPValue) -> Option<u64> {
-    match value {
-        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => text_of(value)?.parse().ok(),
-        AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::Boolean(_) => None,
-        other => text_of(other)?.parse().ok(),
-    }
-}
 
 /// Headers as a field table of long strings; a later value of a name replaces an earlier.
 pub fn table<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
@@ -177,44 +119,6 @@ mod tests {
     use http::StatusCode;
 
     #[test]
-    fn headers_keep_text_and_numbers_and_drop_the_brokers_own() {
-        let mut t = FieldTable::default();
-        t.insert("X-Tenant".into(), AMQPValue::LongString("acme".into()));
-        t.insert("x-retry".into(), AMQPValue::LongInt(3));
-        t.insert("flag".into(), AMQPValue::Boolean(true));
-        t.insert("x-death".into(), AMQPValue::LongString("nope".into()));
-        t.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
-        t.insert(
-            "x-first-death-queue".into(),
-            AMQPValue::LongString("q".into()),
-        );
-        t.insert(
-            "nested".into(),
-            AMQPValue::FieldTable(FieldTable::default()),
-        );
-        let mut headers = headers_of(Some(&t));
-        headers.sort();
-        assert_eq!(
-            headers,
-            vec![
-                ("X-Tenant".to_string(), "acme".to_string()),
-                ("flag".to_string(), "true".to_string()),
-                ("x-retry".to_string(), "3".to_string()),
-            ]
-        );
-        assert!(headers_of(None).is_empty());
-    }
-
-    #[test]
-    fn numbers_are_read_from_longs_and_text() {
-        assert_eq!(number_of(&AMQPValue::LongLongInt(4)), Some(4));
-        assert_eq!(number_of(&AMQPValue::LongString("7".into())), Some(7));
-        assert_eq!(number_of(&AMQPValue::LongString("x".into())), None);
-        assert_eq!(number_of(&AMQPValue::LongInt(-1)), None);
-        assert_eq!(number_of(&AMQPValue::Double(1.0)), None);
-    }
-
-    #[test]
     fn a_reply_carries_its_content_type_as_the_property_and_the_correlation_id() {
         let reply = Reply {
             status: StatusCode::CREATED,
@@ -233,7 +137,7 @@ mod tests {
         );
         assert_eq!(p.correlation_id().as_ref().map(|c| c.as_str()), Some("c-1"));
         assert_eq!(*p.delivery_mode(), Some(PERSISTENT));
-        let headers = headers_of(p.headers().as_ref());
+        let headers = crate::source::amqp::fields::decode(p.headers().as_ref()).headers;
         assert_eq!(
             headers,
             vec![("Ricochet-Status".to_string(), "201".to_string())]

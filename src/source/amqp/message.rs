@@ -5,9 +5,12 @@
 //! |---|---|
 //! | reply | publish to `reply_to` through the default exchange, confirmed |
 //! | ack | `basic.ack` |
-//! | redeliver after a delay | a confirmed copy to the retry queue of that delay (or the request queue itself when the delay is zero), carrying its delivery number and routing key, then `basic.ack` |
+//! | redeliver after a delay | a confirmed copy to the retry queue of that delay (or the request queue itself when the delay is zero), carrying its delivery number, routing key and exchange, then `basic.ack` |
 //! | dead letter | a confirmed copy with ricochet's dead-letter headers to `dead_letter_exchange` |
 //! | terminate | `basic.reject`, no requeue (the queue's own dead-letter exchange, if any, receives it) |
+//!
+//! A copy (retry or dead letter) carries the request's properties, payload and header table
+//! as they arrived (`fields::copy`), so its headers keep their AMQP types.
 //!
 //! When the delivery's channel is gone, the broker has requeued it: nothing is settled and
 //! no reply is published (it will be answered on its next delivery).
@@ -21,7 +24,8 @@ use lapin::BasicProperties;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 
-use super::topology::{self, DELIVERIES_HEADER, ROUTING_KEY_HEADER};
+use super::fields;
+use super::topology::{self, DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
 use super::{AmqpRoute, Session, MAX_MESSAGE_SIZE};
 use crate::config::Delivery as Guarantee;
 use crate::mapping::Reply;
@@ -57,6 +61,7 @@ impl AmqpRoute {
             source: self,
             session,
             delivery: &delivery,
+            exchange: self.first_exchange(&delivery, &inbound),
             inbound: &inbound,
         };
         let captures = route.pattern.matches(&inbound.subject);
@@ -70,7 +75,10 @@ impl AmqpRoute {
         let config = &self.route.config;
         let properties = &delivery.properties;
         let table = properties.headers().as_ref();
-        let mut headers = publisher::headers_of(table);
+        let fields::Decoded {
+            mut headers,
+            unreadable,
+        } = fields::decode(table);
         if let Some(content_type) = properties.content_type() {
             if header(&headers, "content-type").is_none() {
                 headers.push(("Content-Type".into(), content_type.to_string()));
@@ -92,7 +100,7 @@ impl AmqpRoute {
                 .inner()
                 .iter()
                 .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))?;
-            publisher::number_of(value)
+            fields::number_of(value)
         };
         let delivered = topology::delivery_count(
             count(DELIVERIES_HEADER),
@@ -108,7 +116,20 @@ impl AmqpRoute {
         };
         inbound.idempotency_key = properties.message_id().as_ref().map(|id| id.to_string());
         inbound.delivered = delivered;
+        inbound.unreadable = unreadable;
         inbound
+    }
+
+    /// The exchange the request was first published to: a retry copy comes back through the
+    /// default exchange under the queue's name, carrying it (as it carries the routing key).
+    fn first_exchange(&self, delivery: &Delivery, inbound: &Inbound) -> String {
+        let exchange = delivery.exchange.as_str();
+        match inbound.header(EXCHANGE_HEADER) {
+            Some(first) if exchange.is_empty() && delivery.routing_key.as_str() == self.queue => {
+                first.to_string()
+            }
+            _ => exchange.to_string(),
+        }
     }
 }
 
@@ -117,6 +138,8 @@ struct Request<'a> {
     source: &'a AmqpRoute,
     session: &'a Session,
     delivery: &'a Delivery,
+    /// The exchange the request was first published to (see `first_exchange`).
+    exchange: String,
     inbound: &'a Inbound,
 }
 
@@ -147,21 +170,14 @@ impl Request<'_> {
         published
     }
 
-    /// The request's own properties, with `headers` instead of its headers: what a retry copy
-    /// and a dead letter carry.
-    fn copy_with(&self, headers: Vec<(&str, &str)>) -> BasicProperties {
+    /// The request's own properties and header table, minus ricochet's retry bookkeeping,
+    /// with `ours` added: what a retry copy and a dead letter carry.
+    fn copy_with(&self, ours: Vec<(&str, &str)>) -> BasicProperties {
+        let bookkeeping = [ROUTING_KEY_HEADER, DELIVERIES_HEADER, EXCHANGE_HEADER];
+        let original = self.delivery.properties.headers().as_ref();
         (self.delivery.properties.clone())
-            .with_headers(publisher::table(headers))
+            .with_headers(fields::copy(original, &bookkeeping, ours))
             .with_delivery_mode(PERSISTENT)
-    }
-
-    /// The request's headers as received, minus ricochet's retry bookkeeping.
-    fn original_headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        let ours = [ROUTING_KEY_HEADER, DELIVERIES_HEADER];
-        (self.inbound.headers.iter())
-            .filter(move |(n, _)| !ours.iter().any(|o| n.eq_ignore_ascii_case(o)))
-            .filter(|(n, _)| !n.eq_ignore_ascii_case("content-type"))
-            .map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     fn settled(result: lapin::Result<bool>, what: &str) -> Result<(), String> {
@@ -201,20 +217,18 @@ impl Settle for Request<'_> {
         let Some(exchange) = &self.source.config.dead_letter_exchange else {
             return Ok(false);
         };
-        let delivery = self.delivery;
         let routing_key = (self.source.config.dead_letter_routing_key.as_deref())
             .unwrap_or(letter.inbound.subject.as_str());
         let ours = letter.headers();
         let origin = [
             (dead_letter::ORIGINAL_QUEUE, self.source.queue.as_str()),
-            (dead_letter::ORIGINAL_EXCHANGE, delivery.exchange.as_str()),
+            (dead_letter::ORIGINAL_EXCHANGE, self.exchange.as_str()),
             (
                 dead_letter::ORIGINAL_ROUTING_KEY,
                 letter.inbound.subject.as_str(),
             ),
         ];
-        let headers = (self.original_headers())
-            .chain(ours.iter().map(|(n, v)| (*n, v.as_str())))
+        let headers = (ours.iter().map(|(n, v)| (*n, v.as_str())))
             .chain(origin)
             .collect();
         let properties = self.copy_with(headers);
@@ -237,12 +251,11 @@ impl Settle for Request<'_> {
             false => topology::retry_queue(queue, delay),
         };
         let next = self.inbound.delivered.saturating_add(1).to_string();
-        let headers = (self.original_headers())
-            .chain([
-                (ROUTING_KEY_HEADER, self.inbound.subject.as_str()),
-                (DELIVERIES_HEADER, next.as_str()),
-            ])
-            .collect();
+        let headers = vec![
+            (ROUTING_KEY_HEADER, self.inbound.subject.as_str()),
+            (EXCHANGE_HEADER, self.exchange.as_str()),
+            (DELIVERIES_HEADER, next.as_str()),
+        ];
         let properties = self.copy_with(headers);
         let copied = self
             .publish("", &target, &self.inbound.payload, properties)

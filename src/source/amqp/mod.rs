@@ -14,6 +14,7 @@
 //! consumer is cancelled, in-flight requests finish and are settled, and the connection is
 //! closed; deliveries received but not started go back to the queue with the channel.
 
+pub mod fields;
 mod message;
 pub mod topology;
 
@@ -110,10 +111,10 @@ impl AmqpRoute {
                     continue;
                 }
             };
-            pause = RECONNECT_MIN;
             info!(route = %route.name, %url, queue = %this.queue, prefetch = route.config.max_in_flight, "AMQP consumer started");
             health.intake_ready();
             let session = Arc::new(session);
+            let started = tokio::time::Instant::now();
             match this.consume(&session, consumer, &tracker, &stop).await {
                 Ended::Stopped => {
                     this.close(&session).await;
@@ -124,6 +125,19 @@ impl AmqpRoute {
                     warn!(route = %route.name, %url, reason = %reason, "AMQP connection lost; connecting again (deliveries in flight go back to the queue)");
                     // The handlers still running on it find their channel closed.
                     let _ = session.connection.close(200, "reconnecting".into()).await;
+                    if started.elapsed() >= RECONNECT_MAX {
+                        pause = RECONNECT_MIN;
+                        continue;
+                    }
+                    // Lost again soon after connecting: most likely the same delivery breaks
+                    // it each time (a header name lapin cannot read, see
+                    // docs/sources/amqp.md). Back off as when connecting fails, rather than
+                    // reconnect many times a second.
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    pause = (pause * 2).min(RECONNECT_MAX);
                 }
             }
         }

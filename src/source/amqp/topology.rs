@@ -24,6 +24,9 @@ use crate::config::{AmqpConfig, QueueType};
 /// On a retry copy: the routing key the request first came with (the copy comes back
 /// through the default exchange, under the queue's name).
 pub const ROUTING_KEY_HEADER: &str = "Ricochet-Routing-Key";
+/// On a retry copy: the exchange the request was first published to (the copy comes back
+/// through the default exchange), for its dead letter's `Ricochet-Original-Exchange`.
+pub const EXCHANGE_HEADER: &str = "Ricochet-Exchange";
 /// On a retry copy: which delivery of the request the copy is (2 for the first retry).
 pub const DELIVERIES_HEADER: &str = "Ricochet-Deliveries";
 
