@@ -1041,3 +1041,73 @@ async fn the_server_answers_an_ack_sent_twice_and_does_not_redeliver() {
     );
     stream.delete().await;
 }
+
+/// A request whose header block the NATS client cannot parse (raw protocol bytes: a space in
+/// a header name) never reaches ricochet: each delivery costs one reconnect, and nothing else
+/// is lost: the requests pulled with it are pulled again one at a time and answered
+/// (docs/security.md, "NATS header blocks").
+#[tokio::test]
+async fn a_request_the_client_cannot_parse_costs_a_reconnect_per_delivery_and_loses_nothing_else() {
+    use common::raw_nats::{hpub, Raw};
+    let stream = TestStream::create("jsunparsable").await;
+    let upstream = Upstream::echo().await;
+    let (replies, mut sub) = stream.replies().await;
+    let ricochet = stream
+        .ricochet(
+            &upstream,
+            "max_in_flight = 32",
+            "ack_wait = \"1s\"\nmax_deliver = 3",
+        )
+        .await;
+    ricochet.wait_ready().await;
+    let mut raw = Raw::connect().await;
+    let block = format!("NATS/1.0\r\nreply-to: {replies}\r\nX Bad: 1\r\n\r\n");
+    let subject = format!("{}.req.bad", stream.prefix);
+    let said = raw
+        .send(&hpub(
+            subject.as_bytes(),
+            "_INBOX.ack",
+            block.as_bytes(),
+            b"bad",
+        ))
+        .await;
+    assert!(said.contains("PONG") && !said.contains("-ERR"), "{said}");
+    for n in 0..20 {
+        let id = format!("good{n}");
+        let headers = request_headers(&replies, &id);
+        stream.publish(&id, headers, b"good").await;
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 20 {
+        let reply = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("20 good requests answered; got {answered:?}"))
+            .unwrap();
+        assert_eq!(reply.payload, "good", "only good requests are answered");
+        answered.insert(header(&reply, "correlation-id").unwrap());
+    }
+    let protocol_errors = || async {
+        let labels = ["event=\"protocol_error\""];
+        let text = ricochet.metrics().await;
+        metric(&text, "ricochet_nats_connection_events_total", &labels)
+    };
+    // ricochet never sees it, so cannot settle it: the server delivers it again every
+    // ack_wait (the consumer's own max_deliver is unlimited), each time one reconnect, no
+    // more (a storm of reconnects would show here).
+    let before = protocol_errors().await;
+    assert!(before >= 1.0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let more = protocol_errors().await - before;
+    assert!(
+        (1.0..=4.0).contains(&more),
+        "{more} drops in 3 s with ack_wait 1 s"
+    );
+    ricochet.wait_ready().await;
+    assert_eq!(ricochet.admin_get("/healthz").await.unwrap().0, 200);
+    let calls: Vec<_> = upstream.seen().iter().map(|s| s.body.clone()).collect();
+    assert!(
+        calls.iter().all(|b| b == "good"),
+        "the service never saw it"
+    );
+    stream.delete().await;
+}

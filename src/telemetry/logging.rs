@@ -54,6 +54,7 @@ impl<S: Subscriber> Layer<S> for NatsDrops {
             return;
         }
         if let Some(cause) = protocol_error(&seen.error) {
+            crate::source::nats::unparsable_seen();
             metrics::counter!(NATS_EVENTS, "event" => "protocol_error").increment(1);
             warn!(
                 cause,

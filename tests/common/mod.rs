@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod faults;
+pub mod raw_nats;
 pub mod registry;
 
 use std::convert::Infallible;

@@ -268,7 +268,11 @@ impl JetStreamRoute {
                 _ = stop.cancelled() => break,
             };
             let mut permits = vec![first];
-            let want = if probing { 1 } else { MAX_BATCH };
+            // One at a time while the breaker probes, and for two ack_waits after the NATS
+            // client dropped its connection over a message it could not parse (see
+            // source::nats::unparsable): such a message costs its own deliveries only.
+            let wary = crate::source::nats::unparsable_within(self.config.ack_wait * 2);
+            let want = if probing || wary { 1 } else { MAX_BATCH };
             while permits.len() < want {
                 match route.limit.clone().try_acquire_owned() {
                     Ok(permit) => permits.push(permit),

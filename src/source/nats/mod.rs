@@ -17,8 +17,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 mod link;
+mod unparsable;
 
 pub use link::{Connection, Link};
+pub use unparsable::{unparsable_seen, unparsable_within};
 
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
