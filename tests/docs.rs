@@ -387,3 +387,56 @@ fn anchors_follow_githubs_rule() {
         ["a", "b", "b-1"].map(String::from).into_iter().collect()
     );
 }
+
+/// Each durable source's page names every header its dead letters carry and every reason
+/// they can give (the constants of `src/reply/dead_letter.rs`, the policy's reasons).
+#[test]
+fn every_dead_letter_header_and_reason_is_in_its_source_page() {
+    let code = read("src/reply/dead_letter.rs");
+    let header = |constant: &str| -> String {
+        let line = (code.lines())
+            .find(|l| l.starts_with(&format!("pub const {constant}: &str = ")))
+            .unwrap_or_else(|| panic!("{constant} in dead_letter.rs"));
+        line.split('"').nth(1).unwrap().to_string()
+    };
+    let common = [
+        "REASON",
+        "LAST_STATUS",
+        "DELIVERY_COUNT",
+        "ROUTE",
+        "DETAIL",
+    ];
+    let pages = [
+        (
+            "docs/sources/jetstream.md",
+            &["ORIGINAL_STREAM", "ORIGINAL_SUBJECT", "ORIGINAL_SEQUENCE", "ORIGINAL_MSG_ID"][..],
+            "max_deliver",
+        ),
+        (
+            "docs/sources/kafka.md",
+            &["ORIGINAL_TOPIC", "ORIGINAL_PARTITION", "ORIGINAL_OFFSET", "PAYLOAD_OMITTED"][..],
+            "dead_letter_after",
+        ),
+        (
+            "docs/sources/amqp.md",
+            &["ORIGINAL_QUEUE", "ORIGINAL_EXCHANGE", "ORIGINAL_ROUTING_KEY"][..],
+            "max_deliver",
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (page, origin, exhausted) in pages {
+        let text = read(page);
+        for constant in common.iter().chain(origin) {
+            let name = header(constant);
+            if !text.contains(&format!("`{name}`")) {
+                missing.push(format!("{page}: {name}"));
+            }
+        }
+        for reason in [exhausted, "undeliverable", "publish_failed", "bad_request"] {
+            if !text.contains(&format!("`{reason}`")) {
+                missing.push(format!("{page}: reason {reason}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in the pages: {missing:#?}");
+}
