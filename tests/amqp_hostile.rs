@@ -480,6 +480,8 @@ async fn every_field_type_and_hostile_value_gets_its_documented_header_or_a_400_
     );
     let depth = client(json!({"op": "depth", "queues": [queue]})).await;
     assert_eq!(depth[&queue]["messages"], 0, "every request settled");
+    assert_eq!(ricochet.admin_get("/healthz").await.unwrap().0, 200);
+    ricochet.wait_ready().await;
     client(json!({"op": "delete", "queues": [queue, dlq], "exchanges": [dlx]})).await;
 }
 

@@ -399,27 +399,35 @@ fn every_dead_letter_header_and_reason_is_in_its_source_page() {
             .unwrap_or_else(|| panic!("{constant} in dead_letter.rs"));
         line.split('"').nth(1).unwrap().to_string()
     };
-    let common = [
-        "REASON",
-        "LAST_STATUS",
-        "DELIVERY_COUNT",
-        "ROUTE",
-        "DETAIL",
-    ];
+    let common = ["REASON", "LAST_STATUS", "DELIVERY_COUNT", "ROUTE", "DETAIL"];
     let pages = [
         (
             "docs/sources/jetstream.md",
-            &["ORIGINAL_STREAM", "ORIGINAL_SUBJECT", "ORIGINAL_SEQUENCE", "ORIGINAL_MSG_ID"][..],
+            &[
+                "ORIGINAL_STREAM",
+                "ORIGINAL_SUBJECT",
+                "ORIGINAL_SEQUENCE",
+                "ORIGINAL_MSG_ID",
+            ][..],
             "max_deliver",
         ),
         (
             "docs/sources/kafka.md",
-            &["ORIGINAL_TOPIC", "ORIGINAL_PARTITION", "ORIGINAL_OFFSET", "PAYLOAD_OMITTED"][..],
+            &[
+                "ORIGINAL_TOPIC",
+                "ORIGINAL_PARTITION",
+                "ORIGINAL_OFFSET",
+                "PAYLOAD_OMITTED",
+            ][..],
             "dead_letter_after",
         ),
         (
             "docs/sources/amqp.md",
-            &["ORIGINAL_QUEUE", "ORIGINAL_EXCHANGE", "ORIGINAL_ROUTING_KEY"][..],
+            &[
+                "ORIGINAL_QUEUE",
+                "ORIGINAL_EXCHANGE",
+                "ORIGINAL_ROUTING_KEY",
+            ][..],
             "max_deliver",
         ),
     ];

@@ -180,7 +180,7 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
     let dead = kafka::topic("khbaddead", 1).await;
     let upstream = Upstream::echo().await;
     let extra = format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\"");
-    let _ricochet = start(
+    let ricochet = start(
         &upstream,
         &kafka::route("bad", &requests, "", &extra),
         "bad",
@@ -299,6 +299,9 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
     let dups: Vec<_> = headers.get_all("x-dup").iter().collect();
     assert_eq!(dups, ["1", "2"]);
     assert_eq!(headers["x-name"].as_bytes(), "café".as_bytes());
+    // Live and ready throughout: the refusals cost their own records only.
+    assert_eq!(ricochet.admin_get("/healthz").await.unwrap().0, 200);
+    ricochet.wait_ready().await;
 }
 
 #[tokio::test]
