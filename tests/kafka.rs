@@ -842,11 +842,7 @@ async fn a_poison_key_waiting_for_its_retry_does_not_hold_up_other_keys() {
     // Its first round failed: it now waits 30 s for its retry.
     eventually(WAIT, "the poison record failed once", || async {
         let text = ricochet.metrics().await;
-        let redelivered = metric(
-            &text,
-            "ricochet_messages_handled_total",
-            &["outcome=\"redelivered\""],
-        );
+        let redelivered = metric(&text, "ricochet_settlements_total", &["action=\"nak\""]);
         holds(redelivered >= 1.0, format!("redelivered {redelivered}"))
     })
     .await;
