@@ -216,6 +216,7 @@ impl<T> Lanes<T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn p(n: i32) -> Partition {
         ("t".to_string(), n)
@@ -310,6 +311,96 @@ mod tests {
             "a forgotten lane stays gone"
         );
         assert_eq!(lanes.held(&p(1)), 1, "another partition keeps its own");
+    }
+
+    /// The scheduling as the intake and lane workers run it, on a paused clock: every
+    /// record takes 10 ms; the poison key's records fail and wait 30 s for their retry
+    /// (the first one fails twice). The intake takes a record every 20 ms, in order, but
+    /// none while the partition is paused. Returns, per record, when it finished.
+    async fn simulate(limit: usize, records: &[(String, u32)]) -> HashMap<u32, Duration> {
+        use std::sync::{Arc, Mutex};
+        use tokio::time::{sleep, Instant};
+        let lanes: Arc<Mutex<Lanes<(String, u32)>>> = Arc::new(Mutex::new(Lanes::new(limit)));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let done: Arc<Mutex<HashMap<u32, Duration>>> = Arc::default();
+        let start = Instant::now();
+        let mut workers = Vec::new();
+        for (k, n) in records.iter().cloned() {
+            while !lanes.lock().unwrap().to_pause().is_empty() {
+                changed.notified().await;
+            }
+            let lane = key(0, &k);
+            let Some(first) = lanes.lock().unwrap().push(lane.clone(), (k, n)) else {
+                sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let (lanes, changed, done) = (lanes.clone(), changed.clone(), done.clone());
+            workers.push(tokio::spawn(async move {
+                let mut next = Some(first);
+                while let Some((k, n)) = next {
+                    let mut failures = if k == "poison" && n == 0 { 2 } else { 0 };
+                    loop {
+                        sleep(Duration::from_millis(10)).await;
+                        if failures == 0 {
+                            break;
+                        }
+                        failures -= 1;
+                        lanes.lock().unwrap().wait(&lane, true);
+                        changed.notify_one();
+                        sleep(Duration::from_secs(30)).await;
+                        lanes.lock().unwrap().wait(&lane, false);
+                        changed.notify_one();
+                    }
+                    done.lock().unwrap().insert(n, start.elapsed());
+                    next = lanes.lock().unwrap().next(&lane);
+                    changed.notify_one();
+                }
+            }));
+            sleep(Duration::from_millis(20)).await;
+        }
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let done = done.lock().unwrap().clone();
+        done
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_keys_finish_while_a_poison_key_waits_out_its_backoff() {
+        // The poison record, two more of its key, then 20 of other keys.
+        let mut records: Vec<(String, u32)> = (0..3).map(|n| ("poison".into(), n)).collect();
+        records.extend((0..20).map(|i| (format!("k{i}"), 100 + i)));
+        let done = simulate(4, &records).await;
+        for n in 100..120 {
+            assert!(
+                done[&n] < Duration::from_secs(1),
+                "record {n} finished at {:?}",
+                done[&n]
+            );
+        }
+        assert!(
+            done[&0] >= Duration::from_secs(60),
+            "two 30 s waits: {:?}",
+            done[&0]
+        );
+        assert!(
+            done[&1] > done[&0] && done[&2] > done[&1],
+            "its key stays in order"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_limit_the_partition_waits_for_the_retry() {
+        // Limit 2: the poison record and one queued behind it pause the partition, so the
+        // other keys wait for the poison record's retries to start (30 s each).
+        let records =
+            [("poison", 0), ("poison", 1), ("a", 100), ("b", 101)].map(|(k, n)| (k.to_string(), n));
+        let done = simulate(2, &records).await;
+        assert!(done[&100] >= Duration::from_secs(30), "{:?}", done[&100]);
+        assert!(
+            done[&100] < done[&0],
+            "taken when the retry started, before it ended"
+        );
     }
 
     #[derive(Debug, Clone)]
