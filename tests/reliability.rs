@@ -2248,6 +2248,10 @@ impl Drop for OwnTansu {
 /// calls them lost. Progress, not elapsed time, decides: a slow machine makes the run
 /// longer, never a failure; a request that is never answered fails it with its id.
 const KAFKA_NO_PROGRESS_LIMIT: Duration = Duration::from_secs(90);
+/// How long the Kafka bounce waits without progress when nothing is pending: the test's
+/// publisher is waiting for the broker; over librdkafka's `message.timeout.ms` (300 s),
+/// after which a send fails and is sent again.
+const KAFKA_PUBLISHER_STUCK: Duration = Duration::from_secs(400);
 
 /// Where a Kafka run stands, counted exactly: requests the broker acknowledged, requests
 /// answered, and the difference (pending).
@@ -2333,8 +2337,15 @@ impl KafkaRun<'_> {
                 .flatten()
                 .max()
                 .unwrap();
-            if progress.elapsed() >= KAFKA_NO_PROGRESS_LIMIT {
-                self.lost(count, what).await;
+            let stalled = progress.elapsed();
+            if stalled >= KAFKA_NO_PROGRESS_LIMIT {
+                let pending = kafka_accounting(&self.tally.lock().unwrap(), self.acked).2;
+                // Nothing pending: ricochet has answered all it was given and the test's
+                // publisher is waiting for the broker (its sends time out and are sent
+                // again); only a publisher stuck for good fails the test.
+                if !pending.is_empty() || stalled >= KAFKA_PUBLISHER_STUCK {
+                    self.lost(count, what).await;
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -2457,6 +2468,11 @@ async fn kafka_bounce_every_request_answered() {
             "the answers before a bounce",
         )
         .await;
+        let (acknowledged, answered, pending) = kafka_accounting(&tally.lock().unwrap(), &acked);
+        println!(
+            "bounce {bounce}: acknowledged {acknowledged}, answered {answered}, pending {}",
+            pending.len()
+        );
         tansu.kill();
         let down = jitter.between(Duration::from_millis(500), Duration::from_secs(2));
         tokio::time::sleep(down).await;
@@ -2466,6 +2482,11 @@ async fn kafka_bounce_every_request_answered() {
         run.answered(before + 1, "a new answer after the restart")
             .await;
         recoveries.push(restarted.elapsed());
+        let (acknowledged, answered, pending) = kafka_accounting(&tally.lock().unwrap(), &acked);
+        println!(
+            "restart {bounce} recovered: acknowledged {acknowledged}, answered {answered}, pending {}",
+            pending.len()
+        );
     }
     run.answered(TOTAL, "every request answered").await;
     let sent = publisher.await.unwrap();
