@@ -785,3 +785,151 @@ async fn consumer_lag_and_committed_offset_follow_the_work_left() {
     .await;
     assert_eq!(calls.load(Ordering::SeqCst), 10);
 }
+
+/// Issue 23, item 9: a record that keeps failing waits out its backoff in its key's lane,
+/// not with its partition paused. One key always answered 500 with a 30 s backoff; 20
+/// records of other keys produced after it on the same partition are all answered before
+/// its first retry, and its own later records wait behind it. Judged by events (all 20
+/// answered, or the poison's retry came first), not by a timer, so a slow fetch cannot
+/// decide it.
+#[tokio::test]
+async fn a_poison_key_waiting_for_its_retry_does_not_hold_up_other_keys() {
+    const OTHERS: usize = 20;
+    let requests = kafka::topic("kpoison", 1).await;
+    let replies = kafka::topic("kpoisonrep", 1).await;
+    let group = unique("kpoison-group");
+    let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let seen = calls.clone();
+    let upstream = Upstream::start(move |request| {
+        let body = String::from_utf8_lossy(&request.body).into_owned();
+        *seen.lock().unwrap().entry(body.clone()).or_default() += 1;
+        async move {
+            if body.starts_with("poison") {
+                respond(500, "poison")
+            } else {
+                respond(200, "ok")
+            }
+        }
+    })
+    .await;
+    let routes = kafka::route(
+        "poison",
+        &requests,
+        "max_in_flight = 8\n[routes.retry]\nmax_attempts = 1",
+        &format!("reply_topic = \"{replies}\"\nordering = \"key\"\ngroup_id = \"{group}\""),
+    )
+    .replace("retry_backoff = [\"100ms\"]", "retry_backoff = [\"30s\"]");
+    let ricochet = start(&upstream, &routes, "poison").await;
+    let answered: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let sink = answered.clone();
+    let reader = kafka::consumer(&replies);
+    tokio::spawn(async move {
+        while let Ok(reply) = reader.recv().await {
+            let id = header(&reply.detach(), "correlation-id").unwrap_or_default();
+            *sink.lock().unwrap().entry(id).or_default() += 1;
+        }
+    });
+    let producer = kafka::producer();
+    let poison = |i: usize| format!("poison-{i}");
+    produce(
+        &producer,
+        &requests,
+        Some("poison"),
+        &[],
+        poison(0).as_bytes(),
+    )
+    .await;
+    // Its first round failed: it now waits 30 s for its retry.
+    eventually(WAIT, "the poison record failed once", || async {
+        let text = ricochet.metrics().await;
+        let redelivered = metric(&text, "ricochet_settlements_total", &["action=\"nak\""]);
+        holds(redelivered >= 1.0, format!("redelivered {redelivered}"))
+    })
+    .await;
+    // Two more of its key: they queue behind it.
+    for i in 1..=2 {
+        produce(
+            &producer,
+            &requests,
+            Some("poison"),
+            &[],
+            poison(i).as_bytes(),
+        )
+        .await;
+    }
+    for i in 0..OTHERS {
+        let id = i.to_string();
+        let body = format!("other-{i}");
+        produce(
+            &producer,
+            &requests,
+            Some(&format!("k{i}")),
+            &[("correlation-id", &id)],
+            body.as_bytes(),
+        )
+        .await;
+    }
+    let state = || {
+        let answered = answered.lock().unwrap();
+        let others = (0..OTHERS)
+            .filter(|i| answered.contains_key(&i.to_string()))
+            .count();
+        let poison_calls = calls.lock().unwrap().get(&poison(0)).copied().unwrap_or(0);
+        (others, poison_calls)
+    };
+    // Generous: the decision is made by whichever comes first, the 20 answers or the
+    // poison's retry 30 s after its first failure.
+    eventually(
+        Duration::from_secs(120),
+        "the other keys answered, or the poison retried",
+        || async {
+            let (others, poison_calls) = state();
+            holds(
+                others == OTHERS || poison_calls > 1,
+                format!("{others} of {OTHERS} answered, poison called {poison_calls} times"),
+            )
+        },
+    )
+    .await;
+    let (others, poison_calls) = state();
+    assert_eq!(
+        (others, poison_calls),
+        (OTHERS, 1),
+        "all {OTHERS} other-key records answered while the poison record waited for its retry"
+    );
+    let calls = calls.lock().unwrap().clone();
+    for i in 1..=2 {
+        assert_eq!(
+            calls.get(&poison(i)),
+            None,
+            "{} waits behind the poison record of its key",
+            poison(i)
+        );
+    }
+    for i in 0..OTHERS {
+        assert_eq!(
+            calls.get(&format!("other-{i}")),
+            Some(&1),
+            "other-{i} called once"
+        );
+    }
+    // The commit stays at the waiting record (offset 0): a restart would take it again.
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::brokers())
+        .set("group.id", &group)
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition(&requests, 0);
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    let offset = committed.elements()[0].offset();
+    assert!(
+        matches!(
+            offset,
+            rdkafka::Offset::Offset(0) | rdkafka::Offset::Invalid
+        ),
+        "the commit never passes the waiting record: {offset:?}"
+    );
+}

@@ -372,6 +372,38 @@ fn single_record_producer(brokers: &str) -> FutureProducer {
 /// Produces requests `0..total` to `topic`, 50 outstanding at a time, producing again what
 /// failed. Returns how many sends it made.
 fn kafka_publisher(brokers: String, topic: String, total: usize) -> tokio::task::JoinHandle<usize> {
+    kafka_publisher_acked(brokers, topic, total, Acked::default())
+}
+
+/// The requests the broker acknowledged (a delivery report came back), by id, and when the
+/// last new one came.
+#[derive(Clone, Default)]
+struct Acked(Arc<Mutex<(std::collections::HashSet<String>, Option<Instant>)>>);
+
+impl Acked {
+    fn add(&self, id: usize) {
+        let mut acked = self.0.lock().unwrap();
+        if acked.0.insert(id.to_string()) {
+            acked.1 = Some(Instant::now());
+        }
+    }
+
+    fn ids(&self) -> std::collections::HashSet<String> {
+        self.0.lock().unwrap().0.clone()
+    }
+
+    fn last_new(&self) -> Option<Instant> {
+        self.0.lock().unwrap().1
+    }
+}
+
+/// Like [`kafka_publisher`], noting in `acked` every request the broker acknowledged.
+fn kafka_publisher_acked(
+    brokers: String,
+    topic: String,
+    total: usize,
+    acked: Acked,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let producer = single_record_producer(&brokers);
         let mut sends = 0;
@@ -397,6 +429,11 @@ fn kafka_publisher(brokers: String, topic: String, total: usize) -> tokio::task:
                     }
                 }))
                 .await;
+                for (i, ok) in &results {
+                    if *ok {
+                        acked.add(*i);
+                    }
+                }
                 pending = results
                     .into_iter()
                     .filter(|(_, ok)| !ok)
@@ -2206,9 +2243,192 @@ impl Drop for OwnTansu {
     }
 }
 
+/// How long the Kafka bounce may go without progress (no new answer and no request newly
+/// acknowledged by the broker) while acknowledged requests are unanswered, before the test
+/// calls them lost. Progress, not elapsed time, decides: a slow machine makes the run
+/// longer, never a failure; a request that is never answered fails it with its id.
+const KAFKA_NO_PROGRESS_LIMIT: Duration = Duration::from_secs(90);
+/// How long the Kafka bounce waits without progress when nothing is pending: the test's
+/// publisher is waiting for the broker; over librdkafka's `message.timeout.ms` (300 s),
+/// after which a send fails and is sent again.
+const KAFKA_PUBLISHER_STUCK: Duration = Duration::from_secs(400);
+
+/// Where a Kafka run stands, counted exactly: requests the broker acknowledged, requests
+/// answered, and the difference (pending).
+fn kafka_accounting(tally: &Tally, acked: &Acked) -> (usize, usize, Vec<String>) {
+    let acked = acked.ids();
+    let mut pending: Vec<String> = acked
+        .iter()
+        .filter(|id| !tally.answers.contains_key(*id))
+        .cloned()
+        .collect();
+    pending.sort_by_key(|id| id.parse::<usize>().unwrap_or(usize::MAX));
+    (acked.len(), tally.unique(), pending)
+}
+
+/// Every record of `topic` (partitions `0..partitions`) by correlation id: where it is.
+fn kafka_read_all(brokers: &str, topic: &str, partitions: i32) -> HashMap<String, Vec<String>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("rel-audit"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in 0..partitions {
+        let end = (consumer.fetch_watermarks(topic, p, Duration::from_secs(10))).map_or(0, |w| w.1);
+        ends.insert(p, end);
+        let _ = list.add_partition_offset(topic, p, Offset::Beginning);
+    }
+    consumer.assign(&list).expect("assign");
+    let mut found: HashMap<String, Vec<String>> = HashMap::new();
+    let mut read: HashMap<i32, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && ends
+            .iter()
+            .any(|(p, end)| read.get(p).copied().unwrap_or(0) < *end)
+    {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.detach();
+            read.insert(message.partition(), message.offset() + 1);
+            let id = kafka::header(&message, "correlation-id").unwrap_or_default();
+            found.entry(id).or_default().push(format!(
+                "{}@{}",
+                message.partition(),
+                message.offset()
+            ));
+        }
+    }
+    found
+}
+
+/// What the Kafka bounce waits with: the run's parts, to judge progress and, when a request
+/// is lost, to say where it was lost.
+struct KafkaRun<'a> {
+    tally: &'a Shared,
+    acked: &'a Acked,
+    ricochet: &'a Ricochet,
+    upstream: &'a Upstream,
+    brokers: String,
+    tansu_log: std::path::PathBuf,
+    requests: &'a str,
+    replies: &'a str,
+}
+
+impl KafkaRun<'_> {
+    /// Waits until `count` distinct requests are answered, for as long as the run makes
+    /// progress. Fails when nothing progressed for [`KAFKA_NO_PROGRESS_LIMIT`] with
+    /// acknowledged requests unanswered (lost), naming them and where each one is.
+    async fn answered(&self, count: usize, what: &str) {
+        let started = Instant::now();
+        loop {
+            let (last_answer, unique) = {
+                let tally = self.tally.lock().unwrap();
+                (tally.last_new, tally.unique())
+            };
+            if unique >= count {
+                return;
+            }
+            let progress = [Some(started), last_answer, self.acked.last_new()]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap();
+            let stalled = progress.elapsed();
+            if stalled >= KAFKA_NO_PROGRESS_LIMIT {
+                let pending = kafka_accounting(&self.tally.lock().unwrap(), self.acked).2;
+                // Nothing pending: ricochet has answered all it was given and the test's
+                // publisher is waiting for the broker (its sends time out and are sent
+                // again); only a publisher stuck for good fails the test.
+                if !pending.is_empty() || stalled >= KAFKA_PUBLISHER_STUCK {
+                    self.lost(count, what).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// No progress: the exact accounting, and for each pending request whether the broker
+    /// still holds it, whether the service was called for it and whether a reply to it is
+    /// in the reply topic; then ricochet's metrics and logs.
+    async fn lost(&self, count: usize, what: &str) -> ! {
+        let (acked, answered, pending) = kafka_accounting(&self.tally.lock().unwrap(), self.acked);
+        let (requests, replies) = {
+            let (b, q, r) = (
+                self.brokers.clone(),
+                self.requests.to_string(),
+                self.replies.to_string(),
+            );
+            tokio::task::spawn_blocking(move || {
+                (kafka_read_all(&b, &q, 2), kafka_read_all(&b, &r, 1))
+            })
+            .await
+            .unwrap()
+        };
+        let called: HashMap<String, usize> =
+            self.upstream
+                .seen()
+                .iter()
+                .fold(HashMap::new(), |mut calls, seen| {
+                    *calls.entry(kafka_id(seen)).or_default() += 1;
+                    calls
+                });
+        let where_: Vec<String> = pending
+            .iter()
+            .take(20)
+            .map(|id| {
+                format!(
+                    "{id}: request at {:?}, service called {} times, reply at {:?}",
+                    requests.get(id),
+                    called.get(id).copied().unwrap_or(0),
+                    replies.get(id)
+                )
+            })
+            .collect();
+        let metrics = self.ricochet.metrics().await;
+        let metrics: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("kafka") || l.contains("in_flight") || l.contains("handled"))
+            })
+            .collect();
+        let tansu = std::fs::read_to_string(&self.tansu_log).unwrap_or_default();
+        let tansu: Vec<&str> = tansu.lines().rev().take(20).collect();
+        let logs = self.ricochet.logs();
+        let tail: Vec<&str> = logs
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        panic!(
+            "waiting for {what} ({count} answered): no progress for {KAFKA_NO_PROGRESS_LIMIT:?}; \
+             acknowledged by the broker {acked}, answered {answered}, pending (acknowledged, \
+             unanswered) {}: {pending:?}\n{}\nricochet metrics:\n{}\nricochet log tail:\n{}\ntansu log tail (newest first):\n{}",
+            pending.len(),
+            where_.join("\n"),
+            metrics.join("\n"),
+            tail.join("\n"),
+            tansu.join("\n"),
+        );
+    }
+}
+
 /// Kafka bounce: a tansu of the test's own with persistent (SQLite) storage, SIGKILLed
 /// and started again twice during 5,000 requests. The producer sends again what failed;
 /// ricochet's consumer and reply producer ride over the restarts.
+///
+/// Counted exactly: requests the broker acknowledged (a delivery report), answered,
+/// duplicated, pending (acknowledged, unanswered). It waits as long as answers or
+/// acknowledgements keep coming, so a late request passes on a loaded machine, and fails
+/// with the pending ids (and where each one is) when nothing moves for
+/// [`KAFKA_NO_PROGRESS_LIMIT`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_bounce_every_request_answered() {
     const TOTAL: usize = 5_000;
@@ -2228,30 +2448,66 @@ async fn kafka_bounce_every_request_answered() {
     let admin = free_port();
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     let tally = collect_kafka(&brokers, &replies);
-    let publisher = kafka_publisher(brokers.clone(), requests.clone(), TOTAL);
+    let acked = Acked::default();
+    let publisher = kafka_publisher_acked(brokers.clone(), requests.clone(), TOTAL, acked.clone());
     let mut jitter = Jitter::new();
     let mut recoveries = Vec::new();
+    let run = KafkaRun {
+        tally: &tally,
+        acked: &acked,
+        ricochet: &ricochet,
+        upstream: &upstream,
+        brokers: brokers.clone(),
+        tansu_log: tansu.log.clone(),
+        requests: &requests,
+        replies: &replies,
+    };
     for bounce in 1..=BOUNCES {
-        answered_at_least(&tally, TOTAL * bounce / (BOUNCES + 1), ALL_ANSWERED_WITHIN).await;
+        run.answered(
+            TOTAL * bounce / (BOUNCES + 1),
+            "the answers before a bounce",
+        )
+        .await;
+        let (acknowledged, answered, pending) = kafka_accounting(&tally.lock().unwrap(), &acked);
+        println!(
+            "bounce {bounce}: acknowledged {acknowledged}, answered {answered}, pending {}",
+            pending.len()
+        );
         tansu.kill();
         let down = jitter.between(Duration::from_millis(500), Duration::from_secs(2));
         tokio::time::sleep(down).await;
         let restarted = Instant::now();
         tansu.start();
-        recoveries.push(recovery_after(&tally, restarted).await);
+        let before = tally.lock().unwrap().unique();
+        run.answered(before + 1, "a new answer after the restart")
+            .await;
+        recoveries.push(restarted.elapsed());
+        let (acknowledged, answered, pending) = kafka_accounting(&tally.lock().unwrap(), &acked);
+        println!(
+            "restart {bounce} recovered: acknowledged {acknowledged}, answered {answered}, pending {}",
+            pending.len()
+        );
     }
+    run.answered(TOTAL, "every request answered").await;
     let sent = publisher.await.unwrap();
-    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
     let tally = tally.lock().unwrap();
+    let (acknowledged, answered, pending) = kafka_accounting(&tally, &acked);
     report(
         "kafka bounce (tansu, SQLite storage)",
         TOTAL,
         &tally,
         &recoveries,
         &format!(
-            ", bounces {BOUNCES}, sends {sent}, service calls {}",
+            ", bounces {BOUNCES}, sends {sent}, acknowledged {acknowledged}, pending {}, \
+             service calls {}",
+            pending.len(),
             upstream.calls()
         ),
+    );
+    assert_eq!(
+        (acknowledged, answered),
+        (TOTAL, TOTAL),
+        "pending {pending:?}"
     );
     tally.assert_answered_exactly(TOTAL);
     drop(ricochet);

@@ -12,13 +12,16 @@
 //!   there: librdkafka can fetch records a second time when a partition is paused and
 //!   resumed while the consumer polls (seen about once in 10,000 records under constant
 //!   backpressure), and the first copy is in hand or done.
-//! - **Lanes** give the ordering: a record joins the lane of its partition (`partition`), of
-//!   its key (`key`) or its own (`unordered`). One worker task runs a lane's records in
-//!   order; different lanes run in parallel. Every record taken holds a `max_in_flight`
-//!   permit until it is finished, so memory stays bounded by `max_in_flight` x `max_payload`.
+//! - **Lanes** (`lanes.rs`) give the ordering: a record joins the lane of its partition
+//!   (`partition`), of its key (`key`) or its own (`unordered`). One worker task runs a
+//!   lane's records in order; different lanes run in parallel. Every record taken holds a
+//!   `max_in_flight` permit until it is finished, so memory stays bounded by
+//!   `max_in_flight` x `max_payload`.
 //! - **Backpressure**: when no permit is free, or the route's circuit is open, every
 //!   assigned partition is paused (the consumer keeps polling, so the group does not evict
-//!   it); a partition is also paused while one of its records waits to be retried.
+//!   it). A record waiting for its retry holds its lane, not its partition; once the
+//!   records held behind retries reach half of `max_in_flight` (with `partition` ordering:
+//!   one), the partitions holding them are paused too.
 //! - **Finished** means the reply's delivery report came back (or the dead letter's, or the
 //!   record needed no reply). Retryable failures are retried locally, never skipped, unless
 //!   `dead_letter_after` is set.
@@ -32,6 +35,7 @@
 //!   synchronously, flush.
 
 mod headers;
+mod lanes;
 mod offsets;
 mod poller;
 mod state;
@@ -51,8 +55,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use self::lanes::{Lane, Lanes};
 use self::poller::{Polled, Poller};
-use self::state::{list_of, RouteContext, Shared, Transactions};
+use self::state::{list_of, RouteContext, Shared, State, Transactions};
 use super::{Inbound, Settle, Undelivered};
 use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering};
 use crate::mapping::Reply;
@@ -77,29 +82,6 @@ type Partition = (String, i32);
 /// resume, asynchronous commit) are made from the intake, its blocking ones on the blocking
 /// pool.
 type KafkaConsumer = BaseConsumer<RouteContext>;
-
-/// Which records must run one after another. The generation keeps lanes of an earlier
-/// assignment or rewind apart from the current ones.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Lane {
-    Partition(Partition, u64),
-    Key(Partition, u64, Vec<u8>),
-    Record(Partition, u64, i64),
-}
-
-impl Lane {
-    fn partition(&self) -> &Partition {
-        match self {
-            Lane::Partition(p, _) | Lane::Key(p, _, _) | Lane::Record(p, _, _) => p,
-        }
-    }
-
-    fn generation(&self) -> u64 {
-        match self {
-            Lane::Partition(_, g) | Lane::Key(_, g, _) | Lane::Record(_, g, _) => *g,
-        }
-    }
-}
 
 /// A record copied out of the consumer, tracked, not yet holding a permit.
 struct Fetched {
@@ -165,6 +147,17 @@ fn record_size(payload: usize, key: Option<&[u8]>, headers: impl Iterator<Item =
     payload + key.map_or(0, <[u8]>::len) + headers.sum::<usize>() + RECORD_OVERHEAD
 }
 
+/// How many records may wait for a retry, or queue behind a waiting one in its lane,
+/// before the partitions holding them pause: half of `max_in_flight` (at least 1), so that
+/// the other half keeps other keys flowing; 1 with `ordering = "partition"`, where the
+/// waiting record's lane is its whole partition and nothing else of it could run.
+fn hold_limit(ordering: Ordering, max_in_flight: usize) -> usize {
+    match ordering {
+        Ordering::Partition => 1,
+        Ordering::Key | Ordering::Unordered => (max_in_flight / 2).max(1),
+    }
+}
+
 /// One Kafka route.
 pub struct KafkaRoute {
     route: Arc<Route>,
@@ -206,9 +199,17 @@ impl KafkaRoute {
             config: this.config.clone(),
             id,
         });
+        let lanes = Lanes::new(hold_limit(
+            this.config.ordering,
+            this.route.config.max_in_flight,
+        ));
         this.shared = Arc::new(Shared {
             route: this.route.name.clone(),
             transactions,
+            state: Mutex::new(State {
+                lanes,
+                ..State::default()
+            }),
             ..Shared::default()
         });
         this
@@ -411,7 +412,8 @@ impl KafkaRoute {
                     }
                 }
                 _ = breaker.admitted(), if circuit_open => {}
-                _ = self.shared.retrying_changed.notified(), if !paused.is_empty() => {}
+                // A record started or ended waiting for a retry.
+                _ = self.shared.retrying_changed.notified() => {}
             }
         }
         // Tracked but never started: they hold the commit back, so the next owner (or a
@@ -450,11 +452,10 @@ impl KafkaRoute {
             },
             Ordering::Unordered => Lane::Record(partition, generation, record.offset),
         };
-        if let Some(queue) = state.lanes.get_mut(&lane) {
-            queue.push_back(record);
+        let Some(record) = state.lanes.push(lane.clone(), record) else {
+            // Queued behind the lane's running record.
             return;
-        }
-        state.lanes.insert(lane.clone(), VecDeque::new());
+        };
         if let Some(ps) = state.partitions.get_mut(lane.partition()) {
             ps.workers += 1;
         }
@@ -472,7 +473,7 @@ impl KafkaRoute {
     async fn work(self: Arc<Self>, lane: Lane, first: Record, replier: Arc<KafkaReplier>) {
         let mut next = Some(first);
         while let Some(record) = next {
-            let finished = self.process(&record, &replier).await;
+            let finished = self.process(&lane, &record, &replier).await;
             let mut state = self.shared.lock();
             if finished {
                 if let Some(ps) = state.partitions.get_mut(lane.partition()) {
@@ -482,9 +483,8 @@ impl KafkaRoute {
                 }
             }
             drop(record);
-            next = state.lanes.get_mut(&lane).and_then(VecDeque::pop_front);
+            next = state.lanes.next(&lane);
             if next.is_none() {
-                state.lanes.remove(&lane);
                 self.shared
                     .worker_done(&mut state, lane.partition(), lane.generation());
             }
@@ -493,9 +493,9 @@ impl KafkaRoute {
 
     /// Processes one record until it is finished; `false` when it must be left to the next
     /// owner (its partition was revoked or rewound, or ricochet is shutting down while it
-    /// waited for a retry). A redelivery is local: the record waits with its partition
-    /// paused, then goes through the pipeline again.
-    async fn process(&self, record: &Record, replier: &KafkaReplier) -> bool {
+    /// waited for a retry). A redelivery is local: the record waits in its lane (the
+    /// partition's other lanes go on), then goes through the pipeline again.
+    async fn process(&self, lane: &Lane, record: &Record, replier: &KafkaReplier) -> bool {
         let route = &self.route;
         route.metrics.received.increment(1);
         let mut inbound = self.inbound(record);
@@ -514,7 +514,7 @@ impl KafkaRoute {
                 Settled::Done => return true,
                 Settled::Abandoned => return false,
                 Settled::Redeliver(delay) => {
-                    if !self.wait_to_retry(record, delay).await {
+                    if !self.wait_to_retry(lane, record, delay).await {
                         return false;
                     }
                     inbound.delivered += 1;
@@ -535,11 +535,11 @@ impl KafkaRoute {
         })
     }
 
-    /// Waits `delay` with the record's partition paused; `false` if the record lost its
-    /// partition or ricochet is stopping (the wait ends at once then).
-    async fn wait_to_retry(&self, record: &Record, delay: Duration) -> bool {
-        let partition = record.partition_id();
-        self.set_retrying(&partition, true);
+    /// Waits `delay` holding the record's lane (not its partition: see `lanes.rs`);
+    /// `false` if the record lost its partition or ricochet is stopping (the wait ends at
+    /// once then).
+    async fn wait_to_retry(&self, lane: &Lane, record: &Record, delay: Duration) -> bool {
+        self.set_waiting(lane, true);
         let woken = self.shared.wake.notified();
         tokio::pin!(woken);
         if self.owns(record) {
@@ -549,19 +549,13 @@ impl KafkaRoute {
                 _ = self.stop.cancelled() => {}
             }
         }
-        self.set_retrying(&partition, false);
+        self.set_waiting(lane, false);
         self.owns(record)
     }
 
-    fn set_retrying(&self, partition: &Partition, on: bool) {
-        if let Some(ps) = self.shared.lock().partitions.get_mut(partition) {
-            ps.retrying = if on {
-                ps.retrying + 1
-            } else {
-                ps.retrying.saturating_sub(1)
-            };
-        }
-        // The intake pauses and resumes the partition.
+    fn set_waiting(&self, lane: &Lane, waiting: bool) {
+        self.shared.lock().lanes.wait(lane, waiting);
+        // The intake decides whether the partition pauses or resumes.
         self.shared.retrying_changed.notify_one();
     }
 
@@ -658,8 +652,9 @@ impl KafkaRoute {
         inbound
     }
 
-    /// Pauses every partition while the route is saturated or its circuit is open, and a
-    /// partition while one of its records waits for a retry; resumes the rest.
+    /// Pauses every partition while the route is saturated or its circuit is open, and the
+    /// partitions whose records hold back too much behind retries (`lanes.rs`); resumes the
+    /// rest.
     fn update_pauses(
         &self,
         consumer: &KafkaConsumer,
@@ -670,15 +665,15 @@ impl KafkaRoute {
         let (wanted, assigned): (HashSet<Partition>, HashSet<Partition>) = {
             let state = self.shared.lock();
             // The common case, once per record: nothing paused and nothing to pause.
-            let retrying = state.partitions.values().any(|ps| ps.retrying > 0);
-            if paused.is_empty() && !saturated && !circuit_open && !retrying {
+            if paused.is_empty() && !saturated && !circuit_open && !state.lanes.any_held() {
                 return;
             }
+            let holding = state.lanes.to_pause();
             let wanted = state
                 .partitions
-                .iter()
-                .filter(|(_, ps)| saturated || circuit_open || ps.retrying > 0)
-                .map(|(p, _)| p.clone())
+                .keys()
+                .filter(|p| saturated || circuit_open || holding.contains(*p))
+                .cloned()
                 .collect();
             (wanted, state.partitions.keys().cloned().collect())
         };

@@ -5,7 +5,7 @@
 //! Generations are globally increasing: a record or lane worker of an older generation never
 //! changes the state of a newer one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use super::{Lane, OffsetTracker, Output, Partition, Record};
+use super::lanes::Lanes;
+use super::{OffsetTracker, Output, Partition, Record};
 use crate::config::KafkaConfig;
 use crate::reply::kafka::{TransactionError, TransactionRecord};
 use crate::reply::KafkaReplier;
@@ -31,8 +32,6 @@ pub(super) struct PartitionState {
     pub revoking: bool,
     /// Lane workers of this assignment still running (of any generation since `epoch`).
     pub workers: usize,
-    /// Records waiting to be retried.
-    pub retrying: usize,
     /// Exactly-once: outputs of finished records, by offset, for the next transaction.
     pub staged: BTreeMap<i64, Vec<Output>>,
     /// Exactly-once: the position the last transaction committed, or the first offset
@@ -43,8 +42,9 @@ pub(super) struct PartitionState {
 #[derive(Default)]
 pub(super) struct State {
     pub partitions: HashMap<Partition, PartitionState>,
-    /// Active lanes and the records queued behind the one being processed.
-    pub lanes: HashMap<Lane, VecDeque<Record>>,
+    /// Active lanes, the records queued behind the one being processed, and what records
+    /// waiting for a retry hold back.
+    pub lanes: Lanes<Record>,
     pub next_generation: u64,
 }
 
@@ -67,8 +67,8 @@ pub(super) struct Shared {
     pub idle: Condvar,
     /// Wakes records waiting for a retry, so a revoke or shutdown does not wait for them.
     pub wake: Notify,
-    /// Tells the intake a record started or ended waiting for a retry (its partition is
-    /// paused meanwhile).
+    /// Tells the intake a record started or ended waiting for a retry (its partition may
+    /// pause or resume: `lanes.rs`).
     pub retrying_changed: Notify,
     /// Tells the shutdown that a lane worker ended.
     pub worker_ended: Notify,
@@ -123,11 +123,7 @@ impl Shared {
                 ps.revoking = true;
             }
         }
-        for (lane, queue) in state.lanes.iter_mut() {
-            if partitions.contains(lane.partition()) {
-                queue.clear();
-            }
-        }
+        state.lanes.clear_queued(partitions);
         self.wake.notify_waiters();
         loop {
             let busy = partitions
@@ -164,9 +160,7 @@ impl Shared {
         for partition in partitions {
             state.partitions.remove(partition);
         }
-        state
-            .lanes
-            .retain(|lane, _| !partitions.contains(lane.partition()));
+        state.lanes.forget(partitions);
     }
 
     /// Commit positions for `only` these partitions or all: those that moved, or, with
@@ -323,9 +317,7 @@ impl Shared {
                     seeks.push((partition.clone(), position));
                 }
             }
-            state
-                .lanes
-                .retain(|lane, _| !partitions.contains(lane.partition()));
+            state.lanes.forget(partitions);
         }
         self.wake.notify_waiters();
         // Outside the lock: a seek may block for a moment.
