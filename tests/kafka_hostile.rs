@@ -332,3 +332,87 @@ async fn response_headers_that_are_not_ascii_reach_the_reply_record_unchanged() 
     );
     assert_eq!(value(&reply, "x-raw").as_deref(), Some(&b"\xff\xfe"[..]));
 }
+
+/// A header *key* that is not UTF-8 (rdkafka's own producer API cannot write one; librdkafka's
+/// C API can, as can any client writing the protocol itself). rdkafka's header reader would
+/// panic on it and stop the route's consumer thread; ricochet reads the key itself, refuses
+/// the record with 400, dead-letters it and answers the next one.
+#[tokio::test]
+async fn a_header_key_that_is_not_utf8_costs_only_its_record() {
+    let requests = kafka::topic("khkey", 1).await;
+    let replies = kafka::topic("khkeyrep", 1).await;
+    let dead = kafka::topic("khkeydead", 1).await;
+    let upstream = Upstream::echo().await;
+    let extra = format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\"");
+    let ricochet = start(
+        &upstream,
+        &kafka::route("key", &requests, "", &extra),
+        "key",
+    )
+    .await;
+    let producer = kafka::producer();
+
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "correlation-id",
+        value: Some(b"c-key"),
+    });
+    let name = b"X-\xff\xfeKey";
+    let value = b"v";
+    // SAFETY: `headers` owns the list the pointer names (rdkafka casts the same way); the
+    // name and value are copied by librdkafka.
+    let added = unsafe {
+        let native =
+            headers.as_borrowed() as *const _ as *mut rdkafka::bindings::rd_kafka_headers_t;
+        rdkafka::bindings::rd_kafka_header_add(
+            native,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            value.as_ptr().cast(),
+            value.len() as isize,
+        )
+    };
+    assert_eq!(
+        added,
+        rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+    let record = FutureRecord::<(), _>::to(&requests)
+        .payload(&b"bad key"[..])
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("request produced");
+    produce(
+        &producer,
+        &requests,
+        &[("correlation-id", Some(b"c-next"))],
+        b"next",
+    )
+    .await;
+
+    let reply_consumer = kafka::consumer(&replies);
+    let mut statuses = HashMap::new();
+    while statuses.len() < 2 {
+        let reply = next(&reply_consumer, WAIT).await;
+        statuses.insert(
+            text(&reply, "correlation-id").unwrap(),
+            text(&reply, "Ricochet-Status").unwrap(),
+        );
+    }
+    assert_eq!(statuses["c-key"], "400");
+    assert_eq!(statuses["c-next"], "200");
+    let letter = next(&kafka::consumer(&dead), WAIT).await;
+    assert_eq!(letter.payload(), Some(&b"bad key"[..]));
+    assert_eq!(
+        text(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),
+        Some("bad_request")
+    );
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "only the next record reached the service"
+    );
+    assert_eq!(ricochet.admin_get("/healthz").await.unwrap().0, 200);
+    ricochet.wait_ready().await;
+}

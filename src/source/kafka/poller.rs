@@ -98,25 +98,51 @@ impl Drop for Poller {
     }
 }
 
+/// A record's headers, every key and value as librdkafka holds them (a null value as empty).
+///
+/// Not through rdkafka's `Headers::iter`: it reads each key with `CStr::to_str().unwrap()`,
+/// so a key that is not UTF-8 (which any producer writing the protocol itself can send)
+/// would panic this thread and stop the route. Such a key is kept with U+FFFD in place of
+/// its invalid bytes: never a valid HTTP header name, so the record is refused with 400 and
+/// dead-lettered like any record with an invalid header name.
+fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::bindings::{rd_kafka_header_get_all, rd_kafka_headers_t};
+    use rdkafka::types::RDKafkaRespErr;
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    // `BorrowedHeaders` is librdkafka's header list itself (rdkafka casts it the same way).
+    let native = headers as *const _ as *const rd_kafka_headers_t;
+    (0..headers.count())
+        .filter_map(|idx| {
+            let mut name = std::ptr::null();
+            let mut value = std::ptr::null();
+            let mut size = 0;
+            // SAFETY: `native` is the header list of `message`, alive for this borrow; the
+            // name and value librdkafka points to live in it and are copied before it ends.
+            let err =
+                unsafe { rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+            if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                return None;
+            }
+            // SAFETY: as above; librdkafka's names are NUL-terminated.
+            let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+            let value = match value.is_null() {
+                true => Vec::new(),
+                // SAFETY: as above; `size` bytes at `value`.
+                false => unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec(),
+            };
+            Some((String::from_utf8_lossy(key).into_owned(), value))
+        })
+        .collect()
+}
+
 /// Copies a record out of the consumer and tracks its offset; `None` for a record of a
 /// partition no longer assigned.
 fn fetched(shared: &Shared, message: &BorrowedMessage<'_>, at_once: bool) -> Option<Fetched> {
     let partition = (message.topic().to_string(), message.partition());
     let generation = shared.track(&partition, message.offset(), at_once)?;
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_string(),
-                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = headers_of(message);
     Some(Fetched {
         topic: partition.0,
         partition: partition.1,
