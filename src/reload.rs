@@ -37,6 +37,7 @@ use crate::pipeline::Pipeline;
 use crate::route::Pattern;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
 use crate::telemetry::HealthSlot;
+use crate::ShutdownBudget;
 
 /// How long a reload waits for the server to confirm the new core subscriptions, and for
 /// the new consumers to be set up before readiness follows them anyway.
@@ -230,7 +231,8 @@ pub async fn reload(
 /// Stops the old generation; its last spans are exported in the background.
 async fn stop_old(running: Generation, grace: Duration) -> bool {
     let (finished, pipeline) = running.stop(grace).await;
-    tokio::spawn(generation::flush_traces(pipeline));
+    let deadline = tokio::time::Instant::now() + ShutdownBudget::MAX_RESERVE;
+    tokio::spawn(generation::flush_traces(pipeline, deadline));
     finished
 }
 
