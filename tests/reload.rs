@@ -288,6 +288,16 @@ async fn an_invalid_file_is_refused_with_every_problem_and_the_running_configura
     for key in ["routes[0].max_inflight", "upstream.request_timeout"] {
         assert!(logs.contains(key), "the log names {key}:\n{logs}");
     }
+    // The log is a file, so plain text that grep finds as docs/operations.md shows it: no
+    // colour codes.
+    assert!(
+        logs.contains("key=routes[0].max_inflight problem="),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape bytes in a log file: {logs:?}"
+    );
     assert_eq!(ricochet.reloads("applied").await, 0.0);
     // The running configuration still answers, and ricochet stays ready.
     let reply = answered(&client, format!("{prefix}.orders.7"), "still").await;
