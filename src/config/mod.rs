@@ -392,6 +392,16 @@ pub struct CompiledSchemas {
     pub response: Option<JsonSchema>,
 }
 
+impl CompiledSchemas {
+    /// Whether both hold the same schema documents (a file's content may change while its
+    /// path stays).
+    pub fn same_documents(&self, other: &Self) -> bool {
+        let document = |schema: &Option<JsonSchema>| schema.as_ref().map(|s| s.document().clone());
+        document(&self.request) == document(&other.request)
+            && document(&self.response) == document(&other.response)
+    }
+}
+
 /// The Confluent-compatible schema registry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
