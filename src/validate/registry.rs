@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -352,9 +352,46 @@ impl Registry {
     }
 }
 
+/// What a subject's path segment encodes: everything but RFC 3986's unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`), which some registries match only as written.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn subject_path(subject: &str, version: &str) -> String {
-    format!(
-        "/subjects/{}/versions/{version}",
-        utf8_percent_encode(subject, NON_ALPHANUMERIC)
-    )
+    let segment = match subject {
+        // A segment of dots alone would be a dot-segment, which URL normalization removes.
+        "." => "%2E".to_string(),
+        ".." => "%2E%2E".to_string(),
+        _ => utf8_percent_encode(subject, SEGMENT).to_string(),
+    };
+    format!("/subjects/{segment}/versions/{version}")
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::subject_path;
+
+    #[test]
+    fn subjects_keep_unreserved_characters_and_encode_the_rest() {
+        assert_eq!(
+            subject_path("x-replies.v1_a~b", "latest"),
+            "/subjects/x-replies.v1_a~b/versions/latest"
+        );
+        assert_eq!(
+            subject_path("orders-value", "3"),
+            "/subjects/orders-value/versions/3"
+        );
+        // Reserved, space, percent and non-ASCII are encoded: a subject stays one segment.
+        assert_eq!(
+            subject_path("a/b c?d#e%f", "1"),
+            "/subjects/a%2Fb%20c%3Fd%23e%25f/versions/1"
+        );
+        assert_eq!(subject_path("é", "1"), "/subjects/%C3%A9/versions/1");
+        assert_eq!(subject_path("..", "1"), "/subjects/%2E%2E/versions/1");
+        assert_eq!(subject_path(".", "1"), "/subjects/%2E/versions/1");
+        assert_eq!(subject_path("...", "1"), "/subjects/.../versions/1");
+    }
 }
