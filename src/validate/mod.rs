@@ -341,6 +341,24 @@ impl Rules {
             .map_err(|e| Invalid::new(Failure::Decode, format!("{what}: {e}")))
     }
 
+    /// Before the call: the schema that will encode the service's answer is at hand (fetched
+    /// now, or cached). A registry that cannot give it is a retryable refusal now, while the
+    /// service has not acted, rather than after the call, when a retry would run it twice.
+    pub async fn encoding_ready(&self) -> Result<(), Invalid> {
+        let Some((subject, version)) = self.response.as_ref().and_then(|r| r.encode.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some(registry) = &self.registry else {
+            return Err(Invalid::registry(RegistryError::Unavailable(
+                "none is configured".into(),
+            )));
+        };
+        (registry.version(subject, *version).await)
+            .map(|_| ())
+            .map_err(Invalid::registry)
+    }
+
     /// Whether 2xx answers are checked or encoded.
     pub fn has_response_rules(&self) -> bool {
         self.response.is_some()
