@@ -237,13 +237,10 @@ impl Generation {
 }
 
 /// Exports the spans `pipeline` has not exported yet, off the runtime's thread (the
-/// exporter's last batch goes out through the runtime), for at most 5 s.
-pub async fn flush_traces(pipeline: Arc<Pipeline>) {
+/// exporter's last batch goes out through the runtime), until `deadline` at the latest.
+pub async fn flush_traces(pipeline: Arc<Pipeline>, deadline: tokio::time::Instant) {
     let exported = tokio::task::spawn_blocking(move || pipeline.shutdown());
-    if tokio::time::timeout(Duration::from_secs(5), exported)
-        .await
-        .is_err()
-    {
-        warn!("tracing: the last spans were not exported within 5 s");
+    if tokio::time::timeout_at(deadline, exported).await.is_err() {
+        warn!("tracing: the last spans were not exported within the grace period");
     }
 }

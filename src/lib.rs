@@ -94,20 +94,79 @@ pub async fn run(
     }
 
     let grace = running.config.shutdown.grace_period;
+    let budget = ShutdownBudget::new(grace);
     info!(
         ?grace,
         "shutting down: draining subscriptions and finishing in-flight messages"
     );
     running.health.set_shutting_down();
-    let (_, pipeline) = running.stop(grace).await;
+    let (_, pipeline) = running.stop(budget.work).await;
     if let Some(nats) = &nats {
-        let flushed =
-            tokio::time::timeout(std::time::Duration::from_secs(5), nats.client.flush()).await;
-        if flushed.is_err() {
-            warn!("could not flush the last replies to NATS");
+        flush_replies(&nats.client, budget.deadline).await;
+    }
+    generation::flush_traces(pipeline, budget.deadline).await;
+    info!(took = ?budget.started.elapsed(), "stopped");
+    Ok(())
+}
+
+/// How `shutdown.grace_period` is spent: the messages in flight get all of it but a
+/// reserve (a fifth, at most 5 s) in which the last replies are flushed and the last spans
+/// exported, so the process is gone within the grace period in all (a Kubernetes pod's
+/// `terminationGracePeriodSeconds` is the hard limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownBudget {
+    pub started: tokio::time::Instant,
+    /// For the messages in flight.
+    pub work: std::time::Duration,
+    /// When everything, the flushes included, is over.
+    pub deadline: tokio::time::Instant,
+}
+
+impl ShutdownBudget {
+    pub const MAX_RESERVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub fn new(grace: std::time::Duration) -> Self {
+        let started = tokio::time::Instant::now();
+        let reserve = (grace / 5).min(Self::MAX_RESERVE);
+        Self {
+            started,
+            work: grace - reserve,
+            deadline: started + grace,
         }
     }
-    generation::flush_traces(pipeline).await;
-    info!("stopped");
-    Ok(())
+}
+
+/// Flushes the replies the NATS client still holds, until `deadline`. A connection that is
+/// down cannot take them (a flush would wait for a reconnection), so there is nothing to
+/// wait for then: each reply's publisher already awaited its own flush.
+async fn flush_replies(client: &async_nats::Client, deadline: tokio::time::Instant) {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        warn!("the connection to NATS is down: the last replies are not flushed");
+        return;
+    }
+    if tokio::time::timeout_at(deadline, client.flush())
+        .await
+        .is_err()
+    {
+        warn!("could not flush the last replies to NATS within the grace period");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShutdownBudget;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_fits_in_the_grace_period_with_a_reserve_for_the_flushes() {
+        let default = ShutdownBudget::new(crate::config::defaults::grace_period());
+        // Inside Kubernetes' default terminationGracePeriodSeconds (30 s), with margin.
+        assert!(default.deadline - default.started <= Duration::from_secs(25));
+        assert_eq!(default.work, Duration::from_secs(20));
+        let short = ShutdownBudget::new(Duration::from_secs(10));
+        assert_eq!(short.work, Duration::from_secs(8));
+        assert_eq!(short.deadline - short.started, Duration::from_secs(10));
+        let zero = ShutdownBudget::new(Duration::ZERO);
+        assert_eq!((zero.work, zero.deadline), (Duration::ZERO, zero.started));
+    }
 }

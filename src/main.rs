@@ -167,13 +167,17 @@ fn main() -> ExitCode {
                 let reloads = ricochet::reload::Triggers::new(config, &loaded.reload)?;
                 ricochet::run(loaded, Some(reloads), shutdown_signal()).await
             };
-            match runtime.block_on(running) {
+            let code = match runtime.block_on(running) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // `run` kept to the grace period; a task still blocked (a span export that
+            // timed out) must not hold the exit past it, as dropping the runtime would.
+            runtime.shutdown_background();
+            code
         }
         Command::Request(args) => request_cmd::run(args),
     }

@@ -37,6 +37,7 @@ use crate::pipeline::Pipeline;
 use crate::route::Pattern;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
 use crate::telemetry::HealthSlot;
+use crate::ShutdownBudget;
 
 /// How long a reload waits for the server to confirm the new core subscriptions, and for
 /// the new consumers to be set up before readiness follows them anyway.
@@ -230,7 +231,8 @@ pub async fn reload(
 /// Stops the old generation; its last spans are exported in the background.
 async fn stop_old(running: Generation, grace: Duration) -> bool {
     let (finished, pipeline) = running.stop(grace).await;
-    tokio::spawn(generation::flush_traces(pipeline));
+    let deadline = tokio::time::Instant::now() + ShutdownBudget::MAX_RESERVE;
+    tokio::spawn(generation::flush_traces(pipeline, deadline));
     finished
 }
 
@@ -304,7 +306,8 @@ struct Changes {
 
 impl Changes {
     /// Compared as `check --print` shows them (secrets redacted: a changed password alone
-    /// is applied but not listed).
+    /// is applied but not listed), and by the content of their schema files: a route whose
+    /// schema file changed under the same path is listed as changed.
     fn between(old: &Config, new: &Config) -> Self {
         let shown = |config: &Config| -> BTreeMap<String, serde_json::Value> {
             (config.routes.iter())
@@ -312,6 +315,17 @@ impl Changes {
                 .collect()
         };
         let (before, after) = (shown(old), shown(new));
+        let schemas_changed = |name: &String| {
+            let schemas = |config: &Config| {
+                (config.routes.iter())
+                    .find(|r| &r.name == name)
+                    .map(|r| r.schemas.clone())
+            };
+            match (schemas(old), schemas(new)) {
+                (Some(old), Some(new)) => !old.same_documents(&new),
+                _ => false,
+            }
+        };
         let names = |routes: &BTreeMap<_, _>, keep: &dyn Fn(&String) -> bool| {
             routes.keys().filter(|n| keep(n)).cloned().collect()
         };
@@ -319,7 +333,7 @@ impl Changes {
             added: names(&after, &|n| !before.contains_key(n)),
             removed: names(&before, &|n| !after.contains_key(n)),
             changed: names(&after, &|n| {
-                before.get(n).is_some_and(|v| Some(v) != after.get(n))
+                before.get(n).is_some_and(|v| Some(v) != after.get(n)) || schemas_changed(n)
             }),
             upstream: serde_json::to_value(&old.upstream).ok()
                 != serde_json::to_value(&new.upstream).ok(),
@@ -370,6 +384,26 @@ path = "/gone"
         assert_eq!(changes.changed, ["get"]);
         assert!(!changes.upstream);
         assert_eq!(Changes::between(&old, &old), Changes::default());
+    }
+
+    #[test]
+    fn a_route_whose_schema_content_changed_is_listed_as_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("order.json");
+        let text = BASE.replace(
+            "path = \"/orders/{id}\"",
+            &format!(
+                "path = \"/orders/{{id}}\"\n[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"",
+                schema.display()
+            ),
+        );
+        std::fs::write(&schema, r#"{"required": ["id"]}"#).unwrap();
+        let old = config(&text);
+        assert_eq!(Changes::between(&old, &config(&text)), Changes::default());
+        std::fs::write(&schema, r#"{"required": ["sku"]}"#).unwrap();
+        let changes = Changes::between(&old, &config(&text));
+        assert_eq!(changes.changed, ["get"]);
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
     }
 
     #[test]

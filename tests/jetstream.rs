@@ -23,8 +23,13 @@ struct TestStream {
 
 impl TestStream {
     async fn create(tag: &str) -> Self {
+        Self::create_named(&unique(tag)).await
+    }
+
+    /// The stream of subjects `{prefix}.req.>`, named after `prefix`.
+    async fn create_named(prefix: &str) -> Self {
         let js = jetstream::new(nats().await);
-        let prefix = unique(tag);
+        let prefix = prefix.to_string();
         let name = prefix.to_uppercase().replace('-', "_");
         js.create_stream(stream::Config {
             name: name.clone(),
@@ -1109,5 +1114,56 @@ async fn a_request_the_client_cannot_parse_costs_a_reconnect_per_delivery_and_lo
         calls.iter().all(|b| b == "good"),
         "the service never saw it"
     );
+    stream.delete().await;
+}
+
+/// A route whose stream does not exist: `/readyz` says which route waits for which stream
+/// (as the log does), and ricochet becomes ready once the stream is there.
+#[tokio::test]
+async fn readiness_names_the_route_and_the_missing_stream() {
+    let prefix = unique("jsmissing");
+    let name = prefix.to_uppercase().replace('-', "_");
+    let missing = TestStream {
+        js: jetstream::new(nats().await),
+        name: name.clone(),
+        prefix: prefix.clone(),
+    };
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let ricochet = Ricochet::spawn(
+        &config(&upstream.base_url(), admin, &missing.route("", "")),
+        admin,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "readyz names the route and the stream",
+        || async {
+            let (status, body) = ricochet
+                .admin_get("/readyz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let reason = serde_json::from_str::<serde_json::Value>(&body)
+                .map(|b| b["reason"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default();
+            holds(
+                status == 503
+                    && reason.contains("route \"js\"")
+                    && reason.contains(&format!("stream \"{name}\"")),
+                format!("{status} {body}"),
+            )
+        },
+    )
+    .await;
+    let logs = ricochet.logs();
+    assert!(
+        logs.contains(&name),
+        "the log names the stream too:\n{logs}"
+    );
+
+    // The stream created, the route binds and the reason goes.
+    let stream = TestStream::create_named(&prefix).await;
+    ricochet.wait_ready().await;
+    let (_, body) = ricochet.admin_get("/readyz").await.unwrap();
+    assert!(!body.contains(&name), "{body}");
     stream.delete().await;
 }

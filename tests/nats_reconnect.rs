@@ -129,3 +129,61 @@ path = "/ping"
         ) >= 1.0
     );
 }
+
+/// With the NATS server gone and nothing in flight, SIGTERM ends the process at once: a
+/// drain the server can never confirm is not waited for, nor a flush of replies that cannot
+/// go anywhere (before: the whole grace period, then 5 s more for the flush).
+#[tokio::test]
+async fn sigterm_with_nats_unreachable_and_nothing_in_flight_exits_at_once() {
+    let upstream = Upstream::echo().await;
+    let port = free_port();
+    let admin = free_port();
+    let toml = format!(
+        r#"
+[nats]
+url = "nats://127.0.0.1:{port}"
+connect_timeout = "500ms"
+
+[upstream]
+base_url = "{}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[shutdown]
+grace_period = "10s"
+
+[[routes]]
+name = "ping"
+subject = "ping"
+path = "/ping"
+
+[[routes]]
+name = "pong"
+subject = "pong.>"
+path = "/pong"
+"#,
+        upstream.base_url()
+    );
+    let server = NatsServer::start(port);
+    let mut ricochet = Ricochet::spawn(&toml, admin);
+    ricochet.wait_ready().await;
+    let client = connect(port).await;
+    let reply = client.request("ping", "one".into()).await.expect("reply");
+    assert_eq!(reply.payload.as_ref(), b"one");
+    drop(client);
+
+    server.kill();
+    let why = ricochet.wait_unready(Duration::from_secs(10)).await;
+    assert!(why.contains("not connected"), "{why}");
+    let asked = std::time::Instant::now();
+    ricochet.signal("-TERM");
+    // Well within the grace period (10 s): the original waited 10 s + 5 s.
+    let status = ricochet.wait_exit(Duration::from_secs(9)).await;
+    let took = asked.elapsed();
+    println!("exit after SIGTERM with NATS unreachable took {took:?}");
+    assert!(status.success(), "{status:?}; logs:\n{}", ricochet.logs());
+    let logs = ricochet.logs();
+    assert!(!logs.contains("grace period over"), "{logs}");
+    assert!(logs.contains("stopped"), "{logs}");
+}

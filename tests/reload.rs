@@ -288,6 +288,16 @@ async fn an_invalid_file_is_refused_with_every_problem_and_the_running_configura
     for key in ["routes[0].max_inflight", "upstream.request_timeout"] {
         assert!(logs.contains(key), "the log names {key}:\n{logs}");
     }
+    // The log is a file, so plain text that grep finds as docs/operations.md shows it: no
+    // colour codes.
+    assert!(
+        logs.contains("key=routes[0].max_inflight problem="),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape bytes in a log file: {logs:?}"
+    );
     assert_eq!(ricochet.reloads("applied").await, 0.0);
     // The running configuration still answers, and ricochet stays ready.
     let reply = answered(&client, format!("{prefix}.orders.7"), "still").await;
@@ -366,5 +376,54 @@ async fn a_changed_queue_group_drains_the_old_subscription_first_and_answers_onc
         upstream.calls(),
         calls + 10,
         "one service call per request: no second subscription"
+    );
+}
+
+/// A route's schema file rewritten under the same path: a reload applies the new schema
+/// and its log names the route as changed (before: `changed=[]`).
+#[tokio::test]
+async fn a_changed_schema_file_is_applied_and_its_route_named_in_the_reload_log() {
+    let prefix = unique("reloadschema");
+    let upstream = Upstream::echo().await;
+    let client = nats().await;
+    let admin = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("order.json");
+    let requires = |field: &str| format!(r#"{{"type": "object", "required": ["{field}"]}}"#);
+    std::fs::write(&schema, requires("id")).unwrap();
+    let validate = format!(
+        "[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"",
+        schema.display()
+    );
+    let toml = config(
+        &upstream.base_url(),
+        admin,
+        &format!(
+            "{}{}",
+            core_route(&prefix, "orders", &validate),
+            core_route(&prefix, "plain", "")
+        ),
+    );
+    let ricochet = Ricochet::start(&toml, admin).await;
+    let status = |reply: &async_nats::Message| header(reply, "Ricochet-Status");
+    let ask = |body: &'static str| {
+        let (client, subject) = (client.clone(), format!("{prefix}.orders.1"));
+        async move { client.request(subject, body.into()).await.unwrap() }
+    };
+    assert_eq!(status(&ask(r#"{"id": 1}"#).await).as_deref(), Some("200"));
+    assert_eq!(status(&ask(r#"{"sku": 1}"#).await).as_deref(), Some("400"));
+
+    // Same configuration file, same path; only the schema's content changes.
+    std::fs::write(&schema, requires("sku")).unwrap();
+    ricochet.reload(&toml, "applied").await;
+    assert_eq!(status(&ask(r#"{"sku": 1}"#).await).as_deref(), Some("200"));
+    assert_eq!(status(&ask(r#"{"id": 1}"#).await).as_deref(), Some("400"));
+    let logs = ricochet.logs();
+    let reloaded = (logs.lines())
+        .find(|line| line.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("no reload line:\n{logs}"));
+    assert!(
+        reloaded.contains(r#"changed=["orders"]"#),
+        "the reload names the route whose schema changed, and only it: {reloaded}"
     );
 }

@@ -841,3 +841,97 @@ mod kafka_source {
         assert_eq!(upstream.calls(), 2);
     }
 }
+
+/// Replies encoded as Avro while the registry is down: the schemas cached serve (the latest
+/// one past `latest_refresh` too, and a pinned version), so the service's answer goes out;
+/// a schema never fetched is a 503 before the service is called, never after (a retry of a
+/// POST the service already ran would run it twice).
+#[tokio::test]
+async fn encoding_replies_while_the_registry_is_down_uses_the_cache_or_refuses_before_the_call() {
+    let registry = SchemaRegistry::start().await;
+    let receipts = unique("receipts-down-");
+    let receipt_id = registry.register(&receipts, RECEIPT_AVRO, &[]);
+    let cold = unique("receipts-cold-");
+    registry.register(&cold, RECEIPT_AVRO, &[]);
+    let receipt = r#"{"order": "o-1", "total": 1250}"#;
+    let upstream = Upstream::start(move |_| async move {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from_static(
+                receipt.as_bytes(),
+            )))
+            .unwrap()
+    })
+    .await;
+    let (latest, pinned, never) = (
+        unique("val.enc.latest."),
+        unique("val.enc.pinned."),
+        unique("val.enc.cold."),
+    );
+    let encode = |subject: &str, version: &str| {
+        format!("[routes.validate.response]\nencode = \"avro\"\nsubject = \"{subject}\"\n{version}")
+    };
+    let routes = format!(
+        "{}latest_refresh = \"200ms\"\n\n{}\n{}\n{}",
+        registry.config(),
+        core_route("latest", &latest, &encode(&receipts, "")),
+        core_route("pinned", &pinned, &encode(&receipts, "version = 1")),
+        core_route("cold", &never, &encode(&cold, "")),
+    );
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
+    let client = nats().await;
+    let encoded = |reply: &async_nats::Message| {
+        assert_eq!(header(reply, "Ricochet-Status").as_deref(), Some("200"));
+        assert_eq!(
+            header(reply, "content-type").as_deref(),
+            Some("avro/binary")
+        );
+        let (id, record) = fastavro::decode(RECEIPT_AVRO, &[], &reply.payload);
+        assert_eq!(id, receipt_id);
+        assert_eq!(record, json!({"order": "o-1", "total": 1250}));
+    };
+    for subject in [&latest, &pinned] {
+        encoded(&request(&client, subject, HeaderMap::new(), b"1".to_vec()).await);
+    }
+    assert_eq!(upstream.calls(), 2);
+
+    // Down, and the latest schema older than latest_refresh: each call still answered
+    // once, encoded with the schemas cached.
+    registry.set_down(true);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for (n, subject) in [&latest, &pinned, &latest].into_iter().enumerate() {
+        let reply = request(&client, subject, HeaderMap::new(), b"2".to_vec()).await;
+        encoded(&reply);
+        assert_eq!(upstream.calls(), 3 + n, "{subject}: one call, answered");
+    }
+    let logs = ricochet.logs();
+    assert!(
+        logs.contains("the latest schema cached serves on"),
+        "{logs}"
+    );
+
+    // A schema never fetched: refused before the call, retryable; the service not called.
+    let reply = request(&client, &never, HeaderMap::new(), b"3".to_vec()).await;
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code").as_deref(),
+        Some("503")
+    );
+    assert!(
+        body(&reply)["error"]
+            .as_str()
+            .unwrap()
+            .contains("try again later"),
+        "{:?}",
+        body(&reply)
+    );
+    assert_eq!(upstream.calls(), 5, "the service was not called");
+    let metrics = ricochet.metrics().await;
+    assert_eq!(validation_failures(&metrics, "registry_unavailable"), 1.0);
+
+    // Back: the cold route fetches its schema and answers.
+    registry.set_down(false);
+    let reply = request(&client, &never, HeaderMap::new(), b"4".to_vec()).await;
+    assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("200"));
+    assert_eq!(upstream.calls(), 6);
+}

@@ -245,7 +245,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long in-flight requests may run after SIGTERM before ricochet exits anyway.
+    /// How long ricochet may take after SIGTERM in all: in-flight requests get all of it but
+    /// a reserve (a fifth, at most 5 s) for flushing the last replies and spans.
     #[serde(default = "defaults::grace_period", with = "humantime_serde")]
     pub grace_period: Duration,
 }
@@ -389,6 +390,16 @@ pub struct CompiledSchemas {
     pub request: Option<JsonSchema>,
     /// `validate.response.schema`.
     pub response: Option<JsonSchema>,
+}
+
+impl CompiledSchemas {
+    /// Whether both hold the same schema documents (a file's content may change while its
+    /// path stays).
+    pub fn same_documents(&self, other: &Self) -> bool {
+        let document = |schema: &Option<JsonSchema>| schema.as_ref().map(|s| s.document().clone());
+        document(&self.request) == document(&other.request)
+            && document(&self.response) == document(&other.response)
+    }
 }
 
 /// The Confluent-compatible schema registry.
@@ -1151,8 +1162,9 @@ pub mod defaults {
     pub fn admin_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9464))
     }
+    /// Inside Kubernetes' default `terminationGracePeriodSeconds` (30 s) with margin.
     pub fn grace_period() -> Duration {
-        Duration::from_secs(30)
+        Duration::from_secs(25)
     }
     pub fn log_level() -> String {
         "info".into()

@@ -6,7 +6,8 @@
 //! `max_payload`, and the reply destination is one the source's broker can publish to. Then,
 //! for a route with a `validate` table, [`body`]: header bounds, the content-type allow-list
 //! and the body's schema (JSON Schema, or Avro with the schema registry; see
-//! [`crate::validate`]). Only the registry makes this stage wait on I/O.
+//! [`crate::validate`]), and, for a route that encodes its replies as Avro, their schema at
+//! hand. Only the registry makes this stage wait on I/O.
 
 use bytes::Bytes;
 
@@ -16,12 +17,15 @@ use crate::source::Inbound;
 use crate::validate::{Invalid, Passed, Rules, JSON};
 
 /// The route's `validate` rules applied to the message. Its `Content-Type` is its own, else
-/// the route's `content_type`.
+/// the route's `content_type`. A route that encodes its replies also needs their schema
+/// before the service is called (see [`Rules::encoding_ready`]).
 pub async fn body(route: &Route, rules: &Rules, inbound: &Inbound) -> Result<Passed, Invalid> {
     let content_type = (inbound.header("content-type")).or(route.config.content_type.as_deref());
-    rules
+    let passed = rules
         .request(&inbound.headers, content_type, &inbound.payload)
-        .await
+        .await?;
+    rules.encoding_ready().await?;
+    Ok(passed)
 }
 
 /// The message as the service gets it when its Avro record was decoded: the JSON as its

@@ -3,10 +3,11 @@
 //! subscribed, consumers bound, not every circuit open, not shutting down; a JSON body says
 //! why and shows each route's circuit) and `/metrics` (Prometheus text format).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -73,6 +74,8 @@ pub struct Health {
     /// False when no route uses NATS: readiness then ignores the NATS connection.
     needs_nats: bool,
     shutting_down: AtomicBool,
+    /// Why an intake is not set up, by route name (what its log line says), for `/readyz`.
+    waiting: Mutex<BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -92,7 +95,20 @@ impl Health {
             needs_nats,
             pending: AtomicUsize::new(intakes),
             shutting_down: AtomicBool::new(false),
+            waiting: Mutex::default(),
         }
+    }
+
+    /// The intake of `route` cannot be set up yet, because of `why` (say the stream).
+    pub fn intake_waiting(&self, route: &str, why: String) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.insert(route.to_string(), why);
+    }
+
+    /// The intake of `route` is set up: it no longer waits for anything.
+    pub fn intake_set_up(&self, route: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.remove(route);
     }
 
     /// An intake that was ready lost its subscription or consumer.
@@ -117,22 +133,29 @@ impl Health {
     }
 
     /// `Ok` when ready, else why not.
-    pub fn ready(&self) -> Result<(), &'static str> {
+    pub fn ready(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err("shutting down");
+            return Err("shutting down".into());
         }
         if self.needs_nats {
             match self.nats.get().map(|c| c.connection_state()) {
                 Some(async_nats::connection::State::Connected) => {}
-                _ => return Err(NOT_CONNECTED),
+                _ => return Err(NOT_CONNECTED.into()),
             }
         }
         if self.intakes_pending() {
-            return Err("subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting");
+            let mut reason = String::from(
+                "subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting",
+            );
+            let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            for (route, why) in waiting.iter() {
+                reason.push_str(&format!("; route {route:?}: {why}"));
+            }
+            return Err(reason);
         }
         let routes = self.routes.get().map(Vec::as_slice).unwrap_or_default();
         if !routes.is_empty() && routes.iter().all(|r| r.invoker.breaker.refusing()) {
-            return Err("every route's circuit breaker is open: the service is failing");
+            return Err("every route's circuit breaker is open: the service is failing".into());
         }
         Ok(())
     }
@@ -151,7 +174,7 @@ impl Health {
             .collect();
         let body = serde_json::json!({
             "ready": ready.is_ok(),
-            "reason": ready.err(),
+            "reason": ready.as_ref().err(),
             "routes": routes,
         });
         (ready.is_ok(), format!("{body}\n"))

@@ -1,4 +1,6 @@
 //! Log set-up: human-readable text or JSON lines, filtered by `RUST_LOG` or `log.level`.
+//! Text is coloured only when stderr is a terminal and `NO_COLOR` is unset or empty: a
+//! container's log is a file or a pipe, where colour codes would break `grep`.
 //!
 //! Beside the log itself, one small layer watches a dependency: async-nats ends its
 //! connection when it cannot parse a message the server relays (a header name with a space,
@@ -6,6 +8,7 @@
 //! turns the line into ricochet's warning and a count, whatever the log level.
 
 use std::fmt::Debug;
+use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{warn, Event, Level, Subscriber};
@@ -32,12 +35,24 @@ pub fn init(config: &LogConfig) {
     }
     let drops = NatsDrops.with_filter(Targets::new().with_target("async_nats", Level::DEBUG));
     let registry = tracing_subscriber::registry().with(drops);
-    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let log = (tracing_subscriber::fmt::layer())
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     // A second init (tests calling it twice) is harmless: the first subscriber stays.
     let _ = match config.format {
         LogFormat::Text => registry.with(log.with_filter(filter)).try_init(),
         LogFormat::Json => registry.with(log.json().with_filter(filter)).try_init(),
     };
+}
+
+/// Whether text logs are coloured: only on a terminal, and never with `NO_COLOR` set to
+/// anything but the empty string (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Sees async-nats' "disconnected" line and, when its error says the client could not
@@ -111,6 +126,16 @@ fn protocol_error(error: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
+    }
 
     #[test]
     fn parse_errors_are_named_and_other_drops_are_not_protocol_errors() {

@@ -24,6 +24,9 @@ pub enum SchemaError {
 pub struct JsonSchema {
     validator: Arc<jsonschema::Validator>,
     pub path: PathBuf,
+    /// The schema as compiled: a reload compares it to tell a route whose schema file
+    /// changed.
+    document: Arc<serde_json::Value>,
 }
 
 impl std::fmt::Debug for JsonSchema {
@@ -67,7 +70,13 @@ impl JsonSchema {
         Ok(Self {
             validator: Arc::new(validator),
             path: path.to_path_buf(),
+            document: Arc::new(schema.clone()),
         })
+    }
+
+    /// The schema document it was compiled from.
+    pub fn document(&self) -> &serde_json::Value {
+        &self.document
     }
 
     /// Checks a body: JSON text conforming to the schema.

@@ -28,7 +28,7 @@ pub use crate::telemetry::metrics::ValidationFailure as Failure;
 
 /// At most this many violations are listed in an error reply...
 pub const MAX_VIOLATIONS: usize = 10;
-/// ...each of its texts cut to this many characters...
+/// ...each of its texts at most this many characters (the ellipsis of a cut one included)...
 pub const MAX_VIOLATION_TEXT: usize = 200;
 /// ...and at most this many bytes of them go into a dead letter's header.
 pub const MAX_DETAIL_HEADER: usize = 1024;
@@ -63,12 +63,14 @@ impl Violation {
     }
 }
 
-/// `text` cut to [`MAX_VIOLATION_TEXT`] characters, marked with an ellipsis when cut.
+/// `text` in at most [`MAX_VIOLATION_TEXT`] characters: a longer one is cut to one less and
+/// ends with an ellipsis (which counts).
 fn bounded(text: &str) -> String {
-    match text.char_indices().nth(MAX_VIOLATION_TEXT) {
-        None => text.to_string(),
-        Some((end, _)) => format!("{}…", &text[..end]),
+    if text.chars().nth(MAX_VIOLATION_TEXT).is_none() {
+        return text.to_string();
     }
+    let end = (text.char_indices().nth(MAX_VIOLATION_TEXT - 1)).map_or(text.len(), |(end, _)| end);
+    format!("{}…", &text[..end])
 }
 
 /// Why a message (or a reply) did not pass.
@@ -337,6 +339,24 @@ impl Rules {
         }
         avro::decode(&schema, payload)
             .map_err(|e| Invalid::new(Failure::Decode, format!("{what}: {e}")))
+    }
+
+    /// Before the call: the schema that will encode the service's answer is at hand (fetched
+    /// now, or cached). A registry that cannot give it is a retryable refusal now, while the
+    /// service has not acted, rather than after the call, when a retry would run it twice.
+    pub async fn encoding_ready(&self) -> Result<(), Invalid> {
+        let Some((subject, version)) = self.response.as_ref().and_then(|r| r.encode.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some(registry) = &self.registry else {
+            return Err(Invalid::registry(RegistryError::Unavailable(
+                "none is configured".into(),
+            )));
+        };
+        (registry.version(subject, *version).await)
+            .map(|_| ())
+            .map_err(Invalid::registry)
     }
 
     /// Whether 2xx answers are checked or encoded.

@@ -7,7 +7,9 @@
 //! - `GET /schemas/ids/{id}/versions`: `[{"subject": "...", "version": 1}]`, to check that an
 //!   id is a version of a route's subject;
 //! - `GET /subjects/{subject}/versions/{version|latest}`: `{"id", "schema", "references"?}`,
-//!   for references and for encoding replies.
+//!   for references and for encoding replies (a pinned version cached for good, the latest
+//!   asked for again every `latest_refresh`, and served from the cache while the registry
+//!   is down).
 //!
 //! A 404 (or a schema that is not Avro) is [`RegistryError::Unknown`]: permanent, and
 //! remembered for `latest_refresh` so that bogus ids do not each cost a request. Anything
@@ -25,7 +27,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -82,8 +84,10 @@ pub struct Registry {
     by_id: RwLock<HashMap<u32, Arc<AvroSchema>>>,
     /// (subject, id) -> whether the id is a version of the subject.
     membership: RwLock<HashMap<(String, u32), bool>>,
-    /// subject -> latest schema and when it was fetched.
+    /// subject -> latest schema and when it was fetched (or last asked for in vain).
     latest: RwLock<HashMap<String, (Arc<AvroSchema>, Instant)>>,
+    /// (subject, version) -> its schema, for good: a registered version never changes.
+    pinned: RwLock<HashMap<(String, u32), Arc<AvroSchema>>>,
     /// Ids the registry did not know, and when it said so: a stream of messages with a bogus
     /// id is answered from here for `latest_refresh` instead of asking the registry each time
     /// (an id may be registered later, so not for good).
@@ -134,6 +138,7 @@ impl Registry {
             by_id: RwLock::default(),
             membership: RwLock::default(),
             latest: RwLock::default(),
+            pinned: RwLock::default(),
             unknown: RwLock::default(),
         }
     }
@@ -185,40 +190,66 @@ impl Registry {
         Ok(member)
     }
 
-    /// The schema of `subject` at `version`, or its latest (refreshed every
-    /// `latest_refresh`).
+    /// The schema of `subject` at `version` (cached for good), or its latest (asked for
+    /// again every `latest_refresh`). While the registry cannot be asked, the latest schema
+    /// cached serves on, as every cached schema does, and is asked for again only
+    /// `latest_refresh` later; a 404 ends it.
     pub async fn version(
         &self,
         subject: &str,
         version: Option<u32>,
     ) -> Result<Arc<AvroSchema>, RegistryError> {
-        if version.is_none() {
-            let cache = self.latest.read().expect("registry cache");
-            if let Some((schema, at)) = cache.get(subject) {
-                if at.elapsed() < self.latest_refresh {
-                    return Ok(schema.clone());
-                }
+        let Some(version) = version else {
+            return self.latest(subject).await;
+        };
+        let key = (subject.to_string(), version);
+        if let Some(schema) = self.pinned.read().expect("registry cache").get(&key) {
+            return Ok(schema.clone());
+        }
+        let schema = self.fetch_version(subject, &version.to_string()).await?;
+        (self.pinned.write().expect("registry cache")).insert(key, schema.clone());
+        Ok(schema)
+    }
+
+    async fn latest(&self, subject: &str) -> Result<Arc<AvroSchema>, RegistryError> {
+        let cached = (self.latest.read().expect("registry cache").get(subject)).cloned();
+        if let Some((schema, at)) = &cached {
+            if at.elapsed() < self.latest_refresh {
+                return Ok(schema.clone());
             }
         }
-        let label = version.map_or("latest".to_string(), |v| v.to_string());
-        let answer: SchemaAnswer = self.get(&subject_path(subject, &label)).await?;
+        let schema = match (self.fetch_version(subject, "latest").await, cached) {
+            (Ok(schema), _) => schema,
+            (Err(RegistryError::Unavailable(why)), Some((stale, _))) => {
+                warn!(subject, error = %why, schema_id = stale.id, "the schema registry is unavailable: the latest schema cached serves on");
+                stale
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let mut cache = self.latest.write().expect("registry cache");
+        cache.insert(subject.to_string(), (schema.clone(), Instant::now()));
+        Ok(schema)
+    }
+
+    /// `GET /subjects/{subject}/versions/{label}`, its schema parsed (or cached by id).
+    async fn fetch_version(
+        &self,
+        subject: &str,
+        label: &str,
+    ) -> Result<Arc<AvroSchema>, RegistryError> {
+        let answer: SchemaAnswer = self.get(&subject_path(subject, label)).await?;
         let id = answer.id.ok_or_else(|| {
             RegistryError::Unknown(format!("the registry's answer for {subject:?} has no id"))
         })?;
         let cached = (self.by_id.read().expect("registry cache").get(&id)).cloned();
-        let schema = match cached {
+        Ok(match cached {
             Some(schema) => schema,
             None => {
                 let parsed = Arc::new(self.parse(id, answer).await?);
                 (self.by_id.write().expect("registry cache")).insert(id, parsed.clone());
                 parsed
             }
-        };
-        if version.is_none() {
-            let mut cache = self.latest.write().expect("registry cache");
-            cache.insert(subject.to_string(), (schema.clone(), Instant::now()));
-        }
-        Ok(schema)
+        })
     }
 
     /// Parses a schema and its references (fetched depth-first, dependencies first).
@@ -352,9 +383,46 @@ impl Registry {
     }
 }
 
+/// What a subject's path segment encodes: everything but RFC 3986's unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`), which some registries match only as written.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn subject_path(subject: &str, version: &str) -> String {
-    format!(
-        "/subjects/{}/versions/{version}",
-        utf8_percent_encode(subject, NON_ALPHANUMERIC)
-    )
+    let segment = match subject {
+        // A segment of dots alone would be a dot-segment, which URL normalization removes.
+        "." => "%2E".to_string(),
+        ".." => "%2E%2E".to_string(),
+        _ => utf8_percent_encode(subject, SEGMENT).to_string(),
+    };
+    format!("/subjects/{segment}/versions/{version}")
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::subject_path;
+
+    #[test]
+    fn subjects_keep_unreserved_characters_and_encode_the_rest() {
+        assert_eq!(
+            subject_path("x-replies.v1_a~b", "latest"),
+            "/subjects/x-replies.v1_a~b/versions/latest"
+        );
+        assert_eq!(
+            subject_path("orders-value", "3"),
+            "/subjects/orders-value/versions/3"
+        );
+        // Reserved, space, percent and non-ASCII are encoded: a subject stays one segment.
+        assert_eq!(
+            subject_path("a/b c?d#e%f", "1"),
+            "/subjects/a%2Fb%20c%3Fd%23e%25f/versions/1"
+        );
+        assert_eq!(subject_path("é", "1"), "/subjects/%C3%A9/versions/1");
+        assert_eq!(subject_path("..", "1"), "/subjects/%2E%2E/versions/1");
+        assert_eq!(subject_path(".", "1"), "/subjects/%2E/versions/1");
+        assert_eq!(subject_path("...", "1"), "/subjects/.../versions/1");
+    }
 }

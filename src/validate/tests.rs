@@ -107,8 +107,24 @@ async fn avro_without_a_reachable_registry_is_never_let_through() {
 fn texts_and_summaries_are_bounded() {
     let long = "x".repeat(5000);
     let violation = Violation::new(&long, "/type", &long);
-    assert_eq!(violation.message.chars().count(), MAX_VIOLATION_TEXT + 1);
+    assert_eq!(violation.message.chars().count(), MAX_VIOLATION_TEXT);
     assert!(violation.message.ends_with('…'));
+    assert_eq!(violation.instance_path.chars().count(), MAX_VIOLATION_TEXT);
+    // At the limit: kept whole; one past it: cut. Multi-byte characters count as one.
+    let exact = "é".repeat(MAX_VIOLATION_TEXT);
+    assert_eq!(Violation::whole(&exact).message, exact);
+    let over = format!("{exact}é");
+    let cut = Violation::whole(&over).message;
+    assert_eq!(cut.chars().count(), MAX_VIOLATION_TEXT);
+    assert_eq!(cut, format!("{}…", "é".repeat(MAX_VIOLATION_TEXT - 1)));
+    assert_eq!(Violation::whole("").message, "");
+    // The number docs/validation.md gives is the one held here.
+    let docs = include_str!("../../docs/validation.md");
+    let promise = format!("each text at most\n{MAX_VIOLATION_TEXT} characters");
+    assert!(
+        docs.contains(&promise),
+        "docs/validation.md says {promise:?}"
+    );
     let invalid = Invalid {
         kind: Failure::Schema,
         detail: "d".into(),

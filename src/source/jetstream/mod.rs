@@ -153,16 +153,25 @@ impl JetStreamRoute {
             let consumer = match this.bind(&context, &server).await {
                 Ok(consumer) => consumer,
                 Err(e) => {
-                    let pause = match &e {
+                    let (pause, why) = match &e {
                         BindError::Refused(refusal) => {
                             error!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), server = %server, "{refusal}; not consuming (readiness stays 503)");
-                            REFUSED_RETRY
+                            (
+                                REFUSED_RETRY,
+                                format!(
+                                    "JetStream consumer {:?} on stream {:?} refused: {refusal}",
+                                    this.durable(),
+                                    this.config.stream
+                                ),
+                            )
                         }
                         BindError::Failed(e) => {
                             error!(route = %this.route.name, stream = %this.config.stream, error = %e, "cannot set up the JetStream consumer; retrying");
-                            SETUP_RETRY
+                            (SETUP_RETRY, format!("cannot set up the JetStream consumer on stream {:?} ({e}); retrying", this.config.stream))
                         }
                     };
+                    // `/readyz` says what the log says, with the route and the stream.
+                    health.intake_waiting(&this.route.name, why);
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = stop.cancelled() => break,
@@ -171,6 +180,7 @@ impl JetStreamRoute {
                 }
             };
             info!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), "JetStream consumer bound");
+            health.intake_set_up(&this.route.name);
             health.intake_ready();
             // Ends with this binding: the consumer of the next one is watched anew.
             let watching = stop.child_token();

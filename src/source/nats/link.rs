@@ -166,6 +166,15 @@ impl Link {
         matches!(back, Ok(Ok(_)))
     }
 
+    /// Resolves while the connection is down (at once if it is down now).
+    pub async fn down(&self) {
+        let mut up = self.up.subscribe();
+        // The sender lives as long as this link.
+        if up.wait_for(|up| !*up).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The losses from now on.
     pub fn losses(&self) -> Losses {
         Losses(self.losses.subscribe())

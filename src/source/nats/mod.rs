@@ -291,6 +291,11 @@ pub async fn confirm_subscriptions(client: &Client) -> anyhow::Result<()> {
 
 /// Takes messages from one subscription until `stop`, then drains it: messages the server
 /// already sent are still processed. Each message runs as a task on `tracker`.
+///
+/// A drain ends when the server confirms it, which it cannot do while the connection is
+/// down; nor can it send anything more then. So a drain on a lost connection ends as soon
+/// as the messages already received are taken, and shutdown does not wait for a
+/// reconnection that may never come.
 pub async fn intake(
     own: Arc<Route>,
     mut subscriber: Subscriber,
@@ -299,14 +304,27 @@ pub async fn intake(
     stop: CancellationToken,
 ) {
     let mut draining = false;
+    let link = core.replier.link().clone();
     loop {
         let message = tokio::select! {
+            // Biased: the messages already received are taken before a lost connection
+            // ends the drain.
+            biased;
             _ = stop.cancelled(), if !draining => {
                 draining = true;
-                drain(&mut subscriber).await;
+                // A lost connection may leave the client's command queue full: the drain
+                // is not waited for then.
+                tokio::select! {
+                    () = drain(&mut subscriber) => {}
+                    () = link.down() => {}
+                }
                 continue;
             }
             message = subscriber.next() => message,
+            () = link.down(), if draining => {
+                info!(route = %own.name, "connection to NATS down: the drain ends with the messages already received");
+                break;
+            }
         };
         let Some(message) = message else { break };
         let inbound = to_inbound(message);
