@@ -89,9 +89,12 @@ async fn send(args: RequestArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
         None => async_nats::ConnectOptions::new(),
     };
+    // The URL's credentials go to the options, never to async-nats inside the URL.
+    let (options, servers) =
+        ricochet::source::nats::with_url_credentials(options, &url).map_err(|e| e.to_string())?;
     let client = options
         .connection_timeout(Duration::from_secs(5))
-        .connect(url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| {
             format!(

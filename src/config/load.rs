@@ -76,18 +76,9 @@ pub fn load_str(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
-        ConfigErrors(vec![ConfigError::new(
-            "(file)",
-            format!(
-                "not valid TOML: {}",
-                e.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-        )])
-    })?;
+    let mut table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors(vec![syntax_error(text, &e)]))?;
     let (env_keys, mut errors) = apply_env(&mut table, env);
 
     // Routes are deserialized one by one, so a problem in one does not hide those of others.
@@ -135,6 +126,68 @@ pub fn load_str(
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// A TOML syntax error by line, column and the key on that line, never the text: toml's
+/// own message quotes the source line, and that line may hold a secret
+/// (`password = "s3cret` left unterminated).
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    // toml's message alone names what it expected; the first line, in case a future
+    // version appends the source to it.
+    let what = error.message().lines().next().unwrap_or("syntax error");
+    let Some(offset) = error.span().map(|span| span.start.min(text.len())) else {
+        return ConfigError::new("(file)", format!("not valid TOML: {what}"));
+    };
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let key = key_on_line(text, line_start).unwrap_or_else(|| "(file)".into());
+    ConfigError::new(
+        key,
+        format!("not valid TOML at line {line}, column {column}: {what} (the line is not shown: it may hold a secret)"),
+    )
+}
+
+/// The key assigned on the line starting at `line_start`, under the last table header
+/// before it (`[[routes]]` counted, so `routes[1].name`), when the line reads `key = ...`.
+fn key_on_line(text: &str, line_start: usize) -> Option<String> {
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
+    };
+    let rest = &text[line_start..];
+    let line = rest.lines().next().unwrap_or_default();
+    let key = line.split_once('=')?.0.trim();
+    if !is_key(key) {
+        return None;
+    }
+    let key = key.replace('"', "");
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+    for header in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = header.strip_prefix("[[").and_then(|h| h.split_once("]]")) {
+            let name = name.0.trim().to_string();
+            let count = arrays.entry(name.clone()).or_default();
+            table = format!("{name}[{count}]");
+            *count += 1;
+        } else if let Some(name) = header.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            let name = name.0.trim();
+            // `[routes.kafka]` after `[[routes]]` belongs to the last route.
+            table = match name.split_once('.') {
+                Some((array, tail)) if arrays.contains_key(array) => {
+                    format!("{array}[{}].{tail}", arrays[array] - 1)
+                }
+                _ => name.to_string(),
+            };
+        }
+    }
+    Some(if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    })
 }
 
 /// Applies `RICOCHET__A__B=value` overrides as strings; returns the keys it set
@@ -260,14 +313,51 @@ fn deserialize_all<T: DeserializeOwned>(
         let message = message.split(", expected one of").next().unwrap_or(message);
         // serde quotes the offending value; a secret's value must not be echoed.
         let message = if SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
-            "invalid value (not shown: it is a secret); expected a string"
+            "invalid value (not shown: it is a secret); expected a string".to_string()
         } else {
-            message
+            plain(message)
         };
         errors.push(ConfigError::new(key.clone(), message));
         if !removed.insert(key) || !remove_at(&mut value, &segments) {
             return (None, errors);
         }
+    }
+}
+
+/// serde's and toml's texts in ricochet's words: what was expected, and what kind of value
+/// was found (the value itself is not repeated). Texts of ricochet's own types pass as they are.
+fn plain(message: &str) -> String {
+    if message.starts_with("wanted exactly 1 element") {
+        return "expected one name (a string), found a table with several keys".into();
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!("expected {expected}, found {}", kind_of(found));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid length ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!("expected {expected}, found {found} elements");
+        }
+    }
+    if message.starts_with("data did not match any variant of untagged enum") {
+        return "not one of the forms this key accepts".into();
+    }
+    message.to_string()
+}
+
+/// `string "x"` -> `a string`: the kind of a value serde names, without the value.
+fn kind_of(found: &str) -> &'static str {
+    let word = found.split([' ', '`', '"']).next().unwrap_or_default();
+    match word {
+        "string" | "char" => "a string",
+        "integer" => "an integer",
+        "floating" => "a number with a fraction",
+        "boolean" => "a boolean",
+        "map" => "a table",
+        "sequence" => "a list",
+        "unit" | "option" => "nothing",
+        _ => "another kind of value",
     }
 }
 
@@ -412,6 +502,69 @@ mod tests {
         let env = vec![("RICOCHET__ROUTES__7__NAME".to_string(), "x".to_string())];
         let errors = load_str(MINIMAL, env).unwrap_err().0;
         assert_eq!(errors[0].key, "environment RICOCHET__ROUTES__7__NAME");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_line_column_and_key_never_the_text() {
+        let text = format!("{MINIMAL}\n[nats]\nuser = \"svc\"\npassword = \"s3cret\n");
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "nats.password");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("password"))
+            .unwrap()
+            + 1;
+        assert!(
+            errors[0]
+                .message
+                .contains(&format!("line {line}, column 19")),
+            "{errors:?}"
+        );
+        assert!(!format!("{errors:?}").contains("s3cret"), "{errors:?}");
+        // In a list of tables, the entry is counted; its sub-table belongs to it.
+        let text = format!(
+            "{MINIMAL}[[routes]]\nname = \"k\"\n[routes.kafka]\nsasl_password = \"hunter2\n"
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        assert_eq!(errors[0].key, "routes[1].kafka.sasl_password");
+        assert!(!errors[0].message.contains("hunter2"), "{errors:?}");
+    }
+
+    #[test]
+    fn serde_texts_are_said_in_ricochets_words() {
+        let text = MINIMAL.replace(
+            "path = \"/orders/{id}\"",
+            "path = \"/orders/{id}\"\ntimeout = { secs = 1, nanos = 0 }\nmax_in_flight = \"many\"\n[routes.source]\nkind = \"nats\"\nmax_pending = 1",
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.contains(&"routes[0].timeout: expected a duration, found a table".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s
+                    .starts_with("routes[0].source: expected one name (a string), found a table")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("routes[0].max_in_flight: expected")
+                    && s.ends_with("found a string")),
+            "{shown:?}"
+        );
+        for serde_words in [
+            "invalid type",
+            "wanted exactly",
+            "more than 1 element",
+            "many",
+        ] {
+            assert!(!shown.iter().any(|s| s.contains(serde_words)), "{shown:?}");
+        }
     }
 
     #[test]
