@@ -310,7 +310,12 @@ fn deserialize_all<T: DeserializeOwned>(
                 }
             }
         }
-        let message = message.split(", expected one of").next().unwrap_or(message);
+        // An unknown key lists every key there is: cut. An unknown name keeps its choices.
+        let message = if message.starts_with("unknown field") {
+            message.split(", expected one of").next().unwrap_or(message)
+        } else {
+            message
+        };
         // serde quotes the offending value; a secret's value must not be echoed.
         let message = if SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
             "invalid value (not shown: it is a secret); expected a string".to_string()
@@ -332,7 +337,19 @@ fn plain(message: &str) -> String {
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
         if let Some((found, expected)) = rest.split_once(", expected ") {
-            return format!("expected {expected}, found {}", kind_of(found));
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                kind_of(found)
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            // The value of a key that is not secret helps to find it: shown as written.
+            let value = found.split_once(' ').map_or(found, |(_, value)| value);
+            let value = value.trim_matches('`');
+            return format!("expected {}, found {value}", expected_words(expected));
         }
     }
     if let Some(rest) = message.strip_prefix("invalid length ") {
@@ -340,10 +357,34 @@ fn plain(message: &str) -> String {
             return format!("expected {expected}, found {found} elements");
         }
     }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        if let Some((name, choices)) = rest.split_once('`') {
+            let choices = choices
+                .trim_start_matches(", expected one of ")
+                .trim_start_matches(", expected ")
+                .replace('`', "\"");
+            return format!("\"{name}\" is not one of the names this key accepts: {choices}");
+        }
+    }
     if message.starts_with("data did not match any variant of untagged enum") {
         return "not one of the forms this key accepts".into();
     }
     message.to_string()
+}
+
+/// serde's names of Rust types in words.
+fn expected_words(expected: &str) -> String {
+    match expected {
+        "usize" | "u64" | "u32" => "a whole number, 0 or more".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u8" => "a whole number from 0 to 255".into(),
+        "isize" | "i64" | "i32" | "i16" | "i8" => "a whole number".into(),
+        "f64" | "f32" => "a number".into(),
+        "a sequence" => "a list".into(),
+        "a map" => "a table".into(),
+        other if other.starts_with("struct ") => "a table".into(),
+        other => other.to_string(),
+    }
 }
 
 /// `string "x"` -> `a string`: the kind of a value serde names, without the value.
@@ -557,11 +598,29 @@ mod tests {
                     && s.ends_with("found a string")),
             "{shown:?}"
         );
+        let text = MINIMAL.replace(
+            "path = \"/orders/{id}\"",
+            "path = \"/orders/{id}\"\nmax_in_flight = -1\nsuccess_statuses = [70000]\nsource = \"pigeon\"",
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        let shown: Vec<String> = (errors.iter().map(ToString::to_string))
+            .chain(shown)
+            .collect();
+        for expected in [
+            "routes[0].max_in_flight: expected a whole number, 0 or more, found -1",
+            "routes[0].success_statuses[0]: expected a whole number from 0 to 65535, found 70000",
+            "routes[0].source: \"pigeon\" is not one of the names this key accepts: \"nats\", \"jetstream\", \"kafka\", \"amqp\"",
+        ] {
+            assert!(shown.contains(&expected.to_string()), "{expected}: {shown:?}");
+        }
         for serde_words in [
             "invalid type",
+            "invalid value",
+            "unknown variant",
             "wanted exactly",
             "more than 1 element",
             "many",
+            "usize",
         ] {
             assert!(!shown.iter().any(|s| s.contains(serde_words)), "{shown:?}");
         }
