@@ -563,6 +563,29 @@ mod tests {
             "{errors:?}"
         );
         assert!(!format!("{errors:?}").contains("s3cret"), "{errors:?}");
+        // Every way a line can be broken around a secret: the secret is never echoed.
+        for broken in [
+            "password = 's3cretX",
+            "password = \"\"\"s3cretX",
+            "password = \"\\q s3cretX\"",
+            "password = \"a\" s3cretX",
+            "password = s3cretX",
+            "password = [\"s3cretX\"",
+            "password = \"s3cretX\"\npassword = \"s3cretX\"",
+            "password = 1979-05-27T07:32:00s3cretX",
+            "password = { v = \"s3cretX\" ",
+        ] {
+            let text = format!("{MINIMAL}\n[nats]\nuser = \"svc\"\n{broken}\n");
+            let errors = load_str(&text, no_env()).unwrap_err().0;
+            assert!(
+                !format!("{errors:?}").contains("s3cretX"),
+                "{broken}: {errors:?}"
+            );
+            assert!(
+                errors[0].message.contains("not valid TOML at line"),
+                "{broken}: {errors:?}"
+            );
+        }
         // In a list of tables, the entry is counted; its sub-table belongs to it.
         let text = format!(
             "{MINIMAL}[[routes]]\nname = \"k\"\n[routes.kafka]\nsasl_password = \"hunter2\n"
