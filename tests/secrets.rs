@@ -268,9 +268,15 @@ fn own_nats(args: &[&str]) -> (NatsServer, u16) {
 
 /// `ricochet request` at `url` with the log at trace: its exit code and all it printed.
 fn request(url: &str, subject: &str) -> (Option<i32>, String) {
+    request_with(url, subject, std::path::Path::new("/nonexistent.toml"))
+}
+
+/// Like [`request`], with `--config config`.
+fn request_with(url: &str, subject: &str, config: &std::path::Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ricochet"))
         .args(["request", subject, "--data", "ping", "--timeout", "5s"])
-        .args(["--nats-url", url, "--config", "/nonexistent.toml"])
+        .args(["--nats-url", url, "--config"])
+        .arg(config)
         .env("RUST_LOG", "trace")
         .output()
         .unwrap();
@@ -386,10 +392,19 @@ async fn a_token_in_nats_url_connects_ricochet_request() {
             .unwrap();
         client.flush().await.unwrap();
     });
+    // The configuration names other credentials: the URL's replace them.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ricochet.toml");
+    std::fs::write(
+        &config,
+        "[nats]\nuser = \"someone\"\npassword = \"else\"\n[upstream]\nbase_url = \"http://127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/s\"\n",
+    )
+    .unwrap();
     let url = format!("nats://{token}@127.0.0.1:{port}");
-    let (code, printed) = tokio::task::spawn_blocking(move || request(&url, &subject))
-        .await
-        .unwrap();
+    let (code, printed) =
+        tokio::task::spawn_blocking(move || request_with(&url, &subject, &config))
+            .await
+            .unwrap();
     assert_eq!(code, Some(0), "{printed}");
     assert!(printed.contains("pong"), "{printed}");
     assert!(!printed.contains(&token), "{printed}");
