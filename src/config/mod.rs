@@ -2,7 +2,9 @@
 //!
 //! Loading (file, environment overrides, collecting every error) lives in `load.rs`;
 //! cross-field checks in `validate.rs`; the small value types (`ByteSize`, `Secret`) in
-//! `units.rs`. Everything else in ricochet receives an already validated [`Config`].
+//! `units.rs`; credentials in `nats.url` in `url_auth.rs`; errors in ricochet's words (no
+//! value of a secret, no serde jargon) in `wording.rs`. Everything else in ricochet receives
+//! an already validated [`Config`].
 
 mod load;
 mod print;
@@ -11,6 +13,7 @@ mod security;
 mod units;
 mod url_auth;
 mod validate;
+mod wording;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
