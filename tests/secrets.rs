@@ -430,3 +430,61 @@ async fn eventually_connect_as(user: &str, port: u16, password: &str) -> async_n
     .await;
     client.into_inner().unwrap().unwrap()
 }
+
+/// A list of servers: the credentials written in one URL are the connection's, so a server
+/// of the list written without them is reached with them (here the first server is down).
+#[tokio::test]
+async fn a_server_list_connects_with_the_credentials_one_of_its_urls_carries() {
+    let password = unique("listpw");
+    let (_nats, port) = own_nats(&["--user", "u", "--pass", &password]);
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let subject = unique("urllist.");
+    let toml = format!(
+        r#"
+[nats]
+url = "nats://u:{password}@127.0.0.1:{down}, nats://127.0.0.1:{port}"
+connect_timeout = "1s"
+
+[upstream]
+base_url = "{base_url}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "core"
+subject = "{subject}"
+path = "/echo"
+"#,
+        down = free_port(),
+        base_url = upstream.base_url(),
+    );
+    let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
+    let client = eventually_connect_as("u", port, &password).await;
+    eventually(
+        Duration::from_secs(15),
+        "a reply through the second server",
+        || {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request(subject, "hi".into()),
+                )
+                .await
+                {
+                    Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let logs = ricochet.logs();
+    assert!(
+        !logs.contains(&password),
+        "the password in the log:\n{logs}"
+    );
+}
