@@ -84,14 +84,34 @@ async fn send(args: RequestArgs) -> Result<(), String> {
     for (name, value) in &args.headers {
         headers.append(name.as_str(), value.as_str());
     }
+    // Credentials in the URL (`--nats-url`, NATS_URL) replace the configuration's.
+    let url_has_credentials = ricochet::config::split_credentials(&url)
+        .map(|(_, auth)| auth.is_some())
+        .unwrap_or(false);
+    let config = config.map(|mut nats| {
+        if url_has_credentials {
+            nats.user = None;
+            nats.password = None;
+            nats.password_file = None;
+            nats.token = None;
+            nats.token_file = None;
+            nats.nkey_seed = None;
+            nats.nkey_seed_file = None;
+            nats.creds_file = None;
+        }
+        nats
+    });
     let options = match &config {
         Some(nats) => (ricochet::source::nats::options(nats, &Default::default()).await)
             .map_err(|e| e.to_string())?,
         None => async_nats::ConnectOptions::new(),
     };
+    // The URL's credentials go to the options, never to async-nats inside the URL.
+    let (options, servers) =
+        ricochet::source::nats::with_url_credentials(options, &url).map_err(|e| e.to_string())?;
     let client = options
         .connection_timeout(Duration::from_secs(5))
-        .connect(url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| {
             format!(

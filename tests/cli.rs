@@ -322,3 +322,146 @@ fn help_names_the_config_file_the_environment_and_examples() {
         "{stderr}"
     );
 }
+
+/// A route, an upstream and a free admin port, after `top` (TOML text).
+fn small_config(top: &str) -> String {
+    format!(
+        "{top}\n[upstream]\nbase_url = \"http://127.0.0.1:8080\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[[routes]]\nname = \"r\"\nsubject = \"{}\"\npath = \"/r\"\n",
+        free_port(),
+        unique("cli.")
+    )
+}
+
+/// `command` (check or run) on `toml`: its exit code and everything it printed. `run` on a
+/// configuration that passes would run, so it is only used on refused ones.
+fn on_config(command: &str, toml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ricochet.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = ricochet()
+        .args([command, "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
+#[test]
+fn a_toml_syntax_error_names_line_column_and_key_but_never_the_text() {
+    let secret = unique("s3cret");
+    // Unterminated: the rest of the line, secret and all, is what toml would quote.
+    let toml = small_config(&format!(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"svc\"\npassword = \"{secret}\n"
+    ));
+    for command in ["check", "run"] {
+        let (code, printed) = on_config(command, &toml);
+        assert_eq!(code, Some(64), "{command}: {printed}");
+        assert!(!printed.contains(&secret), "{command}: {printed}");
+        assert!(
+            printed.contains("nats.password: not valid TOML at line 4, column"),
+            "{command}: {printed}"
+        );
+    }
+}
+
+#[test]
+fn a_creds_file_that_is_not_one_is_refused_by_check_and_run_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("user.creds");
+    std::fs::write(&creds, "this is not a creds file\n").unwrap();
+    let toml = small_config(&format!(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\ncreds_file = {:?}\n",
+        creds.display().to_string()
+    ));
+    for command in ["check", "run"] {
+        let (code, printed) = on_config(command, &toml);
+        assert_eq!(code, Some(64), "{command}: {printed}");
+        assert_eq!(
+            printed.matches("nats.creds_file").count(),
+            1,
+            "{command}: one message with the key:\n{printed}"
+        );
+        assert!(
+            printed.contains("is not a NATS credentials file"),
+            "{command}: {printed}"
+        );
+        assert_eq!(
+            printed.matches("user.creds").count(),
+            1,
+            "{command}: the path once:\n{printed}"
+        );
+    }
+}
+
+#[test]
+fn credentials_in_urls_that_would_not_be_used_as_written_are_refused_with_their_key() {
+    let secret = unique("pw");
+    let cases = [
+        (
+            format!("[nats]\nurl = \"nats://svc:{secret}@127.0.0.1:4222\"\nuser = \"svc\"\npassword = \"other\"\n"),
+            "nats.url: carries credentials, and so does nats.user",
+        ),
+        (
+            format!("[nats]\nurl = \"nats://{secret}@127.0.0.1:4222\"\ntoken_file = \"/dev/null\"\n"),
+            "nats.url: carries credentials, and so does nats.token_file",
+        ),
+        (
+            format!("[nats]\nurl = \"nats://a:{secret}@127.0.0.1:4222,nats://b:{secret}x@127.0.0.1:4223\"\n"),
+            "nats.url: its URLs carry different credentials",
+        ),
+        (
+            format!("[tracing]\nendpoint = \"http://otel:{secret}@127.0.0.1:4318\"\n"),
+            "tracing.endpoint: \"http://***@127.0.0.1:4318\": credentials in the URL are not sent",
+        ),
+    ];
+    for (top, expected) in cases {
+        let (code, printed) = on_config("check", &small_config(&top));
+        assert_eq!(code, Some(64), "{top}: {printed}");
+        assert!(printed.contains(expected), "{top}: {printed}");
+        assert!(!printed.contains(&secret), "{top}: {printed}");
+    }
+    let toml = small_config("").replace(
+        "base_url = \"http://127.0.0.1:8080\"",
+        &format!("base_url = \"http://svc:{secret}@127.0.0.1:8080\""),
+    );
+    let (code, printed) = on_config("check", &toml);
+    assert_eq!(code, Some(64), "{printed}");
+    assert!(
+        printed.contains(
+            "upstream.base_url: \"http://***@127.0.0.1:8080\": credentials in the URL are not sent"
+        ),
+        "{printed}"
+    );
+    assert!(!printed.contains(&secret), "{printed}");
+}
+
+#[test]
+fn a_remote_ref_in_a_json_schema_is_refused_in_ricochets_words_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("order.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"customer": {"$ref": "https://schemas.example.com/customer.json"}}}"#,
+    )
+    .unwrap();
+    let toml = format!(
+        "{}[routes.validate]\nformat = \"json_schema\"\nschema = {:?}\n",
+        small_config(""),
+        schema.display().to_string()
+    );
+    let (code, printed) = on_config("check", &toml);
+    assert_eq!(code, Some(64), "{printed}");
+    assert!(
+        printed.contains("routes[0].validate.schema: ")
+            && printed.contains("refers to https://schemas.example.com/customer.json")
+            && printed.contains("remote references are not fetched"),
+        "{printed}"
+    );
+    assert!(!printed.contains("resolve-http"), "{printed}");
+}

@@ -448,3 +448,79 @@ fn every_dead_letter_header_and_reason_is_in_its_source_page() {
     }
     assert!(missing.is_empty(), "not in the pages: {missing:#?}");
 }
+
+/// `ricochet check --print` prints what loads again and means the same: for every shipped
+/// configuration in `config/` and every complete configuration in the pages, the print
+/// passes `ricochet check`, and the configuration loaded from it equals the one loaded from
+/// the original (compared as the effective configuration with secrets redacted on both
+/// sides: a print holds `***` where a secret was), so printing it again gives the same text.
+#[test]
+fn check_print_reads_back_as_the_same_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources: Vec<(String, String)> = Vec::new();
+    let mut shipped: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("config"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    shipped.sort();
+    for path in shipped {
+        let name = path
+            .strip_prefix(ROOT)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        sources.push((name, std::fs::read_to_string(&path).unwrap()));
+    }
+    for page in pages() {
+        for block in code_blocks(&read(&page)) {
+            if block.language == "toml"
+                && block.text.lines().next().map(str::trim) == Some(COMPLETE_MARK)
+            {
+                sources.push((format!("{page}:{}", block.line), block.text));
+            }
+        }
+    }
+    assert!(sources.len() >= 10, "too few configurations: {sources:?}");
+    let mut failures = Vec::new();
+    for (index, (name, text)) in sources.iter().enumerate() {
+        let original = dir.path().join(format!("original-{index}.toml"));
+        std::fs::write(&original, text).unwrap();
+        let out = ricochet(&["check", "--print", "--config", original.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed_text = String::from_utf8(out.stdout).unwrap();
+        let printed = dir.path().join(format!("printed-{index}.toml"));
+        std::fs::write(&printed, &printed_text).unwrap();
+        let again = ricochet(&["check", "--print", "--config", printed.to_str().unwrap()]);
+        if !again.status.success() {
+            failures.push(format!(
+                "{name}: its print is refused:\n{}",
+                String::from_utf8_lossy(&again.stderr)
+            ));
+            continue;
+        }
+        let first = ricochet::config::load_str(text, Vec::new()).unwrap();
+        let second = ricochet::config::load_str(&printed_text, Vec::new()).unwrap();
+        // Secrets (and credentials in URLs) print as `***`: compared redacted on both sides.
+        let as_value = |config: &ricochet::config::Config| {
+            (ricochet::config::printable(config).unwrap())
+                .parse::<toml::Table>()
+                .unwrap()
+        };
+        if as_value(&first) != as_value(&second) {
+            failures.push(format!(
+                "{name}: loaded from its print, it differs:\n{}\n---\n{}",
+                as_value(&first),
+                as_value(&second)
+            ));
+        }
+        if String::from_utf8_lossy(&again.stdout) != printed_text {
+            failures.push(format!("{name}: printed twice, the prints differ"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -2,7 +2,9 @@
 //! ricochet runs with a NATS password (through its own nats-server, which requires it), an
 //! https upstream with a client certificate, a Kafka route with a SASL password and an AMQP
 //! route with a password (both brokers unreachable, so their connection errors are logged
-//! too, where URLs and credentials tend to leak).
+//! too, where URLs and credentials tend to leak). And credentials written into `nats.url`:
+//! used to connect (by `run` and `ricochet request`), and in no log line even at `trace`,
+//! where async-nats logs every server it tries.
 
 mod common;
 #[path = "common/pki.rs"]
@@ -96,7 +98,7 @@ async fn no_secret_appears_in_the_log_the_metrics_or_check_print() {
     let toml = format!(
         r#"
 [nats]
-url = "nats://svc@127.0.0.1:{nats_port}"
+url = "nats://127.0.0.1:{nats_port}"
 user = "svc"
 connect_timeout = "1s"
 
@@ -249,4 +251,240 @@ async fn eventually_connect(port: u16, password: &str) -> async_nats::Client {
     )
     .await;
     client.into_inner().unwrap().unwrap()
+}
+
+/// A nats-server on a free port with these auth arguments (`--user u --pass p`, `--auth t`).
+fn own_nats(args: &[&str]) -> (NatsServer, u16) {
+    let port = free_port();
+    let child = Command::new(nats_server_bin())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (NatsServer(child), port)
+}
+
+/// `ricochet request` at `url` with the log at trace: its exit code and all it printed.
+fn request(url: &str, subject: &str) -> (Option<i32>, String) {
+    request_with(url, subject, std::path::Path::new("/nonexistent.toml"))
+}
+
+/// Like [`request`], with `--config config`.
+fn request_with(url: &str, subject: &str, config: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ricochet"))
+        .args(["request", subject, "--data", "ping", "--timeout", "5s"])
+        .args(["--nats-url", url, "--config"])
+        .arg(config)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
+#[tokio::test]
+async fn credentials_in_nats_url_connect_and_never_reach_a_log_even_at_trace() {
+    let password = unique("urlpw");
+    let (_nats, port) = own_nats(&["--user", "u", "--pass", &password]);
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let subject = unique("urlcreds.");
+    let url = format!("nats://u:{password}@127.0.0.1:{port}");
+    let toml = format!(
+        r#"
+[nats]
+url = "{url}"
+connect_timeout = "1s"
+
+[upstream]
+base_url = "{base_url}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "core"
+subject = "{subject}"
+path = "/echo"
+"#,
+        base_url = upstream.base_url(),
+    );
+    // RUST_LOG=trace: every dependency's every line, async-nats' "attempting connection"
+    // with the server it tries among them.
+    let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
+    let client = eventually_connect_as("u", port, &password).await;
+    eventually(
+        Duration::from_secs(15),
+        "a reply through the URL's credentials",
+        || {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request(subject, "hi".into()),
+                )
+                .await
+                {
+                    Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    // `ricochet request` with the same URL connects too (off the runtime: the upstream
+    // runs on it).
+    let (code, printed) = tokio::task::spawn_blocking(move || request(&url, &subject))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("ping"), "{printed}");
+    assert!(!printed.contains(&password), "{printed}");
+
+    let logs = ricochet.logs();
+    // The capture is at trace: async-nats' own connection lines are in it.
+    assert!(logs.contains("attempting connection"), "{logs}");
+    assert!(
+        !logs.contains(&password),
+        "the password in the log:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_in_nats_url_connects_ricochet_request() {
+    let token = unique("urltoken");
+    let (_nats, port) = own_nats(&["--auth", &token]);
+    let subject = unique("urltoken.");
+    let client = {
+        let client = std::sync::Mutex::new(None);
+        eventually(
+            Duration::from_secs(10),
+            "the test's client connected",
+            || async {
+                let options = ConnectOptions::with_token(token.clone());
+                match options.connect(format!("nats://127.0.0.1:{port}")).await {
+                    Ok(c) => {
+                        *client.lock().unwrap() = Some(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+        client.into_inner().unwrap().unwrap()
+    };
+    let mut requests = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let responder = tokio::spawn(async move {
+        use futures::StreamExt;
+        let request = requests.next().await.unwrap();
+        client
+            .publish(request.reply.unwrap(), "pong".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    });
+    // The configuration names other credentials: the URL's replace them.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ricochet.toml");
+    std::fs::write(
+        &config,
+        "[nats]\nuser = \"someone\"\npassword = \"else\"\n[upstream]\nbase_url = \"http://127.0.0.1:1\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/s\"\n",
+    )
+    .unwrap();
+    let url = format!("nats://{token}@127.0.0.1:{port}");
+    let (code, printed) =
+        tokio::task::spawn_blocking(move || request_with(&url, &subject, &config))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("pong"), "{printed}");
+    assert!(!printed.contains(&token), "{printed}");
+    responder.await.unwrap();
+}
+
+async fn eventually_connect_as(user: &str, port: u16, password: &str) -> async_nats::Client {
+    let client = std::sync::Mutex::new(None);
+    eventually(
+        Duration::from_secs(10),
+        "the test's NATS client connected",
+        || async {
+            let options = ConnectOptions::with_user_and_password(user.into(), password.into());
+            match options.connect(format!("nats://127.0.0.1:{port}")).await {
+                Ok(c) => {
+                    *client.lock().unwrap() = Some(c);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    client.into_inner().unwrap().unwrap()
+}
+
+/// A list of servers: the credentials written in one URL are the connection's, so a server
+/// of the list written without them is reached with them (here the first server is down).
+#[tokio::test]
+async fn a_server_list_connects_with_the_credentials_one_of_its_urls_carries() {
+    let password = unique("listpw");
+    let (_nats, port) = own_nats(&["--user", "u", "--pass", &password]);
+    let upstream = Upstream::echo().await;
+    let admin = free_port();
+    let subject = unique("urllist.");
+    let toml = format!(
+        r#"
+[nats]
+url = "nats://u:{password}@127.0.0.1:{down}, nats://127.0.0.1:{port}"
+connect_timeout = "1s"
+
+[upstream]
+base_url = "{base_url}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "core"
+subject = "{subject}"
+path = "/echo"
+"#,
+        down = free_port(),
+        base_url = upstream.base_url(),
+    );
+    let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
+    let client = eventually_connect_as("u", port, &password).await;
+    eventually(
+        Duration::from_secs(15),
+        "a reply through the second server",
+        || {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request(subject, "hi".into()),
+                )
+                .await
+                {
+                    Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let logs = ricochet.logs();
+    assert!(
+        !logs.contains(&password),
+        "the password in the log:\n{logs}"
+    );
 }

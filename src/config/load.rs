@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
+use super::wording::{plain, syntax_error};
 use super::{Config, RouteConfig, RouteFile};
 
 /// Environment variables starting with this override configuration keys.
@@ -76,18 +77,9 @@ pub fn load_str(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
-        ConfigErrors(vec![ConfigError::new(
-            "(file)",
-            format!(
-                "not valid TOML: {}",
-                e.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-        )])
-    })?;
+    let mut table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors(vec![syntax_error(text, &e)]))?;
     let (env_keys, mut errors) = apply_env(&mut table, env);
 
     // Routes are deserialized one by one, so a problem in one does not hide those of others.
@@ -257,12 +249,17 @@ fn deserialize_all<T: DeserializeOwned>(
                 }
             }
         }
-        let message = message.split(", expected one of").next().unwrap_or(message);
-        // serde quotes the offending value; a secret's value must not be echoed.
-        let message = if SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
-            "invalid value (not shown: it is a secret); expected a string"
+        // An unknown key lists every key there is: cut. An unknown name keeps its choices.
+        let message = if message.starts_with("unknown field") {
+            message.split(", expected one of").next().unwrap_or(message)
         } else {
             message
+        };
+        // serde quotes the offending value; a secret's value must not be echoed.
+        let message = if SECRET_KEYS.iter().any(|s| key.ends_with(s)) {
+            "invalid value (not shown: it is a secret); expected a string".to_string()
+        } else {
+            plain(message)
         };
         errors.push(ConfigError::new(key.clone(), message));
         if !removed.insert(key) || !remove_at(&mut value, &segments) {
@@ -412,6 +409,110 @@ mod tests {
         let env = vec![("RICOCHET__ROUTES__7__NAME".to_string(), "x".to_string())];
         let errors = load_str(MINIMAL, env).unwrap_err().0;
         assert_eq!(errors[0].key, "environment RICOCHET__ROUTES__7__NAME");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_line_column_and_key_never_the_text() {
+        let text = format!("{MINIMAL}\n[nats]\nuser = \"svc\"\npassword = \"s3cret\n");
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "nats.password");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("password"))
+            .unwrap()
+            + 1;
+        assert!(
+            errors[0]
+                .message
+                .contains(&format!("line {line}, column 19")),
+            "{errors:?}"
+        );
+        assert!(!format!("{errors:?}").contains("s3cret"), "{errors:?}");
+        // Every way a line can be broken around a secret: the secret is never echoed.
+        for broken in [
+            "password = 's3cretX",
+            "password = \"\"\"s3cretX",
+            "password = \"\\q s3cretX\"",
+            "password = \"a\" s3cretX",
+            "password = s3cretX",
+            "password = [\"s3cretX\"",
+            "password = \"s3cretX\"\npassword = \"s3cretX\"",
+            "password = 1979-05-27T07:32:00s3cretX",
+            "password = { v = \"s3cretX\" ",
+        ] {
+            let text = format!("{MINIMAL}\n[nats]\nuser = \"svc\"\n{broken}\n");
+            let errors = load_str(&text, no_env()).unwrap_err().0;
+            assert!(
+                !format!("{errors:?}").contains("s3cretX"),
+                "{broken}: {errors:?}"
+            );
+            assert!(
+                errors[0].message.contains("not valid TOML at line"),
+                "{broken}: {errors:?}"
+            );
+        }
+        // In a list of tables, the entry is counted; its sub-table belongs to it.
+        let text = format!(
+            "{MINIMAL}[[routes]]\nname = \"k\"\n[routes.kafka]\nsasl_password = \"hunter2\n"
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        assert_eq!(errors[0].key, "routes[1].kafka.sasl_password");
+        assert!(!errors[0].message.contains("hunter2"), "{errors:?}");
+    }
+
+    #[test]
+    fn serde_texts_are_said_in_ricochets_words() {
+        let text = MINIMAL.replace(
+            "path = \"/orders/{id}\"",
+            "path = \"/orders/{id}\"\ntimeout = { secs = 1, nanos = 0 }\nmax_in_flight = \"many\"\n[routes.source]\nkind = \"nats\"\nmax_pending = 1",
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.contains(&"routes[0].timeout: expected a duration, found a table".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s
+                    .starts_with("routes[0].source: expected one name (a string), found a table")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("routes[0].max_in_flight: expected")
+                    && s.ends_with("found a string")),
+            "{shown:?}"
+        );
+        let text = MINIMAL.replace(
+            "path = \"/orders/{id}\"",
+            "path = \"/orders/{id}\"\nmax_in_flight = -1\nsuccess_statuses = [70000]\nsource = \"pigeon\"",
+        );
+        let errors = load_str(&text, no_env()).unwrap_err().0;
+        let shown: Vec<String> = (errors.iter().map(ToString::to_string))
+            .chain(shown)
+            .collect();
+        for expected in [
+            "routes[0].max_in_flight: expected a whole number, 0 or more, found -1",
+            "routes[0].success_statuses[0]: expected a whole number from 0 to 65535, found 70000",
+            "routes[0].source: \"pigeon\" is not one of the names this key accepts: \"nats\", \"jetstream\", \"kafka\", \"amqp\"",
+        ] {
+            assert!(shown.contains(&expected.to_string()), "{expected}: {shown:?}");
+        }
+        for serde_words in [
+            "invalid type",
+            "invalid value",
+            "unknown variant",
+            "wanted exactly",
+            "more than 1 element",
+            "many",
+            "usize",
+        ] {
+            assert!(!shown.iter().any(|s| s.contains(serde_words)), "{shown:?}");
+        }
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //!
 //! Loading (file, environment overrides, collecting every error) lives in `load.rs`;
 //! cross-field checks in `validate.rs`; the small value types (`ByteSize`, `Secret`) in
-//! `units.rs`. Everything else in ricochet receives an already validated [`Config`].
+//! `units.rs`; credentials in `nats.url` in `url_auth.rs`; errors in ricochet's words (no
+//! value of a secret, no serde jargon) in `wording.rs`. Everything else in ricochet receives
+//! an already validated [`Config`].
 
 mod load;
 mod print;
 mod schemas;
 mod security;
 mod units;
+mod url_auth;
 mod validate;
+mod wording;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +30,7 @@ pub use security::{
     TlsFilesConfig,
 };
 pub use units::{redact_url, ByteSize, Secret};
+pub use url_auth::{has_userinfo, split_credentials, UrlAuth};
 pub use validate::valid_topic;
 
 /// Exit code for an invalid configuration (EX_USAGE from sysexits.h).
@@ -355,8 +360,9 @@ pub struct RouteFile {
 }
 
 /// One subject pattern mapped to one HTTP endpoint, validated. Field meanings as in
-/// [`RouteFile`].
-#[derive(Debug, Clone, Serialize)]
+/// [`RouteFile`]. It serializes as the [`RouteFile`] it came from (see [`RouteConfig::to_file`]),
+/// so that `ricochet check --print` reads back as the same route.
+#[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
     pub subject: String,
@@ -377,10 +383,15 @@ pub struct RouteConfig {
     pub response_headers: HeaderFilterConfig,
     pub validate: Option<ValidateConfig>,
     /// The JSON Schemas `validate` names, compiled once when the configuration loads.
-    #[serde(skip)]
     pub schemas: CompiledSchemas,
     /// Where the requests come from, with that source's settings.
     pub source: SourceConfig,
+}
+
+impl Serialize for RouteConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_file().serialize(serializer)
+    }
 }
 
 /// A route's JSON Schemas, compiled.
@@ -1100,6 +1111,64 @@ impl RouteConfig {
             schemas: CompiledSchemas::default(),
             source,
         })
+    }
+
+    /// The route as a file would say it, with every default written out: the inverse of
+    /// [`Self::from_file`], so printing and loading again gives the same route.
+    pub fn to_file(&self) -> RouteFile {
+        let mut file = RouteFile {
+            name: self.name.clone(),
+            subject: self.subject.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            timeout: self.timeout,
+            total_timeout: self.total_timeout,
+            success_statuses: self.success_statuses.clone(),
+            retry: self.retry.clone(),
+            circuit_breaker: self.circuit_breaker.clone(),
+            rate_limit: self.rate_limit.clone(),
+            source: self.source.kind(),
+            delivery: None,
+            reply_to_header: self.reply_to_header.clone(),
+            reply_subject: None,
+            correlation_header: self.correlation_header.clone(),
+            dead_letter: None,
+            jetstream: None,
+            kafka: None,
+            amqp: None,
+            max_in_flight: self.max_in_flight,
+            max_payload: self.max_payload,
+            content_type: self.content_type.clone(),
+            queue_group: None,
+            max_pending: None,
+            request_headers: self.request_headers.clone(),
+            response_headers: self.response_headers.clone(),
+            validate: self.validate.clone(),
+        };
+        match &self.source {
+            SourceConfig::Nats {
+                queue_group,
+                max_pending,
+            } => {
+                file.queue_group = queue_group.clone();
+                file.max_pending = Some(*max_pending);
+            }
+            SourceConfig::Jetstream(js) => {
+                file.jetstream = Some(js.settings.clone());
+                file.delivery = Some(js.delivery);
+                file.reply_subject = js.reply_subject.clone();
+                file.dead_letter = js.dead_letter.clone();
+            }
+            SourceConfig::Kafka(kafka) => {
+                file.kafka = Some(kafka.settings.clone());
+                file.delivery = Some(kafka.delivery);
+            }
+            SourceConfig::Amqp(amqp) => {
+                file.amqp = Some(amqp.settings.clone());
+                file.delivery = Some(amqp.delivery);
+            }
+        }
+        file
     }
 
     /// What this route retries: `retry.retry_on`, else the default of its source.

@@ -19,15 +19,25 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
     let mut push = |key: &str, message: String| errors.push(ConfigError::new(key, message));
 
     let nats = &config.nats;
-    for server in nats.url.split(',') {
-        if let Err(e) = server.trim().parse::<async_nats::ServerAddr>() {
-            push(
-                "nats.url",
-                format!(
-                    "{:?} is not a NATS server URL: {e}",
-                    super::redact_url(server.trim())
-                ),
-            );
+    match super::split_credentials(&nats.url) {
+        Err(message) => push("nats.url", message),
+        Ok((servers, auth)) => {
+            for server in servers {
+                if let Err(e) = server.parse::<async_nats::ServerAddr>() {
+                    push(
+                        "nats.url",
+                        format!("{server:?} is not a NATS server URL: {e}"),
+                    );
+                }
+            }
+            if auth.is_some() {
+                if let Some(other) = other_nats_credentials(nats) {
+                    push(
+                        "nats.url",
+                        format!("carries credentials, and so does nats.{other}: use one of them (the URL's user:password@ or token@, or the nats.* settings)"),
+                    );
+                }
+            }
         }
     }
     if let Err(message) = check_token(&nats.queue_group) {
@@ -50,11 +60,8 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
         );
     }
     if let Some(path) = &nats.creds_file {
-        if !path.is_file() {
-            push(
-                "nats.creds_file",
-                format!("{} is not a readable file", path.display()),
-            );
+        if let Err(message) = check_creds_file(path) {
+            push("nats.creds_file", message);
         }
     }
     super::security::check_nats(nats, &mut push);
@@ -75,6 +82,13 @@ pub(super) fn top(config: &Config) -> Vec<ConfigError> {
         );
     }
     match tracing.endpoint.parse::<http::Uri>() {
+        Ok(_) if super::has_userinfo(&tracing.endpoint) => push(
+            "tracing.endpoint",
+            format!(
+                "{:?}: credentials in the URL are not sent (the OTLP exporter sends no HTTP Basic auth); remove them, and keep the collector beside ricochet",
+                super::redact_url(&tracing.endpoint)
+            ),
+        ),
         Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
         Ok(_) => push(
             "tracing.endpoint",
@@ -821,20 +835,58 @@ fn check_token(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The settings besides `nats.url` that say how to authenticate, the first one set.
+fn other_nats_credentials(nats: &super::NatsConfig) -> Option<&'static str> {
+    [
+        ("user", nats.user.is_some()),
+        ("password", nats.password.is_some()),
+        ("password_file", nats.password_file.is_some()),
+        ("token", nats.token.is_some()),
+        ("token_file", nats.token_file.is_some()),
+        ("nkey_seed", nats.nkey_seed.is_some()),
+        ("nkey_seed_file", nats.nkey_seed_file.is_some()),
+        ("creds_file", nats.creds_file.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key))
+}
+
+/// Reads and parses a creds file as the NATS client will at start-up (user JWT and NKey
+/// seed), so that `check` refuses what `run` would.
+fn check_creds_file(path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // async-nats' texts name what is missing, never the file's content.
+    async_nats::ConnectOptions::with_credentials(&text)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "{} is not a NATS credentials file (a user JWT and an NKey seed, as `nsc` writes them): {e}",
+                path.display()
+            )
+        })
+}
+
 fn check_base_url(url: &str) -> Result<(), String> {
+    let shown = super::redact_url(url);
     let uri: Uri = url
         .parse()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        .map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+    if super::has_userinfo(url) {
+        return Err(format!(
+            "{shown:?}: credentials in the URL are not sent (ricochet sends no HTTP Basic auth from a URL); remove them"
+        ));
+    }
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(format!("{url:?} must start with http:// or https://")),
+        _ => return Err(format!("{shown:?} must start with http:// or https://")),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{url:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     }
     if uri.query().is_some() {
         return Err(format!(
-            "{url:?} must not have a query; put it in the route's path"
+            "{shown:?} must not have a query; put it in the route's path"
         ));
     }
     Ok(())

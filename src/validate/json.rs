@@ -2,7 +2,7 @@
 //! the configuration is loaded (so `ricochet check` reports one that does not compile), then
 //! applied to each message body. Drafts 2020-12 (the default when `$schema` names none) and
 //! 7, as the `jsonschema` crate detects them. Schemas must be self-contained: a `$ref` to
-//! another file or URL is not fetched.
+//! another file or URL is not fetched, and `check` refuses it naming the reference.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +17,29 @@ pub enum SchemaError {
     NotJson { path: PathBuf, error: String },
     #[error("{path} is not a valid JSON Schema: {error}")]
     Invalid { path: PathBuf, error: String },
+    #[error("{path} refers to {reference} (a `$ref` outside the file): remote references are not fetched; copy what it refers to into the schema's `$defs` and refer to it as \"#/$defs/...\"")]
+    RemoteRef { path: PathBuf, reference: String },
+}
+
+/// Fetches nothing, and remembers what it was asked for, so that the error can say in
+/// ricochet's words which reference is external (jsonschema's own text names a cargo
+/// feature). Fetching at start-up would make a route depend on a network it may not reach.
+#[derive(Default, Clone)]
+struct NoFetch(Arc<std::sync::Mutex<Option<String>>>);
+
+impl jsonschema::Retrieve for NoFetch {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        // A relative reference (`other.json`) resolves against the default base URI.
+        let shown = uri.as_str().trim_start_matches("json-schema:///");
+        let shown = crate::config::redact_url(shown);
+        if let Ok(mut first) = self.0.lock() {
+            first.get_or_insert(shown);
+        }
+        Err("remote references are not fetched".into())
+    }
 }
 
 /// A compiled JSON Schema; cloning shares it.
@@ -60,12 +83,20 @@ impl JsonSchema {
     }
 
     pub fn compile(schema: &serde_json::Value, path: &Path) -> Result<Self, SchemaError> {
+        let asked = NoFetch::default();
         let validator = jsonschema::options()
             .should_validate_formats(true)
+            .with_retriever(asked.clone())
             .build(schema)
-            .map_err(|e| SchemaError::Invalid {
-                path: path.to_path_buf(),
-                error: e.to_string(),
+            .map_err(|e| match asked.0.lock().ok().and_then(|mut a| a.take()) {
+                Some(reference) => SchemaError::RemoteRef {
+                    path: path.to_path_buf(),
+                    reference,
+                },
+                None => SchemaError::Invalid {
+                    path: path.to_path_buf(),
+                    error: e.to_string(),
+                },
             })?;
         Ok(Self {
             validator: Arc::new(validator),
@@ -162,6 +193,40 @@ mod tests {
         };
         assert_eq!(total, 1000);
         assert_eq!(first.len(), MAX_VIOLATIONS);
+    }
+
+    #[test]
+    fn a_remote_ref_is_refused_in_ricochets_words() {
+        for (reference, shown) in [
+            (
+                "https://example.com/schemas/order.json",
+                "https://example.com/schemas/order.json",
+            ),
+            ("other.json#/$defs/x", "other.json"),
+            (
+                "https://u:pw@example.com/s.json",
+                "https://***@example.com/s.json",
+            ),
+        ] {
+            let error = JsonSchema::compile(
+                &json!({"type": "object", "properties": {"o": {"$ref": reference}}}),
+                Path::new("x.json"),
+            )
+            .unwrap_err();
+            let text = error.to_string();
+            assert!(matches!(error, SchemaError::RemoteRef { .. }), "{text}");
+            assert!(text.contains(shown), "{text}");
+            assert!(text.contains("remote references are not fetched"), "{text}");
+            assert!(
+                !text.contains("resolve-http") && !text.contains("pw"),
+                "{text}"
+            );
+        }
+        // A reference inside the file still works.
+        let local = schema(
+            json!({"$defs": {"id": {"type": "string"}}, "properties": {"id": {"$ref": "#/$defs/id"}}}),
+        );
+        assert!(local.check(br#"{"id": 1}"#).is_err());
     }
 
     #[test]

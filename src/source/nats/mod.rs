@@ -23,7 +23,7 @@ pub use link::{Connection, Link};
 pub use unparsable::{unparsable_seen, unparsable_within};
 
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{read_secret_file, redact_url, NatsConfig, SourceConfig};
+use crate::config::{read_secret_file, NatsConfig, SourceConfig, UrlAuth};
 use crate::mapping::Reply;
 use crate::pipeline::{Admission, Pipeline, Route};
 use crate::reply::NatsReplier;
@@ -85,11 +85,12 @@ impl Settle for Inbox<'_> {
 pub enum NatsError {
     #[error(transparent)]
     SecretFile(#[from] crate::config::SecretFileError),
-    #[error("cannot read nats.creds_file {path}: {source}")]
-    Credentials {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    /// async-nats' own text already names the file; `check` has parsed it, so this is a
+    /// file that changed or vanished since.
+    #[error("nats.creds_file: {0}")]
+    Credentials(String),
+    #[error("nats.url: {0}")]
+    Url(String),
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
 }
@@ -100,20 +101,42 @@ pub enum NatsError {
 pub async fn connect(config: &NatsConfig) -> Result<(Client, Link), NatsError> {
     metrics::gauge!(NATS_CONNECTED).set(0.0);
     let link = Link::default();
-    let url = config.url.as_str();
     if let Some(path) = &config.creds_file {
         warn_if_expired(path, SystemTime::now());
     }
-    match options(config, &link).await?.connect(url).await {
+    let (first, servers) = with_url_credentials(options(config, &link).await?, &config.url)?;
+    match first.connect(servers.clone()).await {
         Ok(client) => return Ok((client, link)),
         Err(e) => error!(
-            server = %redact_url(url),
+            server = %servers.join(","),
             cause = %describe(&e),
             "cannot connect to NATS; retrying in the background"
         ),
     }
-    let options = options(config, &link).await?.retry_on_initial_connect();
-    Ok((options.connect(url).await?, link))
+    let (options, servers) = with_url_credentials(options(config, &link).await?, &config.url)?;
+    Ok((
+        options.retry_on_initial_connect().connect(servers).await?,
+        link,
+    ))
+}
+
+/// Takes the credentials out of `url` (a list separated by commas) and gives them to
+/// `options`: the servers handed to async-nats never carry them, because it would not use
+/// them and it logs each server it tries, password included. `check` has refused URL
+/// credentials beside other credentials settings, and URLs with different credentials.
+pub fn with_url_credentials(
+    options: ConnectOptions,
+    url: &str,
+) -> Result<(ConnectOptions, Vec<String>), NatsError> {
+    let (servers, auth) = crate::config::split_credentials(url).map_err(NatsError::Url)?;
+    let options = match auth {
+        None => options,
+        Some(UrlAuth::UserPassword { user, password }) => {
+            options.user_and_password(user, password.expose().to_string())
+        }
+        Some(UrlAuth::Token(token)) => options.token(token.expose().to_string()),
+    };
+    Ok((options, servers))
 }
 
 /// The server answers an expired user JWT with a bare "authorization violation": say why.
@@ -186,11 +209,8 @@ pub async fn options(config: &NatsConfig, link: &Link) -> Result<ConnectOptions,
         options = options.nkey(seed.expose().to_string());
     }
     if let Some(path) = &config.creds_file {
-        options =
-            (options.credentials_file(path).await).map_err(|source| NatsError::Credentials {
-                path: path.clone(),
-                source,
-            })?;
+        options = (options.credentials_file(path).await)
+            .map_err(|e| NatsError::Credentials(e.to_string()))?;
     }
     let tls = &config.tls;
     if tls.enabled() {
