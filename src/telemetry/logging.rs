@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{warn, Event, Level, Subscriber};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -33,7 +33,13 @@ pub fn init(config: &LogConfig) {
     if !text.contains("lapin") {
         filter = filter.add_directive(LAPIN_QUIET.parse().expect("a valid directive"));
     }
-    let drops = NatsDrops.with_filter(Targets::new().with_target("async_nats", Level::DEBUG));
+    // Only the callsites that can carry the error: async-nats also logs at debug for every
+    // message it receives, and those stay disabled (decided once per callsite).
+    let drops = NatsDrops.with_filter(filter_fn(|meta| {
+        meta.target() == "async_nats"
+            && *meta.level() == Level::DEBUG
+            && meta.fields().field("error").is_some()
+    }));
     let registry = tracing_subscriber::registry().with(drops);
     let ansi = colour(
         std::io::stderr().is_terminal(),
