@@ -116,6 +116,8 @@ fi
 
 echo "== building ricochet and the examples (a first build on 2 cores: about 7 minutes; then seconds)"
 build_started=$SECONDS
+# Where cargo puts them: CARGO_TARGET_DIR when set.
+bin="${CARGO_TARGET_DIR:-target}/debug"
 cargo build -q --bin ricochet --example orders-service --example demo-caller
 echo "   built in $((SECONDS - build_started)) s"
 
@@ -134,12 +136,12 @@ else
 fi
 
 echo "== starting the orders service on 127.0.0.1:8080"
-target/debug/examples/orders-service >"$work/orders.log" 2>&1 &
+"$bin"/examples/orders-service >"$work/orders.log" 2>&1 &
 pids+=($!)
 wait_port 8080
 
 echo "== starting ricochet beside it (--config config/demo.toml$([ "$kafka_ready" = 1 ] || echo ' without its Kafka route, for now'); admin on 127.0.0.1:9464)"
-target/debug/ricochet run --config "$config" >"$work/ricochet.log" 2>&1 &
+"$bin"/ricochet run --config "$config" >"$work/ricochet.log" 2>&1 &
 ricochet_pid=$!
 pids+=($ricochet_pid)
 
@@ -159,7 +161,7 @@ brokers=(nats amqp)
 [ "$kafka_ready" = 1 ] && brokers=(nats kafka amqp)
 echo "== calling through ricochet: ${brokers[*]}"
 READY_URL=http://127.0.0.1:9464/readyz DEMO_STARTED_AT="$started_at" KAFKA_BROKERS="127.0.0.1:$kafka_port" \
-  target/debug/examples/demo-caller "${brokers[@]}" || failed
+  "$bin"/examples/demo-caller "${brokers[@]}" || failed
 metrics_excerpt
 
 # Kafka, when it was not ready at the start: build tansu (when missing), start it, reload
@@ -200,7 +202,7 @@ add_kafka() {
     sleep 0.1
   done
   echo "== calling through ricochet: kafka"
-  READY_URL=http://127.0.0.1:9464/readyz KAFKA_BROKERS="127.0.0.1:$kafka_port" target/debug/examples/demo-caller kafka
+  READY_URL=http://127.0.0.1:9464/readyz KAFKA_BROKERS="127.0.0.1:$kafka_port" "$bin"/examples/demo-caller kafka
 }
 
 if [ "$kafka_ready" = 0 ] && [ "$kafka" = 1 ] && [ ! -x "$tansu_bin" ]; then
@@ -220,9 +222,9 @@ fi
 cat <<EOT
 
 == ricochet is running ($([ "$kafka_ready" = 1 ] || [ "$kafka" = 0 ] || echo 'for now without its Kafka route; ')config/demo.toml). Try, in another terminal:
-  target/debug/ricochet request --config config/demo.toml orders.create -H Content-Type=application/json --data '{"item":"tea","qty":2}'
-  target/debug/ricochet request --config config/demo.toml orders.list
-  target/debug/ricochet request --config config/demo.toml orders.1.get
+  $bin/ricochet request --config config/demo.toml orders.create -H Content-Type=application/json --data '{"item":"tea","qty":2}'
+  $bin/ricochet request --config config/demo.toml orders.list
+  $bin/ricochet request --config config/demo.toml orders.1.get
   curl -s http://127.0.0.1:9464/metrics | grep ^ricochet_
 ricochet's log: $work/ricochet.log
 Ctrl-C stops ricochet, the orders service, the brokers and the build this script started.
