@@ -114,7 +114,7 @@ else
   wait_port 5672
 fi
 
-echo "== building ricochet and the examples (a first build on 2 cores: about 7 minutes; then seconds)"
+echo "== building ricochet and the examples (a first build on 2 cores: about 4 minutes; then seconds)"
 build_started=$SECONDS
 # Where cargo puts them: CARGO_TARGET_DIR when set.
 bin="${CARGO_TARGET_DIR:-target}/debug"
