@@ -746,7 +746,7 @@ fn docker_compose_provisions_grafana_with_prometheus_the_dashboard_and_the_rules
     assert!(
         ports(host)
             .iter()
-            .any(|p| url.ends_with(p.split(':').last().unwrap())),
+            .any(|p| url.ends_with(p.split(':').next_back().unwrap())),
         "the data source {url} is Prometheus's port"
     );
     // The dashboard's data source variable defaults to the provisioned one.
