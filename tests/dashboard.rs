@@ -771,3 +771,20 @@ fn docker_compose_provisions_grafana_with_prometheus_the_dashboard_and_the_rules
         }
     }
 }
+
+/// The picture docs/operations.md shows is there, and a PNG (tests/docs.rs reads links as
+/// text, so an image is an `<img>` tag it does not follow: checked here).
+#[test]
+fn the_operations_page_shows_the_rendered_dashboard() {
+    let page = read("docs/operations.md");
+    let source = page
+        .split("<img src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("docs/operations.md shows the dashboard as an <img>");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(source);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{source} is a PNG");
+}
