@@ -7,7 +7,7 @@
 # it started.
 #
 # The NATS and AMQP round trips come as soon as ricochet is built. The Kafka one follows when
-# its broker is ready: tansu, built once from crates.io when missing (about 20 minutes on 2
+# its broker is ready: tansu, built once from crates.io when missing (about 22 minutes on 2
 # cores, in the background, after the first replies); meanwhile ricochet runs without its
 # Kafka route, and gets it by a reload (SIGHUP).
 #
@@ -166,7 +166,7 @@ metrics_excerpt
 
 # Kafka, when it was not ready at the start: build tansu (when missing), start it, reload
 # ricochet with the whole config/demo.toml, and call.
-tansu_build_minutes=20
+tansu_build_minutes=22
 build_tansu() {
   echo "== building tansu once from crates.io in the background (about $tansu_build_minutes minutes on 2 cores;"
   echo "   kept in cargo's bin directory, so later demos start it at once; log: $work/tansu-build.log)"
