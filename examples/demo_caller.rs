@@ -5,9 +5,15 @@
 //!
 //! Environment: `NATS_URL` (default `nats://127.0.0.1:4222`), `KAFKA_BROKERS` (default
 //! `127.0.0.1:9092`), `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
-//! `READY_URL` (optional: ricochet's `/readyz` to wait for first).
+//! `READY_URL` (optional: ricochet's `/readyz` to wait for first), `DEMO_STARTED_AT`
+//! (optional: when `scripts/demo.sh` started, Unix seconds; the first reply then says how long
+//! it took to come).
+//!
+//! Arguments: the brokers to call, among `nats`, `kafka` and `amqp` (default: all three).
+//! `scripts/demo.sh` calls NATS and AMQP first and Kafka once its broker is ready.
 
-use std::time::{Duration, Instant};
+use std::sync::Once;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -26,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const REQUEST_TOPIC: &str = "orders.requests";
 const REPLY_TOPIC: &str = "orders.replies";
 const AMQP_QUEUE: &str = "orders.amqp.create";
+const BROKERS: [&str; 3] = ["nats", "kafka", "amqp"];
 
 #[tokio::main]
 async fn main() {
@@ -33,19 +40,62 @@ async fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let amqp_url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let mut wanted: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(unknown) = wanted.iter().find(|b| !BROKERS.contains(&b.as_str())) {
+        eprintln!("unknown broker {unknown:?}: name some of {BROKERS:?}, or none for all");
+        std::process::exit(2);
+    }
+    if wanted.is_empty() {
+        wanted = BROKERS.iter().map(|b| b.to_string()).collect();
+    }
+    let calls = |broker: &str| wanted.iter().any(|b| b == broker);
     if let Ok(url) = std::env::var("READY_URL") {
         wait_ready(&url).await;
     }
     let mut failures = 0;
-    failures += nats_demo(&nats_url).await;
-    failures += kafka_demo(&brokers).await;
-    failures += amqp_demo(&amqp_url).await;
+    if calls("nats") {
+        failures += nats_demo(&nats_url).await;
+    }
+    if calls("kafka") {
+        failures += kafka_demo(&brokers).await;
+    }
+    if calls("amqp") {
+        failures += amqp_demo(&amqp_url).await;
+    }
+    let which = if wanted.len() == BROKERS.len() {
+        "every".to_string()
+    } else {
+        format!("every {}", wanted.join(" and "))
+    };
     if failures == 0 {
-        println!("demo: every reply as expected");
+        println!("demo: {which} reply as expected");
     } else {
         println!("demo: {failures} replies not as expected");
         std::process::exit(1);
     }
+}
+
+/// After the first reply printed: how long it took since `scripts/demo.sh` started
+/// (`DEMO_STARTED_AT`), once per run.
+fn first_reply() {
+    static FIRST: Once = Once::new();
+    FIRST.call_once(|| {
+        let Some(started) = std::env::var("DEMO_STARTED_AT")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+        else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(started);
+        let seconds = (now - started).max(0.0);
+        println!(
+            "demo: first reply {seconds:.0} s ({:.1} min) after scripts/demo.sh started",
+            seconds / 60.0
+        );
+    });
 }
 
 async fn nats_demo(url: &str) -> usize {
@@ -121,6 +171,7 @@ async fn request(
                 if ok { "OK  " } else { "FAIL" },
                 header("Ricochet-Attempts")
             );
+            first_reply();
             ok.then_some(text)
         }
         Err(e) => {
@@ -211,6 +262,7 @@ async fn kafka_demo(brokers: &str) -> usize {
             .unwrap_or_default();
         let ok = status == "201";
         println!("{} kafka {REQUEST_TOPIC:<16} -> {status} (reply on {REPLY_TOPIC}, key kafka-order) {body}", if ok { "OK  " } else { "FAIL" });
+        first_reply();
         return usize::from(!ok);
     }
     println!("FAIL kafka {REQUEST_TOPIC} -> no reply on {REPLY_TOPIC} within 60 s");
@@ -228,6 +280,7 @@ async fn amqp_demo(url: &str) -> usize {
                 if ok { "OK  " } else { "FAIL" },
                 if correlated { "echoed" } else { "missing" }
             );
+            first_reply();
             usize::from(!ok)
         }
         Err(e) => {

@@ -273,3 +273,64 @@ fn the_caller_sends_to_the_routes_of_the_configs() {
     }
     assert!(subjects.contains(&"orders.{id}.get"));
 }
+
+/// Until tansu is ready, `scripts/demo.sh` runs config/demo.toml less its Kafka route (an awk
+/// program in the script): that config must hold every other route unchanged and pass
+/// `ricochet check`, or the first replies a newcomer waits for would not come.
+#[test]
+fn the_demo_without_kafka_runs_every_route_but_kafkas() {
+    let demo = read("scripts/demo.sh");
+    let program = demo
+        .split("awk '")
+        .nth(1)
+        .and_then(|rest| rest.split("' config/demo.toml").next())
+        .expect("scripts/demo.sh strips the Kafka route with awk '...' config/demo.toml");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("awk")
+        .arg(program)
+        .arg(root.join("config/demo.toml"))
+        .output()
+        .expect("awk runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stripped = String::from_utf8(out.stdout).unwrap();
+    let without: Value = toml::from_str(&stripped).unwrap_or_else(|e| panic!("{e}\n{stripped}"));
+
+    let whole = toml_file("config/demo.toml");
+    let expected: Vec<&Value> = whole["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("source").and_then(Value::as_str) != Some("kafka"))
+        .collect();
+    let kept: Vec<&Value> = without["routes"].as_array().unwrap().iter().collect();
+    assert_eq!(kept, expected, "every route but the Kafka one, unchanged");
+    assert!(
+        kept.len() < whole["routes"].as_array().unwrap().len(),
+        "the Kafka route is gone"
+    );
+    for key in ["nats", "upstream", "admin"] {
+        assert_eq!(without[key], whole[key], "[{key}] unchanged");
+    }
+
+    let file = std::env::temp_dir().join(format!(
+        "ricochet-demo-without-kafka-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&file, &stripped).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_ricochet"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("ricochet check runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        check.status.success(),
+        "ricochet check refuses the demo's config without Kafka: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
