@@ -598,18 +598,6 @@ async fn sigterm_finishes_and_acknowledges_in_flight_requests() {
     names.delete(&[], &[]).await;
 }
 
-/// The connection of ricochet's route `route`, as `rabbitmqctl` names it (its pid).
-fn connection_of(route: &str) -> Option<String> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let wanted = format!("\"ricochet {route}\"");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().find(|l| l.contains(&wanted))?;
-    line.split_whitespace().next().map(str::to_string)
-}
-
 /// 2,000 requests through a slow-ish service; `fault` runs once 300 have been called.
 async fn under_fault(tag: &str, fault: impl AsyncFnOnce(&mut Ricochet, &str)) -> Value {
     const TOTAL: usize = 2000;
@@ -675,7 +663,7 @@ async fn a_crash_mid_run_loses_no_request() {
 #[tokio::test]
 async fn a_broker_connection_cut_mid_run_loses_no_request() {
     under_fault("cut", async |ricochet, route| {
-        let pid = connection_of(route).expect("ricochet's connection is listed");
+        let pid = amqp::connection_of(route).expect("ricochet's connection is listed");
         let closed = std::process::Command::new("rabbitmqctl")
             .args(["close_connection", &pid, "test: connection cut", "-q"])
             .status()
@@ -683,7 +671,7 @@ async fn a_broker_connection_cut_mid_run_loses_no_request() {
         assert!(closed.success());
         eventually(Duration::from_secs(10), "a new connection", || async {
             holds(
-                connection_of(route).is_some_and(|p| p != pid),
+                amqp::connection_of(route).is_some_and(|p| p != pid),
                 "the old one",
             )
         })

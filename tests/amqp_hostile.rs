@@ -352,18 +352,6 @@ fn header<'a>(message: &'a Value, name: &str) -> Option<&'a str> {
     message["headers"][name].as_str()
 }
 
-/// The connection of ricochet's route `route`, as `rabbitmqctl` names it (its pid).
-fn connection_of(route: &str) -> Option<String> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let wanted = format!("\"ricochet {route}\"");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().find(|l| l.contains(&wanted))?;
-    line.split_whitespace().next().map(str::to_string)
-}
-
 /// A table's entries as `(name, type, raw bytes)`, sorted: ricochet's copy need not keep
 /// the order (lapin reads a table into a map), but every entry byte for byte.
 fn entries(table: &Value, skip_ours: bool) -> Vec<(String, String, String)> {
@@ -391,7 +379,7 @@ async fn every_field_type_and_hostile_value_gets_its_documented_header_or_a_400_
     );
     let admin = free_port();
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
-    let connection = connection_of("hostile").expect("ricochet's connection is listed");
+    let connection = amqp::connection_of("hostile").expect("ricochet's connection is listed");
 
     let corpus = corpus();
     let cases: Vec<Value> = (corpus.iter())
@@ -469,7 +457,7 @@ async fn every_field_type_and_hostile_value_gets_its_documented_header_or_a_400_
     }
     assert_eq!(letters.len(), refused, "only the refused are dead-lettered");
     assert_eq!(
-        connection_of("hostile").as_deref(),
+        amqp::connection_of("hostile").as_deref(),
         Some(connection.as_str()),
         "one connection throughout"
     );

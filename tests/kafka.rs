@@ -15,32 +15,13 @@ use rdkafka::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// ricochet in front of `upstream` with `routes`, once `route` has partitions.
-async fn start(upstream: &Upstream, routes: &str, route: &str) -> Ricochet {
-    let admin = free_port();
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, routes), admin).await;
-    wait_assigned(&ricochet, route).await;
-    ricochet
-}
-
-/// Waits until ricochet reports assigned partitions for `route`.
-async fn wait_assigned(ricochet: &Ricochet, route: &str) {
-    let label = format!("route=\"{route}\"");
-    eventually(Duration::from_secs(20), "partitions assigned", || async {
-        let metrics = ricochet.metrics().await;
-        let assigned = metric(&metrics, "ricochet_kafka_assigned_partitions", &[&label]);
-        holds(assigned > 0.0, ricochet.logs())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn request_reply_carries_key_correlation_and_status() {
     let requests = kafka::topic("kreq", 3).await;
     let replies = kafka::topic("krep", 1).await;
     let default_replies = kafka::topic("kdef", 1).await;
     let upstream = Upstream::echo().await;
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route(
             "k",
@@ -106,7 +87,7 @@ async fn compressed_replies_are_readable_by_a_stock_consumer() {
     let producer = kafka::producer();
     let body = "a compressible body ".repeat(200);
     for (codec, requests, replies) in &topics {
-        wait_assigned(&ricochet, codec).await;
+        kafka::wait_assigned(&ricochet, codec).await;
         produce(&producer, requests, Some("k"), &[], body.as_bytes()).await;
         let reply = next(&kafka::consumer(replies), WAIT).await;
         assert_eq!(reply.payload(), Some(body.as_bytes()), "{codec}");
@@ -137,7 +118,7 @@ async fn records_with_the_same_key_are_processed_in_order() {
         }
     })
     .await;
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route(
             "ordered",
@@ -190,8 +171,8 @@ async fn two_instances_split_the_partitions_and_answer_everything_once() {
     let (a, b) = (free_port(), free_port());
     let first = Ricochet::start(&config(&first_upstream.base_url(), a, &routes), a).await;
     let second = Ricochet::start(&config(&second_upstream.base_url(), b, &routes), b).await;
-    wait_assigned(&first, "split").await;
-    wait_assigned(&second, "split").await;
+    kafka::wait_assigned(&first, "split").await;
+    kafka::wait_assigned(&second, "split").await;
     // Both members hold partitions: the group has settled.
     let assigned = |m: &str| metric(m, "ricochet_kafka_assigned_partitions", &[]);
     eventually(
@@ -250,7 +231,7 @@ async fn a_killed_instance_loses_no_request() {
     );
     let toml = config(&upstream.base_url(), admin, &routes);
     let mut first = Ricochet::start(&toml, admin).await;
-    wait_assigned(&first, "kill").await;
+    kafka::wait_assigned(&first, "kill").await;
     let reader = kafka::consumer(&replies);
 
     let produced = Arc::new(AtomicUsize::new(0));
@@ -326,7 +307,7 @@ async fn a_reload_mid_run_hands_the_partitions_over_without_losing_or_repeating(
             &format!("reply_topic = \"{replies}\"\nordering = \"unordered\""),
         )
     };
-    let ricochet = start(&upstream, &routes(64), "reload").await;
+    let ricochet = kafka::start(&upstream, &routes(64), "reload").await;
     let reader = kafka::consumer(&replies);
     let publisher = {
         let requests = requests.clone();
@@ -394,7 +375,7 @@ async fn undeliverable_records_go_to_the_dead_letter_topic() {
     let replies = kafka::topic("kdlqrep", 1).await;
     let dead = kafka::topic("kdlqdead", 1).await;
     let upstream = Upstream::echo().await;
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route(
             "dlq",
@@ -452,7 +433,7 @@ async fn a_reply_to_that_is_not_a_topic_is_refused_and_dead_lettered_unanswered(
     let dead = kafka::topic("kbadrepdead", 1).await;
     let upstream = Upstream::echo().await;
     let extra = format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\"");
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route("badrep", &requests, "", &extra),
         "badrep",
@@ -485,7 +466,7 @@ async fn partitions_pause_while_the_circuit_is_open_and_resume_after() {
     let requests = kafka::topic("kbrk", 2).await;
     let replies = kafka::topic("kbrkrep", 1).await;
     let (upstream, healthy) = Upstream::down_until_healthy().await;
-    let ricochet = start(&upstream, &kafka::route(
+    let ricochet = kafka::start(&upstream, &kafka::route(
         "brk",
         &requests,
         "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nconsecutive_failures = 3\nbreak_duration = \"1s\"",
@@ -563,7 +544,7 @@ async fn sigterm_drains_and_commits(runtime: &str) {
     );
     let toml = config(&upstream.base_url(), admin, &routes) + runtime;
     let mut ricochet = Ricochet::start(&toml, admin).await;
-    wait_assigned(&ricochet, "term").await;
+    kafka::wait_assigned(&ricochet, "term").await;
     let producer = kafka::producer();
     for i in 0..5 {
         produce(&producer, &requests, Some(&format!("k{i}")), &[], b"x").await;
@@ -582,7 +563,7 @@ async fn sigterm_drains_and_commits(runtime: &str) {
 
     // The offsets were committed: a restart in the same group does not repeat them.
     let again = Ricochet::start(&toml, admin).await;
-    wait_assigned(&again, "term").await;
+    kafka::wait_assigned(&again, "term").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.calls(), 5);
     reader.unsubscribe();
@@ -595,7 +576,7 @@ async fn a_reply_too_large_for_kafka_becomes_a_502_error_reply() {
     let upstream =
         Upstream::start(|_| async { respond(200, Box::leak("x".repeat(20_000).into_boxed_str())) })
             .await;
-    let _ricochet = start(&upstream, &kafka::route(
+    let _ricochet = kafka::start(&upstream, &kafka::route(
         "big",
         &requests,
         "",
@@ -629,7 +610,7 @@ async fn kafka_only_routes_need_no_nats_server() {
         kafka::route("solo", &requests, "", &format!("reply_topic = \"{replies}\""))
     );
     let ricochet = Ricochet::start(&toml, admin).await;
-    wait_assigned(&ricochet, "solo").await;
+    kafka::wait_assigned(&ricochet, "solo").await;
     produce(
         &kafka::producer(),
         &requests,
@@ -666,7 +647,7 @@ async fn partition_ordering_runs_one_record_at_a_time_per_partition() {
     })
     .await;
     let extra = format!("reply_topic = \"{replies}\"\nordering = \"partition\"");
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route("part", &requests, "max_in_flight = 16", &extra),
         "part",
@@ -696,7 +677,7 @@ async fn at_most_once_never_retries_and_answers_the_failure() {
     let requests = kafka::topic("kamo", 1).await;
     let replies = kafka::topic("kamorep", 1).await;
     let (upstream, _healthy) = Upstream::down_until_healthy().await;
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route(
             "amo",
@@ -746,7 +727,7 @@ async fn consumer_lag_and_committed_offset_follow_the_work_left() {
         "max_in_flight = 1\ntimeout = \"60s\"\ntotal_timeout = \"60s\"\n[routes.retry]\nmax_attempts = 1",
         &format!("reply_topic = \"{replies}\"\nordering = \"partition\""),
     );
-    let ricochet = start(&upstream, &routes, "lag").await;
+    let ricochet = kafka::start(&upstream, &routes, "lag").await;
     let producer = kafka::producer();
     for i in 0..10 {
         produce(&producer, &requests, None, &[], format!("r{i}").as_bytes()).await;
@@ -819,7 +800,7 @@ async fn a_poison_key_waiting_for_its_retry_does_not_hold_up_other_keys() {
         &format!("reply_topic = \"{replies}\"\nordering = \"key\"\ngroup_id = \"{group}\""),
     )
     .replace("retry_backoff = [\"100ms\"]", "retry_backoff = [\"30s\"]");
-    let ricochet = start(&upstream, &routes, "poison").await;
+    let ricochet = kafka::start(&upstream, &routes, "poison").await;
     let answered: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let sink = answered.clone();
     let reader = kafka::consumer(&replies);

@@ -12,8 +12,6 @@ use std::collections::HashMap;
 
 use common::kafka::{self, next};
 use common::*;
-use http_body_util::Full;
-use hyper::Response;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -22,25 +20,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A record header as produced: `None` is a null value.
 type RawHeader<'a> = (&'a str, Option<&'a [u8]>);
-
-/// ricochet in front of `upstream` with `routes`, once `route` has partitions.
-async fn start(upstream: &Upstream, routes: &str, route: &str) -> Ricochet {
-    let admin = free_port();
-    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, routes), admin).await;
-    wait_assigned(&ricochet, route).await;
-    ricochet
-}
-
-/// Waits until ricochet reports assigned partitions for `route`.
-async fn wait_assigned(ricochet: &Ricochet, route: &str) {
-    let label = format!("route=\"{route}\"");
-    eventually(Duration::from_secs(20), "partitions assigned", || async {
-        let metrics = ricochet.metrics().await;
-        let assigned = metric(&metrics, "ricochet_kafka_assigned_partitions", &[&label]);
-        holds(assigned > 0.0, ricochet.logs())
-    })
-    .await;
-}
 
 /// Produces one record (one per batch: the producer lingers 0 ms and each send is awaited)
 /// with exactly these headers, bytes and nulls included.
@@ -90,19 +69,6 @@ fn text(message: &OwnedMessage, name: &str) -> Option<String> {
     value(message, name).map(|v| String::from_utf8(v).expect("a text header"))
 }
 
-/// Answers 200 with the request body and two response headers that are not ASCII: UTF-8
-/// `café` and the raw bytes ff fe.
-async fn non_ascii_echo() -> Upstream {
-    Upstream::start(|seen| async move {
-        Response::builder()
-            .header("x-name", &b"caf\xc3\xa9"[..])
-            .header("x-raw", &b"\xff\xfe"[..])
-            .body(Full::new(seen.body))
-            .unwrap()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_binary_correlation_id_is_echoed_byte_for_byte() {
     let requests = kafka::topic("khbin", 1).await;
@@ -123,7 +89,7 @@ async fn a_binary_correlation_id_is_echoed_byte_for_byte() {
         "correlation_header = \"kafka_correlationId\"",
         &format!("reply_topic = \"{spring_replies}\""),
     ));
-    let ricochet = start(&upstream, &routes, "bin").await;
+    let ricochet = kafka::start(&upstream, &routes, "bin").await;
     let producer = kafka::producer();
 
     let id: &[u8] = b"c1-\xffbin";
@@ -157,7 +123,7 @@ async fn a_binary_correlation_id_is_echoed_byte_for_byte() {
         ("kafka_correlationId", Some(&random[..])),
         ("x-tenant", Some(&b"acme"[..])),
     ];
-    wait_assigned(&ricochet, "spring").await;
+    kafka::wait_assigned(&ricochet, "spring").await;
     produce(&producer, &spring_requests, &spring, b"two").await;
     let reply = next(&kafka::consumer(&spring_replies), WAIT).await;
     assert_eq!(text(&reply, "Ricochet-Status").as_deref(), Some("200"));
@@ -180,7 +146,7 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
     let dead = kafka::topic("khbaddead", 1).await;
     let upstream = Upstream::echo().await;
     let extra = format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\"");
-    let ricochet = start(
+    let ricochet = kafka::start(
         &upstream,
         &kafka::route("bad", &requests, "", &extra),
         "bad",
@@ -308,9 +274,9 @@ async fn a_value_that_is_not_utf8_is_refused_and_dead_lettered_with_its_headers_
 async fn response_headers_that_are_not_ascii_reach_the_reply_record_unchanged() {
     let requests = kafka::topic("khresp", 1).await;
     let replies = kafka::topic("khresprep", 1).await;
-    let upstream = non_ascii_echo().await;
+    let upstream = Upstream::non_ascii_echo().await;
     let extra = format!("reply_topic = \"{replies}\"");
-    let _ricochet = start(
+    let _ricochet = kafka::start(
         &upstream,
         &kafka::route("resp", &requests, "", &extra),
         "resp",
@@ -344,7 +310,7 @@ async fn a_header_key_that_is_not_utf8_costs_only_its_record() {
     let dead = kafka::topic("khkeydead", 1).await;
     let upstream = Upstream::echo().await;
     let extra = format!("reply_topic = \"{replies}\"\ndead_letter_topic = \"{dead}\"");
-    let ricochet = start(
+    let ricochet = kafka::start(
         &upstream,
         &kafka::route("key", &requests, "", &extra),
         "key",

@@ -11,22 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::amqp::{self, client};
 use common::*;
-use http_body_util::Full;
-use hyper::Response;
 use serde_json::json;
-
-/// Answers 200 with the request body and two response headers that are not ASCII: UTF-8
-/// `café` and the raw bytes ff fe.
-async fn non_ascii_echo() -> Upstream {
-    Upstream::start(|seen| async move {
-        Response::builder()
-            .header("x-name", &b"caf\xc3\xa9"[..])
-            .header("x-raw", &b"\xff\xfe"[..])
-            .body(Full::new(seen.body))
-            .unwrap()
-    })
-    .await
-}
 
 /// One RPC with Python's pika (an independent client): publishes to `queue` with an
 /// exclusive reply queue and prints the reply's headers with their values as hex bytes.
@@ -52,7 +37,7 @@ conn.close()
 #[tokio::test]
 async fn amqp_replies_carry_response_header_bytes_unchanged() {
     let queue = unique("ricochet.test.hbytes.");
-    let upstream = non_ascii_echo().await;
+    let upstream = Upstream::non_ascii_echo().await;
     let admin = free_port();
     let routes = amqp::route("hbytes", &queue, &queue, "", "");
     let _ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
@@ -84,7 +69,7 @@ async fn amqp_replies_carry_response_header_bytes_unchanged() {
 
 #[tokio::test]
 async fn nats_replies_carry_utf8_header_values_and_name_the_ones_they_cannot() {
-    let upstream = non_ascii_echo().await;
+    let upstream = Upstream::non_ascii_echo().await;
     let subject = unique("hbytes");
     let admin = free_port();
     let routes = format!(

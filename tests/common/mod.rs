@@ -223,6 +223,19 @@ impl Upstream {
         .await
     }
 
+    /// Answers 200 with the request body and two response headers that are not ASCII:
+    /// UTF-8 `café` (`x-name`) and the raw bytes ff fe (`x-raw`).
+    pub async fn non_ascii_echo() -> Self {
+        Self::start(|seen| async move {
+            Response::builder()
+                .header("x-name", &b"caf\xc3\xa9"[..])
+                .header("x-raw", &b"\xff\xfe"[..])
+                .body(Full::new(seen.body))
+                .unwrap()
+        })
+        .await
+    }
+
     /// Answers 200 with the request body after `delay`.
     pub async fn slow_echo(delay: Duration) -> Self {
         Self::start(move |seen| async move {
@@ -522,6 +535,26 @@ pub mod kafka {
         super::brokers::kafka_brokers()
     }
 
+    /// ricochet in front of `upstream` with `routes`, once `route` has partitions.
+    pub async fn start(upstream: &super::Upstream, routes: &str, route: &str) -> super::Ricochet {
+        let admin = super::free_port();
+        let toml = super::config(&upstream.base_url(), admin, routes);
+        let ricochet = super::Ricochet::start(&toml, admin).await;
+        wait_assigned(&ricochet, route).await;
+        ricochet
+    }
+
+    /// Waits until ricochet reports assigned partitions for `route`.
+    pub async fn wait_assigned(ricochet: &super::Ricochet, route: &str) {
+        let label = format!("route=\"{route}\"");
+        super::eventually(Duration::from_secs(20), "partitions assigned", || async {
+            let metrics = ricochet.metrics().await;
+            let assigned = super::metric(&metrics, "ricochet_kafka_assigned_partitions", &[&label]);
+            super::holds(assigned > 0.0, ricochet.logs())
+        })
+        .await;
+    }
+
     /// Creates a fresh topic with `partitions` partitions.
     pub async fn topic(prefix: &str, partitions: i32) -> String {
         topic_on(&brokers(), prefix, partitions).await
@@ -672,6 +705,18 @@ pub mod amqp {
 
     pub fn url() -> String {
         std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    }
+
+    /// The connection of ricochet's route `route`, as `rabbitmqctl` names it (its pid).
+    pub fn connection_of(route: &str) -> Option<String> {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "pid", "client_properties", "-q"])
+            .output()
+            .expect("rabbitmqctl runs");
+        let wanted = format!("\"ricochet {route}\"");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text.lines().find(|l| l.contains(&wanted))?;
+        line.split_whitespace().next().map(str::to_string)
     }
 
     /// Runs one command of `amqp_client.py` (see its doc) and returns its JSON answer.
