@@ -319,26 +319,7 @@ path = "/echo"
     // with the server it tries among them.
     let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
     let client = eventually_connect_as("u", port, &password).await;
-    eventually(
-        Duration::from_secs(15),
-        "a reply through the URL's credentials",
-        || {
-            let client = client.clone();
-            let subject = subject.clone();
-            async move {
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.request(subject, "hi".into()),
-                )
-                .await
-                {
-                    Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        },
-    )
-    .await;
+    answered(&client, &subject, "a reply through the URL's credentials").await;
     // `ricochet request` with the same URL connects too (off the runtime: the upstream
     // runs on it).
     let (code, printed) = tokio::task::spawn_blocking(move || request(&url, &subject))
@@ -462,29 +443,22 @@ path = "/echo"
     );
     let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
     let client = eventually_connect_as("u", port, &password).await;
-    eventually(
-        Duration::from_secs(15),
-        "a reply through the second server",
-        || {
-            let client = client.clone();
-            let subject = subject.clone();
-            async move {
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.request(subject, "hi".into()),
-                )
-                .await
-                {
-                    Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        },
-    )
-    .await;
+    answered(&client, &subject, "a reply through the second server").await;
     let logs = ricochet.logs();
     assert!(
         !logs.contains(&password),
         "the password in the log:\n{logs}"
     );
+}
+
+/// Waits until a request on `subject` through `client` is answered with its own payload.
+async fn answered(client: &async_nats::Client, subject: &str, what: &str) {
+    eventually(Duration::from_secs(15), what, || async {
+        let asked = client.request(subject.to_string(), "hi".into());
+        match tokio::time::timeout(Duration::from_secs(2), asked).await {
+            Ok(Ok(reply)) if reply.payload.as_ref() == b"hi" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
