@@ -16,10 +16,40 @@ use common::*;
 use futures::StreamExt;
 use rdkafka::consumer::StreamConsumer;
 
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The process's open file descriptors: those that are not connections to the service at
+/// `upstream_port`, and those that are. The HTTP client keeps idle connections to the
+/// service for reuse, up to what was ever in flight at once, so that pool grows with load
+/// bursts (a busy machine makes more) without leaking: it is bounded on its own.
+fn open_fds(pid: u32, upstream_port: u16) -> (u64, u64) {
+    let mut sockets = HashSet::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count() as u64
+        .flatten()
+    {
+        total += 1;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            sockets.insert(inode.to_string());
+        }
+    }
+    // /proc/net/tcp: "sl local rem st ... uid timeout inode"; rem is "ADDR:PORT" in hex.
+    let port = format!(":{upstream_port:04X}");
+    let mut upstream = 0;
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && fields[2].ends_with(&port) && sockets.contains(fields[9]) {
+                upstream += 1;
+            }
+        }
+    }
+    (total - upstream, upstream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,6 +78,13 @@ async fn fixed_load_on_every_source_keeps_memory_and_fds_flat() {
     let requests = kafka::topic("soakreq", 2).await;
     let replies_topic = kafka::topic("soakrep", 1).await;
     let upstream = Upstream::echo().await;
+    let upstream_port: u16 = upstream
+        .base_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let admin = free_port();
     let queue = unique("ricochet.test.soak.");
     let routes = format!(
@@ -177,7 +214,8 @@ redelivery_backoff = ["100ms"]
     let mut samples = Vec::new();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        samples.push((started.elapsed(), rss_kib(pid), open_fds(pid)));
+        let (fds, pooled) = open_fds(pid, upstream_port);
+        samples.push((started.elapsed(), rss_kib(pid), fds, pooled));
     }
     stop.store(true, Ordering::SeqCst);
     let mut sent = Vec::new();
@@ -215,12 +253,15 @@ redelivery_backoff = ["100ms"]
     let (rss_min, fds_min) = after_warmup
         .iter()
         .fold((u64::MAX, u64::MAX), |(r, f), s| (r.min(s.1), f.min(s.2)));
+    let pooled = after_warmup.iter().map(|s| s.3);
+    let (pooled_min, pooled_max) = (pooled.clone().min().unwrap(), pooled.max().unwrap());
     let core_failures = *core_failures.lock().unwrap();
     println!(
         "RELIABILITY soak {secs}s at {RATE}/s per source: core {core_sent} sent, {} answered; \
          jetstream {js_sent} sent, {} answered; kafka {kafka_sent} sent, {} answered; amqp \
          {amqp_total} sent, {} answered ({} duplicates); after \
-         warm-up RSS {rss_min}-{rss_max} KiB (first {} KiB), open fds {fds_min}-{fds_max} (first {})",
+         warm-up RSS {rss_min}-{rss_max} KiB (first {} KiB), open fds {fds_min}-{fds_max} (first {}) \
+         besides {pooled_min}-{pooled_max} connections to the service",
         core_sent - core_failures,
         js_answers.lock().unwrap().len(),
         kafka_answers.lock().unwrap().len(),
@@ -243,6 +284,12 @@ redelivery_backoff = ["100ms"]
         fds_max * 10 <= first.2 * 11 + 10,
         "open fds within 10% (and one) after warm-up: {fds_min}-{fds_max} from {}",
         first.2
+    );
+    // The client's pool holds at most what was ever in flight at once: four routes, each
+    // at most max_in_flight (64 by default) calls.
+    assert!(
+        pooled_max <= 4 * 64,
+        "connections to the service: {pooled_min}-{pooled_max}, more than ever in flight"
     );
     let _ = js.delete_stream(&stream_name).await;
     amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
