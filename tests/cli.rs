@@ -344,12 +344,7 @@ fn on_config(command: &str, toml: &str) -> (Option<i32>, String) {
         .env("RUST_LOG", "trace")
         .output()
         .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), printed)
+    code_and_printed(&out)
 }
 
 #[test]

@@ -44,30 +44,22 @@ async fn connect(port: u16) -> async_nats::Client {
     panic!("own nats-server did not start");
 }
 
+/// ricochet on the test's own nats-server at `port`, with a `ping` route and `extra`.
+fn own_server_config(port: u16, admin: u16, upstream: &Upstream, extra: &str) -> String {
+    format!(
+        "[nats]\nurl = \"nats://127.0.0.1:{port}\"\nconnect_timeout = \"500ms\"\n\n\
+         [upstream]\nbase_url = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [[routes]]\nname = \"ping\"\nsubject = \"ping\"\npath = \"/ping\"\n\n{extra}",
+        upstream.base_url()
+    )
+}
+
 #[tokio::test]
 async fn survives_a_missing_then_restarted_nats_server() {
     let upstream = Upstream::echo().await;
     let port = free_port();
     let admin = free_port();
-    let toml = format!(
-        r#"
-[nats]
-url = "nats://127.0.0.1:{port}"
-connect_timeout = "500ms"
-
-[upstream]
-base_url = "{}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[routes]]
-name = "ping"
-subject = "ping"
-path = "/ping"
-"#,
-        upstream.base_url()
-    );
+    let toml = own_server_config(port, admin, &upstream, "");
 
     // No server yet: ricochet runs, keeps retrying, and says it is not ready.
     let ricochet = Ricochet::spawn(&toml, admin);
@@ -138,33 +130,8 @@ async fn sigterm_with_nats_unreachable_and_nothing_in_flight_exits_at_once() {
     let upstream = Upstream::echo().await;
     let port = free_port();
     let admin = free_port();
-    let toml = format!(
-        r#"
-[nats]
-url = "nats://127.0.0.1:{port}"
-connect_timeout = "500ms"
-
-[upstream]
-base_url = "{}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[shutdown]
-grace_period = "10s"
-
-[[routes]]
-name = "ping"
-subject = "ping"
-path = "/ping"
-
-[[routes]]
-name = "pong"
-subject = "pong.>"
-path = "/pong"
-"#,
-        upstream.base_url()
-    );
+    let extra = "[shutdown]\ngrace_period = \"10s\"\n\n[[routes]]\nname = \"pong\"\nsubject = \"pong.>\"\npath = \"/pong\"\n";
+    let toml = own_server_config(port, admin, &upstream, extra);
     let server = NatsServer::start(port);
     let mut ricochet = Ricochet::spawn(&toml, admin);
     ricochet.wait_ready().await;

@@ -280,12 +280,7 @@ fn request_with(url: &str, subject: &str, config: &std::path::Path) -> (Option<i
         .env("RUST_LOG", "trace")
         .output()
         .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), printed)
+    code_and_printed(&out)
 }
 
 #[tokio::test]

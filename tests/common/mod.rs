@@ -31,6 +31,16 @@ use tokio::process::{Child, Command};
 #[allow(unused_imports)]
 pub use brokers::{nats_server_bin, nats_url};
 
+/// A finished command's exit code and everything it printed (stdout, then stderr).
+pub fn code_and_printed(out: &std::process::Output) -> (Option<i32>, String) {
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
 /// A subject prefix no other test run uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", nuid::next().to_string().to_lowercase())
