@@ -14,33 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, SourceConfig, SourceKind};
+use crate::config::{Config, SourceKind};
 use crate::pipeline::Pipeline;
-use crate::reply::NatsReplier;
-use crate::source::amqp::AmqpRoute;
-use crate::source::jetstream::JetStreamRoute;
-use crate::source::kafka::KafkaRoute;
-use crate::source::nats::Link;
+pub use crate::source::nats::Nats;
+use crate::source::Context;
 use crate::telemetry::liveness::{self, Cause};
 use crate::telemetry::Health;
-
-/// The NATS connection every generation shares, when a route needs one.
-#[derive(Clone)]
-pub struct Nats {
-    pub client: async_nats::Client,
-    pub replier: Arc<NatsReplier>,
-}
-
-impl Nats {
-    /// Also watches the client's connection task for the process's liveness.
-    pub fn new((client, link): (async_nats::Client, Link)) -> Self {
-        tokio::spawn(crate::telemetry::liveness::watch_nats_client(
-            client.clone(),
-        ));
-        let replier = Arc::new(NatsReplier::new(client.clone(), link));
-        Self { client, replier }
-    }
-}
 
 pub struct Generation {
     pub config: Config,
@@ -73,7 +52,7 @@ impl Generation {
         if needs_nats && nats.is_none() {
             anyhow::bail!("routes take messages from NATS but there is no NATS connection");
         }
-        let pipeline = Arc::new(Pipeline::new(&config)?);
+        let pipeline = Arc::new(crate::source::pipeline(&config)?);
         // Readiness waits for the NATS connection's subscriptions (confirmed once for all
         // core routes) and for the consumer of every other route.
         let intakes = usize::from(needs_nats) + config.routes.len() - core_routes(&config);
@@ -150,27 +129,17 @@ impl Generation {
         for route in self.pipeline.clone().routes() {
             let (tracker, stop, health) =
                 (self.tracker.clone(), self.stop.clone(), self.health.clone());
-            let pipeline = self.pipeline.clone();
-            match &route.config.source {
-                // Started by `start_core`.
-                SourceConfig::Nats { .. } => {}
-                SourceConfig::Jetstream(js) => {
-                    let nats = self.nats.clone().expect("JetStream connects to NATS");
-                    let consumer =
-                        JetStreamRoute::new(route.clone(), js.clone(), pipeline, nats.replier);
-                    let name = format!("JetStream route {}", route.name);
-                    self.spawn_intake(name, consumer.run(nats.client, health, tracker, stop));
-                }
-                SourceConfig::Kafka(kafka) => {
-                    let consumer = KafkaRoute::new(route.clone(), kafka.clone(), pipeline);
-                    let name = format!("Kafka route {}", route.name);
-                    self.spawn_intake(name, consumer.run(health, tracker, stop));
-                }
-                SourceConfig::Amqp(amqp) => {
-                    let consumer = AmqpRoute::new(route.clone(), amqp.clone(), pipeline);
-                    let name = format!("AMQP route {}", route.name);
-                    self.spawn_intake(name, consumer.run(health, tracker, stop));
-                }
+            let context = Context {
+                route: route.clone(),
+                pipeline: self.pipeline.clone(),
+                nats: self.nats.clone(),
+                health,
+                tracker,
+                stop,
+            };
+            // Core NATS routes have none: `start_core` subscribed them together.
+            if let Some(intake) = route.config.source.intake(context) {
+                self.spawn_intake(format!("{} route {}", route.kind, route.name), intake);
             }
         }
         if let (Some(nats), Some(service)) = (&self.nats, &self.config.nats.service) {

@@ -27,9 +27,10 @@ pub mod config;
 pub mod generation;
 pub mod invoke;
 pub mod mapping;
+pub mod message;
 pub mod pipeline;
 pub mod reload;
-pub mod reply;
+
 pub mod route;
 pub mod source;
 pub mod telemetry;

@@ -275,7 +275,7 @@ fn core_subscriptions<'a>(
     default_group: &'a str,
 ) -> Vec<(&'a Pattern, &'a str)> {
     (pipeline.routes().iter())
-        .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+        .filter(|r| matches!(r.config.source, SourceConfig::Nats(_)))
         .map(|r| {
             let group = crate::source::nats::queue_group(&r.config.source, default_group);
             (&r.pattern, group)
@@ -428,7 +428,10 @@ path = "/gone"
 
     /// Whether a reload from `old` to `new` overlaps their core subscriptions.
     fn can_overlap(old: &Config, new: &Config) -> bool {
-        let (before, after) = (Pipeline::new(old).unwrap(), Pipeline::new(new).unwrap());
+        let (before, after) = (
+            crate::source::pipeline(old).unwrap(),
+            crate::source::pipeline(new).unwrap(),
+        );
         super::can_overlap(
             &core_subscriptions(&before, &old.nats.queue_group),
             &core_subscriptions(&after, &new.nats.queue_group),

@@ -633,7 +633,7 @@ mod tests {
             .replace("source = \"jetstream\"\n", "")
             .replace("[routes.jetstream]\nstream = \"S\"\n", "");
         let pending = |text: &str| match &load_str(text, no_env()).unwrap().routes[0].source {
-            crate::config::SourceConfig::Nats { max_pending, .. } => *max_pending,
+            crate::config::SourceConfig::Nats(nats) => nats.max_pending,
             other => panic!("{other:?}"),
         };
         assert_eq!(pending(&core), 3);

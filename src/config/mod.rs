@@ -509,18 +509,22 @@ pub enum Encode {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// Core NATS request-reply: queue subscriptions, replies to the request's inbox.
-    Nats {
-        /// Overrides `nats.queue_group`.
-        queue_group: Option<String>,
-        /// Messages that may wait for a slot when the route is full; more are shed.
-        max_pending: usize,
-    },
+    Nats(NatsSource),
     /// A durable JetStream pull consumer.
     Jetstream(JetStreamSource),
     /// A Kafka consumer group.
     Kafka(KafkaSource),
     /// A RabbitMQ (AMQP 0-9-1) queue, RPC style: replies to each request's `reply_to`.
     Amqp(AmqpSource),
+}
+
+/// A core NATS route's source: the route keys only core NATS routes have.
+#[derive(Debug, Clone, Serialize)]
+pub struct NatsSource {
+    /// Overrides `nats.queue_group`.
+    pub queue_group: Option<String>,
+    /// Messages that may wait for a slot when the route is full; more are shed.
+    pub max_pending: usize,
 }
 
 /// A JetStream route's source: its `[routes.jetstream]` table and the route keys only
@@ -550,7 +554,7 @@ pub struct AmqpSource {
 impl SourceConfig {
     pub fn kind(&self) -> SourceKind {
         match self {
-            SourceConfig::Nats { .. } => SourceKind::Nats,
+            SourceConfig::Nats(_) => SourceKind::Nats,
             SourceConfig::Jetstream(_) => SourceKind::Jetstream,
             SourceConfig::Kafka(_) => SourceKind::Kafka,
             SourceConfig::Amqp(_) => SourceKind::Amqp,
@@ -1070,10 +1074,10 @@ impl RouteConfig {
     /// table it needs is missing (already reported by validation).
     pub fn from_file(file: RouteFile) -> Option<Self> {
         let source = match file.source {
-            SourceKind::Nats => SourceConfig::Nats {
+            SourceKind::Nats => SourceConfig::Nats(NatsSource {
                 queue_group: file.queue_group,
                 max_pending: file.max_pending.unwrap_or(file.max_in_flight),
-            },
+            }),
             SourceKind::Jetstream => SourceConfig::Jetstream(JetStreamSource {
                 settings: file.jetstream?,
                 delivery: file.delivery.unwrap_or_default(),
@@ -1146,10 +1150,10 @@ impl RouteConfig {
             validate: self.validate.clone(),
         };
         match &self.source {
-            SourceConfig::Nats {
+            SourceConfig::Nats(NatsSource {
                 queue_group,
                 max_pending,
-            } => {
+            }) => {
                 file.queue_group = queue_group.clone();
                 file.max_pending = Some(*max_pending);
             }

@@ -334,7 +334,7 @@ pub(super) fn deadlines(
                     ),
                 ));
             }
-            SourceConfig::Jetstream(_) | SourceConfig::Nats { .. } | SourceConfig::Amqp(_) => {}
+            SourceConfig::Jetstream(_) | SourceConfig::Nats(_) | SourceConfig::Amqp(_) => {}
         }
     }
     errors

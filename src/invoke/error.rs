@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::mapping::ErrorKind;
+use crate::message::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {

@@ -38,7 +38,7 @@ pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
 
 use crate::config::{RouteConfig, UpstreamConfig};
-use crate::mapping::ErrorKind;
+use crate::message::ErrorKind;
 use crate::telemetry::metrics::{RateLimited, RouteMetrics, SkipReason};
 use crate::telemetry::trace::{MessageTrace, RouteSpans};
 

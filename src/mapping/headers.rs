@@ -107,7 +107,7 @@ pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<He
 /// bytes, obs-text (`café` in UTF-8, raw bytes 0x80-0xFF) included: Kafka and AMQP replies
 /// carry them unchanged, and the NATS publisher drops, and names, what NATS cannot carry
 /// (see `reply::nats`).
-pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> super::reply::ReplyHeaders {
+pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> crate::message::ReplyHeaders {
     let listed = connection_listed(
         headers
             .iter()
@@ -121,7 +121,7 @@ pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> super::reply::Re
                 && filter.permits(name)
         })
         .map(|(name, value)| {
-            let name = super::reply::HeaderName::Owned(name.as_str().to_string());
+            let name = crate::message::reply::HeaderName::Owned(name.as_str().to_string());
             (name, bytes::Bytes::copy_from_slice(value.as_bytes()))
         })
         .collect()

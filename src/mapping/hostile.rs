@@ -12,8 +12,8 @@ use proptest::prelude::*;
 
 use super::{MapError, RequestMapping};
 use crate::config::load_str;
+use crate::message::Inbound;
 use crate::route::Pattern;
-use crate::source::Inbound;
 
 const BASE: &str = "https://127.0.0.1:8443/api";
 const PREFIX: &str = "/api/orders/";

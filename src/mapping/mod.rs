@@ -12,5 +12,4 @@ pub mod request;
 
 pub use headers::HeaderFilter;
 pub use path::PathTemplate;
-pub use reply::{ErrorKind, Reply};
 pub use request::{MapError, RequestMapping};

@@ -10,8 +10,8 @@ use super::headers::{self, HeaderFilter};
 use super::PathTemplate;
 use crate::config::{RouteConfig, UpstreamConfig};
 use crate::invoke::retry::IDEMPOTENCY_KEY;
+use crate::message::Inbound;
 use crate::route::Pattern;
-use crate::source::Inbound;
 
 /// Why a message could not become an HTTP request. Always the caller's fault: a 400.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn a_header_without_a_text_form_is_refused_unless_the_route_would_not_forward_it() {
-        let unreadable = |name: &str| crate::source::UnreadableHeader {
+        let unreadable = |name: &str| crate::message::UnreadableHeader {
             name: name.into(),
             why: "bytes that are not UTF-8".into(),
         };

@@ -1,6 +1,6 @@
 //! The settlement policy: what becomes of a request message once its processing is done,
 //! the same for every source. Pure: the pipeline carries the decision out through the
-//! source's [`crate::source::Settle`] handle.
+//! source's [`crate::message::Settle`] handle.
 //!
 //! | processed | delivery | then |
 //! |---|---|---|
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::{Disposition, Processed};
 use crate::config::Delivery;
-use crate::mapping::ErrorKind;
+use crate::message::ErrorKind;
 
 /// One route's settlement settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,7 +141,7 @@ impl Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::Reply;
+    use crate::message::Reply;
 
     fn processed(disposition: Disposition, error: Option<ErrorKind>) -> Processed {
         Processed {

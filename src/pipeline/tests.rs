@@ -9,9 +9,13 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use super::process::parse_timeout;
 use super::*;
 use crate::config::load_str;
-use crate::source::{Inbound, Settle, Undelivered};
+use crate::message::{
+    Accepted, Cause, Confirmed, DeadLetter, DeadLettered, Inbound, Redelivered, Settle,
+    SettleError, Undelivered,
+};
 
 #[test]
 fn caller_timeouts_parse() {
@@ -85,33 +89,40 @@ impl Settle for Broker {
         destination.contains(' ').then_some("has a space")
     }
 
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
-        self.note(format!("reply {destination} {}", reply.status.as_u16()));
-        self.replies.lock().unwrap().push(reply.clone());
-        self.reply_result.clone().map_or(Ok(()), Err)
+    async fn accept(&self) -> Result<Accepted, SettleError> {
+        self.note("accept".into());
+        Ok(Accepted::Settled)
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
+        self.note(format!("reply {destination} {}", reply.status.as_u16()));
+        self.replies.lock().unwrap().push(reply.clone());
+        self.reply_result.clone().map_or(Ok(Confirmed::Now), Err)
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<DeadLettered, Undelivered> {
         self.note(format!(
             "dead_letter {} {} {}",
             letter.reason, letter.last_status, letter.delivered
         ));
-        self.dead_letter_result.clone().map_or(Ok(true), Err)
+        let published = DeadLettered::Published(Confirmed::Now);
+        self.dead_letter_result.clone().map_or(Ok(published), Err)
     }
 
-    async fn ack(&self) -> Result<(), String> {
+    async fn ack(&self) -> Result<Confirmed, SettleError> {
         self.note("ack".into());
-        Ok(())
+        Ok(Confirmed::Now)
     }
 
-    async fn redeliver(&self, delay: Duration) -> Result<(), String> {
+    async fn redeliver(&self, delay: Duration) -> Result<Redelivered, SettleError> {
         self.note(format!("redeliver {delay:?}"));
-        Ok(())
+        // As Kafka does: the delay comes back to the source.
+        Ok(Redelivered::Local(delay))
     }
 
-    async fn terminate(&self) -> Result<(), String> {
+    async fn terminate(&self) -> Result<Confirmed, SettleError> {
         self.note("term".into());
-        Ok(())
+        Ok(Confirmed::Now)
     }
 }
 
@@ -143,7 +154,8 @@ async fn pipeline(status: u16, delivery: &str) -> (Pipeline, Snapshotter) {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     // The route's metric handles are made now, bound to this recorder.
-    let pipeline = metrics::with_local_recorder(&recorder, || Pipeline::new(&config)).unwrap();
+    let pipeline =
+        metrics::with_local_recorder(&recorder, || crate::source::pipeline(&config)).unwrap();
     (pipeline, snapshotter)
 }
 
@@ -233,7 +245,7 @@ async fn an_answer_is_published_with_the_correlation_id_then_acked() {
 async fn a_reply_that_can_never_be_published_counts_once_as_publish_failed() {
     let (pipeline, metrics) = pipeline(200, "at_least_once").await;
     let broker = Broker {
-        reply_result: Some(Undelivered::Dropped("no such topic".into())),
+        reply_result: Some(Undelivered::Dropped(Cause::text("no such topic"))),
         ..Broker::default()
     };
     let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
@@ -253,7 +265,7 @@ async fn a_server_error_comes_again_with_the_nth_delay_then_is_dead_lettered() {
     for (delivered, delay) in [(1, "1s"), (2, "5s")] {
         let settled = deliver(&pipeline, &broker, &message(b"", delivered)).await;
         let expected = humantime::parse_duration(delay).unwrap();
-        assert_eq!(settled, Settled::Redeliver(expected));
+        assert_eq!(settled, Settled::Redeliver(Redelivered::Local(expected)));
     }
     assert_eq!(
         broker.calls(),
@@ -309,11 +321,14 @@ async fn a_refused_message_is_dead_lettered_at_once_and_answered_without_calling
 async fn a_failed_reply_comes_again_and_on_the_last_delivery_is_dead_lettered_unanswered() {
     let (pipeline, _) = pipeline(200, "at_least_once").await;
     let broker = Broker {
-        reply_result: Some(Undelivered::Failed("stream full".into())),
+        reply_result: Some(Undelivered::Failed(Cause::text("stream full"))),
         ..Broker::default()
     };
     let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
-    assert_eq!(settled, Settled::Redeliver(Duration::from_secs(1)));
+    assert_eq!(
+        settled,
+        Settled::Redeliver(Redelivered::Local(Duration::from_secs(1)))
+    );
     assert_eq!(broker.calls(), ["reply caller.inbox 200", "redeliver 1s"]);
     let settled = deliver(&pipeline, &broker, &message(b"", 3)).await;
     assert_eq!(settled, Settled::Done);
@@ -331,11 +346,14 @@ async fn a_failed_reply_comes_again_and_on_the_last_delivery_is_dead_lettered_un
 async fn a_dead_letter_that_fails_makes_the_message_come_again_unanswered() {
     let (pipeline, _) = pipeline(200, "at_least_once").await;
     let broker = Broker {
-        dead_letter_result: Some(Undelivered::Failed("no connection".into())),
+        dead_letter_result: Some(Undelivered::Failed(Cause::text("no connection"))),
         ..Broker::default()
     };
     let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 2)).await;
-    assert_eq!(settled, Settled::Redeliver(Duration::from_secs(5)));
+    assert_eq!(
+        settled,
+        Settled::Redeliver(Redelivered::Local(Duration::from_secs(5)))
+    );
     assert_eq!(
         broker.calls(),
         ["dead_letter payload_too_large 413 2", "redeliver 5s"]
@@ -346,7 +364,7 @@ async fn a_dead_letter_that_fails_makes_the_message_come_again_unanswered() {
 async fn a_dead_letter_that_can_never_be_published_is_dropped_and_the_message_finished() {
     let (pipeline, metrics) = pipeline(200, "at_least_once").await;
     let broker = Broker {
-        dead_letter_result: Some(Undelivered::Dropped("not authorised".into())),
+        dead_letter_result: Some(Undelivered::Dropped(Cause::text("not authorised"))),
         ..Broker::default()
     };
     let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 1)).await;
@@ -451,7 +469,8 @@ async fn validating_pipeline(validate: &str, registry: &str) -> (Pipeline, Snaps
     let config = load_str(&text, Vec::new()).unwrap();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let pipeline = metrics::with_local_recorder(&recorder, || Pipeline::new(&config)).unwrap();
+    let pipeline =
+        metrics::with_local_recorder(&recorder, || crate::source::pipeline(&config)).unwrap();
     (pipeline, snapshotter)
 }
 
@@ -501,7 +520,10 @@ async fn an_unreachable_registry_makes_the_message_come_again_not_pass() {
     let (pipeline, metrics) = validating_pipeline("format = \"avro\"", &registry).await;
     let broker = Broker::default();
     let settled = deliver(&pipeline, &broker, &message(&[0, 0, 0, 0, 1, 2], 1)).await;
-    assert_eq!(settled, Settled::Redeliver(Duration::from_secs(1)));
+    assert_eq!(
+        settled,
+        Settled::Redeliver(Redelivered::Local(Duration::from_secs(1)))
+    );
     assert_eq!(broker.calls(), ["redeliver 1s"]);
     let counts = Counts::take(&metrics);
     let failures = "ricochet_validation_failures_total";
@@ -527,7 +549,7 @@ async fn admission_gives_slots_then_places_in_line_then_refuses() {
         max_pending = 1
         "#;
     let config = load_str(text, Vec::new()).unwrap();
-    let pipeline = Pipeline::new(&config).unwrap();
+    let pipeline = crate::source::pipeline(&config).unwrap();
     let route = pipeline.routes()[0].clone();
     let Admission::Now(first) = route.admit() else {
         panic!("a free slot is given at once")

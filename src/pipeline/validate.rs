@@ -12,8 +12,8 @@
 use bytes::Bytes;
 
 use super::Route;
-use crate::mapping::ErrorKind;
-use crate::source::Inbound;
+use crate::message::ErrorKind;
+use crate::message::Inbound;
 use crate::validate::{Invalid, Passed, Rules, JSON};
 
 /// The route's `validate` rules applied to the message. Its `Content-Type` is its own, else

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{ServiceConfig, SourceConfig};
-use crate::mapping::reply::SERVICE_ERROR_HEADER;
-use crate::mapping::Reply;
+use crate::message::reply::SERVICE_ERROR_HEADER;
+use crate::message::Reply;
 use crate::pipeline::{Pipeline, Route};
 
 const PING: &str = "io.nats.micro.v1.ping_response";
@@ -166,7 +166,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let endpoints = (pipeline.routes().iter())
-        .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+        .filter(|r| matches!(r.config.source, SourceConfig::Nats(_)))
         .map(|route| {
             let subject = route.pattern.subscription_subject();
             let group = crate::source::nats::queue_group(&route.config.source, default_queue_group);
@@ -224,7 +224,7 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::ErrorKind;
+    use crate::message::ErrorKind;
 
     #[test]
     fn every_verb_answers_for_all_by_name_and_by_id() {

@@ -8,8 +8,8 @@
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::mapping::reply::ERROR_KINDS;
-use crate::mapping::ErrorKind;
+use crate::message::reply::ERROR_KINDS;
+use crate::message::ErrorKind;
 
 pub const MESSAGES_RECEIVED: &str = "ricochet_messages_received_total";
 pub const MESSAGES_HANDLED: &str = "ricochet_messages_handled_total";

@@ -33,10 +33,10 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
 use tracing::warn;
 
-use crate::config::{SourceConfig, TracingConfig};
-use crate::mapping::reply::HeaderName as ReplyHeaderName;
-use crate::mapping::Reply;
-use crate::source::{Inbound, Position};
+use crate::config::TracingConfig;
+use crate::message::reply::HeaderName as ReplyHeaderName;
+use crate::message::Reply;
+use crate::message::{Inbound, Position};
 use crate::telemetry::metrics::TRACE_EXPORTS;
 
 /// The headers of trace context ricochet reads and, when tracing, writes.
@@ -208,28 +208,21 @@ pub struct RouteSpans {
     path_template: String,
 }
 
+/// What a route's source says of itself in spans (`messaging.system`, the consumer group).
+#[derive(Debug, Clone)]
+pub struct SpanSource {
+    pub system: &'static str,
+    pub consumer_group: Option<String>,
+}
+
 impl RouteSpans {
-    pub fn new(route: &crate::config::RouteConfig, default_queue_group: &str) -> Self {
-        let (system, consumer_group) = match &route.source {
-            SourceConfig::Nats { queue_group, .. } => (
-                "nats",
-                Some(
-                    queue_group
-                        .as_deref()
-                        .unwrap_or(default_queue_group)
-                        .to_string(),
-                ),
-            ),
-            SourceConfig::Jetstream(js) => ("nats", Some(js.settings.durable_name(&route.name))),
-            SourceConfig::Kafka(kafka) => ("kafka", Some(kafka.settings.group(&route.name))),
-            SourceConfig::Amqp(_) => ("rabbitmq", None),
-        };
+    pub fn new(route: &crate::config::RouteConfig, source: SpanSource) -> Self {
         Self {
             name: route.name.clone(),
             span_name: format!("process {}", route.subject),
             template: route.subject.clone(),
-            system,
-            consumer_group,
+            system: source.system,
+            consumer_group: source.consumer_group,
             path_template: route.path.clone(),
         }
     }
@@ -404,7 +397,7 @@ struct MessageHeaders<'a>(&'a [(String, String)]);
 
 impl Extractor for MessageHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        crate::source::header(self.0, key)
+        crate::message::header(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {

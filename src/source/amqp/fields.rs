@@ -14,7 +14,7 @@
 //! | void `V` | the empty value |
 //! | field table `F`, field array `A` | refused: no single text form |
 //!
-//! "Refused" means the header goes to [`Inbound::unreadable`](crate::source::Inbound), and
+//! "Refused" means the header goes to [`Inbound::unreadable`](crate::message::Inbound), and
 //! the request mapping answers 400 (and dead-letters the request) when the route would
 //! forward that header. RabbitMQ's own headers (`x-death`, ...) are neither forwarded nor
 //! copied.
@@ -25,7 +25,7 @@
 
 use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString};
 
-use crate::source::UnreadableHeader;
+use crate::message::UnreadableHeader;
 
 /// Headers RabbitMQ sets itself when it dead-letters or counts a message: never forwarded
 /// to the service and not copied onto republished messages.

@@ -21,40 +21,23 @@ use bytes::Bytes;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::BasicProperties;
-use tokio::sync::OwnedSemaphorePermit;
-use tracing::warn;
 
 use super::fields;
+use super::publish::{self as publisher, PERSISTENT};
 use super::topology::{self, DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
 use super::{AmqpRoute, Session, MAX_MESSAGE_SIZE};
-use crate::config::Delivery as Guarantee;
-use crate::mapping::Reply;
-use crate::reply::amqp::{self as publisher, PERSISTENT};
-use crate::reply::{dead_letter, DeadLetter};
-use crate::source::{header, reply_destination, Inbound, Settle, Undelivered};
-use crate::telemetry::metrics::Settlement;
+use crate::message::Reply;
+use crate::message::{dead_letter, DeadLetter};
+use crate::message::{
+    header, reply_destination, Accepted, Cause, Confirmed, DeadLettered, Inbound, Redelivered,
+    Settle, SettleError, Undelivered,
+};
+use crate::pipeline::Taken;
 
 impl AmqpRoute {
-    /// One delivery from receipt to settlement. The permit is held throughout.
-    pub(super) async fn handle(
-        &self,
-        session: &Session,
-        mut delivery: Delivery,
-        _permit: OwnedSemaphorePermit,
-    ) {
+    /// One delivery from receipt to settlement (its slot is held by the task running this).
+    pub(super) async fn handle(&self, session: &Session, mut delivery: Delivery, _taken: Taken) {
         let route = &self.route;
-        route.metrics.received.increment(1);
-        route.metrics.in_flight.increment(1.0);
-        if self.delivery == Guarantee::AtMostOnce {
-            let acked = delivery.acker.ack(BasicAckOptions::default()).await;
-            if !matches!(acked, Ok(true)) {
-                // Not acknowledged, so it comes again: do not process it twice.
-                warn!(route = %route.name, "ack on receipt failed; the message will be redelivered");
-                route.metrics.in_flight.decrement(1.0);
-                return;
-            }
-            route.metrics.settled(Settlement::Ack);
-        }
         let payload = Bytes::from(std::mem::take(&mut delivery.data));
         let inbound = self.inbound(&delivery, payload);
         let settle = Request {
@@ -68,7 +51,6 @@ impl AmqpRoute {
         self.pipeline
             .deliver(route, captures, &inbound, &settle)
             .await;
-        route.metrics.in_flight.decrement(1.0);
     }
 
     fn inbound(&self, delivery: &Delivery, payload: Bytes) -> Inbound {
@@ -180,11 +162,14 @@ impl Request<'_> {
             .with_delivery_mode(PERSISTENT)
     }
 
-    fn settled(result: lapin::Result<bool>, what: &str) -> Result<(), String> {
+    fn settled(result: lapin::Result<bool>, what: &'static str) -> Result<Confirmed, SettleError> {
         match result {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("{what}: the delivery's channel is closed")),
-            Err(e) => Err(format!("{what}: {e}")),
+            Ok(true) => Ok(Confirmed::Now),
+            Ok(false) => Err(SettleError::ConnectionLost),
+            Err(e) => Err(SettleError::Broker {
+                what,
+                cause: Cause::new(e),
+            }),
         }
     }
 }
@@ -207,15 +192,21 @@ impl Settle for Request<'_> {
         }
     }
 
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
-        let correlation = self.inbound.correlation.as_deref();
-        let properties = publisher::reply_message(destination, reply, correlation);
-        self.publish("", destination, &reply.body, properties).await
+    async fn accept(&self) -> Result<Accepted, SettleError> {
+        let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
+        Self::settled(acked, "ack on receipt").map(|_| Accepted::Settled)
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
+        let correlation = self.inbound.correlation.as_deref();
+        let properties = publisher::reply_message(destination, reply, correlation);
+        let published = self.publish("", destination, &reply.body, properties).await;
+        published.map(|()| Confirmed::Now)
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<DeadLettered, Undelivered> {
         let Some(exchange) = &self.source.config.dead_letter_exchange else {
-            return Ok(false);
+            return Ok(DeadLettered::NoDestination);
         };
         let routing_key = (self.source.config.dead_letter_routing_key.as_deref())
             .unwrap_or(letter.inbound.subject.as_str());
@@ -236,15 +227,15 @@ impl Settle for Request<'_> {
         (self
             .publish(exchange, routing_key, payload, properties)
             .await)
-            .map(|()| true)
+            .map(|()| DeadLettered::Published(Confirmed::Now))
     }
 
-    async fn ack(&self) -> Result<(), String> {
+    async fn ack(&self) -> Result<Confirmed, SettleError> {
         let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
         Self::settled(acked, "basic.ack")
     }
 
-    async fn redeliver(&self, delay: Duration) -> Result<(), String> {
+    async fn redeliver(&self, delay: Duration) -> Result<Redelivered, SettleError> {
         let queue = &self.source.queue;
         let target = match delay.is_zero() {
             true => queue.clone(),
@@ -264,8 +255,9 @@ impl Settle for Request<'_> {
             Ok(()) => {
                 let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
                 Self::settled(acked, "basic.ack after the retry copy")
+                    .map(|_| Redelivered::ByBroker)
             }
-            Err(Undelivered::Lost) => Err("the delivery's channel is closed".into()),
+            Err(Undelivered::Lost) => Err(SettleError::ConnectionLost),
             Err(e) => {
                 if let Undelivered::Dropped(_) = e {
                     // The retry queue is gone (deleted while ricochet runs): connecting again
@@ -280,14 +272,15 @@ impl Settle for Request<'_> {
                 };
                 let nacked = self.delivery.acker.nack(requeue).await;
                 Self::settled(nacked, "basic.nack")?;
-                Err(format!(
-                    "retry copy to {target:?} not published ({e}); requeued at once"
-                ))
+                Err(SettleError::Broker {
+                    what: "retry copy (the message was requeued at once)",
+                    cause: Cause::text(format!("{target:?}: {e}")),
+                })
             }
         }
     }
 
-    async fn terminate(&self) -> Result<(), String> {
+    async fn terminate(&self) -> Result<Confirmed, SettleError> {
         let rejected = (self.delivery.acker)
             .reject(BasicRejectOptions { requeue: false })
             .await;

@@ -16,6 +16,7 @@
 
 pub mod fields;
 mod message;
+pub mod publish;
 pub mod topology;
 
 use std::sync::Arc;
@@ -34,9 +35,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 pub use self::topology::valid_name;
-use crate::config::{default_consumer_name, redact_url, AmqpConfig, AmqpSource, Delivery};
-use crate::invoke::breaker::State;
-use crate::pipeline::{Pipeline, Route};
+use crate::config::{default_consumer_name, redact_url, AmqpConfig, AmqpSource, RouteConfig};
+use crate::pipeline::{Pipeline, Policy, Route};
+use crate::source::{Context, Intake, Source};
+use crate::telemetry::trace::SpanSource;
 use crate::telemetry::Health;
 
 /// RabbitMQ's default `consumer_timeout`: a delivery unacknowledged for longer closes its
@@ -49,11 +51,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(4);
 
+impl Source for AmqpSource {
+    const KIND: &'static str = "amqp";
+    const DURABLE: bool = true;
+
+    fn policy(&self) -> Policy {
+        let max = Some(self.settings.max_deliver);
+        let delays = self.settings.redelivery_backoff.clone();
+        Policy::durable(self.delivery, max, "max_deliver", delays)
+    }
+
+    fn spans(&self, _: &RouteConfig, _: &str) -> SpanSource {
+        SpanSource {
+            system: "rabbitmq",
+            consumer_group: None,
+        }
+    }
+
+    fn intake(&self, context: Context) -> Option<Intake> {
+        let consumer = AmqpRoute::new(context.route, self.clone(), context.pipeline);
+        let (health, tracker, stop) = (context.health, context.tracker, context.stop);
+        Some(Box::pin(consumer.run(health, tracker, stop)))
+    }
+}
+
 /// A route's AMQP consumer.
 pub struct AmqpRoute {
     route: Arc<Route>,
     config: AmqpConfig,
-    delivery: Delivery,
     pipeline: Arc<Pipeline>,
     queue: String,
     consumer_tag: String,
@@ -85,7 +110,6 @@ impl AmqpRoute {
         Self {
             route,
             config,
-            delivery: source.delivery,
             pipeline,
             queue,
             consumer_tag,
@@ -258,19 +282,11 @@ impl AmqpRoute {
         let route = &self.route;
         let broken = &session.broken;
         loop {
-            if route.invoker.breaker.admits().is_err() {
-                debug!(route = %route.name, "circuit open: taking no delivery until it admits a call");
-                tokio::select! {
-                    _ = route.invoker.breaker.admitted() => {}
-                    _ = stop.cancelled() => return Ended::Stopped,
-                    _ = broken.cancelled() => return Ended::Lost("a channel broke".into()),
-                }
-                continue;
-            }
-            let probing = route.invoker.breaker.state() != State::Closed;
-            let permit = tokio::select! {
-                permit = route.slot() => match permit {
-                    Some(permit) => permit,
+            // No delivery is taken while the breaker refuses calls: at most the prefetch
+            // window waits, unacked.
+            let admitted = tokio::select! {
+                admitted = route.admission() => match admitted {
+                    Some(admitted) => admitted,
                     None => return Ended::Stopped,
                 },
                 _ = stop.cancelled() => return Ended::Stopped,
@@ -285,15 +301,11 @@ impl AmqpRoute {
                 _ = stop.cancelled() => return Ended::Stopped,
                 _ = broken.cancelled() => return Ended::Lost("a channel broke".into()),
             };
-            let (this, owned) = (self.clone(), session.clone());
+            let (this, owned, taken) = (self.clone(), session.clone(), route.take());
             let handler = session.tasks.track_future(async move {
-                this.handle(&owned, delivery, permit).await;
+                this.handle(&owned, delivery, taken).await;
             });
-            let task = tracker.spawn(handler);
-            if probing {
-                // One probe at a time: the next delivery waits for its verdict.
-                let _ = task.await;
-            }
+            admitted.run(tracker, handler).await;
         }
     }
 

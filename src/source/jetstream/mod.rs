@@ -22,22 +22,26 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::nats::Connection;
-use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, JetStreamConfig, JetStreamSource};
-use crate::invoke::breaker::State;
-use crate::mapping::Reply;
-use crate::pipeline::{Pipeline, Route};
-use crate::reply::{dead_letter, DeadLetter, NatsReplier};
+use super::nats::{dead_letter_headers, NatsReplier};
+use crate::config::{Delivery, JetStreamConfig, JetStreamSource, RouteConfig};
+use crate::message::Reply;
+use crate::message::{dead_letter, DeadLetter};
+use crate::message::{
+    Accepted, Cause, Confirmed, DeadLettered, Inbound, Position, Redelivered, Settle, SettleError,
+    Undelivered,
+};
+use crate::pipeline::{Admitted, Pipeline, Policy, Route, Taken};
+use crate::source::{Context, Intake, Source};
 use crate::telemetry::metrics::{
     Settlement, JETSTREAM_ACK_PENDING, JETSTREAM_PENDING, JETSTREAM_REDELIVERED,
 };
+use crate::telemetry::trace::SpanSource;
 use crate::telemetry::Health;
 
 /// How long one pull request waits for messages; also bounds how long shutdown waits for
@@ -89,6 +93,38 @@ async fn watch(consumer: PullConsumer, gauges: ConsumerGauges, stop: Cancellatio
             }
             Err(e) => debug!(error = %e, "JetStream consumer info not read"),
         }
+    }
+}
+
+impl Source for JetStreamSource {
+    const KIND: &'static str = "jetstream";
+    const DURABLE: bool = true;
+
+    fn policy(&self) -> Policy {
+        let max = Some(self.settings.max_deliver);
+        let delays = self.settings.redelivery_backoff.clone();
+        Policy::durable(self.delivery, max, "max_deliver", delays)
+    }
+
+    fn spans(&self, route: &RouteConfig, _: &str) -> SpanSource {
+        SpanSource {
+            system: "nats",
+            consumer_group: Some(self.settings.durable_name(&route.name)),
+        }
+    }
+
+    fn intake(&self, context: Context) -> Option<Intake> {
+        let Context {
+            route,
+            pipeline,
+            nats,
+            health,
+            tracker,
+            stop,
+        } = context;
+        let nats = nats.expect("a JetStream route has the NATS connection");
+        let consumer = JetStreamRoute::new(route, self.clone(), pipeline, nats.replier);
+        Some(Box::pin(consumer.run(nats.client, health, tracker, stop)))
     }
 }
 
@@ -259,36 +295,22 @@ impl JetStreamRoute {
     ) -> Result<(), ()> {
         let route = &self.route;
         while !stop.is_cancelled() {
-            // Pull nothing the breaker would refuse: refusals would be naks that use up
-            // deliveries without calling the service.
-            if route.invoker.breaker.admits().is_err() {
-                debug!(route = %route.name, "circuit open: not pulling until it admits a call");
-                tokio::select! {
-                    _ = route.invoker.breaker.admitted() => {}
-                    _ = stop.cancelled() => break,
-                }
-                continue;
-            }
-            let probing = route.invoker.breaker.state() != State::Closed;
-            let first = tokio::select! {
-                permit = route.slot() => match permit {
-                    Some(permit) => permit,
+            // Nothing is pulled while the breaker refuses calls: refusals would be naks that
+            // use up deliveries without calling the service.
+            let admitted = tokio::select! {
+                admitted = route.admission() => match admitted {
+                    Some(admitted) => admitted,
                     None => break,
                 },
                 _ = stop.cancelled() => break,
             };
-            let mut permits = vec![first];
             // One at a time while the breaker probes, and for two ack_waits after the NATS
             // client dropped its connection over a message it could not parse (see
             // source::nats::unparsable): such a message costs its own deliveries only.
             let wary = crate::source::nats::unparsable_within(self.config.ack_wait * 2);
-            let want = if probing || wary { 1 } else { MAX_BATCH };
-            while permits.len() < want {
-                match route.limit.clone().try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
-                }
-            }
+            let want = if admitted.probe || wary { 1 } else { MAX_BATCH };
+            let mut permits = route.free_slots(want - 1);
+            let mut admitted = Some(admitted);
             // A pull under way when the connection is lost is answered by nobody: the
             // server forgets it (a restart) or the answer has nowhere to go. Given up then,
             // rather than waiting out its client-side timeout (PULL_EXPIRES + 5 s).
@@ -297,7 +319,7 @@ impl JetStreamRoute {
             let delivered_on = self.replier.link().connection();
             let batch = consumer
                 .batch()
-                .max_messages(permits.len())
+                .max_messages(permits.len() + 1)
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await;
@@ -328,47 +350,32 @@ impl JetStreamRoute {
                         return Err(());
                     }
                 };
-                let Some(permit) = permits.pop() else {
+                // The admission's slot for the first message, the batch's for the rest.
+                let slot = match (admitted.take(), permits.pop()) {
+                    (Some(admitted), _) => admitted,
+                    (None, Some(permit)) => Admitted {
+                        permit,
+                        probe: false,
+                    },
                     // More than asked for: cannot happen; leave it to redelivery.
-                    break;
+                    (None, None) => break,
                 };
                 let this = self.clone();
-                let task =
-                    tracker.spawn(async move { this.handle(message, delivered_on, permit).await });
-                if probing {
-                    // One probe at a time: the next pull waits for its verdict.
-                    let _ = task.await;
-                }
+                let taken = route.take();
+                let work = async move { this.handle(message, delivered_on, taken).await };
+                slot.run(tracker, work).await;
             }
         }
         Ok(())
     }
 
-    /// One message from receipt to settlement. The permit is held throughout.
-    async fn handle(
-        &self,
-        message: jetstream::Message,
-        delivered_on: Connection,
-        _permit: OwnedSemaphorePermit,
-    ) {
+    /// One message from receipt to settlement (its slot is held by the task running this).
+    async fn handle(&self, message: jetstream::Message, delivered_on: Connection, _taken: Taken) {
         let route = &self.route;
-        route.metrics.received.increment(1);
-        route.metrics.in_flight.increment(1.0);
         let Some(meta) = Meta::of(&message) else {
             warn!(route = %route.name, subject = %message.subject, "not a JetStream message; ignored");
-            route.metrics.in_flight.decrement(1.0);
             return;
         };
-        if self.delivery == Delivery::AtMostOnce {
-            let ack = || message.double_ack();
-            if let Err(e) = self.replier.link().settled(delivered_on, ack).await {
-                // Not acknowledged, so it comes again: do not process it twice.
-                warn!(route = %route.name, error = %e, "ack on receipt failed; the message will be redelivered");
-                route.metrics.in_flight.decrement(1.0);
-                return;
-            }
-            route.metrics.settled(Settlement::Ack);
-        }
         let inbound = self.inbound(&message, &meta);
         let settle = Stream {
             source: self,
@@ -384,7 +391,6 @@ impl JetStreamRoute {
         let captures = route.pattern.matches(&inbound.subject);
         let deliver = self.pipeline.deliver(route, captures, &inbound, &settle);
         self.with_progress(&message, deliver).await;
-        route.metrics.in_flight.decrement(1.0);
     }
 
     /// Runs `work`, telling the server the message is in progress while it is slow.
@@ -419,7 +425,7 @@ impl JetStreamRoute {
         let headers = super::nats::headers(message.headers.as_ref());
         let mut inbound = Inbound::new(
             message.subject.to_string(),
-            super::reply_destination(
+            crate::message::reply_destination(
                 &headers,
                 &config.reply_to_header,
                 self.reply_subject.as_deref(),
@@ -432,7 +438,7 @@ impl JetStreamRoute {
             .map(str::to_string);
         inbound.idempotency_key = Some(meta.idempotency_key.clone());
         inbound.delivered = meta.delivered;
-        inbound.position = super::Position::Stream {
+        inbound.position = Position::Stream {
             sequence: meta.sequence,
         };
         inbound
@@ -451,6 +457,22 @@ struct Stream<'a> {
     delivered_on: Connection,
 }
 
+impl Stream<'_> {
+    /// An ack of `kind` the server confirms (double ack): one lost on the way is noticed, one
+    /// lost with the connection is sent again once it is back.
+    async fn confirmed(&self, what: &'static str, kind: AckKind) -> Result<Confirmed, SettleError> {
+        let ack = || self.message.double_ack_with(kind);
+        let link = self.source.replier.link();
+        match link.settled(self.delivered_on, ack).await {
+            Ok(()) => Ok(Confirmed::Now),
+            Err(e) => Err(SettleError::Broker {
+                what,
+                cause: Cause::text(e),
+            }),
+        }
+    }
+}
+
 impl Settle for Stream<'_> {
     fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
         let (size, limit) = self.source.replier.too_large(reply, &self.reply_id)?;
@@ -461,16 +483,22 @@ impl Settle for Stream<'_> {
         reply_subject_problem(destination)
     }
 
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+    async fn accept(&self) -> Result<Accepted, SettleError> {
+        self.confirmed("ack on receipt", AckKind::Ack).await?;
+        Ok(Accepted::Settled)
+    }
+
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
         (self.source.replier)
             .publish_confirmed(destination, reply, &self.reply_id)
             .await
-            .map_err(|e| Undelivered::Failed(e.to_string()))
+            .map(|()| Confirmed::Now)
+            .map_err(|e| Undelivered::Failed(Cause::new(e)))
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<DeadLettered, Undelivered> {
         let Some(subject) = &self.source.dead_letter else {
-            return Ok(false);
+            return Ok(DeadLettered::NoDestination);
         };
         let meta = self.meta;
         let origin = [
@@ -485,36 +513,29 @@ impl Settle for Stream<'_> {
         (self.source.replier)
             .publish_raw_confirmed(
                 subject,
-                letter.nats_headers(&origin, id),
+                dead_letter_headers(letter, &origin, id),
                 letter.inbound.payload.clone(),
             )
             .await
-            .map(|()| true)
-            .map_err(|e| Undelivered::Failed(e.to_string()))
+            .map(|()| DeadLettered::Published(Confirmed::Now))
+            .map_err(|e| Undelivered::Failed(Cause::new(e)))
     }
 
-    async fn ack(&self) -> Result<(), String> {
-        // Double ack: the server confirms it, so an ack lost on the way is noticed; one
-        // lost with the connection is sent again once it is back.
-        let ack = || self.message.double_ack();
-        self.source
-            .replier
-            .link()
-            .settled(self.delivered_on, ack)
-            .await
+    async fn ack(&self) -> Result<Confirmed, SettleError> {
+        self.confirmed("ack", AckKind::Ack).await
     }
 
-    async fn redeliver(&self, delay: Duration) -> Result<(), String> {
-        (self.message.ack_with(AckKind::Nak(Some(delay))).await).map_err(|e| e.to_string())
+    async fn redeliver(&self, delay: Duration) -> Result<Redelivered, SettleError> {
+        let nak = self.message.ack_with(AckKind::Nak(Some(delay))).await;
+        nak.map(|()| Redelivered::ByBroker)
+            .map_err(|e| SettleError::Broker {
+                what: "nak",
+                cause: Cause::text(e.to_string()),
+            })
     }
 
-    async fn terminate(&self) -> Result<(), String> {
-        let term = || self.message.double_ack_with(AckKind::Term);
-        self.source
-            .replier
-            .link()
-            .settled(self.delivered_on, term)
-            .await
+    async fn terminate(&self) -> Result<Confirmed, SettleError> {
+        self.confirmed("term", AckKind::Term).await
     }
 }
 

@@ -1,4 +1,4 @@
-//! Kafka record headers -> the header form of [`Inbound`](crate::source::Inbound), at the
+//! Kafka record headers -> the header form of [`Inbound`](crate::message::Inbound), at the
 //! start of the flow (source -> admission). Pure; the record's raw headers stay on the
 //! record for its reply (the correlation id) and its dead letter (every header, byte for
 //! byte).
@@ -21,7 +21,7 @@
 //! HTTP header name, so the mapping refuses the message with 400 (unless the route's lists
 //! would not forward it). A null value (Kafka tells null from empty) arrives as empty.
 
-use crate::source::UnreadableHeader;
+use crate::message::UnreadableHeader;
 
 /// A record's headers split by the rule above: `(text, unreadable)`.
 pub fn split(

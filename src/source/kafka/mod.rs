@@ -38,6 +38,7 @@ mod headers;
 mod lanes;
 mod offsets;
 mod poller;
+pub mod publish;
 mod state;
 
 pub use offsets::OffsetTracker;
@@ -57,14 +58,19 @@ use tracing::{debug, error, info, warn};
 
 use self::lanes::{Lane, Lanes};
 use self::poller::{Polled, Poller};
+use self::publish::KafkaReplier;
 use self::state::{list_of, RouteContext, Shared, State, Transactions};
-use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering};
-use crate::mapping::Reply;
-use crate::pipeline::{Pipeline, Route, Settled};
-use crate::reply::{dead_letter, DeadLetter, KafkaReplier};
+use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering, RouteConfig};
+use crate::message::Reply;
+use crate::message::{dead_letter, DeadLetter};
+use crate::message::{
+    Cause, Confirmed, DeadLettered, Inbound, Position, Redelivered, Settle, Undelivered,
+};
+use crate::pipeline::{Pipeline, Policy, Route, Settled, Taken};
 use crate::route::Captures;
+use crate::source::{Context, Intake, Source};
 use crate::telemetry::metrics::KAFKA_ASSIGNED;
+use crate::telemetry::trace::SpanSource;
 use crate::telemetry::Health;
 
 /// How often finished offsets are committed while running.
@@ -94,11 +100,12 @@ struct Fetched {
     generation: u64,
 }
 
-/// A record being processed: it holds its permit and counts as in flight until dropped.
+/// A record being processed: it holds its permit, and counts as in flight ([`Taken`])
+/// until dropped.
 struct Record {
     fetched: Fetched,
     _permit: OwnedSemaphorePermit,
-    in_flight: metrics::Gauge,
+    _taken: Taken,
 }
 
 impl std::ops::Deref for Record {
@@ -106,12 +113,6 @@ impl std::ops::Deref for Record {
 
     fn deref(&self) -> &Fetched {
         &self.fetched
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        self.in_flight.decrement(1.0);
     }
 }
 
@@ -155,6 +156,30 @@ fn hold_limit(ordering: Ordering, max_in_flight: usize) -> usize {
     match ordering {
         Ordering::Partition => 1,
         Ordering::Key | Ordering::Unordered => (max_in_flight / 2).max(1),
+    }
+}
+
+impl Source for KafkaSource {
+    const KIND: &'static str = "kafka";
+    const DURABLE: bool = true;
+
+    fn policy(&self) -> Policy {
+        let max = self.settings.dead_letter_after;
+        let delays = self.settings.retry_backoff.clone();
+        Policy::durable(self.delivery, max, "dead_letter_after", delays)
+    }
+
+    fn spans(&self, route: &RouteConfig, _: &str) -> SpanSource {
+        SpanSource {
+            system: "kafka",
+            consumer_group: Some(self.settings.group(&route.name)),
+        }
+    }
+
+    fn intake(&self, context: Context) -> Option<Intake> {
+        let consumer = KafkaRoute::new(context.route, self.clone(), context.pipeline);
+        let (health, tracker, stop) = (context.health, context.tracker, context.stop);
+        Some(Box::pin(consumer.run(health, tracker, stop)))
     }
 }
 
@@ -437,12 +462,11 @@ impl KafkaRoute {
             // Revoked or rewound since it arrived: the new position fetches it again.
             _ => return,
         }
-        self.route.metrics.in_flight.increment(1.0);
         let generation = fetched.generation;
         let record = Record {
             fetched,
             _permit: permit,
-            in_flight: self.route.metrics.in_flight.clone(),
+            _taken: self.route.take(),
         };
         let lane = match self.config.ordering {
             Ordering::Partition => Lane::Partition(partition, generation),
@@ -497,7 +521,6 @@ impl KafkaRoute {
     /// partition's other lanes go on), then goes through the pipeline again.
     async fn process(&self, lane: &Lane, record: &Record, replier: &KafkaReplier) -> bool {
         let route = &self.route;
-        route.metrics.received.increment(1);
         let mut inbound = self.inbound(record);
         let settle = Topic {
             source: self,
@@ -511,9 +534,9 @@ impl KafkaRoute {
                 .deliver(route, captures, &inbound, &settle)
                 .await
             {
-                Settled::Done => return true,
+                Settled::Done | Settled::Redeliver(Redelivered::ByBroker) => return true,
                 Settled::Abandoned => return false,
-                Settled::Redeliver(delay) => {
+                Settled::Redeliver(Redelivered::Local(delay)) => {
                     if !self.wait_to_retry(lane, record, delay).await {
                         return false;
                     }
@@ -609,7 +632,8 @@ impl KafkaRoute {
                 Ok(()) => return Ok(()),
                 Err(e) if permanent(&e) => {
                     error!(route = %self.route.name, topic = %output.topic, record = %record.id(), error = %e, "record cannot be produced, ever; dropped");
-                    return Err(Undelivered::Dropped(format!("topic {}: {e}", output.topic)));
+                    let why = format!("topic {}: {e}", output.topic);
+                    return Err(Undelivered::Dropped(Cause::text(why)));
                 }
                 Err(e) => {
                     warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
@@ -628,7 +652,7 @@ impl KafkaRoute {
         let (headers, unreadable) = headers::split(&record.headers, &config.correlation_header);
         let mut inbound = Inbound::new(
             record.topic.clone(),
-            super::reply_destination(
+            crate::message::reply_destination(
                 &headers,
                 &config.reply_to_header,
                 self.config.reply_topic.as_deref(),
@@ -645,7 +669,7 @@ impl KafkaRoute {
             None => record.id(),
         });
         inbound.idempotency_key = Some(record.id());
-        inbound.position = super::Position::Partition {
+        inbound.position = Position::Partition {
             partition: record.partition,
             offset: record.offset,
         };
@@ -812,14 +836,15 @@ impl Settle for Topic<'_> {
             .then_some("is not a Kafka topic name (letters, digits, '.', '_', '-')")
     }
 
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
         let output = self.output(destination, reply);
-        self.source.deliver(self.record, output, self.replier).await
+        let delivered = self.source.deliver(self.record, output, self.replier).await;
+        delivered.map(|()| Confirmed::Now)
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<bool, Undelivered> {
+    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<DeadLettered, Undelivered> {
         let Some(topic) = &self.source.config.dead_letter_topic else {
-            return Ok(false);
+            return Ok(DeadLettered::NoDestination);
         };
         let record = self.record;
         let mut headers = record.headers.clone();
@@ -849,7 +874,7 @@ impl Settle for Topic<'_> {
             output.payload = Bytes::new();
         }
         let delivered = self.source.deliver(record, output, self.replier).await;
-        delivered.map(|()| true)
+        delivered.map(|()| DeadLettered::Published(Confirmed::Now))
     }
 }
 

@@ -15,10 +15,10 @@ use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use super::lanes::Lanes;
+use super::publish::{KafkaReplier, TransactionError, TransactionRecord};
 use super::{OffsetTracker, Output, Partition, Record};
 use crate::config::KafkaConfig;
-use crate::reply::kafka::{TransactionError, TransactionRecord};
-use crate::reply::KafkaReplier;
+
 use crate::telemetry::metrics::{KAFKA_COMMITTED, KAFKA_LAG};
 
 #[derive(Default)]

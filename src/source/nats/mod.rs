@@ -17,16 +17,20 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 mod link;
+pub mod publish;
 mod unparsable;
 
 pub use link::{Connection, Link};
+pub use publish::{dead_letter_headers, NatsReplier, PublishError};
 pub use unparsable::{unparsable_seen, unparsable_within};
 
-use super::{Inbound, Settle, Undelivered};
-use crate::config::{read_secret_file, NatsConfig, SourceConfig, UrlAuth};
-use crate::mapping::Reply;
-use crate::pipeline::{Admission, Pipeline, Route};
-use crate::reply::NatsReplier;
+use crate::config::{read_secret_file, NatsConfig, NatsSource, RouteConfig, SourceConfig, UrlAuth};
+use crate::message::Reply;
+use crate::message::{Cause, Confirmed, Inbound, Settle, Undelivered};
+use crate::pipeline::{Admission, Pipeline, Policy, Route, Taken};
+use crate::source::{Context, Intake, Source};
+use crate::telemetry::trace::SpanSource;
+
 use crate::route::{Captures, RouteTable};
 use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
 
@@ -43,7 +47,7 @@ pub struct Core {
 impl Core {
     pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>, queue_group: &str) -> Self {
         let core = (pipeline.routes().iter())
-            .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+            .filter(|r| matches!(r.config.source, SourceConfig::Nats(_)))
             .map(|r| (r.pattern.clone(), r.clone()))
             .collect();
         Self {
@@ -58,11 +62,59 @@ impl Core {
 /// A core route's queue group: its own, else `default` (`nats.queue_group`).
 pub fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
     match source {
-        SourceConfig::Nats {
-            queue_group: Some(own),
-            ..
-        } => own,
+        SourceConfig::Nats(nats) => nats.queue_group(default),
         _ => default,
+    }
+}
+
+impl NatsSource {
+    /// The route's queue group: its own, else `default` (`nats.queue_group`).
+    pub fn queue_group<'a>(&'a self, default: &'a str) -> &'a str {
+        self.queue_group.as_deref().unwrap_or(default)
+    }
+}
+
+impl Source for NatsSource {
+    const KIND: &'static str = "nats";
+    const DURABLE: bool = false;
+
+    fn policy(&self) -> Policy {
+        Policy::at_most_once()
+    }
+
+    fn spans(&self, _: &RouteConfig, default_queue_group: &str) -> SpanSource {
+        SpanSource {
+            system: "nats",
+            consumer_group: Some(self.queue_group(default_queue_group).to_string()),
+        }
+    }
+
+    fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// Core routes are subscribed together ([`start_core`]): the first matching route wins
+    /// across their subscriptions, and readiness waits for the server to confirm them all.
+    fn intake(&self, _: Context) -> Option<Intake> {
+        None
+    }
+}
+
+/// The NATS connection every generation shares, when a route needs one.
+#[derive(Clone)]
+pub struct Nats {
+    pub client: Client,
+    pub replier: Arc<NatsReplier>,
+}
+
+impl Nats {
+    /// Also watches the client's connection task for the process's liveness.
+    pub fn new((client, link): (Client, Link)) -> Self {
+        tokio::spawn(crate::telemetry::liveness::watch_nats_client(
+            client.clone(),
+        ));
+        let replier = Arc::new(NatsReplier::new(client.clone(), link));
+        Self { client, replier }
     }
 }
 
@@ -75,8 +127,11 @@ impl Settle for Inbox<'_> {
         Some((size, limit, "the NATS server's max_payload"))
     }
 
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<(), Undelivered> {
-        (self.0.publish(destination, reply).await).map_err(|e| Undelivered::Failed(e.to_string()))
+    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
+        let published = self.0.publish(destination, reply).await;
+        published
+            .map(|()| Confirmed::Now)
+            .map_err(|e| Undelivered::Failed(Cause::new(e)))
     }
 }
 
@@ -358,19 +413,19 @@ pub async fn intake(
                 own.pattern.matches(&inbound.subject).unwrap_or_default(),
             ),
         };
-        route.metrics.received.increment(1);
+        let taken = route.take();
         let core = core.clone();
         // A full route never holds the intake up: up to `max_pending` messages wait for a
         // slot in their own tasks (the semaphore serves them in order), and the rest are
         // answered 503 at once, so callers learn of the overload instead of timing out.
         match route.admit() {
             Admission::Now(permit) => {
-                tracker.spawn(handle(core, route, captures, inbound, permit));
+                tracker.spawn(handle(core, route, captures, inbound, permit, taken));
             }
             Admission::Queued(line) => {
                 tracker.spawn(async move {
                     if let Some(permit) = line.slot().await {
-                        handle(core, route, captures, inbound, permit).await;
+                        handle(core, route, captures, inbound, permit, taken).await;
                     }
                 });
             }
@@ -378,6 +433,7 @@ pub async fn intake(
                 tracker.spawn(async move {
                     let settle = Inbox(&core.replier);
                     core.pipeline.shed(&route, &inbound, &settle).await;
+                    drop(taken);
                 });
             }
         }
@@ -391,8 +447,8 @@ async fn handle(
     captures: Captures,
     inbound: Inbound,
     permit: OwnedSemaphorePermit,
+    taken: Taken,
 ) {
-    route.metrics.in_flight.increment(1.0);
     let settle = Inbox(&core.replier);
     // Boxed: the handling future is a few KB, which a spawn would otherwise copy several
     // times per message.
@@ -401,8 +457,7 @@ async fn handle(
             .deliver(&route, Some(captures), &inbound, &settle),
     )
     .await;
-    route.metrics.in_flight.decrement(1.0);
-    drop(permit);
+    drop((permit, taken));
 }
 
 /// Unsubscribes, letting messages the server already sent arrive. If that fails (the
@@ -464,15 +519,15 @@ mod tests {
 
     #[test]
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
-        let own = SourceConfig::Nats {
+        let own = SourceConfig::Nats(NatsSource {
             queue_group: Some("orders-team".into()),
             max_pending: 1,
-        };
+        });
         assert_eq!(queue_group(&own, "ricochet"), "orders-team");
-        let none = SourceConfig::Nats {
+        let none = SourceConfig::Nats(NatsSource {
             queue_group: None,
             max_pending: 1,
-        };
+        });
         assert_eq!(queue_group(&none, "ricochet"), "ricochet");
     }
 }

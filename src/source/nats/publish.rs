@@ -21,7 +21,8 @@ use futures::TryStreamExt;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::mapping::Reply;
+use crate::message::dead_letter::ORIGINAL_MSG_ID;
+use crate::message::{DeadLetter, Reply};
 use crate::route::Pattern;
 use crate::source::nats::Link;
 
@@ -380,7 +381,87 @@ mod tests {
         assert_eq!(get(DROPPED_HEADERS).as_deref(), Some("X-Raw, X-Other"));
         assert_eq!(get("Nats-Msg-Id").as_deref(), Some("m"));
         // Nothing to drop, nothing said.
-        let clean = Reply::error(crate::mapping::ErrorKind::Timeout, "late");
+        let clean = Reply::error(crate::message::ErrorKind::Timeout, "late");
         assert_eq!(headers(&clean, &[]).get(DROPPED_HEADERS), None);
+    }
+}
+
+/// A dead letter's NATS headers: the original headers plus ricochet's and `origin`. The
+/// broker's own `Nats-*` headers are not copied (an expected-stream or expected-sequence
+/// header would make the publish fail); the original `Nats-Msg-Id` is kept as `Ricochet-Original-Msg-Id`, and
+/// `msg_id` (stable for this message) de-duplicates a dead letter published twice
+/// around a crash.
+pub fn dead_letter_headers(
+    letter: &DeadLetter<'_>,
+    origin: &[(&str, String)],
+    msg_id: String,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &letter.inbound.headers {
+        if name.eq_ignore_ascii_case("nats-msg-id") {
+            headers.insert(ORIGINAL_MSG_ID, value.as_str());
+        } else if !name.to_ascii_lowercase().starts_with("nats-") {
+            headers.append(name.as_str(), value.as_str());
+        }
+    }
+    for (name, value) in letter.headers().iter().chain(origin) {
+        headers.insert(*name, value.as_str());
+    }
+    headers.insert("Nats-Msg-Id", msg_id);
+    headers
+}
+
+#[cfg(test)]
+mod dead_letter_tests {
+    use super::*;
+    use crate::message::dead_letter::*;
+    use crate::message::Inbound;
+
+    #[test]
+    fn dead_letters_keep_the_original_and_say_why() {
+        let mut inbound = Inbound::new(
+            "orders.1.get".into(),
+            None,
+            vec![
+                ("X-Tenant".to_string(), "acme".to_string()),
+                ("Nats-Msg-Id".to_string(), "m-1".to_string()),
+                ("Nats-Expected-Stream".to_string(), "ORDERS".to_string()),
+            ],
+            bytes::Bytes::from_static(b"{}"),
+        );
+        inbound.delivered = 1;
+        let letter = DeadLetter {
+            route: "orders",
+            reason: "payload_too_large",
+            detail: Some("message of 20 bytes exceeds\nthe limit"),
+            last_status: 413,
+            delivered: 1,
+            inbound: &inbound,
+        };
+        let origin = [
+            (ORIGINAL_STREAM, "ORDERS".to_string()),
+            (ORIGINAL_SUBJECT, "orders.1.get".to_string()),
+            (ORIGINAL_SEQUENCE, "42".to_string()),
+        ];
+        let headers = dead_letter_headers(&letter, &origin, "ricochet-dlq:ORDERS:42".into());
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+        assert_eq!(get("X-Tenant").as_deref(), Some("acme"));
+        assert_eq!(get(ORIGINAL_MSG_ID).as_deref(), Some("m-1"));
+        assert_eq!(get("Nats-Expected-Stream"), None);
+        assert_eq!(get(REASON).as_deref(), Some("payload_too_large"));
+        assert_eq!(get(LAST_STATUS).as_deref(), Some("413"));
+        assert_eq!(
+            get(DETAIL).as_deref(),
+            Some("message of 20 bytes exceeds the limit")
+        );
+        assert_eq!(get(DELIVERY_COUNT).as_deref(), Some("1"));
+        assert_eq!(get(ROUTE).as_deref(), Some("orders"));
+        assert_eq!(get(ORIGINAL_STREAM).as_deref(), Some("ORDERS"));
+        assert_eq!(get(ORIGINAL_SUBJECT).as_deref(), Some("orders.1.get"));
+        assert_eq!(get(ORIGINAL_SEQUENCE).as_deref(), Some("42"));
+        assert_eq!(
+            get("Nats-Msg-Id").as_deref(),
+            Some("ricochet-dlq:ORDERS:42")
+        );
     }
 }

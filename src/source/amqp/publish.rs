@@ -13,8 +13,8 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use crate::mapping::Reply;
-use crate::source::Undelivered;
+use crate::message::Reply;
+use crate::message::{Cause, Undelivered};
 
 /// Headers as a field table of long strings; a later value of a name replaces an earlier.
 pub fn table<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
@@ -87,7 +87,7 @@ pub async fn publish_confirmed(
         mandatory: !routing_key.starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
-    let failed = |e: lapin::Error| Undelivered::Failed(e.to_string());
+    let failed = |e: lapin::Error| Undelivered::Failed(Cause::new(e));
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -100,16 +100,16 @@ pub async fn publish_confirmed(
         .map_err(failed)?;
     match confirm.await.map_err(failed)? {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(Undelivered::Dropped(match exchange {
+        Confirmation::Ack(Some(_)) => Err(Undelivered::Dropped(Cause::text(match exchange {
             "" => format!("no queue named {routing_key:?}"),
             _ => format!("exchange {exchange:?} routes {routing_key:?} to no queue"),
-        })),
-        Confirmation::Nack(_) => Err(Undelivered::Failed(format!(
+        }))),
+        Confirmation::Nack(_) => Err(Undelivered::Failed(Cause::text(format!(
             "the broker refused the message to {routing_key:?} (nack)"
+        )))),
+        Confirmation::NotRequested => Err(Undelivered::Failed(Cause::text(
+            "the channel is not in confirm mode",
         ))),
-        Confirmation::NotRequested => Err(Undelivered::Failed(
-            "the channel is not in confirm mode".into(),
-        )),
     }
 }
 

@@ -1,0 +1,180 @@
+//! What gets published back to the caller: a [`Reply`] (status, headers as bytes, body),
+//! the error kinds ricochet answers itself, and the header names of the reply contract.
+//! How an HTTP response or an error becomes a `Reply` is the mapping's (`mapping::reply`).
+//!
+//! Header values are bytes ([`ReplyHeaders`]): Kafka and AMQP replies carry them as the
+//! service sent them (`café` as UTF-8, obs-text, raw bytes) and a Kafka correlation id as
+//! the request had it; each publisher decides what its broker can carry (NATS: UTF-8 only).
+
+use bytes::Bytes;
+use http::StatusCode;
+
+pub const STATUS_HEADER: &str = "Ricochet-Status";
+pub const ERROR_KIND_HEADER: &str = "Ricochet-Error";
+pub const ATTEMPTS_HEADER: &str = "Ricochet-Attempts";
+/// Request header: the caller's own deadline for this request, which may shorten the route's.
+pub const TIMEOUT_HEADER: &str = "Ricochet-Timeout";
+pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
+pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// Every kind, for metrics that pre-register one series each.
+pub const ERROR_KINDS: [ErrorKind; 11] = [
+    ErrorKind::BadRequest,
+    ErrorKind::NoRoute,
+    ErrorKind::PayloadTooLarge,
+    ErrorKind::UpstreamUnavailable,
+    ErrorKind::Timeout,
+    ErrorKind::CircuitOpen,
+    ErrorKind::RateLimited,
+    ErrorKind::Overloaded,
+    ErrorKind::Validation,
+    ErrorKind::RegistryUnavailable,
+    ErrorKind::InvalidResponse,
+];
+
+/// Errors that ricochet answers itself, without (or instead of) the service's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The message cannot be mapped to an HTTP request.
+    BadRequest,
+    /// No route matches the subject.
+    NoRoute,
+    /// The message is larger than the route's `max_payload`.
+    PayloadTooLarge,
+    /// The service could not be reached, broke the connection or answered unusably.
+    UpstreamUnavailable,
+    /// The service did not answer within the timeout.
+    Timeout,
+    /// The route's circuit breaker is open: the service is failing and is not called.
+    CircuitOpen,
+    /// The route's rate limit refused the message.
+    RateLimited,
+    /// Core NATS: the route is at `max_in_flight` with `max_pending` messages already
+    /// waiting; the message is answered at once instead of queueing towards its caller's
+    /// timeout.
+    Overloaded,
+    /// The message does not pass the route's `validate` rules (schema, content type,
+    /// headers): never sent to the service, never retried.
+    Validation,
+    /// The schema registry could not be asked: the message is not validated, so it is not
+    /// sent either; a durable source redelivers it later.
+    RegistryUnavailable,
+    /// The service's 2xx answer does not pass the route's response rules.
+    InvalidResponse,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Validation => StatusCode::BAD_REQUEST,
+            ErrorKind::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Stable name: the `Ricochet-Error` header value and the `kind` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Validation => "validation",
+            ErrorKind::RegistryUnavailable => "registry_unavailable",
+            ErrorKind::InvalidResponse => "invalid_response",
+        }
+    }
+}
+
+/// A header name: ricochet's own are static, so a reply costs no allocation for them.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
+/// A reply's headers in order (a name may repeat), each value the bytes to publish.
+///
+/// Values are bytes, not text: an HTTP response header may hold obs-text (bytes 0x80-0xFF,
+/// e.g. UTF-8 `café`) and a Kafka correlation id any bytes, and Kafka and AMQP carry them
+/// unchanged. `push` takes any value that converts to bytes (`String`, `&'static str`,
+/// `Vec<u8>`), so the text ricochet writes itself needs no ceremony.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyHeaders(Vec<(HeaderName, Bytes)>);
+
+impl ReplyHeaders {
+    /// Appends a header (a `(name, value)` pair, as `Vec::push` would).
+    pub fn push(&mut self, (name, value): (HeaderName, impl Into<Bytes>)) {
+        self.0.push((name, value.into()));
+    }
+
+    /// Keeps the headers for which `keep` is true, in order.
+    pub fn retain(&mut self, keep: impl FnMut(&(HeaderName, Bytes)) -> bool) {
+        self.0.retain(keep);
+    }
+
+    /// The first value of `name` (case-insensitive), as published.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl std::ops::Deref for ReplyHeaders {
+    type Target = [(HeaderName, Bytes)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a ReplyHeaders {
+    type Item = &'a (HeaderName, Bytes);
+    type IntoIter = std::slice::Iter<'a, (HeaderName, Bytes)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<N: Into<HeaderName>, V: Into<Bytes>> FromIterator<(N, V)> for ReplyHeaders {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(headers: I) -> Self {
+        Self(
+            (headers.into_iter())
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// What gets published back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: ReplyHeaders,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Adds a header (used for `Ricochet-Attempts`, `Retry-After` and the correlation id).
+    pub fn with_header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value));
+        self
+    }
+
+    /// The first value of `name` as text; `None` when absent or not UTF-8 (see
+    /// [`ReplyHeaders::get`] for the bytes).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.headers.get(name)?).ok()
+    }
+}
