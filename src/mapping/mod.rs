@@ -13,4 +13,4 @@ pub mod request;
 pub use headers::HeaderFilter;
 pub use path::PathTemplate;
 pub use reply::{ErrorKind, Reply};
-pub use request::{MapError, RequestMapping};
+pub use request::{MapError, RequestMapping, SetupError};

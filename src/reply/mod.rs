@@ -7,4 +7,4 @@ pub mod nats;
 
 pub use dead_letter::DeadLetter;
 pub use kafka::KafkaReplier;
-pub use nats::{NatsReplier, PublishError};
+pub use nats::{ListingError, NatsReplier, PublishError, Unpublished};

@@ -502,6 +502,7 @@ impl Settle for Stream<'_> {
             .link()
             .settled(self.delivered_on, ack)
             .await
+            .map_err(|e| e.to_string())
     }
 
     async fn redeliver(&self, delay: Duration) -> Result<(), String> {
@@ -515,6 +516,7 @@ impl Settle for Stream<'_> {
             .link()
             .settled(self.delivered_on, term)
             .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 mod link;
 mod unparsable;
 
-pub use link::{Connection, Link};
+pub use link::{Connection, Link, LinkError};
 pub use unparsable::{unparsable_seen, unparsable_within};
 
 use super::{Inbound, Settle, Undelivered};
