@@ -69,3 +69,35 @@ pub(super) fn innermost(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These texts end up in error replies and logs: the words stay.
+    #[test]
+    fn connect_failures_read_as_before() {
+        let text = |e: ConnectError| InvokeError::from(e).to_string();
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            text(ConnectError::TimedOut(second)),
+            "the service cannot be reached: connect timed out after 1s"
+        );
+        assert_eq!(
+            text(ConnectError::TlsTimedOut(second)),
+            "the service cannot be reached: TLS handshake timed out after 1s"
+        );
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            text(ConnectError::Tcp(refused)),
+            "the service cannot be reached: refused"
+        );
+        let inner = std::io::Error::other("UnknownIssuer");
+        let tls =
+            std::io::Error::other(Box::new(inner) as Box<dyn std::error::Error + Send + Sync>);
+        assert_eq!(
+            text(ConnectError::Tls(tls)),
+            "the service cannot be reached: TLS handshake failed: UnknownIssuer"
+        );
+    }
+}

@@ -383,6 +383,36 @@ mod tests {
         assert_eq!(listings.load(Ordering::SeqCst), 5);
     }
 
+    /// Logged and counted as before the errors were typed: the same words.
+    #[test]
+    fn an_unconfirmed_publish_says_where_and_why() {
+        let lost = LinkError::<async_nats::client::FlushError>::ConnectionLost;
+        assert_eq!(
+            PublishError::new("r.1", lost).to_string(),
+            "could not publish to r.1: the connection to NATS was lost before the server confirmed"
+        );
+        let forgotten = LinkError::<String>::Forgotten.to_string();
+        assert!(
+            forgotten.starts_with("no answer within 1s to the settlement"),
+            "{forgotten}"
+        );
+        let refused = LinkError::Failed(async_nats::client::FlushError::from(
+            async_nats::client::FlushErrorKind::SendError,
+        ));
+        let publish = PublishError::new("r.2", refused);
+        assert!(matches!(
+            publish.why(),
+            Unpublished::Flush(LinkError::Failed(_))
+        ));
+        assert_eq!(
+            publish.to_string(),
+            format!(
+                "could not publish to r.2: {}",
+                async_nats::client::FlushError::from(async_nats::client::FlushErrorKind::SendError)
+            )
+        );
+    }
+
     #[test]
     fn utf8_reply_headers_pass_and_the_rest_are_named_not_silently_dropped() {
         let reply = Reply {

@@ -275,3 +275,32 @@ fn respond(
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/readyz`'s reasons are documented (docs/operations.md): the words stay.
+    #[test]
+    fn the_reasons_read_as_documented() {
+        let pending = NotReady::IntakesPending {
+            waiting: vec![
+                ("a".into(), "stream \"A\" not found; retrying".into()),
+                ("b".into(), "no queue".into()),
+            ],
+        };
+        assert_eq!(
+            pending.to_string(),
+            "subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting; \
+             route \"a\": stream \"A\" not found; retrying; route \"b\": no queue"
+        );
+        let nobody = NotReady::IntakesPending { waiting: vec![] };
+        assert!(nobody.to_string().ends_with("or reconnecting"));
+        assert_eq!(NotReady::NotConnected.to_string(), NOT_CONNECTED);
+        assert_eq!(NotReady::ShuttingDown.to_string(), "shutting down");
+        let health = Health::new(0, false);
+        assert_eq!(health.ready(), Ok(()));
+        health.set_shutting_down();
+        assert_eq!(health.ready(), Err(NotReady::ShuttingDown));
+    }
+}
