@@ -33,6 +33,7 @@ pub struct RequestArgs {
     config: PathBuf,
 }
 
+// A clap value parser: clap prints the message as the argument's error, nobody branches on it.
 fn parse_header(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
@@ -61,6 +62,8 @@ pub fn run(args: RequestArgs) -> ExitCode {
     }
 }
 
+// The binary's edge: every error is a finished sentence for the terminal, printed once by
+// `run` and never matched on, so a typed error (or anyhow's chain) would add nothing.
 async fn send(args: RequestArgs) -> Result<(), String> {
     // The configuration's TLS and credentials apply to its server (and to --nats-url).
     let config = ricochet::config::load(&args.config).ok().map(|c| c.nats);

@@ -25,16 +25,6 @@ pub enum Class {
     Permanent,
 }
 
-impl Class {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Success => "success",
-            Class::Retryable => "retryable",
-            Class::Permanent => "permanent",
-        }
-    }
-}
-
 /// The classification of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -129,6 +119,7 @@ impl Classifier {
 mod tests {
     use super::*;
     use crate::config::load_str;
+    use crate::invoke::ConnectError;
     use std::time::Duration;
 
     fn classifier(extra: &str) -> Classifier {
@@ -189,7 +180,9 @@ mod tests {
         );
         for error in [
             InvokeError::Timeout(Duration::from_secs(1)),
-            InvokeError::Connect("refused".into()),
+            InvokeError::Connect(ConnectError::Tcp(
+                std::io::ErrorKind::ConnectionRefused.into(),
+            )),
             InvokeError::Connection("reset".into()),
         ] {
             assert_eq!(c.classify(Err(&error)), RETRY, "{error}");

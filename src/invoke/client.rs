@@ -31,8 +31,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::error::{innermost, ConnectError, InvokeError};
 use super::tls::{TlsError, UpstreamTls};
-use super::InvokeError;
 use crate::config::UpstreamConfig;
 
 /// The service's answer, fully read.
@@ -125,7 +125,7 @@ impl Upstream {
                         debug!(error = %e.error(), "pooled connection was closed; using another");
                         request = unsent;
                     }
-                    _ => return Err(InvokeError::Connection(describe(e.error()))),
+                    _ => return Err(InvokeError::Connection(innermost(e.error()))),
                 },
             }
         };
@@ -199,13 +199,8 @@ impl Pool {
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, InvokeError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| {
-                InvokeError::Connect(format!(
-                    "connect timed out after {:?}",
-                    self.connect_timeout
-                ))
-            })?
-            .map_err(|e| InvokeError::Connect(e.to_string()))?;
+            .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?
+            .map_err(ConnectError::Tcp)?;
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
@@ -214,15 +209,8 @@ impl Pool {
             Some(tls) => {
                 let stream = tokio::time::timeout(self.connect_timeout, tls.wrap(stream))
                     .await
-                    .map_err(|_| {
-                        InvokeError::Connect(format!(
-                            "TLS handshake timed out after {:?}",
-                            self.connect_timeout
-                        ))
-                    })?
-                    .map_err(|e| {
-                        InvokeError::Connect(format!("TLS handshake failed: {}", innermost(&e)))
-                    })?;
+                    .map_err(|_| ConnectError::TlsTimedOut(self.connect_timeout))?
+                    .map_err(ConnectError::Tls)?;
                 handshake(stream).await
             }
         }
@@ -240,7 +228,7 @@ where
 {
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| InvokeError::Connect(describe(&e)))?;
+        .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             debug!(error = %e, "upstream connection ended");
@@ -266,21 +254,6 @@ async fn reap(pool: Weak<Pool>) {
 }
 
 const MIN_REAP: Duration = Duration::from_millis(100);
-
-/// The innermost cause says most ("Connection refused"); hyper's outer text says least.
-fn describe(error: &hyper::Error) -> String {
-    innermost(error)
-}
-
-fn innermost(error: &dyn std::error::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = error.source();
-    let mut text = error.to_string();
-    while let Some(inner) = source {
-        text = inner.to_string();
-        source = inner.source();
-    }
-    text
-}
 
 #[cfg(test)]
 mod tests {
@@ -483,7 +456,9 @@ mod tests {
             .port();
         let upstream = upstream(port, "");
         match upstream.call(get(port), Duration::from_secs(5)).await {
-            Err(InvokeError::Connect(reason)) => assert!(reason.contains("refused"), "{reason}"),
+            Err(InvokeError::Connect(ConnectError::Tcp(e))) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}")
+            }
             other => panic!("{other:?}"),
         }
     }

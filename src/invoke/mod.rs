@@ -33,7 +33,7 @@ use tracing::debug;
 pub use breaker::Breaker;
 pub use classify::{Class, Classifier, Verdict};
 pub use client::{Upstream, UpstreamResponse};
-pub use error::InvokeError;
+pub use error::{ConnectError, InvokeError};
 pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
 

@@ -178,6 +178,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invoke::ConnectError;
 
     fn config(extra: impl FnOnce(&mut RetryConfig)) -> RetryConfig {
         let mut config = RetryConfig {
@@ -261,7 +262,9 @@ mod tests {
         assert!(strict.may_repeat(
             &Method::POST,
             &none,
-            Some(&InvokeError::Connect("refused".into()))
+            Some(&InvokeError::Connect(ConnectError::Tcp(
+                std::io::ErrorKind::ConnectionRefused.into()
+            )))
         ));
         let mut keyed = HeaderMap::new();
         keyed.insert("Idempotency-Key", "abc".parse().unwrap());

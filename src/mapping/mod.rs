@@ -12,4 +12,4 @@ pub mod request;
 
 pub use headers::HeaderFilter;
 pub use path::PathTemplate;
-pub use request::{MapError, RequestMapping};
+pub use request::{MapError, RequestMapping, SetupError};

@@ -7,6 +7,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Method, Request, Uri};
 
 use super::headers::{self, HeaderFilter};
+use super::path::TemplateError;
 use super::PathTemplate;
 use crate::config::{RouteConfig, UpstreamConfig};
 use crate::invoke::retry::IDEMPOTENCY_KEY;
@@ -24,6 +25,24 @@ pub enum MapError {
     Unreadable { name: String, why: String },
     #[error("the request path is not a valid URI")]
     Uri,
+}
+
+/// Why a route's request mapping could not be prepared at start-up. Validation checks all of
+/// these first, so one here means validation missed something; the texts are the causes'.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    BaseUrl(http::uri::InvalidUri),
+    #[error("base_url has no scheme")]
+    NoScheme,
+    #[error("base_url has no host")]
+    NoHost,
+    #[error("{0}")]
+    Method(http::method::InvalidMethod),
+    #[error("{0}")]
+    Path(TemplateError),
+    #[error("{0}")]
+    ContentType(http::header::InvalidHeaderValue),
 }
 
 /// Everything needed to build the HTTP request of one route, prepared at start-up.
@@ -45,25 +64,25 @@ impl RequestMapping {
         route: &RouteConfig,
         upstream: &UpstreamConfig,
         pattern: &Pattern,
-    ) -> Result<Self, String> {
-        let base: Uri = upstream.base_url.parse().map_err(|e| format!("{e}"))?;
+    ) -> Result<Self, SetupError> {
+        let base: Uri = upstream.base_url.parse().map_err(SetupError::BaseUrl)?;
         let parts = base.into_parts();
         Ok(Self {
-            method: Method::from_bytes(route.method.as_bytes()).map_err(|e| e.to_string())?,
-            scheme: parts.scheme.ok_or("base_url has no scheme")?,
-            authority: parts.authority.ok_or("base_url has no host")?,
+            method: Method::from_bytes(route.method.as_bytes()).map_err(SetupError::Method)?,
+            scheme: parts.scheme.ok_or(SetupError::NoScheme)?,
+            authority: parts.authority.ok_or(SetupError::NoHost)?,
             base_path: parts
                 .path_and_query
                 .map(|p| p.path().trim_end_matches('/').to_string())
                 .unwrap_or_default(),
             template: PathTemplate::parse(&route.path, pattern.capture_names())
-                .map_err(|e| e.to_string())?,
+                .map_err(SetupError::Path)?,
             content_type: route
                 .content_type
                 .as_deref()
                 .map(HeaderValue::from_str)
                 .transpose()
-                .map_err(|e| e.to_string())?,
+                .map_err(SetupError::ContentType)?,
             headers: HeaderFilter::from_config(&route.request_headers),
         })
     }

@@ -21,6 +21,11 @@ impl Cause {
         Self(Arc::new(error))
     }
 
+    /// A client library's error that comes boxed.
+    pub fn boxed(error: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        Self(Arc::from(error))
+    }
+
     /// A failure ricochet describes in its own words (e.g. a negative confirm).
     pub fn text(text: impl Into<String>) -> Self {
         #[derive(Debug)]

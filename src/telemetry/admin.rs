@@ -23,6 +23,30 @@ use crate::pipeline::Route;
 /// `/readyz`'s reason while the NATS connection is down (or not made yet).
 pub const NOT_CONNECTED: &str = "not connected to NATS";
 
+/// Why a generation is not ready: `/readyz`'s `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("{NOT_CONNECTED}")]
+    NotConnected,
+    /// Some intake is not set up yet or lost its subscription or consumer; `waiting` says
+    /// why, by route, for those whose intake said (what their log line says).
+    #[error("subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting{}", waiting_for(.waiting))]
+    IntakesPending { waiting: Vec<(String, String)> },
+    #[error("every route's circuit breaker is open: the service is failing")]
+    EveryCircuitOpen,
+}
+
+/// `; route "name": why` for each intake that says why it waits.
+fn waiting_for(waiting: &[(String, String)]) -> String {
+    let mut text = String::new();
+    for (route, why) in waiting {
+        text.push_str(&format!("; route {route:?}: {why}"));
+    }
+    text
+}
+
 /// The health of the generation running now (see `generation.rs`): a reload puts the new
 /// generation's in its place once that one is ready.
 #[derive(Debug, Default)]
@@ -133,29 +157,26 @@ impl Health {
     }
 
     /// `Ok` when ready, else why not.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), NotReady> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err("shutting down".into());
+            return Err(NotReady::ShuttingDown);
         }
         if self.needs_nats {
             match self.nats.get().map(|c| c.connection_state()) {
                 Some(async_nats::connection::State::Connected) => {}
-                _ => return Err(NOT_CONNECTED.into()),
+                _ => return Err(NotReady::NotConnected),
             }
         }
         if self.intakes_pending() {
-            let mut reason = String::from(
-                "subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting",
-            );
             let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            for (route, why) in waiting.iter() {
-                reason.push_str(&format!("; route {route:?}: {why}"));
-            }
-            return Err(reason);
+            let waiting = (waiting.iter()).map(|(route, why)| (route.clone(), why.clone()));
+            return Err(NotReady::IntakesPending {
+                waiting: waiting.collect(),
+            });
         }
         let routes = self.routes.get().map(Vec::as_slice).unwrap_or_default();
         if !routes.is_empty() && routes.iter().all(|r| r.invoker.breaker.refusing()) {
-            return Err("every route's circuit breaker is open: the service is failing".into());
+            return Err(NotReady::EveryCircuitOpen);
         }
         Ok(())
     }
@@ -174,7 +195,7 @@ impl Health {
             .collect();
         let body = serde_json::json!({
             "ready": ready.is_ok(),
-            "reason": ready.as_ref().err(),
+            "reason": ready.as_ref().err().map(NotReady::to_string),
             "routes": routes,
         });
         (ready.is_ok(), format!("{body}\n"))
@@ -253,4 +274,33 @@ fn respond(
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/readyz`'s reasons are documented (docs/operations.md): the words stay.
+    #[test]
+    fn the_reasons_read_as_documented() {
+        let pending = NotReady::IntakesPending {
+            waiting: vec![
+                ("a".into(), "stream \"A\" not found; retrying".into()),
+                ("b".into(), "no queue".into()),
+            ],
+        };
+        assert_eq!(
+            pending.to_string(),
+            "subscriptions or consumers (JetStream, Kafka, AMQP) not set up yet, or reconnecting; \
+             route \"a\": stream \"A\" not found; retrying; route \"b\": no queue"
+        );
+        let nobody = NotReady::IntakesPending { waiting: vec![] };
+        assert!(nobody.to_string().ends_with("or reconnecting"));
+        assert_eq!(NotReady::NotConnected.to_string(), NOT_CONNECTED);
+        assert_eq!(NotReady::ShuttingDown.to_string(), "shutting down");
+        let health = Health::new(0, false);
+        assert_eq!(health.ready(), Ok(()));
+        health.set_shutting_down();
+        assert_eq!(health.ready(), Err(NotReady::ShuttingDown));
+    }
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::nats::Connection;
-use super::nats::{dead_letter_headers, NatsReplier};
+use super::nats::{dead_letter_headers, LinkError, NatsReplier};
 use crate::config::{Delivery, JetStreamConfig, JetStreamSource, RouteConfig};
 use crate::message::Reply;
 use crate::message::{dead_letter, DeadLetter};
@@ -465,9 +465,14 @@ impl Stream<'_> {
         let link = self.source.replier.link();
         match link.settled(self.delivered_on, ack).await {
             Ok(()) => Ok(Confirmed::Now),
+            Err(LinkError::ConnectionLost) => Err(SettleError::ConnectionLost),
+            Err(LinkError::Failed(e)) => Err(SettleError::Broker {
+                what,
+                cause: Cause::boxed(e),
+            }),
             Err(e) => Err(SettleError::Broker {
                 what,
-                cause: Cause::text(e),
+                cause: Cause::text(e.to_string()),
             }),
         }
     }
@@ -530,7 +535,7 @@ impl Settle for Stream<'_> {
         nak.map(|()| Redelivered::ByBroker)
             .map_err(|e| SettleError::Broker {
                 what: "nak",
-                cause: Cause::text(e.to_string()),
+                cause: Cause::boxed(e),
             })
     }
 

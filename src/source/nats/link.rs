@@ -19,9 +19,6 @@ use std::time::Duration;
 use async_nats::Event;
 use tokio::sync::watch;
 
-/// The error of a wait that [`Link::confirmed`] ended.
-pub const CONNECTION_LOST: &str = "the connection to NATS was lost before the server confirmed";
-
 /// How long [`Link::confirmed_again`] waits for the connection to come back.
 const BACK_WITHIN: Duration = Duration::from_secs(5);
 /// How many times [`Link::confirmed_again`] asks again.
@@ -30,12 +27,23 @@ const ASK_AGAIN: usize = 2;
 /// made on a connection since lost (the server answers one it knows within milliseconds).
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(1);
 
-/// The error of a settlement [`Link::settled`] gave up.
-fn forgotten() -> String {
-    format!(
+/// Why a wait for a confirmation ended without one. `E` is the error of the confirmation
+/// itself (the server's answer, or the client's), kept as it is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError<E> {
+    /// The connection the confirmation was asked on was lost first (and, for
+    /// [`Link::confirmed_again`], not back in time or lost again every time).
+    #[error("the connection to NATS was lost before the server confirmed")]
+    ConnectionLost,
+    /// [`Link::settled`] gave up on a delivery from a connection since lost.
+    #[error(
         "no answer within {FORGOTTEN_AFTER:?} to the settlement of a message delivered before \
          the connection was lost (a server restarted since may have forgotten that delivery)"
-    )
+    )]
+    Forgotten,
+    /// The confirmation's own error (a refusal by the server, a timeout of the client).
+    #[error(transparent)]
+    Failed(E),
 }
 
 /// Which connection something happened on: the count of losses before it.
@@ -74,15 +82,15 @@ impl Link {
     }
 
     /// Waits for `confirmation`, asked for on this connection when it is first polled, or
-    /// ends with [`CONNECTION_LOST`] when the connection is lost first.
-    pub async fn confirmed<T, E: std::fmt::Display>(
+    /// ends with [`LinkError::ConnectionLost`] when the connection is lost first.
+    pub async fn confirmed<T, E>(
         &self,
         confirmation: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, LinkError<E>> {
         match self.once(confirmation).await {
             Ok(done) => Ok(done),
-            Err(Some(e)) => Err(e),
-            Err(None) => Err(CONNECTION_LOST.to_string()),
+            Err(Some(e)) => Err(LinkError::Failed(e)),
+            Err(None) => Err(LinkError::ConnectionLost),
         }
     }
 
@@ -94,9 +102,8 @@ impl Link {
     /// [`Link::confirmed`] for a confirmation that may be asked for twice: when the
     /// connection is lost first, `ask` is called again once it is back (within 5 s), at most
     /// twice more.
-    pub async fn confirmed_again<T, E, F, Fut>(&self, ask: F) -> Result<T, String>
+    pub async fn confirmed_again<T, E, F, Fut>(&self, ask: F) -> Result<T, LinkError<E>>
     where
-        E: std::fmt::Display,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -105,12 +112,16 @@ impl Link {
 
     /// [`Link::confirmed_again`] for the settlement (ack, term) of a JetStream message
     /// delivered on connection `delivered_on`. Once that connection is gone, an answer is
-    /// awaited for at most [`FORGOTTEN_AFTER`] (then an error): a server restarted since may
+    /// awaited for at most [`FORGOTTEN_AFTER`] (then [`LinkError::Forgotten`]): a server
+    /// restarted since may
     /// have lost the delivery (nats-server 2.15 with `sync_interval: always` does, after a
     /// kill) and then never answers its settlement, while the message comes again anyway.
-    pub async fn settled<T, E, F, Fut>(&self, delivered_on: Connection, ask: F) -> Result<T, String>
+    pub async fn settled<T, E, F, Fut>(
+        &self,
+        delivered_on: Connection,
+        ask: F,
+    ) -> Result<T, LinkError<E>>
     where
-        E: std::fmt::Display,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -121,9 +132,8 @@ impl Link {
         &self,
         delivered_on: Option<Connection>,
         ask: F,
-    ) -> Result<T, String>
+    ) -> Result<T, LinkError<E>>
     where
-        E: std::fmt::Display,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -132,29 +142,29 @@ impl Link {
             let answer = match delivered_on {
                 Some(on) if on != self.connection() => {
                     let answer = tokio::time::timeout(FORGOTTEN_AFTER, self.once(ask())).await;
-                    answer.map_err(|_| forgotten())?
+                    answer.map_err(|_| LinkError::Forgotten)?
                 }
                 _ => self.once(ask()).await,
             };
             match answer {
                 Ok(done) => return Ok(done),
-                Err(Some(e)) => return Err(e),
+                Err(Some(e)) => return Err(LinkError::Failed(e)),
                 Err(None) if again > 0 && self.back_within(BACK_WITHIN).await => again -= 1,
-                Err(None) => return Err(CONNECTION_LOST.to_string()),
+                Err(None) => return Err(LinkError::ConnectionLost),
             }
         }
     }
 
     /// The confirmation, its error, or `None` when the connection was lost first.
-    async fn once<T, E: std::fmt::Display>(
+    async fn once<T, E>(
         &self,
         confirmation: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, Option<String>> {
+    ) -> Result<T, Option<E>> {
         // Watched before the confirmation is asked for: a loss after it is seen.
         let mut losses = self.losses();
         tokio::select! {
             biased;
-            done = confirmation => done.map_err(|e| Some(e.to_string())),
+            done = confirmation => done.map_err(Some),
             () = losses.next() => Err(None),
         }
     }
@@ -222,7 +232,7 @@ mod tests {
         assert_eq!(answered, Ok(7));
         // Refused by the server: its error.
         let refused = link.confirmed(async { Err::<(), _>("no stream") }).await;
-        assert_eq!(refused, Err("no stream".to_string()));
+        assert_eq!(refused, Err(LinkError::Failed("no stream")));
         // A confirmation that would come only after its 5 s timeout: the loss ends it.
         let waiting = tokio::spawn({
             let link = link.clone();
@@ -235,7 +245,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         link.observe(&Event::Disconnected);
         let (result, waited) = waiting.await.unwrap();
-        assert_eq!(result, Err(CONNECTION_LOST.to_string()));
+        assert_eq!(result, Err(LinkError::ConnectionLost));
         assert_eq!(waited, Duration::from_millis(100));
         // A loss before the wait began is not this wait's, nor are other events.
         link.observe(&Event::Connected);
@@ -270,7 +280,7 @@ mod tests {
             }
         };
         let (answer, ()) = tokio::join!(link.confirmed_again(ask), gone);
-        assert_eq!(answer, Err(CONNECTION_LOST.to_string()));
+        assert_eq!(answer, Err(LinkError::ConnectionLost));
         assert_eq!(asked.load(Ordering::SeqCst), 1);
 
         // The server's own error is not asked again.
@@ -281,7 +291,7 @@ mod tests {
             async { Err::<(), _>("stream full") }
         };
         let refused = link.confirmed_again(refusing).await;
-        assert_eq!(refused, Err("stream full".to_string()));
+        assert_eq!(refused, Err(LinkError::Failed("stream full")));
         assert_eq!(asked.load(Ordering::SeqCst), 1);
     }
 
@@ -303,7 +313,7 @@ mod tests {
         assert_ne!(link.connection(), delivered_on);
         let started = tokio::time::Instant::now();
         let unanswered = link.settled(delivered_on, || late(Duration::from_secs(5), ()));
-        assert_eq!(unanswered.await, Err(forgotten()));
+        assert_eq!(unanswered.await, Err(LinkError::Forgotten));
         assert_eq!(started.elapsed(), FORGOTTEN_AFTER);
         // A server that knows the delivery answers within that second.
         let known = link.settled(delivered_on, || late(Duration::from_millis(2), "acked"));
@@ -323,7 +333,7 @@ mod tests {
         );
         let started = tokio::time::Instant::now();
         let (answer, ()) = tokio::join!(link.settled(delivered_on, ask), flapping);
-        assert_eq!(answer, Err(forgotten()));
+        assert_eq!(answer, Err(LinkError::Forgotten));
         assert_eq!(asked.load(Ordering::SeqCst), 2);
         assert_eq!(
             started.elapsed(),

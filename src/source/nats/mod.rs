@@ -20,8 +20,8 @@ mod link;
 pub mod publish;
 mod unparsable;
 
-pub use link::{Connection, Link};
-pub use publish::{dead_letter_headers, NatsReplier, PublishError};
+pub use link::{Connection, Link, LinkError};
+pub use publish::{dead_letter_headers, ListingError, NatsReplier, PublishError, Unpublished};
 pub use unparsable::{unparsable_seen, unparsable_within};
 
 use crate::config::{read_secret_file, NatsConfig, NatsSource, RouteConfig, SourceConfig, UrlAuth};

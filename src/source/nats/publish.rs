@@ -24,28 +24,56 @@ use tracing::{debug, warn};
 use crate::message::dead_letter::ORIGINAL_MSG_ID;
 use crate::message::{DeadLetter, Reply};
 use crate::route::Pattern;
-use crate::source::nats::Link;
+use crate::source::nats::{Link, LinkError};
 
+/// A reply or dead letter that NATS did not take or did not confirm.
 #[derive(Debug, thiserror::Error)]
-#[error("could not publish to {subject}: {reason}")]
+#[error("could not publish to {subject}: {why}")]
 pub struct PublishError {
     subject: String,
-    reason: String,
+    why: Unpublished,
 }
 
 impl PublishError {
-    /// No NATS connection exists (a configuration with Kafka routes only).
-    pub fn no_connection(subject: &str) -> Self {
-        Self::new(subject, "ricochet has no NATS connection")
-    }
-
-    fn new(subject: &str, reason: impl ToString) -> Self {
+    fn new(subject: &str, why: impl Into<Unpublished>) -> Self {
         Self {
             subject: subject.to_string(),
-            reason: reason.to_string(),
+            why: why.into(),
         }
     }
+
+    /// The subject it was published to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Which step failed, and how.
+    pub fn why(&self) -> &Unpublished {
+        &self.why
+    }
 }
+
+/// The step of a publish that failed. Each says the client's or server's own words.
+#[derive(Debug, thiserror::Error)]
+pub enum Unpublished {
+    /// The client did not take the message (its connection is closed, say).
+    #[error(transparent)]
+    Send(#[from] async_nats::PublishError),
+    /// A subject a stream captures: the stream's publish ack did not come.
+    #[error(transparent)]
+    StreamAck(#[from] LinkError<jetstream::context::PublishError>),
+    /// A subject no stream captures: the server did not confirm the flush after it.
+    #[error(transparent)]
+    Flush(#[from] LinkError<async_nats::client::FlushError>),
+    /// Whether a stream captures the subject could not be learned (no list known yet).
+    #[error(transparent)]
+    Listing(#[from] LinkError<ListingError>),
+}
+
+/// The streams (and so the subjects they capture) could not be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot list the streams' subjects: {0}")]
+pub struct ListingError(jetstream::context::StreamsError);
 
 /// How long the list of subjects that streams capture is trusted.
 const CAPTURE_TTL: Duration = Duration::from_secs(10);
@@ -156,7 +184,7 @@ impl NatsReplier {
         subject: &str,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<(), String> {
+    ) -> Result<(), Unpublished> {
         if self.is_captured(subject).await? {
             let publish = || async {
                 let ack = (self.jetstream).publish_with_headers(
@@ -174,7 +202,7 @@ impl NatsReplier {
             let publish = self
                 .client
                 .publish_with_headers(subject.to_string(), headers, payload);
-            publish.await.map_err(|e| e.to_string())?;
+            publish.await?;
             self.link.confirmed(self.client.flush()).await?;
         }
         Ok(())
@@ -186,7 +214,7 @@ impl NatsReplier {
     }
 
     /// Whether a stream captures `subject` (see [`CaptureList::covers`]).
-    async fn is_captured(&self, subject: &str) -> Result<bool, String> {
+    async fn is_captured(&self, subject: &str) -> Result<bool, LinkError<ListingError>> {
         // A listing asked on a connection that is lost is never answered: it ends with the
         // connection, and the previous list is used meanwhile.
         self.captures
@@ -194,11 +222,10 @@ impl NatsReplier {
             .await
     }
 
-    async fn stream_subjects(&self) -> Result<Vec<Pattern>, String> {
-        let listing = |e: &dyn std::fmt::Display| format!("cannot list the streams' subjects: {e}");
+    async fn stream_subjects(&self) -> Result<Vec<Pattern>, ListingError> {
         let mut filters = Vec::new();
         let mut streams = self.jetstream.streams();
-        while let Some(info) = streams.try_next().await.map_err(|e| listing(&e))? {
+        while let Some(info) = streams.try_next().await.map_err(ListingError)? {
             filters.extend(
                 (info.config.subjects.iter()).filter_map(|subject| Pattern::parse(subject).ok()),
             );
@@ -213,10 +240,11 @@ impl CaptureList {
     /// waits for that listing, one at a time, while the others use the list they have; a
     /// listing that fails keeps the previous list for [`CAPTURE_RETRY`]. Without any list
     /// yet, every reply waits for the first (or fails with it).
-    async fn covers<L, F>(&self, subject: &str, list: L) -> Result<bool, String>
+    async fn covers<L, F, E>(&self, subject: &str, list: L) -> Result<bool, E>
     where
         L: FnOnce() -> F,
-        F: std::future::Future<Output = Result<Vec<Pattern>, String>>,
+        F: std::future::Future<Output = Result<Vec<Pattern>, E>>,
+        E: std::fmt::Display,
     {
         loop {
             let known = self.known.lock().expect("captures lock").clone();
@@ -354,6 +382,36 @@ mod tests {
         let relisted = captures.covers("r.5", listed(Ok(filters(&["q.*"])))).await;
         assert_eq!(relisted, Ok(false));
         assert_eq!(listings.load(Ordering::SeqCst), 5);
+    }
+
+    /// Logged and counted as before the errors were typed: the same words.
+    #[test]
+    fn an_unconfirmed_publish_says_where_and_why() {
+        let lost = LinkError::<async_nats::client::FlushError>::ConnectionLost;
+        assert_eq!(
+            PublishError::new("r.1", lost).to_string(),
+            "could not publish to r.1: the connection to NATS was lost before the server confirmed"
+        );
+        let forgotten = LinkError::<String>::Forgotten.to_string();
+        assert!(
+            forgotten.starts_with("no answer within 1s to the settlement"),
+            "{forgotten}"
+        );
+        let refused = LinkError::Failed(async_nats::client::FlushError::from(
+            async_nats::client::FlushErrorKind::SendError,
+        ));
+        let publish = PublishError::new("r.2", refused);
+        assert!(matches!(
+            publish.why(),
+            Unpublished::Flush(LinkError::Failed(_))
+        ));
+        assert_eq!(
+            publish.to_string(),
+            format!(
+                "could not publish to r.2: {}",
+                async_nats::client::FlushError::from(async_nats::client::FlushErrorKind::SendError)
+            )
+        );
     }
 
     #[test]
