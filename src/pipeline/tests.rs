@@ -65,6 +65,8 @@ struct Broker {
     replies: Mutex<Vec<Reply>>,
     reply_result: Option<Undelivered>,
     dead_letter_result: Option<Undelivered>,
+    /// The settlement on receipt (at-most-once) fails.
+    accept_fails: bool,
     /// The broker's size limit for replies.
     limit: Option<usize>,
 }
@@ -91,7 +93,10 @@ impl Settle for Broker {
 
     async fn accept(&self) -> Result<Accepted, SettleError> {
         self.note("accept".into());
-        Ok(Accepted::Settled)
+        match self.accept_fails {
+            true => Err(SettleError::ConnectionLost),
+            false => Ok(Accepted::Settled),
+        }
     }
 
     async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
@@ -220,7 +225,7 @@ impl Counts {
     }
 }
 
-use crate::telemetry::metrics::{DEAD_LETTERS, MESSAGES_HANDLED, SETTLEMENTS};
+use crate::telemetry::metrics::{DEAD_LETTERS, HTTP_RESPONSES, MESSAGES_HANDLED, SETTLEMENTS};
 
 #[tokio::test]
 async fn an_answer_is_published_with_the_correlation_id_then_acked() {
@@ -400,18 +405,42 @@ async fn at_most_once_answers_failures_and_never_settles_again() {
     assert_eq!(settled, Settled::Done);
     assert_eq!(
         broker.calls(),
-        ["reply caller.inbox 500"],
-        "no ack, nak or term"
+        ["accept", "reply caller.inbox 500"],
+        "settled on receipt, then no ack, nak or term"
     );
     let settled = deliver(&pipeline, &broker, &message(b"more than sixteen bytes", 1)).await;
     assert_eq!(settled, Settled::Done);
     assert_eq!(
-        broker.calls()[1..],
+        broker.calls()[2..],
         [
+            "accept",
             "dead_letter payload_too_large 413 1",
             "reply caller.inbox 413"
         ]
     );
+}
+
+#[tokio::test]
+async fn at_most_once_does_not_process_a_message_it_could_not_settle_on_receipt() {
+    let (pipeline, metrics) = pipeline(200, "at_most_once").await;
+    let broker = Broker {
+        accept_fails: true,
+        ..Broker::default()
+    };
+    let settled = deliver(&pipeline, &broker, &message(b"", 1)).await;
+    assert_eq!(
+        settled,
+        Settled::Abandoned,
+        "it comes again: not processed twice"
+    );
+    assert_eq!(broker.calls(), ["accept"], "no call, no reply");
+    let counts = Counts::take(&metrics);
+    assert_eq!(
+        counts.get(HTTP_RESPONSES, &[]),
+        0,
+        "the service is not called"
+    );
+    assert_eq!(counts.get(SETTLEMENTS, &[]), 0);
 }
 
 #[tokio::test]
