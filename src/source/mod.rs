@@ -16,6 +16,7 @@
 //! the one `match` over source kinds.
 
 pub mod amqp;
+pub mod backoff;
 pub mod jetstream;
 pub mod kafka;
 pub mod nats;

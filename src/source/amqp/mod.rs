@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 pub use self::topology::valid_name;
+use super::backoff::{Backoff, RECONNECT};
 use crate::config::{default_consumer_name, redact_url, AmqpConfig, AmqpSource, RouteConfig};
 use crate::pipeline::{Pipeline, Policy, Route};
 use crate::source::{Context, Intake, Source};
@@ -48,8 +49,6 @@ pub const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// the publishing channel, so it becomes a 502 instead.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(4);
 
 impl Source for AmqpSource {
     const KIND: &'static str = "amqp";
@@ -121,24 +120,22 @@ impl AmqpRoute {
         let this = Arc::new(self);
         let route = &this.route;
         let url = redact_url(&this.config.url);
-        let mut pause = RECONNECT_MIN;
+        let mut backoff = Backoff::new(RECONNECT);
         while !stop.is_cancelled() {
             let (session, consumer) = match this.connect().await {
                 Ok(connected) => connected,
                 Err(e) => {
-                    error!(route = %route.name, %url, queue = %this.queue, error = %e, retry_in = ?pause, "cannot set up the AMQP consumer");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.cancelled() => break,
+                    error!(route = %route.name, %url, queue = %this.queue, error = %e, "cannot set up the AMQP consumer; retrying");
+                    if !backoff.wait(&stop).await {
+                        break;
                     }
-                    pause = (pause * 2).min(RECONNECT_MAX);
                     continue;
                 }
             };
             info!(route = %route.name, %url, queue = %this.queue, prefetch = route.config.max_in_flight, "AMQP consumer started");
+            backoff.succeeded();
             health.intake_ready();
             let session = Arc::new(session);
-            let started = tokio::time::Instant::now();
             match this.consume(&session, consumer, &tracker, &stop).await {
                 Ended::Stopped => {
                     this.close(&session).await;
@@ -149,19 +146,13 @@ impl AmqpRoute {
                     warn!(route = %route.name, %url, reason = %reason, "AMQP connection lost; connecting again (deliveries in flight go back to the queue)");
                     // The handlers still running on it find their channel closed.
                     let _ = session.connection.close(200, "reconnecting".into()).await;
-                    if started.elapsed() >= RECONNECT_MAX {
-                        pause = RECONNECT_MIN;
-                        continue;
-                    }
                     // Lost again soon after connecting: most likely the same delivery breaks
                     // it each time (a header name lapin cannot read, see
-                    // docs/sources/amqp.md). Back off as when connecting fails, rather than
-                    // reconnect many times a second.
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.cancelled() => break,
+                    // docs/sources/amqp.md); the backoff keeps growing then, rather than
+                    // reconnecting many times a second.
+                    if !backoff.wait(&stop).await {
+                        break;
                     }
-                    pause = (pause * 2).min(RECONNECT_MAX);
                 }
             }
         }

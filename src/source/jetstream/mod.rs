@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use super::backoff::{Backoff, RECONNECT};
 use super::nats::Connection;
 use super::nats::{dead_letter_headers, LinkError, NatsReplier};
 use crate::config::{Delivery, JetStreamConfig, JetStreamSource, RouteConfig};
@@ -49,10 +50,6 @@ use crate::telemetry::Health;
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Most messages asked for in one pull.
 const MAX_BATCH: usize = 256;
-const SETUP_RETRY: Duration = Duration::from_secs(2);
-/// After the server refused the consumer ricochet needs: nothing changes until an operator
-/// acts, so look again less often.
-const REFUSED_RETRY: Duration = Duration::from_secs(10);
 /// How often the consumer's counts are read from the server for the gauges.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -176,6 +173,7 @@ impl JetStreamRoute {
     ) {
         let this = Arc::new(self);
         let context = jetstream::new(client.clone());
+        let mut backoff = Backoff::new(RECONNECT);
         while !stop.is_cancelled() {
             // What the consumer may ask for depends on the server's version, known once the
             // connection is up: a flush returns once it is.
@@ -189,33 +187,30 @@ impl JetStreamRoute {
             let consumer = match this.bind(&context, &server).await {
                 Ok(consumer) => consumer,
                 Err(e) => {
-                    let (pause, why) = match &e {
+                    let why = match &e {
                         BindError::Refused(refusal) => {
                             error!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), server = %server, "{refusal}; not consuming (readiness stays 503)");
-                            (
-                                REFUSED_RETRY,
-                                format!(
-                                    "JetStream consumer {:?} on stream {:?} refused: {refusal}",
-                                    this.durable(),
-                                    this.config.stream
-                                ),
+                            format!(
+                                "JetStream consumer {:?} on stream {:?} refused: {refusal}",
+                                this.durable(),
+                                this.config.stream
                             )
                         }
                         BindError::Failed(e) => {
                             error!(route = %this.route.name, stream = %this.config.stream, error = %e, "cannot set up the JetStream consumer; retrying");
-                            (SETUP_RETRY, format!("cannot set up the JetStream consumer on stream {:?} ({e}); retrying", this.config.stream))
+                            format!("cannot set up the JetStream consumer on stream {:?} ({e}); retrying", this.config.stream)
                         }
                     };
                     // `/readyz` says what the log says, with the route and the stream.
                     health.intake_waiting(&this.route.name, why);
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.cancelled() => break,
+                    if !backoff.wait(&stop).await {
+                        break;
                     }
                     continue;
                 }
             };
             info!(route = %this.route.name, stream = %this.config.stream, durable = %this.durable(), "JetStream consumer bound");
+            backoff.succeeded();
             health.intake_set_up(&this.route.name);
             health.intake_ready();
             // Ends with this binding: the consumer of the next one is watched anew.
@@ -227,16 +222,15 @@ impl JetStreamRoute {
             ));
             let pulled = this.pull(&consumer, &tracker, &stop).await;
             watching.cancel();
-            if pulled.is_ok() {
+            if pulled == Pulled::Stopped {
                 break;
             }
             // Not ready until bound again.
             health.intake_lost();
             // The consumer or stream may be gone (deleted, lost with memory storage): bind
             // again after a pause instead of pulling at full speed.
-            tokio::select! {
-                _ = tokio::time::sleep(SETUP_RETRY) => {}
-                _ = stop.cancelled() => break,
+            if !backoff.wait(&stop).await {
+                break;
             }
         }
         info!(route = %this.route.name, "JetStream intake stopped");
@@ -286,13 +280,13 @@ impl JetStreamRoute {
         Ok(bound)
     }
 
-    /// Pulls until `stop` (`Ok`) or until a pull fails (`Err`: bind again).
+    /// Pulls until `stop`, or until a pull fails.
     async fn pull(
         self: &Arc<Self>,
         consumer: &PullConsumer,
         tracker: &TaskTracker,
         stop: &CancellationToken,
-    ) -> Result<(), ()> {
+    ) -> Pulled {
         let route = &self.route;
         while !stop.is_cancelled() {
             // Nothing is pulled while the breaker refuses calls: refusals would be naks that
@@ -327,7 +321,7 @@ impl JetStreamRoute {
                 Ok(batch) => batch,
                 Err(e) => {
                     warn!(route = %route.name, error = %e, "pull request failed; binding the consumer again");
-                    return Err(());
+                    return Pulled::Failed;
                 }
             };
             // The batch under way is always read to its end (at most PULL_EXPIRES), so every
@@ -347,7 +341,7 @@ impl JetStreamRoute {
                     Ok(message) => message,
                     Err(e) => {
                         warn!(route = %route.name, error = %e, "pull failed; binding the consumer again");
-                        return Err(());
+                        return Pulled::Failed;
                     }
                 };
                 // The admission's slot for the first message, the batch's for the rest.
@@ -366,7 +360,7 @@ impl JetStreamRoute {
                 slot.run(tracker, work).await;
             }
         }
-        Ok(())
+        Pulled::Stopped
     }
 
     /// One message from receipt to settlement (its slot is held by the task running this).
@@ -542,6 +536,15 @@ impl Settle for Stream<'_> {
     async fn terminate(&self) -> Result<Confirmed, SettleError> {
         self.confirmed("term", AckKind::Term).await
     }
+}
+
+/// How pulling ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pulled {
+    /// Asked to stop.
+    Stopped,
+    /// A pull failed (the consumer or stream gone, the connection lost): bind again.
+    Failed,
 }
 
 /// Why a consumer could not be bound.
