@@ -14,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, SourceConfig, SourceKind};
 use crate::pipeline::Pipeline;
 use crate::reply::NatsReplier;
+use crate::settings::Settings;
 use crate::source::amqp::AmqpRoute;
 use crate::source::jetstream::JetStreamRoute;
 use crate::source::kafka::KafkaRoute;
 use crate::source::nats::Link;
+use crate::source::{SourceConfig, SourceKind};
 use crate::telemetry::liveness::{self, Cause};
 use crate::telemetry::Health;
 
@@ -43,7 +44,7 @@ impl Nats {
 }
 
 pub struct Generation {
-    pub config: Config,
+    pub settings: Settings,
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
     nats: Option<Nats>,
@@ -54,36 +55,36 @@ pub struct Generation {
     confirmed: CancellationToken,
 }
 
-/// Whether any route of `config` takes messages from NATS (core or JetStream).
-pub fn needs_nats(config: &Config) -> bool {
-    (config.routes.iter()).any(|r| r.source.kind().uses_nats())
+/// Whether any route of `settings` takes messages from NATS (core or JetStream).
+pub fn needs_nats(settings: &Settings) -> bool {
+    (settings.sources.iter()).any(|s| s.kind().uses_nats())
 }
 
-fn core_routes(config: &Config) -> usize {
-    (config.routes.iter())
-        .filter(|r| r.source.kind() == SourceKind::Nats)
+fn core_routes(settings: &Settings) -> usize {
+    (settings.sources.iter())
+        .filter(|s| s.kind() == SourceKind::Nats)
         .count()
 }
 
 impl Generation {
     /// Builds the pipeline (HTTP client, limits, breakers, validation, tracing); starts
     /// nothing yet. `nats` is required when a route uses NATS.
-    pub fn new(config: Config, nats: Option<Nats>) -> anyhow::Result<Self> {
-        let needs_nats = needs_nats(&config);
+    pub fn new(settings: Settings, nats: Option<Nats>) -> anyhow::Result<Self> {
+        let needs_nats = needs_nats(&settings);
         if needs_nats && nats.is_none() {
             anyhow::bail!("routes take messages from NATS but there is no NATS connection");
         }
-        let pipeline = Arc::new(Pipeline::new(&config)?);
+        let pipeline = Arc::new(Pipeline::new(&settings)?);
         // Readiness waits for the NATS connection's subscriptions (confirmed once for all
         // core routes) and for the consumer of every other route.
-        let intakes = usize::from(needs_nats) + config.routes.len() - core_routes(&config);
+        let intakes = usize::from(needs_nats) + settings.sources.len() - core_routes(&settings);
         let health = Arc::new(Health::new(intakes, needs_nats));
         if let (Some(nats), true) = (&nats, needs_nats) {
             health.set_client(nats.client.clone());
         }
         health.set_routes(pipeline.routes().to_vec());
         Ok(Self {
-            config,
+            settings,
             pipeline,
             health,
             nats: nats.filter(|_| needs_nats),
@@ -102,8 +103,8 @@ impl Generation {
             self.confirmed.cancel();
             return Ok(());
         };
-        if core_routes(&self.config) > 0 {
-            let queue_group = &self.config.nats.queue_group;
+        if core_routes(&self.settings) > 0 {
+            let queue_group = &self.settings.config.nats.queue_group;
             let core = crate::source::nats::Core::new(
                 self.pipeline.clone(),
                 nats.replier.clone(),
@@ -122,7 +123,7 @@ impl Generation {
             self.confirmed.clone(),
             self.stop.clone(),
         );
-        let routes = self.config.routes.len();
+        let routes = self.settings.config.routes.len();
         tokio::spawn(async move {
             tokio::select! {
                 result = crate::source::nats::confirm_subscriptions(&nats.client) => match result {
@@ -151,9 +152,9 @@ impl Generation {
             let (tracker, stop, health) =
                 (self.tracker.clone(), self.stop.clone(), self.health.clone());
             let pipeline = self.pipeline.clone();
-            match &route.config.source {
+            match &route.source {
                 // Started by `start_core`.
-                SourceConfig::Nats { .. } => {}
+                SourceConfig::Nats(_) => {}
                 SourceConfig::Jetstream(js) => {
                     let nats = self.nats.clone().expect("JetStream connects to NATS");
                     let consumer =
@@ -173,8 +174,8 @@ impl Generation {
                 }
             }
         }
-        if let (Some(nats), Some(service)) = (&self.nats, &self.config.nats.service) {
-            let queue_group = &self.config.nats.queue_group;
+        if let (Some(nats), Some(service)) = (&self.nats, &self.settings.config.nats.service) {
+            let queue_group = &self.settings.config.nats.queue_group;
             let (client, pipeline, stop) = (
                 nats.client.clone(),
                 self.pipeline.clone(),

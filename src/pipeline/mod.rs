@@ -26,13 +26,14 @@ use tracing::{debug, error, warn};
 
 pub use self::policy::Policy;
 use self::policy::{Action, Reason};
-use crate::config::{Config, RouteConfig, SourceConfig};
+use crate::config::RouteConfig;
 use crate::invoke::{Class, Failure, InvokeError, RouteInvoker, Upstream};
 use crate::mapping::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
 use crate::mapping::{ErrorKind, HeaderFilter, Reply, RequestMapping};
 use crate::reply::DeadLetter;
 use crate::route::{Captures, Pattern};
-use crate::source::{Inbound, Settle, Undelivered};
+use crate::settings::Settings;
+use crate::source::{Inbound, Settle, SourceConfig, Undelivered};
 use crate::telemetry::discovery::RequestStats;
 use crate::telemetry::metrics::ValidationFailure;
 use crate::telemetry::metrics::{Outcome, RouteMetrics, Settlement};
@@ -45,8 +46,10 @@ use crate::validate::{Invalid, Passed, Rules, AVRO};
 pub struct Route {
     pub name: String,
     pub pattern: Pattern,
-    /// The route as configured, for source-specific settings.
+    /// The route as configured.
     pub config: RouteConfig,
+    /// Its source's settings.
+    pub source: SourceConfig,
     request: RequestMapping,
     response_headers: HeaderFilter,
     /// Limit, breaker and retries around the HTTP call.
@@ -237,32 +240,36 @@ fn invalid_kind(invalid: &Invalid, response: bool) -> (ErrorKind, Disposition) {
 
 impl Pipeline {
     /// Built from a validated configuration.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let config = &settings.config;
         let mut routes = Vec::with_capacity(config.routes.len());
         // One registry (and its cache) for every route.
         let registry = (config.schema_registry.as_ref()).map(|r| Arc::new(Registry::new(r)));
-        for route in &config.routes {
+        let parts = settings.sources.iter().zip(&settings.schemas);
+        for (route, (source, schemas)) in config.routes.iter().zip(parts) {
+            let durable = source.kind().is_durable();
             let pattern = Pattern::parse(&route.subject)?;
             let request = RequestMapping::new(route, &config.upstream, &pattern)
                 .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
             routes.push(Arc::new(Route {
                 name: route.name.clone(),
                 config: route.clone(),
+                source: source.clone(),
                 request,
                 response_headers: HeaderFilter::from_config(&route.response_headers),
-                invoker: RouteInvoker::new(route, &config.upstream),
+                invoker: RouteInvoker::new(route, &config.upstream, durable),
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
-                queue: Queue::new(match &route.source {
-                    SourceConfig::Nats { max_pending, .. } => *max_pending,
+                queue: Queue::new(match source {
+                    SourceConfig::Nats(nats) => nats.max_pending(route),
                     _ => 0,
                 }),
-                metrics: RouteMetrics::new(&route.name, route.source.kind().as_str()),
-                policy: crate::source::policy(route),
-                validation: Rules::new(route, registry.as_ref()),
+                metrics: RouteMetrics::new(&route.name, source.kind().as_str()),
+                policy: crate::source::policy(source),
+                validation: Rules::new(route, schemas, registry.as_ref()),
                 stats: RequestStats::default(),
-                spans: RouteSpans::new(route, &config.nats.queue_group),
+                spans: RouteSpans::new(route, source, &config.nats.queue_group),
                 pattern,
             }));
         }
@@ -481,7 +488,7 @@ impl Pipeline {
                 warn!(route = %route.name, reason = reason_text, subject = %inbound.subject, "message dead-lettered");
                 route.metrics.dead_letters.increment(1);
             }
-            Ok(false) if route.config.source.kind().is_durable() => {
+            Ok(false) if route.source.kind().is_durable() => {
                 error!(route = %route.name, reason = reason_text, subject = %inbound.subject, "undeliverable message given up; the route has no dead-letter destination");
             }
             Ok(false) => {}

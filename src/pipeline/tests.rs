@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::config::load_str;
+use crate::settings::load_str;
 use crate::source::{Inbound, Settle, Undelivered};
 
 #[test]

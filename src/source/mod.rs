@@ -9,10 +9,11 @@
 //! messages (with its flow control), how to publish, how to settle, and what its
 //! idempotency key, correlation id and dead-letter origin are.
 //!
-//! Adding a source: a folder here with an intake loop and a [`Settle`] implementation, and
-//! one variant in `config::SourceConfig`.
+//! Adding a source: a folder here with an intake loop, a [`Settle`] implementation and its
+//! `config.rs` (keys, defaults, checks), and one variant in [`config::SourceConfig`].
 
 pub mod amqp;
+pub mod config;
 pub mod jetstream;
 pub mod kafka;
 pub mod nats;
@@ -22,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::{RouteConfig, SourceConfig};
+pub use self::config::{SourceConfig, SourceKind};
 use crate::mapping::Reply;
 use crate::pipeline::Policy;
 use crate::reply::DeadLetter;
 
 /// The settlement policy of a route: the source's redelivery settings.
-pub fn policy(route: &RouteConfig) -> Policy {
-    match &route.source {
-        SourceConfig::Nats { .. } => Policy::at_most_once(),
+pub fn policy(source: &SourceConfig) -> Policy {
+    match source {
+        SourceConfig::Nats(_) => Policy::at_most_once(),
         SourceConfig::Jetstream(js) => {
             let max = Some(js.settings.max_deliver);
             let delays = js.settings.redelivery_backoff.clone();

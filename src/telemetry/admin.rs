@@ -167,7 +167,7 @@ impl Health {
             .map(|route| {
                 serde_json::json!({
                     "route": route.name,
-                    "source": route.config.source.kind().as_str(),
+                    "source": route.source.kind().as_str(),
                     "circuit": route.invoker.breaker.state().name(),
                 })
             })

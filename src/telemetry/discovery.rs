@@ -19,10 +19,11 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ServiceConfig, SourceConfig};
+use crate::config::ServiceConfig;
 use crate::mapping::reply::SERVICE_ERROR_HEADER;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};
+use crate::source::SourceConfig;
 
 const PING: &str = "io.nats.micro.v1.ping_response";
 const INFO: &str = "io.nats.micro.v1.info_response";
@@ -166,10 +167,10 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let endpoints = (pipeline.routes().iter())
-        .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+        .filter(|r| matches!(r.source, SourceConfig::Nats(_)))
         .map(|route| {
             let subject = route.pattern.subscription_subject();
-            let group = crate::source::nats::queue_group(&route.config.source, default_queue_group);
+            let group = crate::source::nats::queue_group(&route.source, default_queue_group);
             (route.clone(), subject, group.to_string())
         })
         .collect();

@@ -33,9 +33,10 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
 use tracing::warn;
 
-use crate::config::{SourceConfig, TracingConfig};
+use crate::config::TracingConfig;
 use crate::mapping::reply::HeaderName as ReplyHeaderName;
 use crate::mapping::Reply;
+use crate::source::SourceConfig;
 use crate::source::{Inbound, Position};
 use crate::telemetry::metrics::TRACE_EXPORTS;
 
@@ -209,13 +210,16 @@ pub struct RouteSpans {
 }
 
 impl RouteSpans {
-    pub fn new(route: &crate::config::RouteConfig, default_queue_group: &str) -> Self {
-        let (system, consumer_group) = match &route.source {
-            SourceConfig::Nats { queue_group, .. } => (
+    pub fn new(
+        route: &crate::config::RouteConfig,
+        source: &SourceConfig,
+        default_queue_group: &str,
+    ) -> Self {
+        let (system, consumer_group) = match source {
+            SourceConfig::Nats(nats) => (
                 "nats",
                 Some(
-                    queue_group
-                        .as_deref()
+                    (nats.queue_group.as_deref())
                         .unwrap_or(default_queue_group)
                         .to_string(),
                 ),

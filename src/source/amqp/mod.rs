@@ -14,6 +14,7 @@
 //! consumer is cancelled, in-flight requests finish and are settled, and the connection is
 //! closed; deliveries received but not started go back to the queue with the channel.
 
+pub mod config;
 pub mod fields;
 mod message;
 pub mod topology;
@@ -33,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+pub use self::config::{AmqpConfig, AmqpSource, QueueType};
 pub use self::topology::valid_name;
-use crate::config::{default_consumer_name, redact_url, AmqpConfig, AmqpSource, Delivery};
+use crate::config::{default_consumer_name, redact_url, Delivery};
 use crate::invoke::breaker::State;
 use crate::pipeline::{Pipeline, Route};
 use crate::telemetry::Health;

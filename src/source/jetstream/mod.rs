@@ -14,6 +14,7 @@
 //! While a call runs longer than half of `ack_wait`, in-progress is sent every half
 //! `ack_wait` so the server does not redeliver a message still being worked on.
 
+pub mod config;
 mod consumer;
 
 use std::sync::Arc;
@@ -28,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+pub use self::config::{JetStreamConfig, JetStreamSource};
 use super::nats::Connection;
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, JetStreamConfig, JetStreamSource};
+use crate::config::Delivery;
 use crate::invoke::breaker::State;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route};

@@ -34,10 +34,12 @@
 //! - **Shutdown**: stop fetching, finish in-flight work (waiting retries give up), commit
 //!   synchronously, flush.
 
+pub mod config;
 mod headers;
 mod lanes;
 mod offsets;
 mod poller;
+mod security;
 mod state;
 
 pub use offsets::OffsetTracker;
@@ -55,11 +57,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+pub use self::config::{
+    valid_topic, Compression, KafkaConfig, KafkaSource, Ordering, SaslMechanism, SecurityProtocol,
+};
 use self::lanes::{Lane, Lanes};
 use self::poller::{Polled, Poller};
 use self::state::{list_of, RouteContext, Shared, State, Transactions};
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering};
+use crate::config::Delivery;
 use crate::mapping::Reply;
 use crate::pipeline::{Pipeline, Route, Settled};
 use crate::reply::{dead_letter, DeadLetter, KafkaReplier};
@@ -808,7 +813,7 @@ impl Settle for Topic<'_> {
     }
 
     fn destination_problem(&self, destination: &str) -> Option<&'static str> {
-        (!crate::config::valid_topic(destination))
+        (!valid_topic(destination))
             .then_some("is not a Kafka topic name (letters, digits, '.', '_', '-')")
     }
 

@@ -14,9 +14,9 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
+use super::config::KafkaConfig;
 use super::lanes::Lanes;
 use super::{OffsetTracker, Output, Partition, Record};
-use crate::config::KafkaConfig;
 use crate::reply::kafka::{TransactionError, TransactionRecord};
 use crate::reply::KafkaReplier;
 use crate::telemetry::metrics::{KAFKA_COMMITTED, KAFKA_LAG};

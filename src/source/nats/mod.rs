@@ -16,18 +16,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub mod config;
 mod link;
 mod unparsable;
 
 pub use link::{Connection, Link};
 pub use unparsable::{unparsable_seen, unparsable_within};
 
+pub use self::config::NatsSource;
 use super::{Inbound, Settle, Undelivered};
-use crate::config::{read_secret_file, NatsConfig, SourceConfig, UrlAuth};
+use crate::config::{read_secret_file, NatsConfig, UrlAuth};
 use crate::mapping::Reply;
 use crate::pipeline::{Admission, Pipeline, Route};
 use crate::reply::NatsReplier;
 use crate::route::{Captures, RouteTable};
+use crate::source::SourceConfig;
 use crate::telemetry::metrics::{NATS_CONNECTED, NATS_EVENTS};
 
 /// What every core NATS intake shares.
@@ -43,7 +46,7 @@ pub struct Core {
 impl Core {
     pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>, queue_group: &str) -> Self {
         let core = (pipeline.routes().iter())
-            .filter(|r| matches!(r.config.source, SourceConfig::Nats { .. }))
+            .filter(|r| matches!(r.source, SourceConfig::Nats(_)))
             .map(|r| (r.pattern.clone(), r.clone()))
             .collect();
         Self {
@@ -58,10 +61,10 @@ impl Core {
 /// A core route's queue group: its own, else `default` (`nats.queue_group`).
 pub fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
     match source {
-        SourceConfig::Nats {
+        SourceConfig::Nats(NatsSource {
             queue_group: Some(own),
             ..
-        } => own,
+        }) => own,
         _ => default,
     }
 }
@@ -290,7 +293,7 @@ pub async fn subscribe(
     let mut subscribers = Vec::new();
     for (pattern, route) in core.table.iter() {
         let subject = pattern.subscription_subject();
-        let queue_group = queue_group(&route.config.source, &core.queue_group);
+        let queue_group = queue_group(&route.source, &core.queue_group);
         let subscriber = (client.queue_subscribe(subject.clone(), queue_group.to_string())).await?;
         info!(route = %route.name, %subject, %queue_group, "subscribed");
         subscribers.push((route.clone(), subscriber));
@@ -464,15 +467,12 @@ mod tests {
 
     #[test]
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
-        let own = SourceConfig::Nats {
+        let own = SourceConfig::Nats(NatsSource {
             queue_group: Some("orders-team".into()),
-            max_pending: 1,
-        };
+            ..NatsSource::default()
+        });
         assert_eq!(queue_group(&own, "ricochet"), "orders-team");
-        let none = SourceConfig::Nats {
-            queue_group: None,
-            max_pending: 1,
-        };
+        let none = SourceConfig::Nats(NatsSource::default());
         assert_eq!(queue_group(&none, "ricochet"), "ricochet");
     }
 }
