@@ -612,3 +612,98 @@ mod schemas {
         assert_eq!(problems(REGISTRY, "format = \"avro\"\nsubject = \"orders-value\"\ndecode = \"json\"\ncontent_types = [\"application/octet-stream\"]\n[routes.validate.response]\nencode = \"avro\"\nsubject = \"replies-value\"\nversion = 3"), Vec::<String>::new());
     }
 }
+
+mod sources {
+    use super::*;
+
+    const UPSTREAM: &str = "[upstream]\nbase_url = \"http://h:1\"\n";
+
+    fn problems(routes: &str, env: Vec<(String, String)>) -> Vec<String> {
+        match load_str(&format!("{UPSTREAM}{routes}"), env) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_source_names_the_routes_source_and_its_keys() {
+        let found = problems(
+            "[[routes]]\nname = \"js\"\nsource = \"jetstream\"\nsubject = \"s\"\npath = \"/\"\nmax_pending = 3\n[routes.jetstream]\nstream = \"S\"\n[routes.kafka]\nbrokers = \"h:9092\"\n",
+            Vec::new(),
+        );
+        assert_eq!(
+            found,
+            [
+                "routes[0].kafka: not a key of a route with source = \"jetstream\" (its keys: delivery, reply_subject, dead_letter, jetstream)",
+                "routes[0].max_pending: not a key of a route with source = \"jetstream\" (its keys: delivery, reply_subject, dead_letter, jetstream)",
+            ]
+        );
+        // A key no source has stays an unknown key of the route.
+        let found = problems(
+            "[[routes]]\nname = \"n\"\nsubject = \"s\"\npath = \"/\"\ncolour = \"blue\"\n",
+            Vec::new(),
+        );
+        assert_eq!(found, ["routes[0].colour: unknown field `colour`"]);
+    }
+
+    #[test]
+    fn an_unknown_source_is_one_problem_not_one_per_key() {
+        let found = problems(
+            "[[routes]]\nname = \"p\"\nsource = \"pigeon\"\nsubject = \"s\"\npath = \"/\"\ndelivery = \"at_least_once\"\n[routes.kafka]\nbrokers = \"h:9092\"\n",
+            Vec::new(),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("routes[0].source: \"pigeon\""),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_sources_keys_are_reported_at_their_path_and_take_environment_overrides() {
+        let kafka = "[[routes]]\nname = \"k\"\nsource = \"kafka\"\nsubject = \"t\"\npath = \"/\"\n[routes.kafka]\nbrokers = \"h:9092\"\nordering = \"sideways\"\n";
+        let found = problems(kafka, Vec::new());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("routes[0].kafka.ordering: "),
+            "{found:?}"
+        );
+        let env = |name: &str, value: &str| vec![(name.to_string(), value.to_string())];
+        let fixed = env("RICOCHET__ROUTES__0__KAFKA__ORDERING", "partition");
+        assert_eq!(problems(kafka, fixed), Vec::<String>::new());
+        let settings = load_str(
+            &format!(
+                "{UPSTREAM}{}",
+                kafka.replace("ordering = \"sideways\"\n", "")
+            ),
+            env("RICOCHET__ROUTES__0__KAFKA__DEAD_LETTER_AFTER", "4"),
+        )
+        .unwrap();
+        let SourceConfig::Kafka(source) = &settings.sources[0] else {
+            panic!("a Kafka route");
+        };
+        assert_eq!(source.settings.dead_letter_after, Some(4));
+    }
+
+    #[test]
+    fn every_source_prints_what_loads_back_as_the_same() {
+        let text = format!(
+            "{UPSTREAM}[[routes]]\nname = \"n\"\nsubject = \"n\"\npath = \"/\"\nqueue_group = \"own\"\nmax_pending = 7\n\
+             [[routes]]\nname = \"j\"\nsource = \"jetstream\"\nsubject = \"j\"\npath = \"/\"\ndelivery = \"at_most_once\"\nreply_subject = \"r\"\ndead_letter = \"d\"\n[routes.jetstream]\nstream = \"S\"\nack_wait = \"1m\"\n\
+             [[routes]]\nname = \"k\"\nsource = \"kafka\"\nsubject = \"k\"\npath = \"/\"\ndelivery = \"exactly_once\"\n[routes.kafka]\nbrokers = \"h:9092\"\nordering = \"unordered\"\nsasl_password = \"hunter2\"\nsecurity_protocol = \"sasl_plaintext\"\nsasl_username = \"u\"\n\
+             [[routes]]\nname = \"a\"\nsource = \"amqp\"\nsubject = \"a\"\npath = \"/\"\n[routes.amqp]\nurl = \"amqp://h:5672/%2f\"\nqueue_type = \"quorum\"\n"
+        );
+        let first = load_str(&text, Vec::new()).unwrap();
+        let printed = first.printable().unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let second = load_str(&printed, Vec::new()).unwrap();
+        assert_eq!(second.printable().unwrap(), printed);
+        let kinds: Vec<&str> = (second.sources.iter()).map(|s| s.kind().as_str()).collect();
+        assert_eq!(kinds, ["nats", "jetstream", "kafka", "amqp"]);
+        let SourceConfig::Nats(nats) = &second.sources[0] else {
+            panic!("a core route");
+        };
+        assert_eq!(nats.queue_group.as_deref(), Some("own"));
+        assert_eq!(nats.max_pending(&second.config.routes[0]), 7);
+    }
+}
