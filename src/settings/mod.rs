@@ -111,9 +111,17 @@ pub fn load_str(
         return Err(ConfigErrors(errors));
     }
     let (mut sources, mut schemas) = (Vec::new(), Vec::new());
-    for (_, route, source, compiled) in routes {
+    for (index, route, source, compiled) in routes {
+        // A source part that could not be read was reported; this is a safety net.
+        let Some(source) = source else {
+            let message = "its source's settings could not be read";
+            return Err(ConfigErrors(vec![ConfigError::new(
+                format!("routes[{index}]"),
+                message,
+            )]));
+        };
         config.routes.push(route);
-        sources.push(source.expect("no errors: every source part was read"));
+        sources.push(source);
         schemas.push(compiled);
     }
     Ok(Settings {
