@@ -14,15 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, SourceKind};
 use crate::pipeline::Pipeline;
+use crate::settings::Settings;
 pub use crate::source::nats::Nats;
-use crate::source::Context;
+use crate::source::{Context, SourceKind};
 use crate::telemetry::liveness::{self, Cause};
 use crate::telemetry::Health;
 
 pub struct Generation {
-    pub config: Config,
+    pub settings: Settings,
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
     nats: Option<Nats>,
@@ -33,36 +33,36 @@ pub struct Generation {
     confirmed: CancellationToken,
 }
 
-/// Whether any route of `config` takes messages from NATS (core or JetStream).
-pub fn needs_nats(config: &Config) -> bool {
-    (config.routes.iter()).any(|r| r.source.kind().uses_nats())
+/// Whether any route of `settings` takes messages from NATS (core or JetStream).
+pub fn needs_nats(settings: &Settings) -> bool {
+    (settings.sources.iter()).any(|s| s.kind().uses_nats())
 }
 
-fn core_routes(config: &Config) -> usize {
-    (config.routes.iter())
-        .filter(|r| r.source.kind() == SourceKind::Nats)
+fn core_routes(settings: &Settings) -> usize {
+    (settings.sources.iter())
+        .filter(|s| s.kind() == SourceKind::Nats)
         .count()
 }
 
 impl Generation {
     /// Builds the pipeline (HTTP client, limits, breakers, validation, tracing); starts
     /// nothing yet. `nats` is required when a route uses NATS.
-    pub fn new(config: Config, nats: Option<Nats>) -> anyhow::Result<Self> {
-        let needs_nats = needs_nats(&config);
+    pub fn new(settings: Settings, nats: Option<Nats>) -> anyhow::Result<Self> {
+        let needs_nats = needs_nats(&settings);
         if needs_nats && nats.is_none() {
             anyhow::bail!("routes take messages from NATS but there is no NATS connection");
         }
-        let pipeline = Arc::new(crate::source::pipeline(&config)?);
+        let pipeline = Arc::new(settings.pipeline()?);
         // Readiness waits for the NATS connection's subscriptions (confirmed once for all
         // core routes) and for the consumer of every other route.
-        let intakes = usize::from(needs_nats) + config.routes.len() - core_routes(&config);
+        let intakes = usize::from(needs_nats) + settings.sources.len() - core_routes(&settings);
         let health = Arc::new(Health::new(intakes, needs_nats));
         if let (Some(nats), true) = (&nats, needs_nats) {
             health.set_client(nats.client.clone());
         }
         health.set_routes(pipeline.routes().to_vec());
         Ok(Self {
-            config,
+            settings,
             pipeline,
             health,
             nats: nats.filter(|_| needs_nats),
@@ -81,8 +81,8 @@ impl Generation {
             self.confirmed.cancel();
             return Ok(());
         };
-        if core_routes(&self.config) > 0 {
-            let queue_group = &self.config.nats.queue_group;
+        if core_routes(&self.settings) > 0 {
+            let queue_group = &self.settings.config.nats.queue_group;
             let core = crate::source::nats::Core::new(
                 self.pipeline.clone(),
                 nats.replier.clone(),
@@ -101,7 +101,7 @@ impl Generation {
             self.confirmed.clone(),
             self.stop.clone(),
         );
-        let routes = self.config.routes.len();
+        let routes = self.settings.config.routes.len();
         tokio::spawn(async move {
             tokio::select! {
                 result = crate::source::nats::confirm_subscriptions(&nats.client) => match result {
@@ -126,24 +126,26 @@ impl Generation {
     /// Starts the consumers of the durable sources (JetStream, Kafka, AMQP) and the NATS
     /// micro services API.
     pub async fn start_durable(&mut self) -> anyhow::Result<()> {
-        for route in self.pipeline.clone().routes() {
-            let (tracker, stop, health) =
-                (self.tracker.clone(), self.stop.clone(), self.health.clone());
+        let mut intakes = Vec::new();
+        for (route, source) in self.pipeline.routes().iter().zip(&self.settings.sources) {
             let context = Context {
                 route: route.clone(),
                 pipeline: self.pipeline.clone(),
                 nats: self.nats.clone(),
-                health,
-                tracker,
-                stop,
+                health: self.health.clone(),
+                tracker: self.tracker.clone(),
+                stop: self.stop.clone(),
             };
             // Core NATS routes have none: `start_core` subscribed them together.
-            if let Some(intake) = route.config.source.intake(context) {
-                self.spawn_intake(format!("{} route {}", route.kind, route.name), intake);
+            if let Some(intake) = source.intake(context) {
+                intakes.push((format!("{} route {}", route.kind, route.name), intake));
             }
         }
-        if let (Some(nats), Some(service)) = (&self.nats, &self.config.nats.service) {
-            let queue_group = &self.config.nats.queue_group;
+        for (name, intake) in intakes {
+            self.spawn_intake(name, intake);
+        }
+        if let (Some(nats), Some(service)) = (&self.nats, &self.settings.config.nats.service) {
+            let queue_group = &self.settings.config.nats.queue_group;
             let (client, pipeline, stop) = (
                 nats.client.clone(),
                 self.pipeline.clone(),

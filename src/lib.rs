@@ -19,7 +19,10 @@
 //! - [`invoke`] owns the HTTP client and classifies every result once;
 //! - [`reply`] publishes replies and dead letters to NATS, Kafka and RabbitMQ;
 //! - [`telemetry`] holds metric names, logging and the admin server;
-//! - [`config`] loads and validates the configuration;
+//! - [`config`] is the bottom layer of the configuration: shared sections, a route's common
+//!   part, units, secrets, the loading machinery;
+//! - [`settings`] is the whole file: [`config`] plus each route's source part (from
+//!   `source/<name>/config.rs`), loaded and checked together;
 //! - [`generation`] is one configuration at work: its pipeline and the intakes feeding it;
 //! - [`reload`] replaces the running generation with one from the re-read configuration.
 
@@ -32,6 +35,7 @@ pub mod pipeline;
 pub mod reload;
 
 pub mod route;
+pub mod settings;
 pub mod source;
 pub mod telemetry;
 pub mod validate;
@@ -41,9 +45,9 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::config::Config;
 use crate::generation::{Generation, Nats};
 use crate::reload::Triggers;
+use crate::settings::Settings;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
 use crate::telemetry::HealthSlot;
 
@@ -52,7 +56,7 @@ use crate::telemetry::HealthSlot;
 /// `reloads`, each of its triggers (SIGHUP, a watched file's change) reads the
 /// configuration again and applies it (see [`reload`]).
 pub async fn run(
-    config: Config,
+    settings: Settings,
     reloads: Option<Triggers>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -62,21 +66,23 @@ pub async fn run(
         metrics::counter!(RELOADS, "result" => result.as_str()).increment(0);
     }
     let health = Arc::new(HealthSlot::default());
-    let listen = config.admin.listen;
+    let listen = settings.config.admin.listen;
     let admin = telemetry::admin::serve(listen, metrics, health.clone())
         .await
         .map_err(|e| anyhow::anyhow!("admin server cannot listen on {listen}: {e}"))?;
     info!(%admin, "admin server listening (/healthz, /readyz, /metrics)");
 
     // A configuration with Kafka or AMQP routes only needs no NATS server at all.
-    let mut nats = match generation::needs_nats(&config) {
+    let mut nats = match generation::needs_nats(&settings) {
         true => {
             health.starting(telemetry::admin::NOT_CONNECTED);
-            Some(Nats::new(source::nats::connect(&config.nats).await?))
+            Some(Nats::new(
+                source::nats::connect(&settings.config.nats).await?,
+            ))
         }
         false => None,
     };
-    let mut running = Generation::new(config, nats.clone())?;
+    let mut running = Generation::new(settings, nats.clone())?;
     health.set(running.health.clone());
     running.start_core().await?;
     running.start_durable().await?;
@@ -94,7 +100,7 @@ pub async fn run(
         None => shutdown.as_mut().await,
     }
 
-    let grace = running.config.shutdown.grace_period;
+    let grace = running.settings.config.shutdown.grace_period;
     let budget = ShutdownBudget::new(grace);
     info!(
         ?grace,

@@ -29,7 +29,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ricochet::config::{self, RuntimeThreads, EXIT_INVALID_CONFIG};
+use ricochet::config::{RuntimeThreads, EXIT_INVALID_CONFIG};
+use ricochet::settings;
 
 /// mimalloc: with glibc's allocator, malloc and free took about 12% of ricochet's CPU per
 /// message at saturation. Transparent huge pages are off (`no_thp`): with them the peak RSS
@@ -107,10 +108,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, print } => match config::load(&config) {
+        Command::Check { config, print } => match settings::load(&config) {
             Ok(loaded) => {
                 if print {
-                    match config::printable(&loaded) {
+                    match loaded.printable() {
                         Ok(text) => print!("{text}"),
                         Err(e) => {
                             eprintln!("cannot print the configuration: {e}");
@@ -121,7 +122,7 @@ fn main() -> ExitCode {
                 let valid = format!(
                     "{}: valid ({} routes)",
                     config.display(),
-                    loaded.routes.len()
+                    loaded.config.routes.len()
                 );
                 // With --print, stdout is the configuration alone.
                 if print {
@@ -137,15 +138,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let loaded = match config::load(&config) {
+            let loaded = match settings::load(&config) {
                 Ok(loaded) => loaded,
                 Err(errors) => {
                     eprint!("{}: {errors}", config.display());
                     return ExitCode::from(EXIT_INVALID_CONFIG as u8);
                 }
             };
-            ricochet::telemetry::logging::init(&loaded.log);
-            let mut builder = match loaded.runtime_threads() {
+            ricochet::telemetry::logging::init(&loaded.config.log);
+            let mut builder = match loaded.config.runtime_threads() {
                 RuntimeThreads::Single => tokio::runtime::Builder::new_current_thread(),
                 RuntimeThreads::Multi(threads) => {
                     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -164,7 +165,7 @@ fn main() -> ExitCode {
             };
             let running = async move {
                 // SIGHUP (and, with reload.watch, the file's changes) reload the file.
-                let reloads = ricochet::reload::Triggers::new(config, &loaded.reload)?;
+                let reloads = ricochet::reload::Triggers::new(config, &loaded.config.reload)?;
                 ricochet::run(loaded, Some(reloads), shutdown_signal()).await
             };
             let code = match runtime.block_on(running) {

@@ -31,10 +31,11 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ReloadConfig, SourceConfig};
+use crate::config::{Config, ReloadConfig};
 use crate::generation::{self, Generation, Nats};
 use crate::pipeline::Pipeline;
 use crate::route::Pattern;
+use crate::settings::{self, Settings};
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
 use crate::telemetry::HealthSlot;
 use crate::ShutdownBudget;
@@ -146,7 +147,7 @@ pub async fn reload(
     info!(%file, trigger = trigger.as_str(), "reloading the configuration");
     let refused =
         || metrics::counter!(RELOADS, "result" => ReloadResult::Refused.as_str()).increment(1);
-    let loaded = match config::load(triggers.path()) {
+    let loaded = match settings::load(triggers.path()) {
         Ok(loaded) => loaded,
         Err(errors) => {
             for problem in &errors.0 {
@@ -157,12 +158,12 @@ pub async fn reload(
             return running;
         }
     };
-    let (new, kept) = keep_restart_only(&running.config, loaded, nats.is_some());
+    let (new, kept) = keep_restart_only(&running.settings.config, loaded, nats.is_some());
     if !kept.is_empty() {
         warn!(keys = ?kept, "these settings change only with a restart; running with their old values");
     }
     if generation::needs_nats(&new) && nats.is_none() {
-        match crate::source::nats::connect(&new.nats).await {
+        match crate::source::nats::connect(&new.config.nats).await {
             Ok(connection) => *nats = Some(Nats::new(connection)),
             Err(e) => {
                 error!(error = %e, "reload refused: the new routes need NATS and its connection settings cannot be used; the running configuration stays");
@@ -171,7 +172,7 @@ pub async fn reload(
             }
         }
     }
-    let changes = Changes::between(&running.config, &new);
+    let changes = Changes::between(&running.settings, &new);
     let mut next = match Generation::new(new, nats.clone()) {
         Ok(next) => next,
         Err(e) => {
@@ -181,10 +182,10 @@ pub async fn reload(
         }
     };
     let overlap = can_overlap(
-        &core_subscriptions(&running.pipeline, &running.config.nats.queue_group),
-        &core_subscriptions(&next.pipeline, &next.config.nats.queue_group),
+        &core_subscriptions(&running.pipeline, &running.settings.config.nats.queue_group),
+        &core_subscriptions(&next.pipeline, &next.settings.config.nats.queue_group),
     );
-    let grace = next.config.shutdown.grace_period;
+    let grace = next.settings.config.shutdown.grace_period;
     let finished = if overlap {
         if let Err(e) = next.start_core().await {
             error!(error = %format!("{e:#}"), "reload refused: cannot subscribe the new routes; the running configuration stays");
@@ -214,10 +215,10 @@ pub async fn reload(
         warn!("not every consumer of the new configuration is set up yet; /readyz says so");
     }
     health.set(next.health.clone());
-    triggers.configure(&next.config.reload);
+    triggers.configure(&next.settings.config.reload);
     metrics::counter!(RELOADS, "result" => ReloadResult::Applied.as_str()).increment(1);
     info!(
-        routes = next.config.routes.len(),
+        routes = next.settings.config.routes.len(),
         added = ?changes.added,
         removed = ?changes.removed,
         changed = ?changes.changed,
@@ -240,9 +241,10 @@ async fn stop_old(running: Generation, grace: Duration) -> bool {
 /// those that differ. The NATS connection's settings count only while connected.
 fn keep_restart_only(
     running: &Config,
-    mut new: Config,
+    mut settings: Settings,
     connected: bool,
-) -> (Config, Vec<&'static str>) {
+) -> (Settings, Vec<&'static str>) {
+    let new = &mut settings.config;
     let mut kept = Vec::new();
     if connected {
         let mut nats = running.nats.clone();
@@ -265,7 +267,7 @@ fn keep_restart_only(
         kept.push("runtime");
         new.runtime = running.runtime.clone();
     }
-    (new, kept)
+    (settings, kept)
 }
 
 /// The core NATS routes' subscriptions, from the patterns their pipeline parsed: subject
@@ -275,9 +277,9 @@ fn core_subscriptions<'a>(
     default_group: &'a str,
 ) -> Vec<(&'a Pattern, &'a str)> {
     (pipeline.routes().iter())
-        .filter(|r| matches!(r.config.source, SourceConfig::Nats(_)))
+        .filter(|r| crate::source::nats::is_core(r))
         .map(|r| {
-            let group = crate::source::nats::queue_group(&r.config.source, default_group);
+            let group = r.consumer_group.as_deref().unwrap_or(default_group);
             (&r.pattern, group)
         })
         .collect()
@@ -308,18 +310,22 @@ impl Changes {
     /// Compared as `check --print` shows them (secrets redacted: a changed password alone
     /// is applied but not listed), and by the content of their schema files: a route whose
     /// schema file changed under the same path is listed as changed.
-    fn between(old: &Config, new: &Config) -> Self {
-        let shown = |config: &Config| -> BTreeMap<String, serde_json::Value> {
-            (config.routes.iter())
-                .map(|r| (r.name.clone(), serde_json::to_value(r).unwrap_or_default()))
+    fn between(old: &Settings, new: &Settings) -> Self {
+        type Shown = (serde_json::Value, Option<toml::Table>);
+        let shown = |settings: &Settings| -> BTreeMap<String, Shown> {
+            (settings.routes())
+                .map(|(r, source)| {
+                    let route = serde_json::to_value(r).unwrap_or_default();
+                    (r.name.clone(), (route, source.to_table().ok()))
+                })
                 .collect()
         };
         let (before, after) = (shown(old), shown(new));
         let schemas_changed = |name: &String| {
-            let schemas = |config: &Config| {
-                (config.routes.iter())
-                    .find(|r| &r.name == name)
-                    .map(|r| r.schemas.clone())
+            let schemas = |settings: &Settings| {
+                (settings.config.routes.iter().zip(&settings.schemas))
+                    .find(|(r, _)| &r.name == name)
+                    .map(|(_, schemas)| schemas.clone())
             };
             match (schemas(old), schemas(new)) {
                 (Some(old), Some(new)) => !old.same_documents(&new),
@@ -335,8 +341,8 @@ impl Changes {
             changed: names(&after, &|n| {
                 before.get(n).is_some_and(|v| Some(v) != after.get(n)) || schemas_changed(n)
             }),
-            upstream: serde_json::to_value(&old.upstream).ok()
-                != serde_json::to_value(&new.upstream).ok(),
+            upstream: serde_json::to_value(&old.config.upstream).ok()
+                != serde_json::to_value(&new.config.upstream).ok(),
         }
     }
 }
@@ -345,8 +351,8 @@ impl Changes {
 mod tests {
     use super::*;
 
-    fn config(text: &str) -> Config {
-        config::load_str(text, Vec::new()).expect("valid")
+    fn config(text: &str) -> Settings {
+        settings::load_str(text, Vec::new()).expect("valid")
     }
 
     const BASE: &str = r#"
@@ -414,27 +420,24 @@ path = "/gone"
             BASE.replace("127.0.0.1:4222", "127.0.0.1:4333")
                 .replace("[upstream]", "queue_group = \"other\"\n[upstream]")
         ));
-        let (effective, kept) = keep_restart_only(&old, new.clone(), true);
+        let (effective, kept) = keep_restart_only(&old.config, new.clone(), true);
         assert_eq!(kept, ["nats (connection)", "admin"]);
-        assert_eq!(effective.nats.url, old.nats.url);
-        assert_eq!(effective.admin.listen, old.admin.listen);
+        assert_eq!(effective.config.nats.url, old.config.nats.url);
+        assert_eq!(effective.config.admin.listen, old.config.admin.listen);
         // The queue group belongs to the routes: it is applied.
-        assert_eq!(effective.nats.queue_group, "other");
+        assert_eq!(effective.config.nats.queue_group, "other");
         // Without a connection yet, the new NATS settings are the ones to connect with.
-        let (effective, kept) = keep_restart_only(&old, new, false);
+        let (effective, kept) = keep_restart_only(&old.config, new, false);
         assert_eq!(kept, ["admin"]);
-        assert_eq!(effective.nats.url, "nats://127.0.0.1:4333");
+        assert_eq!(effective.config.nats.url, "nats://127.0.0.1:4333");
     }
 
     /// Whether a reload from `old` to `new` overlaps their core subscriptions.
-    fn can_overlap(old: &Config, new: &Config) -> bool {
-        let (before, after) = (
-            crate::source::pipeline(old).unwrap(),
-            crate::source::pipeline(new).unwrap(),
-        );
+    fn can_overlap(old: &Settings, new: &Settings) -> bool {
+        let (before, after) = (old.pipeline().unwrap(), new.pipeline().unwrap());
         super::can_overlap(
-            &core_subscriptions(&before, &old.nats.queue_group),
-            &core_subscriptions(&after, &new.nats.queue_group),
+            &core_subscriptions(&before, &old.config.nats.queue_group),
+            &core_subscriptions(&after, &new.config.nats.queue_group),
         )
     }
 

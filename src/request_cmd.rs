@@ -66,7 +66,9 @@ pub fn run(args: RequestArgs) -> ExitCode {
 // `run` and never matched on, so a typed error (or anyhow's chain) would add nothing.
 async fn send(args: RequestArgs) -> Result<(), String> {
     // The configuration's TLS and credentials apply to its server (and to --nats-url).
-    let config = ricochet::config::load(&args.config).ok().map(|c| c.nats);
+    let config = ricochet::settings::load(&args.config)
+        .ok()
+        .map(|s| s.config.nats);
     let url = (args.nats_url.clone())
         .or_else(|| config.as_ref().map(|c| c.url.clone()))
         .unwrap_or_else(ricochet::config::defaults::nats_url);

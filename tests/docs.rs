@@ -51,14 +51,20 @@ fn pages() -> Vec<String> {
 }
 
 fn ricochet(args: &[&str]) -> Output {
+    ricochet_with(args, &[])
+}
+
+/// `ricochet` with the documented files alone, not whatever overrides the test's
+/// environment holds, plus `env` (the overrides a shipped manifest sets).
+fn ricochet_with(args: &[&str], env: &[(String, String)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ricochet"));
     command.args(args).current_dir(ROOT);
-    // The documented files alone, not whatever overrides the test's environment holds.
     for (name, _) in std::env::vars() {
         if name.starts_with("RICOCHET__") {
             command.env_remove(name);
         }
     }
+    command.envs(env.iter().cloned());
     command.output().unwrap()
 }
 
@@ -217,41 +223,169 @@ fn code_blocks(markdown: &str) -> Vec<Block> {
     blocks
 }
 
-#[test]
-fn every_complete_configuration_in_the_pages_passes_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut checked = Vec::new();
-    let mut failures = Vec::new();
+/// Whether a ```` ```toml ```` block is a whole configuration file: marked as one, or
+/// (so that a new example is covered even when its author forgets the mark) a TOML
+/// document with an `[upstream]` table and `[[routes]]`.
+fn is_complete(block: &Block) -> bool {
+    if block.language != "toml" {
+        return false;
+    }
+    if block.text.lines().next().map(str::trim) == Some(COMPLETE_MARK) {
+        return true;
+    }
+    (block.text.parse::<toml::Table>())
+        .is_ok_and(|t| t.contains_key("upstream") && t.contains_key("routes"))
+}
+
+/// One configuration the project ships or documents.
+struct Example {
+    /// Where it is: a file, a page and line, or a manifest.
+    name: String,
+    text: String,
+    /// The `RICOCHET__...` overrides its manifest sets (with placeholder values).
+    env: Vec<(String, String)>,
+}
+
+/// Every files under `dir` (relative to the root), recursively, sorted.
+fn files_under(dir: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&Path::new(ROOT).join(dir), &mut files);
+    files.sort();
+    files
+}
+
+/// The `<name>.toml: |` blocks of a YAML manifest (a Kubernetes ConfigMap), unindented.
+fn embedded_configurations(yaml: &str) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut found = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let trimmed = line.trim();
+        if !(trimmed.ends_with(".toml: |") || trimmed.ends_with(".toml: |-")) {
+            continue;
+        }
+        let outer = line.len() - line.trim_start().len();
+        let body: Vec<&str> = lines[index + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > outer)
+            .copied()
+            .collect();
+        let indent = (body.iter().filter(|l| !l.trim().is_empty()))
+            .map(|l| l.len() - l.trim_start().len())
+            .min()
+            .unwrap_or(0);
+        let text: String = (body.iter())
+            .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+            .collect();
+        found.push((index + 2, text));
+    }
+    found
+}
+
+/// Every configuration the project ships or documents, found by scanning so that a new one
+/// is covered without touching this test: `*.toml` files with `[[routes]]` under
+/// `config/`, `examples/` and `deploy/`; configurations embedded in the YAML manifests
+/// there (with the `RICOCHET__` variables the manifest sets); and every complete
+/// ```` ```toml ```` block of `README.md` and `docs/` (see [`is_complete`]).
+fn configurations() -> Vec<Example> {
+    let mut examples = Vec::new();
+    let relative = |path: &Path| (path.strip_prefix(ROOT).unwrap().to_string_lossy()).into_owned();
+    for path in ["config", "examples", "deploy"]
+        .into_iter()
+        .flat_map(files_under)
+    {
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        match extension {
+            "toml"
+                if text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("routes")) =>
+            {
+                examples.push(Example {
+                    name: relative(&path),
+                    text,
+                    env: Vec::new(),
+                });
+            }
+            "yaml" | "yml" => {
+                let env: Vec<(String, String)> = (text.lines())
+                    .filter_map(|l| l.trim().strip_prefix("- name: "))
+                    .filter(|name| name.starts_with("RICOCHET__"))
+                    .map(|name| (name.to_string(), "set-by-the-manifest".to_string()))
+                    .collect();
+                for (line, embedded) in embedded_configurations(&text) {
+                    examples.push(Example {
+                        name: format!("{}:{line}", relative(&path)),
+                        text: embedded,
+                        env: env.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
     for page in pages() {
         for block in code_blocks(&read(&page)) {
-            let complete = block.language == "toml"
-                && block.text.lines().next().map(str::trim) == Some(COMPLETE_MARK);
-            if !complete {
-                continue;
+            if is_complete(&block) {
+                examples.push(Example {
+                    name: format!("{page}:{}", block.line),
+                    text: block.text,
+                    env: Vec::new(),
+                });
             }
-            let file = dir.path().join(format!("block-{}.toml", checked.len()));
-            std::fs::write(&file, &block.text).unwrap();
-            let out = ricochet(&["check", "--config", file.to_str().unwrap()]);
-            if !out.status.success() {
-                failures.push(format!(
-                    "{page}, the block starting on line {}:\n{}",
-                    block.line,
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            checked.push(format!("{page}:{}", block.line));
+        }
+    }
+    examples
+}
+
+#[test]
+fn every_shipped_and_documented_configuration_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let examples = configurations();
+    for (index, example) in examples.iter().enumerate() {
+        let file = dir.path().join(format!("example-{index}.toml"));
+        std::fs::write(&file, &example.text).unwrap();
+        let out = ricochet_with(&["check", "--config", file.to_str().unwrap()], &example.env);
+        if !out.status.success() {
+            failures.push(format!(
+                "{}:\n{}",
+                example.name,
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     assert!(
         failures.is_empty(),
-        "`ricochet check` refuses these complete configurations:\n{}",
+        "`ricochet check` refuses these configurations:\n{}",
         failures.join("\n")
     );
-    // The convention is in use: a page that drops every mark would pass vacuously.
-    for page in ["README.md", "docs/configuration.md"] {
+    // The scan finds what it should: a scan that finds nothing would pass vacuously.
+    let names: Vec<&str> = examples.iter().map(|e| e.name.as_str()).collect();
+    for place in [
+        "README.md:",
+        "docs/configuration.md:",
+        "config/ricochet.toml",
+        "deploy/",
+    ] {
         assert!(
-            checked.iter().any(|c| c.starts_with(&format!("{page}:"))),
-            "{page} has no ```toml block marked `{COMPLETE_MARK}`; checked: {checked:?}"
+            names.iter().any(|n| n.starts_with(place)),
+            "no configuration found in {place}; found: {names:?}"
         );
     }
 }
@@ -449,44 +583,28 @@ fn every_dead_letter_header_and_reason_is_in_its_source_page() {
     assert!(missing.is_empty(), "not in the pages: {missing:#?}");
 }
 
-/// `ricochet check --print` prints what loads again and means the same: for every shipped
-/// configuration in `config/` and every complete configuration in the pages, the print
-/// passes `ricochet check`, and the configuration loaded from it equals the one loaded from
-/// the original (compared as the effective configuration with secrets redacted on both
-/// sides: a print holds `***` where a secret was), so printing it again gives the same text.
+/// `ricochet check --print` prints what loads again and means the same: for every
+/// configuration [`configurations`] finds, the print passes `ricochet check`, and the
+/// settings loaded from it equal those loaded from the original (compared as the effective
+/// configuration with secrets redacted on both sides: a print holds `***` where a secret
+/// was), so printing it again gives the same text.
 #[test]
 fn check_print_reads_back_as_the_same_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sources: Vec<(String, String)> = Vec::new();
-    let mut shipped: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("config"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    shipped.sort();
-    for path in shipped {
-        let name = path
-            .strip_prefix(ROOT)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        sources.push((name, std::fs::read_to_string(&path).unwrap()));
-    }
-    for page in pages() {
-        for block in code_blocks(&read(&page)) {
-            if block.language == "toml"
-                && block.text.lines().next().map(str::trim) == Some(COMPLETE_MARK)
-            {
-                sources.push((format!("{page}:{}", block.line), block.text));
-            }
-        }
-    }
-    assert!(sources.len() >= 10, "too few configurations: {sources:?}");
+    let examples = configurations();
+    assert!(
+        examples.len() >= 10,
+        "too few configurations: {}",
+        examples.len()
+    );
     let mut failures = Vec::new();
-    for (index, (name, text)) in sources.iter().enumerate() {
+    for (index, Example { name, text, env }) in examples.iter().enumerate() {
         let original = dir.path().join(format!("original-{index}.toml"));
         std::fs::write(&original, text).unwrap();
-        let out = ricochet(&["check", "--print", "--config", original.to_str().unwrap()]);
+        let out = ricochet_with(
+            &["check", "--print", "--config", original.to_str().unwrap()],
+            env,
+        );
         assert!(
             out.status.success(),
             "{name}: {}",
@@ -495,7 +613,10 @@ fn check_print_reads_back_as_the_same_configuration() {
         let printed_text = String::from_utf8(out.stdout).unwrap();
         let printed = dir.path().join(format!("printed-{index}.toml"));
         std::fs::write(&printed, &printed_text).unwrap();
-        let again = ricochet(&["check", "--print", "--config", printed.to_str().unwrap()]);
+        let again = ricochet_with(
+            &["check", "--print", "--config", printed.to_str().unwrap()],
+            env,
+        );
         if !again.status.success() {
             failures.push(format!(
                 "{name}: its print is refused:\n{}",
@@ -503,11 +624,12 @@ fn check_print_reads_back_as_the_same_configuration() {
             ));
             continue;
         }
-        let first = ricochet::config::load_str(text, Vec::new()).unwrap();
-        let second = ricochet::config::load_str(&printed_text, Vec::new()).unwrap();
+        // Relative schema paths resolve from the package root, the tests' directory.
+        let load = |text: &str| ricochet::settings::load_str(text, env.clone()).unwrap();
+        let (first, second) = (load(text), load(&printed_text));
         // Secrets (and credentials in URLs) print as `***`: compared redacted on both sides.
-        let as_value = |config: &ricochet::config::Config| {
-            (ricochet::config::printable(config).unwrap())
+        let as_value = |settings: &ricochet::settings::Settings| {
+            (settings.printable().unwrap())
                 .parse::<toml::Table>()
                 .unwrap()
         };

@@ -46,10 +46,12 @@ async fn healthz_fails_with_the_reasons_once_the_machinery_is_gone() {
         nats_url(),
         upstream.base_url()
     );
-    let config = ricochet::config::load_str(&toml, Vec::new()).unwrap();
-    let connected = ricochet::source::nats::connect(&config.nats).await.unwrap();
+    let settings = ricochet::settings::load_str(&toml, Vec::new()).unwrap();
+    let connected = ricochet::source::nats::connect(&settings.config.nats)
+        .await
+        .unwrap();
     let bridge = Nats::new(connected);
-    let mut running = Generation::new(config, Some(bridge.clone())).unwrap();
+    let mut running = Generation::new(settings, Some(bridge.clone())).unwrap();
     slot.set(running.health.clone());
     running.start_core().await.unwrap();
     running.start_durable().await.unwrap();

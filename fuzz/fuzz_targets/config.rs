@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ricochet::config::load_str;
+use ricochet::settings::load_str;
 
 const SECRET: &str = "fuzz-secret-2f9c";
 

@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use ricochet::config::load_str;
+use ricochet::settings::load_str;
 use ricochet::mapping::RequestMapping;
 use ricochet::route::Pattern;
 use ricochet::source::Inbound;
@@ -20,7 +20,7 @@ struct Message {
 const CONFIG: &str = "[upstream]\nbase_url = \"https://127.0.0.1:8443/api\"\n[[routes]]\nname = \"r\"\nsubject = \"orders.{id}.items\"\nmethod = \"GET\"\npath = \"/orders/{id}/items\"\n";
 
 fuzz_target!(|message: Message| {
-    let config = load_str(CONFIG, Vec::new()).unwrap();
+    let config = load_str(CONFIG, Vec::new()).unwrap().config;
     let pattern = Pattern::parse(&config.routes[0].subject).unwrap();
     let mapping = RequestMapping::new(&config.routes[0], &config.upstream, &pattern).unwrap();
     let inbound = Inbound::new(

@@ -1,15 +1,107 @@
-//! Checks of a route's `[routes.validate]` table and the `[schema_registry]` it may need, and
-//! the compilation of its JSON Schema files: once, when the configuration loads, so that
-//! `ricochet check` reports a missing or broken schema with its key path and `run` never
-//! compiles one per message.
+//! A route's `[routes.validate]` table and the `[schema_registry]` it may need: their types
+//! and checks. The JSON Schema files they name are compiled by `settings` (with
+//! `validate::json`), once, when the configuration loads.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use http::HeaderValue;
+use serde::{Deserialize, Serialize};
 
-use super::{redact_url, BodyFormat, Config, ConfigError, RouteConfig, RouteFile, ValidateConfig};
-use crate::validate::json::JsonSchema;
+use super::{defaults, redact_url, ByteSize, Config, ConfigError, RouteConfig};
+
+/// The Confluent-compatible schema registry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// `http://host:port[/base/path]`.
+    pub url: String,
+    /// Timeout of one registry request (connect, send, whole answer).
+    #[serde(default = "defaults::registry_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long the latest version of a subject (for encoding replies) is used before it is
+    /// asked for again. Schemas by id are cached for good: an id never changes its schema.
+    #[serde(
+        default = "defaults::registry_latest_refresh",
+        with = "humantime_serde"
+    )]
+    pub latest_refresh: Duration,
+}
+
+/// `[routes.validate]`: what a request must be. Checked before the service is called; a
+/// request that fails gets a 400 error reply listing the violations and, on a durable
+/// source, is dead-lettered at once with reason `validation`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// The body's format; absent: only the header and content-type rules apply.
+    #[serde(default)]
+    pub format: Option<BodyFormat>,
+    /// `format = "json_schema"`: the JSON Schema file (draft 2020-12 or 7).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// `format = "avro"`: only schema ids that are versions of this registry subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `format = "avro"`: `"json"` hands the service the record as JSON.
+    #[serde(default)]
+    pub decode: Option<Decode>,
+    /// Media types a request may have (`Content-Type`, or the route's `content_type`);
+    /// empty: any.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// Most headers a request may carry.
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    /// Most bytes all header names and values of a request may take together.
+    #[serde(default)]
+    pub max_header_bytes: Option<ByteSize>,
+    /// What the service's 2xx answers must be, and whether they are encoded as Avro.
+    #[serde(default)]
+    pub response: Option<ResponseValidateConfig>,
+}
+
+/// `[routes.validate.response]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseValidateConfig {
+    /// `json_schema` (with `schema`) or `avro` (the body in the wire format, with a version
+    /// of `subject`).
+    #[serde(default)]
+    pub format: Option<BodyFormat>,
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `"avro"`: the service answers JSON; the reply is that JSON encoded with `subject`'s
+    /// schema (`version`, else the latest) in the wire format.
+    #[serde(default)]
+    pub encode: Option<Encode>,
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    JsonSchema,
+    Avro,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decode {
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encode {
+    Avro,
+}
 
 /// The `validate` table of one route, as written.
-pub(super) fn route(route: &RouteFile, push: &mut impl FnMut(&str, String)) {
+pub(super) fn route(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
     let Some(validate) = &route.validate else {
         return;
     };
@@ -113,33 +205,8 @@ fn request(validate: &ValidateConfig, push: &mut impl FnMut(&str, String)) {
     }
 }
 
-/// Reads and compiles the route's JSON Schemas into `route.schemas`.
-pub(super) fn compile(index: usize, route: &mut RouteConfig) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
-    let Some(validate) = &route.validate else {
-        return errors;
-    };
-    let mut load = |key: &str, path: &std::path::Path| match JsonSchema::load(path) {
-        Ok(schema) => Some(schema),
-        Err(e) => {
-            errors.push(ConfigError::new(
-                format!("routes[{index}].{key}"),
-                e.to_string(),
-            ));
-            None
-        }
-    };
-    let request = (validate.schema.as_deref()).and_then(|p| load("validate.schema", p));
-    let response = (validate.response.as_ref())
-        .and_then(|r| r.schema.as_deref())
-        .and_then(|p| load("validate.response.schema", p));
-    route.schemas.request = request;
-    route.schemas.response = response;
-    errors
-}
-
 /// Avro needs the registry; the registry's URL must be one ricochet can use.
-pub(super) fn registry(routes: &[(usize, RouteConfig)], config: &Config) -> Vec<ConfigError> {
+pub fn registry(config: &Config, routes: &[(usize, &RouteConfig)]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     if let Some(registry) = &config.schema_registry {
         if let Err(message) = check_url(&registry.url) {
@@ -195,103 +262,4 @@ fn check_url(url: &str) -> Result<(), String> {
         return Err(format!("{shown:?} must not have a query"));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::load_str;
-
-    /// The problems of a route with this `[routes.validate]` body (and `top`-level text).
-    fn problems(top: &str, validate: &str) -> Vec<String> {
-        let text = format!(
-            "[upstream]\nbase_url = \"http://127.0.0.1:1\"\n{top}\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/p\"\n[routes.validate]\n{validate}\n"
-        );
-        match load_str(&text, Vec::new()) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
-        }
-    }
-
-    const REGISTRY: &str = "[schema_registry]\nurl = \"http://127.0.0.1:8081\"";
-
-    #[test]
-    fn each_misplaced_or_missing_key_is_reported_with_its_path() {
-        let cases = [
-            (
-                "",
-                "format = \"json_schema\"",
-                "routes[0].validate.schema: required",
-            ),
-            (
-                REGISTRY,
-                "format = \"avro\"\nschema = \"x.json\"",
-                "routes[0].validate.schema: only used",
-            ),
-            (
-                "",
-                "decode = \"json\"",
-                "routes[0].validate.decode: only used",
-            ),
-            (
-                "",
-                "content_types = [\"\"]",
-                "routes[0].validate.content_types:",
-            ),
-            ("", "max_headers = 0", "routes[0].validate.max_headers:"),
-            (
-                "",
-                "max_header_bytes = 0",
-                "routes[0].validate.max_header_bytes:",
-            ),
-            ("", "format = \"xml\"", "routes[0].validate.format:"),
-            (
-                "",
-                "[routes.validate.response]",
-                "routes[0].validate.response: names neither",
-            ),
-            (
-                REGISTRY,
-                "[routes.validate.response]\nencode = \"avro\"",
-                "routes[0].validate.response.subject: required",
-            ),
-            (
-                REGISTRY,
-                "[routes.validate.response]\nformat = \"avro\"\nsubject = \"s\"\nencode = \"avro\"",
-                "routes[0].validate.response.encode:",
-            ),
-            (
-                REGISTRY,
-                "[routes.validate.response]\nformat = \"avro\"\nsubject = \"s\"\nversion = 2",
-                "routes[0].validate.response.version:",
-            ),
-            (
-                "",
-                "[routes.validate.response]\nencode = \"avro\"\nsubject = \"s\"",
-                "routes[0].validate.response.encode: Avro needs a [schema_registry]",
-            ),
-            (
-                "[schema_registry]\nurl = \"https://u:secret@r:8081\"",
-                "format = \"avro\"",
-                "schema_registry.url: https is not supported",
-            ),
-            (
-                "[schema_registry]\nurl = \"http://u:secret@r:8081\"",
-                "format = \"avro\"",
-                "schema_registry.url: credentials",
-            ),
-        ];
-        for (top, validate, expected) in cases {
-            let found = problems(top, validate);
-            assert!(
-                found.iter().any(|p| p.starts_with(expected)),
-                "{validate:?}: expected {expected:?} in {found:?}"
-            );
-            assert!(!found.iter().any(|p| p.contains("secret")), "{found:?}");
-        }
-    }
-
-    #[test]
-    fn a_valid_table_loads() {
-        assert_eq!(problems(REGISTRY, "format = \"avro\"\nsubject = \"orders-value\"\ndecode = \"json\"\ncontent_types = [\"application/octet-stream\"]\n[routes.validate.response]\nencode = \"avro\"\nsubject = \"replies-value\"\nversion = 3"), Vec::<String>::new());
-    }
 }

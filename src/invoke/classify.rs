@@ -58,12 +58,13 @@ impl StatusSet {
 }
 
 impl Classifier {
-    pub fn new(route: &RouteConfig) -> Self {
+    /// `durable`: whether the route's source can redeliver, for the default `retry_on`.
+    pub fn new(route: &RouteConfig, durable: bool) -> Self {
         let mut classifier = Self::default();
         for status in &route.success_statuses {
             classifier.success_statuses.insert(*status);
         }
-        for on in route.retry_on() {
+        for on in route.retry_on(durable) {
             match on {
                 RetryOn::Status(status) => classifier.retry_statuses.insert(status),
                 RetryOn::Condition(condition) => classifier.retry_conditions.push(condition),
@@ -118,15 +119,17 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
     use crate::invoke::ConnectError;
+    use crate::settings::load_str;
     use std::time::Duration;
 
     fn classifier(extra: &str) -> Classifier {
         let text = format!(
             "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n{extra}"
         );
-        Classifier::new(&load_str(&text, Vec::new()).unwrap().routes[0])
+        let settings = load_str(&text, Vec::new()).unwrap();
+        let durable = settings.sources[0].kind().is_durable();
+        Classifier::new(&settings.config.routes[0], durable)
     }
 
     fn status(c: &Classifier, code: u16) -> Verdict {

@@ -318,7 +318,7 @@ mod tests {
         let text = format!(
             "[upstream]\nbase_url = \"http://127.0.0.1:{port}\"\n{extra}\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n"
         );
-        let config = crate::config::load_str(&text, Vec::new()).unwrap();
+        let config = crate::settings::load_str(&text, Vec::new()).unwrap().config;
         Upstream::new(&config.upstream).unwrap()
     }
 
@@ -425,7 +425,7 @@ mod tests {
         let text = format!(
             "[upstream]\nbase_url = \"http://127.0.0.1:{port}/api\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n"
         );
-        let mut config = crate::config::load_str(&text, Vec::new()).unwrap();
+        let mut config = crate::settings::load_str(&text, Vec::new()).unwrap().config;
         // `check` refuses credentials in base_url; were they there anyway, never sent.
         config.upstream.base_url = format!("http://user:secret@127.0.0.1:{port}/api");
         let upstream = Upstream::new(&config.upstream).unwrap();

@@ -88,17 +88,18 @@ pub struct RouteInvoker {
 }
 
 impl RouteInvoker {
-    pub fn new(route: &RouteConfig, upstream: &UpstreamConfig) -> Self {
+    /// `durable`: the route's source can redeliver (its default retries and its wait for
+    /// the rate limit depend on it).
+    pub fn new(route: &RouteConfig, upstream: &UpstreamConfig, durable: bool) -> Self {
         Self {
             timeout: route.timeout_or(upstream),
-            classifier: Classifier::new(route),
+            classifier: Classifier::new(route, durable),
             policy: RetryPolicy::new(&route.retry),
             budget: RetryBudget::new(&route.retry),
             breaker: Breaker::new(&route.name, &route.circuit_breaker),
             limit: route.rate_limit.as_ref().map(|l| {
                 // A durable source has no caller waiting for a fast 429, and a refusal
                 // would be a redelivery: its messages wait for the limit instead.
-                let durable = route.source.kind().is_durable();
                 RateLimit::new(l, route.max_payload, durable)
             }),
         }

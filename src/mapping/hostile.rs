@@ -11,9 +11,9 @@ use percent_encoding::percent_decode_str;
 use proptest::prelude::*;
 
 use super::{MapError, RequestMapping};
-use crate::config::load_str;
 use crate::message::Inbound;
 use crate::route::Pattern;
+use crate::settings::load_str;
 
 const BASE: &str = "https://127.0.0.1:8443/api";
 const PREFIX: &str = "/api/orders/";
@@ -39,7 +39,7 @@ fn mapping() -> (RequestMapping, Pattern) {
     let text = format!(
         "[upstream]\nbase_url = \"{BASE}\"\n[[routes]]\nname = \"r\"\nsubject = \"orders.{{id}}.items\"\nmethod = \"GET\"\npath = \"/orders/{{id}}/items\"\n"
     );
-    let config = load_str(&text, Vec::new()).unwrap();
+    let config = load_str(&text, Vec::new()).unwrap().config;
     let pattern = Pattern::parse(&config.routes[0].subject).unwrap();
     let mapping = RequestMapping::new(&config.routes[0], &config.upstream, &pattern).unwrap();
     (mapping, pattern)

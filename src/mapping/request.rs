@@ -125,13 +125,13 @@ impl RequestMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
+    use crate::settings::load_str;
 
     fn mapping(base_url: &str, extra: &str) -> (RequestMapping, Pattern) {
         let text = format!(
             "[upstream]\nbase_url = \"{base_url}\"\n[[routes]]\nname = \"r\"\nsubject = \"orders.{{id}}.get\"\nmethod = \"GET\"\npath = \"/orders/{{id}}\"\n{extra}"
         );
-        let config = load_str(&text, Vec::new()).unwrap();
+        let config = load_str(&text, Vec::new()).unwrap().config;
         let pattern = Pattern::parse(&config.routes[0].subject).unwrap();
         let m = RequestMapping::new(&config.routes[0], &config.upstream, &pattern).unwrap();
         (m, pattern)

@@ -36,6 +36,7 @@ use crate::route::{Captures, Pattern};
 use crate::telemetry::discovery::RequestStats;
 use crate::telemetry::metrics::{RouteMetrics, Settlement};
 use crate::telemetry::trace::{RouteSpans, SpanSource, Tracing};
+use crate::validate::json::CompiledSchemas;
 use crate::validate::registry::Registry;
 use crate::validate::Rules;
 
@@ -44,7 +45,8 @@ use crate::validate::Rules;
 pub struct Route {
     pub name: String,
     pub pattern: Pattern,
-    /// The route as configured, for source-specific settings.
+    /// The route as configured (what every source shares; a source's own settings are
+    /// its [`crate::source::Source`]'s).
     pub config: RouteConfig,
     request: RequestMapping,
     response_headers: HeaderFilter,
@@ -60,6 +62,9 @@ pub struct Route {
     pub max_payload: usize,
     /// The `source` metric label of the route's source.
     pub kind: &'static str,
+    /// The consumer group its intake joins (a NATS queue group, a JetStream durable, a Kafka
+    /// group), if its source has one.
+    pub consumer_group: Option<String>,
     /// The source keeps a message until it is settled (every source but core NATS).
     pub durable: bool,
     /// What becomes of a message once processed: the same rules for every source.
@@ -135,12 +140,20 @@ pub struct Pipeline {
 impl Pipeline {
     /// Built from a validated configuration and what each route's source is (`sources`,
     /// one per route, in file order).
-    pub fn new(config: &Config, sources: Vec<SourceFacts>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        sources: Vec<SourceFacts>,
+        schemas: &[CompiledSchemas],
+    ) -> anyhow::Result<Self> {
         let mut routes = Vec::with_capacity(config.routes.len());
         // One registry (and its cache) for every route.
         let registry = (config.schema_registry.as_ref()).map(|r| Arc::new(Registry::new(r)));
-        anyhow::ensure!(sources.len() == config.routes.len(), "one source per route");
-        for (route, source) in config.routes.iter().zip(sources) {
+        anyhow::ensure!(
+            sources.len() == config.routes.len() && schemas.len() == sources.len(),
+            "one source and one schema set per route"
+        );
+        let parts = sources.into_iter().zip(schemas);
+        for (route, (source, schemas)) in config.routes.iter().zip(parts) {
             let pattern = Pattern::parse(&route.subject)?;
             let request = RequestMapping::new(route, &config.upstream, &pattern)
                 .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
@@ -149,16 +162,17 @@ impl Pipeline {
                 config: route.clone(),
                 request,
                 response_headers: HeaderFilter::from_config(&route.response_headers),
-                invoker: RouteInvoker::new(route, &config.upstream),
+                invoker: RouteInvoker::new(route, &config.upstream, source.durable),
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
                 limit: Arc::new(Semaphore::new(route.max_in_flight)),
                 queue: Queue::new(source.max_pending),
                 kind: source.kind,
+                consumer_group: source.spans.consumer_group.clone(),
                 durable: source.durable,
                 metrics: RouteMetrics::new(&route.name, source.kind),
                 policy: source.policy,
-                validation: Rules::new(route, registry.as_ref()),
+                validation: Rules::new(route, schemas, registry.as_ref()),
                 stats: RequestStats::default(),
                 spans: RouteSpans::new(route, source.spans),
                 pattern,

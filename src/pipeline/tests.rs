@@ -11,11 +11,11 @@ use tokio::net::TcpListener;
 
 use super::process::parse_timeout;
 use super::*;
-use crate::config::load_str;
 use crate::message::{
     Accepted, Cause, Confirmed, DeadLetter, DeadLettered, Inbound, Redelivered, Settle,
     SettleError, Undelivered,
 };
+use crate::settings::load_str;
 
 #[test]
 fn caller_timeouts_parse() {
@@ -159,8 +159,7 @@ async fn pipeline(status: u16, delivery: &str) -> (Pipeline, Snapshotter) {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     // The route's metric handles are made now, bound to this recorder.
-    let pipeline =
-        metrics::with_local_recorder(&recorder, || crate::source::pipeline(&config)).unwrap();
+    let pipeline = metrics::with_local_recorder(&recorder, || config.pipeline()).unwrap();
     (pipeline, snapshotter)
 }
 
@@ -498,8 +497,7 @@ async fn validating_pipeline(validate: &str, registry: &str) -> (Pipeline, Snaps
     let config = load_str(&text, Vec::new()).unwrap();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let pipeline =
-        metrics::with_local_recorder(&recorder, || crate::source::pipeline(&config)).unwrap();
+    let pipeline = metrics::with_local_recorder(&recorder, || config.pipeline()).unwrap();
     (pipeline, snapshotter)
 }
 
@@ -578,7 +576,7 @@ async fn admission_gives_slots_then_places_in_line_then_refuses() {
         max_pending = 1
         "#;
     let config = load_str(text, Vec::new()).unwrap();
-    let pipeline = crate::source::pipeline(&config).unwrap();
+    let pipeline = config.pipeline().unwrap();
     let route = pipeline.routes()[0].clone();
     let Admission::Now(first) = route.admit() else {
         panic!("a free slot is given at once")

@@ -17,6 +17,7 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod config;
 pub mod jetstream;
 pub mod kafka;
 pub mod nats;
@@ -28,7 +29,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, RouteConfig, SourceConfig};
+pub use self::config::{SourceConfig, SourceKind};
+use crate::config::RouteConfig;
 use crate::pipeline::{Pipeline, Policy, Route, SourceFacts};
 use crate::telemetry::trace::SpanSource;
 use crate::telemetry::Health;
@@ -65,7 +67,7 @@ pub trait Source {
 
     /// Messages that may wait inside ricochet for a slot of a full route (core NATS's
     /// `max_pending`); durable sources leave them in the broker.
-    fn max_pending(&self) -> usize {
+    fn max_pending(&self, _route: &RouteConfig) -> usize {
         0
     }
 
@@ -78,10 +80,7 @@ pub trait Source {
 macro_rules! each_source {
     ($config:expr, $source:ident => $call:expr) => {
         match $config {
-            SourceConfig::Nats(nats) => {
-                let $source = nats;
-                $call
-            }
+            SourceConfig::Nats($source) => $call,
             SourceConfig::Jetstream($source) => $call,
             SourceConfig::Kafka($source) => $call,
             SourceConfig::Amqp($source) => $call,
@@ -94,22 +93,9 @@ fn facts<S: Source>(source: &S, route: &RouteConfig, default_queue_group: &str) 
         kind: S::KIND,
         durable: S::DURABLE,
         policy: source.policy(),
-        max_pending: source.max_pending(),
+        max_pending: source.max_pending(route),
         spans: source.spans(route, default_queue_group),
     }
-}
-
-fn kind_of<S: Source>(_: &S) -> &'static str {
-    S::KIND
-}
-
-/// The pipeline of `config`, with what each route's source is.
-pub fn pipeline(config: &Config) -> anyhow::Result<Pipeline> {
-    let queue_group = &config.nats.queue_group;
-    let sources = (config.routes.iter())
-        .map(|route| route.source.facts(route, queue_group))
-        .collect();
-    Pipeline::new(config, sources)
 }
 
 impl SourceConfig {
@@ -121,10 +107,5 @@ impl SourceConfig {
     /// The route's intake (see [`Source::intake`]).
     pub fn intake(&self, context: Context) -> Option<Intake> {
         each_source!(self, source => source.intake(context))
-    }
-
-    /// The `source` metric label and config value.
-    pub fn kind_name(&self) -> &'static str {
-        each_source!(self, source => kind_of(source))
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ServiceConfig, SourceConfig};
+use crate::config::ServiceConfig;
 use crate::message::reply::SERVICE_ERROR_HEADER;
 use crate::message::Reply;
 use crate::pipeline::{Pipeline, Route};
@@ -166,10 +166,13 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let endpoints = (pipeline.routes().iter())
-        .filter(|r| matches!(r.config.source, SourceConfig::Nats(_)))
+        .filter(|r| crate::source::nats::is_core(r))
         .map(|route| {
             let subject = route.pattern.subscription_subject();
-            let group = crate::source::nats::queue_group(&route.config.source, default_queue_group);
+            let group = route
+                .consumer_group
+                .as_deref()
+                .unwrap_or(default_queue_group);
             (route.clone(), subject, group.to_string())
         })
         .collect();

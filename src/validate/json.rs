@@ -138,6 +138,27 @@ impl JsonSchema {
     }
 }
 
+/// A route's JSON Schemas (`validate.schema`, `validate.response.schema`), compiled once
+/// when the configuration loads (`settings`), so that `ricochet check` reports a missing or
+/// broken schema with its key path and `run` never compiles one per message.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledSchemas {
+    /// `validate.schema`.
+    pub request: Option<JsonSchema>,
+    /// `validate.response.schema`.
+    pub response: Option<JsonSchema>,
+}
+
+impl CompiledSchemas {
+    /// Whether both hold the same schema documents (a file's content may change while its
+    /// path stays).
+    pub fn same_documents(&self, other: &Self) -> bool {
+        let document = |schema: &Option<JsonSchema>| schema.as_ref().map(|s| s.document().clone());
+        document(&self.request) == document(&other.request)
+            && document(&self.response) == document(&other.response)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,11 +195,15 @@ pub struct Rules {
 
 impl Rules {
     /// The route's rules, `None` when it has no `validate` table.
-    pub fn new(route: &RouteConfig, registry: Option<&Arc<Registry>>) -> Option<Self> {
+    pub fn new(
+        route: &RouteConfig,
+        schemas: &json::CompiledSchemas,
+        registry: Option<&Arc<Registry>>,
+    ) -> Option<Self> {
         let settings = route.validate.as_ref()?;
         let body = match settings.format {
             None => Body::Any,
-            Some(BodyFormat::JsonSchema) => match &route.schemas.request {
+            Some(BodyFormat::JsonSchema) => match &schemas.request {
                 Some(schema) => Body::Json(schema.clone()),
                 None => Body::Any,
             },
@@ -210,9 +214,7 @@ impl Rules {
         };
         let response = settings.response.as_ref().map(|r| Response {
             check: match r.format {
-                Some(BodyFormat::JsonSchema) => {
-                    route.schemas.response.clone().map(ResponseCheck::Json)
-                }
+                Some(BodyFormat::JsonSchema) => schemas.response.clone().map(ResponseCheck::Json),
                 Some(BodyFormat::Avro) => r.subject.clone().map(ResponseCheck::Avro),
                 None => None,
             },

@@ -2,7 +2,7 @@
 //! content-type allow-list, JSON Schema bodies, and the bounded summary for dead letters.
 
 use super::*;
-use crate::config::load_str;
+use crate::settings::load_str;
 
 fn rules(validate: &str) -> Rules {
     let dir = tempfile::tempdir().unwrap();
@@ -27,9 +27,10 @@ fn rules(validate: &str) -> Rules {
         "#,
         validate.replace("SCHEMA", &schema.display().to_string())
     );
-    let config = load_str(&text, Vec::new()).unwrap();
+    let settings = load_str(&text, Vec::new()).unwrap();
+    let config = &settings.config;
     let registry = (config.schema_registry.as_ref()).map(|r| Arc::new(Registry::new(r)));
-    Rules::new(&config.routes[0], registry.as_ref()).unwrap()
+    Rules::new(&config.routes[0], &settings.schemas[0], registry.as_ref()).unwrap()
 }
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

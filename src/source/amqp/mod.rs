@@ -14,6 +14,7 @@
 //! consumer is cancelled, in-flight requests finish and are settled, and the connection is
 //! closed; deliveries received but not started go back to the queue with the channel.
 
+pub mod config;
 pub mod fields;
 mod message;
 pub mod publish;
@@ -34,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+pub use self::config::{AmqpConfig, AmqpSource, QueueType};
 pub use self::topology::valid_name;
 use super::backoff::{Backoff, RECONNECT};
-use crate::config::{default_consumer_name, redact_url, AmqpConfig, AmqpSource, RouteConfig};
+use crate::config::{default_consumer_name, redact_url, RouteConfig};
 use crate::pipeline::{Pipeline, Policy, Route};
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::trace::SpanSource;

@@ -19,7 +19,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ExchangeKind};
 
-use crate::config::{AmqpConfig, QueueType};
+use super::config::{AmqpConfig, QueueType};
 
 /// On a retry copy: the routing key the request first came with (the copy comes back
 /// through the default exchange, under the queue's name).

@@ -14,6 +14,7 @@
 //! While a call runs longer than half of `ack_wait`, in-progress is sent every half
 //! `ack_wait` so the server does not redeliver a message still being worked on.
 
+pub mod config;
 mod consumer;
 
 use std::sync::Arc;
@@ -27,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+pub use self::config::{JetStreamConfig, JetStreamSource};
 use super::backoff::{Backoff, RECONNECT};
 use super::nats::Connection;
 use super::nats::{dead_letter_headers, LinkError, NatsReplier};
-use crate::config::{Delivery, JetStreamConfig, JetStreamSource, RouteConfig};
+use crate::config::{Delivery, RouteConfig};
 use crate::message::Reply;
 use crate::message::{dead_letter, DeadLetter};
 use crate::message::{

@@ -34,11 +34,13 @@
 //! - **Shutdown**: stop fetching, finish in-flight work (waiting retries give up), commit
 //!   synchronously, flush.
 
+pub mod config;
 mod headers;
 mod lanes;
 mod offsets;
 mod poller;
 pub mod publish;
+mod security;
 mod state;
 
 pub use offsets::OffsetTracker;
@@ -56,11 +58,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+pub use self::config::{
+    valid_topic, Compression, KafkaConfig, KafkaSource, Ordering, SaslMechanism, SecurityProtocol,
+};
 use self::lanes::{Lane, Lanes};
 use self::poller::{Polled, Poller};
 use self::publish::KafkaReplier;
 use self::state::{list_of, RouteContext, Shared, State, Transactions};
-use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering, RouteConfig};
+use crate::config::{Delivery, RouteConfig};
 use crate::message::Reply;
 use crate::message::{dead_letter, DeadLetter};
 use crate::message::{
@@ -832,7 +837,7 @@ impl Settle for Topic<'_> {
     }
 
     fn destination_problem(&self, destination: &str) -> Option<&'static str> {
-        (!crate::config::valid_topic(destination))
+        (!valid_topic(destination))
             .then_some("is not a Kafka topic name (letters, digits, '.', '_', '-')")
     }
 

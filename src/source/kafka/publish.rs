@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 
-use crate::config::KafkaConfig;
+use crate::source::kafka::KafkaConfig;
 
 /// How long a record may wait in the producer's queue when it is full.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);

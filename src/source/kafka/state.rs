@@ -14,10 +14,10 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
+use super::config::KafkaConfig;
 use super::lanes::Lanes;
 use super::publish::{KafkaReplier, TransactionError, TransactionRecord};
 use super::{OffsetTracker, Output, Partition, Record};
-use crate::config::KafkaConfig;
 
 use crate::telemetry::metrics::{KAFKA_COMMITTED, KAFKA_LAG};
 

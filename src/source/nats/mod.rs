@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub mod config;
 mod link;
 pub mod publish;
 mod unparsable;
@@ -24,10 +25,12 @@ pub use link::{Connection, Link, LinkError};
 pub use publish::{dead_letter_headers, ListingError, NatsReplier, PublishError, Unpublished};
 pub use unparsable::{unparsable_seen, unparsable_within};
 
-use crate::config::{read_secret_file, NatsConfig, NatsSource, RouteConfig, SourceConfig, UrlAuth};
+pub use self::config::NatsSource;
+use crate::config::{read_secret_file, NatsConfig, RouteConfig, UrlAuth};
 use crate::message::Reply;
 use crate::message::{Cause, Confirmed, Inbound, Settle, Undelivered};
 use crate::pipeline::{Admission, Pipeline, Policy, Route, Taken};
+use crate::source::SourceConfig;
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::trace::SpanSource;
 
@@ -47,7 +50,7 @@ pub struct Core {
 impl Core {
     pub fn new(pipeline: Arc<Pipeline>, replier: Arc<NatsReplier>, queue_group: &str) -> Self {
         let core = (pipeline.routes().iter())
-            .filter(|r| matches!(r.config.source, SourceConfig::Nats(_)))
+            .filter(|r| is_core(r))
             .map(|r| (r.pattern.clone(), r.clone()))
             .collect();
         Self {
@@ -57,6 +60,11 @@ impl Core {
             replier,
         }
     }
+}
+
+/// Whether `route` takes its messages from core NATS subscriptions.
+pub fn is_core(route: &Route) -> bool {
+    route.kind == NatsSource::KIND
 }
 
 /// A core route's queue group: its own, else `default` (`nats.queue_group`).
@@ -89,8 +97,8 @@ impl Source for NatsSource {
         }
     }
 
-    fn max_pending(&self) -> usize {
-        self.max_pending
+    fn max_pending(&self, route: &RouteConfig) -> usize {
+        NatsSource::max_pending(self, route)
     }
 
     /// Core routes are subscribed together ([`start_core`]): the first matching route wins
@@ -345,7 +353,7 @@ pub async fn subscribe(
     let mut subscribers = Vec::new();
     for (pattern, route) in core.table.iter() {
         let subject = pattern.subscription_subject();
-        let queue_group = queue_group(&route.config.source, &core.queue_group);
+        let queue_group = route.consumer_group.as_deref().unwrap_or(&core.queue_group);
         let subscriber = (client.queue_subscribe(subject.clone(), queue_group.to_string())).await?;
         info!(route = %route.name, %subject, %queue_group, "subscribed");
         subscribers.push((route.clone(), subscriber));
@@ -521,13 +529,10 @@ mod tests {
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
         let own = SourceConfig::Nats(NatsSource {
             queue_group: Some("orders-team".into()),
-            max_pending: 1,
+            ..NatsSource::default()
         });
         assert_eq!(queue_group(&own, "ricochet"), "orders-team");
-        let none = SourceConfig::Nats(NatsSource {
-            queue_group: None,
-            max_pending: 1,
-        });
+        let none = SourceConfig::Nats(NatsSource::default());
         assert_eq!(queue_group(&none, "ricochet"), "ricochet");
     }
 }
