@@ -18,6 +18,7 @@ use crate::pipeline::Pipeline;
 use crate::settings::Settings;
 pub use crate::source::nats::Nats;
 use crate::source::{Context, SourceKind};
+use crate::telemetry::admin::RouteHealth;
 use crate::telemetry::liveness::{self, Cause};
 use crate::telemetry::Health;
 
@@ -60,7 +61,8 @@ impl Generation {
         if let (Some(nats), true) = (&nats, needs_nats) {
             health.set_client(nats.client.clone());
         }
-        health.set_routes(pipeline.routes().to_vec());
+        let routes = pipeline.routes().iter();
+        health.set_routes(routes.map(|r| r.clone() as Arc<dyn RouteHealth>).collect());
         Ok(Self {
             settings,
             pipeline,
@@ -151,7 +153,7 @@ impl Generation {
                 self.pipeline.clone(),
                 self.stop.clone(),
             );
-            crate::telemetry::discovery::serve(client, service, pipeline, queue_group, stop)
+            crate::source::nats::discovery::serve(client, service, pipeline, queue_group, stop)
                 .await?;
         }
         Ok(())

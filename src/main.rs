@@ -145,7 +145,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID_CONFIG as u8);
                 }
             };
-            ricochet::telemetry::logging::init(&loaded.config.log);
+            ricochet::telemetry::logging::init(
+                &loaded.config.log,
+                ricochet::source::nats::drops::layer(),
+            );
             let mut builder = match loaded.config.runtime_threads() {
                 RuntimeThreads::Single => tokio::runtime::Builder::new_current_thread(),
                 RuntimeThreads::Multi(threads) => {

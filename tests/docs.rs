@@ -523,10 +523,10 @@ fn anchors_follow_githubs_rule() {
 }
 
 /// Each durable source's page names every header its dead letters carry and every reason
-/// they can give (the constants of `src/reply/dead_letter.rs`, the policy's reasons).
+/// they can give (the constants of `src/message/dead_letter.rs`, the policy's reasons).
 #[test]
 fn every_dead_letter_header_and_reason_is_in_its_source_page() {
-    let code = read("src/reply/dead_letter.rs");
+    let code = read("src/message/dead_letter.rs");
     let header = |constant: &str| -> String {
         let line = (code.lines())
             .find(|l| l.starts_with(&format!("pub const {constant}: &str = ")))

@@ -15,8 +15,8 @@ use crate::message::{
     Confirmed, DeadLetter, DeadLettered, ErrorKind, Inbound, Redelivered, Reply, Settle,
     SettleError, Undelivered,
 };
-use crate::telemetry::discovery::RequestStats;
 use crate::telemetry::metrics::{Outcome, Settlement};
+use crate::telemetry::stats::RequestStats;
 use crate::telemetry::trace::MessageTrace;
 
 /// What a given-up message's dead letter and last reply say.

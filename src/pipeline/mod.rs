@@ -33,8 +33,8 @@ use crate::invoke::{RouteInvoker, Upstream};
 use crate::mapping::{HeaderFilter, RequestMapping};
 use crate::message::{Accepted, ErrorKind, Inbound, Redelivered, Reply, Settle};
 use crate::route::{Captures, Pattern};
-use crate::telemetry::discovery::RequestStats;
 use crate::telemetry::metrics::{RouteMetrics, Settlement};
+use crate::telemetry::stats::RequestStats;
 use crate::telemetry::trace::{RouteSpans, SpanSource, Tracing};
 use crate::validate::json::CompiledSchemas;
 use crate::validate::registry::Registry;
@@ -102,6 +102,24 @@ pub enum Settled {
     /// It is no longer this replica's, or its settlement on receipt failed: nothing was
     /// settled, the broker delivers it again.
     Abandoned,
+}
+
+impl crate::telemetry::admin::RouteHealth for Route {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn source(&self) -> &'static str {
+        self.kind
+    }
+
+    fn circuit(&self) -> &'static str {
+        self.invoker.breaker.state().name()
+    }
+
+    fn refusing(&self) -> bool {
+        self.invoker.breaker.refusing()
+    }
 }
 
 impl Route {

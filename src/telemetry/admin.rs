@@ -18,8 +18,6 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::pipeline::Route;
-
 /// `/readyz`'s reason while the NATS connection is down (or not made yet).
 pub const NOT_CONNECTED: &str = "not connected to NATS";
 
@@ -92,7 +90,7 @@ impl HealthSlot {
 pub struct Health {
     nats: OnceLock<async_nats::Client>,
     /// The routes, for their circuit breakers.
-    routes: OnceLock<Vec<Arc<Route>>>,
+    routes: OnceLock<Vec<Arc<dyn RouteHealth>>>,
     /// Intakes (core subscriptions, JetStream consumers) not set up yet.
     pending: AtomicUsize,
     /// False when no route uses NATS: readiness then ignores the NATS connection.
@@ -107,7 +105,7 @@ impl Health {
         let _ = self.nats.set(client);
     }
 
-    pub fn set_routes(&self, routes: Vec<Arc<Route>>) {
+    pub fn set_routes(&self, routes: Vec<Arc<dyn RouteHealth>>) {
         let _ = self.routes.set(routes);
     }
 
@@ -175,7 +173,7 @@ impl Health {
             });
         }
         let routes = self.routes.get().map(Vec::as_slice).unwrap_or_default();
-        if !routes.is_empty() && routes.iter().all(|r| r.invoker.breaker.refusing()) {
+        if !routes.is_empty() && routes.iter().all(|r| r.refusing()) {
             return Err(NotReady::EveryCircuitOpen);
         }
         Ok(())
@@ -187,9 +185,9 @@ impl Health {
         let routes: Vec<serde_json::Value> = (self.routes.get().into_iter().flatten())
             .map(|route| {
                 serde_json::json!({
-                    "route": route.name,
-                    "source": route.kind,
-                    "circuit": route.invoker.breaker.state().name(),
+                    "route": route.name(),
+                    "source": route.source(),
+                    "circuit": route.circuit(),
                 })
             })
             .collect();
@@ -200,6 +198,17 @@ impl Health {
         });
         (ready.is_ok(), format!("{body}\n"))
     }
+}
+
+/// What `/readyz` reports of a route (implemented by the pipeline's routes).
+pub trait RouteHealth: std::fmt::Debug + Send + Sync {
+    fn name(&self) -> &str;
+    /// The `source` label of the route's source.
+    fn source(&self) -> &'static str;
+    /// The state of its circuit breaker (`closed`, `open`, `half_open`).
+    fn circuit(&self) -> &'static str;
+    /// Whether its circuit breaker refuses calls now.
+    fn refusing(&self) -> bool;
 }
 
 /// Binds `listen` and serves in the background; returns the bound address.

@@ -3,10 +3,10 @@
 //! services API, and (`trace`) OpenTelemetry traces.
 
 pub mod admin;
-pub mod discovery;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod stats;
 pub mod trace;
 
 pub use admin::{Health, HealthSlot};

@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub mod config;
+pub mod discovery;
+pub mod drops;
 mod link;
 pub mod publish;
 mod unparsable;

@@ -2,16 +2,16 @@
 //! `$SRV.INFO` and `$SRV.STATS` (each for all services, by name, and by name and id) for the
 //! REST service it fronts, so that `nats micro ls|info|stats` and any client of the API see
 //! it as a NATS service. Each core NATS route is an endpoint; STATS reports what the
-//! pipeline recorded in each route's [`RequestStats`].
+//! pipeline recorded in each route's
+//! [`RequestStats`](crate::telemetry::stats::RequestStats).
 //!
 //! Durable routes (JetStream, Kafka, AMQP) are not endpoints: a NATS request to their
 //! subjects is not answered by the service (a stream would store it and answer with its
 //! publish ack).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_nats::Client;
 use futures::StreamExt;
@@ -20,59 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::ServiceConfig;
-use crate::message::reply::SERVICE_ERROR_HEADER;
-use crate::message::Reply;
 use crate::pipeline::{Pipeline, Route};
 
 const PING: &str = "io.nats.micro.v1.ping_response";
 const INFO: &str = "io.nats.micro.v1.info_response";
 const STATS: &str = "io.nats.micro.v1.stats_response";
-
-/// What STATS reports of one route: messages finished, those answered with an error status
-/// (>= 400: ricochet's own errors and the service's), the last of them, and the time from
-/// receipt to the finished message.
-#[derive(Debug, Default)]
-pub struct RequestStats {
-    requests: AtomicU64,
-    errors: AtomicU64,
-    processing_ns: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-impl RequestStats {
-    /// One finished message: `failed` is its error (`"<status>:<description>"`) if its
-    /// reply had an error status.
-    pub fn record(&self, elapsed: Duration, failed: Option<String>) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.processing_ns.fetch_add(nanos, Ordering::Relaxed);
-        if let Some(error) = failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
-        }
-    }
-
-    /// The error a reply stands for, in the API's `"<code>:<description>"` form, if its
-    /// status is an error. Only error replies allocate.
-    pub fn error_of(reply: &Reply) -> Option<String> {
-        let status = reply.status.as_u16();
-        (status >= 400).then(|| {
-            let description = reply.header(SERVICE_ERROR_HEADER).unwrap_or("");
-            format!("{status}:{description}")
-        })
-    }
-
-    fn json(&self) -> (u64, u64, u64, String) {
-        let requests = self.requests.load(Ordering::Relaxed);
-        let last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            requests,
-            self.errors.load(Ordering::Relaxed),
-            self.processing_ns.load(Ordering::Relaxed),
-            last.clone().unwrap_or_default(),
-        )
-    }
-}
 
 /// One ricochet instance as a micro service.
 struct Service {
@@ -127,7 +79,7 @@ impl Service {
         answer.insert("started".into(), json!(self.started));
         let endpoints: Vec<Value> = (self.endpoints.iter())
             .map(|(route, subject, queue_group)| {
-                let (requests, errors, total, last_error) = route.stats.json();
+                let (requests, errors, total, last_error) = route.stats.totals();
                 json!({
                     "name": route.name,
                     "subject": subject,
@@ -166,7 +118,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let endpoints = (pipeline.routes().iter())
-        .filter(|r| crate::source::nats::is_core(r))
+        .filter(|r| super::is_core(r))
         .map(|route| {
             let subject = route.pattern.subscription_subject();
             let group = route
@@ -227,7 +179,6 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::ErrorKind;
 
     #[test]
     fn every_verb_answers_for_all_by_name_and_by_id() {
@@ -248,35 +199,6 @@ mod tests {
                 "$SRV.STATS.orders",
                 "$SRV.STATS.orders.ID1",
             ]
-        );
-    }
-
-    #[test]
-    fn stats_count_requests_errors_the_last_error_and_processing_time() {
-        let stats = RequestStats::default();
-        let ok = Reply::from_response(
-            http::StatusCode::OK,
-            &http::HeaderMap::new(),
-            bytes::Bytes::new(),
-            &Default::default(),
-        );
-        assert_eq!(RequestStats::error_of(&ok), None);
-        stats.record(Duration::from_millis(3), RequestStats::error_of(&ok));
-        let timeout = Reply::error(ErrorKind::Timeout, "the service did not answer within 1s");
-        let failed = RequestStats::error_of(&timeout);
-        assert_eq!(
-            failed.as_deref(),
-            Some("504:the service did not answer within 1s")
-        );
-        stats.record(Duration::from_millis(5), failed);
-        assert_eq!(
-            stats.json(),
-            (
-                2,
-                1,
-                8_000_000,
-                "504:the service did not answer within 1s".into()
-            )
         );
     }
 }
