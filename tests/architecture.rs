@@ -34,9 +34,17 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The file's code before its tests; nothing for a file of tests.
+/// Whether the module in `path` exists only in tests (`#[cfg(test)] mod x;` in its parent).
+fn test_only(path: &Path) -> bool {
+    let stem = path.file_stem().unwrap().to_string_lossy();
+    let parent = path.parent().unwrap().join("mod.rs");
+    let declared = format!("#[cfg(test)]\nmod {stem};");
+    std::fs::read_to_string(parent).is_ok_and(|text| text.contains(&declared))
+}
+
+/// The file's code before its tests; nothing for a module of tests.
 fn code_of(path: &Path) -> String {
-    if path.file_name().is_some_and(|n| n == "tests.rs") {
+    if test_only(path) {
         return String::new();
     }
     let text = std::fs::read_to_string(path).unwrap();
