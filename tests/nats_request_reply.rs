@@ -429,10 +429,8 @@ async fn many_requests_are_in_flight_at_once() {
     let upstream = Upstream::start_with(concurrency, move |_| {
         let inside = inside.clone();
         async move {
-            let all_inside = tokio::time::timeout(Duration::from_secs(5), async {
-                while inside.peak() < WANTED {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            let all_inside = wait_until(Duration::from_secs(5), || async {
+                holds(inside.peak() >= WANTED, inside.peak())
             });
             // Past the timeout the assertion on the peak below says what happened.
             let _ = all_inside.await;

@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod faults;
+pub mod jetstream;
 pub mod raw_nats;
 pub mod registry;
 
@@ -52,24 +53,62 @@ pub async fn nats() -> async_nats::Client {
         .expect("NATS is running (see docs/development.md)")
 }
 
-/// Polls `check` every 10 ms until it holds; panics after `within`, naming what was awaited
-/// and, through `check`'s last answer, what was seen instead.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+/// Polls `check` every 10 ms until it answers `Ok`, and returns what it answered; panics
+/// after `within`, naming what was awaited and, through `check`'s last answer, what was
+/// seen instead.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<T, String>>,
+{
+    wait_until(within, check)
+        .await
+        .unwrap_or_else(|seen| panic!("waited {within:?} for {what}; last seen: {seen}"))
+}
+
+/// [`eventually`] for a wait whose timeout is an outcome rather than a failure (how long a
+/// restarted server took, if it came back at all): `check`'s last `Err` after `within`.
+pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
 {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let seen = match check().await {
-            Ok(()) => return,
+            Ok(value) => return Ok(value),
             Err(seen) => seen,
         };
         if tokio::time::Instant::now() >= deadline {
-            panic!("waited {within:?} for {what}; last seen: {seen}");
+            return Err(seen);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Reads `read` every `every` until two readings in a row agree, and returns that reading:
+/// for a value that something already gone may still move for a moment (the offsets a
+/// killed consumer's last commit moves), read once it stands still. Panics after `within`.
+pub async fn steady<T, F, Fut>(every: Duration, within: Duration, what: &str, read: F) -> T
+where
+    T: PartialEq + std::fmt::Debug,
+    F: Fn() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let last = Mutex::new(read().await);
+    let what = format!("{what} to stand still for {every:?}");
+    eventually(within, &what, || async {
+        tokio::time::sleep(every).await;
+        let again = read().await;
+        let mut last = last.lock().unwrap();
+        if *last == again {
+            return Ok(again);
+        }
+        let seen = format!("{:?}, then {again:?}", *last);
+        *last = again;
+        Err(seen)
+    })
+    .await
 }
 
 /// `Ok` when `condition`, else `Err(seen)`: the answer [`eventually`] expects.
@@ -420,14 +459,14 @@ impl Ricochet {
 
     /// Waits until `/readyz` answers 503 and returns why it says it is not ready.
     pub async fn wait_unready(&self, within: Duration) -> String {
-        let why = Mutex::new(String::new());
         eventually(within, "readiness 503", || async {
             let (status, body) = self.admin_get("/readyz").await.unwrap();
-            *why.lock().unwrap() = body.clone();
-            holds(status == 503, format!("{status} {body}"))
+            match status {
+                503 => Ok(body),
+                _ => Err(format!("{status} {body}")),
+            }
         })
-        .await;
-        why.into_inner().unwrap()
+        .await
     }
 
     /// GET on the admin server: status code and body.
@@ -632,8 +671,13 @@ pub mod kafka {
 
     /// A plain consumer of `topic` from the beginning, as any caller would use.
     pub fn consumer(topic: &str) -> StreamConsumer {
+        consumer_on(&brokers(), topic)
+    }
+
+    /// Like [`consumer`], on the cluster at `brokers`.
+    pub fn consumer_on(brokers: &str, topic: &str) -> StreamConsumer {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("group.id", super::unique("test-reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
