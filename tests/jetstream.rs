@@ -923,7 +923,7 @@ async fn the_consumers_pending_counts_are_gauges() {
         },
     )
     .await;
-    open.store(true, Ordering::SeqCst);
+    open.open();
     eventually(Duration::from_secs(15), "nothing pending", || async {
         let seen = gauges().await;
         holds(

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -531,7 +530,7 @@ async fn requests_beyond_max_pending_are_refused_at_once_with_503_overloaded() {
         },
     )
     .await;
-    open.store(true, Ordering::SeqCst);
+    open.open();
     let mut statuses = Vec::new();
     for request in requests {
         let reply = request.await.unwrap();

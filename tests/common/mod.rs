@@ -138,6 +138,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A gate a test opens once: whatever waits at it passes then, and whatever comes later
+/// passes at once.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Returns once the gate is open.
+    pub async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`: the wait ends only when the gate opens.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -294,21 +312,19 @@ impl Upstream {
         .await
     }
 
-    /// Holds every call until the returned flag is set, then answers 200 "ok".
-    pub async fn gated() -> (Self, Arc<AtomicBool>) {
-        let open = Arc::new(AtomicBool::new(false));
-        let gate = open.clone();
+    /// Holds every call until the returned gate opens, then answers 200 "ok".
+    pub async fn gated() -> (Self, Gate) {
+        let gate = Gate::default();
+        let held = gate.clone();
         let upstream = Self::start(move |_| {
-            let gate = gate.clone();
+            let held = held.clone();
             async move {
-                while !gate.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                held.passed().await;
                 respond(200, "ok")
             }
         })
         .await;
-        (upstream, open)
+        (upstream, gate)
     }
 
     /// Answers 503 "down" until the returned flag is set, then 200 "ok".
