@@ -10,60 +10,29 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
-use bytes::Bytes;
+use common::jetstream::{request_headers, Stream};
 use common::*;
 use futures::StreamExt;
 
-/// A stream for one test, on subjects `{prefix}.req.>`.
-struct TestStream {
-    js: jetstream::Context,
-    name: String,
-    prefix: String,
+/// A stream for one test, on subjects `{prefix}.req.>`, with this file's route on it.
+struct TestStream(Stream);
+
+impl std::ops::Deref for TestStream {
+    type Target = Stream;
+
+    fn deref(&self) -> &Stream {
+        &self.0
+    }
 }
 
 impl TestStream {
     async fn create(tag: &str) -> Self {
-        Self::create_named(&unique(tag)).await
-    }
-
-    /// The stream of subjects `{prefix}.req.>`, named after `prefix`.
-    async fn create_named(prefix: &str) -> Self {
-        let js = jetstream::new(nats().await);
-        let prefix = prefix.to_string();
-        let name = prefix.to_uppercase().replace('-', "_");
-        js.create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.req.>")],
-            storage: stream::StorageType::Memory,
-            max_age: Duration::from_secs(600),
-            ..Default::default()
-        })
-        .await
-        .expect("JetStream is enabled on the NATS server");
-        Self { js, name, prefix }
-    }
-
-    /// Publishes a request and waits for the stream's ack.
-    async fn publish(&self, id: &str, headers: HeaderMap, payload: &'static [u8]) {
-        self.js
-            .publish_with_headers(
-                format!("{}.req.{id}", self.prefix),
-                headers,
-                Bytes::from_static(payload),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        Self(Stream::create(tag).await)
     }
 
     /// A subscription to this test's reply subject, in place before anything is published.
     async fn replies(&self) -> (String, async_nats::Subscriber) {
-        let client = nats().await;
-        let replies = format!("{}.replies", self.prefix);
-        let sub = client.subscribe(replies.clone()).await.unwrap();
-        client.flush().await.unwrap();
-        (replies, sub)
+        self.subscribe("replies").await
     }
 
     /// ricochet in front of `upstream` with this stream's route (see [`Self::route`]).
@@ -76,13 +45,8 @@ impl TestStream {
         .await
     }
 
-    async fn consumer(&self, durable: &str) -> jetstream::consumer::Info {
-        let stream = self.js.get_stream(&self.name).await.unwrap();
-        stream.consumer_info(durable).await.unwrap()
-    }
-
     async fn delete(self) {
-        let _ = self.js.delete_stream(&self.name).await;
+        self.0.delete().await;
     }
 
     /// A JetStream route on this stream; `extra` adds route keys, `js_extra` consumer keys
@@ -102,32 +66,8 @@ impl TestStream {
             .iter()
             .map(|(k, v)| format!("{k} = {v}\n"))
             .collect();
-        format!(
-            r#"
-[[routes]]
-name = "js"
-source = "jetstream"
-subject = "{prefix}.req.{{id}}"
-method = "POST"
-path = "/orders/{{id}}"
-dead_letter = "{prefix}.dlq"
-{extra}
-
-[routes.jetstream]
-stream = "{stream}"
-{consumer}
-"#,
-            prefix = self.prefix,
-            stream = self.name
-        )
+        self.0.route(extra, &consumer)
     }
-}
-
-fn request_headers(reply_to: &str, correlation: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("reply-to", reply_to);
-    headers.insert("correlation-id", correlation);
-    headers
 }
 
 async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
@@ -652,19 +592,13 @@ async fn a_reply_its_stream_refuses_leaves_the_request_unacknowledged() {
     // message and refuses more: the second reply is not stored, so its request must be
     // redelivered, not acknowledged as if it had been answered.
     let stream = TestStream::create("jsfull").await;
-    let out = format!("{}_OUT", stream.name);
-    stream
-        .js
-        .create_stream(stream::Config {
-            name: out.clone(),
-            subjects: vec![format!("{}.out.>", stream.prefix)],
-            storage: stream::StorageType::Memory,
-            max_messages: 1,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let out = Stream::create_with(stream.js.clone(), &stream.prefix, |config| {
+        config.name = format!("{}_OUT", stream.name);
+        config.subjects = vec![format!("{}.out.>", stream.prefix)];
+        config.max_messages = 1;
+        config.discard = stream::DiscardPolicy::New;
+    })
+    .await;
     let upstream = Upstream::echo().await;
     let _ricochet = stream.ricochet(&upstream, "", "").await;
     for id in ["1", "2"] {
@@ -688,9 +622,8 @@ async fn a_reply_its_stream_refuses_leaves_the_request_unacknowledged() {
         || async { holds(upstream.calls() > 2, format!("{} calls", upstream.calls())) },
     )
     .await;
-    let mut out_stream = stream.js.get_stream(&out).await.unwrap();
-    assert_eq!(out_stream.info().await.unwrap().state.messages, 1);
-    let _ = stream.js.delete_stream(&out).await;
+    assert_eq!(out.state().await.messages, 1);
+    out.delete().await;
     stream.delete().await;
 }
 
@@ -854,9 +787,8 @@ async fn several_filter_subjects_work_on_2_10_and_are_refused_by_name_on_older_s
             "the log names the server's version:\n{logs}"
         );
         assert_eq!(ricochet.admin_get("/readyz").await.unwrap().0, 503);
-        let js_stream = stream.js.get_stream(&stream.name).await.unwrap();
         assert!(
-            js_stream.consumer_info("ricochet-test").await.is_err(),
+            stream.try_consumer("ricochet-test").await.is_err(),
             "no consumer that would take every subject was created"
         );
     }
@@ -991,7 +923,7 @@ async fn the_consumers_pending_counts_are_gauges() {
         },
     )
     .await;
-    open.store(true, Ordering::SeqCst);
+    open.open();
     eventually(Duration::from_secs(15), "nothing pending", || async {
         let seen = gauges().await;
         holds(
@@ -1122,12 +1054,8 @@ async fn a_request_the_client_cannot_parse_costs_a_reconnect_per_delivery_and_lo
 #[tokio::test]
 async fn readiness_names_the_route_and_the_missing_stream() {
     let prefix = unique("jsmissing");
-    let name = prefix.to_uppercase().replace('-', "_");
-    let missing = TestStream {
-        js: jetstream::new(nats().await),
-        name: name.clone(),
-        prefix: prefix.clone(),
-    };
+    let missing = TestStream(Stream::not_created(&prefix).await);
+    let name = missing.name.clone();
     let upstream = Upstream::echo().await;
     let admin = free_port();
     let ricochet = Ricochet::spawn(
@@ -1161,7 +1089,7 @@ async fn readiness_names_the_route_and_the_missing_stream() {
     );
 
     // The stream created, the route binds and the reason goes.
-    let stream = TestStream::create_named(&prefix).await;
+    let stream = Stream::create_named(&prefix).await;
     ricochet.wait_ready().await;
     let (_, body) = ricochet.admin_get("/readyz").await.unwrap();
     assert!(!body.contains(&name), "{body}");

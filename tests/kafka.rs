@@ -707,15 +707,15 @@ async fn consumer_lag_and_committed_offset_follow_the_work_left() {
     let requests = kafka::topic("klag", 1).await;
     let replies = kafka::topic("klagrep", 1).await;
     // The first call is answered at once; the others wait until the test opens the gate.
-    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = Gate::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let (gate, counter) = (open.clone(), calls.clone());
     let upstream = Upstream::start(move |_| {
         let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
         let gate = gate.clone();
         async move {
-            while !first && !gate.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            if !first {
+                gate.passed().await;
             }
             respond(200, "ok")
         }
@@ -754,7 +754,7 @@ async fn consumer_lag_and_committed_offset_follow_the_work_left() {
         },
     )
     .await;
-    open.store(true, Ordering::SeqCst);
+    open.open();
     eventually(
         Duration::from_secs(30),
         "lag 0 at committed offset 10",

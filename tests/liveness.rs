@@ -66,15 +66,13 @@ async fn healthz_fails_with_the_reasons_once_the_machinery_is_gone() {
 
     // The client's connection task ends: every subscription of it ends too.
     bridge.client.drain().await.unwrap();
-    let body = std::sync::Mutex::new(String::new());
-    eventually(Duration::from_secs(5), "healthz 503", || async {
+    let body = eventually(Duration::from_secs(5), "healthz 503", || async {
         let (status, text) = get(admin, "/healthz").await;
-        *body.lock().unwrap() = text.clone();
         let both = text.contains("core NATS route echo") && text.contains("connection task");
-        holds(status == 503 && both, format!("{status} {text}"))
+        holds(status == 503 && both, format!("{status} {text}"))?;
+        Ok(text)
     })
     .await;
-    let body = body.into_inner().unwrap();
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines[0], "failed: restart ricochet", "{body}");
     assert!(lines.contains(&"the intake of core NATS route echo ended while ricochet was running"));

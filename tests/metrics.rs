@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -122,7 +121,7 @@ mode = "wait"
     )
     .await;
     assert_eq!(upstream.calls(), 2, "two in flight, the rest waiting");
-    open.store(true, Ordering::SeqCst);
+    open.open();
     for request in requests {
         request.await.unwrap();
     }

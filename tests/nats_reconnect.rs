@@ -3,45 +3,25 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::brokers::OwnBroker;
 use common::*;
 
-struct NatsServer(Child);
-
-impl NatsServer {
-    fn start(port: u16) -> Self {
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_bin()));
-        Self(child)
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A nats-server of the test's own, without JetStream, not started yet; and its port.
+fn own_server() -> (OwnBroker, u16) {
+    let server = OwnBroker::nats_server(|_| String::new());
+    let port = server.port();
+    (server, port)
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A client of the test's own server at `port`, once it takes connections.
 async fn connect(port: u16) -> async_nats::Client {
-    for _ in 0..200 {
-        if let Ok(client) = async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("own nats-server did not start");
+    let url = format!("nats://127.0.0.1:{port}");
+    eventually(Duration::from_secs(5), "own nats-server", || async {
+        async_nats::connect(&url).await.map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// ricochet on the test's own nats-server at `port`, with a `ping` route and `extra`.
@@ -57,7 +37,7 @@ fn own_server_config(port: u16, admin: u16, upstream: &Upstream, extra: &str) ->
 #[tokio::test]
 async fn survives_a_missing_then_restarted_nats_server() {
     let upstream = Upstream::echo().await;
-    let port = free_port();
+    let (mut server, port) = own_server();
     let admin = free_port();
     let toml = own_server_config(port, admin, &upstream, "");
 
@@ -77,7 +57,7 @@ async fn survives_a_missing_then_restarted_nats_server() {
     let why = ricochet.wait_unready(Duration::from_secs(10)).await;
     assert!(why.contains("not connected"), "{why}");
 
-    let server = NatsServer::start(port);
+    server.start();
     ricochet.wait_ready().await;
     let client = connect(port).await;
     let reply = client
@@ -90,24 +70,17 @@ async fn survives_a_missing_then_restarted_nats_server() {
     // The server goes away and comes back on the same port.
     server.kill();
     ricochet.wait_unready(Duration::from_secs(10)).await;
-    let _server = NatsServer::start(port);
+    server.start();
     ricochet.wait_ready().await;
     let client = connect(port).await;
-    let mut answered = None;
-    for _ in 0..100 {
-        match client.request("ping", "two".into()).await {
-            Ok(reply) => {
-                answered = Some(reply);
-                break;
-            }
-            // The re-subscription may trail readiness of a fresh client by a moment.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    assert_eq!(
-        answered.expect("reply after restart").payload.as_ref(),
-        b"two"
-    );
+    // The re-subscription may trail readiness of a fresh client by a moment.
+    let answered = eventually(
+        Duration::from_secs(5),
+        "a reply after the restart",
+        || async { (client.request("ping", "two".into()).await).map_err(|e| e.to_string()) },
+    )
+    .await;
+    assert_eq!(answered.payload.as_ref(), b"two");
     let logs = ricochet.logs();
     assert!(logs.contains("disconnected from NATS"), "{logs}");
     assert!(logs.matches("connected to NATS").count() >= 2, "{logs}");
@@ -128,11 +101,11 @@ async fn survives_a_missing_then_restarted_nats_server() {
 #[tokio::test]
 async fn sigterm_with_nats_unreachable_and_nothing_in_flight_exits_at_once() {
     let upstream = Upstream::echo().await;
-    let port = free_port();
+    let (mut server, port) = own_server();
     let admin = free_port();
     let extra = "[shutdown]\ngrace_period = \"10s\"\n\n[[routes]]\nname = \"pong\"\nsubject = \"pong.>\"\npath = \"/pong\"\n";
     let toml = own_server_config(port, admin, &upstream, extra);
-    let server = NatsServer::start(port);
+    server.start();
     let mut ricochet = Ricochet::spawn(&toml, admin);
     ricochet.wait_ready().await;
     let client = connect(port).await;

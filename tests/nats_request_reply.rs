@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -429,10 +428,8 @@ async fn many_requests_are_in_flight_at_once() {
     let upstream = Upstream::start_with(concurrency, move |_| {
         let inside = inside.clone();
         async move {
-            let all_inside = tokio::time::timeout(Duration::from_secs(5), async {
-                while inside.peak() < WANTED {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            let all_inside = wait_until(Duration::from_secs(5), || async {
+                holds(inside.peak() >= WANTED, inside.peak())
             });
             // Past the timeout the assertion on the peak below says what happened.
             let _ = all_inside.await;
@@ -533,7 +530,7 @@ async fn requests_beyond_max_pending_are_refused_at_once_with_503_overloaded() {
         },
     )
     .await;
-    open.store(true, Ordering::SeqCst);
+    open.open();
     let mut statuses = Vec::new();
     for request in requests {
         let reply = request.await.unwrap();

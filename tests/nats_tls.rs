@@ -8,38 +8,26 @@ mod common;
 mod pki;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::ConnectOptions;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::brokers::OwnBroker;
 use common::*;
 use pki::{toml_path, Ca};
 
-/// A nats-server of this test's own.
-struct Server {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
+/// A nats-server of this test's own, listening.
+struct Server(OwnBroker);
 
 impl Server {
     /// Starts `bin` with `conf` (nats-server configuration, without `listen`).
     async fn start_with(bin: &str, conf: &str) -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("nats.conf");
-        std::fs::write(&file, format!("listen: 127.0.0.1:{port}\n{conf}\n")).unwrap();
-        let log = std::fs::File::create(dir.path().join("nats.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let server = Self { child, port, dir };
+        let mut broker = OwnBroker::nats_server_at(bin, |_| conf.to_string());
+        broker.start();
+        let server = Self(broker);
+        let port = server.0.port();
         eventually(Duration::from_secs(10), "nats-server listening", || async {
             match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                 Ok(_) => Ok(()),
@@ -55,18 +43,11 @@ impl Server {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+        std::fs::read_to_string(self.0.log_path()).unwrap_or_default()
     }
 
     fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        format!("{scheme}://127.0.0.1:{}", self.0.port())
     }
 }
 

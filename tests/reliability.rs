@@ -6,13 +6,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use async_nats::HeaderMap;
+use common::brokers::OwnBroker;
+use common::jetstream::{request_headers, Stream};
 use common::*;
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
@@ -108,6 +108,24 @@ async fn answered_at_least(tally: &Shared, count: usize, within: Duration) {
     .await;
 }
 
+/// Waits until every one of `ids` is answered.
+async fn answered_all<'a>(
+    tally: &Shared,
+    ids: impl IntoIterator<Item = &'a String> + Clone,
+    within: Duration,
+    what: &str,
+) {
+    eventually(within, what, || async {
+        let tally = tally.lock().unwrap();
+        let all = ids.clone().into_iter().count();
+        let missing = (ids.clone().into_iter())
+            .filter(|id| !tally.answers.contains_key(*id))
+            .count();
+        holds(missing == 0, format!("{missing} of {all} unanswered"))
+    })
+    .await;
+}
+
 /// Time from `since` until a request not answered before is answered.
 async fn recovery_after(tally: &Shared, since: Instant) -> Duration {
     let before = tally.lock().unwrap().unique();
@@ -115,50 +133,21 @@ async fn recovery_after(tally: &Shared, since: Instant) -> Duration {
     since.elapsed()
 }
 
-/// A stream on the shared NATS, memory storage, subjects `{prefix}.req.>`.
-async fn js_stream(tag: &str) -> (jetstream::Context, String, String) {
+/// A stream on the shared NATS, memory storage, subjects `{prefix}.req.>`, messages kept
+/// 15 minutes (longer than a scenario).
+async fn js_stream(tag: &str) -> Stream {
     let js = jetstream::new(nats().await);
-    let prefix = unique(tag);
-    let name = prefix.to_uppercase().replace('-', "_");
-    js.create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{prefix}.req.>")],
-        storage: stream::StorageType::Memory,
-        max_age: Duration::from_secs(900),
-        ..Default::default()
+    Stream::create_with(js, &unique(tag), |config| {
+        config.max_age = Duration::from_secs(900);
     })
     .await
-    .expect("JetStream is enabled on the NATS server");
-    (js, prefix, name)
 }
 
-fn js_route(prefix: &str, stream: &str, max_in_flight: usize) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "js"
-source = "jetstream"
-subject = "{prefix}.req.{{id}}"
-method = "POST"
-path = "/orders/{{id}}"
-dead_letter = "{prefix}.dlq"
-max_in_flight = {max_in_flight}
-
-[routes.jetstream]
-stream = "{stream}"
-durable = "ricochet-rel"
-ack_wait = "2s"
-max_deliver = 1000
-redelivery_backoff = ["100ms"]
-"#
-    )
-}
-
-fn request_headers(reply_to: &str, correlation: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("reply-to", reply_to);
-    headers.insert("correlation-id", correlation);
-    headers
+/// The route on `stream`, with at most `max_in_flight` requests at once.
+fn js_route(stream: &Stream, max_in_flight: usize) -> String {
+    let consumer = "durable = \"ricochet-rel\"\nack_wait = \"2s\"\nmax_deliver = 1000\n\
+                    redelivery_backoff = [\"100ms\"]";
+    stream.route(&format!("max_in_flight = {max_in_flight}"), consumer)
 }
 
 /// Collects replies on `subject` (and counts dead letters on `dlq`) in the background.
@@ -294,17 +283,14 @@ async fn jetstream_killed_three_times_loses_no_request() {
     const TOTAL: usize = 10_000;
     const IN_FLIGHT: usize = 32;
     const KILLS: usize = 3;
-    let (js, prefix, name) = js_stream("reljskill").await;
+    let stream = js_stream("reljskill").await;
+    let (js, prefix) = (&stream.js, &stream.prefix);
     let client = nats().await;
     let replies = format!("{prefix}.replies");
     let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
     let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
-    let toml = config(
-        &upstream.base_url(),
-        admin,
-        &js_route(&prefix, &name, IN_FLIGHT),
-    );
+    let toml = config(&upstream.base_url(), admin, &js_route(&stream, IN_FLIGHT));
     let mut ricochet = Ricochet::start(&toml, admin).await;
     let publisher = js_publisher(
         js.clone(),
@@ -329,7 +315,7 @@ async fn jetstream_killed_three_times_loses_no_request() {
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
     // Let redeliveries of requests that were in flight at the last kill arrive and be counted.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = js.delete_stream(&name).await;
+    stream.delete().await;
     let tally = tally.lock().unwrap();
     report(
         "jetstream, 3 kills",
@@ -451,15 +437,7 @@ fn kafka_publisher_acked(
 /// Collects replies from `topic` (one partition) with their offsets.
 fn collect_kafka(brokers: &str, topic: &str) -> Shared {
     let tally = Shared::default();
-    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("rel-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = kafka::consumer_on(brokers, topic);
     let sink = tally.clone();
     tokio::spawn(async move {
         loop {
@@ -554,16 +532,11 @@ async fn kafka_killed_three_times_loses_no_request() {
         drop(ricochet);
         // A commit the dead instance sent may still reach the broker after its exit: read
         // the commits once they stand still.
-        let mut now = committed(&brokers, &group, &requests, PARTITIONS);
-        loop {
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            let again = committed(&brokers, &group, &requests, PARTITIONS);
-            if again == now {
-                break;
-            }
-            now = again;
-        }
-        committed_at.push(now);
+        let every = Duration::from_millis(1000);
+        let now = steady(every, Duration::from_secs(60), "the commits", || async {
+            committed(&brokers, &group, &requests, PARTITIONS)
+        });
+        committed_at.push(now.await);
         upstreams.push(Upstream::slow_echo(Duration::from_millis(1)).await);
         let toml = config(&upstreams[kill].base_url(), admin, &routes);
         ricochet = Ricochet::start(&toml, admin).await;
@@ -638,87 +611,39 @@ fn kafka_id(seen: &Seen) -> String {
         .to_string()
 }
 
-/// A nats-server of this test's own, on its own port, with file storage in a temp dir, that
-/// the test stops and starts again.
+/// A nats-server of this test's own (see [`OwnBroker`]), JetStream's file storage in its
+/// directory, that the test kills and starts again.
 struct OwnNats {
-    bin: String,
-    config: std::path::PathBuf,
-    port: u16,
-    child: Option<Child>,
-    /// The server's own log (every start appends to it): printed when a run fails.
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    broker: OwnBroker,
     /// Whether the server accepted `sync_interval: always` (nats-server 2.10 and later).
     sync_always: bool,
 }
 
 impl OwnNats {
     fn new() -> Self {
-        let bin = nats_server_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let store = dir.path().join("jetstream");
-        let config = dir.path().join("nats.conf");
-        let write = |sync: &str| {
-            std::fs::write(
-                &config,
-                format!("listen: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} {sync} }}\n"),
+        // nats-server 2.9 (Debian's) has no sync_interval: it syncs every 2 minutes, which a
+        // process kill (not a machine crash) does not lose.
+        let sync_always = brokers::nats_server_accepts("jetstream { sync_interval: always }");
+        let sync = if sync_always {
+            ", sync_interval: always"
+        } else {
+            ""
+        };
+        let mut broker = OwnBroker::nats_server(|dir| {
+            format!(
+                "jetstream {{ store_dir: {:?} {sync} }}",
+                dir.join("jetstream")
             )
-            .unwrap()
-        };
-        write(", sync_interval: always");
-        let accepted = Command::new(&bin)
-            .arg("-t")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
-            .success();
-        if !accepted {
-            // nats-server 2.9 (Debian's) has no sync_interval: it syncs every 2 minutes,
-            // which a process kill (not a machine crash) does not lose.
-            write("");
+        });
+        broker.start();
+        Self {
+            broker,
+            sync_always,
         }
-        let mut server = Self {
-            bin,
-            config,
-            port,
-            child: None,
-            log: dir.path().join("nats.log"),
-            _dir: dir,
-            sync_always: accepted,
-        };
-        server.start();
-        server
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(&self.bin)
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        format!("nats://127.0.0.1:{}", self.broker.port())
     }
 
     /// How long after `started` (its start) the server answers for `stream` on a new
@@ -730,29 +655,21 @@ impl OwnNats {
     ) -> impl std::future::Future<Output = Option<Duration>> {
         let (url, stream) = (self.url(), stream.to_string());
         async move {
-            while started.elapsed() < Duration::from_secs(60) {
+            let within = Duration::from_secs(60).saturating_sub(started.elapsed());
+            let ready = wait_until(within, || async {
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_millis(200))
                     .connect(&url);
-                if let Ok(client) = connect.await {
-                    let js = jetstream::new(client);
-                    let asked =
-                        tokio::time::timeout(Duration::from_secs(1), js.get_stream(&stream));
-                    if let Ok(Ok(_)) = asked.await {
-                        return Some(started.elapsed());
-                    }
+                let js = jetstream::new(connect.await.map_err(|e| e.to_string())?);
+                let asked = tokio::time::timeout(Duration::from_secs(1), js.get_stream(&stream));
+                match asked.await {
+                    Ok(Ok(_)) => Ok(started.elapsed()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            None
+            });
+            ready.await.ok()
         }
-    }
-
-    /// The last lines of the server's log.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// A client, and the count of its connection's losses.
@@ -773,127 +690,43 @@ impl OwnNats {
         (client, losses.subscribe())
     }
 
+    /// A client that connects as soon as the server listens (it is retried until then).
     async fn client(&self) -> async_nats::Client {
-        for _ in 0..400 {
-            if let Ok(client) = async_nats::ConnectOptions::new()
-                .retry_on_initial_connect()
-                .connect(self.url())
-                .await
-            {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("own nats-server did not start");
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(self.url())
+            .await
+            .expect("own nats-server")
     }
 }
 
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A RabbitMQ node of this test's own: its own AMQP and distribution ports, node name and
-/// data directory, killed (SIGKILL, the whole process group: the start script does not exec
-/// the Erlang VM) and started again on the same data. Durable queues and persistent
-/// messages survive that.
-struct OwnRabbit {
-    port: u16,
-    dist_port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
+/// A RabbitMQ node of this test's own (see [`OwnBroker::rabbitmq`]): durable queues and
+/// persistent messages survive its kill.
+struct OwnRabbit(OwnBroker);
 
 impl OwnRabbit {
-    /// The start script run in the foreground: `RABBITMQ_SERVER_BIN`, else Debian's.
-    fn bin() -> String {
-        let bin = std::env::var("RABBITMQ_SERVER_BIN")
-            .unwrap_or_else(|_| "/usr/lib/rabbitmq/bin/rabbitmq-server".into());
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "{bin} not found: `apt-get install rabbitmq-server` (scripts/test.sh does), or set RABBITMQ_SERVER_BIN"
-        );
-        bin
-    }
-
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("env.conf"), "").unwrap();
-        std::fs::write(dir.path().join("enabled_plugins"), "[].").unwrap();
-        let mut broker = Self {
-            port: free_port(),
-            dist_port: free_port(),
-            dir,
-            child: None,
-        };
+        let mut broker = OwnBroker::rabbitmq();
         broker.start();
-        broker
+        Self(broker)
     }
 
     fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    fn start(&mut self) {
-        use std::os::unix::process::CommandExt;
-        let dir = self.dir.path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("out.log"))
-            .unwrap();
-        let child = Command::new(Self::bin())
-            .current_dir(dir)
-            // The machine's rabbitmq-env.conf names the machine's node: not read.
-            .env("RABBITMQ_CONF_ENV_FILE", dir.join("env.conf"))
-            .env(
-                "RABBITMQ_NODENAME",
-                format!("ricochet{}@localhost", self.port),
-            )
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Self::bin()));
-        self.child = Some(child);
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.0.port())
     }
 
     /// Waits until the node takes AMQP connections; how long that took since `started`.
     async fn ready_after(&self, started: Instant) -> Duration {
-        while started.elapsed() < Duration::from_secs(90) {
-            let opened = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await;
-            if opened.is_ok() {
-                let command = serde_json::json!({"op": "depth", "queues": []});
-                amqp::client_at(&self.url(), command).await;
-                return started.elapsed();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let log = std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default();
-        panic!("own RabbitMQ not up 90 s after its start; its output:\n{log}");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // The script's process group: the script, the Erlang VM and its helpers.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRabbit {
-    fn drop(&mut self) {
-        self.kill();
+        let within = Duration::from_secs(90).saturating_sub(started.elapsed());
+        let port = self.0.port();
+        eventually(within, "own RabbitMQ taking AMQP connections", || async {
+            let opened = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+            opened.map_err(|e| e.to_string())
+        })
+        .await;
+        let command = serde_json::json!({"op": "depth", "queues": []});
+        amqp::client_at(&self.url(), command).await;
+        started.elapsed()
     }
 }
 
@@ -962,44 +795,43 @@ async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
     // The replies are taken from their queue as they come (only while the node is up: the
     // test kills it); the node is killed when 600 and 1,300 requests are answered, each
     // time down for 1 s.
-    let mut tally = Tally::default();
-    let take = || {
+    let tally = Mutex::new(Tally::default());
+    // Takes what replies there are (waiting up to 0.3 s for one); how many are answered.
+    let take = || async {
         let command =
             serde_json::json!({"op": "get", "queue": &replies, "count": 500, "timeout": 0.3});
-        amqp::client_at(&url, command)
-    };
-    let record = |tally: &mut Tally, taken: serde_json::Value| {
+        let taken = amqp::client_at(&url, command).await;
+        let mut tally = tally.lock().unwrap();
         for reply in taken["messages"].as_array().unwrap() {
             let id = reply["correlation_id"].as_str().unwrap_or_default();
             tally.record(id.trim_start_matches("r-").to_string(), None);
         }
+        tally.unique()
     };
     let started = Instant::now();
     let (mut recoveries, mut restarts) = (Vec::new(), Vec::new());
     for kill_at in [600, 1_300, TOTAL] {
-        while tally.unique() < kill_at {
-            assert!(
-                started.elapsed() < ALL_ANSWERED_WITHIN,
-                "{} of {TOTAL} answered after {:?}; logs:\n{}",
-                tally.unique(),
-                started.elapsed(),
-                ricochet.logs()
-            );
-            record(&mut tally, take().await);
-        }
+        let what = format!("{kill_at} of {TOTAL} requests answered");
+        let within = ALL_ANSWERED_WITHIN.saturating_sub(started.elapsed());
+        eventually(within, &what, || async {
+            let answered = take().await;
+            holds(answered >= kill_at, format!("{answered} answered"))
+        })
+        .await;
         if kill_at == TOTAL {
             break;
         }
-        broker.kill();
+        broker.0.kill();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let at = Instant::now();
-        broker.start();
+        broker.0.start();
         restarts.push(broker.ready_after(at).await);
         recoveries.push(Instant::now());
     }
     // Late copies: redeliveries of what was in flight at the last kill.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    record(&mut tally, take().await);
+    take().await;
+    let tally = tally.into_inner().unwrap();
     // Recovery: from the node taking connections again to the next request answered.
     let recoveries: Vec<Duration> = recoveries
         .iter()
@@ -1057,20 +889,19 @@ async fn jetstream_bounce_every_request_answered() {
     let (client, losses) = server.client_watched().await;
     let js = jetstream::new(client.clone());
     let prefix = unique("reljsbounce");
-    let name = prefix.to_uppercase();
-    for (stream, subject) in [
-        (&name, format!("{prefix}.req.>")),
-        (&format!("{name}_REPLIES"), format!("{prefix}.replies")),
-    ] {
-        js.create_stream(stream::Config {
-            name: stream.clone(),
-            subjects: vec![subject],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    // On disk, to survive the kills, and kept as long as the server lives.
+    let on_disk = |config: &mut stream::Config| {
+        config.storage = stream::StorageType::File;
+        config.max_age = Duration::ZERO;
+    };
+    let requests = Stream::create_with(js.clone(), &prefix, on_disk).await;
+    let name = requests.name.clone();
+    Stream::create_with(js.clone(), &prefix, |config| {
+        on_disk(config);
+        config.name = format!("{name}_REPLIES");
+        config.subjects = vec![format!("{prefix}.replies")];
+    })
+    .await;
     let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
     let admin = free_port();
     let toml = format!(
@@ -1090,7 +921,7 @@ listen = "127.0.0.1:{admin}"
 "#,
         url = server.url(),
         base = upstream.base_url(),
-        route = js_route(&prefix, &name, 32),
+        route = js_route(&requests, 32),
     );
     let ricochet = Ricochet::start(&toml, admin).await;
     let replies = format!("{prefix}.replies");
@@ -1207,15 +1038,12 @@ listen = "127.0.0.1:{admin}"
                 .get_stream(&name)
                 .await
                 .map(|s| s.cached_info().state.clone());
-            let consumer = match js.get_stream(&name).await {
-                Ok(stream) => stream.consumer_info("ricochet-rel").await.map(|i| {
-                    format!(
-                        "delivered {:?}, ack floor {:?}, pending {}, ack pending {}, waiting pulls {}",
-                        i.delivered, i.ack_floor, i.num_pending, i.num_ack_pending, i.num_waiting
-                    )
-                }).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let consumer = requests.try_consumer("ricochet-rel").await.map(|i| {
+                format!(
+                    "delivered {:?}, ack floor {:?}, pending {}, ack pending {}, waiting pulls {}",
+                    i.delivered, i.ack_floor, i.num_pending, i.num_ack_pending, i.num_waiting
+                )
+            });
             println!(
                 "bounce stalled: stream {stream:?}; consumer {consumer:?}; metrics:\n{}",
                 ricochet.metrics().await
@@ -1238,10 +1066,10 @@ listen = "127.0.0.1:{admin}"
         if let Some(probe) = readiness.last() {
             probe.abort();
         }
-        server.kill();
+        server.broker.kill();
         let down = jitter.between(Duration::ZERO, Duration::from_secs(2));
         tokio::time::sleep(down).await;
-        server.start();
+        server.broker.start();
         let at = Instant::now();
         restarts.push(at);
         readiness.push(tokio::spawn(server.ready_after(at, &name)));
@@ -1301,7 +1129,7 @@ listen = "127.0.0.1:{admin}"
         tally.longest_stall < Duration::from_secs(30),
         "no stall over 30 s: {:?} (slowest server start {slowest_ready:?}); the server's log:\n{}\nricochet's:\n{}",
         tally.longest_stall,
-        server.log_tail(),
+        server.broker.log_tail(60),
         ricochet.logs()
     );
     drop(ricochet);
@@ -1380,10 +1208,10 @@ path = "/core"
 
     let mut recoveries = Vec::new();
     for _ in 0..2 {
-        server.kill();
+        server.broker.kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = answered();
-        server.start();
+        server.broker.start();
         let back = Instant::now();
         eventually(
             Duration::from_secs(5),
@@ -1429,7 +1257,8 @@ path = "/core"
 async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
     const TOTAL: usize = 6_000;
     const GRACE: Duration = Duration::from_secs(10);
-    let (js, prefix, name) = js_stream("relterm").await;
+    let stream = js_stream("relterm").await;
+    let (js, prefix) = (&stream.js, &stream.prefix);
     let client = nats().await;
     let replies = format!("{prefix}.replies");
     let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
@@ -1439,7 +1268,7 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
     let routes = format!(
         "[shutdown]\ngrace_period = \"{}s\"\n{}",
         GRACE.as_secs(),
-        js_route(&prefix, &name, 100)
+        js_route(&stream, 100)
     );
     let toml = config(&upstream.base_url(), admin, &routes);
     let mut ricochet = Ricochet::start(&toml, admin).await;
@@ -1487,22 +1316,8 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
                 .to_string()
         })
         .collect();
-    eventually(
-        Duration::from_secs(10),
-        "a reply for every accepted request",
-        || async {
-            let tally = tally.lock().unwrap();
-            let missing = accepted
-                .iter()
-                .filter(|id| !tally.answers.contains_key(*id))
-                .count();
-            holds(
-                missing == 0,
-                format!("{missing} of {} unanswered", accepted.len()),
-            )
-        },
-    )
-    .await;
+    let what = "a reply for every accepted request";
+    answered_all(&tally, &accepted, Duration::from_secs(10), what).await;
     let accepted_count = accepted.len();
     let calls_at_stop = upstream.calls();
 
@@ -1510,7 +1325,7 @@ async fn sigterm_at_1000_per_second_answers_every_accepted_request() {
     publisher.await.unwrap();
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = js.delete_stream(&name).await;
+    stream.delete().await;
     let tally = tally.lock().unwrap();
     report(
         "sigterm at 1000/s",
@@ -1575,22 +1390,8 @@ async fn takeover(
             .filter(|id| !tally.answers.contains_key(id))
             .collect()
     };
-    eventually(
-        Duration::from_secs(120),
-        "the survivor answers the victim's requests",
-        || async {
-            let tally = tally.lock().unwrap();
-            let left = orphans
-                .iter()
-                .filter(|id| !tally.answers.contains_key(*id))
-                .count();
-            holds(
-                left == 0,
-                format!("{left} of {} orphans unanswered", orphans.len()),
-            )
-        },
-    )
-    .await;
+    let what = "the survivor answers the victim's requests";
+    answered_all(tally, &orphans, Duration::from_secs(120), what).await;
     (orphans.len(), killed_at.elapsed())
 }
 
@@ -1600,11 +1401,12 @@ async fn takeover(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
     const TOTAL: usize = 5_000;
-    let (js, prefix, name) = js_stream("reljsrep").await;
+    let stream = js_stream("reljsrep").await;
+    let (js, prefix) = (&stream.js, &stream.prefix);
     let client = nats().await;
     let replies = format!("{prefix}.replies");
     let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
-    let routes = js_route(&prefix, &name, 32);
+    let routes = js_route(&stream, 32);
     let victim_upstream = Upstream::slow_echo(Duration::from_millis(5)).await;
     let survivor_upstream = Upstream::slow_echo(Duration::from_millis(5)).await;
     let (a, b) = (free_port(), free_port());
@@ -1625,7 +1427,7 @@ async fn jetstream_two_replicas_one_killed_survivor_takes_over() {
     let (orphans, took) = takeover(&tally, &victim_upstream, false, killed_at).await;
     publisher.await.unwrap();
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
-    let _ = js.delete_stream(&name).await;
+    stream.delete().await;
     let tally = tally.lock().unwrap();
     report(
         "jetstream two replicas, one killed",
@@ -2071,7 +1873,8 @@ async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
     const TOTAL: usize = 1_000;
     let upstream = Upstream::slow_echo(Duration::from_millis(50)).await;
     let client = nats().await;
-    let (js, prefix, stream) = js_stream("reloverjs").await;
+    let stream = js_stream("reloverjs").await;
+    let (js, prefix) = (&stream.js, &stream.prefix);
     let js_replies = format!("{prefix}.replies");
     let (js_tally, dead) = collect_nats(&client, &js_replies, &format!("{prefix}.dlq")).await;
     let brokers = kafka::brokers();
@@ -2081,7 +1884,7 @@ async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
     let queue = unique("ricochet.test.relover.");
     let routes = format!(
         "{}{}{}",
-        js_route(&prefix, &stream, 2),
+        js_route(&stream, 2),
         kafka::route(
             "kafka",
             &requests,
@@ -2160,87 +1963,17 @@ async fn durable_sources_overloaded_fall_behind_and_catch_up_losing_nothing() {
         peak < before + 64 * 1024,
         "memory bounded under overload: {before} KiB before, {peak} KiB at the peak"
     );
-    let _ = js.delete_stream(&stream).await;
+    stream.delete().await;
     amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
 }
 
-/// A tansu of the test's own with persistent storage (SQLite, a file in a temp dir), on its
-/// own port, that the test kills and starts again.
-struct OwnTansu {
-    port: u16,
-    child: Option<Child>,
-    log: std::path::PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl OwnTansu {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut tansu = Self {
-            port: free_port(),
-            log: dir.path().join("tansu.log"),
-            child: None,
-            dir,
-        };
-        tansu.start();
-        tansu
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn start(&mut self) {
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(brokers::tansu_bin())
-            .arg("broker")
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            // The database file in the temp dir: tansu takes the URL's path as relative.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("tansu starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "tansu does not listen ({exited:?}; built without `--features libsql`? see \
-                 docs/development.md); its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnTansu {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A tansu of the test's own with persistent storage (SQLite, a file in its directory),
+/// started and listening.
+fn own_tansu() -> OwnBroker {
+    let mut tansu = OwnBroker::tansu_sqlite();
+    tansu.start();
+    tansu.wait_listening(Duration::from_secs(30));
+    tansu
 }
 
 /// How long the Kafka bounce may go without progress (no new answer and no request newly
@@ -2433,8 +2166,8 @@ impl KafkaRun<'_> {
 async fn kafka_bounce_every_request_answered() {
     const TOTAL: usize = 5_000;
     const BOUNCES: usize = 2;
-    let mut tansu = OwnTansu::new();
-    let brokers = tansu.brokers();
+    let mut tansu = own_tansu();
+    let brokers = format!("127.0.0.1:{}", tansu.port());
     let requests = kafka::topic_on(&brokers, "relkbounce", 2).await;
     let replies = kafka::topic_on(&brokers, "relkbouncerep", 1).await;
     let routes = kafka::route_on(
@@ -2458,7 +2191,7 @@ async fn kafka_bounce_every_request_answered() {
         ricochet: &ricochet,
         upstream: &upstream,
         brokers: brokers.clone(),
-        tansu_log: tansu.log.clone(),
+        tansu_log: tansu.log_path(),
         requests: &requests,
         replies: &replies,
     };
@@ -2478,6 +2211,7 @@ async fn kafka_bounce_every_request_answered() {
         tokio::time::sleep(down).await;
         let restarted = Instant::now();
         tansu.start();
+        tansu.wait_listening(Duration::from_secs(30));
         let before = tally.lock().unwrap().unique();
         run.answered(before + 1, "a new answer after the restart")
             .await;

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use common::jetstream::Stream;
 use common::*;
 use futures::StreamExt;
 
@@ -81,16 +82,11 @@ async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_ever
     let prefix = unique("reload");
     let upstream = Upstream::slow_echo(Duration::from_millis(20)).await;
     let client = nats().await;
-    let js = jetstream::new(client.clone());
-    let stream_name = prefix.to_uppercase();
-    js.create_stream(stream::Config {
-        name: stream_name.clone(),
-        subjects: vec![format!("{prefix}.js.>")],
-        storage: stream::StorageType::Memory,
-        ..Default::default()
+    let stream = Stream::create_with(jetstream::new(client.clone()), &prefix, |config| {
+        config.subjects = vec![format!("{prefix}.js.>")];
     })
-    .await
-    .unwrap();
+    .await;
+    let (js, stream_name) = (&stream.js, &stream.name);
     let replies_subject = format!("{prefix}.replies");
     let mut js_replies = client.subscribe(replies_subject.clone()).await.unwrap();
     client.flush().await.unwrap();
@@ -98,7 +94,7 @@ async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_ever
     let admin = free_port();
     let routes = |limit: &str, added: bool| {
         let mut routes = core_route(&prefix, "orders", limit);
-        routes.push_str(&jetstream_route(&prefix, &stream_name));
+        routes.push_str(&jetstream_route(&prefix, stream_name));
         if added {
             routes.push_str(&core_route(&prefix, "added", ""));
         }
@@ -263,7 +259,7 @@ async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_ever
     );
     let logs = ricochet.logs();
     assert!(logs.contains("configuration reloaded"), "{logs}");
-    let _ = js.delete_stream(&stream_name).await;
+    stream.delete().await;
 }
 
 #[tokio::test]

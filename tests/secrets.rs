@@ -10,7 +10,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use async_nats::ConnectOptions;
@@ -21,17 +21,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use common::brokers::OwnBroker;
 use common::*;
 use pki::{toml_path, Ca};
-
-struct NatsServer(Child);
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// An https echo server that requires a client certificate `ca` signed.
 async fn mtls_upstream(ca: &Ca) -> u16 {
@@ -66,23 +58,8 @@ async fn no_secret_appears_in_the_log_the_metrics_or_check_print() {
     let amqp_password = unique("amqppw");
 
     // NATS that requires the password.
-    let nats_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!("listen: 127.0.0.1:{nats_port}\nauthorization {{ user: svc, password: \"{nats_password}\" }}\n"),
-    )
-    .unwrap();
-    let _nats = NatsServer(
-        Command::new(nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_nats, nats_port) = own_nats(&format!("user: svc, password: \"{nats_password}\""));
 
     let ca = Ca::new("secrets");
     let upstream_port = mtls_upstream(&ca).await;
@@ -234,36 +211,40 @@ user = "svc"
 }
 
 async fn eventually_connect(port: u16, password: &str) -> async_nats::Client {
-    let client = std::sync::Mutex::new(None);
-    eventually(
-        Duration::from_secs(10),
-        "the test's NATS client connected",
-        || async {
-            let options = ConnectOptions::with_user_and_password("svc".into(), password.into());
-            match options.connect(format!("nats://127.0.0.1:{port}")).await {
-                Ok(c) => {
-                    *client.lock().unwrap() = Some(c);
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
-    .await;
-    client.into_inner().unwrap().unwrap()
+    eventually_connect_as("svc", port, password).await
 }
 
-/// A nats-server on a free port with these auth arguments (`--user u --pass p`, `--auth t`).
-fn own_nats(args: &[&str]) -> (NatsServer, u16) {
-    let port = free_port();
-    let child = Command::new(nats_server_bin())
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (NatsServer(child), port)
+/// ricochet on the NATS at `url` (credentials and all), with one core route on `subject`
+/// to `upstream`'s `/echo`.
+fn echo_config(url: &str, upstream: &Upstream, admin: u16, subject: &str) -> String {
+    format!(
+        r#"
+[nats]
+url = "{url}"
+connect_timeout = "1s"
+
+[upstream]
+base_url = "{base_url}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[routes]]
+name = "core"
+subject = "{subject}"
+path = "/echo"
+"#,
+        base_url = upstream.base_url(),
+    )
+}
+
+/// A nats-server of the test's own, started, with this `authorization` block
+/// (`user: u, password: p`, `token: t`); and its port.
+fn own_nats(authorization: &str) -> (OwnBroker, u16) {
+    let mut server = OwnBroker::nats_server(|_| format!("authorization {{ {authorization} }}"));
+    server.start();
+    let port = server.port();
+    (server, port)
 }
 
 /// `ricochet request` at `url` with the log at trace: its exit code and all it printed.
@@ -286,30 +267,12 @@ fn request_with(url: &str, subject: &str, config: &std::path::Path) -> (Option<i
 #[tokio::test]
 async fn credentials_in_nats_url_connect_and_never_reach_a_log_even_at_trace() {
     let password = unique("urlpw");
-    let (_nats, port) = own_nats(&["--user", "u", "--pass", &password]);
+    let (_nats, port) = own_nats(&format!("user: u, password: \"{password}\""));
     let upstream = Upstream::echo().await;
     let admin = free_port();
     let subject = unique("urlcreds.");
     let url = format!("nats://u:{password}@127.0.0.1:{port}");
-    let toml = format!(
-        r#"
-[nats]
-url = "{url}"
-connect_timeout = "1s"
-
-[upstream]
-base_url = "{base_url}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[routes]]
-name = "core"
-subject = "{subject}"
-path = "/echo"
-"#,
-        base_url = upstream.base_url(),
-    );
+    let toml = echo_config(&url, &upstream, admin, &subject);
     // RUST_LOG=trace: every dependency's every line, async-nats' "attempting connection"
     // with the server it tries among them.
     let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
@@ -336,27 +299,9 @@ path = "/echo"
 #[tokio::test]
 async fn a_token_in_nats_url_connects_ricochet_request() {
     let token = unique("urltoken");
-    let (_nats, port) = own_nats(&["--auth", &token]);
+    let (_nats, port) = own_nats(&format!("token: \"{token}\""));
     let subject = unique("urltoken.");
-    let client = {
-        let client = std::sync::Mutex::new(None);
-        eventually(
-            Duration::from_secs(10),
-            "the test's client connected",
-            || async {
-                let options = ConnectOptions::with_token(token.clone());
-                match options.connect(format!("nats://127.0.0.1:{port}")).await {
-                    Ok(c) => {
-                        *client.lock().unwrap() = Some(c);
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            },
-        )
-        .await;
-        client.into_inner().unwrap().unwrap()
-    };
+    let client = eventually_connect_with(port, || ConnectOptions::with_token(token.clone())).await;
     let mut requests = client.subscribe(subject.clone()).await.unwrap();
     client.flush().await.unwrap();
     let responder = tokio::spawn(async move {
@@ -388,23 +333,24 @@ async fn a_token_in_nats_url_connects_ricochet_request() {
 }
 
 async fn eventually_connect_as(user: &str, port: u16, password: &str) -> async_nats::Client {
-    let client = std::sync::Mutex::new(None);
+    eventually_connect_with(port, || {
+        ConnectOptions::with_user_and_password(user.into(), password.into())
+    })
+    .await
+}
+
+/// A client of the test's server at `port` made with `options`, once the server takes it.
+async fn eventually_connect_with(
+    port: u16,
+    options: impl Fn() -> ConnectOptions,
+) -> async_nats::Client {
+    let url = format!("nats://127.0.0.1:{port}");
     eventually(
         Duration::from_secs(10),
         "the test's NATS client connected",
-        || async {
-            let options = ConnectOptions::with_user_and_password(user.into(), password.into());
-            match options.connect(format!("nats://127.0.0.1:{port}")).await {
-                Ok(c) => {
-                    *client.lock().unwrap() = Some(c);
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            }
-        },
+        || async { options().connect(&url).await.map_err(|e| e.to_string()) },
     )
-    .await;
-    client.into_inner().unwrap().unwrap()
+    .await
 }
 
 /// A list of servers: the credentials written in one URL are the connection's, so a server
@@ -412,30 +358,13 @@ async fn eventually_connect_as(user: &str, port: u16, password: &str) -> async_n
 #[tokio::test]
 async fn a_server_list_connects_with_the_credentials_one_of_its_urls_carries() {
     let password = unique("listpw");
-    let (_nats, port) = own_nats(&["--user", "u", "--pass", &password]);
+    let (_nats, port) = own_nats(&format!("user: u, password: \"{password}\""));
     let upstream = Upstream::echo().await;
     let admin = free_port();
     let subject = unique("urllist.");
-    let toml = format!(
-        r#"
-[nats]
-url = "nats://u:{password}@127.0.0.1:{down}, nats://127.0.0.1:{port}"
-connect_timeout = "1s"
-
-[upstream]
-base_url = "{base_url}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[routes]]
-name = "core"
-subject = "{subject}"
-path = "/echo"
-"#,
-        down = free_port(),
-        base_url = upstream.base_url(),
-    );
+    let down = free_port();
+    let url = format!("nats://u:{password}@127.0.0.1:{down}, nats://127.0.0.1:{port}");
+    let toml = echo_config(&url, &upstream, admin, &subject);
     let ricochet = Ricochet::spawn_with_env(&toml, admin, &[("RUST_LOG", "trace")]);
     let client = eventually_connect_as("u", port, &password).await;
     answered(&client, &subject, "a reply through the second server").await;

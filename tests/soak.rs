@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
+use common::jetstream::Stream;
 use common::*;
 use futures::StreamExt;
 use rdkafka::consumer::StreamConsumer;
@@ -65,16 +66,12 @@ async fn fixed_load_on_every_source_keeps_memory_and_fds_flat() {
     let client = nats().await;
     let js = jetstream::new(client.clone());
     let prefix = unique("soak");
-    let stream_name = prefix.to_uppercase();
-    js.create_stream(stream::Config {
-        name: stream_name.clone(),
-        subjects: vec![format!("{prefix}.js.>")],
-        storage: stream::StorageType::Memory,
-        max_age: Duration::from_secs(3600),
-        ..Default::default()
+    let stream = Stream::create_with(js.clone(), &prefix, |config| {
+        config.subjects = vec![format!("{prefix}.js.>")];
+        config.max_age = Duration::from_secs(3600);
     })
-    .await
-    .unwrap();
+    .await;
+    let stream_name = &stream.name;
     let requests = kafka::topic("soakreq", 2).await;
     let replies_topic = kafka::topic("soakrep", 1).await;
     let upstream = Upstream::echo().await;
@@ -291,6 +288,6 @@ redelivery_backoff = ["100ms"]
         pooled_max <= 4 * 64,
         "connections to the service: {pooled_min}-{pooled_max}, more than ever in flight"
     );
-    let _ = js.delete_stream(&stream_name).await;
+    stream.delete().await;
     amqp::client(serde_json::json!({"op": "delete", "queues": [queue]})).await;
 }

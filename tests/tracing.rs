@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use common::jetstream::Stream;
 use common::*;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -455,17 +456,13 @@ async fn a_jetstream_message_has_its_sequence_and_a_settle_span() {
     let collector = Collector::start().await;
     let upstream = Upstream::echo().await;
     let prefix = unique("tracejs");
-    let stream_name = prefix.to_uppercase();
     let client = nats().await;
     let js = async_nats::jetstream::new(client.clone());
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: stream_name.clone(),
-        subjects: vec![format!("{prefix}.>")],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
+    let stream = Stream::create_with(js.clone(), &prefix, |config| {
+        config.subjects = vec![format!("{prefix}.>")];
     })
-    .await
-    .unwrap();
+    .await;
+    let stream_name = &stream.name;
     let admin = free_port();
     let routes = format!(
         r#"
@@ -527,7 +524,7 @@ durable = "traced"
     );
     assert_eq!(settle.parent(), process.span_id());
     drop(ricochet);
-    let _ = js.delete_stream(&stream_name).await;
+    stream.delete().await;
 }
 
 /// Kafka: the record's `traceparent` header is the parent; the process span names the

@@ -7,9 +7,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use common::jetstream::{request_headers, Stream};
 use common::registry::{fastavro, SchemaRegistry};
 use common::*;
 use futures::StreamExt;
@@ -481,85 +481,20 @@ async fn responses_that_do_not_match_become_502_and_json_answers_can_be_encoded_
     assert_eq!(metric(&metrics, "ricochet_errors_total", &[kind]), 4.0);
 }
 
-/// A stream for one test, on `{prefix}.req.>`, with a route that replies to
-/// `{prefix}.replies` and dead-letters to `{prefix}.dlq`.
-struct TestStream {
-    js: jetstream::Context,
-    name: String,
-    prefix: String,
+/// Publishes request `id` on `stream`, its reply to `{prefix}.replies`.
+async fn publish(stream: &Stream, id: &str, payload: Vec<u8>) {
+    let replies = format!("{}.replies", stream.prefix);
+    stream
+        .publish(id, request_headers(&replies, id), payload)
+        .await;
 }
 
-impl TestStream {
-    async fn create(tag: &str) -> Self {
-        let js = jetstream::new(nats().await);
-        let prefix = unique(tag);
-        let name = prefix.to_uppercase().replace(['-', '.'], "_");
-        js.create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.req.>")],
-            storage: stream::StorageType::Memory,
-            max_age: Duration::from_secs(600),
-            ..Default::default()
-        })
-        .await
-        .expect("JetStream is enabled on the NATS server");
-        Self { js, name, prefix }
-    }
-
-    async fn publish(&self, id: &str, payload: Vec<u8>) {
-        let mut headers = HeaderMap::new();
-        headers.insert("reply-to", format!("{}.replies", self.prefix).as_str());
-        headers.insert("correlation-id", id);
-        self.js
-            .publish_with_headers(
-                format!("{}.req.{id}", self.prefix),
-                headers,
-                Bytes::from(payload),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
-    async fn subscribe(&self, what: &str) -> async_nats::Subscriber {
-        let client = nats().await;
-        let sub = client
-            .subscribe(format!("{}.{what}", self.prefix))
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
-        sub
-    }
-
-    fn route(&self, extra: &str) -> String {
-        format!(
-            r#"
-[[routes]]
-name = "js"
-source = "jetstream"
-subject = "{prefix}.req.{{id}}"
-method = "POST"
-path = "/orders/{{id}}"
-dead_letter = "{prefix}.dlq"
-
-[routes.jetstream]
-stream = "{stream}"
-durable = "ricochet-validation"
-ack_wait = "5s"
-max_deliver = 1000
-redelivery_backoff = ["100ms"]
-
-{extra}
-"#,
-            prefix = self.prefix,
-            stream = self.name
-        )
-    }
-
-    async fn delete(self) {
-        let _ = self.js.delete_stream(&self.name).await;
-    }
+/// The route on `stream` (replies to `{prefix}.replies`, dead letters to `{prefix}.dlq`);
+/// `extra` adds route sections.
+fn route(stream: &Stream, extra: &str) -> String {
+    let consumer = "durable = \"ricochet-validation\"\nack_wait = \"5s\"\nmax_deliver = 1000\n\
+                    redelivery_backoff = [\"100ms\"]";
+    stream.route(extra, consumer)
 }
 
 async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
@@ -573,9 +508,9 @@ async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
 async fn jetstream_dead_letters_an_invalid_request_at_once_with_its_violations() {
     let dir = tempfile::tempdir().unwrap();
     let schema = schema_file(&dir, "order.json", ORDER_JSON_SCHEMA);
-    let stream = TestStream::create("valjs").await;
-    let mut replies = stream.subscribe("replies").await;
-    let mut dlq = stream.subscribe("dlq").await;
+    let stream = Stream::create("valjs").await;
+    let (_, mut replies) = stream.subscribe("replies").await;
+    let (_, mut dlq) = stream.subscribe("dlq").await;
     let upstream = Upstream::echo().await;
     let validate = format!(
         "[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"",
@@ -583,14 +518,12 @@ async fn jetstream_dead_letters_an_invalid_request_at_once_with_its_violations()
     );
     let admin = free_port();
     let ricochet = Ricochet::start(
-        &config(&upstream.base_url(), admin, &stream.route(&validate)),
+        &config(&upstream.base_url(), admin, &route(&stream, &validate)),
         admin,
     )
     .await;
 
-    stream
-        .publish("bad", br#"{"id": "o-1", "qty": -1}"#.to_vec())
-        .await;
+    publish(&stream, "bad", br#"{"id": "o-1", "qty": -1}"#.to_vec()).await;
     let letter = next(&mut dlq).await;
     assert_eq!(letter.payload.as_ref(), br#"{"id": "o-1", "qty": -1}"#);
     assert_eq!(
@@ -616,9 +549,7 @@ async fn jetstream_dead_letters_an_invalid_request_at_once_with_its_violations()
     assert_eq!(body(&reply)["violations"][0]["instance_path"], "/qty");
 
     // A valid one after it passes unchanged; the invalid one never came again.
-    stream
-        .publish("good", br#"{"id": "o-2", "qty": 1}"#.to_vec())
-        .await;
+    publish(&stream, "good", br#"{"id": "o-2", "qty": 1}"#.to_vec()).await;
     let reply = next(&mut replies).await;
     assert_eq!(header(&reply, "correlation-id").as_deref(), Some("good"));
     assert_eq!(reply.payload.as_ref(), br#"{"id": "o-2", "qty": 1}"#);
@@ -639,16 +570,20 @@ async fn jetstream_dead_letters_an_invalid_request_at_once_with_its_violations()
 #[tokio::test]
 async fn jetstream_waits_out_a_registry_outage_and_loses_no_message() {
     let orders = Orders::start("js").await;
-    let stream = TestStream::create("valjsreg").await;
-    let mut replies = stream.subscribe("replies").await;
-    let mut dlq = stream.subscribe("dlq").await;
+    let stream = Stream::create("valjsreg").await;
+    let (_, mut replies) = stream.subscribe("replies").await;
+    let (_, mut dlq) = stream.subscribe("dlq").await;
     let upstream = Upstream::echo().await;
     let validate = format!(
         "[routes.validate]\nformat = \"avro\"\nsubject = \"{}\"",
         orders.subject
     );
     let admin = free_port();
-    let routes = format!("{}\n{}", orders.registry.config(), stream.route(&validate));
+    let routes = format!(
+        "{}\n{}",
+        orders.registry.config(),
+        route(&stream, &validate)
+    );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
 
     orders.registry.set_down(true);
@@ -656,7 +591,7 @@ async fn jetstream_waits_out_a_registry_outage_and_loses_no_message() {
         .map(|n| orders.message(orders.id, &ORDER_RECORD.replace("o-1", &format!("o-{n}"))))
         .collect();
     for (n, message) in messages.iter().enumerate() {
-        stream.publish(&format!("m{n}"), message.clone()).await;
+        publish(&stream, &format!("m{n}"), message.clone()).await;
     }
     eventually(WAIT, "redeliveries while the registry is down", || async {
         let metrics = ricochet.metrics().await;
@@ -686,9 +621,7 @@ async fn jetstream_waits_out_a_registry_outage_and_loses_no_message() {
     );
 
     // An unknown id is permanent: dead-lettered at once with reason validation.
-    stream
-        .publish("unknown", orders.message(4242, ORDER_RECORD))
-        .await;
+    publish(&stream, "unknown", orders.message(4242, ORDER_RECORD)).await;
     let letter = next(&mut dlq).await;
     assert_eq!(
         header(&letter, "Ricochet-Dead-Letter-Reason").as_deref(),

@@ -4,14 +4,18 @@
 //! when a test first needs it. They stop when the test binary ends: they are started with a
 //! parent-death signal, from a thread that lives as long as the process.
 //!
+//! Tests that kill a broker and start it again (reliability, reconnects, TLS and auth
+//! servers) use an [`OwnBroker`] instead: one of their own, on its own port and storage.
+//!
 //! A missing broker binary fails the test at once with the command that installs it, not
-//! with a connection timeout. Self-contained, so that the benchmark's tests use it too.
+//! with a connection timeout. Self-contained (std, libc and tempfile), so that the
+//! benchmark's tests use it too.
 #![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -138,20 +142,8 @@ fn start(what: &str, build: impl FnOnce(u16, &Path) -> Command) -> u16 {
     let dir = scratch(what, port);
     let mut command = build(port, &dir);
     let log_path = dir.join("log");
-    let log = std::fs::File::create(&log_path).expect("broker log file");
-    command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("broker log file"))
-        .stderr(log);
-    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    output_to(&mut command, &log_path);
+    dies_with_its_thread(&mut command);
     // The parent-death signal fires when the thread that started the child ends, and test
     // threads end with their test: a thread of its own starts the broker and waits on it for
     // the rest of the process.
@@ -174,26 +166,265 @@ fn start(what: &str, build: impl FnOnce(u16, &Path) -> Command) -> u16 {
     if let Err(e) = outcome.recv().expect("the broker thread answers") {
         panic!("cannot start {what}: {e}");
     }
-    let deadline = Instant::now() + START_WITHIN;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = exited.lock().unwrap().clone() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!(
-                "{what} exited at start ({status}); its log ({}):\n{log}",
-                log_path.display()
-            );
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "{what} does not listen on 127.0.0.1:{port} after {START_WITHIN:?}; its log: {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(what, port, &log_path, START_WITHIN, || {
+        exited.lock().unwrap().clone()
+    });
     eprintln!(
         "test broker: {what} on 127.0.0.1:{port} (log {})",
         log_path.display()
     );
     port
+}
+
+/// `command`'s output (stdout and stderr) appended to the file at `log`; no input.
+fn output_to(command: &mut Command, log: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("broker log file");
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("broker log file"))
+        .stderr(file);
+}
+
+/// `command`'s process is killed when the thread that spawns it ends.
+fn dies_with_its_thread(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Blocks until `what` listens on `port`; panics with its log (at `log`) when `exited` says
+/// it ended, or after `within`. Blocking, not async: the shared brokers start from any
+/// thread, and a broker that is not listening yet is all the test waits for.
+fn wait_listening(
+    what: &str,
+    port: u16,
+    log: &Path,
+    within: Duration,
+    mut exited: impl FnMut() -> Option<String>,
+) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = exited() {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!(
+                "{what} exited at start ({status}); its log ({}):\n{log_text}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!(
+                "{what} does not listen on 127.0.0.1:{port} after {within:?}; its log ({}):\n{log_text}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What makes a broker's command for its port and directory.
+type MakeCommand = dyn Fn(u16, &Path) -> Command + Send + Sync;
+
+/// A broker process of one test's own, for tests that kill a broker and start it again:
+/// its own port, its own directory (storage, configuration, and `output.log`, which every
+/// start appends to), killed with SIGKILL to its whole process group (a start script need
+/// not exec its server) and again when dropped. It also dies with the thread that started
+/// it (start it from the test's own thread, not a short-lived one). A test that panics
+/// prints the last lines of its output.
+pub struct OwnBroker {
+    what: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// Makes the command for the port and the directory, for every start.
+    command: Box<MakeCommand>,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    /// The broker `command` makes for a free port and a fresh directory; not started yet
+    /// (a test may want its address first).
+    pub fn new(
+        what: &str,
+        command: impl Fn(u16, &Path) -> Command + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.to_string(),
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a directory for a test broker"),
+            command: Box::new(command),
+            child: None,
+        }
+    }
+
+    /// A nats-server (the one of [`nats_server_bin`]) with the configuration `conf` makes
+    /// for the broker's directory (storage goes there), listening on its port.
+    pub fn nats_server(conf: impl FnOnce(&Path) -> String) -> Self {
+        Self::nats_server_at(&nats_server_bin(), conf)
+    }
+
+    /// [`Self::nats_server`] of the binary `bin` (another server version).
+    pub fn nats_server_at(bin: &str, conf: impl FnOnce(&Path) -> String) -> Self {
+        let bin = bin.to_string();
+        let broker = Self::new("nats-server", move |_, dir| {
+            let mut command = Command::new(&bin);
+            command.arg("-c").arg(dir.join("nats.conf"));
+            command
+        });
+        let file = format!(
+            "listen: 127.0.0.1:{}\n{}\n",
+            broker.port,
+            conf(broker.dir())
+        );
+        std::fs::write(broker.dir().join("nats.conf"), file).expect("nats-server configuration");
+        broker
+    }
+
+    /// A tansu with SQLite storage in the broker's directory (kept across restarts).
+    pub fn tansu_sqlite() -> Self {
+        let bin = tansu_bin();
+        Self::new(
+            "tansu (SQLite storage: built with `--features libsql`?)",
+            move |port, dir| {
+                let listener = format!("tcp://127.0.0.1:{port}");
+                let mut command = Command::new(&bin);
+                command
+                    .arg("broker")
+                    .args(["--listener-url", &listener])
+                    .args(["--advertised-listener-url", &listener])
+                    // tansu takes the URL's path as relative: the file lands in the directory.
+                    .args(["--storage-engine", "sqlite://tansu.db"])
+                    .current_dir(dir);
+                command
+            },
+        )
+    }
+
+    /// A RabbitMQ node: its own AMQP and distribution ports, node name and data directory,
+    /// so that durable queues and persistent messages survive a kill. The start script
+    /// (`RABBITMQ_SERVER_BIN`, else Debian's) runs in the foreground.
+    pub fn rabbitmq() -> Self {
+        let bin = std::env::var("RABBITMQ_SERVER_BIN")
+            .unwrap_or_else(|_| "/usr/lib/rabbitmq/bin/rabbitmq-server".into());
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} not found: `apt-get install rabbitmq-server` (scripts/test.sh does), or set RABBITMQ_SERVER_BIN"
+        );
+        let dist_port = free_port();
+        let broker = Self::new("rabbitmq", move |port, dir| {
+            let mut command = Command::new(&bin);
+            command
+                .current_dir(dir)
+                // The machine's rabbitmq-env.conf names the machine's node: not read.
+                .env("RABBITMQ_CONF_ENV_FILE", dir.join("env.conf"))
+                .env("RABBITMQ_NODENAME", format!("ricochet{port}@localhost"))
+                .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+                .env("RABBITMQ_NODE_PORT", port.to_string())
+                .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+                .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+                .env("RABBITMQ_LOG_BASE", dir.join("log"))
+                .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+                .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+                .env("ERL_EPMD_ADDRESS", "127.0.0.1");
+            command
+        });
+        std::fs::write(broker.dir().join("env.conf"), "").expect("RabbitMQ env file");
+        std::fs::write(broker.dir().join("enabled_plugins"), "[].").expect("RabbitMQ plugins");
+        broker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The broker's own directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the broker printed, every start appended.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join("output.log")
+    }
+
+    /// The last `lines` lines the broker printed.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts the broker (on its port and directory, as before a kill); does not wait for
+    /// it to listen.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.what);
+        let mut command = (self.command)(self.port, self.dir.path());
+        output_to(&mut command, &self.log_path());
+        dies_with_its_thread(&mut command);
+        command.process_group(0);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.what));
+        self.child = Some(child);
+    }
+
+    /// Blocks until the broker listens; panics with its output when it exits first or does
+    /// not listen within `within`.
+    pub fn wait_listening(&mut self, within: Duration) {
+        let (what, port, log) = (self.what.clone(), self.port, self.log_path());
+        let child = self.child.as_mut().expect("a started broker");
+        wait_listening(&what, port, &log, within, || {
+            (child.try_wait().ok().flatten()).map(|status| status.to_string())
+        });
+    }
+
+    /// SIGKILL to the broker's process group, and waits for it to end.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: a plain system call; a negative pid names the process group the
+            // broker leads (`process_group(0)`).
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} output (last 60 lines) ---\n{}",
+                self.what,
+                self.log_tail(60)
+            );
+        }
+    }
+}
+
+/// Whether the nats-server of [`nats_server_bin`] accepts the configuration `conf` (its
+/// `-t` check): what a test asks of a feature older servers lack.
+pub fn nats_server_accepts(conf: &str) -> bool {
+    let bin = nats_server_bin();
+    let dir = tempfile::tempdir().expect("a directory for a configuration check");
+    let file = dir.path().join("nats.conf");
+    std::fs::write(&file, conf).expect("nats-server configuration");
+    Command::new(&bin)
+        .arg("-t")
+        .arg("-c")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+        .success()
 }

@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod faults;
+pub mod jetstream;
 pub mod raw_nats;
 pub mod registry;
 
@@ -52,24 +53,62 @@ pub async fn nats() -> async_nats::Client {
         .expect("NATS is running (see docs/development.md)")
 }
 
-/// Polls `check` every 10 ms until it holds; panics after `within`, naming what was awaited
-/// and, through `check`'s last answer, what was seen instead.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+/// Polls `check` every 10 ms until it answers `Ok`, and returns what it answered; panics
+/// after `within`, naming what was awaited and, through `check`'s last answer, what was
+/// seen instead.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<T, String>>,
+{
+    wait_until(within, check)
+        .await
+        .unwrap_or_else(|seen| panic!("waited {within:?} for {what}; last seen: {seen}"))
+}
+
+/// [`eventually`] for a wait whose timeout is an outcome rather than a failure (how long a
+/// restarted server took, if it came back at all): `check`'s last `Err` after `within`.
+pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
 {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let seen = match check().await {
-            Ok(()) => return,
+            Ok(value) => return Ok(value),
             Err(seen) => seen,
         };
         if tokio::time::Instant::now() >= deadline {
-            panic!("waited {within:?} for {what}; last seen: {seen}");
+            return Err(seen);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Reads `read` every `every` until two readings in a row agree, and returns that reading:
+/// for a value that something already gone may still move for a moment (the offsets a
+/// killed consumer's last commit moves), read once it stands still. Panics after `within`.
+pub async fn steady<T, F, Fut>(every: Duration, within: Duration, what: &str, read: F) -> T
+where
+    T: PartialEq + std::fmt::Debug,
+    F: Fn() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let last = Mutex::new(read().await);
+    let what = format!("{what} to stand still for {every:?}");
+    eventually(within, &what, || async {
+        tokio::time::sleep(every).await;
+        let again = read().await;
+        let mut last = last.lock().unwrap();
+        if *last == again {
+            return Ok(again);
+        }
+        let seen = format!("{:?}, then {again:?}", *last);
+        *last = again;
+        Err(seen)
+    })
+    .await
 }
 
 /// `Ok` when `condition`, else `Err(seen)`: the answer [`eventually`] expects.
@@ -97,6 +136,24 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A gate a test opens once: whatever waits at it passes then, and whatever comes later
+/// passes at once.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Returns once the gate is open.
+    pub async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`: the wait ends only when the gate opens.
+        let _ = open.wait_for(|open| *open).await;
+    }
 }
 
 /// One request as the upstream saw it.
@@ -255,21 +312,19 @@ impl Upstream {
         .await
     }
 
-    /// Holds every call until the returned flag is set, then answers 200 "ok".
-    pub async fn gated() -> (Self, Arc<AtomicBool>) {
-        let open = Arc::new(AtomicBool::new(false));
-        let gate = open.clone();
+    /// Holds every call until the returned gate opens, then answers 200 "ok".
+    pub async fn gated() -> (Self, Gate) {
+        let gate = Gate::default();
+        let held = gate.clone();
         let upstream = Self::start(move |_| {
-            let gate = gate.clone();
+            let held = held.clone();
             async move {
-                while !gate.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                held.passed().await;
                 respond(200, "ok")
             }
         })
         .await;
-        (upstream, open)
+        (upstream, gate)
     }
 
     /// Answers 503 "down" until the returned flag is set, then 200 "ok".
@@ -420,14 +475,14 @@ impl Ricochet {
 
     /// Waits until `/readyz` answers 503 and returns why it says it is not ready.
     pub async fn wait_unready(&self, within: Duration) -> String {
-        let why = Mutex::new(String::new());
         eventually(within, "readiness 503", || async {
             let (status, body) = self.admin_get("/readyz").await.unwrap();
-            *why.lock().unwrap() = body.clone();
-            holds(status == 503, format!("{status} {body}"))
+            match status {
+                503 => Ok(body),
+                _ => Err(format!("{status} {body}")),
+            }
         })
-        .await;
-        why.into_inner().unwrap()
+        .await
     }
 
     /// GET on the admin server: status code and body.
@@ -632,8 +687,13 @@ pub mod kafka {
 
     /// A plain consumer of `topic` from the beginning, as any caller would use.
     pub fn consumer(topic: &str) -> StreamConsumer {
+        consumer_on(&brokers(), topic)
+    }
+
+    /// Like [`consumer`], on the cluster at `brokers`.
+    pub fn consumer_on(brokers: &str, topic: &str) -> StreamConsumer {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("group.id", super::unique("test-reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
