@@ -1,5 +1,5 @@
 //! TLS to the upstream, for an `https` base URL: rustls with the ring provider (the one
-//! async-nats uses), the roots of `upstream.tls.ca_file` (else the system's), and an
+//! the broker clients use), the roots of `upstream.tls.ca_file` (else the system's), and an
 //! optional client certificate. The server's certificate must name the base URL's host,
 //! which is also sent as SNI. Built once at start-up; `client.rs` wraps each new
 //! connection in it.

@@ -1,8 +1,8 @@
 //! Admission: the first step of the flow after a source has a message, the same for every
 //! source. A durable source asks [`Route::admission`] before it takes a message (the
 //! breaker's gate: nothing taken while the circuit is open, one probe at a time while it
-//! is half-open; then a `max_in_flight` slot); core NATS, which cannot leave messages in the
-//! broker, asks [`Route::admit`] (a slot, a place in the `max_pending` line, or refused).
+//! is half-open; then a `max_in_flight` slot); a source whose broker cannot keep messages
+//! for it (request-reply without a stream) asks [`Route::admit`] (a slot, a place in the `max_pending` line, or refused).
 //! Every message a source takes is held by a [`Taken`] guard, which keeps
 //! `ricochet_messages_received_total` and `ricochet_in_flight_messages` true on every path.
 
@@ -17,8 +17,8 @@ use tracing::debug;
 use super::Route;
 use crate::invoke::breaker::State;
 
-/// The line of messages waiting for a slot of a full route, at most `max` long (core NATS:
-/// `max_pending`; the durable sources leave such messages in the broker).
+/// The line of messages waiting for a slot of a full route, at most `max` long (the
+/// source's `max_pending`; durable sources leave such messages in the broker).
 #[derive(Debug)]
 pub struct Queue {
     waiting: AtomicUsize,
@@ -157,7 +157,7 @@ impl Route {
         }
     }
 
-    /// For an intake that must not wait (core NATS): a slot at once, else a place in the
+    /// For an intake that must not wait (no broker keeps its messages): a slot at once, else a place in the
     /// waiting line of `max_pending` (counted as throttled), else refused.
     pub fn admit(self: &Arc<Self>) -> Admission {
         match self.limit.clone().try_acquire_owned() {

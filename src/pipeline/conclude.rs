@@ -236,7 +236,7 @@ impl Pipeline {
 
     async fn ack<S: Settle>(&self, route: &Route, settle: &S, trace: &MessageTrace<'_>) -> Settled {
         if route.policy.at_most_once {
-            // Settled on receipt, or nothing to settle (core NATS).
+            // Settled on receipt, or nothing to settle (request-reply without a stream).
             return Settled::Done;
         }
         let what = "ack failed; the message will come again";
@@ -300,7 +300,7 @@ pub(super) fn too_large(
     let mut fallback = Reply::error(ErrorKind::UpstreamUnavailable, &detail);
     for name in [ATTEMPTS_HEADER, route.config.correlation_header.as_str()] {
         if let Some(value) = reply.headers.get(name) {
-            // Bytes: a Kafka correlation id is echoed as the request had it.
+            // Bytes: a correlation id may be any bytes, echoed as the request had it.
             fallback = fallback.with_header(name.to_string(), value.to_vec());
         }
     }

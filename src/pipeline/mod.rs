@@ -56,22 +56,23 @@ pub struct Route {
     total_timeout: Duration,
     /// Permits for `max_in_flight`; the source holds one per message being processed.
     pub limit: Arc<Semaphore>,
-    /// Core NATS: messages taken while the route was full, waiting for a permit.
+    /// Messages taken while the route was full, waiting for a permit (sources with
+    /// `max_pending`).
     queue: Queue,
     pub metrics: RouteMetrics,
     pub max_payload: usize,
     /// The `source` metric label of the route's source.
     pub kind: &'static str,
-    /// The consumer group its intake joins (a NATS queue group, a JetStream durable, a Kafka
+    /// The consumer group its intake joins (a queue group, a durable consumer, a consumer
     /// group), if its source has one.
     pub consumer_group: Option<String>,
-    /// The source keeps a message until it is settled (every source but core NATS).
+    /// The source keeps a message until it is settled (it can redeliver it).
     pub durable: bool,
     /// What becomes of a message once processed: the same rules for every source.
     pub policy: Policy,
     /// The route's `validate` rules, if it has any.
     validation: Option<Rules>,
-    /// What the NATS micro services API's STATS reports of this route.
+    /// What the service discovery API's STATS reports of this route.
     pub stats: RequestStats,
     /// What the route's spans say of it.
     pub spans: RouteSpans,
@@ -97,7 +98,7 @@ pub enum Settled {
     /// Answered or given up, and settled: the message is finished.
     Done,
     /// It comes again: by the broker (settled as such), or, [`Redelivered::Local`], by the
-    /// source itself after the delay (Kafka runs it again in its lane).
+    /// source itself after the delay (a partitioned log runs it again in its lane).
     Redeliver(Redelivered),
     /// It is no longer this replica's, or its settlement on receipt failed: nothing was
     /// settled, the broker delivers it again.
@@ -258,7 +259,7 @@ impl Pipeline {
             .await
     }
 
-    /// A message the source cannot take now (core NATS: its route is full and `max_pending`
+    /// A message the source cannot take now (its route is full and `max_pending`
     /// messages already wait): answered 503 `overloaded` at once, the service not called.
     pub async fn shed<S: Settle>(&self, route: &Route, inbound: &Inbound, settle: &S) -> Settled {
         let trace = self.tracing.start(&route.spans, inbound);

@@ -33,7 +33,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Core NATS: nothing to settle, nothing comes again.
+    /// Request-reply without a stream: nothing to settle, nothing comes again.
     pub fn at_most_once() -> Self {
         Self {
             at_most_once: true,

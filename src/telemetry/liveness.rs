@@ -17,7 +17,6 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use futures::StreamExt;
 use tracing::error;
 
 use crate::telemetry::metrics::LIVENESS_FAILURES;
@@ -108,24 +107,6 @@ fn panic_reason(info: &std::panic::PanicHookInfo<'_>) -> String {
         ),
         None => format!("thread {thread} panicked: {message}"),
     }
-}
-
-/// Watches the NATS client's connection task: a subscription to an inbox nobody publishes
-/// to ends only when that task has ended. ricochet never closes its client, so that end is
-/// always a failure.
-pub async fn watch_nats_client(client: async_nats::Client) {
-    let mut watch = match client.subscribe(client.new_inbox()).await {
-        Ok(subscriber) => subscriber,
-        Err(e) => {
-            let reason = format!("the NATS client no longer takes commands ({e})");
-            global().failed(Cause::NatsClientEnded, reason);
-            return;
-        }
-    };
-    while watch.next().await.is_some() {}
-    let reason = "the NATS client's connection task ended (a reconnect refused for good, \
-                  e.g. an authorization violation, or a panic): no NATS route can be served again";
-    global().failed(Cause::NatsClientEnded, reason.to_string());
 }
 
 #[cfg(test)]

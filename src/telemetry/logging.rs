@@ -3,7 +3,7 @@
 //! container's log is a file or a pipe, where colour codes would break `grep`.
 //!
 //! Beside the log itself, a layer the caller hands in may watch a dependency's own log
-//! lines, whatever the log level (the NATS source's does: `source::nats::drops`).
+//! lines, whatever the log level (a source may hand one in: see `main.rs`).
 
 use std::io::IsTerminal;
 
@@ -19,7 +19,7 @@ use crate::config::{LogConfig, LogFormat};
 const LAPIN_QUIET: &str = "lapin=off";
 
 /// Installs the log, with `watch`: a layer that watches a dependency's own log lines
-/// (the NATS source's, see `source::nats::drops`).
+/// (handed in by a source that needs one).
 pub fn init<W>(config: &LogConfig, watch: W)
 where
     W: Layer<Registry> + Send + Sync + 'static,

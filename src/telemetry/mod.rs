@@ -1,6 +1,6 @@
 //! What ricochet tells operators: metrics (names in one place), logs, the admin HTTP
-//! server with `/healthz`, `/readyz` and `/metrics`, and (`discovery`) the NATS micro
-//! services API, and (`trace`) OpenTelemetry traces.
+//! server with `/healthz`, `/readyz` and `/metrics`, per-route request statistics
+//! (`stats`, for the service discovery API), and (`trace`) OpenTelemetry traces.
 
 pub mod admin;
 pub mod liveness;

@@ -1,6 +1,6 @@
 //! Per-route request statistics: what the pipeline records of every finished message for
-//! the service discovery API's STATS answer (served by the NATS source, which is where that
-//! API lives).
+//! the service discovery API's STATS answer (served by the source whose
+//! broker has that API).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -34,6 +34,7 @@ use crate::message::{Cause, Confirmed, Inbound, Settle, Undelivered};
 use crate::pipeline::{Admission, Pipeline, Policy, Route, Taken};
 use crate::source::SourceConfig;
 use crate::source::{Context, Intake, Source};
+use crate::telemetry::liveness;
 use crate::telemetry::trace::SpanSource;
 
 use crate::route::{Captures, RouteTable};
@@ -120,9 +121,7 @@ pub struct Nats {
 impl Nats {
     /// Also watches the client's connection task for the process's liveness.
     pub fn new((client, link): (Client, Link)) -> Self {
-        tokio::spawn(crate::telemetry::liveness::watch_nats_client(
-            client.clone(),
-        ));
+        tokio::spawn(watch_client(client.clone()));
         let replier = Arc::new(NatsReplier::new(client.clone(), link));
         Self { client, replier }
     }
@@ -143,6 +142,24 @@ impl Settle for Inbox<'_> {
             .map(|()| Confirmed::Now)
             .map_err(|e| Undelivered::Failed(Cause::new(e)))
     }
+}
+
+/// Watches the NATS client's connection task: a subscription to an inbox nobody publishes
+/// to ends only when that task has ended. ricochet never closes its client, so that end is
+/// always a failure.
+async fn watch_client(client: Client) {
+    let mut watch = match client.subscribe(client.new_inbox()).await {
+        Ok(subscriber) => subscriber,
+        Err(e) => {
+            let reason = format!("the NATS client no longer takes commands ({e})");
+            liveness::global().failed(liveness::Cause::NatsClientEnded, reason);
+            return;
+        }
+    };
+    while watch.next().await.is_some() {}
+    let reason = "the NATS client's connection task ended (a reconnect refused for good, \
+                  e.g. an authorization violation, or a panic): no NATS route can be served again";
+    liveness::global().failed(liveness::Cause::NatsClientEnded, reason.to_string());
 }
 
 /// Why the NATS connection could not be set up.
