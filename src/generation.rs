@@ -17,7 +17,8 @@ use tracing::{info, warn};
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
 pub use crate::source::nats::Nats;
-use crate::source::{Context, SourceKind};
+use crate::source::nats::NatsSource;
+use crate::source::{Context, Source};
 use crate::telemetry::admin::RouteHealth;
 use crate::telemetry::liveness::{self, Cause};
 use crate::telemetry::Health;
@@ -36,12 +37,12 @@ pub struct Generation {
 
 /// Whether any route of `settings` takes messages from NATS (core or JetStream).
 pub fn needs_nats(settings: &Settings) -> bool {
-    (settings.sources.iter()).any(|s| s.kind().uses_nats())
+    (settings.sources.iter()).any(|s| s.uses_nats())
 }
 
 fn core_routes(settings: &Settings) -> usize {
     (settings.sources.iter())
-        .filter(|s| s.kind() == SourceKind::Nats)
+        .filter(|s| s.kind() == NatsSource::KIND)
         .count()
 }
 

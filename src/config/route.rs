@@ -67,7 +67,7 @@ pub struct RouteConfig {
 
 impl RouteConfig {
     /// What this route retries: `retry.retry_on`, else the default of its kind of source
-    /// (`durable`: one that can redeliver, see `source::SourceKind::is_durable`).
+    /// (`durable`: one that can redeliver, see `source::Source::DURABLE`).
     pub fn retry_on(&self, durable: bool) -> Vec<RetryOn> {
         (self.retry.retry_on.clone()).unwrap_or_else(|| defaults::retry_on(durable))
     }

@@ -128,7 +128,7 @@ mod tests {
             "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n{extra}"
         );
         let settings = load_str(&text, Vec::new()).unwrap();
-        let durable = settings.sources[0].kind().is_durable();
+        let durable = settings.sources[0].durable();
         Classifier::new(&settings.config.routes[0], durable)
     }
 

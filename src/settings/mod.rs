@@ -28,7 +28,7 @@ use toml::Value;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Document, RouteConfig};
 use crate::mapping::PathTemplate;
 use crate::route::Pattern;
-use crate::source::config::SourceConfig;
+use crate::source::SourceConfig;
 use crate::validate::json::{CompiledSchemas, JsonSchema};
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::ENV_PREFIX;
-use crate::source::config::SourceConfig;
+use crate::source::SourceConfig;
 
 mod loading {
     use super::*;
@@ -698,7 +698,7 @@ mod sources {
         assert!(!printed.contains("hunter2"), "{printed}");
         let second = load_str(&printed, Vec::new()).unwrap();
         assert_eq!(second.printable().unwrap(), printed);
-        let kinds: Vec<&str> = (second.sources.iter()).map(|s| s.kind().as_str()).collect();
+        let kinds: Vec<&str> = (second.sources.iter()).map(|s| s.kind()).collect();
         assert_eq!(kinds, ["nats", "jetstream", "kafka", "amqp"]);
         let SourceConfig::Nats(nats) = &second.sources[0] else {
             panic!("a core route");

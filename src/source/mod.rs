@@ -25,11 +25,11 @@ pub mod nats;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::config::{SourceConfig, SourceKind};
 use crate::config::RouteConfig;
 use crate::pipeline::{Pipeline, Policy, Route, SourceFacts};
 use crate::telemetry::trace::SpanSource;
@@ -52,12 +52,26 @@ pub struct Context {
 pub type Intake = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a kind of source is, for the rest of ricochet: implemented by each source's config
-/// type, dispatched by [`SourceConfig`]'s one `match`.
-pub trait Source {
-    /// The `source` metric label and config value.
+/// type (its route keys and table, read with `deny_unknown_fields`), dispatched by
+/// [`SourceConfig`], which `sources!` generates.
+pub trait Source: serde::Serialize + serde::de::DeserializeOwned {
+    /// The `source` config value and metric label.
     const KIND: &'static str;
     /// Whether the broker keeps a message until it is settled (redelivery, dead letters).
     const DURABLE: bool;
+    /// Whether its routes use the NATS connection ricochet keeps across routes and
+    /// configuration reloads.
+    const USES_NATS: bool = false;
+    /// When the source has a `[routes.<KIND>]` table, which is then required: what to say
+    /// when it is missing.
+    const TABLE_HINT: Option<&'static str> = None;
+
+    /// Its checks of itself and against the route's common settings (keys relative to the
+    /// route), beyond what its types say.
+    fn check(&self, _route: &RouteConfig, _push: &mut dyn FnMut(&str, String)) {}
+
+    /// The route's HTTP deadline against the broker's own deadline for a message in hand.
+    fn check_deadline(&self, _deadline: Duration, _push: &mut dyn FnMut(&str, String)) {}
 
     /// What becomes of a processed message: the source's redelivery settings.
     fn policy(&self) -> Policy;
@@ -76,16 +90,109 @@ pub trait Source {
     fn intake(&self, context: Context) -> Option<Intake>;
 }
 
-/// Dispatches one [`Source`] call to the route's source.
-macro_rules! each_source {
-    ($config:expr, $source:ident => $call:expr) => {
-        match $config {
-            SourceConfig::Nats($source) => $call,
-            SourceConfig::Jetstream($source) => $call,
-            SourceConfig::Kafka($source) => $call,
-            SourceConfig::Amqp($source) => $call,
+/// The one list of source kinds: the `SourceConfig` enum and every dispatch over it are
+/// generated from it. Adding a source is its folder and one line here.
+macro_rules! sources {
+    ($($(#[$attr:meta])* $variant:ident($source:ty),)+) => {
+        /// The source part of a route: one variant per source, so settings of one source
+        /// cannot appear on a route of another.
+        #[derive(Debug, Clone)]
+        pub enum SourceConfig {
+            $($(#[$attr])* $variant($source),)+
+        }
+
+        impl SourceConfig {
+            /// Every source's `source` value, the default (no `source` key) first.
+            pub const KINDS: &'static [&'static str] = &[$(<$source as Source>::KIND,)+];
+
+            /// The `source` value and metric label of this route's source.
+            pub fn kind(&self) -> &'static str {
+                match self { $(Self::$variant(_) => <$source as Source>::KIND,)+ }
+            }
+
+            /// Whether the broker keeps a message until it is settled.
+            pub fn durable(&self) -> bool {
+                match self { $(Self::$variant(_) => <$source as Source>::DURABLE,)+ }
+            }
+
+            /// Whether the route needs the NATS connection ricochet shares across routes.
+            pub fn uses_nats(&self) -> bool {
+                match self { $(Self::$variant(_) => <$source as Source>::USES_NATS,)+ }
+            }
+
+            /// What the pipeline needs to know of the route's source.
+            pub fn facts(&self, route: &RouteConfig, default_queue_group: &str) -> SourceFacts {
+                match self { $(Self::$variant(source) => facts(source, route, default_queue_group),)+ }
+            }
+
+            /// The route's intake (see [`Source::intake`]).
+            pub fn intake(&self, context: Context) -> Option<Intake> {
+                match self { $(Self::$variant(source) => source.intake(context),)+ }
+            }
+
+            /// The source's checks of itself and against the route's common settings; keys
+            /// relative to the route.
+            pub fn check(&self, route: &RouteConfig, push: &mut dyn FnMut(&str, String)) {
+                match self { $(Self::$variant(source) => Source::check(source, route, push),)+ }
+            }
+
+            /// The route's HTTP deadline (all attempts) against the broker's own deadline
+            /// for a message in hand: the broker must not redeliver a message ricochet
+            /// still works on.
+            pub fn check_deadline(&self, deadline: Duration, push: &mut dyn FnMut(&str, String)) {
+                match self {
+                    $(Self::$variant(source) => Source::check_deadline(source, deadline, push),)+
+                }
+            }
+
+            /// The source part as a TOML value (its fields, defaults written out).
+            fn to_value(&self) -> Result<toml::Value, toml::ser::Error> {
+                match self { $(Self::$variant(source) => toml::Value::try_from(source),)+ }
+            }
+
+            /// The route keys of the source `kind`, as its type's fields name them.
+            pub fn keys_of(kind: &str) -> &'static [&'static str] {
+                $(if kind == <$source as Source>::KIND {
+                    return crate::config::field_names::<$source>();
+                })+
+                &[]
+            }
+
+            /// What to say when the source `kind`'s own `[routes.<kind>]` table is missing,
+            /// if it needs one (serde's "missing field" would not say what it needs).
+            fn table_hint_of(kind: &str) -> Option<&'static str> {
+                $(if kind == <$source as Source>::KIND {
+                    return <$source as Source>::TABLE_HINT;
+                })+
+                None
+            }
+
+            /// The source part of a route of `kind`, read as that source's type.
+            fn parse(
+                kind: &str,
+                document: &crate::config::Document,
+                part: toml::Value,
+                prefix: &str,
+            ) -> (Option<Self>, Vec<crate::config::ConfigError>) {
+                $(if kind == <$source as Source>::KIND {
+                    let (parsed, errors) = document.deserialize::<$source>(part, prefix);
+                    return (parsed.map(Self::$variant), errors);
+                })+
+                (None, Vec::new())
+            }
         }
     };
+}
+
+sources! {
+    /// Core NATS request-reply: queue subscriptions, replies to the request's inbox.
+    Nats(nats::NatsSource),
+    /// A durable JetStream pull consumer.
+    Jetstream(jetstream::JetStreamSource),
+    /// A Kafka consumer group.
+    Kafka(kafka::KafkaSource),
+    /// A RabbitMQ (AMQP 0-9-1) queue, RPC style: replies to each request's `reply_to`.
+    Amqp(amqp::AmqpSource),
 }
 
 fn facts<S: Source>(source: &S, route: &RouteConfig, default_queue_group: &str) -> SourceFacts {
@@ -95,17 +202,5 @@ fn facts<S: Source>(source: &S, route: &RouteConfig, default_queue_group: &str) 
         policy: source.policy(),
         max_pending: source.max_pending(route),
         spans: source.spans(route, default_queue_group),
-    }
-}
-
-impl SourceConfig {
-    /// What the pipeline needs to know of the route's source.
-    pub fn facts(&self, route: &RouteConfig, default_queue_group: &str) -> SourceFacts {
-        each_source!(self, source => facts(source, route, default_queue_group))
-    }
-
-    /// The route's intake (see [`Source::intake`]).
-    pub fn intake(&self, context: Context) -> Option<Intake> {
-        each_source!(self, source => source.intake(context))
     }
 }

@@ -55,6 +55,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Source for AmqpSource {
     const KIND: &'static str = "amqp";
     const DURABLE: bool = true;
+    const TABLE_HINT: Option<&'static str> = Some(config::TABLE_HINT);
+
+    fn check(&self, route: &RouteConfig, push: &mut dyn FnMut(&str, String)) {
+        AmqpSource::check(self, route, push)
+    }
+
+    fn check_deadline(&self, deadline: Duration, push: &mut dyn FnMut(&str, String)) {
+        AmqpSource::check_deadline(self, deadline, push)
+    }
 
     fn policy(&self) -> Policy {
         let max = Some(self.settings.max_deliver);

@@ -98,6 +98,16 @@ async fn watch(consumer: PullConsumer, gauges: ConsumerGauges, stop: Cancellatio
 impl Source for JetStreamSource {
     const KIND: &'static str = "jetstream";
     const DURABLE: bool = true;
+    const USES_NATS: bool = true;
+    const TABLE_HINT: Option<&'static str> = Some(config::TABLE_HINT);
+
+    fn check(&self, route: &RouteConfig, push: &mut dyn FnMut(&str, String)) {
+        JetStreamSource::check(self, route, push)
+    }
+
+    fn check_deadline(&self, deadline: Duration, push: &mut dyn FnMut(&str, String)) {
+        JetStreamSource::check_deadline(self, deadline, push)
+    }
 
     fn policy(&self) -> Policy {
         let max = Some(self.settings.max_deliver);

@@ -167,6 +167,15 @@ fn hold_limit(ordering: Ordering, max_in_flight: usize) -> usize {
 impl Source for KafkaSource {
     const KIND: &'static str = "kafka";
     const DURABLE: bool = true;
+    const TABLE_HINT: Option<&'static str> = Some(config::TABLE_HINT);
+
+    fn check(&self, route: &RouteConfig, push: &mut dyn FnMut(&str, String)) {
+        KafkaSource::check(self, route, push)
+    }
+
+    fn check_deadline(&self, deadline: Duration, push: &mut dyn FnMut(&str, String)) {
+        KafkaSource::check_deadline(self, deadline, push)
+    }
 
     fn policy(&self) -> Policy {
         let max = self.settings.dead_letter_after;

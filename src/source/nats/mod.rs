@@ -88,6 +88,11 @@ impl NatsSource {
 impl Source for NatsSource {
     const KIND: &'static str = "nats";
     const DURABLE: bool = false;
+    const USES_NATS: bool = true;
+
+    fn check(&self, route: &RouteConfig, push: &mut dyn FnMut(&str, String)) {
+        NatsSource::check(self, route, push)
+    }
 
     fn policy(&self) -> Policy {
         Policy::at_most_once()
