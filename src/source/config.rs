@@ -33,12 +33,27 @@ impl SourceConfig {
             Some(Value::String(name)) => match SourceConfig::KINDS.iter().find(|k| **k == name) {
                 Some(kind) => Some(*kind),
                 None => {
-                    errors.push(unknown_source(prefix, &format!("{name:?}")));
+                    let kinds: Vec<String> = (SourceConfig::KINDS.iter())
+                        .map(|k| format!("{k:?}"))
+                        .collect();
+                    let why = format!(
+                        "{name:?} is not one of the names this key accepts: {}",
+                        kinds.join(", ")
+                    );
+                    errors.push(ConfigError::new(format!("{prefix}.source"), why));
                     None
                 }
             },
             Some(other) => {
-                errors.push(unknown_source(prefix, &other.to_string()));
+                let found = match other {
+                    Value::Table(_) => "a table",
+                    Value::Array(_) => "a list",
+                    Value::Integer(_) | Value::Float(_) => "a number",
+                    Value::Boolean(_) => "a boolean",
+                    _ => "a date",
+                };
+                let why = format!("expected one name (a string), found {found}");
+                errors.push(ConfigError::new(format!("{prefix}.source"), why));
                 None
             }
         };
@@ -92,18 +107,6 @@ impl SourceConfig {
         table.insert("source".into(), Value::String(self.kind().into()));
         Ok(table)
     }
-}
-
-/// A `source` value that names no source.
-fn unknown_source(prefix: &str, given: &str) -> ConfigError {
-    let kinds: Vec<String> = SourceConfig::KINDS
-        .iter()
-        .map(|k| format!("{k:?}"))
-        .collect();
-    ConfigError::new(
-        format!("{prefix}.source"),
-        format!("{given} is not a source: one of {}", kinds.join(", ")),
-    )
 }
 
 #[cfg(test)]
