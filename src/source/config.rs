@@ -29,11 +29,11 @@ impl SourceConfig {
     ) -> (Option<Self>, Vec<ConfigError>) {
         let mut errors = Vec::new();
         let kind = match table.remove("source") {
-            None => Some(SourceConfig::KINDS[0]),
-            Some(Value::String(name)) => match SourceConfig::KINDS.iter().find(|k| **k == name) {
+            None => Some(SourceConfig::kinds()[0]),
+            Some(Value::String(name)) => match SourceConfig::kinds().iter().find(|k| **k == name) {
                 Some(kind) => Some(*kind),
                 None => {
-                    let kinds: Vec<String> = (SourceConfig::KINDS.iter())
+                    let kinds: Vec<String> = (SourceConfig::kinds().iter())
                         .map(|k| format!("{k:?}"))
                         .collect();
                     let why = format!(
@@ -65,7 +65,7 @@ impl SourceConfig {
                 part.insert(name.clone(), table.remove(&name).expect("listed"));
                 continue;
             }
-            let foreign = (SourceConfig::KINDS.iter())
+            let foreign = (SourceConfig::kinds().iter())
                 .any(|k| SourceConfig::keys_of(k).contains(&name.as_str()));
             if !foreign {
                 continue; // a common key, or unknown: the common part reports it
@@ -125,6 +125,9 @@ mod tests {
         );
         assert_eq!(SourceConfig::keys_of("kafka"), ["delivery", "kafka"]);
         assert_eq!(SourceConfig::keys_of("amqp"), ["delivery", "amqp"]);
-        assert_eq!(SourceConfig::KINDS, ["nats", "jetstream", "kafka", "amqp"]);
+        assert_eq!(
+            SourceConfig::kinds(),
+            ["nats", "jetstream", "kafka", "amqp", "memory"]
+        );
     }
 }

@@ -20,6 +20,8 @@ pub mod backoff;
 pub mod config;
 pub mod jetstream;
 pub mod kafka;
+#[cfg(test)]
+pub mod memory;
 pub mod nats;
 
 use std::future::Future;
@@ -93,47 +95,54 @@ pub trait Source: serde::Serialize + serde::de::DeserializeOwned {
 /// The one list of source kinds: the `SourceConfig` enum and every dispatch over it are
 /// generated from it. Adding a source is its folder and one line here.
 macro_rules! sources {
-    ($($(#[$attr:meta])* $variant:ident($source:ty),)+) => {
+    ($($(#[doc = $doc:literal])* $(#[cfg($cfg:meta)])? $variant:ident($source:ty),)+) => {
         /// The source part of a route: one variant per source, so settings of one source
         /// cannot appear on a route of another.
         #[derive(Debug, Clone)]
         pub enum SourceConfig {
-            $($(#[$attr])* $variant($source),)+
+            $($(#[doc = $doc])* $(#[cfg($cfg)])? $variant($source),)+
         }
 
         impl SourceConfig {
             /// Every source's `source` value, the default (no `source` key) first.
-            pub const KINDS: &'static [&'static str] = &[$(<$source as Source>::KIND,)+];
+            pub fn kinds() -> &'static [&'static str] {
+                static KINDS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+                KINDS.get_or_init(|| {
+                    let mut kinds = Vec::new();
+                    $($(#[cfg($cfg)])? kinds.push(<$source as Source>::KIND);)+
+                    kinds
+                })
+            }
 
             /// The `source` value and metric label of this route's source.
             pub fn kind(&self) -> &'static str {
-                match self { $(Self::$variant(_) => <$source as Source>::KIND,)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(_) => <$source as Source>::KIND,)+ }
             }
 
             /// Whether the broker keeps a message until it is settled.
             pub fn durable(&self) -> bool {
-                match self { $(Self::$variant(_) => <$source as Source>::DURABLE,)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(_) => <$source as Source>::DURABLE,)+ }
             }
 
             /// Whether the route needs the NATS connection ricochet shares across routes.
             pub fn uses_nats(&self) -> bool {
-                match self { $(Self::$variant(_) => <$source as Source>::USES_NATS,)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(_) => <$source as Source>::USES_NATS,)+ }
             }
 
             /// What the pipeline needs to know of the route's source.
             pub fn facts(&self, route: &RouteConfig, default_queue_group: &str) -> SourceFacts {
-                match self { $(Self::$variant(source) => facts(source, route, default_queue_group),)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(source) => facts(source, route, default_queue_group),)+ }
             }
 
             /// The route's intake (see [`Source::intake`]).
             pub fn intake(&self, context: Context) -> Option<Intake> {
-                match self { $(Self::$variant(source) => source.intake(context),)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(source) => source.intake(context),)+ }
             }
 
             /// The source's checks of itself and against the route's common settings; keys
             /// relative to the route.
             pub fn check(&self, route: &RouteConfig, push: &mut dyn FnMut(&str, String)) {
-                match self { $(Self::$variant(source) => Source::check(source, route, push),)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(source) => Source::check(source, route, push),)+ }
             }
 
             /// The route's HTTP deadline (all attempts) against the broker's own deadline
@@ -141,18 +150,18 @@ macro_rules! sources {
             /// still works on.
             pub fn check_deadline(&self, deadline: Duration, push: &mut dyn FnMut(&str, String)) {
                 match self {
-                    $(Self::$variant(source) => Source::check_deadline(source, deadline, push),)+
+                    $($(#[cfg($cfg)])? Self::$variant(source) => Source::check_deadline(source, deadline, push),)+
                 }
             }
 
             /// The source part as a TOML value (its fields, defaults written out).
             fn to_value(&self) -> Result<toml::Value, toml::ser::Error> {
-                match self { $(Self::$variant(source) => toml::Value::try_from(source),)+ }
+                match self { $($(#[cfg($cfg)])? Self::$variant(source) => toml::Value::try_from(source),)+ }
             }
 
             /// The route keys of the source `kind`, as its type's fields name them.
             pub fn keys_of(kind: &str) -> &'static [&'static str] {
-                $(if kind == <$source as Source>::KIND {
+                $($(#[cfg($cfg)])? if kind == <$source as Source>::KIND {
                     return crate::config::field_names::<$source>();
                 })+
                 &[]
@@ -161,7 +170,7 @@ macro_rules! sources {
             /// What to say when the source `kind`'s own `[routes.<kind>]` table is missing,
             /// if it needs one (serde's "missing field" would not say what it needs).
             fn table_hint_of(kind: &str) -> Option<&'static str> {
-                $(if kind == <$source as Source>::KIND {
+                $($(#[cfg($cfg)])? if kind == <$source as Source>::KIND {
                     return <$source as Source>::TABLE_HINT;
                 })+
                 None
@@ -174,7 +183,7 @@ macro_rules! sources {
                 part: toml::Value,
                 prefix: &str,
             ) -> (Option<Self>, Vec<crate::config::ConfigError>) {
-                $(if kind == <$source as Source>::KIND {
+                $($(#[cfg($cfg)])? if kind == <$source as Source>::KIND {
                     let (parsed, errors) = document.deserialize::<$source>(part, prefix);
                     return (parsed.map(Self::$variant), errors);
                 })+
@@ -193,6 +202,9 @@ sources! {
     Kafka(kafka::KafkaSource),
     /// A RabbitMQ (AMQP 0-9-1) queue, RPC style: replies to each request's `reply_to`.
     Amqp(amqp::AmqpSource),
+    /// In tests: a toy source that shows (and holds) what adding a source takes.
+    #[cfg(test)]
+    Memory(memory::MemorySource),
 }
 
 fn facts<S: Source>(source: &S, route: &RouteConfig, default_queue_group: &str) -> SourceFacts {

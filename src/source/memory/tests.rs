@@ -1,0 +1,133 @@
+//! The toy source through a whole generation: configuration, intake, admission, the
+//! pipeline and its policy, against a scripted service; nothing of it lives outside its
+//! folder but its line in `sources!`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{events, publish};
+use crate::generation::Generation;
+use crate::settings::load_str;
+
+/// A service answering `GET /ok/<x>` with 200 and `<x>`, anything else with 500.
+async fn service() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+                        buffer.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        let answer = match path.strip_prefix("/ok/") {
+                            Some(what) => format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{what}",
+                                what.len()
+                            ),
+                            None => "HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n".to_string(),
+                        };
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn eventually(queue: &str, wanted: usize) -> Vec<String> {
+    for _ in 0..500 {
+        let seen = events(queue);
+        if seen.len() >= wanted {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{queue}: only {:?}", events(queue));
+}
+
+#[tokio::test]
+async fn a_toy_source_is_a_folder_and_one_line() {
+    let port = service().await;
+    let text = format!(
+        r#"
+        [upstream]
+        base_url = "http://127.0.0.1:{port}"
+        [[routes]]
+        name = "toy"
+        source = "memory"
+        subject = "toy.{{outcome}}.{{id}}"
+        path = "/{{outcome}}/{{id}}"
+        retry = {{ max_attempts = 1 }}
+        [routes.memory]
+        queue = "toy-queue"
+        max_deliver = 2
+        "#
+    );
+    let settings = load_str(&text, Vec::new()).unwrap();
+    // Printed and read back as the same, like every source's settings.
+    let printed = settings.printable().unwrap();
+    assert!(printed.contains("source = \"memory\""), "{printed}");
+    assert_eq!(
+        load_str(&printed, Vec::new()).unwrap().printable().unwrap(),
+        printed
+    );
+
+    let mut generation = Generation::new(settings, None).unwrap();
+    generation.start_core().await.unwrap();
+    generation.start_durable().await.unwrap();
+    assert!(generation.wait_ready(Duration::from_secs(5)).await);
+
+    publish("toy-queue", "toy.ok.1", Some("inbox.1"), b"");
+    let answered = eventually("toy-queue", 2).await;
+    assert_eq!(answered, ["reply inbox.1 200 1", "ack"]);
+
+    // A failing request: redelivered by the policy, then dead-lettered and terminated on
+    // its last delivery, with the error reply.
+    publish("toy-queue", "toy.fail.2", Some("inbox.2"), b"");
+    let failed = eventually("toy-queue", 6).await;
+    assert_eq!(
+        failed[2..],
+        [
+            "redeliver 0ns",
+            "dead_letter max_deliver 2",
+            "reply inbox.2 500 ",
+            "term"
+        ]
+    );
+    let (drained, _) = generation.stop(Duration::from_secs(5)).await;
+    assert!(drained);
+}
+
+#[test]
+fn a_toy_route_without_its_table_is_told_what_it_needs() {
+    let text = "[upstream]\nbase_url = \"http://h:1\"\n[[routes]]\nname = \"t\"\nsource = \"memory\"\nsubject = \"t\"\npath = \"/\"\n[routes.kafka]\nbrokers = \"h:9092\"\n";
+    let errors: Vec<String> = (load_str(text, Vec::new()).unwrap_err().0.iter())
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors.contains(
+            &"routes[0].kafka: not a key of a route with source = \"memory\" (its keys: memory)"
+                .to_string()
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(&"routes[0].memory: a [routes.memory] table with `queue`".to_string()),
+        "{errors:?}"
+    );
+}
