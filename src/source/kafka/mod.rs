@@ -39,7 +39,9 @@ mod lanes;
 mod offsets;
 mod poller;
 pub mod publish;
+mod settle;
 mod state;
+mod transaction;
 
 pub use offsets::OffsetTracker;
 
@@ -50,7 +52,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,15 +61,14 @@ use tracing::{debug, error, info, warn};
 use self::lanes::{Lane, Lanes};
 use self::poller::{Polled, Poller};
 use self::publish::KafkaReplier;
-use self::state::{list_of, RouteContext, Shared, State, Transactions};
+use self::settle::{Clients, RecordSettle};
+use self::state::{list_of, RouteContext, Shared};
+use self::transaction::Transactions;
 use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering, RouteConfig};
-use crate::message::Reply;
-use crate::message::{dead_letter, DeadLetter};
-use crate::message::{
-    Cause, Confirmed, DeadLettered, Inbound, Position, Redelivered, Settle, Undelivered,
-};
+use crate::message::{Inbound, Position, Redelivered};
 use crate::pipeline::{Pipeline, Policy, Route, Settled, Taken};
 use crate::route::Captures;
+use crate::source::backoff::{Backoff, RECONNECT};
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::metrics::KAFKA_ASSIGNED;
 use crate::telemetry::trace::SpanSource;
@@ -79,8 +80,6 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
-/// Room left for the record's framing, beyond payload, key and headers.
-const RECORD_OVERHEAD: usize = 512;
 
 type Partition = (String, i32);
 
@@ -127,27 +126,6 @@ impl Fetched {
     }
 }
 
-/// A record to produce: a reply or a dead letter.
-pub struct Output {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub payload: Bytes,
-}
-
-impl Output {
-    fn size(&self) -> usize {
-        let headers = self.headers.iter().map(|(n, v)| n.len() + v.len());
-        record_size(self.payload.len(), self.key.as_deref(), headers)
-    }
-}
-
-/// What a record counts against `message.max.bytes`: payload, key, headers (the sum of
-/// their name and value lengths) and framing.
-fn record_size(payload: usize, key: Option<&[u8]>, headers: impl Iterator<Item = usize>) -> usize {
-    payload + key.map_or(0, <[u8]>::len) + headers.sum::<usize>() + RECORD_OVERHEAD
-}
-
 /// How many records may wait for a retry, or queue behind a waiting one in its lane,
 /// before the partitions holding them pause: half of `max_in_flight` (at least 1), so that
 /// the other half keeps other keys flowing; 1 with `ordering = "partition"`, where the
@@ -183,6 +161,17 @@ impl Source for KafkaSource {
     }
 }
 
+/// Exactly-once: the producer's transactional id, unique per replica and stable across its
+/// restarts: `transactional_id`, else `ricochet-<group>-<hostname>`.
+fn transactional_id(config: &KafkaConfig, route: &str) -> String {
+    config.transactional_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("ricochet-{}-{host}", config.group(route))
+    })
+}
+
 /// One Kafka route.
 pub struct KafkaRoute {
     route: Arc<Route>,
@@ -205,39 +194,27 @@ impl KafkaRoute {
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
         }
-        let mut this = Self {
+        let transactions = (delivery == Delivery::ExactlyOnce).then(|| Transactions {
+            producer: Mutex::new(None),
+            running: Mutex::new(()),
+            id: transactional_id(&config, &route.name),
+            config: config.clone(),
+        });
+        let lanes = Lanes::new(hold_limit(config.ordering, route.config.max_in_flight));
+        let (name, metrics) = (route.name.clone(), route.metrics.clone());
+        Self {
             max_message_bytes: config
                 .producer
                 .get("message.max.bytes")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            shared: Arc::new(Shared::new(name, metrics, transactions, lanes)),
             delivery,
             config,
             route,
             pipeline,
-            shared: Arc::new(Shared::default()),
             stop: CancellationToken::new(),
-        };
-        let transactions = this.transactional_id().map(|id| Transactions {
-            producer: Mutex::new(None),
-            running: Mutex::new(()),
-            config: this.config.clone(),
-            id,
-        });
-        let lanes = Lanes::new(hold_limit(
-            this.config.ordering,
-            this.route.config.max_in_flight,
-        ));
-        this.shared = Arc::new(Shared {
-            route: this.route.name.clone(),
-            transactions,
-            state: Mutex::new(State {
-                lanes,
-                ..State::default()
-            }),
-            ..Shared::default()
-        });
-        this
+        }
     }
 
     fn group_id(&self) -> String {
@@ -246,16 +223,7 @@ impl KafkaRoute {
 
     /// Exactly-once only: unique per replica, stable across its restarts.
     fn transactional_id(&self) -> Option<String> {
-        if self.delivery != Delivery::ExactlyOnce {
-            return None;
-        }
-        let id = self.config.transactional_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("ricochet-{}-{host}", self.group_id())
-        });
-        Some(id)
+        (self.shared.transactions.as_ref()).map(|t| t.id.clone())
     }
 
     /// The topics (or one `^pattern`) to subscribe to.
@@ -328,14 +296,14 @@ impl KafkaRoute {
         self.stop = stop.clone();
         let this = Arc::new(self);
         let route = &this.route;
+        let mut backoff = Backoff::new(RECONNECT);
         let (consumer, replier) = loop {
             match this.set_up().await {
                 Ok(setup) => break setup,
                 Err(e) => {
                     error!(route = %route.name, error = %e, "cannot set up the Kafka consumer; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = stop.cancelled() => return,
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
                 }
             }
@@ -359,7 +327,11 @@ impl KafkaRoute {
         }
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
         health.intake_ready();
-        this.consume(&consumer, &mut records, replier.clone(), &tracker)
+        let clients = Clients {
+            replier: replier.clone(),
+            consumer: Arc::downgrade(&consumer),
+        };
+        this.consume(&consumer, &mut records, &clients, &tracker)
             .await;
         this.shut_down(&consumer, &mut records, &replier).await;
         // The consumer is closed on its own thread, which leaves the group.
@@ -389,7 +361,7 @@ impl KafkaRoute {
         self: &Arc<Self>,
         consumer: &Arc<KafkaConsumer>,
         records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
-        replier: Arc<KafkaReplier>,
+        clients: &Clients,
         tracker: &TaskTracker,
     ) {
         let mut paused: HashSet<Partition> = HashSet::new();
@@ -402,7 +374,7 @@ impl KafkaRoute {
                     break;
                 };
                 if let Some(record) = overflow.pop_front() {
-                    self.take(record, permit, consumer, &replier, tracker);
+                    self.take(record, permit, clients, tracker);
                 }
             }
             let saturated = !overflow.is_empty() || self.route.limit.available_permits() == 0;
@@ -418,7 +390,7 @@ impl KafkaRoute {
                 polled = records.recv() => match polled {
                     Some(Ok(record)) => {
                         match self.route.limit.clone().try_acquire_owned() {
-                            Ok(permit) if overflow.is_empty() => self.take(record, permit, consumer, &replier, tracker),
+                            Ok(permit) if overflow.is_empty() => self.take(record, permit, clients, tracker),
                             _ => {
                                 self.route.metrics.throttled.increment(1);
                                 overflow.push_back(record);
@@ -433,7 +405,7 @@ impl KafkaRoute {
                 },
                 permit = self.route.limit.clone().acquire_owned(), if saturated => {
                     if let (Ok(permit), Some(record)) = (permit, overflow.pop_front()) {
-                        self.take(record, permit, consumer, &replier, tracker);
+                        self.take(record, permit, clients, tracker);
                     }
                 }
                 _ = breaker.admitted(), if circuit_open => {}
@@ -451,8 +423,7 @@ impl KafkaRoute {
         self: &Arc<Self>,
         fetched: Fetched,
         permit: OwnedSemaphorePermit,
-        consumer: &KafkaConsumer,
-        replier: &Arc<KafkaReplier>,
+        clients: &Clients,
         tracker: &TaskTracker,
     ) {
         let partition = (fetched.topic.clone(), fetched.partition);
@@ -484,28 +455,17 @@ impl KafkaRoute {
             ps.workers += 1;
         }
         drop(state);
-        if self.delivery == Delivery::AtMostOnce {
-            // Not exactly-once, so the commit does not block.
-            self.commit_finished(consumer);
-        }
         let this = self.clone();
-        let replier = replier.clone();
-        tracker.spawn(async move { this.work(lane, record, replier).await });
+        let clients = clients.clone();
+        tracker.spawn(async move { this.work(lane, record, clients).await });
     }
 
     /// A lane worker: processes its lane's records in order until the lane is empty.
-    async fn work(self: Arc<Self>, lane: Lane, first: Record, replier: Arc<KafkaReplier>) {
+    async fn work(self: Arc<Self>, lane: Lane, first: Record, clients: Clients) {
         let mut next = Some(first);
         while let Some(record) = next {
-            let finished = self.process(&lane, &record, &replier).await;
+            self.process(&lane, &record, &clients).await;
             let mut state = self.shared.lock();
-            if finished {
-                if let Some(ps) = state.partitions.get_mut(lane.partition()) {
-                    if ps.generation == record.generation {
-                        ps.tracker.finished(record.offset);
-                    }
-                }
-            }
             drop(record);
             next = state.lanes.next(&lane);
             if next.is_none() {
@@ -515,30 +475,31 @@ impl KafkaRoute {
         }
     }
 
-    /// Processes one record until it is finished; `false` when it must be left to the next
-    /// owner (its partition was revoked or rewound, or ricochet is shutting down while it
-    /// waited for a retry). A redelivery is local: the record waits in its lane (the
-    /// partition's other lanes go on), then goes through the pipeline again.
-    async fn process(&self, lane: &Lane, record: &Record, replier: &KafkaReplier) -> bool {
+    /// Processes one record until the pipeline is done with it. Its settle handle
+    /// (`settle.rs`) carries out what was decided, its offset included; what is left here
+    /// is a local redelivery: the record waits in its lane (the partition's other lanes go
+    /// on), then goes through the pipeline again, unless it lost its partition or ricochet
+    /// is stopping meanwhile (then it is left to the next owner, unsettled).
+    async fn process(&self, lane: &Lane, record: &Record, clients: &Clients) {
         let route = &self.route;
         let mut inbound = self.inbound(record);
-        let settle = Topic {
+        let settle = RecordSettle {
             source: self,
             record,
-            replier,
+            clients,
         };
         loop {
             let captures = self.captures(&record.topic);
-            match self
-                .pipeline
-                .deliver(route, captures, &inbound, &settle)
-                .await
-            {
-                Settled::Done | Settled::Redeliver(Redelivered::ByBroker) => return true,
-                Settled::Abandoned => return false,
+            let settled = (self.pipeline).deliver(route, captures, &inbound, &settle);
+            match settled.await {
+                // Finished, or left unsettled to the next owner: either way, done here.
+                // (`ByBroker` never comes from Kafka's handle: its redelivery is local.)
+                Settled::Done | Settled::Abandoned | Settled::Redeliver(Redelivered::ByBroker) => {
+                    return
+                }
                 Settled::Redeliver(Redelivered::Local(delay)) => {
                     if !self.wait_to_retry(lane, record, delay).await {
-                        return false;
+                        return;
                     }
                     inbound.delivered += 1;
                     // A fresh deadline for the next round.
@@ -593,60 +554,6 @@ impl KafkaRoute {
                 .is_some_and(|ps| ps.generation == record.generation && !ps.revoking)
     }
 
-    /// At-least-once: produces `output` and waits for its delivery report, producing again
-    /// (never calling the service again) while the record is ours; an error no retry can
-    /// fix (too large, no such topic, not authorised) drops the output.
-    /// Exactly-once: stages it for the next transaction, which also commits the offset.
-    async fn deliver(
-        &self,
-        record: &Record,
-        output: Output,
-        replier: &KafkaReplier,
-    ) -> Result<(), Undelivered> {
-        if self.delivery == Delivery::ExactlyOnce {
-            let mut state = self.shared.lock();
-            return match state.partitions.get_mut(&record.partition_id()) {
-                Some(ps) if ps.generation == record.generation => {
-                    ps.staged.entry(record.offset).or_default().push(output);
-                    Ok(())
-                }
-                _ => Err(Undelivered::Lost),
-            };
-        }
-        let headers: Vec<(&str, &[u8])> = output
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match replier
-                .send(
-                    &output.topic,
-                    output.key.as_deref(),
-                    &headers,
-                    &output.payload,
-                )
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) if permanent(&e) => {
-                    error!(route = %self.route.name, topic = %output.topic, record = %record.id(), error = %e, "record cannot be produced, ever; dropped");
-                    let why = format!("topic {}: {e}", output.topic);
-                    return Err(Undelivered::Dropped(Cause::text(why)));
-                }
-                Err(e) => {
-                    warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if !self.owns(record) {
-                        return Err(Undelivered::Lost);
-                    }
-                }
-            }
-        }
-    }
-
     fn inbound(&self, record: &Record) -> Inbound {
         let config = &self.route.config;
         let (headers, unreadable) = headers::split(&record.headers, &config.correlation_header);
@@ -662,7 +569,7 @@ impl KafkaRoute {
         );
         inbound.unreadable = unreadable;
         // The text form, for traces and the pipeline's echo; the reply gets the raw bytes
-        // (`Topic::output`).
+        // (`RecordSettle::output`).
         let correlation = headers::correlation(&record.headers, &config.correlation_header);
         inbound.correlation = Some(match correlation {
             Some(id) => String::from_utf8_lossy(id).into_owned(),
@@ -789,106 +696,4 @@ impl KafkaRoute {
             error!(route = %self.route.name, error = %e, "final commit task failed");
         }
     }
-}
-
-/// Publishing the outputs of one record: its reply and dead letter, with the record's key.
-/// Nothing to settle at the broker: the lane worker marks the record finished, and the
-/// commit follows.
-struct Topic<'a> {
-    source: &'a KafkaRoute,
-    record: &'a Record,
-    replier: &'a KafkaReplier,
-}
-
-impl Topic<'_> {
-    /// The reply as a record: its header values as bytes, unchanged, and the correlation id
-    /// the request carried byte for byte. `Inbound::correlation` is text (what NATS and
-    /// AMQP ids are, and what traces show), so the one header the pipeline echoed from it
-    /// gets the record's own bytes back here.
-    fn output(&self, topic: &str, reply: &Reply) -> Output {
-        let name = &self.source.route.config.correlation_header;
-        let id = headers::correlation(&self.record.headers, name);
-        Output {
-            topic: topic.to_string(),
-            key: self.record.key.clone(),
-            headers: (reply.headers.iter())
-                .map(|(n, v)| match id {
-                    Some(id) if n.eq_ignore_ascii_case(name) => (n.to_string(), id.to_vec()),
-                    _ => (n.to_string(), v.to_vec()),
-                })
-                .collect(),
-            payload: reply.body.clone(),
-        }
-    }
-}
-
-impl Settle for Topic<'_> {
-    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
-        let limit = self.source.max_message_bytes;
-        // Measured without building the record: that happens once, when it is produced.
-        let headers = reply.headers.iter().map(|(n, v)| n.len() + v.len());
-        let size = record_size(reply.body.len(), self.record.key.as_deref(), headers);
-        (size > limit).then_some((size, limit, "the producer's message.max.bytes"))
-    }
-
-    fn destination_problem(&self, destination: &str) -> Option<&'static str> {
-        (!crate::config::valid_topic(destination))
-            .then_some("is not a Kafka topic name (letters, digits, '.', '_', '-')")
-    }
-
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
-        let output = self.output(destination, reply);
-        let delivered = self.source.deliver(self.record, output, self.replier).await;
-        delivered.map(|()| Confirmed::Now)
-    }
-
-    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<DeadLettered, Undelivered> {
-        let Some(topic) = &self.source.config.dead_letter_topic else {
-            return Ok(DeadLettered::NoDestination);
-        };
-        let record = self.record;
-        let mut headers = record.headers.clone();
-        let origin = [
-            (dead_letter::ORIGINAL_TOPIC, record.topic.clone()),
-            (
-                dead_letter::ORIGINAL_PARTITION,
-                record.partition.to_string(),
-            ),
-            (dead_letter::ORIGINAL_OFFSET, record.offset.to_string()),
-        ];
-        for (name, value) in letter.headers().into_iter().chain(origin) {
-            headers.push((name.to_string(), value.into_bytes()));
-        }
-        let mut output = Output {
-            topic: topic.clone(),
-            key: record.key.clone(),
-            headers,
-            payload: record.payload.clone(),
-        };
-        if output.size() > self.source.max_message_bytes {
-            // Keep the record's identity and why; the original topic still holds it.
-            output.headers.push((
-                dead_letter::PAYLOAD_OMITTED.into(),
-                format!("{} bytes exceed message.max.bytes", record.payload.len()).into_bytes(),
-            ));
-            output.payload = Bytes::new();
-        }
-        let delivered = self.source.deliver(record, output, self.replier).await;
-        delivered.map(|()| DeadLettered::Published(Confirmed::Now))
-    }
-}
-
-/// Producer errors that no retry of the same record can fix.
-fn permanent(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge
-        )
-    )
 }
