@@ -22,15 +22,24 @@
 //!   it). A record waiting for its retry holds its lane, not its partition; once the
 //!   records held behind retries reach half of `max_in_flight` (with `partition` ordering:
 //!   one), the partitions holding them are paused too.
-//! - **Finished** means the reply's delivery report came back (or the dead letter's, or the
-//!   record needed no reply). Retryable failures are retried locally, never skipped, unless
-//!   `dead_letter_after` is set.
+//! - **Settling** (`settle.rs`): the pipeline's `Settle` handle for a record carries out
+//!   every settlement: the reply and dead letter are produced (or, exactly-once, staged),
+//!   ack and term mark the record's offset finished (only while the record is still ours),
+//!   a redelivery is local. The lane worker only runs a record again after its delay.
+//!   **Finished** thus means the reply's delivery report came back (or the dead letter's,
+//!   or the record needed no reply) and the pipeline acked or terminated it. Retryable
+//!   failures are retried locally, never skipped, unless `dead_letter_after` is set.
+//! - **At-most-once**: a record counts as finished as soon as it is tracked (so one queued
+//!   behind a slow record never holds back the commit of later ones a restart would then
+//!   repeat); `accept`, the pipeline's settle on receipt, commits and counts the ack.
 //! - **Rebalance** (`state.rs`): on revoke, queued records of those partitions are dropped
 //!   (not committed, so the next owner takes them), waiting ones give up, running ones get
 //!   a bounded wait, the finished prefix is committed synchronously, and the partitions are
 //!   released.
-//! - **Exactly-once**: outputs are staged and committed with the offsets in one
-//!   transaction; a failed transaction rewinds the partitions (`state.rs`).
+//! - **Exactly-once** (`transaction.rs`): outputs and settlements are staged and committed
+//!   with the offsets in one transaction, and counted (replies published, dead letters,
+//!   acks, terms) only when it commits; a failed transaction rewinds the partitions and
+//!   counts nothing.
 //! - **Shutdown**: stop fetching, finish in-flight work (waiting retries give up), commit
 //!   synchronously, flush.
 
@@ -291,7 +300,8 @@ impl KafkaRoute {
         client.create_with_context(context)
     }
 
-    /// Subscribes (retrying until it can), then consumes until `stop`.
+    /// Subscribes (retrying until it can, waiting as [`Backoff`] says: 100 ms doubling to
+    /// 5 s), then consumes until `stop`.
     pub async fn run(mut self, health: Arc<Health>, tracker: TaskTracker, stop: CancellationToken) {
         self.stop = stop.clone();
         let this = Arc::new(self);

@@ -111,6 +111,8 @@ impl Shared {
     /// Notes a record librdkafka handed over, before anything else happens to it, so no
     /// commit can pass it. Returns its generation, or `None` for a record to drop: of an
     /// unassigned partition, or one this assignment has taken already (fetched twice).
+    /// `finished_at_once`: at-most-once, where a record is finished on receipt (why from
+    /// here, and not when it starts: `RecordSettle::accept` in `settle.rs`).
     pub fn track(&self, partition: &Partition, offset: i64, finished_at_once: bool) -> Option<u64> {
         let mut state = self.lock();
         let ps = state.partitions.get_mut(partition)?;
