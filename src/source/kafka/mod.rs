@@ -2,10 +2,10 @@
 //! topic, offsets committed only for the contiguous prefix of finished records.
 //!
 //! - **Threads**: the consumer polls on a thread of its own (`poller.rs`), where rebalance
-//!   callbacks run and may block; records reach the intake over a channel. Pause, resume
-//!   and asynchronous commits are called from the intake; transactions and the final
-//!   commit run on tokio's blocking pool. Nothing blocks the async runtime, which may be
-//!   single-threaded.
+//!   callbacks run and may block; records reach the intake (`intake.rs`) over a channel.
+//!   Pause, resume and asynchronous commits are called from the intake; transactions and
+//!   the final commit run on tokio's blocking pool. Nothing blocks the async runtime, which
+//!   may be single-threaded.
 //! - **Tracking**: every record librdkafka hands over is noted in its partition's
 //!   [`OffsetTracker`] at once (on the consumer's thread), so no commit can pass it,
 //!   whatever happens to it next. A record the assignment has taken already is dropped
@@ -13,10 +13,10 @@
 //!   resumed while the consumer polls (seen about once in 10,000 records under constant
 //!   backpressure), and the first copy is in hand or done.
 //! - **Lanes** (`lanes.rs`) give the ordering: a record joins the lane of its partition
-//!   (`partition`), of its key (`key`) or its own (`unordered`). One worker task runs a
-//!   lane's records in order; different lanes run in parallel. Every record taken holds a
-//!   `max_in_flight` permit until it is finished, so memory stays bounded by
-//!   `max_in_flight` x `max_payload`.
+//!   (`partition`), of its key (`key`) or its own (`unordered`). One worker task
+//!   (`worker.rs`) runs a lane's records in order; different lanes run in parallel. Every
+//!   record taken holds a `max_in_flight` permit until it is finished, so memory stays
+//!   bounded by `max_in_flight` x `max_payload`.
 //! - **Backpressure**: when no permit is free, or the route's circuit is open, every
 //!   assigned partition is paused (the consumer keeps polling, so the group does not evict
 //!   it). A record waiting for its retry holds its lane, not its partition; once the
@@ -44,6 +44,7 @@
 //!   synchronously, flush.
 
 mod headers;
+mod intake;
 mod lanes;
 mod offsets;
 mod poller;
@@ -51,32 +52,30 @@ pub mod publish;
 mod settle;
 mod state;
 mod transaction;
+mod worker;
 
 pub use offsets::OffsetTracker;
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use self::lanes::{Lane, Lanes};
-use self::poller::{Polled, Poller};
+use self::lanes::Lanes;
+use self::poller::Poller;
 use self::publish::KafkaReplier;
-use self::settle::{Clients, RecordSettle};
-use self::state::{list_of, RouteContext, Shared};
+use self::settle::Clients;
+use self::state::{RouteContext, Shared};
 use self::transaction::Transactions;
 use crate::config::{Delivery, KafkaConfig, KafkaSource, Ordering, RouteConfig};
-use crate::message::{Inbound, Position, Redelivered};
-use crate::pipeline::{Pipeline, Policy, Route, Settled, Taken};
-use crate::route::Captures;
+use crate::pipeline::{Pipeline, Policy, Route, Taken};
 use crate::source::backoff::{Backoff, RECONNECT};
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::metrics::KAFKA_ASSIGNED;
@@ -365,345 +364,5 @@ impl KafkaRoute {
         .await
         .map_err(|e| KafkaError::Subscription(e.to_string()))??;
         Ok((consumer, replier))
-    }
-
-    async fn consume(
-        self: &Arc<Self>,
-        consumer: &Arc<KafkaConsumer>,
-        records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
-        clients: &Clients,
-        tracker: &TaskTracker,
-    ) {
-        let mut paused: HashSet<Partition> = HashSet::new();
-        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
-        // Records that arrived while no permit was free (already tracked); taken first.
-        let mut overflow: VecDeque<Fetched> = VecDeque::new();
-        loop {
-            while !overflow.is_empty() {
-                let Ok(permit) = self.route.limit.clone().try_acquire_owned() else {
-                    break;
-                };
-                if let Some(record) = overflow.pop_front() {
-                    self.take(record, permit, clients, tracker);
-                }
-            }
-            let saturated = !overflow.is_empty() || self.route.limit.available_permits() == 0;
-            let breaker = &self.route.invoker.breaker;
-            let circuit_open = breaker.admits().is_err();
-            self.update_pauses(consumer, &mut paused, saturated, circuit_open);
-            // Paused partitions resume on an event, not a timer: a free permit, the breaker
-            // admitting calls again, or a record's retry wait ending.
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => break,
-                _ = commit_tick.tick() => self.commit(consumer).await,
-                polled = records.recv() => match polled {
-                    Some(Ok(record)) => {
-                        match self.route.limit.clone().try_acquire_owned() {
-                            Ok(permit) if overflow.is_empty() => self.take(record, permit, clients, tracker),
-                            _ => {
-                                self.route.metrics.throttled.increment(1);
-                                overflow.push_back(record);
-                            }
-                        }
-                    }
-                    Some(Err(e)) => warn!(route = %self.route.name, error = %e, "Kafka consumer error"),
-                    None => {
-                        error!(route = %self.route.name, "the Kafka consumer thread ended");
-                        break;
-                    }
-                },
-                permit = self.route.limit.clone().acquire_owned(), if saturated => {
-                    if let (Ok(permit), Some(record)) = (permit, overflow.pop_front()) {
-                        self.take(record, permit, clients, tracker);
-                    }
-                }
-                _ = breaker.admitted(), if circuit_open => {}
-                // A record started or ended waiting for a retry.
-                _ = self.shared.retrying_changed.notified() => {}
-            }
-        }
-        // Tracked but never started: they hold the commit back, so the next owner (or a
-        // restart) consumes them.
-        drop(overflow);
-    }
-
-    /// Starts a tracked record: queues it in its lane, or starts the lane's worker.
-    fn take(
-        self: &Arc<Self>,
-        fetched: Fetched,
-        permit: OwnedSemaphorePermit,
-        clients: &Clients,
-        tracker: &TaskTracker,
-    ) {
-        let partition = (fetched.topic.clone(), fetched.partition);
-        let mut state = self.shared.lock();
-        match state.partitions.get(&partition) {
-            Some(ps) if ps.generation == fetched.generation && !ps.revoking => {}
-            // Revoked or rewound since it arrived: the new position fetches it again.
-            _ => return,
-        }
-        let generation = fetched.generation;
-        let record = Record {
-            fetched,
-            _permit: permit,
-            _taken: self.route.take(),
-        };
-        let lane = match self.config.ordering {
-            Ordering::Partition => Lane::Partition(partition, generation),
-            Ordering::Key => match &record.key {
-                Some(key) => Lane::Key(partition, generation, key.clone()),
-                None => Lane::Record(partition, generation, record.offset),
-            },
-            Ordering::Unordered => Lane::Record(partition, generation, record.offset),
-        };
-        let Some(record) = state.lanes.push(lane.clone(), record) else {
-            // Queued behind the lane's running record.
-            return;
-        };
-        if let Some(ps) = state.partitions.get_mut(lane.partition()) {
-            ps.workers += 1;
-        }
-        drop(state);
-        let this = self.clone();
-        let clients = clients.clone();
-        tracker.spawn(async move { this.work(lane, record, clients).await });
-    }
-
-    /// A lane worker: processes its lane's records in order until the lane is empty.
-    async fn work(self: Arc<Self>, lane: Lane, first: Record, clients: Clients) {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            self.process(&lane, &record, &clients).await;
-            let mut state = self.shared.lock();
-            drop(record);
-            next = state.lanes.next(&lane);
-            if next.is_none() {
-                self.shared
-                    .worker_done(&mut state, lane.partition(), lane.generation());
-            }
-        }
-    }
-
-    /// Processes one record until the pipeline is done with it. Its settle handle
-    /// (`settle.rs`) carries out what was decided, its offset included; what is left here
-    /// is a local redelivery: the record waits in its lane (the partition's other lanes go
-    /// on), then goes through the pipeline again, unless it lost its partition or ricochet
-    /// is stopping meanwhile (then it is left to the next owner, unsettled).
-    async fn process(&self, lane: &Lane, record: &Record, clients: &Clients) {
-        let route = &self.route;
-        let mut inbound = self.inbound(record);
-        let settle = RecordSettle {
-            source: self,
-            record,
-            clients,
-        };
-        loop {
-            let captures = self.captures(&record.topic);
-            let settled = (self.pipeline).deliver(route, captures, &inbound, &settle);
-            match settled.await {
-                // Finished, or left unsettled to the next owner: either way, done here.
-                // (`ByBroker` never comes from Kafka's handle: its redelivery is local.)
-                Settled::Done | Settled::Abandoned | Settled::Redeliver(Redelivered::ByBroker) => {
-                    return
-                }
-                Settled::Redeliver(Redelivered::Local(delay)) => {
-                    if !self.wait_to_retry(lane, record, delay).await {
-                        return;
-                    }
-                    inbound.delivered += 1;
-                    // A fresh deadline for the next round.
-                    inbound.received = std::time::Instant::now();
-                }
-            }
-        }
-    }
-
-    /// The route's captures for a topic. Topics named explicitly (`kafka.topics`,
-    /// `kafka.topic_pattern`) need not match a `subject` without captures.
-    fn captures(&self, topic: &str) -> Option<Captures> {
-        let pattern = &self.route.pattern;
-        pattern.matches(topic).or_else(|| {
-            let explicit = !self.config.topics.is_empty() || self.config.topic_pattern.is_some();
-            (explicit && pattern.capture_names().is_empty()).then(Captures::default)
-        })
-    }
-
-    /// Waits `delay` holding the record's lane (not its partition: see `lanes.rs`);
-    /// `false` if the record lost its partition or ricochet is stopping (the wait ends at
-    /// once then).
-    async fn wait_to_retry(&self, lane: &Lane, record: &Record, delay: Duration) -> bool {
-        self.set_waiting(lane, true);
-        let woken = self.shared.wake.notified();
-        tokio::pin!(woken);
-        if self.owns(record) {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = &mut woken => {}
-                _ = self.stop.cancelled() => {}
-            }
-        }
-        self.set_waiting(lane, false);
-        self.owns(record)
-    }
-
-    fn set_waiting(&self, lane: &Lane, waiting: bool) {
-        self.shared.lock().lanes.wait(lane, waiting);
-        // The intake decides whether the partition pauses or resumes.
-        self.shared.retrying_changed.notify_one();
-    }
-
-    /// Whether the record still belongs to this member's current view of its partition.
-    fn owns(&self, record: &Record) -> bool {
-        !self.stop.is_cancelled()
-            && self
-                .shared
-                .lock()
-                .partitions
-                .get(&record.partition_id())
-                .is_some_and(|ps| ps.generation == record.generation && !ps.revoking)
-    }
-
-    fn inbound(&self, record: &Record) -> Inbound {
-        let config = &self.route.config;
-        let (headers, unreadable) = headers::split(&record.headers, &config.correlation_header);
-        let mut inbound = Inbound::new(
-            record.topic.clone(),
-            crate::message::reply_destination(
-                &headers,
-                &config.reply_to_header,
-                self.config.reply_topic.as_deref(),
-            ),
-            headers,
-            record.payload.clone(),
-        );
-        inbound.unreadable = unreadable;
-        // The text form, for traces and the pipeline's echo; the reply gets the raw bytes
-        // (`RecordSettle::output`).
-        let correlation = headers::correlation(&record.headers, &config.correlation_header);
-        inbound.correlation = Some(match correlation {
-            Some(id) => String::from_utf8_lossy(id).into_owned(),
-            None => record.id(),
-        });
-        inbound.idempotency_key = Some(record.id());
-        inbound.position = Position::Partition {
-            partition: record.partition,
-            offset: record.offset,
-        };
-        inbound
-    }
-
-    /// Pauses every partition while the route is saturated or its circuit is open, and the
-    /// partitions whose records hold back too much behind retries (`lanes.rs`); resumes the
-    /// rest.
-    fn update_pauses(
-        &self,
-        consumer: &KafkaConsumer,
-        paused: &mut HashSet<Partition>,
-        saturated: bool,
-        circuit_open: bool,
-    ) {
-        let (wanted, assigned): (HashSet<Partition>, HashSet<Partition>) = {
-            let state = self.shared.lock();
-            // The common case, once per record: nothing paused and nothing to pause.
-            if paused.is_empty() && !saturated && !circuit_open && !state.lanes.any_held() {
-                return;
-            }
-            let holding = state.lanes.to_pause();
-            let wanted = state
-                .partitions
-                .keys()
-                .filter(|p| saturated || circuit_open || holding.contains(*p))
-                .cloned()
-                .collect();
-            (wanted, state.partitions.keys().cloned().collect())
-        };
-        // Revoked partitions were resumed by the rebalance callback: forget them.
-        paused.retain(|p| assigned.contains(p));
-        let to_pause: Vec<Partition> = wanted.difference(paused).cloned().collect();
-        let to_resume: Vec<Partition> = paused.difference(&wanted).cloned().collect();
-        if !to_pause.is_empty() && consumer.pause(&list_of(&to_pause)).is_ok() {
-            debug!(route = %self.route.name, partitions = ?to_pause, circuit_open, saturated, "paused");
-        }
-        if !to_resume.is_empty() && consumer.resume(&list_of(&to_resume)).is_ok() {
-            debug!(route = %self.route.name, partitions = ?to_resume, "resumed");
-        }
-        *paused = wanted;
-    }
-
-    /// Commits the finished prefix (asynchronously), or, exactly-once, runs a transaction
-    /// (blocking, so on the blocking pool; the intake waits for it).
-    async fn commit(&self, consumer: &Arc<KafkaConsumer>) {
-        if self.delivery != Delivery::ExactlyOnce {
-            return self.commit_finished(consumer);
-        }
-        let (shared, consumer) = (self.shared.clone(), consumer.clone());
-        let transacted = tokio::task::spawn_blocking(move || shared.transact(&*consumer)).await;
-        if let Err(e) = transacted {
-            error!(route = %self.route.name, error = %e, "transaction task failed");
-        }
-    }
-
-    /// At-least-once and at-most-once: an asynchronous commit of the finished prefix.
-    fn commit_finished(&self, consumer: &KafkaConsumer) {
-        let commits = self.shared.commits(None, false);
-        if commits.count() > 0 {
-            if let Err(e) = consumer.commit(&commits, CommitMode::Async) {
-                warn!(route = %self.route.name, error = %e, "offset commit failed; will retry");
-                self.shared.commit_failed();
-            }
-        }
-    }
-
-    /// Stop fetching, let in-flight records finish, commit synchronously, flush replies.
-    async fn shut_down(
-        &self,
-        consumer: &Arc<KafkaConsumer>,
-        records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
-        replier: &Arc<KafkaReplier>,
-    ) {
-        let all: Vec<Partition> = self.shared.lock().partitions.keys().cloned().collect();
-        let _ = consumer.pause(&list_of(&all));
-        // Records waiting for a retry give up now (`stop` is cancelled); running ones finish.
-        self.shared.wake.notify_waiters();
-        loop {
-            let busy = self
-                .shared
-                .lock()
-                .partitions
-                .values()
-                .any(|ps| ps.workers > 0);
-            if !busy {
-                break;
-            }
-            // The thread keeps polling, so the group keeps this member while work finishes;
-            // records still arriving are tracked, never started, and hold the commit back.
-            tokio::select! {
-                _ = records.recv() => {}
-                _ = self.shared.worker_ended.notified() => {}
-            }
-        }
-        let route = self.route.name.clone();
-        let exactly_once = self.delivery == Delivery::ExactlyOnce;
-        let (shared, consumer, replier) = (self.shared.clone(), consumer.clone(), replier.clone());
-        let finished = tokio::task::spawn_blocking(move || {
-            if exactly_once {
-                shared.transact(&*consumer);
-            } else {
-                let commits = shared.commits(None, true);
-                if commits.count() > 0 {
-                    if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                        warn!(%route, error = %e, "final offset commit failed");
-                    }
-                }
-            }
-            if let Err(e) = replier.flush(Duration::from_secs(5)) {
-                warn!(%route, error = %e, "producer flush failed");
-            }
-        })
-        .await;
-        if let Err(e) = finished {
-            error!(route = %self.route.name, error = %e, "final commit task failed");
-        }
     }
 }
