@@ -677,7 +677,7 @@ async fn at_most_once_never_retries_and_answers_the_failure() {
     let requests = kafka::topic("kamo", 1).await;
     let replies = kafka::topic("kamorep", 1).await;
     let (upstream, _healthy) = Upstream::down_until_healthy().await;
-    let _ricochet = kafka::start(
+    let ricochet = kafka::start(
         &upstream,
         &kafka::route(
             "amo",
@@ -700,6 +700,21 @@ async fn at_most_once_never_retries_and_answers_the_failure() {
     assert_eq!(header(&reply, "Ricochet-Status").as_deref(), Some("503"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.calls(), 1, "no local retry, no redelivery");
+    // Settled on receipt, as JetStream and AMQP count it: one ack, nothing else.
+    let metrics = ricochet.metrics().await;
+    let settled = |action: &str| {
+        let action = format!("action=\"{action}\"");
+        metric(
+            &metrics,
+            "ricochet_settlements_total",
+            &["route=\"amo\"", &action],
+        )
+    };
+    assert_eq!(
+        ["ack", "nak", "term"].map(settled),
+        [1.0, 0.0, 0.0],
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

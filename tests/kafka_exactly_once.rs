@@ -98,9 +98,40 @@ async fn produce_requests(producer: &FutureProducer, topic: &str, ids: std::ops:
     }
 }
 
+/// What ricochet counted of the route: replies published and acks.
+async fn counted(ricochet: &Ricochet) -> (f64, f64) {
+    let text = ricochet.metrics().await;
+    let replies = metric(
+        &text,
+        "ricochet_replies_published_total",
+        &["route=\"eos\""],
+    );
+    let acks = metric(
+        &text,
+        "ricochet_settlements_total",
+        &["route=\"eos\"", "action=\"ack\""],
+    );
+    (replies, acks)
+}
+
+/// Waits until ricochet counted `n` replies published and `n` acks, and checks that the
+/// counts then stay there while transactions keep running (every 200 ms).
+async fn wait_counted(ricochet: &Ricochet, n: usize) {
+    let n = n as f64;
+    let what = format!("{n} replies published and acked");
+    eventually(Duration::from_secs(30), &what, || async {
+        let seen = counted(ricochet).await;
+        holds(seen == (n, n), format!("{seen:?}"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(counted(ricochet).await, (n, n), "counted once, and no more");
+}
+
 /// What the mock cluster can show: replies and offsets go through transactions, every
 /// request is answered once in steady state, and a failed transaction is aborted and its
-/// records processed again. (The mock neither stores transactional offset commits nor
+/// records processed again; replies published and acks are counted for what committed,
+/// once, whatever was aborted before. (The mock neither stores transactional offset commits nor
 /// hides aborted transactions from read_committed readers, so crash-exactness itself needs
 /// a real Kafka, as in the docker-compose setup.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +172,7 @@ async fn replies_and_offsets_commit_in_transactions_and_failures_reprocess() {
         "steady state: every request answered once"
     );
     assert_eq!(upstream.calls(), TOTAL);
+    wait_counted(&ricochet, TOTAL).await;
 
     // The next offset commit fails: the transaction holding it must abort, and its records be
     // processed again rather than skipped.
@@ -166,6 +198,9 @@ async fn replies_and_offsets_commit_in_transactions_and_failures_reprocess() {
         "aborted records were processed again: {}",
         upstream.calls()
     );
+    // Processed more often than that, but counted once each: with the transaction that
+    // committed them, not with the one that aborted.
+    wait_counted(&ricochet, TOTAL + 10).await;
     println!(
         "exactly-once (mock): {} requests, {} upstream calls after one aborted transaction",
         TOTAL + 10,

@@ -79,6 +79,10 @@ pub enum SettleError {
     /// The broker refused it, or its client failed.
     #[error("{what}: {cause}")]
     Broker { what: &'static str, cause: Cause },
+    /// The message is no longer this replica's (its Kafka partition was revoked, or
+    /// rewound after an aborted transaction): its next delivery settles it.
+    #[error("the message is no longer ours")]
+    Lost,
 }
 
 /// How far a publish or a settlement got when its call returned.

@@ -410,7 +410,12 @@ impl RouteMetrics {
 
     /// One settlement sent to the broker.
     pub fn settled(&self, action: Settlement) {
-        self.settlements[action as usize].increment(1);
+        self.settled_many(action, 1);
+    }
+
+    /// `count` settlements at once (Kafka exactly-once: those a transaction committed).
+    pub fn settled_many(&self, action: Settlement, count: u64) {
+        self.settlements[action as usize].increment(count);
     }
 
     pub fn outcome(&self, outcome: Outcome) {

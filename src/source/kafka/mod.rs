@@ -2,10 +2,10 @@
 //! topic, offsets committed only for the contiguous prefix of finished records.
 //!
 //! - **Threads**: the consumer polls on a thread of its own (`poller.rs`), where rebalance
-//!   callbacks run and may block; records reach the intake over a channel. Pause, resume
-//!   and asynchronous commits are called from the intake; transactions and the final
-//!   commit run on tokio's blocking pool. Nothing blocks the async runtime, which may be
-//!   single-threaded.
+//!   callbacks run and may block; records reach the intake (`intake.rs`) over a channel.
+//!   Pause, resume and asynchronous commits are called from the intake; transactions and
+//!   the final commit run on tokio's blocking pool. Nothing blocks the async runtime, which
+//!   may be single-threaded.
 //! - **Tracking**: every record librdkafka hands over is noted in its partition's
 //!   [`OffsetTracker`] at once (on the consumer's thread), so no commit can pass it,
 //!   whatever happens to it next. A record the assignment has taken already is dropped
@@ -13,66 +13,75 @@
 //!   resumed while the consumer polls (seen about once in 10,000 records under constant
 //!   backpressure), and the first copy is in hand or done.
 //! - **Lanes** (`lanes.rs`) give the ordering: a record joins the lane of its partition
-//!   (`partition`), of its key (`key`) or its own (`unordered`). One worker task runs a
-//!   lane's records in order; different lanes run in parallel. Every record taken holds a
-//!   `max_in_flight` permit until it is finished, so memory stays bounded by
-//!   `max_in_flight` x `max_payload`.
+//!   (`partition`), of its key (`key`) or its own (`unordered`). One worker task
+//!   (`worker.rs`) runs a lane's records in order; different lanes run in parallel. Every
+//!   record taken holds a `max_in_flight` permit until it is finished, so memory stays
+//!   bounded by `max_in_flight` x `max_payload`.
 //! - **Backpressure**: when no permit is free, or the route's circuit is open, every
 //!   assigned partition is paused (the consumer keeps polling, so the group does not evict
 //!   it). A record waiting for its retry holds its lane, not its partition; once the
 //!   records held behind retries reach half of `max_in_flight` (with `partition` ordering:
 //!   one), the partitions holding them are paused too.
-//! - **Finished** means the reply's delivery report came back (or the dead letter's, or the
-//!   record needed no reply). Retryable failures are retried locally, never skipped, unless
-//!   `dead_letter_after` is set.
+//! - **Settling** (`settle.rs`): the pipeline's `Settle` handle for a record carries out
+//!   every settlement: the reply and dead letter are produced (or, exactly-once, staged),
+//!   ack and term mark the record's offset finished (only while the record is still ours),
+//!   a redelivery is local. The lane worker only runs a record again after its delay.
+//!   **Finished** thus means the reply's delivery report came back (or the dead letter's,
+//!   or the record needed no reply) and the pipeline acked or terminated it. Retryable
+//!   failures are retried locally, never skipped, unless `dead_letter_after` is set.
+//! - **At-most-once**: a record counts as finished as soon as it is tracked (so one queued
+//!   behind a slow record never holds back the commit of later ones a restart would then
+//!   repeat); `accept`, the pipeline's settle on receipt, commits and counts the ack.
 //! - **Rebalance** (`state.rs`): on revoke, queued records of those partitions are dropped
 //!   (not committed, so the next owner takes them), waiting ones give up, running ones get
 //!   a bounded wait, the finished prefix is committed synchronously, and the partitions are
 //!   released.
-//! - **Exactly-once**: outputs are staged and committed with the offsets in one
-//!   transaction; a failed transaction rewinds the partitions (`state.rs`).
+//! - **Exactly-once** (`transaction.rs`): outputs and settlements are staged and committed
+//!   with the offsets in one transaction, and counted (replies published, dead letters,
+//!   acks, terms) only when it commits; a failed transaction rewinds the partitions and
+//!   counts nothing.
 //! - **Shutdown**: stop fetching, finish in-flight work (waiting retries give up), commit
 //!   synchronously, flush.
 
 pub mod config;
 mod headers;
+mod intake;
 mod lanes;
 mod offsets;
 mod poller;
 pub mod publish;
 mod security;
+mod settle;
 mod state;
+mod transaction;
+mod worker;
 
 pub use offsets::OffsetTracker;
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 pub use self::config::{
     valid_topic, Compression, KafkaConfig, KafkaSource, Ordering, SaslMechanism, SecurityProtocol,
 };
-use self::lanes::{Lane, Lanes};
-use self::poller::{Polled, Poller};
+use self::lanes::Lanes;
+use self::poller::Poller;
 use self::publish::KafkaReplier;
-use self::state::{list_of, RouteContext, Shared, State, Transactions};
+use self::settle::Clients;
+use self::state::{RouteContext, Shared};
+use self::transaction::Transactions;
 use crate::config::{Delivery, RouteConfig};
-use crate::message::Reply;
-use crate::message::{dead_letter, DeadLetter};
-use crate::message::{
-    Cause, Confirmed, DeadLettered, Inbound, Position, Redelivered, Settle, Undelivered,
-};
-use crate::pipeline::{Pipeline, Policy, Route, Settled, Taken};
-use crate::route::Captures;
+use crate::pipeline::{Pipeline, Policy, Route, Taken};
+use crate::source::backoff::{Backoff, RECONNECT};
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::metrics::KAFKA_ASSIGNED;
 use crate::telemetry::trace::SpanSource;
@@ -84,8 +93,6 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
-/// Room left for the record's framing, beyond payload, key and headers.
-const RECORD_OVERHEAD: usize = 512;
 
 type Partition = (String, i32);
 
@@ -132,27 +139,6 @@ impl Fetched {
     }
 }
 
-/// A record to produce: a reply or a dead letter.
-pub struct Output {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub payload: Bytes,
-}
-
-impl Output {
-    fn size(&self) -> usize {
-        let headers = self.headers.iter().map(|(n, v)| n.len() + v.len());
-        record_size(self.payload.len(), self.key.as_deref(), headers)
-    }
-}
-
-/// What a record counts against `message.max.bytes`: payload, key, headers (the sum of
-/// their name and value lengths) and framing.
-fn record_size(payload: usize, key: Option<&[u8]>, headers: impl Iterator<Item = usize>) -> usize {
-    payload + key.map_or(0, <[u8]>::len) + headers.sum::<usize>() + RECORD_OVERHEAD
-}
-
 /// How many records may wait for a retry, or queue behind a waiting one in its lane,
 /// before the partitions holding them pause: half of `max_in_flight` (at least 1), so that
 /// the other half keeps other keys flowing; 1 with `ordering = "partition"`, where the
@@ -197,6 +183,17 @@ impl Source for KafkaSource {
     }
 }
 
+/// Exactly-once: the producer's transactional id, unique per replica and stable across its
+/// restarts: `transactional_id`, else `ricochet-<group>-<hostname>`.
+fn transactional_id(config: &KafkaConfig, route: &str) -> String {
+    config.transactional_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("ricochet-{}-{host}", config.group(route))
+    })
+}
+
 /// One Kafka route.
 pub struct KafkaRoute {
     route: Arc<Route>,
@@ -219,39 +216,27 @@ impl KafkaRoute {
         if config.dead_letter_topic.is_none() {
             warn!(route = %route.name, "no dead_letter_topic: undeliverable records will be skipped and only logged");
         }
-        let mut this = Self {
+        let transactions = (delivery == Delivery::ExactlyOnce).then(|| Transactions {
+            producer: Mutex::new(None),
+            running: Mutex::new(()),
+            id: transactional_id(&config, &route.name),
+            config: config.clone(),
+        });
+        let lanes = Lanes::new(hold_limit(config.ordering, route.config.max_in_flight));
+        let (name, metrics) = (route.name.clone(), route.metrics.clone());
+        Self {
             max_message_bytes: config
                 .producer
                 .get("message.max.bytes")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            shared: Arc::new(Shared::new(name, metrics, transactions, lanes)),
             delivery,
             config,
             route,
             pipeline,
-            shared: Arc::new(Shared::default()),
             stop: CancellationToken::new(),
-        };
-        let transactions = this.transactional_id().map(|id| Transactions {
-            producer: Mutex::new(None),
-            running: Mutex::new(()),
-            config: this.config.clone(),
-            id,
-        });
-        let lanes = Lanes::new(hold_limit(
-            this.config.ordering,
-            this.route.config.max_in_flight,
-        ));
-        this.shared = Arc::new(Shared {
-            route: this.route.name.clone(),
-            transactions,
-            state: Mutex::new(State {
-                lanes,
-                ..State::default()
-            }),
-            ..Shared::default()
-        });
-        this
+        }
     }
 
     fn group_id(&self) -> String {
@@ -260,16 +245,7 @@ impl KafkaRoute {
 
     /// Exactly-once only: unique per replica, stable across its restarts.
     fn transactional_id(&self) -> Option<String> {
-        if self.delivery != Delivery::ExactlyOnce {
-            return None;
-        }
-        let id = self.config.transactional_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("ricochet-{}-{host}", self.group_id())
-        });
-        Some(id)
+        (self.shared.transactions.as_ref()).map(|t| t.id.clone())
     }
 
     /// The topics (or one `^pattern`) to subscribe to.
@@ -337,19 +313,20 @@ impl KafkaRoute {
         client.create_with_context(context)
     }
 
-    /// Subscribes (retrying until it can), then consumes until `stop`.
+    /// Subscribes (retrying until it can, waiting as [`Backoff`] says: 100 ms doubling to
+    /// 5 s), then consumes until `stop`.
     pub async fn run(mut self, health: Arc<Health>, tracker: TaskTracker, stop: CancellationToken) {
         self.stop = stop.clone();
         let this = Arc::new(self);
         let route = &this.route;
+        let mut backoff = Backoff::new(RECONNECT);
         let (consumer, replier) = loop {
             match this.set_up().await {
                 Ok(setup) => break setup,
                 Err(e) => {
                     error!(route = %route.name, error = %e, "cannot set up the Kafka consumer; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = stop.cancelled() => return,
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
                 }
             }
@@ -373,7 +350,11 @@ impl KafkaRoute {
         }
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
         health.intake_ready();
-        this.consume(&consumer, &mut records, replier.clone(), &tracker)
+        let clients = Clients {
+            replier: replier.clone(),
+            consumer: Arc::downgrade(&consumer),
+        };
+        this.consume(&consumer, &mut records, &clients, &tracker)
             .await;
         this.shut_down(&consumer, &mut records, &replier).await;
         // The consumer is closed on its own thread, which leaves the group.
@@ -398,511 +379,4 @@ impl KafkaRoute {
         .map_err(|e| KafkaError::Subscription(e.to_string()))??;
         Ok((consumer, replier))
     }
-
-    async fn consume(
-        self: &Arc<Self>,
-        consumer: &Arc<KafkaConsumer>,
-        records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
-        replier: Arc<KafkaReplier>,
-        tracker: &TaskTracker,
-    ) {
-        let mut paused: HashSet<Partition> = HashSet::new();
-        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
-        // Records that arrived while no permit was free (already tracked); taken first.
-        let mut overflow: VecDeque<Fetched> = VecDeque::new();
-        loop {
-            while !overflow.is_empty() {
-                let Ok(permit) = self.route.limit.clone().try_acquire_owned() else {
-                    break;
-                };
-                if let Some(record) = overflow.pop_front() {
-                    self.take(record, permit, consumer, &replier, tracker);
-                }
-            }
-            let saturated = !overflow.is_empty() || self.route.limit.available_permits() == 0;
-            let breaker = &self.route.invoker.breaker;
-            let circuit_open = breaker.admits().is_err();
-            self.update_pauses(consumer, &mut paused, saturated, circuit_open);
-            // Paused partitions resume on an event, not a timer: a free permit, the breaker
-            // admitting calls again, or a record's retry wait ending.
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => break,
-                _ = commit_tick.tick() => self.commit(consumer).await,
-                polled = records.recv() => match polled {
-                    Some(Ok(record)) => {
-                        match self.route.limit.clone().try_acquire_owned() {
-                            Ok(permit) if overflow.is_empty() => self.take(record, permit, consumer, &replier, tracker),
-                            _ => {
-                                self.route.metrics.throttled.increment(1);
-                                overflow.push_back(record);
-                            }
-                        }
-                    }
-                    Some(Err(e)) => warn!(route = %self.route.name, error = %e, "Kafka consumer error"),
-                    None => {
-                        error!(route = %self.route.name, "the Kafka consumer thread ended");
-                        break;
-                    }
-                },
-                permit = self.route.limit.clone().acquire_owned(), if saturated => {
-                    if let (Ok(permit), Some(record)) = (permit, overflow.pop_front()) {
-                        self.take(record, permit, consumer, &replier, tracker);
-                    }
-                }
-                _ = breaker.admitted(), if circuit_open => {}
-                // A record started or ended waiting for a retry.
-                _ = self.shared.retrying_changed.notified() => {}
-            }
-        }
-        // Tracked but never started: they hold the commit back, so the next owner (or a
-        // restart) consumes them.
-        drop(overflow);
-    }
-
-    /// Starts a tracked record: queues it in its lane, or starts the lane's worker.
-    fn take(
-        self: &Arc<Self>,
-        fetched: Fetched,
-        permit: OwnedSemaphorePermit,
-        consumer: &KafkaConsumer,
-        replier: &Arc<KafkaReplier>,
-        tracker: &TaskTracker,
-    ) {
-        let partition = (fetched.topic.clone(), fetched.partition);
-        let mut state = self.shared.lock();
-        match state.partitions.get(&partition) {
-            Some(ps) if ps.generation == fetched.generation && !ps.revoking => {}
-            // Revoked or rewound since it arrived: the new position fetches it again.
-            _ => return,
-        }
-        let generation = fetched.generation;
-        let record = Record {
-            fetched,
-            _permit: permit,
-            _taken: self.route.take(),
-        };
-        let lane = match self.config.ordering {
-            Ordering::Partition => Lane::Partition(partition, generation),
-            Ordering::Key => match &record.key {
-                Some(key) => Lane::Key(partition, generation, key.clone()),
-                None => Lane::Record(partition, generation, record.offset),
-            },
-            Ordering::Unordered => Lane::Record(partition, generation, record.offset),
-        };
-        let Some(record) = state.lanes.push(lane.clone(), record) else {
-            // Queued behind the lane's running record.
-            return;
-        };
-        if let Some(ps) = state.partitions.get_mut(lane.partition()) {
-            ps.workers += 1;
-        }
-        drop(state);
-        if self.delivery == Delivery::AtMostOnce {
-            // Not exactly-once, so the commit does not block.
-            self.commit_finished(consumer);
-        }
-        let this = self.clone();
-        let replier = replier.clone();
-        tracker.spawn(async move { this.work(lane, record, replier).await });
-    }
-
-    /// A lane worker: processes its lane's records in order until the lane is empty.
-    async fn work(self: Arc<Self>, lane: Lane, first: Record, replier: Arc<KafkaReplier>) {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            let finished = self.process(&lane, &record, &replier).await;
-            let mut state = self.shared.lock();
-            if finished {
-                if let Some(ps) = state.partitions.get_mut(lane.partition()) {
-                    if ps.generation == record.generation {
-                        ps.tracker.finished(record.offset);
-                    }
-                }
-            }
-            drop(record);
-            next = state.lanes.next(&lane);
-            if next.is_none() {
-                self.shared
-                    .worker_done(&mut state, lane.partition(), lane.generation());
-            }
-        }
-    }
-
-    /// Processes one record until it is finished; `false` when it must be left to the next
-    /// owner (its partition was revoked or rewound, or ricochet is shutting down while it
-    /// waited for a retry). A redelivery is local: the record waits in its lane (the
-    /// partition's other lanes go on), then goes through the pipeline again.
-    async fn process(&self, lane: &Lane, record: &Record, replier: &KafkaReplier) -> bool {
-        let route = &self.route;
-        let mut inbound = self.inbound(record);
-        let settle = Topic {
-            source: self,
-            record,
-            replier,
-        };
-        loop {
-            let captures = self.captures(&record.topic);
-            match self
-                .pipeline
-                .deliver(route, captures, &inbound, &settle)
-                .await
-            {
-                Settled::Done | Settled::Redeliver(Redelivered::ByBroker) => return true,
-                Settled::Abandoned => return false,
-                Settled::Redeliver(Redelivered::Local(delay)) => {
-                    if !self.wait_to_retry(lane, record, delay).await {
-                        return false;
-                    }
-                    inbound.delivered += 1;
-                    // A fresh deadline for the next round.
-                    inbound.received = std::time::Instant::now();
-                }
-            }
-        }
-    }
-
-    /// The route's captures for a topic. Topics named explicitly (`kafka.topics`,
-    /// `kafka.topic_pattern`) need not match a `subject` without captures.
-    fn captures(&self, topic: &str) -> Option<Captures> {
-        let pattern = &self.route.pattern;
-        pattern.matches(topic).or_else(|| {
-            let explicit = !self.config.topics.is_empty() || self.config.topic_pattern.is_some();
-            (explicit && pattern.capture_names().is_empty()).then(Captures::default)
-        })
-    }
-
-    /// Waits `delay` holding the record's lane (not its partition: see `lanes.rs`);
-    /// `false` if the record lost its partition or ricochet is stopping (the wait ends at
-    /// once then).
-    async fn wait_to_retry(&self, lane: &Lane, record: &Record, delay: Duration) -> bool {
-        self.set_waiting(lane, true);
-        let woken = self.shared.wake.notified();
-        tokio::pin!(woken);
-        if self.owns(record) {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = &mut woken => {}
-                _ = self.stop.cancelled() => {}
-            }
-        }
-        self.set_waiting(lane, false);
-        self.owns(record)
-    }
-
-    fn set_waiting(&self, lane: &Lane, waiting: bool) {
-        self.shared.lock().lanes.wait(lane, waiting);
-        // The intake decides whether the partition pauses or resumes.
-        self.shared.retrying_changed.notify_one();
-    }
-
-    /// Whether the record still belongs to this member's current view of its partition.
-    fn owns(&self, record: &Record) -> bool {
-        !self.stop.is_cancelled()
-            && self
-                .shared
-                .lock()
-                .partitions
-                .get(&record.partition_id())
-                .is_some_and(|ps| ps.generation == record.generation && !ps.revoking)
-    }
-
-    /// At-least-once: produces `output` and waits for its delivery report, producing again
-    /// (never calling the service again) while the record is ours; an error no retry can
-    /// fix (too large, no such topic, not authorised) drops the output.
-    /// Exactly-once: stages it for the next transaction, which also commits the offset.
-    async fn deliver(
-        &self,
-        record: &Record,
-        output: Output,
-        replier: &KafkaReplier,
-    ) -> Result<(), Undelivered> {
-        if self.delivery == Delivery::ExactlyOnce {
-            let mut state = self.shared.lock();
-            return match state.partitions.get_mut(&record.partition_id()) {
-                Some(ps) if ps.generation == record.generation => {
-                    ps.staged.entry(record.offset).or_default().push(output);
-                    Ok(())
-                }
-                _ => Err(Undelivered::Lost),
-            };
-        }
-        let headers: Vec<(&str, &[u8])> = output
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match replier
-                .send(
-                    &output.topic,
-                    output.key.as_deref(),
-                    &headers,
-                    &output.payload,
-                )
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) if permanent(&e) => {
-                    error!(route = %self.route.name, topic = %output.topic, record = %record.id(), error = %e, "record cannot be produced, ever; dropped");
-                    let why = format!("topic {}: {e}", output.topic);
-                    return Err(Undelivered::Dropped(Cause::text(why)));
-                }
-                Err(e) => {
-                    warn!(route = %self.route.name, topic = %output.topic, error = %e, "record not delivered; producing it again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if !self.owns(record) {
-                        return Err(Undelivered::Lost);
-                    }
-                }
-            }
-        }
-    }
-
-    fn inbound(&self, record: &Record) -> Inbound {
-        let config = &self.route.config;
-        let (headers, unreadable) = headers::split(&record.headers, &config.correlation_header);
-        let mut inbound = Inbound::new(
-            record.topic.clone(),
-            crate::message::reply_destination(
-                &headers,
-                &config.reply_to_header,
-                self.config.reply_topic.as_deref(),
-            ),
-            headers,
-            record.payload.clone(),
-        );
-        inbound.unreadable = unreadable;
-        // The text form, for traces and the pipeline's echo; the reply gets the raw bytes
-        // (`Topic::output`).
-        let correlation = headers::correlation(&record.headers, &config.correlation_header);
-        inbound.correlation = Some(match correlation {
-            Some(id) => String::from_utf8_lossy(id).into_owned(),
-            None => record.id(),
-        });
-        inbound.idempotency_key = Some(record.id());
-        inbound.position = Position::Partition {
-            partition: record.partition,
-            offset: record.offset,
-        };
-        inbound
-    }
-
-    /// Pauses every partition while the route is saturated or its circuit is open, and the
-    /// partitions whose records hold back too much behind retries (`lanes.rs`); resumes the
-    /// rest.
-    fn update_pauses(
-        &self,
-        consumer: &KafkaConsumer,
-        paused: &mut HashSet<Partition>,
-        saturated: bool,
-        circuit_open: bool,
-    ) {
-        let (wanted, assigned): (HashSet<Partition>, HashSet<Partition>) = {
-            let state = self.shared.lock();
-            // The common case, once per record: nothing paused and nothing to pause.
-            if paused.is_empty() && !saturated && !circuit_open && !state.lanes.any_held() {
-                return;
-            }
-            let holding = state.lanes.to_pause();
-            let wanted = state
-                .partitions
-                .keys()
-                .filter(|p| saturated || circuit_open || holding.contains(*p))
-                .cloned()
-                .collect();
-            (wanted, state.partitions.keys().cloned().collect())
-        };
-        // Revoked partitions were resumed by the rebalance callback: forget them.
-        paused.retain(|p| assigned.contains(p));
-        let to_pause: Vec<Partition> = wanted.difference(paused).cloned().collect();
-        let to_resume: Vec<Partition> = paused.difference(&wanted).cloned().collect();
-        if !to_pause.is_empty() && consumer.pause(&list_of(&to_pause)).is_ok() {
-            debug!(route = %self.route.name, partitions = ?to_pause, circuit_open, saturated, "paused");
-        }
-        if !to_resume.is_empty() && consumer.resume(&list_of(&to_resume)).is_ok() {
-            debug!(route = %self.route.name, partitions = ?to_resume, "resumed");
-        }
-        *paused = wanted;
-    }
-
-    /// Commits the finished prefix (asynchronously), or, exactly-once, runs a transaction
-    /// (blocking, so on the blocking pool; the intake waits for it).
-    async fn commit(&self, consumer: &Arc<KafkaConsumer>) {
-        if self.delivery != Delivery::ExactlyOnce {
-            return self.commit_finished(consumer);
-        }
-        let (shared, consumer) = (self.shared.clone(), consumer.clone());
-        let transacted = tokio::task::spawn_blocking(move || shared.transact(&*consumer)).await;
-        if let Err(e) = transacted {
-            error!(route = %self.route.name, error = %e, "transaction task failed");
-        }
-    }
-
-    /// At-least-once and at-most-once: an asynchronous commit of the finished prefix.
-    fn commit_finished(&self, consumer: &KafkaConsumer) {
-        let commits = self.shared.commits(None, false);
-        if commits.count() > 0 {
-            if let Err(e) = consumer.commit(&commits, CommitMode::Async) {
-                warn!(route = %self.route.name, error = %e, "offset commit failed; will retry");
-                self.shared.commit_failed();
-            }
-        }
-    }
-
-    /// Stop fetching, let in-flight records finish, commit synchronously, flush replies.
-    async fn shut_down(
-        &self,
-        consumer: &Arc<KafkaConsumer>,
-        records: &mut tokio::sync::mpsc::UnboundedReceiver<Polled>,
-        replier: &Arc<KafkaReplier>,
-    ) {
-        let all: Vec<Partition> = self.shared.lock().partitions.keys().cloned().collect();
-        let _ = consumer.pause(&list_of(&all));
-        // Records waiting for a retry give up now (`stop` is cancelled); running ones finish.
-        self.shared.wake.notify_waiters();
-        loop {
-            let busy = self
-                .shared
-                .lock()
-                .partitions
-                .values()
-                .any(|ps| ps.workers > 0);
-            if !busy {
-                break;
-            }
-            // The thread keeps polling, so the group keeps this member while work finishes;
-            // records still arriving are tracked, never started, and hold the commit back.
-            tokio::select! {
-                _ = records.recv() => {}
-                _ = self.shared.worker_ended.notified() => {}
-            }
-        }
-        let route = self.route.name.clone();
-        let exactly_once = self.delivery == Delivery::ExactlyOnce;
-        let (shared, consumer, replier) = (self.shared.clone(), consumer.clone(), replier.clone());
-        let finished = tokio::task::spawn_blocking(move || {
-            if exactly_once {
-                shared.transact(&*consumer);
-            } else {
-                let commits = shared.commits(None, true);
-                if commits.count() > 0 {
-                    if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                        warn!(%route, error = %e, "final offset commit failed");
-                    }
-                }
-            }
-            if let Err(e) = replier.flush(Duration::from_secs(5)) {
-                warn!(%route, error = %e, "producer flush failed");
-            }
-        })
-        .await;
-        if let Err(e) = finished {
-            error!(route = %self.route.name, error = %e, "final commit task failed");
-        }
-    }
-}
-
-/// Publishing the outputs of one record: its reply and dead letter, with the record's key.
-/// Nothing to settle at the broker: the lane worker marks the record finished, and the
-/// commit follows.
-struct Topic<'a> {
-    source: &'a KafkaRoute,
-    record: &'a Record,
-    replier: &'a KafkaReplier,
-}
-
-impl Topic<'_> {
-    /// The reply as a record: its header values as bytes, unchanged, and the correlation id
-    /// the request carried byte for byte. `Inbound::correlation` is text (what NATS and
-    /// AMQP ids are, and what traces show), so the one header the pipeline echoed from it
-    /// gets the record's own bytes back here.
-    fn output(&self, topic: &str, reply: &Reply) -> Output {
-        let name = &self.source.route.config.correlation_header;
-        let id = headers::correlation(&self.record.headers, name);
-        Output {
-            topic: topic.to_string(),
-            key: self.record.key.clone(),
-            headers: (reply.headers.iter())
-                .map(|(n, v)| match id {
-                    Some(id) if n.eq_ignore_ascii_case(name) => (n.to_string(), id.to_vec()),
-                    _ => (n.to_string(), v.to_vec()),
-                })
-                .collect(),
-            payload: reply.body.clone(),
-        }
-    }
-}
-
-impl Settle for Topic<'_> {
-    fn too_large(&self, _: &str, reply: &Reply) -> Option<(usize, usize, &'static str)> {
-        let limit = self.source.max_message_bytes;
-        // Measured without building the record: that happens once, when it is produced.
-        let headers = reply.headers.iter().map(|(n, v)| n.len() + v.len());
-        let size = record_size(reply.body.len(), self.record.key.as_deref(), headers);
-        (size > limit).then_some((size, limit, "the producer's message.max.bytes"))
-    }
-
-    fn destination_problem(&self, destination: &str) -> Option<&'static str> {
-        (!valid_topic(destination))
-            .then_some("is not a Kafka topic name (letters, digits, '.', '_', '-')")
-    }
-
-    async fn reply(&self, destination: &str, reply: &Reply) -> Result<Confirmed, Undelivered> {
-        let output = self.output(destination, reply);
-        let delivered = self.source.deliver(self.record, output, self.replier).await;
-        delivered.map(|()| Confirmed::Now)
-    }
-
-    async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<DeadLettered, Undelivered> {
-        let Some(topic) = &self.source.config.dead_letter_topic else {
-            return Ok(DeadLettered::NoDestination);
-        };
-        let record = self.record;
-        let mut headers = record.headers.clone();
-        let origin = [
-            (dead_letter::ORIGINAL_TOPIC, record.topic.clone()),
-            (
-                dead_letter::ORIGINAL_PARTITION,
-                record.partition.to_string(),
-            ),
-            (dead_letter::ORIGINAL_OFFSET, record.offset.to_string()),
-        ];
-        for (name, value) in letter.headers().into_iter().chain(origin) {
-            headers.push((name.to_string(), value.into_bytes()));
-        }
-        let mut output = Output {
-            topic: topic.clone(),
-            key: record.key.clone(),
-            headers,
-            payload: record.payload.clone(),
-        };
-        if output.size() > self.source.max_message_bytes {
-            // Keep the record's identity and why; the original topic still holds it.
-            output.headers.push((
-                dead_letter::PAYLOAD_OMITTED.into(),
-                format!("{} bytes exceed message.max.bytes", record.payload.len()).into_bytes(),
-            ));
-            output.payload = Bytes::new();
-        }
-        let delivered = self.source.deliver(record, output, self.replier).await;
-        delivered.map(|()| DeadLettered::Published(Confirmed::Now))
-    }
-}
-
-/// Producer errors that no retry of the same record can fix.
-fn permanent(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge
-        )
-    )
 }

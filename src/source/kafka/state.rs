@@ -1,6 +1,7 @@
 //! What the intake loop, the lane workers and the rebalance callbacks share: per partition,
 //! the offsets taken and finished, the generation (a revoke or a rewind starts a new one,
-//! which makes the older records stale), and, for exactly-once, the staged outputs.
+//! which makes the older records stale), and, for exactly-once, what finished records
+//! staged for the next transaction (`transaction.rs`).
 //!
 //! Generations are globally increasing: a record or lane worker of an older generation never
 //! changes the state of a newer one.
@@ -12,14 +13,12 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::Notify;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use super::config::KafkaConfig;
 use super::lanes::Lanes;
-use super::publish::{KafkaReplier, TransactionError, TransactionRecord};
-use super::{OffsetTracker, Output, Partition, Record};
-
-use crate::telemetry::metrics::{KAFKA_COMMITTED, KAFKA_LAG};
+use super::transaction::{Staged, Transactions};
+use super::{OffsetTracker, Partition, Record};
+use crate::telemetry::metrics::{RouteMetrics, Settlement, KAFKA_COMMITTED, KAFKA_LAG};
 
 #[derive(Default)]
 pub(super) struct PartitionState {
@@ -32,8 +31,9 @@ pub(super) struct PartitionState {
     pub revoking: bool,
     /// Lane workers of this assignment still running (of any generation since `epoch`).
     pub workers: usize,
-    /// Exactly-once: outputs of finished records, by offset, for the next transaction.
-    pub staged: BTreeMap<i64, Vec<Output>>,
+    /// Exactly-once: what records staged for the next transaction (their outputs, their
+    /// settlement), by offset.
+    pub staged: BTreeMap<i64, Staged>,
     /// Exactly-once: the position the last transaction committed, or the first offset
     /// taken; where a rewind goes back to.
     pub committed: Option<i64>,
@@ -48,20 +48,10 @@ pub(super) struct State {
     pub next_generation: u64,
 }
 
-/// Exactly-once: the transactional producer, and what it takes to make a new one when a
-/// fatal error (such as being fenced) leaves the old one unusable.
-pub(super) struct Transactions {
-    pub producer: Mutex<Option<Arc<KafkaReplier>>>,
-    /// Held through a whole transaction: the intake's periodic one (on the blocking pool)
-    /// and a revoke's (on the consumer's thread) must not overlap on one producer.
-    pub running: Mutex<()>,
-    pub config: KafkaConfig,
-    pub id: String,
-}
-
-#[derive(Default)]
 pub(super) struct Shared {
     pub route: String,
+    /// Exactly-once: what a transaction carried is counted here when it commits.
+    pub metrics: RouteMetrics,
     pub state: Mutex<State>,
     /// Signalled whenever a lane worker ends.
     pub idle: Condvar,
@@ -72,10 +62,32 @@ pub(super) struct Shared {
     pub retrying_changed: Notify,
     /// Tells the shutdown that a lane worker ended.
     pub worker_ended: Notify,
+    /// Exactly-once only.
     pub transactions: Option<Transactions>,
 }
 
 impl Shared {
+    pub fn new(
+        route: String,
+        metrics: RouteMetrics,
+        transactions: Option<Transactions>,
+        lanes: Lanes<Record>,
+    ) -> Self {
+        Self {
+            route,
+            metrics,
+            state: Mutex::new(State {
+                lanes,
+                ..State::default()
+            }),
+            idle: Condvar::new(),
+            wake: Notify::new(),
+            retrying_changed: Notify::new(),
+            worker_ended: Notify::new(),
+            transactions,
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -99,6 +111,8 @@ impl Shared {
     /// Notes a record librdkafka handed over, before anything else happens to it, so no
     /// commit can pass it. Returns its generation, or `None` for a record to drop: of an
     /// unassigned partition, or one this assignment has taken already (fetched twice).
+    /// `finished_at_once`: at-most-once, where a record is finished on receipt (why from
+    /// here, and not when it starts: `RecordSettle::accept` in `settle.rs`).
     pub fn track(&self, partition: &Partition, offset: i64, finished_at_once: bool) -> Option<u64> {
         let mut state = self.lock();
         let ps = state.partitions.get_mut(partition)?;
@@ -111,6 +125,34 @@ impl Shared {
         }
         ps.committed.get_or_insert(offset);
         Some(ps.generation)
+    }
+
+    /// The record at `offset` (of `generation`) is finished, settled by `action` (ack or
+    /// term): the commit may pass it. Exactly-once, `action` is counted with the
+    /// transaction that commits it. `false`, and nothing changes, when the record is no
+    /// longer ours (revoked, or rewound after an aborted transaction): its next delivery
+    /// settles it. A record finishing while its partition is being revoked is still ours:
+    /// the revoke waits for it and commits it.
+    pub fn finish(
+        &self,
+        partition: &Partition,
+        generation: u64,
+        offset: i64,
+        action: Settlement,
+    ) -> bool {
+        let exactly_once = self.transactions.is_some();
+        let mut state = self.lock();
+        let Some(ps) = state.partitions.get_mut(partition) else {
+            return false;
+        };
+        if ps.generation != generation {
+            return false;
+        }
+        ps.tracker.finished(offset);
+        if exactly_once {
+            ps.staged.entry(offset).or_default().settled(action);
+        }
+        true
     }
 
     /// Stops `partitions`: queued records are dropped, waiting ones give up, and running
@@ -191,145 +233,6 @@ impl Shared {
     pub fn commit_failed(&self) {
         for ps in self.lock().partitions.values_mut() {
             ps.tracker.commit_failed();
-        }
-    }
-
-    /// Exactly-once: one transaction with the staged outputs of every finished prefix and
-    /// the matching offsets. An abortable failure aborts it and rewinds those partitions to
-    /// their last committed position, so their records are processed again; a fatal one
-    /// also replaces the producer. Blocking.
-    pub fn transact<C: Consumer<RouteContext>>(&self, consumer: &C) {
-        let Some(transactions) = &self.transactions else {
-            return;
-        };
-        let _one_at_a_time = transactions
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(producer) = transactions
-            .producer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
-            return self.replace_producer(transactions);
-        };
-        let Some(group) = consumer.group_metadata() else {
-            return;
-        };
-        let mut outputs: Vec<Output> = Vec::new();
-        let mut offsets = TopicPartitionList::new();
-        let mut advanced: Vec<(Partition, i64)> = Vec::new();
-        {
-            let mut state = self.lock();
-            for (partition, ps) in state.partitions.iter_mut() {
-                let Some(position) = ps.tracker.position() else {
-                    continue;
-                };
-                if ps.committed.is_some_and(|c| c >= position) {
-                    continue;
-                }
-                let later = ps.staged.split_off(&position);
-                let done = std::mem::replace(&mut ps.staged, later);
-                outputs.extend(done.into_values().flatten());
-                let _ = offsets.add_partition_offset(
-                    &partition.0,
-                    partition.1,
-                    Offset::Offset(position),
-                );
-                advanced.push((partition.clone(), position));
-            }
-        }
-        if advanced.is_empty() {
-            return;
-        }
-        let records: Vec<TransactionRecord<'_>> = outputs
-            .iter()
-            .map(|o| TransactionRecord {
-                topic: &o.topic,
-                key: o.key.as_deref(),
-                headers: &o.headers,
-                payload: &o.payload,
-            })
-            .collect();
-        match producer.commit_transaction(&records, &offsets, &group) {
-            Ok(()) => {
-                let mut state = self.lock();
-                for (partition, position) in advanced {
-                    if let Some(ps) = state.partitions.get_mut(&partition) {
-                        ps.committed = Some(position);
-                    }
-                }
-            }
-            Err(failure) => {
-                let partitions: Vec<Partition> = advanced.into_iter().map(|(p, _)| p).collect();
-                match failure {
-                    TransactionError::Abortable(e) => {
-                        warn!(route = %self.route, error = %e, "transaction failed; aborting and processing its records again");
-                        if let Err(e) = producer.abort() {
-                            error!(route = %self.route, error = %e, "transaction abort failed");
-                        }
-                    }
-                    TransactionError::Fatal(e) => {
-                        error!(route = %self.route, error = %e, "transactional producer failed fatally (fenced by another replica with the same transactional_id?); replacing it");
-                        *transactions
-                            .producer
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()) = None;
-                    }
-                }
-                self.rewind(consumer, &partitions);
-            }
-        }
-    }
-
-    fn replace_producer(&self, transactions: &Transactions) {
-        match KafkaReplier::new(&transactions.config, Some(&transactions.id)) {
-            Ok(producer) => {
-                info!(route = %self.route, "transactional producer re-created");
-                *transactions
-                    .producer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(producer));
-            }
-            Err(e) => {
-                error!(route = %self.route, error = %e, "cannot re-create the transactional producer; retrying")
-            }
-        }
-    }
-
-    /// Exactly-once: forgets all progress of `partitions` since their last committed
-    /// position and seeks back to it. Records in flight there become stale.
-    pub fn rewind<C: Consumer<RouteContext>>(&self, consumer: &C, partitions: &[Partition]) {
-        let mut seeks = Vec::new();
-        {
-            let mut state = self.lock();
-            for partition in partitions {
-                state.next_generation += 1;
-                let generation = state.next_generation;
-                let Some(ps) = state.partitions.get_mut(partition) else {
-                    continue;
-                };
-                ps.generation = generation;
-                ps.tracker = OffsetTracker::rewound();
-                ps.staged.clear();
-                if let Some(position) = ps.committed {
-                    seeks.push((partition.clone(), position));
-                }
-            }
-            state.lanes.forget(partitions);
-        }
-        self.wake.notify_waiters();
-        // Outside the lock: a seek may block for a moment.
-        for (partition, position) in seeks {
-            if let Err(e) = consumer.seek(
-                &partition.0,
-                partition.1,
-                Offset::Offset(position),
-                Duration::from_secs(5),
-            ) {
-                error!(route = %self.route, ?partition, error = %e, "seek back failed");
-            }
         }
     }
 }
