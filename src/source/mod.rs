@@ -108,8 +108,13 @@ macro_rules! sources {
             pub fn kinds() -> &'static [&'static str] {
                 static KINDS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
                 KINDS.get_or_init(|| {
-                    let mut kinds = Vec::new();
-                    $($(#[cfg($cfg)])? kinds.push(<$source as Source>::KIND);)+
+                    // Pushed one by one: a variant may exist only in tests.
+                    #[allow(clippy::vec_init_then_push)]
+                    let kinds = {
+                        let mut kinds = Vec::new();
+                        $($(#[cfg($cfg)])? kinds.push(<$source as Source>::KIND);)+
+                        kinds
+                    };
                     kinds
                 })
             }
