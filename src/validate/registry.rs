@@ -17,6 +17,9 @@
 //! is not the registry's JSON) is [`RegistryError::Unavailable`]: retryable, and never a
 //! reason to let a message through.
 //! Each fetch opens its own connection: fetches are rare, the cache answers the rest.
+//!
+//! Longer than 400 lines: the client, its cache and its error words are one unit; the wire
+//! format is `avro.rs`'s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
