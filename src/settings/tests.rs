@@ -184,9 +184,13 @@ mod loading {
         for expected in [
             "routes[0].max_in_flight: expected a whole number, 0 or more, found -1",
             "routes[0].success_statuses[0]: expected a whole number from 0 to 65535, found 70000",
+            // (In tests the toy source `memory` follows the four.)
             "routes[0].source: \"pigeon\" is not one of the names this key accepts: \"nats\", \"jetstream\", \"kafka\", \"amqp\"",
         ] {
-            assert!(shown.contains(&expected.to_string()), "{expected}: {shown:?}");
+            assert!(
+                shown.iter().any(|s| s.starts_with(expected)),
+                "{expected}: {shown:?}"
+            );
         }
         for serde_words in [
             "invalid type",

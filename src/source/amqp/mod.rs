@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 pub use self::config::{AmqpConfig, AmqpSource, QueueType};
 pub use self::topology::valid_name;
 use super::backoff::{Backoff, RECONNECT};
-use crate::config::{default_consumer_name, redact_url, RouteConfig};
+use crate::config::{default_consumer_name, read_secret_file, redact_url, RouteConfig};
 use crate::pipeline::{Pipeline, Policy, Route};
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::trace::SpanSource;
@@ -265,9 +265,9 @@ impl AmqpRoute {
             uri.authority.userinfo.password = password.expose().to_string();
         }
         if let Some(path) = &self.config.password_file {
-            let password = std::fs::read_to_string(path)
-                .map_err(|e| format!("amqp.password_file {}: {e}", path.display()))?;
-            uri.authority.userinfo.password = password.trim_end_matches(['\r', '\n']).to_string();
+            let password =
+                read_secret_file("amqp.password_file", path).map_err(|e| e.to_string())?;
+            uri.authority.userinfo.password = password.expose().to_string();
         }
         Ok(uri)
     }
