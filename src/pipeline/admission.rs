@@ -111,9 +111,22 @@ impl Drop for Taken {
 }
 
 impl Route {
-    /// The source has taken a message (every delivery counts, a redelivery too).
+    /// The source has taken a message (every delivery counts, a redelivery too): received,
+    /// and in flight until the guard is dropped.
     pub fn take(&self) -> Taken {
+        self.received();
+        self.in_flight()
+    }
+
+    /// Counts a message received. Core NATS counts it on arrival and puts it in flight only
+    /// once it has a slot ([`Route::in_flight`]): a message waiting in the `max_pending` line,
+    /// or shed, is received but not in flight.
+    pub fn received(&self) {
         self.metrics.received.increment(1);
+    }
+
+    /// A received message is in flight until the guard is dropped.
+    pub fn in_flight(&self) -> Taken {
         self.metrics.in_flight.increment(1.0);
         Taken {
             in_flight: self.metrics.in_flight.clone(),

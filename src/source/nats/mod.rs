@@ -29,7 +29,7 @@ pub use self::config::NatsSource;
 use crate::config::RouteConfig;
 use crate::message::Reply;
 use crate::message::{Cause, Confirmed, Inbound, Settle, Undelivered};
-use crate::pipeline::{Admission, Pipeline, Policy, Route, Taken};
+use crate::pipeline::{Admission, Pipeline, Policy, Route};
 use crate::source::SourceConfig;
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::trace::SpanSource;
@@ -205,19 +205,19 @@ pub async fn intake(
                 own.pattern.matches(&inbound.subject).unwrap_or_default(),
             ),
         };
-        let taken = route.take();
+        route.received();
         let core = core.clone();
         // A full route never holds the intake up: up to `max_pending` messages wait for a
         // slot in their own tasks (the semaphore serves them in order), and the rest are
         // answered 503 at once, so callers learn of the overload instead of timing out.
         match route.admit() {
             Admission::Now(permit) => {
-                tracker.spawn(handle(core, route, captures, inbound, permit, taken));
+                tracker.spawn(handle(core, route, captures, inbound, permit));
             }
             Admission::Queued(line) => {
                 tracker.spawn(async move {
                     if let Some(permit) = line.slot().await {
-                        handle(core, route, captures, inbound, permit, taken).await;
+                        handle(core, route, captures, inbound, permit).await;
                     }
                 });
             }
@@ -225,7 +225,6 @@ pub async fn intake(
                 tracker.spawn(async move {
                     let settle = Inbox(&core.replier);
                     core.pipeline.shed(&route, &inbound, &settle).await;
-                    drop(taken);
                 });
             }
         }
@@ -239,8 +238,8 @@ async fn handle(
     captures: Captures,
     inbound: Inbound,
     permit: OwnedSemaphorePermit,
-    taken: Taken,
 ) {
+    let taken = route.in_flight();
     let settle = Inbox(&core.replier);
     // Boxed: the handling future is a few KB, which a spawn would otherwise copy several
     // times per message.
