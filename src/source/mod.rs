@@ -12,8 +12,9 @@
 //! and dead-letter origin are.
 //!
 //! Adding a source: a folder here (its config, intake, publishing, and a [`Source`]
-//! implementation for its config type) and one variant in [`SourceConfig`]; this file holds
-//! the one `match` over source kinds.
+//! implementation for its config type) and one line in `sources!` below, which generates
+//! [`SourceConfig`] and every dispatch over it (`memory/`, a toy compiled only in tests,
+//! shows it).
 
 pub mod amqp;
 pub mod backoff;
