@@ -106,7 +106,7 @@ pub fn to_http(headers: &[(String, String)], filter: &HeaderFilter) -> Result<He
 /// HTTP response headers -> reply headers. Values are kept as the service sent their
 /// bytes, obs-text (`café` in UTF-8, raw bytes 0x80-0xFF) included: Kafka and AMQP replies
 /// carry them unchanged, and the NATS publisher drops, and names, what NATS cannot carry
-/// (see `reply::nats`).
+/// (see `source::nats::publish`).
 pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> crate::message::ReplyHeaders {
     let listed = connection_listed(
         headers
