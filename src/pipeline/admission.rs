@@ -118,9 +118,10 @@ impl Route {
         self.in_flight()
     }
 
-    /// Counts a message received. Core NATS counts it on arrival and puts it in flight only
-    /// once it has a slot ([`Route::in_flight`]): a message waiting in the `max_pending` line,
-    /// or shed, is received but not in flight.
+    /// Counts a message received. A source whose messages may wait inside ricochet (its
+    /// `max_pending` line) counts them on arrival and puts them in flight only once they
+    /// have a slot ([`Route::in_flight`]): one waiting in the line, or shed, is received but
+    /// not in flight.
     pub fn received(&self) {
         self.metrics.received.increment(1);
     }
