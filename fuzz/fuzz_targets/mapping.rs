@@ -4,10 +4,10 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use ricochet::settings::load_str;
 use ricochet::mapping::RequestMapping;
+use ricochet::message::Inbound;
 use ricochet::route::Pattern;
-use ricochet::source::Inbound;
+use ricochet::settings::load_str;
 
 #[derive(Arbitrary, Debug)]
 struct Message {
