@@ -253,7 +253,8 @@ impl Pipeline {
         settle: &S,
         trace: &MessageTrace<'_>,
     ) -> Settled {
-        let what = "nak failed; the message will come again after its ack wait";
+        let what =
+            "redelivery not confirmed; the broker still holds the message and delivers it again";
         let redelivered = settled(route, trace, "nak", what, settle.redeliver(delay)).await;
         if redelivered.is_some() {
             route.metrics.settled(Settlement::Nak);
