@@ -776,6 +776,14 @@ async fn a_wrong_password_keeps_ricochet_unready_with_a_clear_error_and_no_secre
         !logs.contains(&secret) && !why.contains(&secret),
         "the password is in no log line"
     );
+    // `/readyz` names the route and the queue it waits for, as the log does.
+    let readyz: Value = serde_json::from_str(&why).unwrap();
+    let reason = readyz["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("route \"badpw\": cannot set up the AMQP consumer")
+            && reason.contains(&format!("queue {:?}", names.queue)),
+        "{reason}"
+    );
 }
 
 /// A table's entries as `(name, type, raw bytes)` (see `amqp_client.py`), sorted, without

@@ -137,6 +137,12 @@ impl AmqpRoute {
                 Ok(connected) => connected,
                 Err(e) => {
                     error!(route = %route.name, %url, queue = %this.queue, error = %e, "cannot set up the AMQP consumer; retrying");
+                    // `/readyz` says what the log says, with the route and the queue.
+                    let why = format!(
+                        "cannot set up the AMQP consumer on queue {:?} ({e}); retrying",
+                        this.queue
+                    );
+                    health.intake_waiting(&route.name, why);
                     if !backoff.wait(&stop).await {
                         break;
                     }
@@ -145,6 +151,7 @@ impl AmqpRoute {
             };
             info!(route = %route.name, %url, queue = %this.queue, prefetch = route.config.max_in_flight, "AMQP consumer started");
             backoff.succeeded();
+            health.intake_set_up(&route.name);
             health.intake_ready();
             let session = Arc::new(session);
             match this.consume(&session, consumer, &tracker, &stop).await {

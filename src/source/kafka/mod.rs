@@ -325,6 +325,12 @@ impl KafkaRoute {
                 Ok(setup) => break setup,
                 Err(e) => {
                     error!(route = %route.name, error = %e, "cannot set up the Kafka consumer; retrying");
+                    // `/readyz` says what the log says, with the route and the group.
+                    let why = format!(
+                        "cannot set up the Kafka consumer of group {:?} ({e}); retrying",
+                        this.group_id()
+                    );
+                    health.intake_waiting(&route.name, why);
                     if !backoff.wait(&stop).await {
                         return;
                     }
@@ -349,6 +355,7 @@ impl KafkaRoute {
                 .unwrap_or_else(|e| e.into_inner()) = Some(replier.clone());
         }
         info!(route = %route.name, group = %this.group_id(), topics = ?this.subscription(), "Kafka consumer subscribed");
+        health.intake_set_up(&route.name);
         health.intake_ready();
         let clients = Clients {
             replier: replier.clone(),
