@@ -146,7 +146,10 @@ async fn a_request_goes_through_the_socket_with_method_path_query_headers_and_bo
     let seen = &seen[0];
     assert_eq!(seen.method, http::Method::PUT);
     assert_eq!(seen.path_and_query, "/api/orders/a-42?full=1");
-    assert_eq!(seen.headers["host"], "localhost", "never the message's Host");
+    assert_eq!(
+        seen.headers["host"], "localhost",
+        "never the message's Host"
+    );
     assert_eq!(seen.headers["x-custom"], "abc");
     assert_eq!(seen.headers["content-type"], "application/json");
     assert_eq!(seen.body.as_ref(), b"{\"qty\":2}");
@@ -220,10 +223,16 @@ async fn a_missing_socket_is_a_retried_502_upstream_unavailable_without_the_path
     assert!(body.contains("cannot be reached"), "{body}");
     // The caller learns that the service is unreachable, not where ricochet looked.
     let dir_name = dir.path().to_string_lossy().to_string();
-    assert!(!body.contains(&dir_name) && !body.contains("orders.sock"), "{body}");
+    assert!(
+        !body.contains(&dir_name) && !body.contains("orders.sock"),
+        "{body}"
+    );
     for (name, value) in reply.headers.iter().flat_map(|h| h.iter()) {
         for value in value {
-            assert!(!value.as_str().contains("orders.sock"), "{name:?}: {value:?}");
+            assert!(
+                !value.as_str().contains("orders.sock"),
+                "{name:?}: {value:?}"
+            );
         }
     }
 

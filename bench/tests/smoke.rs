@@ -95,7 +95,14 @@ fn every_leg_answers_every_request_correctly() {
 fn the_unix_socket_legs_answer_every_request_correctly() {
     let json = tempfile::NamedTempFile::new().unwrap();
     let output = bench()
-        .args(["--duration", "300ms", "--concurrency", "1,4", "--rates", "50"])
+        .args([
+            "--duration",
+            "300ms",
+            "--concurrency",
+            "1,4",
+            "--rates",
+            "50",
+        ])
         .args(["--legs", "L0,U0,L2,U2"])
         .arg("--json")
         .arg(json.path())
@@ -110,7 +117,10 @@ fn the_unix_socket_legs_answer_every_request_correctly() {
     assert_eq!(legs.len(), 4);
     for leg in legs {
         assert_eq!(leg["errors"], 0, "{leg}");
-        assert!(leg["open_loop"][0]["peak_rss_mb"].as_f64().unwrap() > 1.0, "{leg}");
+        assert!(
+            leg["open_loop"][0]["peak_rss_mb"].as_f64().unwrap() > 1.0,
+            "{leg}"
+        );
     }
     assert_eq!(legs[3]["measured_process"], "ricochet");
     let unix = &report["derived"]["unix_over_tcp"];

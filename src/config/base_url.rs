@@ -54,7 +54,9 @@ pub enum BaseUrlError {
     NoHost(String),
     #[error("{0:?} must not have a query; put it in the route's path")]
     Query(String),
-    #[error("{0:?}: a socket is written unix:// and its absolute path, as in unix:///run/service.sock")]
+    #[error(
+        "{0:?}: a socket is written unix:// and its absolute path, as in unix:///run/service.sock"
+    )]
     SocketForm(String),
     #[error("{shown:?}: the socket path is {length} bytes long; a Unix socket address holds at most {SOCKET_PATH_MAX}")]
     SocketPathTooLong { shown: String, length: usize },
@@ -91,10 +93,12 @@ impl BaseUrl {
 
 fn parse_tcp(url: &str) -> Result<Uri, BaseUrlError> {
     let shown = || super::redact_url(url);
-    let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| BaseUrlError::NotAUrl {
-        shown: shown(),
-        reason: e.to_string(),
-    })?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| BaseUrlError::NotAUrl {
+            shown: shown(),
+            reason: e.to_string(),
+        })?;
     if super::has_userinfo(url) {
         return Err(BaseUrlError::Credentials(shown()));
     }
@@ -166,7 +170,10 @@ mod tests {
             ("unix:///run/svc.sock", unix("/run/svc.sock", "")),
             ("UNIX:///run/svc.sock", unix("/run/svc.sock", "")),
             ("unix:///run/svc.sock:/api", unix("/run/svc.sock", "/api")),
-            ("unix:///run/svc.sock:/api/v1/", unix("/run/svc.sock", "/api/v1/")),
+            (
+                "unix:///run/svc.sock:/api/v1/",
+                unix("/run/svc.sock", "/api/v1/"),
+            ),
             // nginx's form ends the socket path with ':' even without a base path.
             ("unix:///run/svc.sock:", unix("/run/svc.sock", "")),
             ("unix:///tmp/a b/%41.sock", unix("/tmp/a b/%41.sock", "")),
@@ -188,7 +195,10 @@ mod tests {
     fn malformed_socket_urls_are_refused_with_what_to_write() {
         let long = format!("unix:///{}", "s".repeat(SOCKET_PATH_MAX));
         let cases = [
-            ("unix://run/svc.sock", "a socket is written unix:// and its absolute path"),
+            (
+                "unix://run/svc.sock",
+                "a socket is written unix:// and its absolute path",
+            ),
             ("unix:/run/svc.sock", "a socket is written unix://"),
             ("unix:run.sock", "a socket is written unix://"),
             ("unix://", "a socket is written unix://"),
@@ -197,7 +207,10 @@ mod tests {
             ("unix:///run/svc.sock#x", "'#' has no place"),
             ("unix:///run/s\u{0}.sock", "has no place"),
             ("unix:///run/svc.sock:/a b", "is not a URL"),
-            (long.as_str(), "the socket path is 108 bytes long; a Unix socket address holds at most 107"),
+            (
+                long.as_str(),
+                "the socket path is 108 bytes long; a Unix socket address holds at most 107",
+            ),
         ];
         for (url, expected) in cases {
             let text = BaseUrl::parse(url).unwrap_err().to_string();

@@ -228,10 +228,11 @@ impl Pool {
         match &self.address {
             Address::Tcp(address) => self.connect_tcp(address).await,
             Address::Unix(socket) => {
-                let stream = tokio::time::timeout(self.connect_timeout, UnixStream::connect(socket))
-                    .await
-                    .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?
-                    .map_err(ConnectError::Socket)?;
+                let stream =
+                    tokio::time::timeout(self.connect_timeout, UnixStream::connect(socket))
+                        .await
+                        .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?
+                        .map_err(ConnectError::Socket)?;
                 handshake(stream).await
             }
         }
@@ -560,7 +561,9 @@ mod tests {
         let socket = dir.path().join("svc.sock");
         let upstream = on_socket(&format!("unix://{}", socket.display()));
         let call = || {
-            let request = Request::get("http://localhost/x").body(Bytes::new()).unwrap();
+            let request = Request::get("http://localhost/x")
+                .body(Bytes::new())
+                .unwrap();
             upstream.call(request, Duration::from_secs(5))
         };
         match call().await {
