@@ -5,6 +5,8 @@
 //! - L1 native NATS: requester -> nats-server -> an async-nats responder (a child process,
 //!   measured like ricochet: the least a NATS responder costs) -> reply;
 //! - L2 ricochet: requester -> nats-server -> ricochet -> upstream -> ricochet -> requester;
+//! - U0, U2: L0 and L2 with the upstream on a Unix socket instead of TCP (the same upstream
+//!   process listens on both);
 //! - K1 native Kafka: consume -> produce passthrough in this process (no HTTP);
 //! - K2 ricochet Kafka: request topic -> ricochet -> upstream -> reply topic;
 //! - A1 native AMQP: requester -> RabbitMQ -> a lapin RPC responder (a child process) ->
@@ -127,6 +129,9 @@ struct Args {
     /// HTTP client alone).
     #[arg(long, hide = true)]
     serve_upstream: bool,
+    /// Internal: the upstream's Unix socket (U0, U2), on which it listens besides TCP.
+    #[arg(long, hide = true)]
+    upstream_socket: Option<std::path::PathBuf>,
 }
 
 type CallFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -152,7 +157,7 @@ fn main() -> anyhow::Result<()> {
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve_upstream(args.delay));
+            .block_on(serve_upstream(args.delay, args.upstream_socket));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,9 +165,15 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(mut args: Args) -> anyhow::Result<()> {
     let payload = Bytes::from(vec![b'x'; args.payload]);
-    let (upstream, upstream_process) = start_upstream(&args).await?;
+    // In a directory of its own, removed with the upstream process.
+    let socket_dir = std::env::temp_dir().join(format!("ricochet-bench-{}", unique()));
+    std::fs::create_dir_all(&socket_dir)?;
+    let socket = socket_dir.join("upstream.sock");
+    args.upstream_socket = Some(socket.clone());
+    let (upstream, mut upstream_process) = start_upstream(&args).await?;
+    upstream_process.dir = Some(socket_dir);
     let bench = ("bench", std::process::id());
     let upstream_pid = ("upstream", upstream_process.pid());
     let nats = local_process("nats-server").map(|pid| ("nats-server", pid));
@@ -205,6 +216,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             "L2" => {
                 let (call, ricochet) = l2(&args, upstream, payload.clone()).await?;
+                let processes = Processes {
+                    measured: Some(("ricochet", ricochet.pid())),
+                    others: [Some(bench), nats, Some(upstream_pid)]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                };
+                measure(&args, &leg, call, processes).await
+            }
+            // L0 and L2 with the upstream on its Unix socket.
+            "U0" => {
+                let call = u0(&args, &socket, payload.clone());
+                let processes = Processes {
+                    measured: Some(("client", bench.1)),
+                    others: vec![upstream_pid],
+                };
+                measure(&args, &leg, call, processes).await
+            }
+            "U2" => {
+                let (call, ricochet) = u2(&args, &socket, payload.clone()).await?;
                 let processes = Processes {
                     measured: Some(("ricochet", ricochet.pid())),
                     others: [Some(bench), nats, Some(upstream_pid)]
@@ -264,7 +295,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cleanup.await;
                 result
             }
-            other => bail!("unknown leg {other}: use L0, L1, L2, K1, K2, A1, A2"),
+            other => bail!("unknown leg {other}: use L0, L1, L2, U0, U2, K1, K2, A1, A2"),
         };
         results.push(result);
     }
@@ -629,7 +660,12 @@ async fn with_fresh_broker(args: &Args) -> anyhow::Result<(Args, Broker)> {
 /// The upstream as a child process; returns its address.
 async fn start_upstream(args: &Args) -> anyhow::Result<(SocketAddr, ChildProcess)> {
     let delay = humantime::format_duration(args.delay).to_string();
-    let (process, line) = start_role(&["--serve-upstream", "--delay", &delay]).await?;
+    let mut role = vec!["--serve-upstream", "--delay", &delay];
+    let socket = args.upstream_socket.as_ref().map(|s| s.to_string_lossy());
+    if let Some(socket) = &socket {
+        role.extend(["--upstream-socket", socket.as_ref()]);
+    }
+    let (process, line) = start_role(&role).await?;
     let addr = line
         .trim()
         .parse()
@@ -637,33 +673,51 @@ async fn start_upstream(args: &Args) -> anyhow::Result<(SocketAddr, ChildProcess
     Ok((addr, process))
 }
 
-/// The upstream: echoes the request body, after `delay`. Prints its address.
-async fn serve_upstream(delay: Duration) -> anyhow::Result<()> {
+/// The upstream: echoes the request body, after `delay`. Listens on TCP and, with
+/// `socket`, on that Unix socket too; prints its TCP address once both listen.
+async fn serve_upstream(delay: Duration, socket: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(&path);
+        let unix = tokio::net::UnixListener::bind(&path)?;
+        tokio::spawn(async move {
+            loop {
+                if let Ok((stream, _)) = unix.accept().await {
+                    tokio::spawn(serve_http(stream, delay));
+                }
+            }
+        });
+    }
     println!("{}", listener.local_addr()?);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<Incoming>| async move {
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_http(stream, delay));
     }
+}
+
+/// One connection of the upstream, TCP or Unix.
+async fn serve_http<S>(stream: S, delay: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: hyper::Request<Incoming>| async move {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// This binary in another role (upstream, responder) as a child process, and the first
@@ -703,6 +757,47 @@ fn l0(args: &Args, upstream: SocketAddr, payload: Bytes) -> Call {
             check(&body, &payload)
         })
     })
+}
+
+/// L0 over the upstream's Unix socket: the same pooled hyper-util client, its connector
+/// opening the socket instead of a TCP connection.
+fn u0(args: &Args, socket: &std::path::Path, payload: Bytes) -> Call {
+    let connector = UnixConnector(Arc::from(socket));
+    let client: Client<UnixConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.pool)
+        .build(connector);
+    let uri: hyper::Uri = "http://localhost/echo".parse().expect("uri");
+    Arc::new(move || {
+        let (client, uri, payload) = (client.clone(), uri.clone(), payload.clone());
+        Box::pin(async move {
+            let request = hyper::Request::post(uri).body(Full::new(payload.clone()))?;
+            let response = client.request(request).await?;
+            let body = response.into_body().collect().await?.to_bytes();
+            check(&body, &payload)
+        })
+    })
+}
+
+/// Connects every URI to one Unix socket (hyper-util has no such connector of its own).
+#[derive(Clone)]
+struct UnixConnector(Arc<std::path::Path>);
+
+impl tower_service::Service<hyper::Uri> for UnixConnector {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(&*path).await?)) })
+    }
 }
 
 /// The native NATS responder, as a child process; returns the call and the process.
@@ -840,6 +935,22 @@ async fn l2(
     let routes = format!(
         "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
         upstream_section(args, upstream)
+    );
+    let ricochet = start_ricochet(args, &routes).await?;
+    Ok((nats_call(args, subject, payload).await?, ricochet))
+}
+
+/// L2 with ricochet's upstream on the Unix socket.
+async fn u2(
+    args: &Args,
+    socket: &std::path::Path,
+    payload: Bytes,
+) -> anyhow::Result<(Call, ChildProcess)> {
+    let subject = format!("bench.u2.{}", unique());
+    let routes = format!(
+        "[upstream]\nbase_url = \"unix://{}\"\nrequest_timeout = \"10s\"\npool_max_idle = {}\n\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
+        socket.display(),
+        args.pool
     );
     let ricochet = start_ricochet(args, &routes).await?;
     Ok((nats_call(args, subject, payload).await?, ricochet))
@@ -1295,6 +1406,12 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
         (Some(a1), Some(a2)) => Some(a2 / a1),
         _ => None,
     };
+    // Throughput over the Unix socket against TCP, for the client alone and for ricochet.
+    let ratio = |unix: &str, tcp: &str| match (closed_at(unix, top), closed_at(tcp, top)) {
+        (Some(unix), Some(tcp)) => Some(unix / tcp),
+        _ => None,
+    };
+    let unix_ratios = json!({"u0_over_l0": ratio("U0", "L0"), "u2_over_l2": ratio("U2", "L2")});
     json!({
         "machine": machine(),
         "payload_bytes": args.payload,
@@ -1319,6 +1436,7 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
             "added_latency_at_1000": added,
             "kafka_ratio": kafka_ratio,
             "amqp_ratio": amqp_ratio,
+            "unix_over_tcp": unix_ratios,
             "concurrency_for_ratios": top,
         },
     })
@@ -1327,9 +1445,9 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
 /// Whose CPU and memory a leg reports.
 fn measured_process(leg: &str) -> Option<&'static str> {
     match leg {
-        "L0" => Some("HTTP client and load loop (the bench)"),
+        "L0" | "U0" => Some("HTTP client and load loop (the bench)"),
         "L1" | "A1" => Some("native responder"),
-        "L2" | "K2" | "A2" => Some("ricochet"),
+        "L2" | "U2" | "K2" | "A2" => Some("ricochet"),
         _ => None,
     }
 }
@@ -1378,7 +1496,7 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
         print!(" {:>24}", format!("{rate}/s p50/p99/p99.9 ms"));
     }
     println!(
-        " cpu ms/1k, rss MB (L0: client and load loop; L1, A1: responder; L2, K2, A2: ricochet)"
+        " cpu ms/1k, rss MB (L0, U0: client and load loop; L1, A1: responder; L2, U2, K2, A2: ricochet)"
     );
     for r in results {
         print!("{:<4}", r.leg);
@@ -1431,6 +1549,12 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
     );
     println!("Kafka ratio (K2 / K1): {}", fmt(&derived["kafka_ratio"]));
     println!("AMQP ratio (A2 / A1): {}", fmt(&derived["amqp_ratio"]));
+    let unix = &derived["unix_over_tcp"];
+    println!(
+        "Unix socket over TCP (U0 / L0, U2 / L2): {}, {}",
+        fmt(&unix["u0_over_l0"]),
+        fmt(&unix["u2_over_l2"])
+    );
 }
 
 fn fmt(value: &Value) -> String {

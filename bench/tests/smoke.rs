@@ -90,6 +90,44 @@ fn every_leg_answers_every_request_correctly() {
     assert!(stdout.contains("efficiency"), "{stdout}");
 }
 
+/// The legs over the upstream's Unix socket, beside their TCP twins (NATS only).
+#[test]
+fn the_unix_socket_legs_answer_every_request_correctly() {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let output = bench()
+        .args([
+            "--duration",
+            "300ms",
+            "--concurrency",
+            "1,4",
+            "--rates",
+            "50",
+        ])
+        .args(["--legs", "L0,U0,L2,U2"])
+        .arg("--json")
+        .arg(json.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let legs = report["legs"].as_array().unwrap();
+    assert_eq!(legs.len(), 4);
+    for leg in legs {
+        assert_eq!(leg["errors"], 0, "{leg}");
+        assert!(
+            leg["open_loop"][0]["peak_rss_mb"].as_f64().unwrap() > 1.0,
+            "{leg}"
+        );
+    }
+    assert_eq!(legs[3]["measured_process"], "ricochet");
+    let unix = &report["derived"]["unix_over_tcp"];
+    assert!(unix["u0_over_l0"].as_f64().is_some(), "{unix}");
+    assert!(unix["u2_over_l2"].as_f64().is_some(), "{unix}");
+}
+
 /// Runs the bench under callgrind at 20 requests/s for 1 s with `extra` flags; its stdout.
 fn callgrind(extra: &[&str]) -> String {
     let output = bench()

@@ -13,12 +13,14 @@
 //! receives already validated.
 //!
 //! Files: `load.rs` (reading, env overrides, collecting errors), `validate.rs` (checks of
-//! the shared sections), `route.rs` and `validate_route.rs` (a route's common keys and
+//! the shared sections), `base_url.rs` (`upstream.base_url`: TCP or a Unix socket, with its
+//! base path), `route.rs` and `validate_route.rs` (a route's common keys and
 //! their checks), `schemas.rs` (`[routes.validate]` and `[schema_registry]`), `security.rs`
 //! (TLS and credentials), `units.rs` (`ByteSize`, `Secret`), `url_auth.rs` (credentials in
 //! `nats.url`), `wording.rs` (errors without secrets or serde jargon), `print.rs`
 //! (redaction for `check --print`), `defaults.rs`.
 
+mod base_url;
 pub mod defaults;
 mod load;
 mod print;
@@ -31,6 +33,7 @@ mod validate;
 mod validate_route;
 mod wording;
 
+pub use base_url::{BaseUrl, BaseUrlError, SOCKET_HOST};
 pub use schemas::registry as check_registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -203,7 +206,8 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Scheme, host, port and optional base path; messages can never change these.
+    /// Scheme, host, port and optional base path, or a Unix socket and optional base path
+    /// (`unix:///run/service.sock:/api`, see [`BaseUrl`]); messages can never change these.
     pub base_url: String,
     /// Timeout of one HTTP call, from sending the request to the end of the response body.
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]

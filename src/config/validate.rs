@@ -2,7 +2,7 @@
 //! `[runtime]`, `[log]`) that need more than one key, or more than serde can express.
 //! Each returns every problem it finds, with the key it concerns.
 
-use http::Uri;
+use std::os::unix::fs::FileTypeExt;
 
 use super::{Config, ConfigError};
 
@@ -222,27 +222,20 @@ fn check_creds_file(path: &std::path::Path) -> Result<(), String> {
         })
 }
 
+/// The URL's form, and for a Unix socket what is at its path now. A socket that does not
+/// exist yet is accepted: the service creates it when it starts, which may be after
+/// ricochet (a Kubernetes sidecar container starts first); until then each call is an
+/// `upstream_unavailable` error (502) like a refused TCP connection. Something else at
+/// that path (a file, a directory) can never be connected to, so it is refused.
 fn check_base_url(url: &str) -> Result<(), String> {
-    let shown = super::redact_url(url);
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
-    if super::has_userinfo(url) {
-        return Err(format!(
-            "{shown:?}: credentials in the URL are not sent (ricochet sends no HTTP Basic auth from a URL); remove them"
-        ));
+    match super::BaseUrl::parse(url).map_err(|e| e.to_string())? {
+        super::BaseUrl::Tcp(_) => Ok(()),
+        super::BaseUrl::Unix { socket, .. } => match std::fs::metadata(&socket) {
+            Ok(found) if !found.file_type().is_socket() => Err(format!(
+                "{url:?}: {} exists and is not a socket",
+                socket.display()
+            )),
+            _ => Ok(()),
+        },
     }
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("{shown:?} must start with http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{shown:?} has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!(
-            "{shown:?} must not have a query; put it in the route's path"
-        ));
-    }
-    Ok(())
 }

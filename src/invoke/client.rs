@@ -17,7 +17,12 @@
 //!   `upstream.pool_max_idle` are kept.
 //! - An `https` base URL wraps each new connection in TLS (`tls.rs`) before the HTTP/1
 //!   handshake.
+//! - A `unix://` base URL connects to the service's Unix socket instead (plain HTTP/1.1,
+//!   `Host: localhost`); the pool, timeouts and errors are the same as over TCP: a socket
+//!   that is missing or that nobody listens on is a [`ConnectError`] like a refused TCP
+//!   connection, retried and counted by the breaker as one.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -27,13 +32,13 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::error::{innermost, ConnectError, InvokeError};
 use super::tls::{TlsError, UpstreamTls};
-use crate::config::UpstreamConfig;
+use crate::config::{BaseUrl, UpstreamConfig, SOCKET_HOST};
 
 /// The service's answer, fully read.
 #[derive(Debug, Clone)]
@@ -51,8 +56,7 @@ pub struct Upstream {
 
 #[derive(Debug)]
 struct Pool {
-    /// `host:port` of `upstream.base_url`, resolved at each connect (it may be a name).
-    address: String,
+    address: Address,
     host: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -60,6 +64,15 @@ struct Pool {
     idle: Mutex<Idle>,
     /// `Some` for an `https` base URL.
     tls: Option<UpstreamTls>,
+}
+
+/// Where new connections go.
+#[derive(Debug)]
+enum Address {
+    /// `host:port` of `upstream.base_url`, resolved at each connect (it may be a name).
+    Tcp(String),
+    /// The socket of a `unix://` base URL.
+    Unix(PathBuf),
 }
 
 #[derive(Debug, Default)]
@@ -72,23 +85,38 @@ struct Idle {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
-        // Validation checked the URL: http or https, with a host.
-        let uri: Uri = config.base_url.parse().unwrap_or_default();
-        let host = uri.host().unwrap_or("localhost");
-        let https = uri.scheme_str() == Some("https");
-        let tls = match https {
-            true => Some(UpstreamTls::new(&config.tls, host)?),
-            false => None,
+        // Validation checked the URL: http or https with a host, or unix with a socket path.
+        // One it refused anyway (credentials in it, say) is used as it parses, credentials
+        // never sent.
+        let base = BaseUrl::parse(&config.base_url)
+            .unwrap_or_else(|_| BaseUrl::Tcp(config.base_url.parse().unwrap_or_default()));
+        let (address, host_header, tls) = match base {
+            BaseUrl::Unix { socket, .. } => {
+                if !socket.exists() {
+                    // Not an error: the service may create it later (see config/validate.rs).
+                    info!(socket = %socket.display(), "the upstream's socket does not exist yet: calls fail with upstream_unavailable until the service creates it");
+                }
+                (Address::Unix(socket), SOCKET_HOST.to_string(), None)
+            }
+            BaseUrl::Tcp(uri) => {
+                let host = uri.host().unwrap_or("localhost");
+                let https = uri.scheme_str() == Some("https");
+                let tls = match https {
+                    true => Some(UpstreamTls::new(&config.tls, host)?),
+                    false => None,
+                };
+                // Host and port only: credentials in the URL never reach the service.
+                let host_header = match uri.port_u16() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_string(),
+                };
+                let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+                (Address::Tcp(format!("{host}:{port}")), host_header, tls)
+            }
         };
-        // Host and port only: credentials in the URL never reach the service.
-        let host_header = match uri.port_u16() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
-        };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         Ok(Self {
             pool: Arc::new(Pool {
-                address: format!("{host}:{port}"),
+                address,
                 host: HeaderValue::from_str(&host_header)
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 connect_timeout: config.connect_timeout,
@@ -197,7 +225,22 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, InvokeError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
+        match &self.address {
+            Address::Tcp(address) => self.connect_tcp(address).await,
+            Address::Unix(socket) => {
+                let stream =
+                    tokio::time::timeout(self.connect_timeout, UnixStream::connect(socket))
+                        .await
+                        .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?
+                        .map_err(ConnectError::Socket)?;
+                handshake(stream).await
+            }
+        }
+    }
+
+    /// TCP, then TLS for an `https` base URL.
+    async fn connect_tcp(&self, address: &str) -> Result<SendRequest<Full<Bytes>>, InvokeError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?
             .map_err(ConnectError::Tcp)?;
@@ -457,6 +500,82 @@ mod tests {
         let upstream = upstream(port, "");
         match upstream.call(get(port), Duration::from_secs(5)).await {
             Err(InvokeError::Connect(ConnectError::Tcp(e))) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn on_socket(base_url: &str) -> Upstream {
+        let text = format!(
+            "[upstream]\nbase_url = \"{base_url}\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/\"\n"
+        );
+        let config = crate::settings::load_str(&text, Vec::new()).unwrap().config;
+        Upstream::new(&config.upstream).unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_a_unix_socket_the_service_sees_localhost_and_one_kept_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("svc.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let seen = tokio::spawn(async move {
+            // One connection for both calls: the pool keeps it as over TCP.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut heads = Vec::new();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while heads.len() < 2 {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection was closed");
+                buffer.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    heads.push(String::from_utf8(buffer.drain(..end + 4).collect()).unwrap());
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    stream.write_all(answer).await.unwrap();
+                }
+            }
+            heads
+        });
+        let upstream = on_socket(&format!("unix://{}:/api", socket.display()));
+        for _ in 0..2 {
+            let request = Request::get("http://localhost/api/x?y=1")
+                .body(Bytes::new())
+                .unwrap();
+            let response = upstream
+                .call(request, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(response.body.as_ref(), b"ok");
+        }
+        for head in seen.await.unwrap() {
+            let head = head.to_ascii_lowercase();
+            assert!(head.starts_with("get /api/x?y=1 http/1.1\r\n"), "{head}");
+            assert!(head.contains("host: localhost\r\n"), "{head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_dead_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("svc.sock");
+        let upstream = on_socket(&format!("unix://{}", socket.display()));
+        let call = || {
+            let request = Request::get("http://localhost/x")
+                .body(Bytes::new())
+                .unwrap();
+            upstream.call(request, Duration::from_secs(5))
+        };
+        match call().await {
+            Err(InvokeError::Connect(ConnectError::Socket(e))) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A socket file left behind by a service that is gone: nobody listens.
+        drop(tokio::net::UnixListener::bind(&socket).unwrap());
+        match call().await {
+            Err(InvokeError::Connect(ConnectError::Socket(e))) => {
                 assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}")
             }
             other => panic!("{other:?}"),

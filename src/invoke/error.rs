@@ -30,6 +30,10 @@ pub enum ConnectError {
     /// The TCP connect failed (refused, unreachable, the name did not resolve).
     #[error("{0}")]
     Tcp(std::io::Error),
+    /// The connect to the service's Unix socket failed: no such file (the service has not
+    /// created it, or removed it), nobody listening on it, or no permission.
+    #[error("{0}")]
+    Socket(std::io::Error),
     #[error("TLS handshake timed out after {0:?}")]
     TlsTimedOut(Duration),
     #[error("TLS handshake failed: {}", innermost(.0))]

@@ -1,5 +1,7 @@
 //! `Inbound` -> `http::Request`: method and path from the route, headers filtered, body
-//! unchanged. The scheme and authority always come from `upstream.base_url`.
+//! unchanged. The scheme and authority always come from `upstream.base_url`; for a service
+//! on a Unix socket they are `http://localhost` (`config::BaseUrl::request_base`), the
+//! base path and the route's path mapped by the same rules.
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -9,7 +11,7 @@ use http::{HeaderValue, Method, Request, Uri};
 use super::headers::{self, HeaderFilter};
 use super::path::TemplateError;
 use super::PathTemplate;
-use crate::config::{RouteConfig, UpstreamConfig};
+use crate::config::{BaseUrl, BaseUrlError, RouteConfig, UpstreamConfig};
 use crate::invoke::retry::IDEMPOTENCY_KEY;
 use crate::message::Inbound;
 use crate::route::Pattern;
@@ -32,7 +34,7 @@ pub enum MapError {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("{0}")]
-    BaseUrl(http::uri::InvalidUri),
+    BaseUrl(BaseUrlError),
     #[error("base_url has no scheme")]
     NoScheme,
     #[error("base_url has no host")]
@@ -65,8 +67,8 @@ impl RequestMapping {
         upstream: &UpstreamConfig,
         pattern: &Pattern,
     ) -> Result<Self, SetupError> {
-        let base: Uri = upstream.base_url.parse().map_err(SetupError::BaseUrl)?;
-        let parts = base.into_parts();
+        let base = BaseUrl::parse(&upstream.base_url).map_err(SetupError::BaseUrl)?;
+        let parts = base.request_base().into_parts();
         Ok(Self {
             method: Method::from_bytes(route.method.as_bytes()).map_err(SetupError::Method)?,
             scheme: parts.scheme.ok_or(SetupError::NoScheme)?,
@@ -206,6 +208,22 @@ mod tests {
         let request = m.build(&message, &["1"]).unwrap();
         assert_eq!(request.headers()["x-ok"], "1");
         assert!(request.headers().get("x-bin").is_none());
+    }
+
+    #[test]
+    fn over_a_unix_socket_the_same_rules_build_a_request_to_localhost() {
+        let (m, _) = mapping("unix:///run/svc.sock:/api/", "");
+        let request = m.build(&inbound(&[("X-Id", "7")]), &["42"]).unwrap();
+        assert_eq!(request.uri(), "http://localhost/api/orders/42");
+        assert_eq!(request.headers()["x-id"], "7");
+        let (m, _) = mapping("unix:///run/svc.sock", "");
+        let request = m.build(&inbound(&[]), &["a/b"]).unwrap();
+        assert_eq!(request.uri(), "http://localhost/orders/a%2Fb");
+        for token in ["@evil.com", "evil.com:80", "//evil.com"] {
+            let request = m.build(&inbound(&[]), &[token]).unwrap();
+            assert_eq!(request.uri().authority().unwrap(), "localhost", "{token}");
+        }
+        assert!(m.build(&inbound(&[]), &[".."]).is_err());
     }
 
     #[test]
