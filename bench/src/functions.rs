@@ -4,27 +4,90 @@
 //! crate the function belongs to (ricochet by module; mimalloc and the allocator shims as
 //! "allocation"), and two counts are compared per request: ricochet against the sum of its
 //! parts, tracing on against tracing off.
+//!
+//! Generic code (core, alloc, std, hashbrown, the allocator, libc's memcpy) has no crate of
+//! its own to blame, so a second grouping charges its cost to its callers, in proportion to
+//! what each caller's calls to it cost, up to the first caller that has a crate: who
+//! allocates, copies and hashes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::parts::Count;
 
 /// How many groups and functions to print.
 const TOP: usize = 20;
 
-/// Instructions by function name, per request of a count.
+/// Instructions by function name, per request of a count, and who calls whom.
 struct Profile {
     functions: HashMap<String, f64>,
+    /// callee -> caller -> the inclusive cost of the caller's calls to it.
+    callers: HashMap<String, HashMap<String, u64>>,
 }
 
 impl Profile {
     fn new(count: &Count) -> Self {
         let requests = count.requests.max(1) as f64;
-        let functions = exclusive_costs(&count.dump)
-            .into_iter()
+        let costs = read_dump(&count.dump);
+        let functions = (costs.own.into_iter())
             .map(|(name, cost)| (name, cost as f64 / requests))
             .collect();
-        Self { functions }
+        Self {
+            functions,
+            callers: costs.callers,
+        }
+    }
+
+    /// By group, with generic code's cost charged to its callers' groups.
+    fn charged_groups(&self) -> HashMap<String, f64> {
+        let mut shares = HashMap::new();
+        let mut groups = HashMap::new();
+        // In order, so that cycles resolve the same way every time.
+        let mut names: Vec<(&String, &f64)> = self.functions.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, cost) in names {
+            let share = self.shares(name, &mut shares, &mut HashSet::new());
+            for (group, fraction) in share {
+                *groups.entry(group).or_default() += cost * fraction;
+            }
+        }
+        groups
+    }
+
+    /// The groups a function's cost is charged to, as fractions: its own group, or for
+    /// generic code its callers' shares weighted by their calls' costs. A cycle of generic
+    /// callers keeps the cost in the function's own group.
+    fn shares(
+        &self,
+        name: &str,
+        memo: &mut HashMap<String, Vec<(String, f64)>>,
+        visiting: &mut HashSet<String>,
+    ) -> Vec<(String, f64)> {
+        if let Some(known) = memo.get(name) {
+            return known.clone();
+        }
+        let own = group(name);
+        let callers = self.callers.get(name).filter(|_| generic(&own));
+        let total: u64 = callers.map(|c| c.values().sum()).unwrap_or(0);
+        if total == 0 || !visiting.insert(name.to_string()) {
+            return vec![(own, 1.0)];
+        }
+        let mut shares: HashMap<String, f64> = HashMap::new();
+        let mut callers: Vec<(&String, &u64)> = callers.into_iter().flatten().collect();
+        callers.sort();
+        for (caller, cost) in callers {
+            let weight = *cost as f64 / total as f64;
+            let charged = match caller == name {
+                true => vec![(own.clone(), 1.0)],
+                false => self.shares(caller, memo, visiting),
+            };
+            for (group, fraction) in charged {
+                *shares.entry(group).or_default() += weight * fraction;
+            }
+        }
+        visiting.remove(name);
+        let shares: Vec<(String, f64)> = shares.into_iter().collect();
+        memo.insert(name.to_string(), shares.clone());
+        shares
     }
 
     fn groups(&self) -> HashMap<String, f64> {
@@ -36,41 +99,57 @@ impl Profile {
     }
 }
 
+/// Whether a group is generic code, charged to its callers in `charged_groups`.
+fn generic(group: &str) -> bool {
+    group == STD || group == ALLOCATION || group == COPIES || group == "hashbrown"
+}
+
+const STD: &str = "std (core, alloc, std)";
+const ALLOCATION: &str = "allocation";
+const COPIES: &str = "memcpy, memset, memcmp (libc)";
+
+/// What a dump says: each function's own cost, and the calls between functions.
+struct Dump {
+    own: HashMap<String, u64>,
+    callers: HashMap<String, HashMap<String, u64>>,
+}
+
 /// Each function's own cost (the first event, Ir) in a callgrind dump, summed over the
-/// files and objects it appears under. The format: `fn=` starts a function's cost lines;
-/// `calls=` is followed by one line of the call's inclusive cost, which is the callee's, not
-/// the caller's; names may be compressed to `(id)` after their first use, one id space
-/// shared by `fn=` and `cfn=`.
-fn exclusive_costs(dump: &str) -> HashMap<String, u64> {
+/// files and objects it appears under, and each call's inclusive cost. The format: `fn=`
+/// starts a function's cost lines; `cfn=` names a callee, and the line after `calls=` is the
+/// call's inclusive cost, not the caller's own; names may be compressed to `(id)` after
+/// their first use, one id space shared by `fn=` and `cfn=`.
+fn read_dump(dump: &str) -> Dump {
     let positions = dump
         .lines()
         .find_map(|l| l.strip_prefix("positions:"))
         .map(|p| p.split_whitespace().count())
         .unwrap_or(1);
     let mut names: HashMap<String, String> = HashMap::new();
-    let mut costs: HashMap<String, u64> = HashMap::new();
-    let mut current: Option<String> = None;
+    let mut own: HashMap<String, u64> = HashMap::new();
+    let mut callers: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    let mut current = String::new();
+    let mut callee = String::new();
     let mut after_calls = false;
     for line in dump.lines() {
         if let Some(spec) = line.strip_prefix("fn=") {
-            current = Some(name(spec, &mut names));
+            current = name(spec, &mut names);
         } else if let Some(spec) = line.strip_prefix("cfn=") {
-            name(spec, &mut names);
+            callee = name(spec, &mut names);
         } else if line.starts_with("calls=") {
             after_calls = true;
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
-            if std::mem::take(&mut after_calls) {
-                continue;
-            }
             let cost: u64 = (line.split_whitespace().nth(positions))
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            if let Some(function) = &current {
-                *costs.entry(function.clone()).or_default() += cost;
-            }
+            let to = match std::mem::take(&mut after_calls) {
+                true => callers.entry(callee.clone()).or_default(),
+                false => &mut own,
+            };
+            *to.entry(current.clone()).or_default() += cost;
         }
     }
-    costs
+    Dump { own, callers }
 }
 
 /// `(id) name` defines a compressed name, `(id)` uses it, `name` is plain.
@@ -100,25 +179,25 @@ fn group(name: &str) -> String {
             "malloc", "free", "calloc", "realloc", "mi_", "__rust_", "__rdl_",
         ];
         if allocation.iter().any(|a| name.contains(a)) {
-            return "allocation".into();
+            return ALLOCATION.into();
         }
         if ["memcpy", "memmove", "memset", "memcmp", "bcmp"]
             .iter()
             .any(|m| name.contains(m))
         {
-            return "memcpy, memset, memcmp (libc)".into();
+            return COPIES.into();
         }
         return "other C (libc, ld.so, ...)".into();
     }
     if name.starts_with("alloc::alloc::") || name.contains("GlobalAlloc") {
-        return "allocation".into();
+        return ALLOCATION.into();
     }
     let crates = paths(name);
     let Some(first) = crates
         .iter()
         .find(|(c, _)| !["core", "alloc", "std"].contains(c))
     else {
-        return "std (core, alloc, std)".into();
+        return STD.into();
     };
     match first.0 {
         "ricochet" => format!("ricochet::{}", first.1),
@@ -128,12 +207,13 @@ fn group(name: &str) -> String {
         }
         "http" => "http (types)".into(),
         "async_nats" | "nuid" | "nkeys" => "async-nats".into(),
-        "mimalloc" | "libmimalloc_sys" => "allocation".into(),
+        // `__rustc::__rust_alloc` and the like: the global allocator's shims.
+        "mimalloc" | "libmimalloc_sys" | "__rustc" => ALLOCATION.into(),
         c if c.starts_with("opentelemetry") || c == "prost" => "opentelemetry (and prost)".into(),
         c if c.starts_with("tracing") => "tracing".into(),
         c if c.starts_with("futures") => "futures".into(),
         c if c.starts_with("serde") => "serde".into(),
-        "ricochet_bench" => "the bench's part (driver)".into(),
+        "ricochet_bench" | "ricochet_bench_part" => "the part's own code".into(),
         other => other.to_string(),
     }
 }
@@ -180,12 +260,20 @@ pub fn print_rest(ricochet: &Count, responder: &Count, client: &Count, schedule:
         sum
     };
     let groups = parts(Profile::groups);
+    let charged = parts(Profile::charged_groups);
     let functions = parts(|p| p.functions.clone());
     println!();
     println!("by group, instructions per request (exclusive; the parts' own driver code is in their column):");
     print_comparison(
         ("ricochet", &ricochet.groups()),
         ("parts", &groups),
+        |name| name.to_string(),
+    );
+    println!();
+    println!("by group, with std, hashbrown, allocation and memcpy charged to their callers:");
+    print_comparison(
+        ("ricochet", &ricochet.charged_groups()),
+        ("parts", &charged),
         |name| name.to_string(),
     );
     println!();
@@ -205,6 +293,13 @@ pub fn print_tracing(off: &Count, on: &Count) {
     print_comparison(("on", &on.groups()), ("off", &off.groups()), |n| {
         n.to_string()
     });
+    println!();
+    println!("tracing on less off, by group, with std, hashbrown, allocation and memcpy charged to their callers:");
+    print_comparison(
+        ("on", &on.charged_groups()),
+        ("off", &off.charged_groups()),
+        |n| n.to_string(),
+    );
     println!();
     println!("tracing on less off, by function, the largest differences:");
     print_comparison(("on", &on.functions), ("off", &off.functions), short);
@@ -258,9 +353,24 @@ mod tests {
     #[test]
     fn a_call_line_is_the_callees_and_compressed_names_resolve() {
         let dump = "positions: line\nevents: Ir\nfn=(1) a::f\n3 10\ncfn=(2) b::g\ncalls=1 5\n5 100\n4 7\nfn=(2)\n5 100\nfn=(1)\n+1 3\n";
-        let costs = exclusive_costs(dump);
-        assert_eq!(costs["a::f"], 20);
-        assert_eq!(costs["b::g"], 100);
+        let dump = read_dump(dump);
+        assert_eq!(dump.own["a::f"], 20);
+        assert_eq!(dump.own["b::g"], 100);
+        assert_eq!(dump.callers["b::g"]["a::f"], 100);
+    }
+
+    #[test]
+    fn generic_code_is_charged_to_its_callers_by_what_their_calls_cost() {
+        // tokio and hyper call memcpy (through a std function for hyper): 40 instructions
+        // of memcpy's own, a quarter of them through tokio's calls.
+        let dump = "events: Ir\nfn=(1) tokio::a\n1 5\ncfn=(3) memcpy\ncalls=1 1\n1 10\n\
+                    fn=(2) hyper::b\n1 5\ncfn=(4) core::c\ncalls=1 1\n1 30\n\
+                    fn=(4)\n1 0\ncfn=(3)\ncalls=1 1\n1 30\nfn=(3)\n1 40\n";
+        let count = Count::new(1, format!("{dump}totals: 50\n")).unwrap();
+        let groups = Profile::new(&count).charged_groups();
+        assert_eq!(groups["tokio (and mio)"], 15.0);
+        assert_eq!(groups["hyper (and httparse, http-body)"], 35.0);
+        assert_eq!(groups.len(), 2, "{groups:?}");
     }
 
     #[test]
@@ -275,6 +385,7 @@ mod tests {
         );
         assert_eq!(group("tokio::runtime::task::raw::poll"), "tokio (and mio)");
         assert_eq!(group("_mi_page_malloc"), "allocation");
+        assert_eq!(group("__rustc::__rust_alloc"), "allocation");
         assert_eq!(
             group("__memcpy_avx_unaligned_erms"),
             "memcpy, memset, memcmp (libc)"
