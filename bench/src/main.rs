@@ -970,10 +970,20 @@ async fn count_instructions(
         .context("ricochet under valgrind (is valgrind installed?)")?;
     let call = nats_call(args, subject, payload).await?;
     let errors = Arc::new(AtomicU64::new(0));
+    // With tracing, spans are exported in batches (every 5 s by default), so a count would
+    // hold a varying share of exports: wait for the warm-up's spans to leave before the
+    // counters are zeroed, and for the loop's to leave before the dump.
+    let exported = || async {
+        if route_extra.contains("[tracing]") {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+        }
+    };
     closed_loop(&call, 4, Duration::from_millis(500), &errors).await;
+    exported().await;
     callgrind_control("--zero", ricochet.pid())?;
     let unanswered = Arc::new(AtomicU64::new(0));
     let (_, _, count) = open_loop(&call, rate, args.duration, &errors, &unanswered).await;
+    exported().await;
     callgrind_control("--dump", ricochet.pid())?;
     drop(ricochet);
     let dump =
