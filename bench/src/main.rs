@@ -90,7 +90,8 @@ struct Args {
     /// The ricochet binary; default: next to this one.
     #[arg(long)]
     ricochet: Option<std::path::PathBuf>,
-    /// With `--callgrind`: keep the callgrind dump at this path (for `callgrind_annotate`).
+    /// With `--callgrind`: keep ricochet's callgrind dump at this path (for
+    /// `callgrind_annotate`); with `--tracing`, tracing off's at this path plus `.off`.
     #[arg(long)]
     keep_dump: Option<std::path::PathBuf>,
     /// Where to write the results as JSON.
