@@ -20,6 +20,8 @@
 //! CPU time per 1,000 requests and peak RSS from /proc. Prints a table and writes JSON.
 
 mod amqp;
+mod functions;
+mod parts;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -90,7 +92,8 @@ struct Args {
     /// The ricochet binary; default: next to this one.
     #[arg(long)]
     ricochet: Option<std::path::PathBuf>,
-    /// With `--callgrind`: keep the callgrind dump at this path (for `callgrind_annotate`).
+    /// With `--callgrind`: keep ricochet's callgrind dump at this path (for
+    /// `callgrind_annotate`); with `--tracing`, tracing off's at this path plus `.off`.
     #[arg(long)]
     keep_dump: Option<std::path::PathBuf>,
     /// Where to write the results as JSON.
@@ -104,10 +107,17 @@ struct Args {
     pool: usize,
     /// Instead of the legs: count the instructions ricochet executes per request (user
     /// space, all threads) with valgrind's callgrind, over an open loop at the first of
-    /// `--rates` for `--duration`. Unlike times, instruction counts repeat exactly on a busy
-    /// machine: the figure to compare before and after a change.
+    /// `--rates` for `--duration`, then those of its parts (L1's responder, L0's HTTP
+    /// client) and print ricochet's count as a ratio to their sum. Unlike times,
+    /// instruction counts repeat exactly on a busy machine: the figure to compare before
+    /// and after a change.
     #[arg(long)]
     callgrind: bool,
+    /// With `--callgrind`: also where the instructions go, by group (crate, ricochet's
+    /// modules, allocation) and by function: ricochet against its parts, or with
+    /// `--tracing` tracing on against off.
+    #[arg(long)]
+    by_function: bool,
     /// With `--callgrind`: count twice with the same JSON payload of `--payload` bytes (an
     /// order with line items), on a route without validation and on one that validates it
     /// against a JSON Schema, and print both figures and their difference.
@@ -185,12 +195,14 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         return count_tracing(&args, upstream, payload).await;
     }
     if args.callgrind {
-        let (count, per_request) = count_instructions(&args, upstream, payload, "").await?;
+        let ricochet = count_instructions(&args, upstream, payload.clone(), "").await?;
         let rate = args.rates.first().copied().unwrap_or(100);
         println!(
-            "ricochet under callgrind: {count} requests at {rate}/s, {per_request} instructions per request (user space, all threads)"
+            "ricochet under callgrind: {} requests at {rate}/s, {} instructions per request (user space, all threads)",
+            ricochet.requests,
+            ricochet.per_request()
         );
-        return Ok(());
+        return parts::report(&args, upstream, payload, &ricochet).await;
     }
     let mut results = Vec::new();
     for leg in &args.legs {
@@ -1002,10 +1014,10 @@ async fn count_validation(args: &Args, upstream: SocketAddr) -> anyhow::Result<(
         "{content_type}[routes.validate]\nformat = \"json_schema\"\nschema = \"{}\"\ncontent_types = [\"application/json\"]\n",
         schema.display()
     );
-    let (plain_count, plain) =
-        count_instructions(args, upstream, payload.clone(), content_type).await?;
-    let (checked_count, checked) =
-        count_instructions(args, upstream, payload.clone(), &validate).await?;
+    let plain = count_instructions(args, upstream, payload.clone(), content_type).await?;
+    let checked = count_instructions(args, upstream, payload.clone(), &validate).await?;
+    let (plain_count, plain) = (plain.requests, plain.per_request());
+    let (checked_count, checked) = (checked.requests, checked.per_request());
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "ricochet under callgrind, {} byte JSON payload: {plain} instructions per request without validation ({plain_count} requests), \
@@ -1020,30 +1032,36 @@ async fn count_validation(args: &Args, upstream: SocketAddr) -> anyhow::Result<(
 /// `--callgrind --tracing`: instructions per request with tracing off and on. The spans go
 /// to the bench's upstream, which answers every POST with 200 like a collector.
 async fn count_tracing(args: &Args, upstream: SocketAddr, payload: Bytes) -> anyhow::Result<()> {
-    let (off_count, off) = count_instructions(args, upstream, payload.clone(), "").await?;
+    let off_dump = count_instructions(args, upstream, payload.clone(), "").await?;
     let tracing = format!(
         "\n[tracing]\nenabled = true\nsample_ratio = 1.0\nendpoint = \"http://{upstream}/v1/traces\"\n"
     );
-    let (on_count, on) = count_instructions(args, upstream, payload, &tracing).await?;
+    let on_dump = count_instructions(args, upstream, payload, &tracing).await?;
+    let (off_count, off) = (off_dump.requests, off_dump.per_request());
+    let (on_count, on) = (on_dump.requests, on_dump.per_request());
     println!(
         "ricochet under callgrind: {off} instructions per request with tracing off ({off_count} requests), \
          {on} with tracing on, every message sampled and exported ({on_count} requests): +{} per request (+{:.1}%)",
         on as i64 - off as i64,
         (on as f64 / off as f64 - 1.0) * 100.0
     );
+    if args.by_function {
+        functions::print_tracing(&off_dump, &on_dump);
+    }
     Ok(())
 }
 
 /// `--callgrind`: ricochet under callgrind; counters are zeroed after the warm-up and
 /// dumped after an open loop, so the dump holds exactly that loop's requests. `route_extra`
 /// is added after the route (e.g. a `[routes.validate]` or a `[tracing]` table). Returns the requests counted
-/// and the instructions per request.
+/// and the dump. With `--keep-dump F`, the dump is kept at F (with `--tracing`, tracing
+/// off's at F.off).
 async fn count_instructions(
     args: &Args,
     upstream: SocketAddr,
     payload: Bytes,
     route_extra: &str,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<parts::Count> {
     let rate = args.rates.first().copied().unwrap_or(100);
     let dir = std::env::temp_dir().join(format!("ricochet-callgrind-{}", unique()));
     std::fs::create_dir_all(&dir)?;
@@ -1064,28 +1082,42 @@ async fn count_instructions(
         .context("ricochet under valgrind (is valgrind installed?)")?;
     let call = nats_call(args, subject, payload).await?;
     let errors = Arc::new(AtomicU64::new(0));
+    // With tracing, spans are exported in batches (every 5 s by default), so a count would
+    // hold a varying share of exports: wait for the warm-up's spans to leave before the
+    // counters are zeroed, and for the loop's to leave before the dump.
+    let exported = || async {
+        if route_extra.contains("[tracing]") {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+        }
+    };
     closed_loop(&call, 4, Duration::from_millis(500), &errors).await;
+    exported().await;
     callgrind_control("--zero", ricochet.pid())?;
     let unanswered = Arc::new(AtomicU64::new(0));
     let (_, _, count) = open_loop(&call, rate, args.duration, &errors, &unanswered).await;
+    exported().await;
     callgrind_control("--dump", ricochet.pid())?;
     drop(ricochet);
     let dump =
         std::fs::read_to_string(dir.join("callgrind.out.1")).context("callgrind wrote no dump")?;
     if let Some(keep) = &args.keep_dump {
-        std::fs::write(keep, &dump).with_context(|| format!("writing {}", keep.display()))?;
+        // `--tracing` counts twice: the first (off) goes to F.off, so both stay.
+        let keep = match args.tracing && route_extra.is_empty() {
+            true => {
+                let mut off = keep.clone().into_os_string();
+                off.push(".off");
+                off.into()
+            }
+            false => keep.clone(),
+        };
+        std::fs::write(&keep, &dump).with_context(|| format!("writing {}", keep.display()))?;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let total: u64 = dump
-        .lines()
-        .find_map(|l| l.strip_prefix("totals:"))
-        .and_then(|t| t.trim().parse().ok())
-        .context("no totals in the callgrind dump")?;
     let failed = errors.load(Ordering::SeqCst) + unanswered.load(Ordering::SeqCst);
     if failed > 0 || count == 0 {
         bail!("{failed} requests failed under callgrind");
     }
-    Ok((count, total / count))
+    parts::Count::new(count, dump)
 }
 
 fn callgrind_control(action: &str, pid: u32) -> anyhow::Result<()> {

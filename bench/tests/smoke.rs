@@ -150,12 +150,21 @@ fn figure(stdout: &str, after: &str) -> u64 {
 }
 
 #[test]
-fn callgrind_counts_ricochets_instructions_per_request() {
-    let stdout = callgrind(&[]);
+fn callgrind_counts_ricochets_instructions_per_request_and_its_parts() {
+    let stdout = callgrind(&["--by-function"]);
     // "ricochet under callgrind: 20 requests at 20/s, 58413 instructions per request ..."
     let per_request = figure(&stdout, "20 requests at 20/s, ");
     // A request takes tens of thousands of instructions; zero would mean nothing was counted.
     assert!(per_request > 1_000, "{stdout}");
+    // The parts: "  L1 responder (async-nats alone)      11000  20 requests", and so on.
+    let responder = figure(&stdout, "L1 responder (async-nats alone)");
+    let client = figure(&stdout, "L0 client (hyper HTTP/1 alone)");
+    let sum = figure(&stdout, "sum of the parts");
+    assert!(responder > 1_000 && client > 1_000, "{stdout}");
+    assert_eq!(sum, responder + client, "{stdout}");
+    assert!(stdout.contains("ricochet / sum of the parts"), "{stdout}");
+    assert!(stdout.contains("by group"), "{stdout}");
+    assert!(stdout.contains("by function"), "{stdout}");
 }
 
 #[test]
@@ -171,11 +180,15 @@ fn callgrind_prices_json_schema_validation() {
 
 #[test]
 fn callgrind_prices_tracing() {
-    let stdout = callgrind(&["--tracing"]);
+    let stdout = callgrind(&["--tracing", "--by-function"]);
     // "ricochet under callgrind: 49000 instructions per request with tracing off (20
     // requests), 81000 with tracing on, ...: +32000 per request (+65.3%)"
     let off = figure(&stdout, "ricochet under callgrind: ");
     let on = figure(&stdout, "requests), ");
     // Spans cost something; an equal count would mean tracing was not switched on.
     assert!(on > off && off > 1_000, "{stdout}");
+    assert!(
+        stdout.contains("tracing on less off, by function"),
+        "{stdout}"
+    );
 }
