@@ -171,26 +171,31 @@ pub fn check_tls_files(
     }
 }
 
+impl TlsFilesConfig {
+    /// The table at `prefix` against its URL: any of its settings needs `url` to start
+    /// with `scheme` (said as `url_key`), and its files must be readable, a certificate
+    /// with its key.
+    pub fn check(
+        &self,
+        prefix: &str,
+        (url, url_key, scheme): (&str, &str, &str),
+        push: &mut dyn FnMut(&str, String),
+    ) {
+        let set = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if set && !url.starts_with(scheme) {
+            push(prefix, format!("TLS settings need an {scheme} {url_key}"));
+        }
+        check_tls_files(prefix, &self.ca_file, &self.cert_file, &self.key_file, push);
+    }
+}
+
 /// `[upstream.tls]` against the base URL's scheme.
 pub(super) fn check_upstream(
     upstream: &super::UpstreamConfig,
     push: &mut impl FnMut(&str, String),
 ) {
-    let tls = &upstream.tls;
-    let set = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some();
-    if set && !upstream.base_url.starts_with("https://") {
-        push(
-            "upstream.tls",
-            "TLS settings need an https:// base_url".into(),
-        );
-    }
-    check_tls_files(
-        "upstream.tls",
-        &tls.ca_file,
-        &tls.cert_file,
-        &tls.key_file,
-        push,
-    );
+    let url = (upstream.base_url.as_str(), "base_url", "https://");
+    upstream.tls.check("upstream.tls", url, push);
 }
 
 #[cfg(test)]

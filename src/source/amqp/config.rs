@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    check_tls_files, defaults, duration_list, redact_url, serialize_duration_list, Delivery,
-    RouteConfig, Secret, TlsFilesConfig,
+    defaults, duration_list, redact_url, serialize_duration_list, Delivery, RouteConfig, Secret,
+    TlsFilesConfig,
 };
 
 /// An AMQP route's source: its `[routes.amqp]` table and its delivery guarantee.
@@ -215,18 +215,7 @@ impl AmqpSource {
 
 /// `[routes.amqp.tls]` against the URL's scheme.
 fn check_tls(amqp: &AmqpConfig, push: &mut dyn FnMut(&str, String)) {
-    let tls = &amqp.tls;
-    let set = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some();
-    if set && !amqp.url.starts_with("amqps://") {
-        push("amqp.tls", "TLS settings need an amqps:// url".into());
-    }
-    check_tls_files(
-        "amqp.tls",
-        &tls.ca_file,
-        &tls.cert_file,
-        &tls.key_file,
-        push,
-    );
+    (amqp.tls).check("amqp.tls", (amqp.url.as_str(), "url", "amqps://"), push);
 }
 
 #[cfg(test)]
