@@ -209,9 +209,13 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         let leg = leg.trim().to_uppercase();
         eprintln!("== {leg}");
         let result = match leg.as_str() {
-            // The client and the load loop are all this process does in L0.
-            "L0" => {
-                let call = l0(&args, upstream, payload.clone());
+            // The client and the load loop are all this process does in L0 (U0: the
+            // upstream on its Unix socket).
+            "L0" | "U0" => {
+                let call = match leg.as_str() {
+                    "L0" => l0(&args, upstream, payload.clone()),
+                    _ => u0(&args, &socket, payload.clone()),
+                };
                 let processes = Processes {
                     measured: Some(("client", bench.1)),
                     others: vec![upstream_pid],
@@ -226,28 +230,12 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
                 };
                 measure(&args, &leg, call, processes).await
             }
-            "L2" => {
-                let (call, ricochet) = l2(&args, upstream, payload.clone()).await?;
-                let processes = Processes {
-                    measured: Some(("ricochet", ricochet.pid())),
-                    others: [Some(bench), nats, Some(upstream_pid)]
-                        .into_iter()
-                        .flatten()
-                        .collect(),
+            // U2: L2 with the upstream on its Unix socket.
+            "L2" | "U2" => {
+                let (call, ricochet) = match leg.as_str() {
+                    "L2" => l2(&args, upstream, payload.clone()).await?,
+                    _ => u2(&args, &socket, payload.clone()).await?,
                 };
-                measure(&args, &leg, call, processes).await
-            }
-            // L0 and L2 with the upstream on its Unix socket.
-            "U0" => {
-                let call = u0(&args, &socket, payload.clone());
-                let processes = Processes {
-                    measured: Some(("client", bench.1)),
-                    others: vec![upstream_pid],
-                };
-                measure(&args, &leg, call, processes).await
-            }
-            "U2" => {
-                let (call, ricochet) = u2(&args, &socket, payload.clone()).await?;
                 let processes = Processes {
                     measured: Some(("ricochet", ricochet.pid())),
                     others: [Some(bench), nats, Some(upstream_pid)]
@@ -756,29 +744,24 @@ async fn start_role(role: &[&str]) -> anyhow::Result<(ChildProcess, String)> {
 fn l0(args: &Args, upstream: SocketAddr, payload: Bytes) -> Call {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.pool)
-        .build(connector);
-    let uri: hyper::Uri = format!("http://{upstream}/echo").parse().expect("uri");
-    Arc::new(move || {
-        let (client, uri, payload) = (client.clone(), uri.clone(), payload.clone());
-        Box::pin(async move {
-            let request = hyper::Request::post(uri).body(Full::new(payload.clone()))?;
-            let response = client.request(request).await?;
-            let body = response.into_body().collect().await?.to_bytes();
-            check(&body, &payload)
-        })
-    })
+    let uri = format!("http://{upstream}/echo").parse().expect("uri");
+    echo_client(args, connector, uri, payload)
 }
 
-/// L0 over the upstream's Unix socket: the same pooled hyper-util client, its connector
-/// opening the socket instead of a TCP connection.
+/// L0 with the upstream on its Unix socket.
 fn u0(args: &Args, socket: &std::path::Path, payload: Bytes) -> Call {
-    let connector = UnixConnector(Arc::from(socket));
-    let client: Client<UnixConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+    let uri = "http://localhost/echo".parse().expect("uri");
+    echo_client(args, UnixConnector(Arc::from(socket)), uri, payload)
+}
+
+/// The direct HTTP leg's call through `connector`: POST the payload to `uri`, check the echo.
+fn echo_client<C>(args: &Args, connector: C, uri: hyper::Uri, payload: Bytes) -> Call
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let client: Client<C, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(args.pool)
         .build(connector);
-    let uri: hyper::Uri = "http://localhost/echo".parse().expect("uri");
     Arc::new(move || {
         let (client, uri, payload) = (client.clone(), uri.clone(), payload.clone());
         Box::pin(async move {
@@ -931,9 +914,9 @@ async fn start_ricochet_with(
     bail!("ricochet did not become ready")
 }
 
-fn upstream_section(args: &Args, upstream: SocketAddr) -> String {
+fn upstream_section(args: &Args, base_url: &str) -> String {
     format!(
-        "[upstream]\nbase_url = \"http://{upstream}\"\nrequest_timeout = \"10s\"\npool_max_idle = {}\n",
+        "[upstream]\nbase_url = \"{base_url}\"\nrequest_timeout = \"10s\"\npool_max_idle = {}\n",
         args.pool
     )
 }
@@ -943,26 +926,30 @@ async fn l2(
     upstream: SocketAddr,
     payload: Bytes,
 ) -> anyhow::Result<(Call, ChildProcess)> {
-    let subject = format!("bench.l2.{}", unique());
-    let routes = format!(
-        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
-        upstream_section(args, upstream)
-    );
-    let ricochet = start_ricochet(args, &routes).await?;
-    Ok((nats_call(args, subject, payload).await?, ricochet))
+    ricochet_leg(args, "l2", &format!("http://{upstream}"), payload).await
 }
 
-/// L2 with ricochet's upstream on the Unix socket.
+/// L2 with the upstream on its Unix socket.
 async fn u2(
     args: &Args,
     socket: &std::path::Path,
     payload: Bytes,
 ) -> anyhow::Result<(Call, ChildProcess)> {
-    let subject = format!("bench.u2.{}", unique());
+    let base_url = format!("unix://{}", socket.display());
+    ricochet_leg(args, "u2", &base_url, payload).await
+}
+
+/// ricochet in front of the upstream at `base_url`, and the NATS call through it.
+async fn ricochet_leg(
+    args: &Args,
+    leg: &str,
+    base_url: &str,
+    payload: Bytes,
+) -> anyhow::Result<(Call, ChildProcess)> {
+    let subject = format!("bench.{leg}.{}", unique());
     let routes = format!(
-        "[upstream]\nbase_url = \"unix://{}\"\nrequest_timeout = \"10s\"\npool_max_idle = {}\n\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
-        socket.display(),
-        args.pool
+        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
+        upstream_section(args, base_url)
     );
     let ricochet = start_ricochet(args, &routes).await?;
     Ok((nats_call(args, subject, payload).await?, ricochet))
@@ -1075,7 +1062,7 @@ async fn count_instructions(
     let subject = format!("bench.callgrind.{}", unique());
     let routes = format!(
         "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n{route_extra}",
-        upstream_section(args, upstream)
+        upstream_section(args, &format!("http://{upstream}"))
     );
     let ricochet = start_ricochet_with(args, &routes, &launcher)
         .await
@@ -1298,7 +1285,7 @@ async fn k2(
     create_topics(args, &[&requests, &replies]).await?;
     let routes = format!(
         "{}\n[[routes]]\nname = \"bench-kafka\"\nsource = \"kafka\"\nsubject = \"{requests}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n\n[routes.kafka]\nbrokers = \"{}\"\nreply_topic = \"{replies}\"\nordering = \"unordered\"\n\n[routes.kafka.consumer]\n\"fetch.wait.max.ms\" = \"2\"\n",
-        upstream_section(args, upstream),
+        upstream_section(args, &format!("http://{upstream}")),
         args.kafka_brokers
     );
     let ricochet = start_ricochet(args, &routes).await?;
@@ -1335,7 +1322,7 @@ async fn a2(
     let queue = format!("bench.a2.{}", unique());
     let routes = format!(
         "{}\n[[routes]]\nname = \"bench-amqp\"\nsource = \"amqp\"\nsubject = \"{queue}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n\n[routes.amqp]\nurl = \"{}\"\nredelivery_backoff = [\"1s\"]\n",
-        upstream_section(args, upstream),
+        upstream_section(args, &format!("http://{upstream}")),
         args.amqp_url
     );
     let ricochet = start_ricochet(args, &routes).await?;
