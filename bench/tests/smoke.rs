@@ -35,8 +35,9 @@ fn ricochet() -> PathBuf {
     path
 }
 
-#[test]
-fn every_leg_answers_every_request_correctly() {
+/// Runs `legs` briefly (300 ms, concurrency 1 and 4, 50/s) with `extra` flags: its stdout
+/// and its JSON report, once it succeeded.
+fn run_legs(legs: &str, extra: &[&str]) -> (String, serde_json::Value) {
     let json = tempfile::NamedTempFile::new().unwrap();
     let output = bench()
         .args([
@@ -46,19 +47,23 @@ fn every_leg_answers_every_request_correctly() {
             "1,4",
             "--rates",
             "50",
-            "--payload",
-            "512",
         ])
-        .args(["--legs", "L0,L1,L2,K1,K2,A1,A2"])
+        .args(extra)
+        .args(["--legs", legs])
         .arg("--json")
         .arg(json.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let report = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    (stdout, report)
+}
+
+#[test]
+fn every_leg_answers_every_request_correctly() {
+    let (stdout, report) = run_legs("L0,L1,L2,K1,K2,A1,A2", &["--payload", "512"]);
     let legs = report["legs"].as_array().unwrap();
     assert_eq!(legs.len(), 7);
     for leg in legs {
@@ -93,26 +98,7 @@ fn every_leg_answers_every_request_correctly() {
 /// The legs over the upstream's Unix socket, beside their TCP twins (NATS only).
 #[test]
 fn the_unix_socket_legs_answer_every_request_correctly() {
-    let json = tempfile::NamedTempFile::new().unwrap();
-    let output = bench()
-        .args([
-            "--duration",
-            "300ms",
-            "--concurrency",
-            "1,4",
-            "--rates",
-            "50",
-        ])
-        .args(["--legs", "L0,U0,L2,U2"])
-        .arg("--json")
-        .arg(json.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let (_, report) = run_legs("L0,U0,L2,U2", &[]);
     let legs = report["legs"].as_array().unwrap();
     assert_eq!(legs.len(), 4);
     for leg in legs {
