@@ -38,8 +38,10 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 fn test_only(path: &Path) -> bool {
     let stem = path.file_stem().unwrap().to_string_lossy();
     let parent = path.parent().unwrap().join("mod.rs");
-    let declared = format!("#[cfg(test)]\nmod {stem};");
-    std::fs::read_to_string(parent).is_ok_and(|text| text.contains(&declared))
+    let text = std::fs::read_to_string(parent).unwrap_or_default();
+    ["", "pub ", "pub(crate) "]
+        .iter()
+        .any(|visibility| text.contains(&format!("#[cfg(test)]\n{visibility}mod {stem};")))
 }
 
 /// The file's code before its tests; nothing for a module of tests.

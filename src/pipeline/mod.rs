@@ -16,6 +16,8 @@ pub mod admission;
 mod conclude;
 pub mod policy;
 mod process;
+#[cfg(test)]
+pub(crate) mod scripted;
 pub mod validate;
 
 use std::sync::Arc;

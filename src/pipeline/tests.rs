@@ -6,8 +6,6 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use super::process::parse_timeout;
 use super::*;
@@ -28,34 +26,10 @@ fn caller_timeouts_parse() {
 /// A service answering every request with `status`, body "body" and a `correlation-id` of
 /// its own (which the reply must not carry next to the request's).
 async fn service(status: u16) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    // The requests here carry no body: one request per header block.
-                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buffer.drain(..end + 4);
-                        let answer =
-                            format!("HTTP/1.1 {status} X\r\ncorrelation-id: service\r\ncontent-length: 4\r\n\r\nbody");
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    super::scripted::service(move |_| {
+        format!("HTTP/1.1 {status} X\r\ncorrelation-id: service\r\ncontent-length: 4\r\n\r\nbody")
+    })
+    .await
 }
 
 /// A broker that records what the pipeline asked of it, and answers as scripted.

@@ -4,49 +4,23 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
 use super::{events, publish};
 use crate::generation::Generation;
 use crate::settings::load_str;
 
 /// A service answering `GET /ok/<x>` with 200 and `<x>`, anything else with 500.
 async fn service() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_string();
-                        buffer.drain(..end + 4);
-                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                        let answer = match path.strip_prefix("/ok/") {
-                            Some(what) => format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{what}",
-                                what.len()
-                            ),
-                            None => "HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n".to_string(),
-                        };
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+    crate::pipeline::scripted::service(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        match path.strip_prefix("/ok/") {
+            Some(what) => format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{what}",
+                what.len()
+            ),
+            None => "HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n".to_string(),
         }
-    });
-    port
+    })
+    .await
 }
 
 async fn eventually(queue: &str, wanted: usize) -> Vec<String> {
