@@ -30,7 +30,6 @@ use crate::config::RouteConfig;
 use crate::message::Reply;
 use crate::message::{Cause, Confirmed, Inbound, Settle, Undelivered};
 use crate::pipeline::{Admission, Pipeline, Policy, Route};
-use crate::source::SourceConfig;
 use crate::source::{Context, Intake, Source};
 use crate::telemetry::trace::SpanSource;
 
@@ -64,14 +63,6 @@ impl Core {
 /// Whether `route` takes its messages from core NATS subscriptions.
 pub fn is_core(route: &Route) -> bool {
     route.kind == NatsSource::KIND
-}
-
-/// A core route's queue group: its own, else `default` (`nats.queue_group`).
-pub fn queue_group<'a>(source: &'a SourceConfig, default: &'a str) -> &'a str {
-    match source {
-        SourceConfig::Nats(nats) => nats.queue_group(default),
-        _ => default,
-    }
 }
 
 impl NatsSource {
@@ -287,16 +278,18 @@ fn to_inbound(message: async_nats::Message) -> Inbound {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn a_route_subscribes_with_its_own_queue_group_else_the_default() {
-        let own = SourceConfig::Nats(NatsSource {
-            queue_group: Some("orders-team".into()),
-            ..NatsSource::default()
-        });
-        assert_eq!(queue_group(&own, "ricochet"), "orders-team");
-        let none = SourceConfig::Nats(NatsSource::default());
-        assert_eq!(queue_group(&none, "ricochet"), "ricochet");
+        let text = "[upstream]\nbase_url = \"http://h:1\"\n[nats]\nqueue_group = \"ricochet\"\n\
+                    [[routes]]\nname = \"own\"\nsubject = \"a\"\npath = \"/\"\nqueue_group = \"orders-team\"\n\
+                    [[routes]]\nname = \"none\"\nsubject = \"b\"\npath = \"/\"\n";
+        let pipeline = crate::settings::load_str(text, Vec::new())
+            .unwrap()
+            .pipeline()
+            .unwrap();
+        let groups: Vec<Option<&str>> = (pipeline.routes().iter())
+            .map(|r| r.consumer_group.as_deref())
+            .collect();
+        assert_eq!(groups, [Some("orders-team"), Some("ricochet")]);
     }
 }
