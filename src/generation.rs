@@ -16,8 +16,9 @@ use tracing::{info, warn};
 
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
-pub use crate::source::nats::Nats;
-use crate::source::nats::NatsSource;
+use crate::source::nats::handover::{self, Handle};
+use crate::source::nats::{Core, NatsSource, SubscriptionKey};
+pub use crate::source::nats::{Kept, Nats};
 use crate::source::{Context, Source};
 use crate::telemetry::admin::RouteHealth;
 use crate::telemetry::liveness::{self, Cause};
@@ -33,6 +34,10 @@ pub struct Generation {
     intakes: JoinSet<()>,
     /// Cancelled once the server has confirmed the core subscriptions.
     confirmed: CancellationToken,
+    /// What the core intakes share, once they run.
+    core: Option<Arc<Core>>,
+    /// One per running core intake: a reload takes its subscription over through it.
+    core_intakes: Vec<Handle>,
 }
 
 /// Whether any route of `settings` takes messages from NATS (core or JetStream).
@@ -73,30 +78,29 @@ impl Generation {
             tracker: TaskTracker::new(),
             intakes: JoinSet::new(),
             confirmed: CancellationToken::new(),
+            core: None,
+            core_intakes: Vec::new(),
         })
     }
 
     /// Subscribes the core NATS routes (their queue groups share requests with any other
-    /// subscriber, an older generation included). Readiness follows once the server has
-    /// confirmed them: see [`Generation::core_confirmed`].
-    pub async fn start_core(&mut self) -> anyhow::Result<()> {
+    /// subscriber, an older generation included), taking over the subscriptions in `kept`
+    /// (a reload's, see [`Generation::release_core`]); on an error `kept` is left whole.
+    /// Readiness follows once the server has confirmed them: see
+    /// [`Generation::core_confirmed`].
+    pub async fn start_core(&mut self, kept: &mut Kept) -> anyhow::Result<()> {
         let Some(nats) = self.nats.clone() else {
             self.confirmed.cancel();
             return Ok(());
         };
         if core_routes(&self.settings) > 0 {
             let queue_group = &self.settings.config.nats.queue_group;
-            let core = crate::source::nats::Core::new(
-                self.pipeline.clone(),
-                nats.replier.clone(),
-                queue_group,
-            );
+            let core = Core::new(self.pipeline.clone(), nats.replier.clone(), queue_group);
             let core = Arc::new(core);
-            for (route, subscriber) in crate::source::nats::subscribe(&nats.client, &core).await? {
-                let (core, tracker, stop) = (core.clone(), self.tracker.clone(), self.stop.clone());
-                let name = format!("core NATS route {}", route.name);
-                let intake = crate::source::nats::intake(route, subscriber, core, tracker, stop);
-                self.spawn_intake(name, intake);
+            self.core = Some(core.clone());
+            let subscribed = crate::source::nats::subscribe(&nats.client, &core, kept).await?;
+            for (route, key, subscriber) in subscribed {
+                self.run_core(&core, route, key, subscriber);
             }
         }
         let (health, confirmed, stop) = (
@@ -119,6 +123,71 @@ impl Generation {
             confirmed.cancel();
         });
         Ok(())
+    }
+
+    /// The core subscriptions this generation makes.
+    pub fn core_keys(&self) -> Vec<SubscriptionKey> {
+        let queue_group = &self.settings.config.nats.queue_group;
+        handover::keys(&self.pipeline, queue_group)
+    }
+
+    /// Takes over the running core subscriptions that the next generation makes too
+    /// (`wanted`): their intakes stop taking messages and hand them over, with the messages
+    /// not taken yet. The rest drain when this generation stops.
+    pub async fn release_core(&mut self, wanted: &[SubscriptionKey]) -> Kept {
+        let mut left = wanted.to_vec();
+        let mut kept = Kept::default();
+        let (asked, running): (Vec<Handle>, Vec<Handle>) =
+            (self.core_intakes.drain(..)).partition(|intake| {
+                match left.iter().position(|key| *key == intake.key) {
+                    Some(at) => {
+                        left.swap_remove(at);
+                        true
+                    }
+                    None => false,
+                }
+            });
+        self.core_intakes = running;
+        for intake in asked {
+            let key = intake.key.clone();
+            // None: its intake had ended (its connection closed); the next generation
+            // subscribes anew.
+            if let Some(subscriber) = intake.take().await {
+                kept.add(key, subscriber);
+            }
+        }
+        kept
+    }
+
+    /// Takes back the subscriptions [`Generation::release_core`] gave a reload that was
+    /// then refused: they go on serving this generation's routes.
+    pub fn resume_core(&mut self, mut kept: Kept) {
+        let Some(core) = self.core.clone() else {
+            return;
+        };
+        for (key, subscriber) in kept.drain() {
+            // Every key was this generation's; a subscription without a route ends.
+            if let Some(route) = core.route_for(&key) {
+                self.run_core(&core, route, key, subscriber);
+            }
+        }
+    }
+
+    /// Runs one core subscription's intake.
+    fn run_core(
+        &mut self,
+        core: &Arc<Core>,
+        route: Arc<crate::pipeline::Route>,
+        key: SubscriptionKey,
+        subscriber: async_nats::Subscriber,
+    ) {
+        let (core, tracker, stop) = (core.clone(), self.tracker.clone(), self.stop.clone());
+        let name = format!("core NATS route {}", route.name);
+        let (handle, release) = handover::pair(key);
+        let released = handle.released();
+        self.core_intakes.push(handle);
+        let intake = crate::source::nats::intake(route, subscriber, core, tracker, stop, release);
+        self.spawn_intake(name, intake, Some(released));
     }
 
     /// Resolves once the server has the core subscriptions (at once without NATS).
@@ -145,7 +214,7 @@ impl Generation {
             }
         }
         for (name, intake) in intakes {
-            self.spawn_intake(name, intake);
+            self.spawn_intake(name, intake, None);
         }
         if let (Some(nats), Some(service)) = (&self.nats, &self.settings.config.nats.service) {
             let queue_group = &self.settings.config.nats.queue_group;
@@ -160,14 +229,21 @@ impl Generation {
         Ok(())
     }
 
-    /// Runs one intake until it ends. An intake ends by itself only when `stop` asks it to;
-    /// any other end (its subscription or client gone) leaves its route unserved for good, a
-    /// liveness failure. (A panic is one already, through the panic hook.)
-    fn spawn_intake(&mut self, name: String, intake: impl Future<Output = ()> + Send + 'static) {
+    /// Runs one intake until it ends. An intake ends by itself only when `stop` asks it to,
+    /// or `released` when it handed its subscription to the next generation; any other end
+    /// (its subscription or client gone) leaves its route unserved for good, a liveness
+    /// failure. (A panic is one already, through the panic hook.)
+    fn spawn_intake(
+        &mut self,
+        name: String,
+        intake: impl Future<Output = ()> + Send + 'static,
+        released: Option<CancellationToken>,
+    ) {
         let stop = self.stop.clone();
         self.intakes.spawn(async move {
             intake.await;
-            if !stop.is_cancelled() {
+            let released = released.is_some_and(|r| r.is_cancelled());
+            if !stop.is_cancelled() && !released {
                 let reason = format!("the intake of {name} ended while ricochet was running");
                 liveness::global().failed(Cause::IntakeEnded, reason);
             }

@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::generation::{Generation, Nats};
+use crate::generation::{Generation, Kept, Nats};
 use crate::reload::Triggers;
 use crate::settings::Settings;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
@@ -84,7 +84,7 @@ pub async fn run(
     };
     let mut running = Generation::new(settings, nats.clone())?;
     health.set(running.health.clone());
-    running.start_core().await?;
+    running.start_core(&mut Kept::default()).await?;
     running.start_durable().await?;
 
     tokio::pin!(shutdown);

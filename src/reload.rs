@@ -7,10 +7,14 @@
 //!
 //! 1. its pipeline is built (HTTP client, limits, breakers, validation); an error refuses
 //!    the reload;
-//! 2. its core NATS routes subscribe beside the old ones, with the same queue groups, so
-//!    each request goes to exactly one of them, and the server confirms them;
-//! 3. the old generation stops: its subscriptions drain, its consumers stop fetching, and
-//!    its messages in flight finish and are settled, within `shutdown.grace_period`;
+//! 2. its core NATS routes take over the old generation's subscriptions with the same
+//!    subject and queue group (nothing is unsubscribed: see `source/nats/handover.rs`;
+//!    not when a queue group changes, below), and
+//!    subscribe beside the old ones for the rest, with the same queue groups, so each
+//!    request goes to exactly one of them; the server confirms them;
+//! 3. the old generation stops: its other subscriptions drain, its consumers stop
+//!    fetching, and its messages in flight finish and are settled, within
+//!    `shutdown.grace_period`;
 //! 4. the new durable consumers (JetStream, Kafka, AMQP) start, after the old ones have
 //!    stopped: a Kafka group never holds both, and a transactional producer is never
 //!    fenced in the middle of a transaction; messages wait in the broker meanwhile;
@@ -32,7 +36,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ReloadConfig};
-use crate::generation::{self, Generation, Nats};
+use crate::generation::{self, Generation, Kept, Nats};
 use crate::pipeline::Pipeline;
 use crate::route::Pattern;
 use crate::settings::{self, Settings};
@@ -137,7 +141,7 @@ impl Triggers {
 /// Reads the file again and, when it is valid, replaces `running` with a new generation
 /// (see the module's documentation); returns the generation running afterwards.
 pub async fn reload(
-    running: Generation,
+    mut running: Generation,
     trigger: Trigger,
     triggers: &mut Triggers,
     nats: &mut Option<Nats>,
@@ -187,8 +191,11 @@ pub async fn reload(
     );
     let grace = next.settings.config.shutdown.grace_period;
     let finished = if overlap {
-        if let Err(e) = next.start_core().await {
+        // The core subscriptions both configurations make are taken over, not made again.
+        let mut kept = running.release_core(&next.core_keys()).await;
+        if let Err(e) = next.start_core(&mut kept).await {
             error!(error = %format!("{e:#}"), "reload refused: cannot subscribe the new routes; the running configuration stays");
+            running.resume_core(kept);
             next.stop(Duration::from_secs(1)).await;
             refused();
             return running;
@@ -203,7 +210,7 @@ pub async fn reload(
     } else {
         info!("a core route's queue group changed: the old subscriptions drain before the new ones subscribe");
         let finished = stop_old(running, grace).await;
-        if let Err(e) = next.start_core().await {
+        if let Err(e) = next.start_core(&mut Kept::default()).await {
             error!(error = %format!("{e:#}"), "cannot subscribe the core routes");
         }
         finished

@@ -262,6 +262,98 @@ async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_ever
     stream.delete().await;
 }
 
+/// Ten reloads in a row under steady request-reply load: the route's subscription is kept
+/// across each (the server never sees it end), and every request is answered exactly once.
+/// Before subscriptions were kept, each reload drained the old one, and async-nats drops a
+/// request the server routed to a draining subscription before its unsubscribe arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_keep_the_core_subscription_and_lose_no_request() {
+    let prefix = unique("reloadkeep");
+    let upstream = Upstream::echo().await;
+    let client = nats().await;
+    let admin = free_port();
+    // Each reload changes the route (its rate limit), so the route is rebuilt every time.
+    let toml = |n: usize| {
+        let limit = format!(
+            "[routes.rate_limit]\nmessages_per_second = {}\nburst_messages = 100000\nmode = \"reject\"\n",
+            100_000 + n
+        );
+        config(
+            &upstream.base_url(),
+            admin,
+            &core_route(&prefix, "orders", &limit),
+        )
+    };
+    let ricochet = Ricochet::start(&toml(0), admin).await;
+
+    let answers = Arc::new(Answers::default());
+    let next_id = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let (client, answers, next_id, stop) = (
+            client.clone(),
+            answers.clone(),
+            next_id.clone(),
+            stop.clone(),
+        );
+        let subject = format!("{prefix}.orders");
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let id = next_id.fetch_add(1, Ordering::SeqCst) as u64;
+                let request = client.request(format!("{subject}.{id}"), id.to_string().into());
+                match tokio::time::timeout(Duration::from_secs(10), request).await {
+                    Ok(Ok(reply)) => {
+                        let status = header(&reply, "Ricochet-Status").unwrap_or_default();
+                        answers.status.lock().unwrap().insert(id, status);
+                    }
+                    Ok(Err(e)) => answers.unanswered.lock().unwrap().push((id, e.to_string())),
+                    Err(_) => (answers.unanswered.lock().unwrap()).push((id, "timeout".into())),
+                }
+            }
+        }));
+    }
+    let reloads = 10;
+    for n in 1..=reloads {
+        let before = next_id.load(Ordering::SeqCst);
+        ricochet.reload(&toml(n), "applied").await;
+        // Load went on across this reload before the next.
+        eventually(Duration::from_secs(10), "requests after the reload", || {
+            let sent = next_id.load(Ordering::SeqCst);
+            async move { holds(sent > before + 50, sent) }
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+
+    let unanswered = answers.unanswered.lock().unwrap().clone();
+    assert!(
+        unanswered.is_empty(),
+        "requests without an answer across {reloads} reloads: {unanswered:?}"
+    );
+    let status = answers.status.lock().unwrap().clone();
+    let sent = next_id.load(Ordering::SeqCst);
+    assert_eq!(status.len(), sent, "one answer per request");
+    let not_ok: Vec<_> = status.iter().filter(|(_, s)| *s != "200").collect();
+    assert!(not_ok.is_empty(), "answered with an error: {not_ok:?}");
+    assert_eq!(upstream.calls(), sent, "one service call per request");
+    let logs = ricochet.logs();
+    assert_eq!(
+        logs.matches("subscription kept from the previous configuration")
+            .count(),
+        reloads,
+        "{logs}"
+    );
+    let subscribed = (logs.lines())
+        .filter(|line| line.contains("subscribed") && !line.contains("kept"))
+        .count();
+    assert_eq!(subscribed, 1, "subscribed once, at the start: {logs}");
+    eprintln!("{reloads} reloads under load: {sent} requests, each answered once");
+}
+
 #[tokio::test]
 async fn an_invalid_file_is_refused_with_every_problem_and_the_running_configuration_stays() {
     let prefix = unique("reloadbad");

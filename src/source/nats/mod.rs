@@ -16,11 +16,13 @@ pub mod config;
 mod connection;
 pub mod discovery;
 pub mod drops;
+pub mod handover;
 mod link;
 pub mod publish;
 mod unparsable;
 
 pub use connection::{connect, describe, options, with_url_credentials, Nats, NatsError};
+pub use handover::{Kept, Release, SubscriptionKey};
 pub use link::{Connection, Link, LinkError};
 pub use publish::{dead_letter_headers, ListingError, NatsReplier, PublishError, Unpublished};
 pub use unparsable::{unparsable_seen, unparsable_within};
@@ -120,20 +122,56 @@ impl Settle for Inbox<'_> {
     }
 }
 
-/// Subscribes every core route with its queue group; each subscription with its route.
+/// Subscribes every core route with its queue group, or takes its subscription over from
+/// `kept` (the previous generation's, with the same subject and queue group); each
+/// subscription with its route and key. `kept` is used only once every new subscription is
+/// made: on an error it is left whole, for its generation to take back.
 pub async fn subscribe(
     client: &Client,
     core: &Core,
-) -> anyhow::Result<Vec<(Arc<Route>, Subscriber)>> {
+    kept: &mut Kept,
+) -> anyhow::Result<Vec<(Arc<Route>, SubscriptionKey, Subscriber)>> {
+    let routes: Vec<(Arc<Route>, SubscriptionKey)> = (core.table.iter())
+        .map(|(_, route)| (route.clone(), SubscriptionKey::of(route, &core.queue_group)))
+        .collect();
+    let mut available = kept.counts();
+    let mut fresh = Vec::new();
+    for (route, key) in &routes {
+        match available.get_mut(key) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => {
+                let (subject, queue_group) = (key.subject.clone(), key.queue_group.clone());
+                fresh.push(client.queue_subscribe(subject, queue_group).await?);
+                info!(route = %route.name, subject = %key.subject, queue_group = %key.queue_group, "subscribed");
+            }
+        }
+    }
+    let mut fresh = fresh.into_iter();
     let mut subscribers = Vec::new();
-    for (pattern, route) in core.table.iter() {
-        let subject = pattern.subscription_subject();
-        let queue_group = route.consumer_group.as_deref().unwrap_or(&core.queue_group);
-        let subscriber = (client.queue_subscribe(subject.clone(), queue_group.to_string())).await?;
-        info!(route = %route.name, %subject, %queue_group, "subscribed");
-        subscribers.push((route.clone(), subscriber));
+    for (route, key) in routes {
+        let subscriber = match kept.take(&key) {
+            Some(subscriber) => {
+                info!(route = %route.name, subject = %key.subject, queue_group = %key.queue_group, "subscription kept from the previous configuration");
+                subscriber
+            }
+            None => fresh
+                .next()
+                .expect("one new subscription per route not kept"),
+        };
+        subscribers.push((route, key, subscriber));
     }
     Ok(subscribers)
+}
+
+impl Core {
+    /// A route of this configuration that makes the subscription `key`, for a subscription
+    /// given back after a refused reload.
+    pub fn route_for(&self, key: &SubscriptionKey) -> Option<Arc<Route>> {
+        (self.table.iter())
+            .map(|(_, route)| route)
+            .find(|route| SubscriptionKey::of(route, &self.queue_group) == *key)
+            .cloned()
+    }
 }
 
 /// Resolves once the server has processed every subscription sent before it: a message
@@ -148,7 +186,9 @@ pub async fn confirm_subscriptions(client: &Client) -> anyhow::Result<()> {
 }
 
 /// Takes messages from one subscription until `stop`, then drains it: messages the server
-/// already sent are still processed. Each message runs as a task on `tracker`.
+/// already sent are still processed. Each message runs as a task on `tracker`. Asked
+/// through `release` (a reload that keeps the subscription), it hands the subscription over
+/// instead, with the messages not taken yet.
 ///
 /// A drain ends when the server confirms it, which it cannot do while the connection is
 /// down; nor can it send anything more then. So a drain on a lost connection ends as soon
@@ -160,6 +200,7 @@ pub async fn intake(
     core: Arc<Core>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    mut release: Release,
 ) {
     let mut draining = false;
     let link = core.replier.link().clone();
@@ -168,6 +209,10 @@ pub async fn intake(
             // Biased: the messages already received are taken before a lost connection
             // ends the drain.
             biased;
+            _ = release.asked.cancelled(), if !draining => {
+                release.give(subscriber);
+                return;
+            }
             _ = stop.cancelled(), if !draining => {
                 draining = true;
                 // A lost connection may leave the client's command queue full: the drain
