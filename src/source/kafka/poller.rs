@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rdkafka::consumer::Consumer;
@@ -151,5 +151,13 @@ fn fetched(shared: &Shared, message: &BorrowedMessage<'_>, at_once: bool) -> Opt
         payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
         headers,
         generation,
+        sent_at: sent_at(message.timestamp().to_millis()),
     })
+}
+
+/// A record's timestamp (CreateTime or LogAppendTime, as its topic says), if it has one: a
+/// producer that sets none sends -1, and zero or less is no time a record was made at.
+pub(super) fn sent_at(millis: Option<i64>) -> Option<SystemTime> {
+    let millis = u64::try_from(millis?).ok().filter(|m| *m > 0)?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(millis))
 }
