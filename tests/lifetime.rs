@@ -118,10 +118,12 @@ async fn jetstream_requests_past_max_age_after_an_outage_are_settled_without_a_c
     let (replies, mut answers) = stream.subscribe("replies").await;
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let up = healthy.clone();
-    let service = Service::start(move |_| match up.load(std::sync::atomic::Ordering::SeqCst) {
-        true => 200,
-        false => 503,
-    })
+    let service = Service::start(
+        move |_| match up.load(std::sync::atomic::Ordering::SeqCst) {
+            true => 200,
+            false => 503,
+        },
+    )
     .await;
     let extra = format!(
         "[routes.retry]\nmax_attempts = 1\n[routes.circuit_breaker]\nenabled = false\n\
@@ -181,8 +183,14 @@ async fn jetstream_requests_past_max_age_after_an_outage_are_settled_without_a_c
     .await;
     assert_eq!(service.answered(), sorted(&young), "each young one once");
     let calls = service.calls();
-    let late = calls.iter().filter(|c| c.status == 200 && c.id.starts_with("old"));
-    assert_eq!(late.count(), 0, "no old request reached the healthy service");
+    let late = calls
+        .iter()
+        .filter(|c| c.status == 200 && c.id.starts_with("old"));
+    assert_eq!(
+        late.count(),
+        0,
+        "no old request reached the healthy service"
+    );
     // Dead-lettered, each old one once, with reason `expired`.
     let mut lettered = Vec::new();
     for _ in &old {
@@ -359,19 +367,22 @@ async fn amqp_requests_past_max_age_or_expiration_are_acked_without_a_call() {
     let toml = config(&service.upstream.base_url(), admin, &routes);
     let ricochet = Ricochet::start(&toml, admin).await;
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     // (timestamp, expiration) of request i, correlation id `b-{i}`.
     let requests = [
-        (Some(now - 60), None),        // 0: old
-        (Some(now - 45), None),        // 1: old
-        (Some(now - 2), None),         // 2: young
-        (Some(now), None),             // 3: young
+        (Some(now - 60), None),         // 0: old
+        (Some(now - 45), None),         // 1: old
+        (Some(now - 2), None),          // 2: young
+        (Some(now), None),              // 3: young
         (Some(now - 10), Some("3000")), // 4: its 3 s to live are over
-        (Some(now), Some("60000")),    // 5: young, a minute to live
-        (None, None),                  // 6: no timestamp: from receipt
-        (Some(0), None),               // 7: 0 is none
-        (Some(u64::MAX), None),        // 8: no clock holds it: none
-        (Some(now + 3600), None),      // 9: from the future: counts as now
+        (Some(now), Some("60000")),     // 5: young, a minute to live
+        (None, None),                   // 6: no timestamp: from receipt
+        (Some(0), None),                // 7: 0 is none
+        (Some(u64::MAX), None),         // 8: no clock holds it: none
+        (Some(now + 3600), None),       // 9: from the future: counts as now
     ];
     let timestamps: Vec<_> = requests.iter().map(|(t, _)| *t).collect();
     let expirations: Vec<_> = requests.iter().map(|(_, e)| *e).collect();
@@ -387,16 +398,24 @@ async fn amqp_requests_past_max_age_or_expiration_are_acked_without_a_call() {
     assert_eq!(missing, BTreeSet::from(["b-0", "b-1", "b-4"]), "{answer}");
     assert_eq!(answer["answered"], answered.len(), "{answer}");
     assert_eq!(answer["duplicates"], 0);
-    assert_eq!(service.calls().len(), answered.len(), "one call each, no more");
-    eventually(Duration::from_secs(10), "three expired, queue empty", || async {
-        let expired = expired(&ricochet, "a").await;
-        let depth = client(json!({"op": "depth", "queues": [queue]})).await;
-        let messages = depth[&queue]["messages"].as_u64();
-        holds(
-            expired == 3.0 && messages == Some(0),
-            format!("expired {expired}, depth {messages:?}"),
-        )
-    })
+    assert_eq!(
+        service.calls().len(),
+        answered.len(),
+        "one call each, no more"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "three expired, queue empty",
+        || async {
+            let expired = expired(&ricochet, "a").await;
+            let depth = client(json!({"op": "depth", "queues": [queue]})).await;
+            let messages = depth[&queue]["messages"].as_u64();
+            holds(
+                expired == 3.0 && messages == Some(0),
+                format!("expired {expired}, depth {messages:?}"),
+            )
+        },
+    )
     .await;
     println!(
         "amqp: service calls avoided: 3 of {} requests",
@@ -464,8 +483,7 @@ async fn an_outage_wastes_no_service_call_on_requests_older_than_max_age() {
     let before = outage_leg("life-before", rate, outage, max_age, "").await;
     let table = format!("[routes.lifetime]\nmax_age = \"{}s\"", max_age.as_secs());
     let after = outage_leg("life-after", rate, outage, max_age, &table).await;
-    for (leg, (requests, stale, calls, wasted, expired)) in [("before", before), ("after", after)]
-    {
+    for (leg, (requests, stale, calls, wasted, expired)) in [("before", before), ("after", after)] {
         println!(
             "wasted calls {leg}: {requests} requests at {rate}/s over a {outage:?} outage, \
              max_age {max_age:?}: {stale} stale at restart, {calls} service calls, \

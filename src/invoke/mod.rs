@@ -83,7 +83,9 @@ pub enum AttemptHeaders {
     Off,
     /// `Ricochet-Budget-Ms`, `Ricochet-Attempt` and `Ricochet-Delivery-Count` (`delivered`:
     /// the broker's deliveries of the message, this one included).
-    On { delivered: u32 },
+    On {
+        delivered: u32,
+    },
 }
 
 impl AttemptHeaders {

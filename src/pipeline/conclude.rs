@@ -240,7 +240,12 @@ impl Pipeline {
         Settled::Done
     }
 
-    pub(super) async fn ack<S: Settle>(&self, route: &Route, settle: &S, trace: &MessageTrace<'_>) -> Settled {
+    pub(super) async fn ack<S: Settle>(
+        &self,
+        route: &Route,
+        settle: &S,
+        trace: &MessageTrace<'_>,
+    ) -> Settled {
         if route.policy.at_most_once {
             // Settled on receipt, or nothing to settle (request-reply without a stream).
             return Settled::Done;

@@ -1,13 +1,13 @@
 //! Lifetime: whether anyone still waits for a request, and its deadline, for every source.
 //!
-//! A message's age counts from its broker's timestamp ([`Inbound::sent_at`]: JetStream's,
-//! Kafka's, AMQP's `timestamp`), else from its receipt (core NATS). What the caller and the
-//! route allow it, each from that clock, is its lifetime:
+//! A message's age counts from its broker's timestamp ([`Inbound::sent_at`], a fact its
+//! source provides), else from its receipt. What the caller and the route allow it, each
+//! from that clock, is its lifetime:
 //!
 //! - the route's `lifetime.max_age`;
 //! - the caller's `Ricochet-Timeout` (a duration);
 //! - the caller's `Ricochet-Deadline` (an absolute time, milliseconds since the Unix epoch);
-//! - the broker's time-to-live ([`Inbound::expires_in`]: AMQP's `expiration`).
+//! - the broker's time-to-live ([`Inbound::expires_in`], where the publisher set one).
 //!
 //! A message with less than `lifetime.min_budget` of it left is expired: it is settled
 //! without calling the service ([`Pipeline::expire`]). Any other gets its deadline, the
@@ -39,7 +39,7 @@ pub enum Bound {
     CallerTimeout,
     /// The caller's `Ricochet-Deadline`.
     CallerDeadline,
-    /// The broker's time-to-live (AMQP `expiration`).
+    /// The broker's time-to-live the publisher set ([`Inbound::expires_in`]).
     Expiration,
 }
 
@@ -126,7 +126,9 @@ pub fn judge(
     }
     if let Some(value) = inbound.header(DEADLINE_HEADER) {
         let at = parse_deadline(value).ok_or_else(|| {
-            format!("{DEADLINE_HEADER} {value:?} is not a time in milliseconds since the Unix epoch")
+            format!(
+                "{DEADLINE_HEADER} {value:?} is not a time in milliseconds since the Unix epoch"
+            )
         })?;
         // Beyond what the clock can hold: no limit.
         if let Some(at) = at {
@@ -319,7 +321,9 @@ mod tests {
     fn less_than_min_budget_left_is_expired() {
         let c = clocks();
         let mut inbound = message(c, Duration::ZERO, Some(0));
-        inbound.headers.push(("Ricochet-Timeout".into(), "4ms".into()));
+        inbound
+            .headers
+            .push(("Ricochet-Timeout".into(), "4ms".into()));
         let judged = judge(&lifetime(None), S(30), &inbound, c).unwrap();
         assert_eq!(
             judged,
@@ -379,7 +383,8 @@ mod tests {
         }
         assert_eq!(parse_deadline(" 1000 "), Some(UNIX_EPOCH.checked_add(S(1))));
         let mut far = message(c, Duration::ZERO, None);
-        far.headers.push(("Ricochet-Deadline".into(), u64::MAX.to_string()));
+        far.headers
+            .push(("Ricochet-Deadline".into(), u64::MAX.to_string()));
         assert_eq!(
             judge(&lifetime(None), S(30), &far, c),
             Ok(Judged::Wanted(c.now + S(30)))

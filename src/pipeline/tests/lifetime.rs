@@ -45,7 +45,11 @@ async fn an_old_message_is_acked_unanswered_and_counted_and_the_service_is_not_c
     let counts = Counts::take(&metrics);
     assert_eq!(counts.get(MESSAGES_EXPIRED, &[("route", "r")]), 1);
     assert_eq!(counts.get(HTTP_RESPONSES, &[]), 0);
-    assert_eq!(counts.get(ERRORS, &[("kind", "expired")]), 0, "no error reply");
+    assert_eq!(
+        counts.get(ERRORS, &[("kind", "expired")]),
+        0,
+        "no error reply"
+    );
     // A young one is called and answered.
     deliver(&pipeline, &broker, &sent(Duration::from_secs(1))).await;
     assert_eq!(broker.calls()[1..], ["reply caller.inbox 200", "ack"]);
@@ -63,7 +67,11 @@ async fn an_expired_message_is_dead_lettered_and_answered_504_when_the_route_ask
     assert_eq!(settled, Settled::Done);
     assert_eq!(
         broker.calls(),
-        ["dead_letter expired 504 1", "reply caller.inbox 504", "term"]
+        [
+            "dead_letter expired 504 1",
+            "reply caller.inbox 504",
+            "term"
+        ]
     );
     let reply = broker.replies.lock().unwrap()[0].clone();
     assert_eq!(reply.headers.get("Ricochet-Error"), Some(&b"expired"[..]));
@@ -106,7 +114,9 @@ async fn less_than_min_budget_left_is_expired() {
 
 /// Milliseconds since the Unix epoch, `offset` from now.
 fn epoch_ms(offset: i64) -> String {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
     (now.as_millis() as i64 + offset).to_string()
 }
 
@@ -120,7 +130,10 @@ async fn hostile_deadline_headers_are_refused_or_bounded_never_a_panic() {
         ("soon", "dead_letter bad_request 400 1"),
         ("-5", "dead_letter bad_request 400 1"),
         ("1.5", "dead_letter bad_request 400 1"),
-        ("99999999999999999999999999", "dead_letter bad_request 400 1"),
+        (
+            "99999999999999999999999999",
+            "dead_letter bad_request 400 1",
+        ),
         ("", "dead_letter bad_request 400 1"),
         // In the past: expired, acked.
         ("0", "ack"),
@@ -152,7 +165,9 @@ async fn hostile_deadline_headers_are_refused_or_bounded_never_a_panic() {
     assert_eq!(heads.len(), 2);
     for head in heads.iter() {
         // The route's own: one attempt of upstream.request_timeout (5 s).
-        let budget = header_of(head, "ricochet-budget-ms").parse::<u64>().unwrap();
+        let budget = header_of(head, "ricochet-budget-ms")
+            .parse::<u64>()
+            .unwrap();
         assert!((4_000..=5_000).contains(&budget), "{budget}");
     }
 }
@@ -172,13 +187,17 @@ async fn each_attempt_tells_the_service_its_budget_attempt_and_delivery_count() 
     let broker = Broker::default();
     // The caller's own Ricochet-* headers never reach the service: ricochet's do.
     let mut inbound = with_header(message(b"", 4), "Ricochet-Timeout", "1500ms");
-    inbound.headers.push(("Ricochet-Attempt".into(), "99".into()));
+    inbound
+        .headers
+        .push(("Ricochet-Attempt".into(), "99".into()));
     deliver(&pipeline, &broker, &inbound).await;
     let heads = heads.lock().unwrap();
     let head = &heads[0];
     assert_eq!(header_of(head, "ricochet-attempt"), "1");
     assert_eq!(header_of(head, "ricochet-delivery-count"), "4");
-    let budget = header_of(head, "ricochet-budget-ms").parse::<u64>().unwrap();
+    let budget = header_of(head, "ricochet-budget-ms")
+        .parse::<u64>()
+        .unwrap();
     assert!((1400..=1500).contains(&budget), "{budget}");
     assert_eq!(head.matches("ricochet-attempt:").count(), 1);
 }

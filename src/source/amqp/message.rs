@@ -100,7 +100,8 @@ impl AmqpRoute {
         inbound.delivered = delivered;
         inbound.unreadable = unreadable;
         inbound.sent_at = fields::sent_at(*properties.timestamp());
-        inbound.expires_in = fields::expires_in(properties.expiration().as_ref().map(|e| e.as_str()));
+        inbound.expires_in =
+            fields::expires_in(properties.expiration().as_ref().map(|e| e.as_str()));
         inbound
     }
 

@@ -161,3 +161,21 @@ pub(super) fn sent_at(millis: Option<i64>) -> Option<SystemTime> {
     let millis = u64::try_from(millis?).ok().filter(|m| *m > 0)?;
     UNIX_EPOCH.checked_add(Duration::from_millis(millis))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_timestamp_is_read_and_none_or_nonsense_is_none() {
+        assert_eq!(sent_at(None), None);
+        // -1: the producer set none; 0 and less: no time a record was made at.
+        for none in [-1, 0, i64::MIN] {
+            assert_eq!(sent_at(Some(none)), None, "{none}");
+        }
+        let at = UNIX_EPOCH + Duration::from_millis(1_765_100_000_123);
+        assert_eq!(sent_at(Some(1_765_100_000_123)), Some(at));
+        // The largest a producer can send is a time the clock holds.
+        assert!(sent_at(Some(i64::MAX)).is_some());
+    }
+}
