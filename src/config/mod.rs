@@ -15,8 +15,8 @@
 //! Files: `load.rs` (reading, env overrides, collecting errors), `validate.rs` (checks of
 //! the shared sections), `base_url.rs` (`upstream.base_url`: TCP or a Unix socket, with its
 //! base path), `route.rs` and `validate_route.rs` (a route's common keys and
-//! their checks), `lifetime.rs` (`[routes.lifetime]`), `schemas.rs` (`[routes.validate]` and `[schema_registry]`), `security.rs`
-//! (TLS and credentials), `units.rs` (`ByteSize`, `Secret`), `url_auth.rs` (credentials in
+//! their checks), `lifetime.rs` (`[routes.lifetime]`), `schemas.rs` (`[routes.validate]`
+//! and `[schema_registry]`), `security.rs` (TLS and credentials), `units.rs` (`ByteSize`, `Secret`), `url_auth.rs` (credentials in
 //! `nats.url`), `wording.rs` (errors without secrets or serde jargon), `print.rs`
 //! (redaction for `check --print`), `defaults.rs`.
 

@@ -26,6 +26,7 @@ use super::conclude::Letter;
 use super::policy::Reason;
 use super::{Pipeline, Processed, Route, Settled};
 use crate::config::{Expired, LifetimeConfig};
+use crate::invoke::{AttemptHeaders, Call};
 use crate::message::reply::{DEADLINE_HEADER, TIMEOUT_HEADER};
 use crate::message::{ErrorKind, Inbound, Settle, Undelivered};
 use crate::telemetry::trace::MessageTrace;
@@ -145,6 +146,17 @@ pub fn judge(
     let ours = (received + total_timeout).saturating_duration_since(clocks.now);
     let left = tightest.map_or(ours, |(left, _)| left.min(ours));
     Ok(Judged::Wanted(clocks.now + left))
+}
+
+/// The call of a wanted message: its deadline, and what each attempt tells the service.
+pub fn call(lifetime: &LifetimeConfig, deadline: Instant, inbound: &Inbound) -> Call {
+    let headers = match lifetime.attempt_headers {
+        true => AttemptHeaders::On {
+            delivered: inbound.delivered,
+        },
+        false => AttemptHeaders::Off,
+    };
+    Call { deadline, headers }
 }
 
 /// `Ricochet-Timeout`: a duration ("1500ms", "2s") or a plain number of milliseconds.

@@ -7,9 +7,10 @@
 //! [`Pipeline::deliver`] is the spine: a source that has taken a message (`admission`: the
 //! breaker's gate, a `max_in_flight` slot, the [`admission::Taken`] guard) hands it over,
 //! routed (the captures of its route's pattern), with a [`Settle`] handle. The pipeline
-//! settles it on receipt when the route is at-most-once, validates it (`validate`), judges
-//! whether anyone still waits for it and sets its deadline (`lifetime`), calls the service
-//! (`process`), and has the settlement policy (`policy`) decide what becomes of
+//! settles it on receipt when the route is at-most-once, checks it (`validate`: its route,
+//! size and reply destination), judges whether anyone still waits for it and sets its
+//! deadline (`lifetime`), validates its body against the route's rules (`validate`), calls
+//! the service (`process`), and has the settlement policy (`policy`) decide what becomes of
 //! it, which `conclude` carries out through the handle. Metrics of those steps are recorded
 //! here, once.
 
@@ -34,7 +35,7 @@ use self::conclude::destination;
 use self::lifetime::Judged;
 pub use self::policy::Policy;
 use crate::config::{Config, RouteConfig};
-use crate::invoke::{AttemptHeaders, Call, RouteInvoker, Upstream};
+use crate::invoke::{RouteInvoker, Upstream};
 use crate::mapping::{HeaderFilter, RequestMapping};
 use crate::message::{Accepted, ErrorKind, Inbound, Redelivered, Reply, Settle};
 use crate::route::{Captures, Pattern};
@@ -260,15 +261,7 @@ impl Pipeline {
                     }
                     Ok(Judged::Wanted(deadline)) => {
                         let captures = captures.unwrap_or_default();
-                        let call = Call {
-                            deadline,
-                            headers: match lifetime.attempt_headers {
-                                true => AttemptHeaders::On {
-                                    delivered: inbound.delivered,
-                                },
-                                false => AttemptHeaders::Off,
-                            },
-                        };
+                        let call = lifetime::call(lifetime, deadline, inbound);
                         match &route.validation {
                             None => self.process(route, &captures, inbound, call, &trace).await,
                             // Boxed: routes without validation keep the smaller future.

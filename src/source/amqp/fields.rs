@@ -171,6 +171,9 @@ pub fn expires_in(expiration: Option<&str>) -> Option<std::time::Duration> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use lapin::types::{ByteArray, FieldArray};
+
     #[test]
     fn the_timestamp_and_expiration_properties_are_read_and_none_is_none() {
         use std::time::{Duration, UNIX_EPOCH};
@@ -187,9 +190,6 @@ mod tests {
         }
         assert_eq!(expires_in(None), None);
     }
-
-    use super::*;
-    use lapin::types::{ByteArray, FieldArray};
 
     fn text(value: AMQPValue) -> Result<String, &'static str> {
         text_of(&value)
