@@ -5,7 +5,7 @@
 //! same path:
 //!
 //! ```text
-//! source -> route -> validate -> map to HTTP -> invoke -> map to reply -> policy -> publish -> settle
+//! source -> route -> validate -> lifetime -> map to HTTP -> invoke -> map to reply -> policy -> publish -> settle
 //! ```
 //!
 //! - [`source`] takes broker messages (one folder per broker) and turns them into

@@ -162,3 +162,8 @@ pub fn registry_timeout() -> Duration {
 pub fn registry_latest_refresh() -> Duration {
     Duration::from_secs(60)
 }
+/// `lifetime.min_budget`: below this, an HTTP call cannot do useful work (a connection
+/// from the pool and one small exchange with a co-located service take about a millisecond).
+pub fn min_budget() -> Duration {
+    Duration::from_millis(5)
+}

@@ -15,13 +15,14 @@
 //! Files: `load.rs` (reading, env overrides, collecting errors), `validate.rs` (checks of
 //! the shared sections), `base_url.rs` (`upstream.base_url`: TCP or a Unix socket, with its
 //! base path), `route.rs` and `validate_route.rs` (a route's common keys and
-//! their checks), `schemas.rs` (`[routes.validate]` and `[schema_registry]`), `security.rs`
-//! (TLS and credentials), `units.rs` (`ByteSize`, `Secret`), `url_auth.rs` (credentials in
+//! their checks), `lifetime.rs` (`[routes.lifetime]`), `schemas.rs` (`[routes.validate]`
+//! and `[schema_registry]`), `security.rs` (TLS and credentials), `units.rs` (`ByteSize`, `Secret`), `url_auth.rs` (credentials in
 //! `nats.url`), `wording.rs` (errors without secrets or serde jargon), `print.rs`
 //! (redaction for `check --print`), `defaults.rs`.
 
 mod base_url;
 pub mod defaults;
+mod lifetime;
 mod load;
 mod print;
 mod route;
@@ -43,6 +44,7 @@ pub use validate_route::{across as check_across, route as check_route};
 
 use serde::{Deserialize, Serialize};
 
+pub use lifetime::{Expired, LifetimeConfig};
 pub use load::{field_names, read_file, ConfigError, ConfigErrors, Document, ENV_PREFIX};
 pub use print::redact;
 pub use route::{

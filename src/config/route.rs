@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, ByteSize, UpstreamConfig, ValidateConfig};
+use super::{defaults, ByteSize, LifetimeConfig, UpstreamConfig, ValidateConfig};
 
 /// One subject pattern mapped to one HTTP endpoint: the settings every route has, whatever
 /// its source. The source's part (`source = "..."`, its route keys and its table) is
@@ -63,6 +63,9 @@ pub struct RouteConfig {
     /// What a request must be before the service is called, and what its answer must be.
     #[serde(default)]
     pub validate: Option<ValidateConfig>,
+    /// How long a request is wanted, and what the service is told of its deadline.
+    #[serde(default)]
+    pub lifetime: LifetimeConfig,
 }
 
 impl RouteConfig {

@@ -84,6 +84,7 @@ pub fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
         }
     }
     super::schemas::route(route, &mut push);
+    super::lifetime::check(&route.lifetime, &mut push);
     for (key, filter) in [
         ("request_headers", &route.request_headers),
         ("response_headers", &route.response_headers),

@@ -14,6 +14,8 @@
 //!   no attempt or backoff runs past the deadline.
 //! - A retryable verdict is retried while attempts, deadline, retry budget and the method's
 //!   idempotency allow; otherwise the last result is the outcome.
+//! - Each attempt tells the service its budget, its number and the message's delivery count
+//!   ([`AttemptHeaders`]), unless the route turns that off.
 
 pub mod breaker;
 pub mod classify;
@@ -38,6 +40,7 @@ pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
 
 use crate::config::{RouteConfig, UpstreamConfig};
+use crate::message::reply::{ATTEMPT_HEADER, BUDGET_HEADER, DELIVERY_COUNT_HEADER};
 use crate::message::ErrorKind;
 use crate::telemetry::metrics::{RateLimited, RouteMetrics, SkipReason};
 use crate::telemetry::trace::{MessageTrace, RouteSpans};
@@ -63,6 +66,41 @@ impl Failure {
             Failure::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             Failure::Throttled(_) => ErrorKind::RateLimited,
         }
+    }
+}
+
+/// One message's call: when nobody waits for its answer any more, and what each attempt
+/// tells the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub deadline: Instant,
+    pub headers: AttemptHeaders,
+}
+
+/// What each HTTP attempt tells the service of its message (`lifetime.attempt_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptHeaders {
+    Off,
+    /// `Ricochet-Budget-Ms`, `Ricochet-Attempt` and `Ricochet-Delivery-Count` (`delivered`:
+    /// the broker's deliveries of the message, this one included).
+    On {
+        delivered: u32,
+    },
+}
+
+impl AttemptHeaders {
+    /// Sets the headers of attempt number `attempt`, which ricochet waits `budget` for
+    /// (whole milliseconds, rounded down: the service never counts on more than it has).
+    /// They replace any of the same name (a message's own `Ricochet-*` headers are never
+    /// forwarded anyway).
+    fn stamp(self, headers: &mut http::HeaderMap, attempt: u32, budget: Duration) {
+        let AttemptHeaders::On { delivered } = self else {
+            return;
+        };
+        let millis = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+        headers.insert(BUDGET_HEADER, millis.into());
+        headers.insert(ATTEMPT_HEADER, attempt.into());
+        headers.insert(DELIVERY_COUNT_HEADER, delivered.into());
     }
 }
 
@@ -109,11 +147,12 @@ impl RouteInvoker {
         &self,
         upstream: &Upstream,
         request: Request<Bytes>,
-        deadline: Instant,
+        call: Call,
         metrics: &RouteMetrics,
         trace: &MessageTrace<'_>,
         spans: &RouteSpans,
     ) -> Outcome {
+        let deadline = call.deadline;
         let refused = |failure: Failure| Outcome {
             result: Err(failure),
             attempts: 0,
@@ -178,6 +217,7 @@ impl RouteInvoker {
             let attempt_timeout = self.timeout.min(remaining);
             let mut span = trace.attempt(spans, &parts.method, attempts);
             let mut request = rebuild(&parts, &body);
+            (call.headers).stamp(request.headers_mut(), attempts, attempt_timeout);
             span.inject_http(request.headers_mut());
             let started = Instant::now();
             let result = upstream.call(request, attempt_timeout).await;

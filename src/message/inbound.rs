@@ -1,6 +1,6 @@
 //! The request message as every part of ricochet sees it, whatever broker it came from.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -31,6 +31,12 @@ pub struct Inbound {
     pub delivered: u32,
     /// Where the message sits in its stream or partition, for traces.
     pub position: Position,
+    /// When the broker took the message (a JetStream message's timestamp, a Kafka record's,
+    /// an AMQP `timestamp` property); `None` when it has none: its age counts from receipt.
+    pub sent_at: Option<SystemTime>,
+    /// How long the publisher said the message lives, counted from `sent_at` (else from
+    /// receipt): AMQP's `expiration` property.
+    pub expires_in: Option<Duration>,
 }
 
 /// A header whose value cannot become an HTTP header value: bytes that are not UTF-8, or an
@@ -74,6 +80,8 @@ impl Inbound {
             correlation: None,
             delivered: 1,
             position: Position::None,
+            sent_at: None,
+            expires_in: None,
         }
     }
 

@@ -14,11 +14,21 @@ pub const ERROR_KIND_HEADER: &str = "Ricochet-Error";
 pub const ATTEMPTS_HEADER: &str = "Ricochet-Attempts";
 /// Request header: the caller's own deadline for this request, which may shorten the route's.
 pub const TIMEOUT_HEADER: &str = "Ricochet-Timeout";
+/// Request header: the caller's absolute deadline, in milliseconds since the Unix epoch.
+pub const DEADLINE_HEADER: &str = "Ricochet-Deadline";
+/// HTTP request header on each attempt: the milliseconds ricochet waits for this attempt's
+/// answer (the route's `timeout`, cut to what is left of the message's deadline).
+pub const BUDGET_HEADER: &str = "Ricochet-Budget-Ms";
+/// HTTP request header on each attempt: its number within this delivery, from 1.
+pub const ATTEMPT_HEADER: &str = "Ricochet-Attempt";
+/// HTTP request header on each attempt: the broker's deliveries of the message so far, this
+/// one included.
+pub const DELIVERY_COUNT_HEADER: &str = "Ricochet-Delivery-Count";
 pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
 /// Every kind, for metrics that pre-register one series each.
-pub const ERROR_KINDS: [ErrorKind; 11] = [
+pub const ERROR_KINDS: [ErrorKind; 12] = [
     ErrorKind::BadRequest,
     ErrorKind::NoRoute,
     ErrorKind::PayloadTooLarge,
@@ -30,6 +40,7 @@ pub const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::Validation,
     ErrorKind::RegistryUnavailable,
     ErrorKind::InvalidResponse,
+    ErrorKind::Expired,
 ];
 
 /// Errors that ricochet answers itself, without (or instead of) the service's answer.
@@ -61,6 +72,10 @@ pub enum ErrorKind {
     RegistryUnavailable,
     /// The service's 2xx answer does not pass the route's response rules.
     InvalidResponse,
+    /// The request is past its lifetime (`lifetime.max_age`, the caller's deadline) or has
+    /// less than `lifetime.min_budget` left: the service is not called. Answered only when
+    /// the route sets `lifetime.reply_expired`.
+    Expired,
 }
 
 impl ErrorKind {
@@ -77,6 +92,7 @@ impl ErrorKind {
             ErrorKind::Validation => StatusCode::BAD_REQUEST,
             ErrorKind::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
+            ErrorKind::Expired => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -94,6 +110,7 @@ impl ErrorKind {
             ErrorKind::Validation => "validation",
             ErrorKind::RegistryUnavailable => "registry_unavailable",
             ErrorKind::InvalidResponse => "invalid_response",
+            ErrorKind::Expired => "expired",
         }
     }
 }

@@ -20,13 +20,14 @@ use crate::telemetry::stats::RequestStats;
 use crate::telemetry::trace::MessageTrace;
 
 /// What a given-up message's dead letter and last reply say.
-struct Letter {
-    reason: Reason,
+pub(super) struct Letter {
+    pub reason: Reason,
     /// What exactly was wrong (the first violations), for the dead letter.
-    detail: Option<String>,
-    last_status: u16,
-    /// The error reply for the caller; `None` when publishing the reply is what failed.
-    reply: Option<Reply>,
+    pub detail: Option<String>,
+    pub last_status: u16,
+    /// The error reply for the caller; `None` when publishing the reply is what failed (or
+    /// nobody waits for it).
+    pub reply: Option<Reply>,
 }
 
 /// Where the message's reply goes, and why not when its broker cannot take the destination
@@ -62,6 +63,7 @@ impl Pipeline {
             Action::Answer => "answered",
             Action::Redeliver(_) => "redelivered",
             Action::GiveUp(_) => "given_up",
+            Action::Expire => "expired",
         };
         let t = &trace;
         let settled = match action {
@@ -88,13 +90,17 @@ impl Pipeline {
                             outcome = "redelivered";
                             self.redeliver(route, delay, settle, t).await
                         }
-                        Action::Answer => Settled::Done,
+                        Action::Answer | Action::Expire => Settled::Done,
                     },
                 }
             }
             Action::Redeliver(delay) => {
                 debug!(route = %route.name, delivered = inbound.delivered, status = processed.reply.status.as_u16(), ?delay, "retryable failure; redelivering later");
                 self.redeliver(route, delay, settle, t).await
+            }
+            Action::Expire => {
+                // Boxed: the rare path should not enlarge every message's future.
+                Box::pin(self.expire(route, inbound, destination, processed, settle, t)).await
             }
             Action::GiveUp(reason) => {
                 let letter = Letter {
@@ -174,7 +180,7 @@ impl Pipeline {
     /// Dead letter, error reply (best effort: the dead letter holds the request; none when
     /// the reply is what failed), terminate. A dead letter that could not be published makes
     /// the message come again instead.
-    async fn give_up<S: Settle>(
+    pub(super) async fn give_up<S: Settle>(
         &self,
         route: &Route,
         inbound: &Inbound,
@@ -234,7 +240,12 @@ impl Pipeline {
         Settled::Done
     }
 
-    async fn ack<S: Settle>(&self, route: &Route, settle: &S, trace: &MessageTrace<'_>) -> Settled {
+    pub(super) async fn ack<S: Settle>(
+        &self,
+        route: &Route,
+        settle: &S,
+        trace: &MessageTrace<'_>,
+    ) -> Settled {
         if route.policy.at_most_once {
             // Settled on receipt, or nothing to settle (request-reply without a stream).
             return Settled::Done;

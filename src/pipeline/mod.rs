@@ -1,19 +1,22 @@
 //! One message through the whole flow, for every source:
 //!
 //! ```text
-//! admission -> validate -> map to HTTP -> invoke -> map to reply -> policy -> publish -> settle
+//! admission -> validate -> lifetime -> map to HTTP -> invoke -> map to reply -> policy -> publish -> settle
 //! ```
 //!
 //! [`Pipeline::deliver`] is the spine: a source that has taken a message (`admission`: the
 //! breaker's gate, a `max_in_flight` slot, the [`admission::Taken`] guard) hands it over,
 //! routed (the captures of its route's pattern), with a [`Settle`] handle. The pipeline
-//! settles it on receipt when the route is at-most-once, validates it (`validate`), calls
+//! settles it on receipt when the route is at-most-once, checks it (`validate`: its route,
+//! size and reply destination), judges whether anyone still waits for it and sets its
+//! deadline (`lifetime`), validates its body against the route's rules (`validate`), calls
 //! the service (`process`), and has the settlement policy (`policy`) decide what becomes of
 //! it, which `conclude` carries out through the handle. Metrics of those steps are recorded
 //! here, once.
 
 pub mod admission;
 mod conclude;
+pub mod lifetime;
 pub mod policy;
 mod process;
 #[cfg(test)]
@@ -29,6 +32,7 @@ use tracing::warn;
 use self::admission::Queue;
 pub use self::admission::{Admission, Admitted, InLine, Taken};
 use self::conclude::destination;
+use self::lifetime::Judged;
 pub use self::policy::Policy;
 use crate::config::{Config, RouteConfig};
 use crate::invoke::{RouteInvoker, Upstream};
@@ -141,6 +145,8 @@ pub enum Disposition {
     Retry,
     /// The message can never be delivered (cannot be mapped, too large): dead letter.
     Undeliverable,
+    /// Nobody waits for it any more (`lifetime`): settled without calling the service.
+    Expired,
 }
 
 /// The result of processing one message.
@@ -246,13 +252,25 @@ impl Pipeline {
         let processed = match validate::check(route, inbound, captures.is_some(), problem) {
             Err((kind, detail)) => self.refuse(route, kind, &detail),
             Ok(()) => {
-                let captures = captures.unwrap_or_default();
-                match &route.validation {
-                    None => self.process(route, &captures, inbound, &trace).await,
-                    // Boxed: routes without validation keep the smaller future.
-                    Some(rules) => {
-                        let validated = self.validated(route, rules, &captures, inbound, &trace);
-                        Box::pin(validated).await
+                let lifetime = &route.config.lifetime;
+                let clocks = lifetime::Clocks::read();
+                match lifetime::judge(lifetime, route.total_timeout, inbound, clocks) {
+                    Err(detail) => self.refuse(route, ErrorKind::BadRequest, &detail),
+                    Ok(Judged::Expired { bound, age, left }) => {
+                        self.expired(route, bound, age, left)
+                    }
+                    Ok(Judged::Wanted(deadline)) => {
+                        let captures = captures.unwrap_or_default();
+                        let call = lifetime::call(lifetime, deadline, inbound);
+                        match &route.validation {
+                            None => self.process(route, &captures, inbound, call, &trace).await,
+                            // Boxed: routes without validation keep the smaller future.
+                            Some(rules) => {
+                                let validated =
+                                    self.validated(route, rules, &captures, inbound, call, &trace);
+                                Box::pin(validated).await
+                            }
+                        }
                     }
                 }
             }

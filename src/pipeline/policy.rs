@@ -9,6 +9,7 @@
 //! | retryable, deliveries left | at-least-once | [`Action::Redeliver`] after the nth delay |
 //! | retryable, deliveries used up | at-least-once | [`Action::GiveUp`] with [`Reason::Exhausted`] |
 //! | retryable | at-most-once | [`Action::Answer`] with the error reply (nothing comes again) |
+//! | expired (nobody waits for it) | any | [`Action::Expire`]: ack, or dead letter as the route says |
 //!
 //! And when the reply itself could not be published: redeliver (the message is processed
 //! again), or on the last delivery give up with [`Reason::PublishFailed`].
@@ -61,6 +62,7 @@ impl Policy {
     pub fn decide(&self, processed: &Processed, delivered: u32) -> Action {
         match processed.disposition {
             Disposition::Answered => Action::Answer,
+            Disposition::Expired => Action::Expire,
             Disposition::Undeliverable => Action::GiveUp(
                 processed
                     .error
@@ -112,6 +114,8 @@ pub enum Action {
     Redeliver(Duration),
     /// Dead letter, error reply (unless the reply is what failed), terminate.
     GiveUp(Reason),
+    /// Nobody waits for it: settled as the route's `lifetime` says, without a call.
+    Expire,
 }
 
 /// Why a message was given up: the dead letter's `Ricochet-Dead-Letter-Reason`.

@@ -1,18 +1,15 @@
 //! Process: the middle of the flow, for one admitted message. The route's `validate` rules,
-//! the message's deadline, the request mapping, the call through the route's invoker
+//! the request mapping, the call through the route's invoker
 //! (rate limit, retries, breaker), and the service's answer (or ricochet's own error) as a
 //! [`Reply`] with a [`Disposition`]. It publishes nothing: that is `conclude`'s.
 
-use std::time::Duration;
-
 use http::header::CONTENT_TYPE;
 use http::HeaderValue;
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{validate, Disposition, Pipeline, Processed, Route};
-use crate::invoke::{Class, Failure, InvokeError};
-use crate::message::reply::{ATTEMPTS_HEADER, TIMEOUT_HEADER};
+use crate::invoke::{Call, Class, Failure, InvokeError};
+use crate::message::reply::ATTEMPTS_HEADER;
 use crate::message::{ErrorKind, Inbound, Reply};
 use crate::route::Captures;
 use crate::telemetry::metrics::ValidationFailure;
@@ -41,30 +38,29 @@ impl Pipeline {
         rules: &Rules,
         captures: &Captures,
         inbound: &Inbound,
+        call: Call,
         trace: &MessageTrace<'_>,
     ) -> Processed {
         match validate::body(route, rules, inbound).await {
             Err(invalid) => self.refuse_invalid(route, &invalid, None),
-            Ok(Passed::AsIs) => self.process(route, captures, inbound, trace).await,
+            Ok(Passed::AsIs) => self.process(route, captures, inbound, call, trace).await,
             Ok(Passed::Decoded(json)) => {
                 let decoded = validate::decoded(inbound, json);
-                self.process(route, captures, &decoded, trace).await
+                self.process(route, captures, &decoded, call, trace).await
             }
         }
     }
 
-    /// Takes one validated message from its deadline to its reply; publishes nothing.
+    /// Takes one validated message, by its `call`'s deadline, to its reply; publishes
+    /// nothing.
     pub(super) async fn process(
         &self,
         route: &Route,
         captures: &Captures,
         inbound: &Inbound,
+        call: Call,
         trace: &MessageTrace<'_>,
     ) -> Processed {
-        let deadline = match self.deadline(route, inbound) {
-            Ok(deadline) => deadline,
-            Err(detail) => return self.refuse(route, ErrorKind::BadRequest, &detail),
-        };
         let values = captures.values(&inbound.subject);
         let request = match route.request.build(inbound, &values) {
             Ok(request) => request,
@@ -76,7 +72,7 @@ impl Pipeline {
             .invoke(
                 &self.upstream,
                 request,
-                deadline,
+                call,
                 &route.metrics,
                 trace,
                 &route.spans,
@@ -153,18 +149,6 @@ impl Pipeline {
         }
     }
 
-    /// The route's total timeout from receipt, shortened by a `Ricochet-Timeout` header.
-    fn deadline(&self, route: &Route, inbound: &Inbound) -> Result<Instant, String> {
-        let mut budget = route.total_timeout;
-        if let Some(value) = inbound.header(TIMEOUT_HEADER) {
-            let asked = parse_timeout(value).ok_or_else(|| {
-                format!("{TIMEOUT_HEADER} {value:?} is not a duration like \"1500ms\" or \"2s\"")
-            })?;
-            budget = budget.min(asked);
-        }
-        Ok(Instant::from_std(inbound.received) + budget)
-    }
-
     /// A message ricochet answers itself without calling the service.
     pub(super) fn refuse(&self, route: &Route, kind: ErrorKind, detail: &str) -> Processed {
         debug!(route = %route.name, kind = kind.as_str(), detail, "message refused");
@@ -197,14 +181,4 @@ impl Pipeline {
             detail: Some(invalid.summary()),
         }
     }
-}
-
-/// `Ricochet-Timeout`: a duration ("1500ms", "2s") or a plain number of milliseconds.
-pub(super) fn parse_timeout(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    value
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .ok()
-        .or_else(|| humantime::parse_duration(value).ok())
 }

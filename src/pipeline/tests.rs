@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-use super::process::parse_timeout;
+use super::lifetime::parse_timeout;
 use super::*;
 use crate::message::{
     Accepted, Cause, Confirmed, DeadLetter, DeadLettered, Inbound, Redelivered, Settle,
@@ -108,7 +108,12 @@ impl Settle for Broker {
 /// A pipeline with one JetStream-like route (3 deliveries, delays 1s, 5s) in front of a
 /// service answering `status`, its metrics recorded by a recorder of its own.
 async fn pipeline(status: u16, delivery: &str) -> (Pipeline, Snapshotter) {
-    let port = service(status).await;
+    pipeline_at(service(status).await, delivery, "").await
+}
+
+/// As [`pipeline`], in front of the service at `port`, with `more` (tables) added to the
+/// route.
+async fn pipeline_at(port: u16, delivery: &str, more: &str) -> (Pipeline, Snapshotter) {
     let text = format!(
         r#"
         [upstream]
@@ -127,6 +132,7 @@ async fn pipeline(status: u16, delivery: &str) -> (Pipeline, Snapshotter) {
         stream = "S"
         max_deliver = 3
         redelivery_backoff = ["1s", "5s"]
+        {more}
         "#
     );
     let config = load_str(&text, Vec::new()).unwrap();
@@ -581,3 +587,7 @@ async fn admission_gives_slots_then_places_in_line_then_refuses() {
     drop(second);
     assert!(matches!(route.admit(), Admission::Now(_)));
 }
+
+/// The lifetime stage on the whole path: expired messages settled without a call, the
+/// attempt headers the service sees.
+mod lifetime;

@@ -273,6 +273,42 @@ mod loading {
     }
 
     #[test]
+    fn lifetime_settings_are_checked_with_their_keys() {
+        let problems = |table: &str| {
+            let text = format!("{MINIMAL}\n[routes.lifetime]\n{table}\n");
+            let errors = load_str(&text, no_env()).unwrap_err().0;
+            (errors.iter())
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect::<Vec<_>>()
+        };
+        let zero = problems("max_age = \"0s\"");
+        assert!(
+            zero[0].starts_with("routes[0].lifetime.max_age: must be greater"),
+            "{zero:?}"
+        );
+        let short = problems("max_age = \"10ms\"\nmin_budget = \"10ms\"");
+        assert!(
+            short[0].contains("longer than lifetime.min_budget (10ms)"),
+            "{short:?}"
+        );
+        for (table, key) in [
+            ("expired = \"drop\"", "routes[0].lifetime.expired"),
+            ("max_age = 30", "routes[0].lifetime.max_age"),
+            ("maximum_age = \"1s\"", "routes[0].lifetime.maximum_age"),
+        ] {
+            let found = problems(table);
+            assert!(found[0].starts_with(key), "{table}: {found:?}");
+        }
+        let text =
+            format!("{MINIMAL}\n[routes.lifetime]\nmax_age = \"30s\"\nexpired = \"dead_letter\"\n");
+        let settings = load_str(&text, no_env()).unwrap();
+        let lifetime = &settings.config.routes[0].lifetime;
+        assert_eq!(lifetime.max_age, Some(Duration::from_secs(30)));
+        assert_eq!(lifetime.min_budget, Duration::from_millis(5));
+        assert!(lifetime.attempt_headers && !lifetime.reply_expired);
+    }
+
+    #[test]
     fn jetstream_deadline_must_fit_in_ack_wait_without_in_progress() {
         let route = |in_progress: bool| {
             format!(

@@ -16,6 +16,7 @@ use crate::message::ErrorKind;
 
 pub const MESSAGES_RECEIVED: &str = "ricochet_messages_received_total";
 pub const MESSAGES_HANDLED: &str = "ricochet_messages_handled_total";
+pub const MESSAGES_EXPIRED: &str = "ricochet_messages_expired_total";
 pub const MESSAGE_DURATION: &str = "ricochet_message_duration_seconds";
 pub const HTTP_RESPONSES: &str = "ricochet_http_responses_total";
 pub const HTTP_DURATION: &str = "ricochet_http_request_duration_seconds";
@@ -65,6 +66,10 @@ fn describe() {
     describe_counter!(
         MESSAGES_HANDLED,
         "Request messages finished, by outcome: replied, no_reply (fire-and-forget), publish_failed"
+    );
+    describe_counter!(
+        MESSAGES_EXPIRED,
+        "Request messages settled without calling the service because nobody waits for them any more: past lifetime.max_age or the caller's deadline, or with less than lifetime.min_budget left"
     );
     describe_histogram!(
         MESSAGE_DURATION,
@@ -340,6 +345,8 @@ pub struct RouteMetrics {
     pub throttled: Counter,
     rate_limited: [Counter; RateLimited::ALL.len()],
     pub redeliveries: Counter,
+    /// Messages past their lifetime, settled without a call.
+    pub expired: Counter,
 }
 
 impl RouteMetrics {
@@ -384,6 +391,7 @@ impl RouteMetrics {
             rate_limited: RateLimited::ALL
                 .map(|r| counter!(RATE_LIMITED, "route" => route.clone(), "result" => r.as_str())),
             redeliveries: counter!(REDELIVERIES, "route" => route.clone()),
+            expired: counter!(MESSAGES_EXPIRED, "route" => route.clone(), "source" => source),
         }
     }
 

@@ -14,6 +14,8 @@ prints one JSON document on stdout. Commands (field "op"):
   Headers: "headers" (a JSON object, pika's own encoding), or "table": typed entries
   [name, type, value] written with the AMQP field type given (see `encode_entries`), so a
   test can send every field type RabbitMQ carries, also those pika has no Python type for.
+  "timestamps" and "expirations": one per request (null for none), its `timestamp`
+  property (whole seconds since the Unix epoch) and `expiration` (milliseconds, as text).
 - cases: for each of `cases` ({"name", "table"}) publishes one request (body and
   correlation id = the name) and waits for its reply, then one good request
   ("good-after-<name>") and waits for that: prints both replies per case.
@@ -240,6 +242,10 @@ def rpc(cmd):
             message_id=cmd.get("message_id_prefix", "m") + f"-{prefix}-{i}",
             headers=headers,
             delivery_mode=2,
+            # Per message, when given: the `timestamp` property (whole seconds) and the
+            # `expiration` property (milliseconds, as text).
+            timestamp=(cmd.get("timestamps") or [None] * count)[i],
+            expiration=(cmd.get("expirations") or [None] * count)[i],
         )
         body = cmd.get("body", f"request {i}").encode()
         ch.basic_publish(cmd.get("exchange", ""), cmd["routing_key"], body, props)

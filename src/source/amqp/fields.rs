@@ -154,10 +154,42 @@ pub fn copy<'a>(
     table
 }
 
+/// The `timestamp` property (whole seconds since the Unix epoch) as the time the message
+/// was sent. Zero is what some clients write for none, and a time the system clock cannot
+/// hold is none either: the message's age then counts from its receipt.
+pub fn sent_at(seconds: Option<u64>) -> Option<std::time::SystemTime> {
+    let seconds = seconds.filter(|s| *s > 0)?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+}
+
+/// The `expiration` property: the message's time-to-live in milliseconds, as RabbitMQ
+/// defines it (a non-negative integer in text; the broker refuses anything else at publish).
+pub fn expires_in(expiration: Option<&str>) -> Option<std::time::Duration> {
+    let millis = expiration?.trim().parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(millis))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use lapin::types::{ByteArray, FieldArray};
+
+    #[test]
+    fn the_timestamp_and_expiration_properties_are_read_and_none_is_none() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(sent_at(None), None);
+        // 0 is what some clients send for none; u64::MAX seconds no clock holds.
+        assert_eq!(sent_at(Some(0)), None);
+        assert_eq!(sent_at(Some(u64::MAX)), None);
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(sent_at(Some(1_700_000_000)), Some(at));
+        assert_eq!(expires_in(Some("1500")), Some(Duration::from_millis(1500)));
+        assert_eq!(expires_in(Some("0")), Some(Duration::ZERO));
+        for bad in ["-1", "1.5", "soon", ""] {
+            assert_eq!(expires_in(Some(bad)), None, "{bad}");
+        }
+        assert_eq!(expires_in(None), None);
+    }
 
     fn text(value: AMQPValue) -> Result<String, &'static str> {
         text_of(&value)

@@ -99,6 +99,9 @@ impl AmqpRoute {
         inbound.idempotency_key = properties.message_id().as_ref().map(|id| id.to_string());
         inbound.delivered = delivered;
         inbound.unreadable = unreadable;
+        inbound.sent_at = fields::sent_at(*properties.timestamp());
+        inbound.expires_in =
+            fields::expires_in(properties.expiration().as_ref().map(|e| e.as_str()));
         inbound
     }
 

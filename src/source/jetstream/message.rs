@@ -11,7 +11,7 @@
 //! | dead letter | publish to `dead_letter` with ricochet's headers and the stream position |
 //! | terminate | term (confirmed) |
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
 use tokio::time::Instant;
@@ -106,6 +106,7 @@ impl JetStreamRoute {
         inbound.position = Position::Stream {
             sequence: meta.sequence,
         };
+        inbound.sent_at = meta.published;
         inbound
     }
 }
@@ -216,6 +217,8 @@ struct Meta {
     delivered: u32,
     /// Stable across redeliveries: the request's `Nats-Msg-Id`, else `stream:sequence`.
     idempotency_key: String,
+    /// When the stream stored the message (the server's clock), the same on every delivery.
+    published: Option<SystemTime>,
 }
 
 impl Meta {
@@ -232,6 +235,9 @@ impl Meta {
             delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
             idempotency_key: msg_id
                 .unwrap_or_else(|| format!("{}:{}", info.stream, info.stream_sequence)),
+            published: u64::try_from(info.published.unix_timestamp_nanos())
+                .ok()
+                .and_then(|nanos| UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))),
         })
     }
 }

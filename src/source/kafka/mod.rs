@@ -110,6 +110,8 @@ struct Fetched {
     payload: Bytes,
     headers: Vec<(String, Vec<u8>)>,
     generation: u64,
+    /// The record's timestamp, if it has one.
+    sent_at: Option<std::time::SystemTime>,
 }
 
 /// A record being processed: it holds its permit, and counts as in flight ([`Taken`])

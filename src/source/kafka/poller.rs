@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rdkafka::consumer::Consumer;
@@ -151,5 +151,31 @@ fn fetched(shared: &Shared, message: &BorrowedMessage<'_>, at_once: bool) -> Opt
         payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
         headers,
         generation,
+        sent_at: sent_at(message.timestamp().to_millis()),
     })
+}
+
+/// A record's timestamp (CreateTime or LogAppendTime, as its topic says), if it has one: a
+/// producer that sets none sends -1, and zero or less is no time a record was made at.
+pub(super) fn sent_at(millis: Option<i64>) -> Option<SystemTime> {
+    let millis = u64::try_from(millis?).ok().filter(|m| *m > 0)?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_timestamp_is_read_and_none_or_nonsense_is_none() {
+        assert_eq!(sent_at(None), None);
+        // -1: the producer set none; 0 and less: no time a record was made at.
+        for none in [-1, 0, i64::MIN] {
+            assert_eq!(sent_at(Some(none)), None, "{none}");
+        }
+        let at = UNIX_EPOCH + Duration::from_millis(1_765_100_000_123);
+        assert_eq!(sent_at(Some(1_765_100_000_123)), Some(at));
+        // The largest a producer can send is a time the clock holds.
+        assert!(sent_at(Some(i64::MAX)).is_some());
+    }
 }

@@ -135,6 +135,7 @@ impl KafkaRoute {
             partition: record.partition,
             offset: record.offset,
         };
+        inbound.sent_at = record.sent_at;
         inbound
     }
 }
