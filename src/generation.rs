@@ -35,9 +35,11 @@ pub struct Generation {
     confirmed: CancellationToken,
 }
 
-/// Whether any route of `settings` takes messages from NATS (core or JetStream).
+/// Whether any route of `settings` takes messages from NATS (core or JetStream) or keeps
+/// its replies in a reply store (NATS key-value).
 pub fn needs_nats(settings: &Settings) -> bool {
     (settings.sources.iter()).any(|s| s.uses_nats())
+        || (settings.config.routes.iter()).any(|r| r.reply_store.is_some())
 }
 
 fn core_routes(settings: &Settings) -> usize {
@@ -55,6 +57,12 @@ impl Generation {
             anyhow::bail!("routes take messages from NATS but there is no NATS connection");
         }
         let pipeline = Arc::new(settings.pipeline()?);
+        // The reply stores are asked on the shared connection, whatever the route's source.
+        if let Some(nats) = &nats {
+            for store in (pipeline.routes().iter()).filter_map(|r| r.store.as_ref()) {
+                store.connect(nats.client.clone());
+            }
+        }
         // Readiness waits for the NATS connection's subscriptions (confirmed once for all
         // core routes) and for the consumer of every other route.
         let intakes = usize::from(needs_nats) + settings.sources.len() - core_routes(&settings);

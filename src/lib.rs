@@ -37,6 +37,7 @@ pub mod reload;
 pub mod route;
 pub mod settings;
 pub mod source;
+pub mod store;
 pub mod telemetry;
 pub mod validate;
 

@@ -2246,3 +2246,106 @@ async fn kafka_bounce_every_request_answered() {
     tally.assert_answered_exactly(TOTAL);
     drop(ricochet);
 }
+
+/// Calls per request id the service saw (its path `/orders/<id>`).
+fn calls_by_id(upstream: &Upstream) -> HashMap<String, usize> {
+    let mut calls = HashMap::new();
+    for seen in upstream.seen() {
+        let id = seen.path_and_query.trim_start_matches("/orders/").to_string();
+        *calls.entry(id).or_default() += 1;
+    }
+    calls
+}
+
+/// [`jetstream_killed_three_times_loses_no_request`] with the route's reply store on
+/// (issue #28). At each kill the test notes the requests the service had been called for
+/// and that had no reply yet: the calls under way. A request whose reply was stored is
+/// answered from the store when it comes again; so the service may be called again only
+/// for a request whose call was under way at a kill (not yet stored), and every other
+/// request exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_calls_under_way() {
+    const TOTAL: usize = 10_000;
+    const IN_FLIGHT: usize = 32;
+    const KILLS: usize = 3;
+    let stream = js_stream("reljsstore").await;
+    let (js, prefix) = (&stream.js, &stream.prefix);
+    let client = nats().await;
+    let replies = format!("{prefix}.replies");
+    let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
+    let bucket = unique("rel_store_");
+    let admin = free_port();
+    // A short deadline: the claim of a call a kill interrupted ends with it (plus slack).
+    let route = js_route(&stream, IN_FLIGHT).replace(
+        "max_in_flight",
+        "total_timeout = \"3s\"\nmax_in_flight",
+    );
+    let route = format!(
+        "{route}\n[routes.reply_store]\nbucket = \"{bucket}\"\nttl = \"1h\"\non_unavailable = \"redeliver\"\n"
+    );
+    let toml = config(&upstream.base_url(), admin, &route);
+    let mut ricochet = Ricochet::start(&toml, admin).await;
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies.clone(),
+        TOTAL,
+        Duration::ZERO,
+        Arc::default(),
+    );
+
+    let mut recoveries = Vec::new();
+    let mut under_way = std::collections::HashSet::new();
+    for kill in 1..=KILLS {
+        answered_at_least(&tally, TOTAL * kill / (KILLS + 1), ALL_ANSWERED_WITHIN).await;
+        ricochet.signal("-KILL");
+        let killed_at = Instant::now();
+        ricochet.wait_exit(Duration::from_secs(10)).await;
+        // Dead: nothing it called can still be answered by it.
+        let answered: std::collections::HashSet<String> =
+            tally.lock().unwrap().answers.keys().cloned().collect();
+        let called = calls_by_id(&upstream);
+        under_way.extend(called.into_keys().filter(|id| !answered.contains(id)));
+        drop(ricochet);
+        ricochet = Ricochet::start(&toml, admin).await;
+        recoveries.push(recovery_after(&tally, killed_at).await);
+    }
+    let sent = publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = ricochet.metrics().await;
+    let hits = metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit\""])
+        + metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit_after_wait\""]);
+    stream.delete().await;
+    let _ = jetstream::new(client.clone()).delete_key_value(&bucket).await;
+    let calls = calls_by_id(&upstream);
+    let repeated: Vec<(&String, &usize)> = calls.iter().filter(|(_, n)| **n > 1).collect();
+    let repeated_calls: usize = repeated.iter().map(|(_, n)| *n - 1).sum();
+    let tally = tally.lock().unwrap();
+    report(
+        "jetstream, 3 kills, reply store on",
+        TOTAL,
+        &tally,
+        &recoveries,
+        &format!(
+            ", publishes {sent}, dead-lettered {}, upstream calls {} ({repeated_calls} repeated, \
+             for {} requests; calls under way at the kills {}), served from the store after \
+             the last restart {hits}",
+            dead.load(Ordering::SeqCst),
+            upstream.calls(),
+            repeated.len(),
+            under_way.len(),
+        ),
+    );
+    tally.assert_answered_exactly(TOTAL);
+    assert_eq!(calls.len(), TOTAL, "every request reached the service");
+    for (id, n) in &repeated {
+        assert!(
+            under_way.contains(*id),
+            "request {id} was called {n} times but its call was not under way at a kill"
+        );
+    }
+    assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
+    drop(ricochet);
+}

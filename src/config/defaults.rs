@@ -162,3 +162,12 @@ pub fn registry_timeout() -> Duration {
 pub fn registry_latest_refresh() -> Duration {
     Duration::from_secs(60)
 }
+pub fn reply_store_bucket() -> String {
+    "ricochet_replies".into()
+}
+pub fn reply_store_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+pub fn reply_store_timeout() -> Duration {
+    Duration::from_secs(1)
+}

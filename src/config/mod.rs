@@ -27,6 +27,7 @@ mod print;
 mod route;
 mod schemas;
 mod security;
+mod store;
 mod units;
 mod url_auth;
 mod validate;
@@ -35,6 +36,7 @@ mod wording;
 
 pub use base_url::{BaseUrl, BaseUrlError, SOCKET_HOST};
 pub use schemas::registry as check_registry;
+pub use store::{across as check_reply_stores, OnUnavailable, ReplyStoreConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, ByteSize, UpstreamConfig, ValidateConfig};
+use super::{defaults, ByteSize, ReplyStoreConfig, UpstreamConfig, ValidateConfig};
 
 /// One subject pattern mapped to one HTTP endpoint: the settings every route has, whatever
 /// its source. The source's part (`source = "..."`, its route keys and its table) is
@@ -63,6 +63,10 @@ pub struct RouteConfig {
     /// What a request must be before the service is called, and what its answer must be.
     #[serde(default)]
     pub validate: Option<ValidateConfig>,
+    /// The shared reply store: a message whose reply is stored is answered from it without
+    /// calling the service (`store/`).
+    #[serde(default)]
+    pub reply_store: Option<ReplyStoreConfig>,
 }
 
 impl RouteConfig {

@@ -18,7 +18,7 @@ pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
 /// Every kind, for metrics that pre-register one series each.
-pub const ERROR_KINDS: [ErrorKind; 11] = [
+pub const ERROR_KINDS: [ErrorKind; 12] = [
     ErrorKind::BadRequest,
     ErrorKind::NoRoute,
     ErrorKind::PayloadTooLarge,
@@ -30,6 +30,7 @@ pub const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::Validation,
     ErrorKind::RegistryUnavailable,
     ErrorKind::InvalidResponse,
+    ErrorKind::StoreUnavailable,
 ];
 
 /// Errors that ricochet answers itself, without (or instead of) the service's answer.
@@ -61,6 +62,9 @@ pub enum ErrorKind {
     RegistryUnavailable,
     /// The service's 2xx answer does not pass the route's response rules.
     InvalidResponse,
+    /// The route's reply store could not be asked and its `on_unavailable` is `redeliver`:
+    /// the service is not called; a durable source redelivers the message later.
+    StoreUnavailable,
 }
 
 impl ErrorKind {
@@ -77,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Validation => StatusCode::BAD_REQUEST,
             ErrorKind::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
+            ErrorKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -94,6 +99,7 @@ impl ErrorKind {
             ErrorKind::Validation => "validation",
             ErrorKind::RegistryUnavailable => "registry_unavailable",
             ErrorKind::InvalidResponse => "invalid_response",
+            ErrorKind::StoreUnavailable => "store_unavailable",
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod policy;
 mod process;
 #[cfg(test)]
 pub(crate) mod scripted;
+mod store;
 pub mod validate;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::invoke::{RouteInvoker, Upstream};
 use crate::mapping::{HeaderFilter, RequestMapping};
 use crate::message::{Accepted, ErrorKind, Inbound, Redelivered, Reply, Settle};
 use crate::route::{Captures, Pattern};
+use crate::store::ReplyStore;
 use crate::telemetry::metrics::{RouteMetrics, Settlement};
 use crate::telemetry::stats::RequestStats;
 use crate::telemetry::trace::{RouteSpans, SpanSource, Tracing};
@@ -78,6 +80,8 @@ pub struct Route {
     pub stats: RequestStats,
     /// What the route's spans say of it.
     pub spans: RouteSpans,
+    /// The route's reply store, if it has one.
+    pub store: Option<ReplyStore>,
 }
 
 /// What the pipeline knows of a route's source (from its [`crate::source::Source`]): the
@@ -196,6 +200,8 @@ impl Pipeline {
                 validation: Rules::new(route, schemas, registry.as_ref()),
                 stats: RequestStats::default(),
                 spans: RouteSpans::new(route, source.spans),
+                store: (route.reply_store.as_ref())
+                    .map(|store| ReplyStore::new(store, &route.name, source.kind)),
                 pattern,
             }));
         }
@@ -247,18 +253,35 @@ impl Pipeline {
             Err((kind, detail)) => self.refuse(route, kind, &detail),
             Ok(()) => {
                 let captures = captures.unwrap_or_default();
-                match &route.validation {
-                    None => self.process(route, &captures, inbound, &trace).await,
-                    // Boxed: routes without validation keep the smaller future.
-                    Some(rules) => {
-                        let validated = self.validated(route, rules, &captures, inbound, &trace);
-                        Box::pin(validated).await
+                let keyed = (route.store.as_ref()).and_then(|s| Some((s, s.key(inbound)?)));
+                match keyed {
+                    None => self.call(route, &captures, inbound, &trace).await,
+                    // Boxed: routes without a store keep the smaller future.
+                    Some((store, key)) => {
+                        let stored =
+                            self.through_store(route, store, &key, &captures, inbound, &trace);
+                        Box::pin(stored).await
                     }
                 }
             }
         };
         self.conclude(route, inbound, destination, processed, settle, trace)
             .await
+    }
+
+    /// The call: the route's `validate` rules, if any, then `process`.
+    async fn call(
+        &self,
+        route: &Route,
+        captures: &Captures,
+        inbound: &Inbound,
+        trace: &crate::telemetry::trace::MessageTrace<'_>,
+    ) -> Processed {
+        match &route.validation {
+            None => self.process(route, captures, inbound, trace).await,
+            // Boxed: routes without validation keep the smaller future.
+            Some(rules) => Box::pin(self.validated(route, rules, captures, inbound, trace)).await,
+        }
     }
 
     /// A message the source cannot take now (its route is full and `max_pending`

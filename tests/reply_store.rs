@@ -1,0 +1,325 @@
+//! The reply store end to end: JetStream routes with `[routes.reply_store]` against the
+//! real JetStream key-value, each test with its own stream, bucket and service that counts
+//! its calls per request id. What a user relies on: a request whose reply is stored never
+//! reaches the service again (a redelivery, a replay of the whole stream, a second delivery
+//! while the first is still calling), and its reply is the one first published, byte for
+//! byte.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use common::jetstream::{request_headers, Stream};
+use common::*;
+use futures::StreamExt;
+use http::Response;
+use http_body_util::Full;
+
+/// A service that counts its calls per request path and answers each with its call
+/// number, so that a second call would show in the reply.
+struct Counting {
+    upstream: Upstream,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Counting {
+    async fn start(delay: Duration, gate: Option<Gate>) -> Self {
+        let calls = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let total = Arc::new(AtomicUsize::new(0));
+        let record = calls.clone();
+        let upstream = Upstream::start(move |seen| {
+            let path = seen.path_and_query.clone();
+            let n = {
+                let mut calls = record.lock().unwrap();
+                let n = calls.entry(path.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let call = total.fetch_add(1, Ordering::SeqCst) + 1;
+            let gate = gate.clone();
+            async move {
+                if let Some(gate) = gate {
+                    gate.passed().await;
+                }
+                tokio::time::sleep(delay).await;
+                Response::builder()
+                    .status(201)
+                    .header("x-call", call.to_string())
+                    .header("set-cookie", "a=1")
+                    .header("x-raw", &b"caf\xc3\xa9 \xff"[..])
+                    .header("set-cookie", "b=2")
+                    .body(Full::new(Bytes::from(format!("{path} call {n} #{call}\0\u{1}"))))
+                    .unwrap()
+            }
+        })
+        .await;
+        Self { upstream, calls }
+    }
+
+    /// Calls per path.
+    fn calls(&self) -> HashMap<String, usize> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn total(&self) -> usize {
+        self.calls().values().sum()
+    }
+}
+
+/// The JetStream route of `stream` with a reply store in `bucket`; `extra` adds route keys
+/// and `store` store keys.
+fn route(stream: &Stream, bucket: &str, store: &str, consumer: &str) -> String {
+    let backoff = match consumer.contains("redelivery_backoff") {
+        true => "",
+        false => "redelivery_backoff = [\"200ms\"]",
+    };
+    let consumer = format!("durable = \"ricochet-store\"\nack_wait = \"5s\"\n{backoff}\n{consumer}");
+    let route = stream.route("", &consumer);
+    format!(
+        "{route}\n[routes.reply_store]\nbucket = \"{bucket}\"\nttl = \"10m\"\n{store}\n"
+    )
+}
+
+fn bucket() -> String {
+    unique("replies_").replace('-', "_")
+}
+
+async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(15), sub.next())
+        .await
+        .expect("a message within 15 s")
+        .expect("subscription open")
+}
+
+/// Everything a reply is on the wire: its headers in order (every value of each), its
+/// payload.
+fn bytes_of(reply: &async_nats::Message) -> (Vec<(String, Vec<String>)>, Bytes) {
+    let headers = reply
+        .headers
+        .as_ref()
+        .map(|h| {
+            h.iter()
+                .map(|(n, v)| {
+                    let values = v.iter().map(|v| v.as_str().to_string()).collect();
+                    (n.to_string(), values)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (headers, reply.payload.clone())
+}
+
+async fn store_metric(ricochet: &Ricochet, name: &str, label: &str) -> f64 {
+    metric(&ricochet.metrics().await, name, &["route=\"js\"", label])
+}
+
+async fn delete_bucket(bucket: &str) {
+    let _ = jetstream::new(nats().await)
+        .delete_key_value(bucket)
+        .await;
+}
+
+#[tokio::test]
+async fn a_redelivered_message_whose_reply_is_stored_never_reaches_the_service_and_gets_the_same_bytes(
+) {
+    let stream = Stream::create("storeredeliver").await;
+    let service = Counting::start(Duration::ZERO, None).await;
+    // The replies go to a subject a full stream captures (discard new): the first reply's
+    // confirmation fails, so the message is redelivered; a core subscriber still sees it.
+    let replies = format!("{}.replies", stream.prefix);
+    let reply_stream = format!("{}_REPLIES", stream.name);
+    let js = jetstream::new(nats().await);
+    js.create_stream(stream::Config {
+        name: reply_stream.clone(),
+        subjects: vec![replies.clone()],
+        storage: stream::StorageType::Memory,
+        max_messages: 1,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish(replies.clone(), "fills the reply stream".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let client = nats().await;
+    let mut sub = client.subscribe(replies.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let bucket = bucket();
+    let admin = free_port();
+    // Time to make room in the reply stream before the redelivery.
+    let backoff = "redelivery_backoff = [\"2s\"]";
+    let toml = route(&stream, &bucket, "on_unavailable = \"redeliver\"", backoff);
+    let ricochet = Ricochet::start(&config(&service.upstream.base_url(), admin, &toml), admin).await;
+
+    stream
+        .publish("7", request_headers(&replies, "c-7"), b"order 7")
+        .await;
+    let first = next(&mut sub).await;
+    assert_eq!(header(&first, "Ricochet-Status").as_deref(), Some("201"));
+    // The first reply was not confirmed: ricochet redelivers. Make room for the next one.
+    eventually(Duration::from_secs(10), "the first reply refused", || async {
+        let failed = metric(
+            &ricochet.metrics().await,
+            "ricochet_messages_handled_total",
+            &["outcome=\"publish_failed\""],
+        );
+        holds(failed >= 1.0, failed)
+    })
+    .await;
+    js.get_stream(&reply_stream).await.unwrap().purge().await.unwrap();
+    let second = next(&mut sub).await;
+
+    assert_eq!(bytes_of(&second), bytes_of(&first), "the same reply, byte for byte");
+    assert_eq!(
+        std::str::from_utf8(&first.payload).unwrap(),
+        "/orders/7 call 1 #1\0\u{1}"
+    );
+    assert_eq!(service.calls(), HashMap::from([("/orders/7".to_string(), 1)]));
+    eventually(Duration::from_secs(10), "the message acked", || async {
+        let info = stream.consumer("ricochet-store").await;
+        holds(info.num_ack_pending == 0, info.num_ack_pending)
+    })
+    .await;
+    assert_eq!(
+        store_metric(&ricochet, "ricochet_reply_store_lookups_total", "result=\"miss\"").await,
+        1.0
+    );
+    assert_eq!(
+        store_metric(&ricochet, "ricochet_reply_store_lookups_total", "result=\"hit\"").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&ricochet.metrics().await, "ricochet_redeliveries_total", &["route=\"js\""]),
+        1.0
+    );
+    drop(ricochet);
+    let _ = js.delete_stream(&reply_stream).await;
+    delete_bucket(&bucket).await;
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_whole_stream_replay_reaches_the_service_for_no_stored_request() {
+    const REQUESTS: usize = 200;
+    let stream = Stream::create("storereplay").await;
+    let service = Counting::start(Duration::ZERO, None).await;
+    let (replies, mut sub) = stream.subscribe("replies").await;
+    let bucket = bucket();
+    let admin = free_port();
+    let toml = route(&stream, &bucket, "on_unavailable = \"redeliver\"", "");
+    let toml = config(&service.upstream.base_url(), admin, &toml);
+    let ricochet = Ricochet::start(&toml, admin).await;
+    for id in 0..REQUESTS {
+        let id = id.to_string();
+        stream
+            .publish(&id, request_headers(&replies, &format!("c-{id}")), format!("order {id}"))
+            .await;
+    }
+    let mut first = HashMap::new();
+    for _ in 0..REQUESTS {
+        let reply = next(&mut sub).await;
+        first.insert(header(&reply, "correlation-id").unwrap(), bytes_of(&reply));
+    }
+    assert_eq!(first.len(), REQUESTS);
+    eventually(Duration::from_secs(10), "every request acked", || async {
+        let info = stream.consumer("ricochet-store").await;
+        holds(info.num_ack_pending == 0, info.num_ack_pending)
+    })
+    .await;
+    drop(ricochet);
+
+    // What a server that forgot the consumer's state does: deliver the stream from its start.
+    stream
+        .js
+        .get_stream(&stream.name)
+        .await
+        .unwrap()
+        .delete_consumer("ricochet-store")
+        .await
+        .unwrap();
+    let admin = free_port();
+    let toml = route(&stream, &bucket, "on_unavailable = \"redeliver\"", "");
+    let ricochet = Ricochet::start(&config(&service.upstream.base_url(), admin, &toml), admin).await;
+    let mut again = HashMap::new();
+    for _ in 0..REQUESTS {
+        let reply = next(&mut sub).await;
+        again.insert(header(&reply, "correlation-id").unwrap(), bytes_of(&reply));
+    }
+    assert_eq!(again, first, "every replayed request got its first reply, byte for byte");
+    let calls = service.calls();
+    assert_eq!(calls.len(), REQUESTS);
+    assert!(calls.values().all(|&n| n == 1), "each request called once: {calls:?}");
+    let metrics = ricochet.metrics().await;
+    assert_eq!(
+        metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit\""]),
+        REQUESTS as f64
+    );
+    assert_eq!(
+        metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"miss\""]),
+        0.0
+    );
+    drop(ricochet);
+    delete_bucket(&bucket).await;
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_second_delivery_while_the_first_is_calling_waits_for_its_reply_on_another_replica() {
+    // Two replicas on one durable consumer; the publisher sends request 9 twice with the
+    // same Nats-Msg-Id after the stream's duplicate window, so each replica may take one.
+    let prefix = unique("storeconcurrent");
+    let stream = Stream::create_with(jetstream::new(nats().await), &prefix, |config| {
+        config.duplicate_window = Duration::from_millis(100);
+    })
+    .await;
+    let (service_gate, gate) = {
+        let gate = Gate::default();
+        (gate.clone(), gate)
+    };
+    let service = Counting::start(Duration::ZERO, Some(service_gate)).await;
+    let (replies, mut sub) = stream.subscribe("replies").await;
+    let bucket = bucket();
+    let toml = route(&stream, &bucket, "on_unavailable = \"redeliver\"", "");
+    let (a, b) = (free_port(), free_port());
+    let base = service.upstream.base_url();
+    let first = Ricochet::start(&config(&base, a, &toml), a).await;
+    let second = Ricochet::start(&config(&base, b, &toml), b).await;
+
+    let mut headers = request_headers(&replies, "c-9");
+    headers.insert("Nats-Msg-Id", "order-9");
+    stream.publish("9", headers.clone(), b"order 9").await;
+    service.upstream.wait_for_calls(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.publish("9", headers, b"order 9").await;
+    assert_eq!(stream.state().await.messages, 2, "two copies in the stream");
+    // The second copy is delivered and finds the first's claim.
+    eventually(Duration::from_secs(10), "the second copy delivered", || async {
+        let info = stream.consumer("ricochet-store").await;
+        holds(info.num_ack_pending == 2 && info.num_pending == 0, (info.num_ack_pending, info.num_pending))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.open();
+    let one = next(&mut sub).await;
+    let two = next(&mut sub).await;
+    assert_eq!(bytes_of(&one), bytes_of(&two), "both copies get the first's reply");
+    assert_eq!(service.total(), 1, "the service was called once");
+    let mut waited = 0.0;
+    for ricochet in [&first, &second] {
+        let metrics = ricochet.metrics().await;
+        waited += metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit_after_wait\""]);
+    }
+    assert_eq!(waited, 1.0, "one delivery waited for the other's call");
+    drop((first, second));
+    delete_bucket(&bucket).await;
+    stream.delete().await;
+}
