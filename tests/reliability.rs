@@ -2251,7 +2251,10 @@ async fn kafka_bounce_every_request_answered() {
 fn calls_by_id(upstream: &Upstream) -> HashMap<String, usize> {
     let mut calls = HashMap::new();
     for seen in upstream.seen() {
-        let id = seen.path_and_query.trim_start_matches("/orders/").to_string();
+        let id = seen
+            .path_and_query
+            .trim_start_matches("/orders/")
+            .to_string();
         *calls.entry(id).or_default() += 1;
     }
     calls
@@ -2277,10 +2280,8 @@ async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_call
     let bucket = unique("rel_store_");
     let admin = free_port();
     // A short deadline: the claim of a call a kill interrupted ends with it (plus slack).
-    let route = js_route(&stream, IN_FLIGHT).replace(
-        "max_in_flight",
-        "total_timeout = \"3s\"\nmax_in_flight",
-    );
+    let route = js_route(&stream, IN_FLIGHT)
+        .replace("max_in_flight", "total_timeout = \"3s\"\nmax_in_flight");
     let route = format!(
         "{route}\n[routes.reply_store]\nbucket = \"{bucket}\"\nttl = \"1h\"\non_unavailable = \"redeliver\"\n"
     );
@@ -2315,10 +2316,19 @@ async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_call
     answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = ricochet.metrics().await;
-    let hits = metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit\""])
-        + metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit_after_wait\""]);
+    let hits = metric(
+        &metrics,
+        "ricochet_reply_store_lookups_total",
+        &["result=\"hit\""],
+    ) + metric(
+        &metrics,
+        "ricochet_reply_store_lookups_total",
+        &["result=\"hit_after_wait\""],
+    );
     stream.delete().await;
-    let _ = jetstream::new(client.clone()).delete_key_value(&bucket).await;
+    let _ = jetstream::new(client.clone())
+        .delete_key_value(&bucket)
+        .await;
     let calls = calls_by_id(&upstream);
     let repeated: Vec<(&String, &usize)> = calls.iter().filter(|(_, n)| **n > 1).collect();
     let repeated_calls: usize = repeated.iter().map(|(_, n)| *n - 1).sum();

@@ -53,7 +53,9 @@ impl Counting {
                     .header("set-cookie", "a=1")
                     .header("x-name", &b"caf\xc3\xa9"[..])
                     .header("set-cookie", "b=2")
-                    .body(Full::new(Bytes::from(format!("{path} call {n} #{call}\0\u{1}"))))
+                    .body(Full::new(Bytes::from(format!(
+                        "{path} call {n} #{call}\0\u{1}"
+                    ))))
                     .unwrap()
             }
         })
@@ -78,11 +80,10 @@ fn route(stream: &Stream, bucket: &str, store: &str, consumer: &str) -> String {
         true => "",
         false => "redelivery_backoff = [\"200ms\"]",
     };
-    let consumer = format!("durable = \"ricochet-store\"\nack_wait = \"5s\"\n{backoff}\n{consumer}");
+    let consumer =
+        format!("durable = \"ricochet-store\"\nack_wait = \"5s\"\n{backoff}\n{consumer}");
     let route = stream.route("", &consumer);
-    format!(
-        "{route}\n[routes.reply_store]\nbucket = \"{bucket}\"\nttl = \"10m\"\n{store}\n"
-    )
+    format!("{route}\n[routes.reply_store]\nbucket = \"{bucket}\"\nttl = \"10m\"\n{store}\n")
 }
 
 fn bucket() -> String {
@@ -121,9 +122,7 @@ async fn store_metric(ricochet: &Ricochet, name: &str, label: &str) -> f64 {
 }
 
 async fn delete_bucket(bucket: &str) {
-    let _ = jetstream::new(nats().await)
-        .delete_key_value(bucket)
-        .await;
+    let _ = jetstream::new(nats().await).delete_key_value(bucket).await;
 }
 
 #[tokio::test]
@@ -159,7 +158,8 @@ async fn a_redelivered_message_whose_reply_is_stored_never_reaches_the_service_a
     // Time to make room in the reply stream before the redelivery.
     let backoff = "redelivery_backoff = [\"2s\"]";
     let toml = route(&stream, &bucket, "on_unavailable = \"redeliver\"", backoff);
-    let ricochet = Ricochet::start(&config(&service.upstream.base_url(), admin, &toml), admin).await;
+    let ricochet =
+        Ricochet::start(&config(&service.upstream.base_url(), admin, &toml), admin).await;
 
     stream
         .publish("7", request_headers(&replies, "c-7"), b"order 7")
@@ -167,39 +167,69 @@ async fn a_redelivered_message_whose_reply_is_stored_never_reaches_the_service_a
     let first = next(&mut sub).await;
     assert_eq!(header(&first, "Ricochet-Status").as_deref(), Some("201"));
     // The first reply was not confirmed: ricochet redelivers. Make room for the next one.
-    eventually(Duration::from_secs(10), "the first reply refused", || async {
-        let failed = metric(
-            &ricochet.metrics().await,
-            "ricochet_messages_handled_total",
-            &["outcome=\"publish_failed\""],
-        );
-        holds(failed >= 1.0, failed)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the first reply refused",
+        || async {
+            let failed = metric(
+                &ricochet.metrics().await,
+                "ricochet_messages_handled_total",
+                &["outcome=\"publish_failed\""],
+            );
+            holds(failed >= 1.0, failed)
+        },
+    )
     .await;
-    js.get_stream(&reply_stream).await.unwrap().purge().await.unwrap();
+    js.get_stream(&reply_stream)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
     let second = next(&mut sub).await;
 
-    assert_eq!(bytes_of(&second), bytes_of(&first), "the same reply, byte for byte");
+    assert_eq!(
+        bytes_of(&second),
+        bytes_of(&first),
+        "the same reply, byte for byte"
+    );
     assert_eq!(
         std::str::from_utf8(&first.payload).unwrap(),
         "/orders/7 call 1 #1\0\u{1}"
     );
-    assert_eq!(service.calls(), HashMap::from([("/orders/7".to_string(), 1)]));
+    assert_eq!(
+        service.calls(),
+        HashMap::from([("/orders/7".to_string(), 1)])
+    );
     eventually(Duration::from_secs(10), "the message acked", || async {
         let info = stream.consumer("ricochet-store").await;
         holds(info.num_ack_pending == 0, info.num_ack_pending)
     })
     .await;
     assert_eq!(
-        store_metric(&ricochet, "ricochet_reply_store_lookups_total", "result=\"miss\"").await,
+        store_metric(
+            &ricochet,
+            "ricochet_reply_store_lookups_total",
+            "result=\"miss\""
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        store_metric(&ricochet, "ricochet_reply_store_lookups_total", "result=\"hit\"").await,
+        store_metric(
+            &ricochet,
+            "ricochet_reply_store_lookups_total",
+            "result=\"hit\""
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        metric(&ricochet.metrics().await, "ricochet_redeliveries_total", &["route=\"js\""]),
+        metric(
+            &ricochet.metrics().await,
+            "ricochet_redeliveries_total",
+            &["route=\"js\""]
+        ),
         1.0
     );
     drop(ricochet);
@@ -222,7 +252,11 @@ async fn a_whole_stream_replay_reaches_the_service_for_no_stored_request() {
     for id in 0..REQUESTS {
         let id = id.to_string();
         stream
-            .publish(&id, request_headers(&replies, &format!("c-{id}")), format!("order {id}"))
+            .publish(
+                &id,
+                request_headers(&replies, &format!("c-{id}")),
+                format!("order {id}"),
+            )
             .await;
     }
     let mut first = HashMap::new();
@@ -249,24 +283,41 @@ async fn a_whole_stream_replay_reaches_the_service_for_no_stored_request() {
         .unwrap();
     let admin = free_port();
     let toml = route(&stream, &bucket, "on_unavailable = \"redeliver\"", "");
-    let ricochet = Ricochet::start(&config(&service.upstream.base_url(), admin, &toml), admin).await;
+    let ricochet =
+        Ricochet::start(&config(&service.upstream.base_url(), admin, &toml), admin).await;
     let mut again = HashMap::new();
     for _ in 0..REQUESTS {
         let reply = next(&mut sub).await;
         again.insert(header(&reply, "correlation-id").unwrap(), bytes_of(&reply));
     }
-    let differ: Vec<&String> = (first.keys()).filter(|id| again.get(*id) != first.get(*id)).collect();
-    assert!(differ.is_empty(), "replies that differ from the first: {differ:?}");
+    let differ: Vec<&String> = (first.keys())
+        .filter(|id| again.get(*id) != first.get(*id))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "replies that differ from the first: {differ:?}"
+    );
     let calls = service.calls();
     assert_eq!(calls.len(), REQUESTS);
-    assert!(calls.values().all(|&n| n == 1), "each request called once: {calls:?}");
+    assert!(
+        calls.values().all(|&n| n == 1),
+        "each request called once: {calls:?}"
+    );
     let metrics = ricochet.metrics().await;
     assert_eq!(
-        metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit\""]),
+        metric(
+            &metrics,
+            "ricochet_reply_store_lookups_total",
+            &["result=\"hit\""]
+        ),
         REQUESTS as f64
     );
     assert_eq!(
-        metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"miss\""]),
+        metric(
+            &metrics,
+            "ricochet_reply_store_lookups_total",
+            &["result=\"miss\""]
+        ),
         0.0
     );
     drop(ricochet);
@@ -304,22 +355,37 @@ async fn a_second_delivery_while_the_first_is_calling_waits_for_its_reply_on_ano
     stream.publish("9", headers, b"order 9").await;
     assert_eq!(stream.state().await.messages, 2, "two copies in the stream");
     // The second copy is delivered and finds the first's claim.
-    eventually(Duration::from_secs(10), "the second copy delivered", || async {
-        let info = stream.consumer("ricochet-store").await;
-        let seen = format!("{} ack pending, {} pending", info.num_ack_pending, info.num_pending);
-        holds(info.num_ack_pending == 2 && info.num_pending == 0, seen)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the second copy delivered",
+        || async {
+            let info = stream.consumer("ricochet-store").await;
+            let seen = format!(
+                "{} ack pending, {} pending",
+                info.num_ack_pending, info.num_pending
+            );
+            holds(info.num_ack_pending == 2 && info.num_pending == 0, seen)
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     gate.open();
     let one = next(&mut sub).await;
     let two = next(&mut sub).await;
-    assert_eq!(bytes_of(&one), bytes_of(&two), "both copies get the first's reply");
+    assert_eq!(
+        bytes_of(&one),
+        bytes_of(&two),
+        "both copies get the first's reply"
+    );
     assert_eq!(service.total(), 1, "the service was called once");
     let mut waited = 0.0;
     for ricochet in [&first, &second] {
         let metrics = ricochet.metrics().await;
-        waited += metric(&metrics, "ricochet_reply_store_lookups_total", &["result=\"hit_after_wait\""]);
+        waited += metric(
+            &metrics,
+            "ricochet_reply_store_lookups_total",
+            &["result=\"hit_after_wait\""],
+        );
     }
     assert_eq!(waited, 1.0, "one delivery waited for the other's call");
     drop((first, second));

@@ -36,10 +36,10 @@ mod wording;
 
 pub use base_url::{BaseUrl, BaseUrlError, SOCKET_HOST};
 pub use schemas::registry as check_registry;
-pub use store::{across as check_reply_stores, OnUnavailable, ReplyStoreConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+pub use store::{across as check_reply_stores, OnUnavailable, ReplyStoreConfig};
 pub use validate::top as check_top;
 pub use validate_route::{across as check_across, route as check_route};
 

@@ -98,3 +98,89 @@ pub fn across(routes: &[(usize, &RouteConfig)]) -> Vec<ConfigError> {
     }
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::load_str;
+
+    fn route(name: &str, store: &str) -> String {
+        format!(
+            r#"
+            [[routes]]
+            name = "{name}"
+            subject = "{name}.{{id}}"
+            path = "/x/{{id}}"
+            [routes.reply_store]
+            {store}
+            "#
+        )
+    }
+
+    fn errors(routes: &[String]) -> Vec<(String, String)> {
+        let text = format!(
+            "[upstream]\nbase_url = \"http://127.0.0.1:8080\"\n{}",
+            routes.concat()
+        );
+        match load_str(&text, Vec::new()) {
+            Ok(_) => Vec::new(),
+            Err(e) => (e.0.into_iter()).map(|e| (e.key, e.message)).collect(),
+        }
+    }
+
+    fn keys(routes: &[String]) -> Vec<String> {
+        errors(routes).into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn a_store_takes_defaults_but_its_unavailable_choice_is_required() {
+        let text = format!(
+            "[upstream]\nbase_url = \"http://127.0.0.1:8080\"\n{}",
+            route("a", "on_unavailable = \"call\"")
+        );
+        let settings = load_str(&text, Vec::new()).unwrap();
+        let store = settings.config.routes[0].reply_store.clone().unwrap();
+        assert_eq!(store.bucket, "ricochet_replies");
+        assert_eq!(store.ttl, std::time::Duration::from_secs(86_400));
+        assert_eq!(store.timeout, std::time::Duration::from_secs(1));
+        assert_eq!(store.on_unavailable, super::OnUnavailable::Call);
+        let missing = errors(&[route("a", "ttl = \"1h\"")]);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert_eq!(missing[0].0, "routes[0].reply_store.on_unavailable");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_with_its_path() {
+        let bad =
+            "bucket = \"a.b\"\nttl = \"500ms\"\ntimeout = \"0s\"\non_unavailable = \"redeliver\"";
+        assert_eq!(
+            keys(&[route("a", bad)]),
+            [
+                "routes[0].reply_store.bucket",
+                "routes[0].reply_store.ttl",
+                "routes[0].reply_store.timeout"
+            ]
+        );
+        let unknown = errors(&[route("a", "on_unavailable = \"retry\"")]);
+        assert_eq!(unknown.len(), 1, "{unknown:?}");
+        let extra = keys(&[route("a", "on_unavailable = \"call\"\nreplicas = 3")]);
+        assert_eq!(extra.len(), 1, "{extra:?}");
+    }
+
+    #[test]
+    fn routes_sharing_a_bucket_set_the_same_ttl() {
+        let store = |ttl: &str| format!("ttl = \"{ttl}\"\non_unavailable = \"call\"");
+        assert_eq!(
+            keys(&[route("a", &store("1h")), route("b", &store("1h"))]),
+            Vec::<String>::new()
+        );
+        let shared = errors(&[route("a", &store("1h")), route("b", &store("2h"))]);
+        assert_eq!(shared.len(), 1, "{shared:?}");
+        assert_eq!(shared[0].0, "routes[1].reply_store.ttl");
+        assert!(shared[0].1.contains("routes[0]"), "{shared:?}");
+        let apart = format!("bucket = \"other\"\n{}", store("2h"));
+        assert_eq!(
+            keys(&[route("a", &store("1h")), route("b", &apart)]),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -29,7 +29,9 @@ impl Pipeline {
         inbound: &Inbound,
         trace: &MessageTrace<'_>,
     ) -> Processed {
-        let remaining = route.total_timeout.saturating_sub(inbound.received.elapsed());
+        let remaining = route
+            .total_timeout
+            .saturating_sub(inbound.received.elapsed());
         let deadline = Instant::from_std(inbound.received) + route.total_timeout;
         let lease = remaining + store.config.timeout + LEASE_SLACK;
         let lease_until_ms = now_ms().saturating_add(lease.as_millis() as u64);

@@ -60,7 +60,9 @@ pub fn encode_claim(lease_until_ms: u64) -> Bytes {
 
 /// The reply's stored form; its size is what the store's size limit is checked against.
 pub fn encode_reply(reply: &Reply) -> Bytes {
-    let headers: usize = (reply.headers.iter()).map(|(n, v)| n.len() + v.len() + 4).sum();
+    let headers: usize = (reply.headers.iter())
+        .map(|(n, v)| n.len() + v.len() + 4)
+        .sum();
     let mut out = Vec::with_capacity(4 + 5 + headers + reply.body.len());
     out.extend_from_slice(&[VERSION, REPLY]);
     out.extend_from_slice(&reply.status.as_u16().to_be_bytes());
@@ -219,7 +221,11 @@ mod tests {
 
     #[test]
     fn entries_it_cannot_read_are_refused_never_misread() {
-        let good = encode_reply(&reply(200, vec![("A".into(), b"b".to_vec())], b"x".to_vec()));
+        let good = encode_reply(&reply(
+            200,
+            vec![("A".into(), b"b".to_vec())],
+            b"x".to_vec(),
+        ));
         assert_eq!(decode(&Bytes::new()), Err(DecodeError::Empty));
         let mut newer = good.to_vec();
         newer[0] = 2;
@@ -247,7 +253,10 @@ mod tests {
     }
 
     fn any_reply() -> impl Strategy<Value = Reply> {
-        let header = ("[A-Za-z0-9-]{0,20}", prop::collection::vec(any::<u8>(), 0..40));
+        let header = (
+            "[A-Za-z0-9-]{0,20}",
+            prop::collection::vec(any::<u8>(), 0..40),
+        );
         (
             100u16..=999,
             prop::collection::vec(header, 0..12),

@@ -9,6 +9,7 @@
 //! it saw), so of two concurrent deliveries one calls and the other waits for its reply.
 //! Entries expire with the bucket's `max_age` (the route's `ttl`).
 
+mod counters;
 pub mod encoding;
 
 use std::sync::OnceLock;
@@ -16,17 +17,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use bytes::Bytes;
-use metrics::Counter;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+pub use self::counters::{Lookup, Step, StoreMetrics, Unprotected};
 use self::encoding::{decode, encode_claim, encode_reply, Entry};
 use crate::config::ReplyStoreConfig;
 use crate::message::{Inbound, Reply};
-use crate::telemetry::metrics::{
-    REPLY_STORE_FAILURES, REPLY_STORE_LOOKUPS, REPLY_STORE_UNPROTECTED,
-};
 
 /// The request header a caller's own idempotency key arrives in (core NATS has no other).
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
@@ -101,121 +99,10 @@ pub enum Found {
 pub enum Kept {
     Stored,
     /// Larger than the server takes in one message: not stored, the claim released.
-    TooLarge { size: usize, limit: usize },
-}
-
-/// The `result` label of `ricochet_reply_store_lookups_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    Hit,
-    HitAfterWait,
-    Miss,
-    TakenOver,
-    Busy,
-}
-
-impl Lookup {
-    pub const ALL: [Lookup; 5] = [
-        Lookup::Hit,
-        Lookup::HitAfterWait,
-        Lookup::Miss,
-        Lookup::TakenOver,
-        Lookup::Busy,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lookup::Hit => "hit",
-            Lookup::HitAfterWait => "hit_after_wait",
-            Lookup::Miss => "miss",
-            Lookup::TakenOver => "taken_over",
-            Lookup::Busy => "busy",
-        }
-    }
-}
-
-/// The `operation` label of `ricochet_reply_store_failures_total`: the step that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Lookup,
-    Store,
-    Release,
-}
-
-/// The `reason` label of `ricochet_reply_store_unprotected_total`: a call or reply the
-/// store does not protect from a repeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unprotected {
-    /// The store could not be asked; the route calls anyway (`on_unavailable = "call"`).
-    Unavailable,
-    /// The reply is larger than the store takes.
-    TooLarge,
-    /// The reply could not be stored.
-    StoreFailed,
-}
-
-impl Unprotected {
-    pub const ALL: [Unprotected; 3] = [
-        Unprotected::Unavailable,
-        Unprotected::TooLarge,
-        Unprotected::StoreFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unprotected::Unavailable => "unavailable",
-            Unprotected::TooLarge => "too_large",
-            Unprotected::StoreFailed => "store_failed",
-        }
-    }
-}
-
-const OPERATIONS: [(Step, &str); 3] = [
-    (Step::Lookup, "lookup"),
-    (Step::Store, "store"),
-    (Step::Release, "release"),
-];
-
-/// The route's store counters, registered at zero.
-#[derive(Debug)]
-pub struct StoreMetrics {
-    lookups: Vec<Counter>,
-    failures: Vec<Counter>,
-    unprotected: Vec<Counter>,
-}
-
-impl StoreMetrics {
-    fn new(route: &str, source: &'static str) -> Self {
-        let route = route.to_string();
-        let counter = |name: &'static str, label: &'static str, value: &'static str| {
-            let counter = metrics::counter!(name, "route" => route.clone(), "source" => source, label => value);
-            counter.increment(0);
-            counter
-        };
-        Self {
-            lookups: (Lookup::ALL.iter())
-                .map(|l| counter(REPLY_STORE_LOOKUPS, "result", l.as_str()))
-                .collect(),
-            failures: (OPERATIONS.iter())
-                .map(|(_, o)| counter(REPLY_STORE_FAILURES, "operation", o))
-                .collect(),
-            unprotected: (Unprotected::ALL.iter())
-                .map(|u| counter(REPLY_STORE_UNPROTECTED, "reason", u.as_str()))
-                .collect(),
-        }
-    }
-
-    pub fn lookup(&self, result: Lookup) {
-        self.lookups[result as usize].increment(1);
-    }
-
-    pub fn failed(&self, operation: Step) {
-        self.failures[operation as usize].increment(1);
-    }
-
-    pub fn unprotected(&self, reason: Unprotected) {
-        self.unprotected[reason as usize].increment(1);
-    }
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// One route's reply store.
@@ -259,10 +146,13 @@ impl ReplyStore {
     /// `Idempotency-Key` header, else its source's (a `Nats-Msg-Id` or stream position, a
     /// Kafka record's position, an AMQP message id).
     pub fn key(&self, inbound: &Inbound) -> Option<StoreKey> {
-        let id = (inbound.header(IDEMPOTENCY_KEY_HEADER))
-            .or(inbound.idempotency_key.as_deref())?;
+        let id = (inbound.header(IDEMPOTENCY_KEY_HEADER)).or(inbound.idempotency_key.as_deref())?;
         let mut digest = Sha256::new();
-        for part in [self.route.as_bytes(), id.as_bytes(), inbound.subject.as_bytes()] {
+        for part in [
+            self.route.as_bytes(),
+            id.as_bytes(),
+            inbound.subject.as_bytes(),
+        ] {
             digest.update((part.len() as u64).to_be_bytes());
             digest.update(part);
         }
@@ -296,8 +186,7 @@ impl ReplyStore {
                 }
                 let config = kv::Config {
                     bucket: bucket.clone(),
-                    description: "ricochet: replies by request, served again on redelivery"
-                        .into(),
+                    description: "ricochet: replies by request, served again on redelivery".into(),
                     history: 1,
                     max_age: self.config.ttl,
                     ..Default::default()
@@ -385,9 +274,12 @@ impl ReplyStore {
         value: Bytes,
         expected: u64,
     ) -> Result<bool, StoreError> {
-        let written = within(self.config.timeout, bucket.update(key.as_str(), value, expected))
-            .await
-            .map_err(|()| request("claim")("timed out".into()))?;
+        let written = within(
+            self.config.timeout,
+            bucket.update(key.as_str(), value, expected),
+        )
+        .await
+        .map_err(|()| request("claim")("timed out".into()))?;
         match written {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
@@ -449,6 +341,8 @@ async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>
 
 /// The Unix time in milliseconds: leases are compared across replicas.
 pub fn now_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
