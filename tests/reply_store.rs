@@ -392,3 +392,139 @@ async fn a_second_delivery_while_the_first_is_calling_waits_for_its_reply_on_ano
     delete_bucket(&bucket).await;
     stream.delete().await;
 }
+
+/// An AMQP route whose reply store lives on a nats-server of the test's own, which the test
+/// stops: the route's `on_unavailable` decides what a request gets meanwhile.
+struct Outage {
+    nats: common::brokers::OwnBroker,
+    service: Counting,
+    queue: String,
+    ricochet: Ricochet,
+}
+
+impl Outage {
+    async fn start(choice: &str) -> Self {
+        let mut nats = common::brokers::OwnBroker::nats_server(|dir| {
+            format!("jetstream {{ store_dir: {:?} }}", dir.join("jetstream"))
+        });
+        nats.start();
+        nats.wait_listening(Duration::from_secs(10));
+        let service = Counting::start(Duration::ZERO, None).await;
+        let queue = unique("ricochet.test.store.");
+        let route = amqp::route(
+            "js",
+            &queue,
+            &queue,
+            &format!(
+                "[routes.reply_store]\nbucket = \"outage\"\ntimeout = \"300ms\"\n\
+                 on_unavailable = \"{choice}\"\n"
+            ),
+            "max_deliver = 1000",
+        );
+        let admin = free_port();
+        let toml = format!(
+            "[nats]\nurl = \"nats://127.0.0.1:{}\"\n\n[upstream]\nbase_url = \"{}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{route}",
+            nats.port(),
+            service.upstream.base_url()
+        );
+        let ricochet = Ricochet::start(&toml, admin).await;
+        Self {
+            nats,
+            service,
+            queue,
+            ricochet,
+        }
+    }
+
+    /// Sends `count` requests (message ids `m-<prefix>-<i>`) and waits up to `timeout` s.
+    fn rpc(&self, prefix: &str, count: usize, timeout: u64) -> serde_json::Value {
+        serde_json::json!({"op": "rpc", "routing_key": self.queue, "count": count,
+            "timeout": timeout, "prefix": prefix, "body": "same body"})
+    }
+
+    async fn metric(&self, name: &str, label: &str) -> f64 {
+        metric(&self.ricochet.metrics().await, name, &[label])
+    }
+
+    async fn delete(self) {
+        amqp::client(serde_json::json!({"op": "delete", "queues": [self.queue, format!("{}.ricochet-retry.100ms", self.queue)], "exchanges": []})).await;
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_with_redeliver_calls_nothing_until_the_store_is_back() {
+    let mut outage = Outage::start("redeliver").await;
+    let answer = amqp::client(outage.rpc("before", 1, 30)).await;
+    assert_eq!(answer["answered"], 1, "{answer}");
+    assert_eq!(outage.service.total(), 1);
+
+    outage.nats.kill();
+    let asked = amqp::client(outage.rpc("during", 2, 60));
+    let asked = tokio::spawn(asked);
+    eventually(Duration::from_secs(20), "lookups failing", || async {
+        let failed = outage
+            .metric(
+                "ricochet_reply_store_failures_total",
+                "operation=\"lookup\"",
+            )
+            .await;
+        holds(failed >= 4.0, failed)
+    })
+    .await;
+    assert_eq!(outage.service.total(), 1, "no call while the store is down");
+    assert_eq!(
+        outage
+            .metric("ricochet_errors_total", "kind=\"store_unavailable\"")
+            .await
+            >= 4.0,
+        true
+    );
+    outage.nats.start();
+    let answer = asked.await.unwrap();
+    assert_eq!(answer["answered"], 2, "{answer}");
+    assert_eq!(answer["duplicates"], 0, "{answer}");
+    assert_eq!(
+        outage.service.total(),
+        3,
+        "each request called once, after the outage"
+    );
+    assert_eq!(
+        outage
+            .metric(
+                "ricochet_reply_store_unprotected_total",
+                "reason=\"unavailable\""
+            )
+            .await,
+        0.0
+    );
+    outage.delete().await;
+}
+
+#[tokio::test]
+async fn a_store_outage_with_call_calls_the_service_and_counts_it() {
+    let mut outage = Outage::start("call").await;
+    outage.nats.kill();
+    let answer = amqp::client(outage.rpc("during", 3, 60)).await;
+    assert_eq!(answer["answered"], 3, "{answer}");
+    assert_eq!(outage.service.total(), 3);
+    assert_eq!(
+        outage
+            .metric(
+                "ricochet_reply_store_unprotected_total",
+                "reason=\"unavailable\""
+            )
+            .await,
+        3.0
+    );
+    assert_eq!(
+        outage
+            .metric(
+                "ricochet_reply_store_failures_total",
+                "operation=\"lookup\""
+            )
+            .await,
+        3.0
+    );
+    outage.delete().await;
+}
