@@ -473,12 +473,12 @@ async fn a_store_outage_with_redeliver_calls_nothing_until_the_store_is_back() {
     })
     .await;
     assert_eq!(outage.service.total(), 1, "no call while the store is down");
-    assert_eq!(
-        outage
-            .metric("ricochet_errors_total", "kind=\"store_unavailable\"")
-            .await
-            >= 4.0,
-        true
+    let refused = outage
+        .metric("ricochet_errors_total", "kind=\"store_unavailable\"")
+        .await;
+    assert!(
+        refused >= 4.0,
+        "answered store_unavailable meanwhile: {refused}"
     );
     outage.nats.start();
     let answer = asked.await.unwrap();
@@ -527,4 +527,99 @@ async fn a_store_outage_with_call_calls_the_service_and_counts_it() {
         3.0
     );
     outage.delete().await;
+}
+
+/// A core NATS route with a reply store, in front of `service`.
+async fn core_ricochet(service: &Counting, bucket: &str, prefix: &str) -> Ricochet {
+    let admin = free_port();
+    let route = format!(
+        r#"
+[[routes]]
+name = "core"
+subject = "{prefix}.{{id}}"
+method = "POST"
+path = "/orders/{{id}}"
+
+[routes.reply_store]
+bucket = "{bucket}"
+on_unavailable = "call"
+"#
+    );
+    Ricochet::start(&config(&service.upstream.base_url(), admin, &route), admin).await
+}
+
+async fn request(
+    client: &async_nats::Client,
+    subject: String,
+    key: Option<&str>,
+    body: &'static str,
+) -> async_nats::Message {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert("Idempotency-Key", key);
+    }
+    let asked = client.request_with_headers(subject, headers, body.into());
+    tokio::time::timeout(Duration::from_secs(10), asked)
+        .await
+        .expect("a reply within 10 s")
+        .expect("a reply")
+}
+
+#[tokio::test]
+async fn a_core_nats_callers_retry_with_its_idempotency_key_gets_the_stored_reply() {
+    let service = Counting::start(Duration::ZERO, None).await;
+    let bucket = bucket();
+    let prefix = unique("storecore");
+    let ricochet = core_ricochet(&service, &bucket, &prefix).await;
+    let client = nats().await;
+    let first = request(&client, format!("{prefix}.1"), Some("k-1"), "order 1").await;
+    let again = request(&client, format!("{prefix}.1"), Some("k-1"), "order 1").await;
+    assert_eq!(bytes_of(&again), bytes_of(&first));
+    assert_eq!(service.total(), 1);
+    // Without the header there is no key: each request is called.
+    request(&client, format!("{prefix}.2"), None, "order 2").await;
+    request(&client, format!("{prefix}.2"), None, "order 2").await;
+    assert_eq!(service.total(), 3);
+    let metrics = ricochet.metrics().await;
+    let lookups = |result: &str| {
+        let label = format!("result=\"{result}\"");
+        metric(
+            &metrics,
+            "ricochet_reply_store_lookups_total",
+            &["route=\"core\"", &label],
+        )
+    };
+    assert_eq!((lookups("miss"), lookups("hit")), (1.0, 1.0));
+    delete_bucket(&bucket).await;
+}
+
+#[tokio::test]
+async fn a_known_key_with_another_body_or_subject_does_not_read_the_stored_reply() {
+    // A publisher that learned a key must not read another request's reply with it.
+    let service = Counting::start(Duration::ZERO, None).await;
+    let bucket = bucket();
+    let prefix = unique("storeforged");
+    let _ricochet = core_ricochet(&service, &bucket, &prefix).await;
+    let client = nats().await;
+    let first = request(&client, format!("{prefix}.1"), Some("k-1"), "order 1").await;
+    let other_body = request(&client, format!("{prefix}.1"), Some("k-1"), "order 1!").await;
+    let other_subject = request(&client, format!("{prefix}.9"), Some("k-1"), "order 1").await;
+    assert_eq!(service.total(), 3, "each is a request of its own");
+    for reply in [&other_body, &other_subject] {
+        assert_ne!(reply.payload, first.payload);
+    }
+    // A key of any bytes a header can carry, and a very long one, are keys like any other.
+    let long = "k".repeat(16 * 1024);
+    for key in ["../../$KV.>", "*", long.as_str()] {
+        let one = request(&client, format!("{prefix}.3"), Some(key), "x").await;
+        let two = request(&client, format!("{prefix}.3"), Some(key), "x").await;
+        assert_eq!(
+            bytes_of(&one),
+            bytes_of(&two),
+            "{}",
+            &key[..key.len().min(20)]
+        );
+    }
+    assert_eq!(service.total(), 6, "one call per key");
+    delete_bucket(&bucket).await;
 }
