@@ -2268,6 +2268,18 @@ fn calls_by_id(upstream: &Upstream) -> HashMap<String, usize> {
 /// request exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_calls_under_way() {
+    jetstream_kills_with_the_reply_store(1).await;
+}
+
+/// [`jetstream_killed_three_times_with_the_reply_store_calls_again_only_calls_under_way`]
+/// with two replicas on the durable consumer, one of them killed three times: the other
+/// takes the killed one's redeliveries and finds their claims or replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_two_replicas_one_killed_three_times_with_the_reply_store() {
+    jetstream_kills_with_the_reply_store(2).await;
+}
+
+async fn jetstream_kills_with_the_reply_store(replicas: usize) {
     const TOTAL: usize = 10_000;
     const IN_FLIGHT: usize = 32;
     const KILLS: usize = 3;
@@ -2287,6 +2299,13 @@ async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_call
     );
     let toml = config(&upstream.base_url(), admin, &route);
     let mut ricochet = Ricochet::start(&toml, admin).await;
+    // The replicas that stay up.
+    let mut others = Vec::new();
+    for _ in 1..replicas {
+        let port = free_port();
+        let toml = config(&upstream.base_url(), port, &route);
+        others.push(Ricochet::start(&toml, port).await);
+    }
     let publisher = js_publisher(
         js.clone(),
         prefix.clone(),
@@ -2333,15 +2352,18 @@ async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_call
     let repeated: Vec<(&String, &usize)> = calls.iter().filter(|(_, n)| **n > 1).collect();
     let repeated_calls: usize = repeated.iter().map(|(_, n)| *n - 1).sum();
     let tally = tally.lock().unwrap();
+    let scenario = match replicas {
+        1 => "jetstream, 3 kills, reply store on".to_string(),
+        n => format!("jetstream, {n} replicas, one killed 3 times, reply store on"),
+    };
     report(
-        "jetstream, 3 kills, reply store on",
+        &scenario,
         TOTAL,
         &tally,
         &recoveries,
         &format!(
             ", publishes {sent}, dead-lettered {}, upstream calls {} ({repeated_calls} repeated, \
-             for {} requests; calls under way at the kills {}), served from the store after \
-             the last restart {hits}",
+             for {} requests; calls under way at the kills {}), served from the store by the replicas running at the end {hits}",
             dead.load(Ordering::SeqCst),
             upstream.calls(),
             repeated.len(),
@@ -2357,5 +2379,5 @@ async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_call
         );
     }
     assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
-    drop(ricochet);
+    drop((ricochet, others));
 }
