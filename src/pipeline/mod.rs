@@ -8,9 +8,10 @@
 //! breaker's gate, a `max_in_flight` slot, the [`admission::Taken`] guard) hands it over,
 //! routed (the captures of its route's pattern), with a [`Settle`] handle. The pipeline
 //! settles it on receipt when the route is at-most-once, validates it (`validate`), calls
-//! the service (`process`), and has the settlement policy (`policy`) decide what becomes of
-//! it, which `conclude` carries out through the handle. Metrics of those steps are recorded
-//! here, once.
+//! the service (`process`) or, on a route with a reply store, answers it from the store
+//! when its reply is stored and stores the service's answer otherwise (`store`), and has
+//! the settlement policy (`policy`) decide what becomes of it, which `conclude` carries out
+//! through the handle. Metrics of those steps are recorded here, once.
 
 pub mod admission;
 mod conclude;
