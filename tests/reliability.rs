@@ -639,11 +639,16 @@ async fn kafka_killed_three_times(store: bool) {
         repeated_by_one_instance, 0,
         "no instance calls the service twice for a record: {repeats:?}"
     );
-    assert!(
-        tally.duplicates() <= windows.iter().sum(),
-        "only the records taken but not committed at a kill are repeated: {} duplicates, windows {windows:?}",
-        tally.duplicates()
-    );
+    // The windows count the killed instance's calls: with the store, records it answered
+    // from the store (not calling) and did not commit come again too, so the bound holds
+    // for the calls (above), not for the replies.
+    if !store {
+        assert!(
+            tally.duplicates() <= windows.iter().sum(),
+            "only the records taken but not committed at a kill are repeated: {} duplicates, windows {windows:?}",
+            tally.duplicates()
+        );
+    }
 }
 
 /// The correlation id of a request the Kafka tests' service saw (its `correlation-id`
