@@ -623,3 +623,54 @@ async fn a_known_key_with_another_body_or_subject_does_not_read_the_stored_reply
     assert_eq!(service.total(), 6, "one call per key");
     delete_bucket(&bucket).await;
 }
+
+#[tokio::test]
+async fn a_reply_larger_than_the_store_takes_is_published_not_stored_and_counted() {
+    // AMQP carries a reply over the NATS server's 1 MiB max_payload; the store cannot.
+    let big = Bytes::from(vec![b'x'; 1_200_000]);
+    let upstream = Upstream::start(move |_| {
+        let big = big.clone();
+        async move { Response::builder().body(Full::new(big)).unwrap() }
+    })
+    .await;
+    let queue = unique("ricochet.test.storebig.");
+    let bucket = bucket();
+    let store = format!("[routes.reply_store]\nbucket = \"{bucket}\"\non_unavailable = \"call\"\n");
+    let route = amqp::route("big", &queue, &queue, &store, "");
+    let admin = free_port();
+    let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &route), admin).await;
+    for _ in 0..2 {
+        // The same message id and body both times.
+        let rpc = serde_json::json!({"op": "rpc", "routing_key": &queue, "count": 1,
+            "timeout": 30, "prefix": "same", "body": "same body"});
+        let answer = amqp::client(rpc).await;
+        assert_eq!(
+            answer["answered"],
+            1,
+            "{}",
+            &answer.to_string()[..300.min(answer.to_string().len())]
+        );
+    }
+    assert_eq!(upstream.calls(), 2, "not stored: called again");
+    let metrics = ricochet.metrics().await;
+    let too_large = ["route=\"big\"", "reason=\"too_large\""];
+    assert_eq!(
+        metric(
+            &metrics,
+            "ricochet_reply_store_unprotected_total",
+            &too_large
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ricochet_reply_store_lookups_total",
+            &["route=\"big\"", "result=\"miss\""]
+        ),
+        2.0,
+        "the claim was released: the second delivery claims again"
+    );
+    amqp::client(serde_json::json!({"op": "delete", "queues": [queue, format!("{queue}.ricochet-retry.100ms")], "exchanges": []})).await;
+    delete_bucket(&bucket).await;
+}
