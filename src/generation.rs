@@ -18,7 +18,7 @@ use crate::pipeline::Pipeline;
 use crate::settings::Settings;
 use crate::source::nats::handover::{self, Handle};
 use crate::source::nats::{Core, NatsSource, SubscriptionKey};
-pub use crate::source::nats::{Kept, Nats};
+pub use crate::source::nats::{KeptSubscriptions, Nats};
 use crate::source::{Context, Source};
 use crate::telemetry::admin::RouteHealth;
 use crate::telemetry::liveness::{self, Cause};
@@ -40,9 +40,11 @@ pub struct Generation {
     core_intakes: Vec<Handle>,
 }
 
-/// Whether any route of `settings` takes messages from NATS (core or JetStream).
+/// Whether any route of `settings` takes messages from NATS (core or JetStream) or keeps
+/// its replies in a reply store (NATS key-value).
 pub fn needs_nats(settings: &Settings) -> bool {
     (settings.sources.iter()).any(|s| s.uses_nats())
+        || (settings.config.routes.iter()).any(|r| r.reply_store.is_some())
 }
 
 fn core_routes(settings: &Settings) -> usize {
@@ -60,6 +62,12 @@ impl Generation {
             anyhow::bail!("routes take messages from NATS but there is no NATS connection");
         }
         let pipeline = Arc::new(settings.pipeline()?);
+        // The reply stores are asked on the shared connection, whatever the route's source.
+        if let Some(nats) = &nats {
+            for store in (pipeline.routes().iter()).filter_map(|r| r.store.as_ref()) {
+                store.connect(nats.client.clone());
+            }
+        }
         // Readiness waits for the NATS connection's subscriptions (confirmed once for all
         // core routes) and for the consumer of every other route.
         let intakes = usize::from(needs_nats) + settings.sources.len() - core_routes(&settings);
@@ -88,7 +96,7 @@ impl Generation {
     /// (a reload's, see [`Generation::release_core`]); on an error `kept` is left whole.
     /// Readiness follows once the server has confirmed them: see
     /// [`Generation::core_confirmed`].
-    pub async fn start_core(&mut self, kept: &mut Kept) -> anyhow::Result<()> {
+    pub async fn start_core(&mut self, kept: &mut KeptSubscriptions) -> anyhow::Result<()> {
         let Some(nats) = self.nats.clone() else {
             self.confirmed.cancel();
             return Ok(());
@@ -134,9 +142,9 @@ impl Generation {
     /// Takes over the running core subscriptions that the next generation makes too
     /// (`wanted`): their intakes stop taking messages and hand them over, with the messages
     /// not taken yet. The rest drain when this generation stops.
-    pub async fn release_core(&mut self, wanted: &[SubscriptionKey]) -> Kept {
+    pub async fn release_core(&mut self, wanted: &[SubscriptionKey]) -> KeptSubscriptions {
         let mut left = wanted.to_vec();
-        let mut kept = Kept::default();
+        let mut kept = KeptSubscriptions::default();
         let (asked, running): (Vec<Handle>, Vec<Handle>) =
             (self.core_intakes.drain(..)).partition(|intake| {
                 match left.iter().position(|key| *key == intake.key) {
@@ -161,7 +169,7 @@ impl Generation {
 
     /// Takes back the subscriptions [`Generation::release_core`] gave a reload that was
     /// then refused: they go on serving this generation's routes.
-    pub fn resume_core(&mut self, mut kept: Kept) {
+    pub fn resume_core(&mut self, mut kept: KeptSubscriptions) {
         let Some(core) = self.core.clone() else {
             return;
         };

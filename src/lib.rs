@@ -37,6 +37,7 @@ pub mod reload;
 pub mod route;
 pub mod settings;
 pub mod source;
+pub mod store;
 pub mod telemetry;
 pub mod validate;
 
@@ -45,7 +46,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::generation::{Generation, Kept, Nats};
+use crate::generation::{Generation, KeptSubscriptions, Nats};
 use crate::reload::Triggers;
 use crate::settings::Settings;
 use crate::telemetry::metrics::{ReloadResult, RELOADS};
@@ -84,7 +85,9 @@ pub async fn run(
     };
     let mut running = Generation::new(settings, nats.clone())?;
     health.set(running.health.clone());
-    running.start_core(&mut Kept::default()).await?;
+    running
+        .start_core(&mut KeptSubscriptions::default())
+        .await?;
     running.start_durable().await?;
 
     tokio::pin!(shutdown);

@@ -36,7 +36,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ReloadConfig};
-use crate::generation::{self, Generation, Kept, Nats};
+use crate::generation::{self, Generation, KeptSubscriptions, Nats};
 use crate::pipeline::Pipeline;
 use crate::route::Pattern;
 use crate::settings::{self, Settings};
@@ -210,7 +210,7 @@ pub async fn reload(
     } else {
         info!("a core route's queue group changed: the old subscriptions drain before the new ones subscribe");
         let finished = stop_old(running, grace).await;
-        if let Err(e) = next.start_core(&mut Kept::default()).await {
+        if let Err(e) = next.start_core(&mut KeptSubscriptions::default()).await {
             error!(error = %format!("{e:#}"), "cannot subscribe the core routes");
         }
         finished

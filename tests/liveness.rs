@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ricochet::generation::{Generation, Kept, Nats};
+use ricochet::generation::{Generation, KeptSubscriptions, Nats};
 use ricochet::telemetry::{liveness, HealthSlot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -53,7 +53,10 @@ async fn healthz_fails_with_the_reasons_once_the_machinery_is_gone() {
     let bridge = Nats::new(connected);
     let mut running = Generation::new(settings, Some(bridge.clone())).unwrap();
     slot.set(running.health.clone());
-    running.start_core(&mut Kept::default()).await.unwrap();
+    running
+        .start_core(&mut KeptSubscriptions::default())
+        .await
+        .unwrap();
     running.start_durable().await.unwrap();
     assert!(running.wait_ready(Duration::from_secs(10)).await);
     let caller = nats().await;

@@ -501,6 +501,19 @@ fn high_watermark(brokers: &str, topic: &str) -> i64 {
 /// duplicates are at most the windows' sum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_killed_three_times_loses_no_request() {
+    kafka_killed_three_times(false).await;
+}
+
+/// [`kafka_killed_three_times_loses_no_request`] with the route's reply store on (issue
+/// #28): a record the killed instance had answered but not committed is answered from the
+/// store by the next; the service is called again only for a record whose call was under
+/// way at a kill (called by the killed instance, not answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_killed_three_times_with_the_reply_store_calls_again_only_calls_under_way() {
+    kafka_killed_three_times(true).await;
+}
+
+async fn kafka_killed_three_times(store: bool) {
     const TOTAL: usize = 10_000;
     const KILLS: usize = 3;
     const PARTITIONS: i32 = 4;
@@ -509,10 +522,17 @@ async fn kafka_killed_three_times_loses_no_request() {
     let replies = kafka::topic("relkkillrep", 1).await;
     let group = unique("rel-kill");
     let admin = free_port();
+    let store_table = match store {
+        true => format!(
+            "\n[routes.reply_store]\nbucket = \"{}\"\non_unavailable = \"redeliver\"",
+            unique("rel_kafka_")
+        ),
+        false => String::new(),
+    };
     let routes = kafka::route(
         "kill",
         &requests,
-        "max_in_flight = 64",
+        &format!("max_in_flight = 64{store_table}"),
         &format!("reply_topic = \"{replies}\"\nordering = \"unordered\"\ngroup_id = \"{group}\""),
     );
     let mut upstreams = vec![Upstream::slow_echo(Duration::from_millis(1)).await];
@@ -522,6 +542,8 @@ async fn kafka_killed_three_times_loses_no_request() {
     let publisher = kafka_publisher(brokers.clone(), requests.clone(), TOTAL);
 
     let mut recoveries = Vec::new();
+    // Records the killed instances had called the service for and not answered.
+    let mut under_way = std::collections::HashSet::new();
     // Records committed when each instance died.
     let mut committed_at = vec![0i64];
     for kill in 1..=KILLS {
@@ -530,6 +552,10 @@ async fn kafka_killed_three_times_loses_no_request() {
         let killed_at = Instant::now();
         ricochet.wait_exit(Duration::from_secs(10)).await;
         drop(ricochet);
+        let answered: std::collections::HashSet<String> =
+            tally.lock().unwrap().answers.keys().cloned().collect();
+        let called = upstreams[kill - 1].seen();
+        under_way.extend((called.iter().map(kafka_id)).filter(|id| !answered.contains(id)));
         // A commit the dead instance sent may still reach the broker after its exit: read
         // the commits once they stand still.
         let every = Duration::from_millis(1000);
@@ -578,27 +604,51 @@ async fn kafka_killed_three_times_loses_no_request() {
         }
     }
     let calls: Vec<usize> = upstreams.iter().map(Upstream::calls).collect();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for call in upstreams.iter().flat_map(Upstream::seen) {
+        *by_id.entry(kafka_id(&call)).or_default() += 1;
+    }
+    let repeated: Vec<&String> = (by_id.iter())
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
     report(
-        "kafka, 3 kills",
+        if store { "kafka, 3 kills, reply store on" } else { "kafka, 3 kills" },
         TOTAL,
         &tally,
         &recoveries,
         &format!(
             ", sends {sent}, taken-but-uncommitted at each kill {windows:?}, calls per \
-             instance {calls:?}, repeated by one instance {repeated_by_one_instance}, replies read {}",
-            tally.by_offset.len()
+             instance {calls:?}, repeated by one instance {repeated_by_one_instance}, replies read {}, \
+             records called again {} (calls under way at the kills {})",
+            tally.by_offset.len(),
+            repeated.len(),
+            under_way.len(),
         ),
     );
+    if store {
+        for id in &repeated {
+            assert!(
+                under_way.contains(*id),
+                "record {id} called again but its call was not under way at a kill"
+            );
+        }
+    }
     tally.assert_answered_exactly(TOTAL);
     assert_eq!(
         repeated_by_one_instance, 0,
         "no instance calls the service twice for a record: {repeats:?}"
     );
-    assert!(
-        tally.duplicates() <= windows.iter().sum(),
-        "only the records taken but not committed at a kill are repeated: {} duplicates, windows {windows:?}",
-        tally.duplicates()
-    );
+    // The windows count the killed instance's calls: with the store, records it answered
+    // from the store (not calling) and did not commit come again too, so the bound holds
+    // for the calls (above), not for the replies.
+    if !store {
+        assert!(
+            tally.duplicates() <= windows.iter().sum(),
+            "only the records taken but not committed at a kill are repeated: {} duplicates, windows {windows:?}",
+            tally.duplicates()
+        );
+    }
 }
 
 /// The correlation id of a request the Kafka tests' service saw (its `correlation-id`
@@ -740,7 +790,7 @@ impl OwnRabbit {
 /// that were answered long before the kill (counted, not bounded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_broker_restarted_twice_quorum_queue_repeats_only_what_was_in_flight() {
-    let (duplicates, repeated_calls) = amqp_broker_restarted_twice("quorum").await;
+    let (duplicates, repeated_calls) = amqp_broker_restarted_twice("quorum", false).await;
     let bound = 2 * AMQP_BOUNCE_IN_FLIGHT;
     assert!(
         duplicates <= bound && repeated_calls <= bound,
@@ -753,14 +803,30 @@ async fn amqp_broker_restarted_twice_quorum_queue_repeats_only_what_was_in_fligh
 /// queue, the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_broker_restarted_twice_classic_queue_every_request_answered() {
-    amqp_broker_restarted_twice("classic").await;
+    amqp_broker_restarted_twice("classic", false).await;
+}
+
+/// [`amqp_broker_restarted_twice_classic_queue_every_request_answered`] with the route's
+/// reply store on (issue #28): the requests a crashed classic queue delivers again, however
+/// long ago they were answered, are answered from the store. The service is called again
+/// at most for what was in flight at the kills (here none need be: ricochet outlives the
+/// broker, so a call under way at a kill is stored when it ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_broker_restarted_twice_classic_queue_with_the_reply_store_repeats_no_call() {
+    let (_, repeated_calls) = amqp_broker_restarted_twice("classic", true).await;
+    let bound = 2 * AMQP_BOUNCE_IN_FLIGHT;
+    assert!(
+        repeated_calls <= bound,
+        "at most what was in flight at the two kills ({bound}): {repeated_calls} repeated calls"
+    );
 }
 
 const AMQP_BOUNCE_IN_FLIGHT: usize = 4;
 
-/// The broker restart on a request queue of `queue_type`: duplicate replies and repeated
-/// service calls, once every request is answered.
-async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
+/// The broker restart on a request queue of `queue_type`, with the route's reply store on
+/// (`store`) or not: duplicate replies and repeated service calls, once every request is
+/// answered.
+async fn amqp_broker_restarted_twice(queue_type: &str, store: bool) -> (usize, usize) {
     const TOTAL: usize = 2_000;
     const IN_FLIGHT: usize = AMQP_BOUNCE_IN_FLIGHT;
     let mut broker = OwnRabbit::new();
@@ -781,7 +847,17 @@ async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
         "amqp",
         &queue,
         &queue,
-        &format!("max_in_flight = {IN_FLIGHT}"),
+        &format!(
+            "max_in_flight = {IN_FLIGHT}{}",
+            match store {
+                // On the tests' NATS, which stays up.
+                true => format!(
+                    "\n[routes.reply_store]\nbucket = \"{}\"\non_unavailable = \"redeliver\"",
+                    unique("rel_amqp_")
+                ),
+                false => String::new(),
+            }
+        ),
         &format!("max_deliver = 100\nqueue_type = \"{queue_type}\""),
     );
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &route), admin).await;
@@ -839,9 +915,10 @@ async fn amqp_broker_restarted_twice(queue_type: &str) -> (usize, usize) {
         .collect();
     let calls = upstream.calls();
     println!(
-        "RELIABILITY amqp broker restart ({queue_type} queue): messages {TOTAL}, answered {}, lost {}, duplicated {}, \
+        "RELIABILITY amqp broker restart ({queue_type} queue{}): messages {TOTAL}, answered {}, lost {}, duplicated {}, \
          longest stall {:.1?}, recovery {recoveries:.1?} after the node took connections again, \
          node start {boot:.1?} then restarts {restarts:.1?}, upstream calls {calls} ({} repeated)",
+        if store { ", reply store on" } else { "" },
         tally.unique(),
         TOTAL.saturating_sub(tally.unique()),
         tally.duplicates(),
@@ -2245,4 +2322,139 @@ async fn kafka_bounce_every_request_answered() {
     );
     tally.assert_answered_exactly(TOTAL);
     drop(ricochet);
+}
+
+/// Calls per request id the service saw (its path `/orders/<id>`).
+fn calls_by_id(upstream: &Upstream) -> HashMap<String, usize> {
+    let mut calls = HashMap::new();
+    for seen in upstream.seen() {
+        let id = seen
+            .path_and_query
+            .trim_start_matches("/orders/")
+            .to_string();
+        *calls.entry(id).or_default() += 1;
+    }
+    calls
+}
+
+/// [`jetstream_killed_three_times_loses_no_request`] with the route's reply store on
+/// (issue #28). At each kill the test notes the requests the service had been called for
+/// and that had no reply yet: the calls under way. A request whose reply was stored is
+/// answered from the store when it comes again; so the service may be called again only
+/// for a request whose call was under way at a kill (not yet stored), and every other
+/// request exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_killed_three_times_with_the_reply_store_calls_again_only_calls_under_way() {
+    jetstream_kills_with_the_reply_store(1).await;
+}
+
+/// [`jetstream_killed_three_times_with_the_reply_store_calls_again_only_calls_under_way`]
+/// with two replicas on the durable consumer, one of them killed three times: the other
+/// takes the killed one's redeliveries and finds their claims or replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_two_replicas_one_killed_three_times_with_the_reply_store() {
+    jetstream_kills_with_the_reply_store(2).await;
+}
+
+async fn jetstream_kills_with_the_reply_store(replicas: usize) {
+    const TOTAL: usize = 10_000;
+    const IN_FLIGHT: usize = 32;
+    const KILLS: usize = 3;
+    let stream = js_stream("reljsstore").await;
+    let (js, prefix) = (&stream.js, &stream.prefix);
+    let client = nats().await;
+    let replies = format!("{prefix}.replies");
+    let (tally, dead) = collect_nats(&client, &replies, &format!("{prefix}.dlq")).await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(1)).await;
+    let bucket = unique("rel_store_");
+    let admin = free_port();
+    // A short deadline: the claim of a call a kill interrupted ends with it (plus slack).
+    let route = js_route(&stream, IN_FLIGHT)
+        .replace("max_in_flight", "total_timeout = \"3s\"\nmax_in_flight");
+    let route = format!(
+        "{route}\n[routes.reply_store]\nbucket = \"{bucket}\"\nttl = \"1h\"\non_unavailable = \"redeliver\"\n"
+    );
+    let toml = config(&upstream.base_url(), admin, &route);
+    let mut ricochet = Ricochet::start(&toml, admin).await;
+    // The replicas that stay up.
+    let mut others = Vec::new();
+    for _ in 1..replicas {
+        let port = free_port();
+        let toml = config(&upstream.base_url(), port, &route);
+        others.push(Ricochet::start(&toml, port).await);
+    }
+    let publisher = js_publisher(
+        js.clone(),
+        prefix.clone(),
+        replies.clone(),
+        TOTAL,
+        Duration::ZERO,
+        Arc::default(),
+    );
+
+    let mut recoveries = Vec::new();
+    let mut under_way = std::collections::HashSet::new();
+    for kill in 1..=KILLS {
+        answered_at_least(&tally, TOTAL * kill / (KILLS + 1), ALL_ANSWERED_WITHIN).await;
+        ricochet.signal("-KILL");
+        let killed_at = Instant::now();
+        ricochet.wait_exit(Duration::from_secs(10)).await;
+        // Dead: nothing it called can still be answered by it.
+        let answered: std::collections::HashSet<String> =
+            tally.lock().unwrap().answers.keys().cloned().collect();
+        let called = calls_by_id(&upstream);
+        under_way.extend(called.into_keys().filter(|id| !answered.contains(id)));
+        drop(ricochet);
+        ricochet = Ricochet::start(&toml, admin).await;
+        recoveries.push(recovery_after(&tally, killed_at).await);
+    }
+    let sent = publisher.await.unwrap();
+    answered_at_least(&tally, TOTAL, ALL_ANSWERED_WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = ricochet.metrics().await;
+    let hits = metric(
+        &metrics,
+        "ricochet_reply_store_lookups_total",
+        &["result=\"hit\""],
+    ) + metric(
+        &metrics,
+        "ricochet_reply_store_lookups_total",
+        &["result=\"hit_after_wait\""],
+    );
+    stream.delete().await;
+    let _ = jetstream::new(client.clone())
+        .delete_key_value(&bucket)
+        .await;
+    let calls = calls_by_id(&upstream);
+    let repeated: Vec<(&String, &usize)> = calls.iter().filter(|(_, n)| **n > 1).collect();
+    let repeated_calls: usize = repeated.iter().map(|(_, n)| *n - 1).sum();
+    let tally = tally.lock().unwrap();
+    let scenario = match replicas {
+        1 => "jetstream, 3 kills, reply store on".to_string(),
+        n => format!("jetstream, {n} replicas, one killed 3 times, reply store on"),
+    };
+    report(
+        &scenario,
+        TOTAL,
+        &tally,
+        &recoveries,
+        &format!(
+            ", publishes {sent}, dead-lettered {}, upstream calls {} ({repeated_calls} repeated, \
+             for {} requests; calls under way at the kills {}), served from the store by the replicas running at the end {hits}",
+            dead.load(Ordering::SeqCst),
+            upstream.calls(),
+            repeated.len(),
+            under_way.len(),
+        ),
+    );
+    tally.assert_answered_exactly(TOTAL);
+    assert_eq!(calls.len(), TOTAL, "every request reached the service");
+    for (id, n) in &repeated {
+        assert!(
+            under_way.contains(*id),
+            "request {id} was called {n} times but its call was not under way at a kill"
+        );
+    }
+    assert_eq!(dead.load(Ordering::SeqCst), 0, "nothing dead-lettered");
+    drop((ricochet, others));
 }

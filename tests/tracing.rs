@@ -688,3 +688,69 @@ path = "/echo"
         "the endpoint is not logged:\n{logs}"
     );
 }
+
+/// A reply served from the route's reply store: its trace has a `reply_store` span saying
+/// `hit` and no HTTP attempt; the first request's says `miss`.
+#[tokio::test]
+async fn a_reply_served_from_the_reply_store_shows_in_its_trace() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::echo().await;
+    let prefix = unique("tracestore");
+    let bucket = unique("trace_store_");
+    let admin = free_port();
+    let routes = format!(
+        r#"
+[[routes]]
+name = "echo"
+subject = "{prefix}.echo"
+method = "POST"
+path = "/echo"
+
+[routes.reply_store]
+bucket = "{bucket}"
+on_unavailable = "call"
+"#
+    );
+    let ricochet = start(
+        &traced_config(&upstream.base_url(), admin, &collector, &routes),
+        admin,
+    )
+    .await;
+    let client = nats().await;
+    let mut traces = Vec::new();
+    for _ in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Idempotency-Key", "k-1");
+        let reply = client
+            .request_with_headers(format!("{prefix}.echo"), headers, "hello".into())
+            .await
+            .unwrap();
+        let (trace_id, _, _) =
+            traceparent(&header(&reply, "traceparent").expect("traceparent on the reply"));
+        traces.push(trace_id);
+    }
+    assert_eq!(upstream.calls(), 1);
+    let first = collector.trace(&traces[0], 4).await;
+    let lookup = one(&first, "reply_store");
+    assert_eq!(
+        lookup.attribute("ricochet.reply_store.result").as_deref(),
+        Some("miss")
+    );
+    one(&first, "POST /echo");
+    let second = collector.trace(&traces[1], 3).await;
+    let lookup = one(&second, "reply_store");
+    assert_eq!(
+        lookup.attribute("ricochet.reply_store.result").as_deref(),
+        Some("hit")
+    );
+    let process = one(&second, &format!("process {prefix}.echo"));
+    assert_eq!(lookup.parent(), process.span_id());
+    assert!(
+        second.iter().all(|s| s.span.name != "POST /echo"),
+        "no HTTP attempt for a stored reply"
+    );
+    drop(ricochet);
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(&bucket)
+        .await;
+}

@@ -167,3 +167,12 @@ pub fn registry_latest_refresh() -> Duration {
 pub fn min_budget() -> Duration {
     Duration::from_millis(5)
 }
+pub fn reply_store_bucket() -> String {
+    "ricochet_replies".into()
+}
+pub fn reply_store_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+pub fn reply_store_timeout() -> Duration {
+    Duration::from_secs(1)
+}

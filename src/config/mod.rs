@@ -28,6 +28,7 @@ mod print;
 mod route;
 mod schemas;
 mod security;
+mod store;
 mod units;
 mod url_auth;
 mod validate;
@@ -39,6 +40,7 @@ pub use schemas::registry as check_registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+pub use store::{across as check_reply_stores, OnUnavailable, ReplyStoreConfig};
 pub use validate::top as check_top;
 pub use validate_route::{across as check_across, route as check_route};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, ByteSize, LifetimeConfig, UpstreamConfig, ValidateConfig};
+use super::{defaults, ByteSize, LifetimeConfig, ReplyStoreConfig, UpstreamConfig, ValidateConfig};
 
 /// One subject pattern mapped to one HTTP endpoint: the settings every route has, whatever
 /// its source. The source's part (`source = "..."`, its route keys and its table) is
@@ -66,6 +66,10 @@ pub struct RouteConfig {
     /// How long a request is wanted, and what the service is told of its deadline.
     #[serde(default)]
     pub lifetime: LifetimeConfig,
+    /// The shared reply store: a message whose reply is stored is answered from it without
+    /// calling the service (`store/`).
+    #[serde(default)]
+    pub reply_store: Option<ReplyStoreConfig>,
 }
 
 impl RouteConfig {

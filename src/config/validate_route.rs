@@ -85,6 +85,9 @@ pub fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
     }
     super::schemas::route(route, &mut push);
     super::lifetime::check(&route.lifetime, &mut push);
+    if let Some(store) = &route.reply_store {
+        store.check(&mut push);
+    }
     for (key, filter) in [
         ("request_headers", &route.request_headers),
         ("response_headers", &route.response_headers),

@@ -28,7 +28,7 @@ pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
 /// Every kind, for metrics that pre-register one series each.
-pub const ERROR_KINDS: [ErrorKind; 12] = [
+pub const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::BadRequest,
     ErrorKind::NoRoute,
     ErrorKind::PayloadTooLarge,
@@ -41,6 +41,7 @@ pub const ERROR_KINDS: [ErrorKind; 12] = [
     ErrorKind::RegistryUnavailable,
     ErrorKind::InvalidResponse,
     ErrorKind::Expired,
+    ErrorKind::StoreUnavailable,
 ];
 
 /// Errors that ricochet answers itself, without (or instead of) the service's answer.
@@ -76,6 +77,9 @@ pub enum ErrorKind {
     /// less than `lifetime.min_budget` left: the service is not called. Answered only when
     /// the route sets `lifetime.reply_expired`.
     Expired,
+    /// The route's reply store could not be asked and its `on_unavailable` is `redeliver`:
+    /// the service is not called; a durable source redelivers the message later.
+    StoreUnavailable,
 }
 
 impl ErrorKind {
@@ -93,6 +97,7 @@ impl ErrorKind {
             ErrorKind::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InvalidResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::Expired => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -111,6 +116,7 @@ impl ErrorKind {
             ErrorKind::RegistryUnavailable => "registry_unavailable",
             ErrorKind::InvalidResponse => "invalid_response",
             ErrorKind::Expired => "expired",
+            ErrorKind::StoreUnavailable => "store_unavailable",
         }
     }
 }

@@ -10,9 +10,10 @@
 //! settles it on receipt when the route is at-most-once, checks it (`validate`: its route,
 //! size and reply destination), judges whether anyone still waits for it and sets its
 //! deadline (`lifetime`), validates its body against the route's rules (`validate`), calls
-//! the service (`process`), and has the settlement policy (`policy`) decide what becomes of
-//! it, which `conclude` carries out through the handle. Metrics of those steps are recorded
-//! here, once.
+//! the service (`process`) or, on a route with a reply store, answers it from the store
+//! when its reply is stored and stores the service's answer otherwise (`store`), and has
+//! the settlement policy (`policy`) decide what becomes of it, which `conclude` carries out
+//! through the handle. Metrics of those steps are recorded here, once.
 
 pub mod admission;
 mod conclude;
@@ -21,6 +22,7 @@ pub mod policy;
 mod process;
 #[cfg(test)]
 pub(crate) mod scripted;
+mod store;
 pub mod validate;
 
 use std::sync::Arc;
@@ -35,10 +37,11 @@ use self::conclude::destination;
 use self::lifetime::Judged;
 pub use self::policy::Policy;
 use crate::config::{Config, RouteConfig};
-use crate::invoke::{RouteInvoker, Upstream};
+use crate::invoke::{Call, RouteInvoker, Upstream};
 use crate::mapping::{HeaderFilter, RequestMapping};
 use crate::message::{Accepted, ErrorKind, Inbound, Redelivered, Reply, Settle};
 use crate::route::{Captures, Pattern};
+use crate::store::ReplyStore;
 use crate::telemetry::metrics::{RouteMetrics, Settlement};
 use crate::telemetry::stats::RequestStats;
 use crate::telemetry::trace::{RouteSpans, SpanSource, Tracing};
@@ -82,6 +85,8 @@ pub struct Route {
     pub stats: RequestStats,
     /// What the route's spans say of it.
     pub spans: RouteSpans,
+    /// The route's reply store, if it has one.
+    pub store: Option<ReplyStore>,
 }
 
 /// What the pipeline knows of a route's source (from its [`crate::source::Source`]): the
@@ -202,6 +207,8 @@ impl Pipeline {
                 validation: Rules::new(route, schemas, registry.as_ref()),
                 stats: RequestStats::default(),
                 spans: RouteSpans::new(route, source.spans),
+                store: (route.reply_store.as_ref())
+                    .map(|store| ReplyStore::new(store, &route.name, source.kind)),
                 pattern,
             }));
         }
@@ -262,13 +269,20 @@ impl Pipeline {
                     Ok(Judged::Wanted(deadline)) => {
                         let captures = captures.unwrap_or_default();
                         let call = lifetime::call(lifetime, deadline, inbound);
-                        match &route.validation {
-                            None => self.process(route, &captures, inbound, call, &trace).await,
-                            // Boxed: routes without validation keep the smaller future.
-                            Some(rules) => {
-                                let validated =
-                                    self.validated(route, rules, &captures, inbound, call, &trace);
-                                Box::pin(validated).await
+                        let keyed = (route.store.as_ref()).and_then(|s| Some((s, s.key(inbound)?)));
+                        match keyed {
+                            None => self.call(route, &captures, inbound, call, &trace).await,
+                            // Boxed: routes without a store keep the smaller future.
+                            Some((store, key)) => {
+                                let stored = self.through_store(
+                                    route,
+                                    (store, &key),
+                                    &captures,
+                                    inbound,
+                                    call,
+                                    &trace,
+                                );
+                                Box::pin(stored).await
                             }
                         }
                     }
@@ -277,6 +291,25 @@ impl Pipeline {
         };
         self.conclude(route, inbound, destination, processed, settle, trace)
             .await
+    }
+
+    /// The call, by `call`'s deadline: the route's `validate` rules, if any, then `process`.
+    async fn call(
+        &self,
+        route: &Route,
+        captures: &Captures,
+        inbound: &Inbound,
+        call: Call,
+        trace: &crate::telemetry::trace::MessageTrace<'_>,
+    ) -> Processed {
+        match &route.validation {
+            None => self.process(route, captures, inbound, call, trace).await,
+            // Boxed: routes without validation keep the smaller future.
+            Some(rules) => {
+                let validated = self.validated(route, rules, captures, inbound, call, trace);
+                Box::pin(validated).await
+            }
+        }
     }
 
     /// A message the source cannot take now (its route is full and `max_pending`

@@ -119,6 +119,7 @@ pub fn load_str(
     }
     let common: Vec<(usize, &RouteConfig)> = (routes.iter()).map(|(i, r, ..)| (*i, r)).collect();
     errors.extend(config::check_registry(&config, &common));
+    errors.extend(config::check_reply_stores(&common));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }

@@ -44,6 +44,9 @@ pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
 pub const TRACE_EXPORTS: &str = "ricochet_trace_exports_total";
 pub const RELOADS: &str = "ricochet_config_reloads_total";
 pub const LIVENESS_FAILURES: &str = "ricochet_liveness_failures_total";
+pub const REPLY_STORE_LOOKUPS: &str = "ricochet_reply_store_lookups_total";
+pub const REPLY_STORE_FAILURES: &str = "ricochet_reply_store_failures_total";
+pub const REPLY_STORE_UNPROTECTED: &str = "ricochet_reply_store_unprotected_total";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -164,6 +167,18 @@ fn describe() {
     describe_counter!(
         LIVENESS_FAILURES,
         "Failures that make /healthz answer 503 until a restart (cause: panic, intake_ended, nats_client_ended)"
+    );
+    describe_counter!(
+        REPLY_STORE_LOOKUPS,
+        "Reply store lookups, by result: hit, hit_after_wait (another delivery's call), miss, taken_over (a claim whose lease ended), busy (still running at this message's deadline)"
+    );
+    describe_counter!(
+        REPLY_STORE_FAILURES,
+        "Reply store requests that failed, by operation: lookup, store, release"
+    );
+    describe_counter!(
+        REPLY_STORE_UNPROTECTED,
+        "Calls or replies the reply store does not protect from a repeat, by reason: unavailable (called without a lookup), too_large, store_failed"
     );
     describe_counter!(
         NATS_EVENTS,

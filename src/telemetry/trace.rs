@@ -309,6 +309,14 @@ impl MessageTrace<'_> {
         self.child(Cow::Borrowed("settle"), SpanKind::Client, attributes)
     }
 
+    /// The `reply_store` span: the lookup (and any wait) in the route's reply store.
+    pub fn reply_store(&self) -> Child<'_> {
+        if self.active.is_none() {
+            return Child { span: None };
+        }
+        self.child(Cow::Borrowed("reply_store"), SpanKind::Client, Vec::new())
+    }
+
     /// Ends the `process` span with how the message ended and, if it failed, why.
     pub fn finish(self, outcome: &'static str, error: Option<&'static str>) {
         let Some(mut active) = self.active else {
@@ -373,6 +381,13 @@ impl Child<'_> {
                 span.set_attribute(KeyValue::new("error.type", status.to_string()));
                 span.set_status(Status::error(status.to_string()));
             }
+        }
+    }
+
+    /// What the reply store lookup found (`hit`, `miss`, ...): `ricochet.reply_store.result`.
+    pub fn store_result(&mut self, result: &'static str) {
+        if let Some((span, _)) = &mut self.span {
+            span.set_attribute(KeyValue::new("ricochet.reply_store.result", result));
         }
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{events, publish};
-use crate::generation::{Generation, Kept};
+use crate::generation::{Generation, KeptSubscriptions};
 use crate::settings::load_str;
 
 /// A service answering `GET /ok/<x>` with 200 and `<x>`, anything else with 500.
@@ -62,7 +62,10 @@ async fn a_toy_source_is_a_folder_and_one_line() {
     );
 
     let mut generation = Generation::new(settings, None).unwrap();
-    generation.start_core(&mut Kept::default()).await.unwrap();
+    generation
+        .start_core(&mut KeptSubscriptions::default())
+        .await
+        .unwrap();
     generation.start_durable().await.unwrap();
     assert!(generation.wait_ready(Duration::from_secs(5)).await);
 

@@ -48,9 +48,9 @@ pub fn keys(pipeline: &Pipeline, default_group: &str) -> Vec<SubscriptionKey> {
 /// Subscriptions taken over from the previous generation, by key (two routes of one
 /// configuration may make the same subscription).
 #[derive(Default)]
-pub struct Kept(HashMap<SubscriptionKey, Vec<Subscriber>>);
+pub struct KeptSubscriptions(HashMap<SubscriptionKey, Vec<Subscriber>>);
 
-impl Kept {
+impl KeptSubscriptions {
     pub fn add(&mut self, key: SubscriptionKey, subscriber: Subscriber) {
         self.0.entry(key).or_default().push(subscriber);
     }

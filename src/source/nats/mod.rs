@@ -22,7 +22,7 @@ pub mod publish;
 mod unparsable;
 
 pub use connection::{connect, describe, options, with_url_credentials, Nats, NatsError};
-pub use handover::{Kept, Release, SubscriptionKey};
+pub use handover::{KeptSubscriptions, Release, SubscriptionKey};
 pub use link::{Connection, Link, LinkError};
 pub use publish::{dead_letter_headers, ListingError, NatsReplier, PublishError, Unpublished};
 pub use unparsable::{unparsable_seen, unparsable_within};
@@ -129,7 +129,7 @@ impl Settle for Inbox<'_> {
 pub async fn subscribe(
     client: &Client,
     core: &Core,
-    kept: &mut Kept,
+    kept: &mut KeptSubscriptions,
 ) -> anyhow::Result<Vec<(Arc<Route>, SubscriptionKey, Subscriber)>> {
     let routes: Vec<(Arc<Route>, SubscriptionKey)> = (core.table.iter())
         .map(|(_, route)| (route.clone(), SubscriptionKey::of(route, &core.queue_group)))
