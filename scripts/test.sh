@@ -161,7 +161,8 @@ log "the NATS suites again, against the current nats-server ($("$current_nats" -
 # and 2.9 silently ignores them).
 env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test \
   --test jetstream --test nats_request_reply --test nats_reconnect --test nats_tls --test resilience \
-  --test validation --test nats_service --test tracing --test reload --test nats_hostile
+  --test validation --test nats_service --test tracing --test reload --test nats_hostile \
+  --test reply_store --test lifetime
 env -u NATS_URL NATS_SERVER_BIN="$current_nats" cargo test --test reliability jetstream_bounce
 
 log "soak, 60 s at a fixed load on core NATS, JetStream, Kafka and AMQP (scripts/soak.sh)"
