@@ -2,7 +2,7 @@
 //! overrides, secrets never echoed, the source parts, `check --print`.
 
 use super::*;
-use crate::config::ENV_PREFIX;
+use crate::config::{MaxInFlight, ENV_PREFIX};
 use crate::source::SourceConfig;
 
 mod loading {
@@ -57,7 +57,7 @@ mod loading {
         assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(config.nats.queue_group, "ricochet");
         assert_eq!(config.upstream.request_timeout, Duration::from_secs(5));
-        assert_eq!(config.routes[0].max_in_flight, 64);
+        assert_eq!(config.routes[0].max_in_flight, MaxInFlight::Fixed(64));
         assert_eq!(config.admin.listen.port(), 9464);
     }
 
@@ -83,7 +83,7 @@ mod loading {
         ];
         let config = load_str(MINIMAL, env).unwrap().config;
         assert_eq!(config.upstream.request_timeout, Duration::from_millis(250));
-        assert_eq!(config.routes[0].max_in_flight, 8);
+        assert_eq!(config.routes[0].max_in_flight, MaxInFlight::Fixed(8));
         assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
         // A numeric-looking value stays a string where a string is expected.
         assert_eq!(config.nats.password.unwrap().expose(), "1234");
@@ -182,7 +182,7 @@ mod loading {
             .chain(shown)
             .collect();
         for expected in [
-            "routes[0].max_in_flight: expected a whole number, 0 or more, found -1",
+            "routes[0].max_in_flight: expected a whole number, 0 or more, or \"auto\", found -1",
             "routes[0].success_statuses[0]: expected a whole number from 0 to 65535, found 70000",
             // (In tests the toy source `memory` follows the four.)
             "routes[0].source: \"pigeon\" is not one of the names this key accepts: \"nats\", \"jetstream\", \"kafka\", \"amqp\"",

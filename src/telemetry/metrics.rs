@@ -43,6 +43,8 @@ pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
 pub const TRACE_EXPORTS: &str = "ricochet_trace_exports_total";
 pub const RELOADS: &str = "ricochet_config_reloads_total";
 pub const LIVENESS_FAILURES: &str = "ricochet_liveness_failures_total";
+pub const CONCURRENCY_LIMIT: &str = "ricochet_concurrency_limit";
+pub const CONCURRENCY_MIN_RTT: &str = "ricochet_concurrency_min_rtt_seconds";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -156,6 +158,15 @@ fn describe() {
         "Configuration reloads (SIGHUP or a watched file's change), by result: applied, refused (invalid, or the new routes cannot start; the running configuration stays)"
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
+    describe_gauge!(
+        CONCURRENCY_LIMIT,
+        "The route's in-flight limit: max_in_flight, or where the adaptive limit (max_in_flight = \"auto\") is now"
+    );
+    describe_gauge!(
+        CONCURRENCY_MIN_RTT,
+        Unit::Seconds,
+        "Adaptive limit: the service's latency without queueing, as last measured (0 until the first measurement)"
+    );
     describe_counter!(
         LIVENESS_FAILURES,
         "Failures that make /healthz answer 503 until a restart (cause: panic, intake_ended, nats_client_ended)"
@@ -316,6 +327,22 @@ pub enum Outcome {
     Replied,
     NoReply,
     PublishFailed,
+}
+
+/// The gauges of a route's in-flight limit.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyMetrics {
+    pub limit: Gauge,
+    pub min_rtt: Gauge,
+}
+
+impl ConcurrencyMetrics {
+    pub fn new(route: &str) -> Self {
+        Self {
+            limit: gauge!(CONCURRENCY_LIMIT, "route" => route.to_string()),
+            min_rtt: gauge!(CONCURRENCY_MIN_RTT, "route" => route.to_string()),
+        }
+    }
 }
 
 /// Handles registered once per route, so the hot path never formats a label.
