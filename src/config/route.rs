@@ -217,7 +217,7 @@ impl<'de> Deserialize<'de> for MaxInFlight {
                 .map_err(|_| D::Error::invalid_value(Unexpected::Signed(n), &EXPECTED)),
             toml::Value::String(text) if text == "auto" => Ok(MaxInFlight::Auto),
             toml::Value::String(text) => {
-                Err(D::Error::invalid_value(Unexpected::Str(&text), &EXPECTED))
+                Err(D::Error::invalid_type(Unexpected::Str(&text), &EXPECTED))
             }
             _ => Err(D::Error::custom(format!("expected {EXPECTED}"))),
         }
