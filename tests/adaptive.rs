@@ -65,13 +65,16 @@ async fn catch_up(tag: &str, upstream: &Upstream, total: usize, retry: &str) -> 
     let (replies, mut sub) = stream.subscribe("replies").await;
     for i in 0..total {
         let id = i.to_string();
-        stream.publish(&id, request_headers(&replies, &id), "x").await;
+        stream
+            .publish(&id, request_headers(&replies, &id), "x")
+            .await;
     }
     let admin = free_port();
     let table = format!("max_in_flight = \"auto\"\n{retry}\n[routes.concurrency]\nmin = 2\nmax = 64\nsample_interval = \"50ms\"");
     let routes = stream.route(&table, "");
     let toml = config(&upstream.base_url(), admin, &routes);
     let ricochet = Ricochet::start(&toml, admin).await;
+    let started = std::time::Instant::now();
     let mut run = Run {
         limits: Vec::new(),
         min_rtt: 0.0,
@@ -81,19 +84,41 @@ async fn catch_up(tag: &str, upstream: &Upstream, total: usize, retry: &str) -> 
     let mut received = 0;
     while run.answered.len() < total {
         // Progress, not speed: each reply may take this long, however slow the machine.
-        let reply = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {total} answered, then nothing for 30 s", run.answered.len()))
-            .unwrap();
-        *run.answered.entry(header(&reply, "correlation-id").unwrap()).or_default() += 1;
+        let Ok(reply) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await else {
+            let logs = ricochet.logs();
+            let tail: String = logs
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            let metrics = ricochet.metrics().await;
+            panic!("{} of {total} answered, then nothing for 30 s; ricochet's log ends:\n{tail}\n{metrics}", run.answered.len());
+        };
+        let reply = reply.unwrap();
+        *run.answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
         received += 1;
         if received % 50 == 0 {
             let metrics = ricochet.metrics().await;
-            run.limits.push(metric(&metrics, "ricochet_concurrency_limit", &["route=\"js\""]));
+            run.limits.push(metric(
+                &metrics,
+                "ricochet_concurrency_limit",
+                &["route=\"js\""],
+            ));
         }
     }
+    println!("answered in {:?}", started.elapsed());
     let metrics = ricochet.metrics().await;
-    run.min_rtt = metric(&metrics, "ricochet_concurrency_min_rtt_seconds", &["route=\"js\""]);
+    run.min_rtt = metric(
+        &metrics,
+        "ricochet_concurrency_min_rtt_seconds",
+        &["route=\"js\""],
+    );
     run.logs = ricochet.logs();
     stream.delete().await;
     run
@@ -115,7 +140,10 @@ async fn a_backlog_settles_the_limit_near_the_workers_of_a_service_that_queues()
     let upstream = service(WORKERS, WORK, false, inside.clone()).await;
     let run = catch_up("adaptq", &upstream, TOTAL, "").await;
     assert_eq!(run.answered.len(), TOTAL);
-    assert!(run.answered.values().all(|n| *n == 1), "a request answered twice");
+    assert!(
+        run.answered.values().all(|n| *n == 1),
+        "a request answered twice"
+    );
     // The first third: the min RTT measured at 2, then the rise.
     let settled = &run.limits[run.limits.len() / 3..];
     let middle = median(settled);
@@ -152,7 +180,10 @@ async fn a_service_that_refuses_with_503_beyond_its_workers_holds_the_limit_near
     let retry = "timeout = \"2s\"\ntotal_timeout = \"20s\"\n[routes.retry]\nmax_attempts = 1000\ninitial_interval = \"1ms\"\nmax_interval = \"1ms\"\nmultiplier = 1.0\njitter = 0.0\nbudget_ratio = 1000.0\n[routes.circuit_breaker]\nenabled = false";
     let run = catch_up("adapt503", &upstream, TOTAL, retry).await;
     assert_eq!(run.answered.len(), TOTAL);
-    assert!(run.answered.values().all(|n| *n == 1), "a request answered twice");
+    assert!(
+        run.answered.values().all(|n| *n == 1),
+        "a request answered twice"
+    );
     let calls = upstream.calls();
     let settled = &run.limits[run.limits.len() / 3..];
     let middle = median(settled);

@@ -181,7 +181,9 @@ impl LimitLog {
             let start = Instant::now();
             loop {
                 let limit = metric(&metrics(port).await, "ricochet_concurrency_limit");
-                log.lock().unwrap().push((start.elapsed().as_secs_f64(), limit));
+                log.lock()
+                    .unwrap()
+                    .push((start.elapsed().as_secs_f64(), limit));
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });

@@ -32,7 +32,10 @@ fn check_concurrency(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
                 );
             }
             if table.sample_interval.is_zero() {
-                push("concurrency.sample_interval", "must be greater than zero".into());
+                push(
+                    "concurrency.sample_interval",
+                    "must be greater than zero".into(),
+                );
             }
             if table.min_rtt_interval <= table.sample_interval {
                 push(

@@ -344,12 +344,18 @@ mod tests {
         let start = now;
         let seen = overload(&mut gradient, &service, &mut now, Duration::from_secs(3));
         let (low, high) = range(&seen, start + Duration::from_secs(1));
-        assert!(low >= 8 && high <= 16, "{low}..{high} within a second of 8 workers");
+        assert!(
+            low >= 8 && high <= 16,
+            "{low}..{high} within a second of 8 workers"
+        );
         service.workers = 32;
         let start = now;
         let seen = overload(&mut gradient, &service, &mut now, Duration::from_secs(3));
         let (low, high) = range(&seen, start + Duration::from_secs(1));
-        assert!(low >= 32 && high <= 64, "{low}..{high} within a second of 32 workers");
+        assert!(
+            low >= 32 && high <= 64,
+            "{low}..{high} within a second of 32 workers"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,9 +154,7 @@ impl Route {
 
     /// Up to `n` more slots, only those free at once (a batch beyond the first message).
     pub fn free_slots(&self, n: usize) -> Vec<Slot> {
-        (0..n)
-            .map_while(|_| self.limit.try_slot().ok())
-            .collect()
+        (0..n).map_while(|_| self.limit.try_slot().ok()).collect()
     }
 
     /// A slot of the route's `max_in_flight`: at once when one is free, else counted as

@@ -263,9 +263,15 @@ mod loading {
         let bounded = "max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 5\nmax = 40\n";
         let bounded = load_str(&route(bounded), no_env()).unwrap();
         let table = bounded.config.routes[0].adaptive().unwrap();
-        assert_eq!((table.min, table.max, table.sample_interval), (5, 40, Duration::from_millis(100)));
+        assert_eq!(
+            (table.min, table.max, table.sample_interval),
+            (5, 40, Duration::from_millis(100))
+        );
         // From the environment, like any key.
-        let env = vec![("RICOCHET__ROUTES__0__MAX_IN_FLIGHT".to_string(), "auto".to_string())];
+        let env = vec![(
+            "RICOCHET__ROUTES__0__MAX_IN_FLIGHT".to_string(),
+            "auto".to_string(),
+        )];
         let overridden = load_str(MINIMAL, env).unwrap();
         assert_eq!(overridden.config.routes[0].max_in_flight, MaxInFlight::Auto);
         // A fixed number is as before: no adaptive settings, its own bound.
@@ -274,25 +280,61 @@ mod loading {
         assert_eq!(fixed.config.routes[0].max_in_flight_bound(), 12);
 
         for (extra, key, says) in [
-            ("max_in_flight = 8\n[routes.concurrency]\nmax = 9\n", "routes[0].concurrency", "only with max_in_flight = \"auto\""),
-            ("max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 0\n", "routes[0].concurrency.min", "at least 1"),
-            ("max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 10\nmax = 9\n", "routes[0].concurrency.max", "at least concurrency.min (10)"),
-            ("max_in_flight = \"auto\"\n[routes.concurrency]\nsample_interval = \"0s\"\n", "routes[0].concurrency.sample_interval", "greater than zero"),
-            ("max_in_flight = \"auto\"\n[routes.concurrency]\nmin_rtt_interval = \"50ms\"\n", "routes[0].concurrency.min_rtt_interval", "longer than concurrency.sample_interval"),
-            ("max_in_flight = \"auto\"\n[routes.concurrency]\nmaximum = 9\n", "routes[0].concurrency.maximum", "unknown"),
-            ("max_in_flight = \"automatic\"\n", "routes[0].max_in_flight", "expected a whole number, 0 or more, or \"auto\", found a string"),
-            ("max_in_flight = 1.5\n", "routes[0].max_in_flight", "expected a whole number"),
+            (
+                "max_in_flight = 8\n[routes.concurrency]\nmax = 9\n",
+                "routes[0].concurrency",
+                "only with max_in_flight = \"auto\"",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 0\n",
+                "routes[0].concurrency.min",
+                "at least 1",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 10\nmax = 9\n",
+                "routes[0].concurrency.max",
+                "at least concurrency.min (10)",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nsample_interval = \"0s\"\n",
+                "routes[0].concurrency.sample_interval",
+                "greater than zero",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmin_rtt_interval = \"50ms\"\n",
+                "routes[0].concurrency.min_rtt_interval",
+                "longer than concurrency.sample_interval",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmaximum = 9\n",
+                "routes[0].concurrency.maximum",
+                "unknown",
+            ),
+            (
+                "max_in_flight = \"automatic\"\n",
+                "routes[0].max_in_flight",
+                "expected a whole number, 0 or more, or \"auto\", found a string",
+            ),
+            (
+                "max_in_flight = 1.5\n",
+                "routes[0].max_in_flight",
+                "expected a whole number",
+            ),
         ] {
             let errors = load_str(&route(extra), no_env()).unwrap_err().0;
             assert!(
-                errors.iter().any(|e| e.key == key && e.to_string().contains(says)),
+                errors
+                    .iter()
+                    .any(|e| e.key == key && e.to_string().contains(says)),
                 "{extra}: no {key} saying {says:?} in {errors:?}"
             );
         }
         let amqp = "[[routes]]\nname = \"q\"\nsource = \"amqp\"\nsubject = \"orders\"\npath = \"/o\"\nmax_in_flight = \"auto\"\n[routes.concurrency]\nmax = 70000\n[routes.amqp]\nurl = \"amqp://127.0.0.1:5672/%2f\"\n";
         let errors = load_str(&route(amqp), no_env()).unwrap_err().0;
         assert!(
-            errors.iter().any(|e| e.key == "routes[1].concurrency.max" && e.to_string().contains("65535")),
+            errors
+                .iter()
+                .any(|e| e.key == "routes[1].concurrency.max" && e.to_string().contains("65535")),
             "{errors:?}"
         );
     }
@@ -536,7 +578,12 @@ mod printing {
         let printed = load_str(text, Vec::new()).unwrap().printable().unwrap();
         assert!(printed.contains("max_in_flight = \"auto\""), "{printed}");
         let again = load_str(&printed, Vec::new()).unwrap().config;
-        assert_eq!(again.routes[0].adaptive().map(|c| (c.max, c.min_rtt_interval)), Some((40, std::time::Duration::from_secs(30))));
+        assert_eq!(
+            again.routes[0]
+                .adaptive()
+                .map(|c| (c.max, c.min_rtt_interval)),
+            Some((40, std::time::Duration::from_secs(30)))
+        );
         assert_eq!(again.routes[1].max_in_flight, MaxInFlight::Fixed(7));
     }
 

@@ -221,7 +221,10 @@ impl KafkaRoute {
             id: transactional_id(&config, &route.name),
             config: config.clone(),
         });
-        let lanes = Lanes::new(hold_limit(config.ordering, route.config.max_in_flight_bound()));
+        let lanes = Lanes::new(hold_limit(
+            config.ordering,
+            route.config.max_in_flight_bound(),
+        ));
         let (name, metrics) = (route.name.clone(), route.metrics.clone());
         Self {
             max_message_bytes: config
