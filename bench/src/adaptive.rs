@@ -9,7 +9,7 @@
 //! 2. **Backlog catch-up on JetStream**: `--duration` x capacity requests in a stream
 //!    before ricochet starts; it drains them.
 //! 3. **Capacity change**: a JetStream backlog while K goes from `--workers` to 4 x that
-//!    and back, `--duration` each; the limit over time.
+//!    and back, half of `--duration` each; the limit over time.
 //!
 //! For each: goodput (answered requests per second), p50/p99 of the answered requests (core
 //! NATS: at the caller; JetStream: inside the service, what its other clients feel),
@@ -171,14 +171,16 @@ fn metric(text: &str, name: &str) -> f64 {
 struct LimitLog {
     seen: Arc<Mutex<Vec<(f64, f64)>>>,
     task: tokio::task::JoinHandle<()>,
+    started: Instant,
 }
 
 impl LimitLog {
     fn start(port: u16) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
-            let start = Instant::now();
+            let start = started;
             loop {
                 let limit = metric(&metrics(port).await, "ricochet_concurrency_limit");
                 log.lock()
@@ -187,7 +189,11 @@ impl LimitLog {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
-        Self { seen, task }
+        Self {
+            seen,
+            task,
+            started,
+        }
     }
 
     fn stop(self) -> Vec<(f64, f64)> {
@@ -451,7 +457,7 @@ async fn backlog(
 async fn capacity_change(args: &Args, service: &Service, base_url: &str) -> anyhow::Result<()> {
     let low = args.workers;
     let high = low * 4;
-    let phase = args.duration;
+    let phase = args.duration / 2;
     let per_second = |k: usize| k as f64 / args.work.as_secs_f64();
     let count = ((per_second(low) * 2.0 + per_second(high)) * phase.as_secs_f64() * 1.1) as u64;
     eprintln!("== capacity change {low} -> {high} -> {low}, auto, {count} requests");
@@ -470,8 +476,10 @@ async fn capacity_change(args: &Args, service: &Service, base_url: &str) -> anyh
         }
     });
     let mut phases = Vec::new();
+    let mut boundaries = Vec::new();
     for k in [low, high, low] {
         service.set_workers(k).await;
+        boundaries.push(format!("K = {k} from {:.1}s", limits.started.elapsed().as_secs_f64()));
         let before = answered.load(Ordering::SeqCst);
         tokio::time::sleep(phase).await;
         let done = answered.load(Ordering::SeqCst) - before;
@@ -501,6 +509,7 @@ async fn capacity_change(args: &Args, service: &Service, base_url: &str) -> anyh
         .step_by(2)
         .map(|(t, l)| format!("{t:.1}s:{l:.0}"))
         .collect();
+    println!("{}", boundaries.join(", "));
     println!("limit over time (every 0.5 s): {}", line.join(" "));
     Ok(())
 }

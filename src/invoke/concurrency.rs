@@ -65,8 +65,9 @@ impl Drop for Slot {
 
 impl Concurrency {
     pub fn new(route: &RouteConfig) -> Self {
-        let metrics = ConcurrencyMetrics::new(&route.name);
-        let (limit, adaptive) = match route.adaptive() {
+        let table = route.adaptive();
+        let metrics = ConcurrencyMetrics::new(&route.name, table.is_some());
+        let (limit, adaptive) = match table {
             Some(table) => {
                 let tuning = Tuning {
                     min: table.min,
@@ -83,7 +84,6 @@ impl Concurrency {
                     debt: AtomicUsize::new(0),
                     metrics: metrics.clone(),
                 };
-                metrics.min_rtt.set(0.0);
                 (limit, Some(Arc::new(adaptive)))
             }
             None => (route.max_in_flight_bound(), None),
@@ -163,8 +163,8 @@ impl Concurrency {
         self.resize(adaptive, change.from, change.to);
         drop(gradient);
         adaptive.metrics.limit.set(change.to as f64);
-        if let Some(min_rtt) = min_rtt {
-            adaptive.metrics.min_rtt.set(min_rtt.as_secs_f64());
+        if let (Some(min_rtt), Some(gauge)) = (min_rtt, &adaptive.metrics.min_rtt) {
+            gauge.set(min_rtt.as_secs_f64());
         }
         debug!(
             route = %adaptive.route,

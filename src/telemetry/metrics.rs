@@ -333,14 +333,15 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct ConcurrencyMetrics {
     pub limit: Gauge,
-    pub min_rtt: Gauge,
+    /// Routes with an adaptive limit only.
+    pub min_rtt: Option<Gauge>,
 }
 
 impl ConcurrencyMetrics {
-    pub fn new(route: &str) -> Self {
+    pub fn new(route: &str, adaptive: bool) -> Self {
         Self {
             limit: gauge!(CONCURRENCY_LIMIT, "route" => route.to_string()),
-            min_rtt: gauge!(CONCURRENCY_MIN_RTT, "route" => route.to_string()),
+            min_rtt: adaptive.then(|| gauge!(CONCURRENCY_MIN_RTT, "route" => route.to_string())),
         }
     }
 }
