@@ -479,7 +479,10 @@ async fn capacity_change(args: &Args, service: &Service, base_url: &str) -> anyh
     let mut boundaries = Vec::new();
     for k in [low, high, low] {
         service.set_workers(k).await;
-        boundaries.push(format!("K = {k} from {:.1}s", limits.started.elapsed().as_secs_f64()));
+        boundaries.push(format!(
+            "K = {k} from {:.1}s",
+            limits.started.elapsed().as_secs_f64()
+        ));
         let before = answered.load(Ordering::SeqCst);
         tokio::time::sleep(phase).await;
         let done = answered.load(Ordering::SeqCst) - before;

@@ -144,8 +144,9 @@ impl Concurrency {
     }
 
     /// One attempt's latency and signal, with the slots in use when it started (from
-    /// [`Concurrency::sampling`]). Moves the limit when its window ends.
-    pub fn record(&self, rtt: Duration, in_flight: usize, signal: Signal) {
+    /// [`Concurrency::sampling`]), ended at `now` (the caller's clock reading, saving a
+    /// second one). Moves the limit when its window ends.
+    pub fn record(&self, now: Instant, rtt: Duration, in_flight: usize, signal: Signal) {
         let Some(adaptive) = &self.adaptive else {
             return;
         };
@@ -155,7 +156,7 @@ impl Concurrency {
             signal,
         };
         let mut gradient = adaptive.gradient.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(change) = gradient.record(Instant::now(), sample) else {
+        let Some(change) = gradient.record(now, sample) else {
             return;
         };
         let min_rtt = gradient.min_rtt();
@@ -210,7 +211,7 @@ mod tests {
         let (a, b) = (limit.try_slot().unwrap(), limit.try_slot().unwrap());
         assert!(matches!(limit.try_slot(), Err(TryAcquireError::NoPermits)));
         assert_eq!(limit.sampling(), None);
-        limit.record(Duration::from_secs(9), 2, Signal::Overload);
+        limit.record(Instant::now(), Duration::from_secs(9), 2, Signal::Overload);
         drop((a, b));
         assert_eq!((limit.available(), limit.limit()), (2, 2));
     }
@@ -249,18 +250,18 @@ mod tests {
         let limit = Concurrency::new(&route(table));
         let ms = Duration::from_millis(1);
         for _ in 0..super::super::adaptive::MIN_RTT_SAMPLES {
-            limit.record(10 * ms, 1, Signal::Answered);
+            limit.record(Instant::now(), 10 * ms, 1, Signal::Answered);
         }
         // Twice the limit every window while the latency stays at the min RTT...
         for _ in 0..20 {
             tokio::time::advance(100 * ms).await;
-            limit.record(10 * ms, limit.limit(), Signal::Answered);
+            limit.record(Instant::now(), 10 * ms, limit.limit(), Signal::Answered);
         }
         assert_eq!((limit.limit(), limit.available()), (10, 10));
         // ...and 10% less per window with a timeout in it, down to min.
         for _ in 0..40 {
             tokio::time::advance(100 * ms).await;
-            limit.record(5 * ms, limit.limit(), Signal::Overload);
+            limit.record(Instant::now(), 5 * ms, limit.limit(), Signal::Overload);
         }
         assert_eq!((limit.limit(), limit.available()), (2, 2));
     }

@@ -205,7 +205,8 @@ impl RouteInvoker {
             } else {
                 permit.record(verdict.failed);
                 if let Some(in_flight) = in_flight {
-                    self.concurrency.record(rtt, in_flight, overload(&result));
+                    let ended = started + rtt;
+                    (self.concurrency).record(ended, rtt, in_flight, overload(&result));
                 }
             }
             if let Ok(response) = &result {
