@@ -1106,3 +1106,40 @@ async fn readiness_names_the_route_and_the_missing_stream() {
     assert!(!body.contains(&name), "{body}");
     stream.delete().await;
 }
+
+/// A backlog is pulled in batches of the route's free slots: every message of a batch is
+/// processed at once, none left for the server to redeliver after `ack_wait` (a batch's
+/// last message once was, when taking the first message's slot dropped one of the batch's).
+#[tokio::test]
+async fn a_backlog_is_taken_in_batches_without_leaving_a_message_to_redelivery() {
+    const TOTAL: usize = 300;
+    let stream = TestStream::create("jsbatch").await;
+    let upstream = Upstream::slow_echo(Duration::from_millis(5)).await;
+    let (replies, mut sub) = stream.replies().await;
+    for i in 0..TOTAL {
+        let id = i.to_string();
+        stream
+            .publish(&id, request_headers(&replies, &id), "x")
+            .await;
+    }
+    // An ack_wait far beyond each reply's wait: a message left to redelivery shows.
+    let ricochet = stream
+        .ricochet(&upstream, "max_in_flight = 8", "ack_wait = \"60s\"")
+        .await;
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    for _ in 0..TOTAL {
+        let reply = next(&mut sub).await;
+        *answered
+            .entry(header(&reply, "correlation-id").unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(answered.len(), TOTAL);
+    assert_eq!(upstream.calls(), TOTAL);
+    let metrics = ricochet.metrics().await;
+    assert_eq!(metric(&metrics, "ricochet_redeliveries_total", &[]), 0.0);
+    assert_eq!(
+        metric(&metrics, "ricochet_messages_received_total", &[]),
+        TOTAL as f64
+    );
+    stream.delete().await;
+}

@@ -19,6 +19,7 @@
 //! request it delays: no coordinated omission), and for ricochet (and L1's responder) the
 //! CPU time per 1,000 requests and peak RSS from /proc. Prints a table and writes JSON.
 
+mod adaptive;
 mod amqp;
 mod functions;
 mod parts;
@@ -128,6 +129,22 @@ struct Args {
     /// figures and their difference.
     #[arg(long)]
     tracing: bool,
+    /// The route's `max_in_flight` in L2, U2 and `--callgrind`: a number, or `auto` (the
+    /// adaptive limit, up to 1024).
+    #[arg(long, default_value = "1024")]
+    max_in_flight: String,
+    /// Instead of the legs: the adaptive limit against a fixed `max_in_flight = 64` in
+    /// front of a service of `--workers` workers taking `--work` per request (overload on
+    /// core NATS, a JetStream backlog, the service's capacity changed mid-run), each
+    /// scenario `--duration` long.
+    #[arg(long)]
+    adaptive: bool,
+    /// With `--adaptive`: the service's workers (K).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// With `--adaptive`: each request's work.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    work: Duration,
     /// Internal: run as L1's native responder on this subject (a child process of the
     /// bench, so that its CPU and memory are measured like ricochet's).
     #[arg(long, hide = true)]
@@ -172,6 +189,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.adaptive {
+        return runtime.block_on(adaptive::run(&args));
+    }
     runtime.block_on(run(args))
 }
 
@@ -730,7 +750,11 @@ async fn start_role(role: &[&str]) -> anyhow::Result<(ChildProcess, String)> {
         .spawn()
         .with_context(|| format!("cannot start {role:?}"))?;
     let stdout = child.stdout.take().context("child stdout")?;
-    let process = ChildProcess { child, dir: None };
+    let process = ChildProcess {
+        child,
+        dir: None,
+        admin: None,
+    };
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
@@ -837,6 +861,8 @@ async fn nats_call(args: &Args, subject: String, payload: Bytes) -> anyhow::Resu
 struct ChildProcess {
     child: Child,
     dir: Option<std::path::PathBuf>,
+    /// ricochet's admin port.
+    admin: Option<u16>,
 }
 
 impl ChildProcess {
@@ -904,6 +930,7 @@ async fn start_ricochet_with(
     let process = ChildProcess {
         child,
         dir: Some(dir),
+        admin: Some(admin),
     };
     for _ in 0..600 {
         if http_status(admin, "/readyz").await == Some(200) {
@@ -919,6 +946,14 @@ fn upstream_section(args: &Args, base_url: &str) -> String {
         "[upstream]\nbase_url = \"{base_url}\"\nrequest_timeout = \"10s\"\npool_max_idle = {}\n",
         args.pool
     )
+}
+
+/// The route's `max_in_flight` line (`--max-in-flight`).
+fn max_in_flight(args: &Args) -> String {
+    match args.max_in_flight.as_str() {
+        "auto" => "max_in_flight = \"auto\"\nconcurrency = { max = 1024 }\n".into(),
+        n => format!("max_in_flight = {n}\n"),
+    }
 }
 
 async fn l2(
@@ -948,8 +983,9 @@ async fn ricochet_leg(
 ) -> anyhow::Result<(Call, ChildProcess)> {
     let subject = format!("bench.{leg}.{}", unique());
     let routes = format!(
-        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n",
-        upstream_section(args, base_url)
+        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\n{}",
+        upstream_section(args, base_url),
+        max_in_flight(args)
     );
     let ricochet = start_ricochet(args, &routes).await?;
     Ok((nats_call(args, subject, payload).await?, ricochet))
@@ -1061,8 +1097,9 @@ async fn count_instructions(
     ];
     let subject = format!("bench.callgrind.{}", unique());
     let routes = format!(
-        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\nmax_in_flight = 1024\n{route_extra}",
-        upstream_section(args, &format!("http://{upstream}"))
+        "{}\n[[routes]]\nname = \"bench\"\nsubject = \"{subject}\"\nmethod = \"POST\"\npath = \"/echo\"\n{}{route_extra}",
+        upstream_section(args, &format!("http://{upstream}")),
+        max_in_flight(args)
     );
     let ricochet = start_ricochet_with(args, &routes, &launcher)
         .await

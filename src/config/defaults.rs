@@ -2,7 +2,7 @@
 //! of one source's keys are in its `source/<name>/config.rs`; those shared by several
 //! sources (`max_deliver`, `redelivery_backoff`) are here.
 
-use super::{ByteSize, RetryCondition, RetryOn};
+use super::{ByteSize, MaxInFlight, RetryCondition, RetryOn};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -64,8 +64,23 @@ pub fn watch_interval() -> Duration {
 pub fn method() -> String {
     "POST".into()
 }
-pub fn max_in_flight() -> usize {
-    64
+pub fn max_in_flight() -> MaxInFlight {
+    MaxInFlight::Fixed(64)
+}
+/// The adaptive limit's floor: Envoy's `min_concurrency`.
+pub fn concurrency_min() -> usize {
+    3
+}
+pub fn concurrency_max() -> usize {
+    256
+}
+/// Envoy's `concurrency_update_interval`.
+pub fn sample_interval() -> Duration {
+    Duration::from_millis(100)
+}
+/// Envoy's `min_rtt_calc_interval`.
+pub fn min_rtt_interval() -> Duration {
+    Duration::from_secs(60)
 }
 pub fn max_payload() -> ByteSize {
     ByteSize(1024 * 1024)

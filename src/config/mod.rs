@@ -50,8 +50,8 @@ pub use lifetime::{Expired, LifetimeConfig};
 pub use load::{field_names, read_file, ConfigError, ConfigErrors, Document, ENV_PREFIX};
 pub use print::redact;
 pub use route::{
-    BreakerConfig, HeaderFilterConfig, RateLimitConfig, RateLimitMode, RetryCondition, RetryConfig,
-    RetryOn, RouteConfig,
+    BreakerConfig, ConcurrencyConfig, HeaderFilterConfig, MaxInFlight, RateLimitConfig,
+    RateLimitMode, RetryCondition, RetryConfig, RetryOn, RouteConfig,
 };
 pub use schemas::{
     BodyFormat, Decode, Encode, ResponseValidateConfig, SchemaRegistryConfig, ValidateConfig,

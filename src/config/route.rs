@@ -45,9 +45,13 @@ pub struct RouteConfig {
     /// Request header echoed on the reply, to match replies to requests.
     #[serde(default = "defaults::correlation_header")]
     pub correlation_header: String,
-    /// Messages of this route processed at the same time.
+    /// Messages of this route processed at the same time: a number, or `"auto"` for the
+    /// adaptive limit within `concurrency`'s bounds.
     #[serde(default = "defaults::max_in_flight")]
-    pub max_in_flight: usize,
+    pub max_in_flight: MaxInFlight,
+    /// The adaptive limit's bounds and intervals (`max_in_flight = "auto"` only).
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyConfig>,
     /// Larger messages get a 413 error reply and never reach the service.
     #[serde(default = "defaults::max_payload")]
     pub max_payload: ByteSize,
@@ -73,6 +77,22 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    /// The most messages this route ever has in flight: the fixed `max_in_flight`, or the
+    /// adaptive limit's `concurrency.max` (AMQP's prefetch, Kafka's hold limit and core
+    /// NATS's default `max_pending` follow it).
+    pub fn max_in_flight_bound(&self) -> usize {
+        match self.max_in_flight {
+            MaxInFlight::Fixed(n) => n,
+            MaxInFlight::Auto => self.adaptive().map_or(0, |c| c.max),
+        }
+    }
+
+    /// The adaptive limit's settings, when `max_in_flight = "auto"`.
+    pub fn adaptive(&self) -> Option<ConcurrencyConfig> {
+        (self.max_in_flight == MaxInFlight::Auto)
+            .then(|| self.concurrency.clone().unwrap_or_default())
+    }
+
     /// What this route retries: `retry.retry_on`, else the default of its kind of source
     /// (`durable`: one that can redeliver, see `source::Source::DURABLE`).
     pub fn retry_on(&self, durable: bool) -> Vec<RetryOn> {
@@ -175,6 +195,69 @@ pub enum RetryCondition {
     Reset,
     /// The attempt ran out of time.
     Timeout,
+}
+
+/// `max_in_flight`: a fixed number of messages at once, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxInFlight {
+    Fixed(usize),
+    /// The adaptive limit (`invoke::adaptive`), within `[routes.concurrency]`'s bounds.
+    Auto,
+}
+
+impl Serialize for MaxInFlight {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxInFlight::Fixed(n) => serializer.serialize_u64(*n as u64),
+            MaxInFlight::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxInFlight {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+        const EXPECTED: &str = "a whole number, 0 or more, or \"auto\"";
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::Integer(n) => usize::try_from(n)
+                .map(MaxInFlight::Fixed)
+                .map_err(|_| D::Error::invalid_value(Unexpected::Signed(n), &EXPECTED)),
+            toml::Value::String(text) if text == "auto" => Ok(MaxInFlight::Auto),
+            toml::Value::String(text) => {
+                Err(D::Error::invalid_type(Unexpected::Str(&text), &EXPECTED))
+            }
+            _ => Err(D::Error::custom(format!("expected {EXPECTED}"))),
+        }
+    }
+}
+
+/// The adaptive limit of a route with `max_in_flight = "auto"` (`[routes.concurrency]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// The limit never goes below this; the min RTT is measured at it.
+    #[serde(default = "defaults::concurrency_min")]
+    pub min: usize,
+    /// The limit never goes above this.
+    #[serde(default = "defaults::concurrency_max")]
+    pub max: usize,
+    /// How often the limit is recomputed from the latency of the attempts in between.
+    #[serde(default = "defaults::sample_interval", with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// How often the service's latency without queueing (min RTT) is measured again.
+    #[serde(default = "defaults::min_rtt_interval", with = "humantime_serde")]
+    pub min_rtt_interval: Duration,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        Self {
+            min: defaults::concurrency_min(),
+            max: defaults::concurrency_max(),
+            sample_interval: defaults::sample_interval(),
+            min_rtt_interval: defaults::min_rtt_interval(),
+        }
+    }
 }
 
 /// Circuit breaker, per route.

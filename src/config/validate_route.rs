@@ -6,10 +6,49 @@ use std::collections::HashSet;
 use http::{HeaderName, HeaderValue, Method};
 
 use super::{
-    BreakerConfig, ByteSize, ConfigError, HeaderFilterConfig, RateLimitConfig, RetryConfig,
-    RetryOn, RouteConfig,
+    BreakerConfig, ByteSize, ConfigError, HeaderFilterConfig, MaxInFlight, RateLimitConfig,
+    RetryConfig, RetryOn, RouteConfig,
 };
 use crate::route::Pattern;
+
+/// `max_in_flight` and, with `"auto"`, the adaptive limit's table.
+fn check_concurrency(route: &RouteConfig, push: &mut impl FnMut(&str, String)) {
+    match (route.max_in_flight, &route.concurrency) {
+        (MaxInFlight::Fixed(0), _) => push("max_in_flight", "must be at least 1".into()),
+        (MaxInFlight::Fixed(_), Some(_)) => push(
+            "concurrency",
+            "applies only with max_in_flight = \"auto\" (a fixed max_in_flight does not adapt)"
+                .into(),
+        ),
+        (MaxInFlight::Fixed(_), None) | (MaxInFlight::Auto, None) => {}
+        (MaxInFlight::Auto, Some(table)) => {
+            if table.min == 0 {
+                push("concurrency.min", "must be at least 1".into());
+            }
+            if table.max < table.min {
+                push(
+                    "concurrency.max",
+                    format!("must be at least concurrency.min ({})", table.min),
+                );
+            }
+            if table.sample_interval.is_zero() {
+                push(
+                    "concurrency.sample_interval",
+                    "must be greater than zero".into(),
+                );
+            }
+            if table.min_rtt_interval <= table.sample_interval {
+                push(
+                    "concurrency.min_rtt_interval",
+                    format!(
+                        "must be longer than concurrency.sample_interval ({:?})",
+                        table.sample_interval
+                    ),
+                );
+            }
+        }
+    }
+}
 
 /// The common part of one route on its own. The path template is checked by `settings`
 /// (it needs `mapping::PathTemplate`), the source's keys by the source.
@@ -45,9 +84,7 @@ pub fn route(prefix: &str, route: &RouteConfig) -> Vec<ConfigError> {
     if route.timeout.is_some_and(|t| t.is_zero()) {
         push("timeout", "must be greater than zero".into());
     }
-    if route.max_in_flight == 0 {
-        push("max_in_flight", "must be at least 1".into());
-    }
+    check_concurrency(route, &mut push);
     if route.max_payload.bytes() == 0 {
         push("max_payload", "must be greater than zero".into());
     }

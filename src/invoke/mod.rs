@@ -6,7 +6,8 @@
 //! ```
 //!
 //! - The rate limit admits the message once (`max_in_flight` is enforced earlier, by the
-//!   source, so that a full route stops intake).
+//!   source, so that a full route stops intake; with `max_in_flight = "auto"` every attempt's
+//!   latency and overload signal move that limit, see `concurrency.rs` and `adaptive.rs`).
 //! - Every attempt needs a breaker permit and reports its verdict to the breaker, so each
 //!   attempt is one health sample and an open breaker stops a retry loop at once. The first
 //!   attempt refused by the breaker makes the message a fast 503.
@@ -17,9 +18,11 @@
 //! - Each attempt tells the service its budget, its number and the message's delivery count
 //!   ([`AttemptHeaders`]), unless the route turns that off.
 
+pub mod adaptive;
 pub mod breaker;
 pub mod classify;
 pub mod client;
+pub mod concurrency;
 pub mod error;
 pub mod limit;
 pub mod retry;
@@ -35,6 +38,7 @@ use tracing::debug;
 pub use breaker::Breaker;
 pub use classify::{Class, Classifier, Verdict};
 pub use client::{Upstream, UpstreamResponse};
+pub use concurrency::{Concurrency, Slot};
 pub use error::{ConnectError, InvokeError};
 pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
@@ -123,6 +127,9 @@ pub struct RouteInvoker {
     budget: RetryBudget,
     pub breaker: Breaker,
     limit: Option<RateLimit>,
+    /// The route's in-flight limit, which every attempt's latency and overload signal
+    /// feed when it adapts (its slots are handed out by admission, before the call).
+    pub concurrency: std::sync::Arc<Concurrency>,
 }
 
 impl RouteInvoker {
@@ -140,6 +147,7 @@ impl RouteInvoker {
                 // would be a redelivery: its messages wait for the limit instead.
                 RateLimit::new(l, route.max_payload, durable)
             }),
+            concurrency: std::sync::Arc::new(Concurrency::new(route)),
         }
     }
 
@@ -219,9 +227,11 @@ impl RouteInvoker {
             let mut request = rebuild(&parts, &body);
             (call.headers).stamp(request.headers_mut(), attempts, attempt_timeout);
             span.inject_http(request.headers_mut());
+            let in_flight = self.concurrency.sampling();
             let started = Instant::now();
             let result = upstream.call(request, attempt_timeout).await;
-            metrics.http_duration.record(started.elapsed());
+            let rtt = started.elapsed();
+            metrics.http_duration.record(rtt);
             match &result {
                 Ok(response) => span.status(response.status.as_u16()),
                 Err(e) => span.failed(e.kind().as_str()),
@@ -234,6 +244,10 @@ impl RouteInvoker {
                 drop(permit);
             } else {
                 permit.record(verdict.failed);
+                if let Some(in_flight) = in_flight {
+                    let ended = started + rtt;
+                    (self.concurrency).record(ended, rtt, in_flight, overload(&result));
+                }
             }
             if let Ok(response) = &result {
                 metrics.http_response(response.status);
@@ -297,6 +311,24 @@ impl RouteInvoker {
             return Err(SkipReason::Budget);
         }
         Ok(delay)
+    }
+}
+
+/// What an attempt tells the adaptive limit: a timeout, a connection that could not be
+/// made or broke, a 503 or a 429 say the service is overloaded; any other answer is a
+/// latency sample.
+fn overload(result: &Result<UpstreamResponse, InvokeError>) -> adaptive::Signal {
+    match result {
+        Ok(response)
+            if response.status == http::StatusCode::SERVICE_UNAVAILABLE
+                || response.status == http::StatusCode::TOO_MANY_REQUESTS =>
+        {
+            adaptive::Signal::Overload
+        }
+        Ok(_) | Err(InvokeError::ResponseTooLarge(_)) => adaptive::Signal::Answered,
+        Err(InvokeError::Timeout(_) | InvokeError::Connect(_) | InvokeError::Connection(_)) => {
+            adaptive::Signal::Overload
+        }
     }
 }
 

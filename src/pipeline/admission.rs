@@ -10,12 +10,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tokio::sync::TryAcquireError;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::Route;
 use crate::invoke::breaker::State;
+pub use crate::invoke::Slot;
 
 /// The line of messages waiting for a slot of a full route, at most `max` long (the
 /// source's `max_pending`; durable sources leave such messages in the broker).
@@ -50,7 +51,7 @@ impl Queue {
 /// What [`Route::admit`] gives a message that must not hold its intake up.
 pub enum Admission {
     /// A slot, free at once.
-    Now(OwnedSemaphorePermit),
+    Now(Slot),
     /// A place in the route's waiting line: [`InLine::slot`] waits for a slot.
     Queued(InLine),
     /// No slot and the line is full (or the route closed): the message is refused.
@@ -63,8 +64,8 @@ pub struct InLine(Arc<Route>);
 
 impl InLine {
     /// Waits for a slot; `None` once the route is closed.
-    pub async fn slot(self) -> Option<OwnedSemaphorePermit> {
-        self.0.limit.clone().acquire_owned().await.ok()
+    pub async fn slot(self) -> Option<Slot> {
+        self.0.limit.slot().await
     }
 }
 
@@ -77,7 +78,7 @@ impl Drop for InLine {
 /// What a durable source holds before it takes a message: a slot of the route's
 /// `max_in_flight`, given while the breaker admits calls.
 pub struct Admitted {
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Slot,
     /// The breaker is probing the service: take one message, and take the next only once
     /// that one's call has its verdict ([`Admitted::run`] waits for it).
     pub probe: bool,
@@ -152,21 +153,19 @@ impl Route {
     }
 
     /// Up to `n` more slots, only those free at once (a batch beyond the first message).
-    pub fn free_slots(&self, n: usize) -> Vec<OwnedSemaphorePermit> {
-        (0..n)
-            .map_while(|_| self.limit.clone().try_acquire_owned().ok())
-            .collect()
+    pub fn free_slots(&self, n: usize) -> Vec<Slot> {
+        (0..n).map_while(|_| self.limit.try_slot().ok()).collect()
     }
 
     /// A slot of the route's `max_in_flight`: at once when one is free, else counted as
     /// throttled and waited for. `None` once the route is closed.
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        match self.limit.clone().try_acquire_owned() {
+    pub async fn slot(&self) -> Option<Slot> {
+        match self.limit.try_slot() {
             Ok(permit) => Some(permit),
             Err(TryAcquireError::Closed) => None,
             Err(TryAcquireError::NoPermits) => {
                 self.metrics.throttled.increment(1);
-                self.limit.clone().acquire_owned().await.ok()
+                self.limit.slot().await
             }
         }
     }
@@ -174,7 +173,7 @@ impl Route {
     /// For an intake that must not wait (no broker keeps its messages): a slot at once, else a place in the
     /// waiting line of `max_pending` (counted as throttled), else refused.
     pub fn admit(self: &Arc<Self>) -> Admission {
-        match self.limit.clone().try_acquire_owned() {
+        match self.limit.try_slot() {
             Ok(permit) => Admission::Now(permit),
             Err(TryAcquireError::NoPermits) if self.queue.join() => {
                 self.metrics.throttled.increment(1);

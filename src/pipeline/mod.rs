@@ -28,16 +28,15 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tracing::warn;
 
 use self::admission::Queue;
-pub use self::admission::{Admission, Admitted, InLine, Taken};
+pub use self::admission::{Admission, Admitted, InLine, Slot, Taken};
 use self::conclude::destination;
 use self::lifetime::Judged;
 pub use self::policy::Policy;
 use crate::config::{Config, RouteConfig};
-use crate::invoke::{Call, RouteInvoker, Upstream};
+use crate::invoke::{Call, Concurrency, RouteInvoker, Upstream};
 use crate::mapping::{HeaderFilter, RequestMapping};
 use crate::message::{Accepted, ErrorKind, Inbound, Redelivered, Reply, Settle};
 use crate::route::{Captures, Pattern};
@@ -63,8 +62,9 @@ pub struct Route {
     pub invoker: RouteInvoker,
     /// The message's deadline, measured from its receipt.
     total_timeout: Duration,
-    /// Permits for `max_in_flight`; the source holds one per message being processed.
-    pub limit: Arc<Semaphore>,
+    /// Slots of `max_in_flight` (fixed or adaptive, shared with the invoker, which feeds
+    /// it); the source holds one per message being processed.
+    pub limit: Arc<Concurrency>,
     /// Messages taken while the route was full, waiting for a permit (sources with
     /// `max_pending`).
     queue: Queue,
@@ -189,15 +189,16 @@ impl Pipeline {
             let pattern = Pattern::parse(&route.subject)?;
             let request = RequestMapping::new(route, &config.upstream, &pattern)
                 .map_err(|e| anyhow::anyhow!("route {}: {e}", route.name))?;
+            let invoker = RouteInvoker::new(route, &config.upstream, source.durable);
             routes.push(Arc::new(Route {
                 name: route.name.clone(),
+                limit: invoker.concurrency.clone(),
                 config: route.clone(),
                 request,
                 response_headers: HeaderFilter::from_config(&route.response_headers),
-                invoker: RouteInvoker::new(route, &config.upstream, source.durable),
+                invoker,
                 total_timeout: route.total_timeout_or(&config.upstream),
                 max_payload: usize::try_from(route.max_payload.bytes()).unwrap_or(usize::MAX),
-                limit: Arc::new(Semaphore::new(route.max_in_flight)),
                 queue: Queue::new(source.max_pending),
                 kind: source.kind,
                 consumer_group: source.spans.consumer_group.clone(),

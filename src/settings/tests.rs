@@ -2,7 +2,7 @@
 //! overrides, secrets never echoed, the source parts, `check --print`.
 
 use super::*;
-use crate::config::ENV_PREFIX;
+use crate::config::{MaxInFlight, ENV_PREFIX};
 use crate::source::SourceConfig;
 
 mod loading {
@@ -57,7 +57,7 @@ mod loading {
         assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(config.nats.queue_group, "ricochet");
         assert_eq!(config.upstream.request_timeout, Duration::from_secs(5));
-        assert_eq!(config.routes[0].max_in_flight, 64);
+        assert_eq!(config.routes[0].max_in_flight, MaxInFlight::Fixed(64));
         assert_eq!(config.admin.listen.port(), 9464);
     }
 
@@ -83,7 +83,7 @@ mod loading {
         ];
         let config = load_str(MINIMAL, env).unwrap().config;
         assert_eq!(config.upstream.request_timeout, Duration::from_millis(250));
-        assert_eq!(config.routes[0].max_in_flight, 8);
+        assert_eq!(config.routes[0].max_in_flight, MaxInFlight::Fixed(8));
         assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
         // A numeric-looking value stays a string where a string is expected.
         assert_eq!(config.nats.password.unwrap().expose(), "1234");
@@ -182,7 +182,7 @@ mod loading {
             .chain(shown)
             .collect();
         for expected in [
-            "routes[0].max_in_flight: expected a whole number, 0 or more, found -1",
+            "routes[0].max_in_flight: expected a whole number, 0 or more, or \"auto\", found -1",
             "routes[0].success_statuses[0]: expected a whole number from 0 to 65535, found 70000",
             // (In tests the toy source `memory` follows the four.)
             "routes[0].source: \"pigeon\" is not one of the names this key accepts: \"nats\", \"jetstream\", \"kafka\", \"amqp\"",
@@ -249,6 +249,94 @@ mod loading {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn max_in_flight_is_a_number_or_auto_with_its_bounds_checked() {
+        use crate::config::ConcurrencyConfig;
+        let route = |extra: &str| format!("{MINIMAL}{extra}");
+        let auto = load_str(&route("max_in_flight = \"auto\"\n"), no_env()).unwrap();
+        let auto = &auto.config.routes[0];
+        assert_eq!(auto.max_in_flight, MaxInFlight::Auto);
+        assert_eq!(auto.adaptive(), Some(ConcurrencyConfig::default()));
+        assert_eq!(auto.max_in_flight_bound(), 256);
+        let bounded = "max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 5\nmax = 40\n";
+        let bounded = load_str(&route(bounded), no_env()).unwrap();
+        let table = bounded.config.routes[0].adaptive().unwrap();
+        assert_eq!(
+            (table.min, table.max, table.sample_interval),
+            (5, 40, Duration::from_millis(100))
+        );
+        // From the environment, like any key.
+        let env = vec![(
+            "RICOCHET__ROUTES__0__MAX_IN_FLIGHT".to_string(),
+            "auto".to_string(),
+        )];
+        let overridden = load_str(MINIMAL, env).unwrap();
+        assert_eq!(overridden.config.routes[0].max_in_flight, MaxInFlight::Auto);
+        // A fixed number is as before: no adaptive settings, its own bound.
+        let fixed = load_str(&route("max_in_flight = 12\n"), no_env()).unwrap();
+        assert_eq!(fixed.config.routes[0].adaptive(), None);
+        assert_eq!(fixed.config.routes[0].max_in_flight_bound(), 12);
+
+        for (extra, key, says) in [
+            (
+                "max_in_flight = 8\n[routes.concurrency]\nmax = 9\n",
+                "routes[0].concurrency",
+                "only with max_in_flight = \"auto\"",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 0\n",
+                "routes[0].concurrency.min",
+                "at least 1",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmin = 10\nmax = 9\n",
+                "routes[0].concurrency.max",
+                "at least concurrency.min (10)",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nsample_interval = \"0s\"\n",
+                "routes[0].concurrency.sample_interval",
+                "greater than zero",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmin_rtt_interval = \"50ms\"\n",
+                "routes[0].concurrency.min_rtt_interval",
+                "longer than concurrency.sample_interval",
+            ),
+            (
+                "max_in_flight = \"auto\"\n[routes.concurrency]\nmaximum = 9\n",
+                "routes[0].concurrency.maximum",
+                "unknown",
+            ),
+            (
+                "max_in_flight = \"automatic\"\n",
+                "routes[0].max_in_flight",
+                "expected a whole number, 0 or more, or \"auto\", found a string",
+            ),
+            (
+                "max_in_flight = 1.5\n",
+                "routes[0].max_in_flight",
+                "expected a whole number",
+            ),
+        ] {
+            let errors = load_str(&route(extra), no_env()).unwrap_err().0;
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.key == key && e.to_string().contains(says)),
+                "{extra}: no {key} saying {says:?} in {errors:?}"
+            );
+        }
+        let amqp = "[[routes]]\nname = \"q\"\nsource = \"amqp\"\nsubject = \"orders\"\npath = \"/o\"\nmax_in_flight = \"auto\"\n[routes.concurrency]\nmax = 70000\n[routes.amqp]\nurl = \"amqp://127.0.0.1:5672/%2f\"\n";
+        let errors = load_str(&route(amqp), no_env()).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == "routes[1].concurrency.max" && e.to_string().contains("65535")),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -519,6 +607,21 @@ mod loading {
 
 mod printing {
     use super::*;
+
+    #[test]
+    fn an_adaptive_limit_prints_and_loads_back_the_same() {
+        let text = "[upstream]\nbase_url = \"http://127.0.0.1:8080\"\n[[routes]]\nname = \"r\"\nsubject = \"s\"\npath = \"/s\"\nmax_in_flight = \"auto\"\n[routes.concurrency]\nmax = 40\nmin_rtt_interval = \"30s\"\n[[routes]]\nname = \"f\"\nsubject = \"f\"\npath = \"/f\"\nmax_in_flight = 7\n";
+        let printed = load_str(text, Vec::new()).unwrap().printable().unwrap();
+        assert!(printed.contains("max_in_flight = \"auto\""), "{printed}");
+        let again = load_str(&printed, Vec::new()).unwrap().config;
+        assert_eq!(
+            again.routes[0]
+                .adaptive()
+                .map(|c| (c.max, c.min_rtt_interval)),
+            Some((40, std::time::Duration::from_secs(30)))
+        );
+        assert_eq!(again.routes[1].max_in_flight, MaxInFlight::Fixed(7));
+    }
 
     #[test]
     fn credentials_in_nats_url_print_redacted() {

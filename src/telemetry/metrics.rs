@@ -47,6 +47,8 @@ pub const LIVENESS_FAILURES: &str = "ricochet_liveness_failures_total";
 pub const REPLY_STORE_LOOKUPS: &str = "ricochet_reply_store_lookups_total";
 pub const REPLY_STORE_FAILURES: &str = "ricochet_reply_store_failures_total";
 pub const REPLY_STORE_UNPROTECTED: &str = "ricochet_reply_store_unprotected_total";
+pub const CONCURRENCY_LIMIT: &str = "ricochet_concurrency_limit";
+pub const CONCURRENCY_MIN_RTT: &str = "ricochet_concurrency_min_rtt_seconds";
 
 /// Latency buckets in seconds: from 100 µs (a sidecar hop) to 30 s (a slow legacy call).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -164,6 +166,15 @@ fn describe() {
         "Configuration reloads (SIGHUP or a watched file's change), by result: applied, refused (invalid, or the new routes cannot start; the running configuration stays)"
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, else 0");
+    describe_gauge!(
+        CONCURRENCY_LIMIT,
+        "The route's in-flight limit: max_in_flight, or where the adaptive limit (max_in_flight = \"auto\") is now"
+    );
+    describe_gauge!(
+        CONCURRENCY_MIN_RTT,
+        Unit::Seconds,
+        "Adaptive limit: the service's latency without queueing, as last measured (0 until the first measurement)"
+    );
     describe_counter!(
         LIVENESS_FAILURES,
         "Failures that make /healthz answer 503 until a restart (cause: panic, intake_ended, nats_client_ended)"
@@ -336,6 +347,23 @@ pub enum Outcome {
     Replied,
     NoReply,
     PublishFailed,
+}
+
+/// The gauges of a route's in-flight limit.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyMetrics {
+    pub limit: Gauge,
+    /// Routes with an adaptive limit only.
+    pub min_rtt: Option<Gauge>,
+}
+
+impl ConcurrencyMetrics {
+    pub fn new(route: &str, adaptive: bool) -> Self {
+        Self {
+            limit: gauge!(CONCURRENCY_LIMIT, "route" => route.to_string()),
+            min_rtt: adaptive.then(|| gauge!(CONCURRENCY_MIN_RTT, "route" => route.to_string())),
+        }
+    }
 }
 
 /// Handles registered once per route, so the hot path never formats a label.

@@ -190,9 +190,13 @@ impl AmqpSource {
         if amqp.redelivery_backoff.is_empty() {
             push("amqp.redelivery_backoff", "needs at least one delay".into());
         }
-        if route.max_in_flight > usize::from(u16::MAX) {
+        if route.max_in_flight_bound() > usize::from(u16::MAX) {
+            let key = match route.max_in_flight {
+                crate::config::MaxInFlight::Fixed(_) => "max_in_flight",
+                crate::config::MaxInFlight::Auto => "concurrency.max",
+            };
             push(
-                "max_in_flight",
+                key,
                 "AMQP routes take at most 65535 (it is the channel's prefetch count)".into(),
             );
         }

@@ -149,7 +149,7 @@ impl AmqpRoute {
                     continue;
                 }
             };
-            info!(route = %route.name, %url, queue = %this.queue, prefetch = route.config.max_in_flight, "AMQP consumer started");
+            info!(route = %route.name, %url, queue = %this.queue, prefetch = route.config.max_in_flight_bound(), "AMQP consumer started");
             backoff.succeeded();
             health.intake_set_up(&route.name);
             health.intake_ready();
@@ -204,8 +204,10 @@ impl AmqpRoute {
             }
         };
         let consume = open("consuming").await?;
-        // Validated to fit: max_in_flight <= u16::MAX.
-        let prefetch = u16::try_from(self.route.config.max_in_flight).unwrap_or(u16::MAX);
+        // Validated to fit: max_in_flight <= u16::MAX. An adaptive limit's deliveries beyond
+        // the limit wait unacked in the prefetch window (RabbitMQ applies a new prefetch to
+        // new consumers only), never in the service.
+        let prefetch = u16::try_from(self.route.config.max_in_flight_bound()).unwrap_or(u16::MAX);
         (consume
             .basic_qos(prefetch, BasicQosOptions::default())
             .await)

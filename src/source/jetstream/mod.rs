@@ -347,15 +347,20 @@ impl JetStreamRoute {
                         return Pulled::Failed;
                     }
                 };
-                // The admission's slot for the first message, the batch's for the rest.
-                let slot = match (admitted.take(), permits.pop()) {
-                    (Some(admitted), _) => admitted,
-                    (None, Some(permit)) => Admitted {
-                        permit,
-                        probe: false,
+                // The admission's slot for the first message, the batch's for the rest (a
+                // slot is taken from the batch's only once the admission's is used: taking
+                // both at once dropped one, and the batch's last message went unprocessed
+                // until the server redelivered it after ack_wait).
+                let slot = match admitted.take() {
+                    Some(admitted) => admitted,
+                    None => match permits.pop() {
+                        Some(permit) => Admitted {
+                            permit,
+                            probe: false,
+                        },
+                        // More than asked for: cannot happen; leave it to redelivery.
+                        None => break,
                     },
-                    // More than asked for: cannot happen; leave it to redelivery.
-                    (None, None) => break,
                 };
                 let this = self.clone();
                 let taken = route.take();

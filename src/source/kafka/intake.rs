@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
@@ -38,14 +37,14 @@ impl KafkaRoute {
         let mut overflow: VecDeque<Fetched> = VecDeque::new();
         loop {
             while !overflow.is_empty() {
-                let Ok(permit) = self.route.limit.clone().try_acquire_owned() else {
+                let Ok(permit) = self.route.limit.try_slot() else {
                     break;
                 };
                 if let Some(record) = overflow.pop_front() {
                     self.take(record, permit, clients, tracker);
                 }
             }
-            let saturated = !overflow.is_empty() || self.route.limit.available_permits() == 0;
+            let saturated = !overflow.is_empty() || self.route.limit.available() == 0;
             let breaker = &self.route.invoker.breaker;
             let circuit_open = breaker.admits().is_err();
             self.update_pauses(consumer, &mut paused, saturated, circuit_open);
@@ -57,7 +56,7 @@ impl KafkaRoute {
                 _ = commit_tick.tick() => self.commit(consumer).await,
                 polled = records.recv() => match polled {
                     Some(Ok(record)) => {
-                        match self.route.limit.clone().try_acquire_owned() {
+                        match self.route.limit.try_slot() {
                             Ok(permit) if overflow.is_empty() => self.take(record, permit, clients, tracker),
                             _ => {
                                 self.route.metrics.throttled.increment(1);
@@ -71,8 +70,8 @@ impl KafkaRoute {
                         break;
                     }
                 },
-                permit = self.route.limit.clone().acquire_owned(), if saturated => {
-                    if let (Ok(permit), Some(record)) = (permit, overflow.pop_front()) {
+                permit = self.route.limit.slot(), if saturated => {
+                    if let (Some(permit), Some(record)) = (permit, overflow.pop_front()) {
                         self.take(record, permit, clients, tracker);
                     }
                 }
@@ -90,7 +89,7 @@ impl KafkaRoute {
     fn take(
         self: &Arc<Self>,
         fetched: Fetched,
-        permit: OwnedSemaphorePermit,
+        permit: crate::pipeline::Slot,
         clients: &Clients,
         tracker: &TaskTracker,
     ) {

@@ -65,7 +65,6 @@ use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -118,7 +117,7 @@ struct Fetched {
 /// until dropped.
 struct Record {
     fetched: Fetched,
-    _permit: OwnedSemaphorePermit,
+    _permit: crate::pipeline::Slot,
     _taken: Taken,
 }
 
@@ -224,7 +223,10 @@ impl KafkaRoute {
             id: transactional_id(&config, &route.name),
             config: config.clone(),
         });
-        let lanes = Lanes::new(hold_limit(config.ordering, route.config.max_in_flight));
+        let lanes = Lanes::new(hold_limit(
+            config.ordering,
+            route.config.max_in_flight_bound(),
+        ));
         let (name, metrics) = (route.name.clone(), route.metrics.clone());
         Self {
             max_message_bytes: config

@@ -42,9 +42,9 @@ impl Default for NatsSource {
 }
 
 impl NatsSource {
-    /// `max_pending`, else the route's `max_in_flight`.
+    /// `max_pending`, else the route's `max_in_flight` (its `concurrency.max` when adaptive).
     pub fn max_pending(&self, route: &RouteConfig) -> usize {
-        self.max_pending.unwrap_or(route.max_in_flight)
+        self.max_pending.unwrap_or(route.max_in_flight_bound())
     }
 
     /// The checks serde cannot express; keys relative to the route.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use async_nats::{Client, Subscriber};
 use futures::StreamExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
@@ -273,7 +272,7 @@ async fn handle(
     route: Arc<Route>,
     captures: Captures,
     inbound: Inbound,
-    permit: OwnedSemaphorePermit,
+    permit: crate::pipeline::Slot,
 ) {
     let taken = route.in_flight();
     let settle = Inbox(&core.replier);
