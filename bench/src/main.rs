@@ -1539,22 +1539,22 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
                 format!("{:.2}/{:.2}/{:.2}", o.p50, o.p99, o.p999)
             );
         }
-        let usage: Vec<String> =
-            r.open
-                .iter()
-                .filter_map(|o| {
-                    Some(format!(
-                        "{}/s: {:.1}, {:.1}",
-                        o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
-                    ))
-                })
-                .chain(r.closed.iter().filter_map(|c| {
-                    Some(format!(
-                        "c={}: {:.1}, {:.1}",
-                        c.concurrency, c.cpu_ms_per_1000?, c.peak_rss_mb?
-                    ))
-                }))
-                .collect();
+        let usage: Vec<String> = r
+            .open
+            .iter()
+            .filter_map(|o| {
+                Some(format!(
+                    "{}/s: {:.1}, {:.1}",
+                    o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
+                ))
+            })
+            .chain(r.closed.iter().filter_map(|c| {
+                Some(format!(
+                    "c={}: {:.1}, {:.1}",
+                    c.concurrency, c.cpu_ms_per_1000?, c.peak_rss_mb?
+                ))
+            }))
+            .collect();
         println!(" {}", usage.join("; "));
     }
     let top = args.concurrency.iter().copied().max().unwrap_or(128);
