@@ -346,6 +346,8 @@ struct ClosedResult {
     req_per_s: f64,
     /// CPU ms per 1,000 requests of the leg's measured process (ricochet, the responder).
     cpu_ms_per_1000: Option<f64>,
+    /// Peak RSS of the leg's measured process over this closed loop.
+    peak_rss_mb: Option<f64>,
     /// CPU ms per 1,000 requests of every process on the path: where the machine's time
     /// went, so that legs can be compared process by process.
     by_process: Vec<(&'static str, f64)>,
@@ -434,8 +436,16 @@ async fn measure(args: &Args, leg: &str, call: Call, processes: Processes) -> Le
             .collect();
         let count = closed_loop(&call, concurrency, args.duration, &errors).await;
         let throughput = count as f64 / args.duration.as_secs_f64();
+        let measured = processes.measured.map(|(name, _)| name);
+        let mut peak_rss = None;
         let by_process: Vec<(&'static str, f64)> = (usages.into_iter())
-            .filter_map(|(name, usage)| Some((name, usage.finish(count).0?)))
+            .filter_map(|(name, usage)| {
+                let (cpu, rss) = usage.finish(count);
+                if Some(name) == measured {
+                    peak_rss = rss;
+                }
+                Some((name, cpu?))
+            })
             .collect();
         let cpu = processes
             .measured
@@ -443,13 +453,14 @@ async fn measure(args: &Args, leg: &str, call: Call, processes: Processes) -> Le
             .map(|(_, cpu)| *cpu);
         eprintln!(
             "  closed c={concurrency:<4} {throughput:>9.0} req/s{}",
-            cpu.map(|c| format!("  cpu {c:.1} ms/1k"))
+            cpu.map(|c| format!("  cpu {c:.1} ms/1k  rss {:.1} MB", peak_rss.unwrap_or(0.0)))
                 .unwrap_or_default()
         );
         closed.push(ClosedResult {
             concurrency,
             req_per_s: throughput,
             cpu_ms_per_1000: cpu,
+            peak_rss_mb: peak_rss,
             by_process,
         });
     }
@@ -1478,7 +1489,7 @@ fn report(args: &Args, results: &[LegResult]) -> Value {
             "measured_process": measured_process(&r.leg),
             "errors": r.errors,
             "closed_loop": r.closed.iter().map(|c| json!({
-                "concurrency": c.concurrency, "req_per_s": c.req_per_s, "cpu_ms_per_1000": c.cpu_ms_per_1000,
+                "concurrency": c.concurrency, "req_per_s": c.req_per_s, "cpu_ms_per_1000": c.cpu_ms_per_1000, "peak_rss_mb": c.peak_rss_mb,
                 "cpu_ms_per_1000_by_process": c.by_process.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
             "open_loop": r.open.iter().map(|o| json!({
@@ -1565,19 +1576,22 @@ fn print_table(args: &Args, results: &[LegResult], report: &Value) {
                 format!("{:.2}/{:.2}/{:.2}", o.p50, o.p99, o.p999)
             );
         }
-        let usage: Vec<String> =
-            r.open
-                .iter()
-                .filter_map(|o| {
-                    Some(format!(
-                        "{}/s: {:.1}, {:.1}",
-                        o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
-                    ))
-                })
-                .chain(r.closed.iter().filter_map(|c| {
-                    Some(format!("c={}: {:.1}", c.concurrency, c.cpu_ms_per_1000?))
-                }))
-                .collect();
+        let usage: Vec<String> = r
+            .open
+            .iter()
+            .filter_map(|o| {
+                Some(format!(
+                    "{}/s: {:.1}, {:.1}",
+                    o.rate, o.cpu_ms_per_1000?, o.peak_rss_mb?
+                ))
+            })
+            .chain(r.closed.iter().filter_map(|c| {
+                Some(format!(
+                    "c={}: {:.1}, {:.1}",
+                    c.concurrency, c.cpu_ms_per_1000?, c.peak_rss_mb?
+                ))
+            }))
+            .collect();
         println!(" {}", usage.join("; "));
     }
     let top = args.concurrency.iter().copied().max().unwrap_or(128);
