@@ -184,15 +184,31 @@ impl ReplyStore {
                     Ok(Err(e)) => return Err(failed(e.to_string())),
                     Err(()) => return Err(failed("timed out".into())),
                 }
-                let config = kv::Config {
-                    bucket: bucket.clone(),
-                    description: "ricochet: replies by request, served again on redelivery".into(),
-                    history: 1,
+                // The bucket's stream, made as async-nats' `create_key_value` makes it. Not
+                // through that call: it first reads the account's JetStream info, which
+                // async-nats 0.52 cannot parse from servers before 2.10 (no
+                // `reserved_memory`), so it failed on every 2.9 server.
+                let stream = async_nats::jetstream::stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some(
+                        "ricochet: replies by request, served again on redelivery".into(),
+                    ),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
                     max_age: self.config.ttl,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    num_replicas: 1,
+                    discard: async_nats::jetstream::stream::DiscardPolicy::New,
                     ..Default::default()
                 };
-                let created = within(timeout, context.create_key_value(config)).await;
-                let store = created
+                let created = within(timeout, context.get_or_create_stream(stream)).await;
+                created
+                    .map_err(|()| failed("timed out".into()))?
+                    .map_err(|e| failed(e.to_string()))?;
+                let opened = within(timeout, context.get_key_value(bucket.as_str())).await;
+                let store = opened
                     .map_err(|()| failed("timed out".into()))?
                     .map_err(|e| failed(e.to_string()))?;
                 info!(bucket = %bucket, ttl = ?self.config.ttl, "reply store bucket created");
