@@ -77,6 +77,49 @@ struct Answers {
     unanswered: Mutex<Vec<(u64, String)>>,
 }
 
+/// Eight callers asking `{subject}.{id}` with fresh ids until `stop`, `pause` between
+/// requests; each one's answer, or its absence, goes to `answers`.
+fn spawn_callers(
+    client: &async_nats::Client,
+    subject: String,
+    pause: Duration,
+    answers: &Arc<Answers>,
+    next_id: &Arc<AtomicUsize>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..8)
+        .map(|_| {
+            let (client, answers, next_id, stop, subject) = (
+                client.clone(),
+                answers.clone(),
+                next_id.clone(),
+                stop.clone(),
+                subject.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let id = next_id.fetch_add(1, Ordering::SeqCst) as u64;
+                    let request = client.request(format!("{subject}.{id}"), id.to_string().into());
+                    let answer = tokio::time::timeout(Duration::from_secs(10), request).await;
+                    match answer {
+                        Ok(Ok(reply)) => {
+                            let status = header(&reply, "Ricochet-Status").unwrap_or_default();
+                            answers.status.lock().unwrap().insert(id, status);
+                        }
+                        Ok(Err(e)) => {
+                            (answers.unanswered.lock().unwrap()).push((id, e.to_string()))
+                        }
+                        Err(_) => (answers.unanswered.lock().unwrap()).push((id, "timeout".into())),
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_every_request_once() {
     let prefix = unique("reload");
@@ -115,35 +158,14 @@ async fn a_reload_under_load_applies_a_new_rate_limit_and_route_and_answers_ever
     let answers = Arc::new(Answers::default());
     let next_id = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut callers = Vec::new();
-    for _ in 0..8 {
-        let (client, answers, next_id, stop) = (
-            client.clone(),
-            answers.clone(),
-            next_id.clone(),
-            stop.clone(),
-        );
-        let subject = format!("{prefix}.orders");
-        callers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                let id = next_id.fetch_add(1, Ordering::SeqCst) as u64;
-                let request = client.request(format!("{subject}.{id}"), id.to_string().into());
-                match tokio::time::timeout(Duration::from_secs(10), request).await {
-                    Ok(Ok(reply)) => {
-                        let status = header(&reply, "Ricochet-Status").unwrap_or_default();
-                        answers.status.lock().unwrap().insert(id, status);
-                    }
-                    Ok(Err(e)) => answers.unanswered.lock().unwrap().push((id, e.to_string())),
-                    Err(_) => answers
-                        .unanswered
-                        .lock()
-                        .unwrap()
-                        .push((id, "timeout".into())),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }));
-    }
+    let callers = spawn_callers(
+        &client,
+        format!("{prefix}.orders"),
+        Duration::from_millis(10),
+        &answers,
+        &next_id,
+        &stop,
+    );
     let published = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let (js, prefix, replies_subject, published, stop) = (
@@ -289,30 +311,14 @@ async fn reloads_under_load_keep_the_core_subscription_and_lose_no_request() {
     let answers = Arc::new(Answers::default());
     let next_id = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut callers = Vec::new();
-    for _ in 0..8 {
-        let (client, answers, next_id, stop) = (
-            client.clone(),
-            answers.clone(),
-            next_id.clone(),
-            stop.clone(),
-        );
-        let subject = format!("{prefix}.orders");
-        callers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                let id = next_id.fetch_add(1, Ordering::SeqCst) as u64;
-                let request = client.request(format!("{subject}.{id}"), id.to_string().into());
-                match tokio::time::timeout(Duration::from_secs(10), request).await {
-                    Ok(Ok(reply)) => {
-                        let status = header(&reply, "Ricochet-Status").unwrap_or_default();
-                        answers.status.lock().unwrap().insert(id, status);
-                    }
-                    Ok(Err(e)) => answers.unanswered.lock().unwrap().push((id, e.to_string())),
-                    Err(_) => (answers.unanswered.lock().unwrap()).push((id, "timeout".into())),
-                }
-            }
-        }));
-    }
+    let callers = spawn_callers(
+        &client,
+        format!("{prefix}.orders"),
+        Duration::ZERO,
+        &answers,
+        &next_id,
+        &stop,
+    );
     let reloads = 10;
     for n in 1..=reloads {
         let before = next_id.load(Ordering::SeqCst);
