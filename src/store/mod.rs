@@ -157,12 +157,12 @@ impl ReplyStore {
             digest.update(part);
         }
         digest.update(&inbound.payload);
-        let digest = digest.finalize();
-        let mut hex = String::with_capacity(64);
-        for byte in digest {
-            use std::fmt::Write;
-            let _ = write!(hex, "{byte:02x}");
-        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // Per keyed message: hex by table, not through the formatting machinery.
+        let hex = (digest.finalize().iter())
+            .flat_map(|byte| [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]])
+            .map(char::from)
+            .collect();
         Some(StoreKey(hex))
     }
 
@@ -361,4 +361,59 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(route: &str) -> ReplyStore {
+        let config: ReplyStoreConfig = toml::from_str("on_unavailable = \"call\"").unwrap();
+        ReplyStore::new(&config, route, "nats")
+    }
+
+    fn inbound(subject: &str, key: Option<&str>, own: Option<&str>, payload: &str) -> Inbound {
+        let headers = own.map(|k| vec![(IDEMPOTENCY_KEY_HEADER.to_string(), k.to_string())]);
+        let mut inbound = Inbound::new(
+            subject.into(),
+            None,
+            headers.unwrap_or_default(),
+            payload.to_string().into(),
+        );
+        inbound.idempotency_key = key.map(str::to_string);
+        inbound
+    }
+
+    fn key(store: &ReplyStore, inbound: &Inbound) -> String {
+        store.key(inbound).expect("keyed").0
+    }
+
+    #[test]
+    fn an_entry_key_is_hex_of_route_id_subject_and_payload_each_of_which_changes_it() {
+        let orders = store("orders");
+        let base = key(&orders, &inbound("a.b", Some("k"), None, "body"));
+        assert_eq!(base.len(), 64);
+        assert!(base
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        // The same request on a redelivery: the same entry.
+        assert_eq!(key(&orders, &inbound("a.b", Some("k"), None, "body")), base);
+        for other in [
+            key(&store("billing"), &inbound("a.b", Some("k"), None, "body")),
+            key(&orders, &inbound("a.b", Some("k2"), None, "body")),
+            key(&orders, &inbound("a.c", Some("k"), None, "body")),
+            key(&orders, &inbound("a.b", Some("k"), None, "body!")),
+            // Parts are length-prefixed: moving bytes between them is another entry.
+            key(&orders, &inbound("a.b", Some("ka"), None, "ody")),
+        ] {
+            assert_ne!(other, base);
+        }
+        // The request's own Idempotency-Key wins over the source's.
+        assert_eq!(
+            key(&orders, &inbound("a.b", Some("src"), Some("k"), "body")),
+            base
+        );
+        // No key at all: no entry, the service is simply called.
+        assert!(orders.key(&inbound("a.b", None, None, "body")).is_none());
+    }
 }
