@@ -134,19 +134,19 @@ impl Pattern {
     /// in `subject`, in the order of [`Self::capture_names`].
     pub fn matches(&self, subject: &str) -> Option<Captures> {
         let mut captures = Captures::default();
-        let mut offset = 0;
-        let mut parts = subject.split('.');
+        let mut parts = Tokens::new(subject.as_bytes());
         for token in &self.tokens {
             if let Token::Tail = token {
                 // One or more remaining tokens.
-                return (offset < subject.len() && parts.next().is_some_and(|p| !p.is_empty()))
+                return parts
+                    .next()
+                    .is_some_and(|p| !p.is_empty())
                     .then_some(captures);
             }
-            let part = parts.next()?;
-            let range = offset..offset + part.len();
-            offset = range.end + 1;
+            let range = parts.next()?;
+            let part = &subject.as_bytes()[range.clone()];
             match token {
-                Token::Literal(literal) if literal == part => {}
+                Token::Literal(literal) if literal.as_bytes() == part => {}
                 Token::One(name) if !part.is_empty() => {
                     if name.is_some() {
                         captures.ranges.push(range);
@@ -156,6 +156,42 @@ impl Pattern {
             }
         }
         parts.next().is_none().then_some(captures)
+    }
+}
+
+/// The byte ranges of a subject's '.'-separated tokens, as `str::split('.')` yields them
+/// (an empty subject is one empty token), found with a plain byte scan: a subject is
+/// matched against each route's pattern for every message.
+struct Tokens<'a> {
+    subject: &'a [u8],
+    /// Where the next token starts; `None` once the last one was taken.
+    next: Option<usize>,
+}
+
+impl<'a> Tokens<'a> {
+    fn new(subject: &'a [u8]) -> Self {
+        Self {
+            subject,
+            next: Some(0),
+        }
+    }
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        let start = self.next?;
+        match self.subject[start..].iter().position(|b| *b == b'.') {
+            Some(length) => {
+                self.next = Some(start + length + 1);
+                Some(start..start + length)
+            }
+            None => {
+                self.next = None;
+                Some(start..self.subject.len())
+            }
+        }
     }
 }
 
@@ -228,6 +264,31 @@ mod tests {
         assert_eq!(values("orders.>", "orders."), None);
         assert_eq!(values("{tenant}.>", "acme.x.y"), Some(vec!["acme".into()]));
         assert_eq!(values("*", "a.b"), None);
+    }
+
+    #[test]
+    fn subjects_split_into_tokens_as_str_split_does() {
+        for subject in [
+            "",
+            ".",
+            "a",
+            "a.",
+            ".a",
+            "a..b",
+            "orders.42.get",
+            "é.ü.>",
+            "a.b.c.",
+        ] {
+            let ranges: Vec<&str> = Tokens::new(subject.as_bytes())
+                .map(|r| &subject[r])
+                .collect();
+            let split: Vec<&str> = subject.split('.').collect();
+            assert_eq!(ranges, split, "{subject:?}");
+        }
+        assert_eq!(values("orders.>", "orders.x..y"), Some(vec![]));
+        assert_eq!(values("orders.>", "orders..y"), None);
+        assert_eq!(values("orders.*", "orders."), None);
+        assert_eq!(values("{a}", ""), None);
     }
 
     #[test]

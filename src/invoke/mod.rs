@@ -31,6 +31,7 @@ pub mod tls;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::Request;
 use tokio::time::Instant;
 use tracing::debug;
@@ -44,7 +45,6 @@ pub use limit::{RateLimit, Throttled};
 pub use retry::{RetryBudget, RetryPolicy};
 
 use crate::config::{RouteConfig, UpstreamConfig};
-use crate::message::reply::{ATTEMPT_HEADER, BUDGET_HEADER, DELIVERY_COUNT_HEADER};
 use crate::message::ErrorKind;
 use crate::telemetry::metrics::{RateLimited, RouteMetrics, SkipReason};
 use crate::telemetry::trace::{MessageTrace, RouteSpans};
@@ -92,19 +92,39 @@ pub enum AttemptHeaders {
     },
 }
 
+/// The attempt headers' names, made once: a name given as text is parsed and copied
+/// (lowercased) on every insert.
+const BUDGET_NAME: HeaderName = HeaderName::from_static("ricochet-budget-ms");
+const ATTEMPT_NAME: HeaderName = HeaderName::from_static("ricochet-attempt");
+const DELIVERY_COUNT_NAME: HeaderName = HeaderName::from_static("ricochet-delivery-count");
+
 impl AttemptHeaders {
-    /// Sets the headers of attempt number `attempt`, which ricochet waits `budget` for
-    /// (whole milliseconds, rounded down: the service never counts on more than it has).
-    /// They replace any of the same name (a message's own `Ricochet-*` headers are never
-    /// forwarded anyway).
-    fn stamp(self, headers: &mut http::HeaderMap, attempt: u32, budget: Duration) {
+    /// Sets the headers of attempt number `attempt`, whose budget header is `budget` (see
+    /// [`budget_ms`]). They replace any of the same name (a message's own `Ricochet-*`
+    /// headers are never forwarded anyway).
+    fn stamp(self, headers: &mut http::HeaderMap, attempt: u32, budget: HeaderValue) {
         let AttemptHeaders::On { delivered } = self else {
             return;
         };
-        let millis = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
-        headers.insert(BUDGET_HEADER, millis.into());
-        headers.insert(ATTEMPT_HEADER, attempt.into());
-        headers.insert(DELIVERY_COUNT_HEADER, delivered.into());
+        headers.insert(BUDGET_NAME, budget);
+        headers.insert(ATTEMPT_NAME, number(attempt.into()));
+        headers.insert(DELIVERY_COUNT_NAME, number(delivered.into()));
+    }
+}
+
+/// `Ricochet-Budget-Ms` for an attempt ricochet waits `budget` for: whole milliseconds,
+/// rounded down (the service never counts on more than it has).
+fn budget_ms(budget: Duration) -> HeaderValue {
+    number(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A number as a header value; the small ones (attempt numbers, delivery counts) from
+/// static text, without an allocation.
+fn number(n: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -130,14 +150,19 @@ pub struct RouteInvoker {
     /// The route's in-flight limit, which every attempt's latency and overload signal
     /// feed when it adapts (its slots are handed out by admission, before the call).
     pub concurrency: std::sync::Arc<Concurrency>,
+    /// `Ricochet-Budget-Ms` of an attempt with the route's whole `timeout` (most first
+    /// attempts), made once.
+    full_budget: HeaderValue,
 }
 
 impl RouteInvoker {
     /// `durable`: the route's source can redeliver (its default retries and its wait for
     /// the rate limit depend on it).
     pub fn new(route: &RouteConfig, upstream: &UpstreamConfig, durable: bool) -> Self {
+        let timeout = route.timeout_or(upstream);
         Self {
-            timeout: route.timeout_or(upstream),
+            timeout,
+            full_budget: budget_ms(timeout),
             classifier: Classifier::new(route, durable),
             policy: RetryPolicy::new(&route.retry),
             budget: RetryBudget::new(&route.retry),
@@ -225,7 +250,11 @@ impl RouteInvoker {
             let attempt_timeout = self.timeout.min(remaining);
             let mut span = trace.attempt(spans, &parts.method, attempts);
             let mut request = rebuild(&parts, &body);
-            (call.headers).stamp(request.headers_mut(), attempts, attempt_timeout);
+            let budget = match attempt_timeout == self.timeout {
+                true => self.full_budget.clone(),
+                false => budget_ms(attempt_timeout),
+            };
+            (call.headers).stamp(request.headers_mut(), attempts, budget);
             span.inject_http(request.headers_mut());
             let in_flight = self.concurrency.sampling();
             let started = Instant::now();
@@ -339,4 +368,28 @@ fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request<Bytes> {
     *request.uri_mut() = parts.uri.clone();
     *request.headers_mut() = parts.headers.clone();
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::reply::{ATTEMPT_HEADER, BUDGET_HEADER, DELIVERY_COUNT_HEADER};
+
+    #[test]
+    fn attempt_headers_carry_the_contract_names_and_their_numbers_as_text() {
+        let mut headers = http::HeaderMap::new();
+        let on = AttemptHeaders::On { delivered: 12 };
+        on.stamp(&mut headers, 3, budget_ms(Duration::from_micros(2_500_900)));
+        let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(get(BUDGET_HEADER).as_deref(), Some("2500"));
+        assert_eq!(get(ATTEMPT_HEADER).as_deref(), Some("3"));
+        assert_eq!(get(DELIVERY_COUNT_HEADER).as_deref(), Some("12"));
+        assert_eq!(headers.len(), 3);
+        for n in [0, 9, 10, 99_999, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+        let mut off = http::HeaderMap::new();
+        AttemptHeaders::Off.stamp(&mut off, 1, budget_ms(Duration::from_secs(1)));
+        assert!(off.is_empty());
+    }
 }

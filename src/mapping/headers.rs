@@ -8,7 +8,7 @@
 //! from an HTTP client whose address they could name. On top of that each route has an allow list
 //! (empty = everything) and a deny list.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::MapError;
 use crate::config::HeaderFilterConfig;
@@ -56,17 +56,45 @@ impl HeaderFilter {
     }
 }
 
-/// Headers ricochet never forwards, whatever the route's lists say.
+/// Headers ricochet never forwards, whatever the route's lists say. Compared ignoring
+/// ASCII case, without a lowercased copy.
 fn is_reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    HOP_BY_HOP.contains(&lower.as_str())
-        || lower == "host"
-        || lower == "content-length"
-        || lower.starts_with("proxy-")
-        || lower.starts_with("nats-")
-        || lower.starts_with("ricochet-")
-        || lower == "forwarded"
-        || lower.starts_with("x-forwarded-")
+    let is = |word: &str| name.eq_ignore_ascii_case(word);
+    let starts = |prefix: &str| {
+        (name.as_bytes().get(..prefix.len()))
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    HOP_BY_HOP.iter().any(|hop| is(hop))
+        || is("host")
+        || is("content-length")
+        || starts("proxy-")
+        || starts("nats-")
+        || starts("ricochet-")
+        || is("forwarded")
+        || starts("x-forwarded-")
+}
+
+/// Response header names common enough to be kept as static text in replies, not copied
+/// into each reply (the same lowercase text as the service's `http::HeaderName`).
+static COMMON: [(HeaderName, &str); 10] = [
+    (header::CONTENT_TYPE, "content-type"),
+    (header::DATE, "date"),
+    (header::SERVER, "server"),
+    (header::CACHE_CONTROL, "cache-control"),
+    (header::ETAG, "etag"),
+    (header::LAST_MODIFIED, "last-modified"),
+    (header::CONTENT_ENCODING, "content-encoding"),
+    (header::LOCATION, "location"),
+    (header::VARY, "vary"),
+    (header::EXPIRES, "expires"),
+];
+
+/// A response header's name as a reply header's: static text for the common ones.
+fn reply_name(name: &HeaderName) -> crate::message::reply::HeaderName {
+    match COMMON.iter().find(|(common, _)| common == name) {
+        Some((_, text)) => crate::message::reply::HeaderName::Borrowed(*text),
+        None => crate::message::reply::HeaderName::Owned(name.as_str().to_string()),
+    }
 }
 
 /// Names listed in `Connection` headers: hop-by-hop for this one message.
@@ -113,18 +141,20 @@ pub fn from_http(headers: &HeaderMap, filter: &HeaderFilter) -> crate::message::
             .iter()
             .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
     );
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            !is_reserved(name.as_str())
-                && !listed.iter().any(|l| l == name.as_str())
-                && filter.permits(name)
-        })
-        .map(|(name, value)| {
-            let name = crate::message::reply::HeaderName::Owned(name.as_str().to_string());
-            (name, bytes::Bytes::copy_from_slice(value.as_bytes()))
-        })
-        .collect()
+    // Room for the headers ricochet adds (status, attempts, correlation id, error).
+    let mut reply = crate::message::ReplyHeaders::with_capacity(headers.len() + 4);
+    let kept = headers.iter().filter(|(name, _)| {
+        !is_reserved(name.as_str())
+            && !listed.iter().any(|l| l == name.as_str())
+            && filter.permits(name)
+    });
+    for (name, value) in kept {
+        reply.push((
+            reply_name(name),
+            bytes::Bytes::copy_from_slice(value.as_bytes()),
+        ));
+    }
+    reply
 }
 
 #[cfg(test)]
@@ -200,6 +230,44 @@ mod tests {
                 ("x-trace", &b"t"[..])
             ]
         );
+    }
+
+    #[test]
+    fn common_response_header_names_keep_their_text() {
+        for (name, text) in &COMMON {
+            assert_eq!(name.as_str(), *text);
+            assert_eq!(reply_name(name), *text);
+        }
+        let custom = HeaderName::from_static("x-order");
+        assert_eq!(reply_name(&custom), "x-order");
+    }
+
+    #[test]
+    fn reserved_names_match_in_any_case_and_only_whole_or_as_prefixes() {
+        for name in [
+            "HOST",
+            "Content-Length",
+            "proxy-x",
+            "NATS-MSG-ID",
+            "Ricochet-Status",
+            "X-Forwarded-For",
+            "Forwarded",
+            "te",
+            "Upgrade",
+        ] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for name in [
+            "hosts",
+            "content-lengthy",
+            "proxy",
+            "nats",
+            "x-forwarded",
+            "tea",
+            "é-nats-",
+        ] {
+            assert!(!is_reserved(name), "{name}");
+        }
     }
 
     #[test]

@@ -83,6 +83,13 @@ impl PathTemplate {
         Ok(Self { parts })
     }
 
+    /// Whether the path captures nothing, and so is the same for every message.
+    pub fn is_fixed(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|part| matches!(part, Part::Literal(_)))
+    }
+
     #[cfg(test)]
     fn render(&self, values: &[&str]) -> Result<String, MapError> {
         let mut out = String::new();

@@ -14,7 +14,7 @@ use http::StatusCode;
 
 use super::headers::{self, HeaderFilter};
 use crate::message::reply::{
-    ERROR_KIND_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER, STATUS_HEADER,
+    status_text, ERROR_KIND_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER, STATUS_HEADER,
 };
 use crate::message::{ErrorKind, Reply};
 use crate::validate::Violation;
@@ -28,17 +28,14 @@ impl Reply {
         filter: &HeaderFilter,
     ) -> Self {
         let mut headers = headers::from_http(response_headers, filter);
-        headers.push((STATUS_HEADER.into(), status.as_str().to_string()));
+        headers.push((STATUS_HEADER.into(), status_text(status)));
         if status.as_u16() >= 400 {
-            let description = status
-                .canonical_reason()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+            let description = match status.canonical_reason() {
+                Some(reason) => Bytes::from_static(reason.as_bytes()),
+                None => Bytes::from(format!("HTTP {}", status.as_u16())),
+            };
             headers.push((SERVICE_ERROR_HEADER.into(), description));
-            headers.push((
-                SERVICE_ERROR_CODE_HEADER.into(),
-                status.as_str().to_string(),
-            ));
+            headers.push((SERVICE_ERROR_CODE_HEADER.into(), status_text(status)));
         }
         Self {
             status,

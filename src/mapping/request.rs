@@ -58,6 +58,8 @@ pub struct RequestMapping {
     template: PathTemplate,
     content_type: Option<HeaderValue>,
     headers: HeaderFilter,
+    /// The URI, made once, of a route whose path captures nothing.
+    fixed: Option<Uri>,
 }
 
 impl RequestMapping {
@@ -69,7 +71,7 @@ impl RequestMapping {
     ) -> Result<Self, SetupError> {
         let base = BaseUrl::parse(&upstream.base_url).map_err(SetupError::BaseUrl)?;
         let parts = base.request_base().into_parts();
-        Ok(Self {
+        let mut mapping = Self {
             method: Method::from_bytes(route.method.as_bytes()).map_err(SetupError::Method)?,
             scheme: parts.scheme.ok_or(SetupError::NoScheme)?,
             authority: parts.authority.ok_or(SetupError::NoHost)?,
@@ -86,18 +88,33 @@ impl RequestMapping {
                 .transpose()
                 .map_err(SetupError::ContentType)?,
             headers: HeaderFilter::from_config(&route.request_headers),
-        })
+            fixed: None,
+        };
+        // A path that cannot be a URI stays an error of each message, as for any path.
+        if mapping.template.is_fixed() {
+            mapping.fixed = mapping.uri(&[]).ok();
+        }
+        Ok(mapping)
     }
 
-    pub fn build(&self, inbound: &Inbound, captures: &[&str]) -> Result<Request<Bytes>, MapError> {
+    /// The request's URI: the base URL's scheme, authority and path, then the route's path
+    /// filled with `captures`.
+    fn uri(&self, captures: &[&str]) -> Result<Uri, MapError> {
+        if let Some(uri) = &self.fixed {
+            return Ok(uri.clone());
+        }
         let mut path = self.base_path.clone();
         self.template.render_into(captures, &mut path)?;
-        let uri = Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|_| MapError::Uri)?;
+            .map_err(|_| MapError::Uri)
+    }
+
+    pub fn build(&self, inbound: &Inbound, captures: &[&str]) -> Result<Request<Bytes>, MapError> {
+        let uri = self.uri(captures)?;
         if let Some(header) = (inbound.unreadable.iter()).find(|h| self.headers.forwards(&h.name)) {
             return Err(MapError::Unreadable {
                 name: header.name.clone(),
@@ -170,6 +187,21 @@ mod tests {
         // Core NATS has none.
         let request = m.build(&inbound(&[]), &["1"]).unwrap();
         assert!(request.headers().get("idempotency-key").is_none());
+    }
+
+    #[test]
+    fn a_path_without_captures_is_made_once_and_is_the_same_uri() {
+        let text = "[upstream]\nbase_url = \"http://h:1/api\"\n[[routes]]\nname = \"r\"\nsubject = \"orders.*\"\npath = \"/orders?all=1\"\n";
+        let config = load_str(text, Vec::new()).unwrap().config;
+        let pattern = Pattern::parse(&config.routes[0].subject).unwrap();
+        let m = RequestMapping::new(&config.routes[0], &config.upstream, &pattern).unwrap();
+        assert!(m.fixed.is_some());
+        for _ in 0..2 {
+            let request = m.build(&inbound(&[]), &[]).unwrap();
+            assert_eq!(request.uri(), "http://h:1/api/orders?all=1");
+        }
+        let (captured, _) = mapping("http://h:1", "");
+        assert!(captured.fixed.is_none());
     }
 
     #[test]

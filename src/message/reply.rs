@@ -134,6 +134,11 @@ pub type HeaderName = std::borrow::Cow<'static, str>;
 pub struct ReplyHeaders(Vec<(HeaderName, Bytes)>);
 
 impl ReplyHeaders {
+    /// No headers yet, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
     /// Appends a header (a `(name, value)` pair, as `Vec::push` would).
     pub fn push(&mut self, (name, value): (HeaderName, impl Into<Bytes>)) {
         self.0.push((name, value.into()));
@@ -199,5 +204,51 @@ impl Reply {
     /// [`ReplyHeaders::get`] for the bytes).
     pub fn header(&self, name: &str) -> Option<&str> {
         std::str::from_utf8(self.headers.get(name)?).ok()
+    }
+}
+
+/// Every status code's three digits, from 100 to 999, one after the other.
+static STATUS_DIGITS: [u8; 2700] = {
+    let mut digits = [0; 2700];
+    let mut code = 100;
+    while code < 1000 {
+        let at = (code - 100) * 3;
+        digits[at] = b'0' + (code / 100) as u8;
+        digits[at + 1] = b'0' + (code / 10 % 10) as u8;
+        digits[at + 2] = b'0' + (code % 10) as u8;
+        code += 1;
+    }
+    digits
+};
+
+/// A status code as header text (`Ricochet-Status`, `Nats-Service-Error-Code`), without an
+/// allocation.
+pub fn status_text(status: StatusCode) -> Bytes {
+    let at = usize::from(status.as_u16() - 100) * 3;
+    Bytes::from_static(&STATUS_DIGITS[at..at + 3])
+}
+
+/// A count as header text (`Ricochet-Attempts`); the small ones without an allocation.
+pub fn count_text(n: u32) -> Bytes {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(text) => Bytes::from_static(text.as_bytes()),
+        None => Bytes::from(n.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_count_texts_are_their_decimal_digits() {
+        for code in [100, 200, 201, 404, 503, 599, 999] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(status_text(status), status.as_str().as_bytes());
+        }
+        for n in [0, 1, 9, 10, 123, u32::MAX] {
+            assert_eq!(count_text(n), n.to_string().as_bytes());
+        }
     }
 }

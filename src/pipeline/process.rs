@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::{validate, Disposition, Pipeline, Processed, Route};
 use crate::invoke::{Call, Class, Failure, InvokeError};
-use crate::message::reply::ATTEMPTS_HEADER;
+use crate::message::reply::{count_text, ATTEMPTS_HEADER};
 use crate::message::{ErrorKind, Inbound, Reply};
 use crate::route::Captures;
 use crate::telemetry::metrics::ValidationFailure;
@@ -142,7 +142,7 @@ impl Pipeline {
             }
         };
         Processed {
-            reply: reply.with_header(ATTEMPTS_HEADER, attempts.to_string()),
+            reply: reply.with_header(ATTEMPTS_HEADER, count_text(attempts)),
             disposition,
             error,
             detail: None,

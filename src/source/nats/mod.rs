@@ -203,16 +203,22 @@ pub async fn intake(
 ) {
     let mut draining = false;
     let link = core.replier.link().clone();
+    // Made once, not once per message: each would register with its token, be polled and
+    // be unregistered again for every message taken.
+    let asked = release.asked.clone().cancelled_owned();
+    let stopped = stop.clone().cancelled_owned();
+    tokio::pin!(asked, stopped);
     loop {
         let message = tokio::select! {
             // Biased: the messages already received are taken before a lost connection
             // ends the drain.
             biased;
-            _ = release.asked.cancelled(), if !draining => {
+            // Each at most once: either ends the loop or starts the drain, which disables both.
+            _ = &mut asked, if !draining => {
                 release.give(subscriber);
                 return;
             }
-            _ = stop.cancelled(), if !draining => {
+            _ = &mut stopped, if !draining => {
                 draining = true;
                 // A lost connection may leave the client's command queue full: the drain
                 // is not waited for then.

@@ -11,9 +11,11 @@
 //! larger than the server's `max_payload` is replaced by a 502 before it is published (the
 //! pipeline's oversize rule).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::IntoHeaderName;
 use async_nats::jetstream;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
@@ -303,12 +305,29 @@ fn headers(reply: &Reply, extra: &[(&str, String)]) -> HeaderMap {
 }
 
 /// The reply's headers NATS can carry, and the names of those it cannot (once each).
+///
+/// async-nats keeps headers in a `HashMap` (SipHash): a name's first value is inserted
+/// (one lookup) and only a repeated name appended (two), and ricochet's own names, static,
+/// become header names without being checked and copied again.
 fn nats_headers(reply: &Reply) -> (HeaderMap, Vec<&str>) {
     let mut headers = HeaderMap::new();
     let mut dropped: Vec<&str> = Vec::new();
-    for (name, value) in &reply.headers {
+    for (i, (name, value)) in reply.headers.iter().enumerate() {
         match std::str::from_utf8(value) {
-            Ok(text) => headers.append(name.as_ref(), text),
+            Ok(text) => {
+                let key = match name {
+                    Cow::Borrowed(name) => async_nats::HeaderName::from_static(name),
+                    Cow::Owned(name) => name.as_str().into_header_name(),
+                };
+                // Names compare as async-nats compares them: byte for byte.
+                match reply.headers[..i]
+                    .iter()
+                    .any(|(earlier, _)| earlier == name)
+                {
+                    true => headers.append(key, text),
+                    false => headers.insert(key, text),
+                }
+            }
             Err(_) if !dropped.contains(&name.as_ref()) => dropped.push(name.as_ref()),
             Err(_) => {}
         }
@@ -438,6 +457,26 @@ mod tests {
         assert_eq!(get("X-Other"), None);
         assert_eq!(get(DROPPED_HEADERS).as_deref(), Some("X-Raw, X-Other"));
         assert_eq!(get("Nats-Msg-Id").as_deref(), Some("m"));
+        // A repeated name keeps every value, in order; names differing in case are two.
+        let repeated = Reply {
+            status: http::StatusCode::OK,
+            headers: [
+                ("X-A", "1"),
+                ("Ricochet-Status", "200"),
+                ("X-A", "2"),
+                ("x-a", "3"),
+            ]
+            .into_iter()
+            .collect(),
+            body: Bytes::new(),
+        };
+        let map = headers(&repeated, &[]);
+        let all = |name: &str| -> Vec<String> {
+            map.get_all(name).map(|v| v.as_str().to_string()).collect()
+        };
+        assert_eq!(all("X-A"), ["1", "2"]);
+        assert_eq!(all("x-a"), ["3"]);
+        assert_eq!(all("Ricochet-Status"), ["200"]);
         // Nothing to drop, nothing said.
         let clean = Reply::error(crate::message::ErrorKind::Timeout, "late");
         assert_eq!(headers(&clean, &[]).get(DROPPED_HEADERS), None);
