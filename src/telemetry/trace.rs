@@ -12,17 +12,15 @@
 //! W3C `traceparent`/`tracestate` and `baggage` are read from the message headers. Off
 //! (the default), ricochet makes no spans and those headers pass through to the service
 //! like any other header: no cost beyond that. Spans are exported in batches over
-//! OTLP/HTTP (protobuf) on a thread of the SDK's own, through a hyper client that runs
-//! on ricochet's runtime.
+//! OTLP/HTTP (protobuf) on a thread of the SDK's own, by ricochet's own exporter
+//! (telemetry/otlp.rs), through a hyper client that runs on ricochet's runtime.
 //!
 //! Longer than 400 lines: the provider, the export, the propagation and every span of a
 //! message share the messaging conventions' attribute names, kept together.
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Full};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
@@ -30,7 +28,6 @@ use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
@@ -40,7 +37,7 @@ use crate::config::TracingConfig;
 use crate::message::reply::HeaderName as ReplyHeaderName;
 use crate::message::Reply;
 use crate::message::{Inbound, Position};
-use crate::telemetry::metrics::TRACE_EXPORTS;
+use crate::telemetry::otlp::OtlpExporter;
 
 /// The headers of trace context ricochet reads and, when tracing, writes.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -76,21 +73,7 @@ impl Tracing {
         if !config.enabled {
             return Ok(Self::off());
         }
-        let client = OtlpClient {
-            runtime: tokio::runtime::Handle::current(),
-            client: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http(),
-        };
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(client)
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout)
-            .build()
-            .map_err(|e| anyhow::anyhow!("tracing: cannot build the OTLP exporter: {e}"))?;
+        let exporter = OtlpExporter::new(&config.endpoint, config.timeout)?;
         let attributes = (config.resource_attributes.iter())
             .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
         let resource = Resource::builder_empty()
@@ -449,50 +432,5 @@ impl Injector for ReplyHeaders {
             _ => return,
         };
         self.0.push((name, value));
-    }
-}
-
-/// The exporter's HTTP client: requests run on ricochet's runtime, awaited from the SDK's
-/// export thread.
-#[derive(Debug, Clone)]
-struct OtlpClient {
-    runtime: tokio::runtime::Handle,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-}
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for OtlpClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let client = self.client.clone();
-        let call = self.runtime.spawn(async move {
-            let response = client.request(request.map(Full::new)).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
-        });
-        // A task that ended abnormally is a failed export too.
-        let outcome = match call.await {
-            Ok(outcome) => outcome,
-            Err(ended) => Err(ended.into()),
-        };
-        // The SDK's own diagnostics are off: say here when spans are lost. Neither the
-        // endpoint nor the collector's answer is logged (they may carry credentials).
-        let failure = match &outcome {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("the collector answered {}", response.status())),
-            Err(e) => Some(e.to_string()),
-        };
-        let result = if failure.is_some() { "failed" } else { "ok" };
-        metrics::counter!(TRACE_EXPORTS, "result" => result).increment(1);
-        if let Some(failure) = failure {
-            warn!(error = %failure, "tracing: a batch of spans could not be exported and is dropped");
-        }
-        outcome
     }
 }
