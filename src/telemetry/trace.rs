@@ -20,10 +20,8 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{
-    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
-};
+use http::HeaderMap;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
@@ -34,13 +32,10 @@ use opentelemetry_sdk::Resource;
 use tracing::warn;
 
 use crate::config::TracingConfig;
-use crate::message::reply::HeaderName as ReplyHeaderName;
 use crate::message::Reply;
 use crate::message::{Inbound, Position};
 use crate::telemetry::otlp::OtlpExporter;
-
-/// The headers of trace context ricochet reads and, when tracing, writes.
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+use crate::telemetry::propagation::{self, MessageHeaders};
 
 /// The tracer of a running ricochet, or nothing when tracing is off.
 pub struct Tracing {
@@ -50,6 +45,7 @@ pub struct Tracing {
 struct Enabled {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Reads the message's trace context and baggage.
     propagator: TextMapCompositePropagator,
 }
 
@@ -327,30 +323,15 @@ impl Child<'_> {
     /// Puts this span's context (and the message's baggage) on an HTTP request.
     pub fn inject_http(&self, headers: &mut HeaderMap) {
         if let Some((span, active)) = &self.span {
-            let context = self.context(span, active);
-            (active.enabled.propagator).inject_context(&context, &mut HttpHeaders(headers));
+            propagation::inject_http(span.span_context(), &active.context, headers);
         }
     }
 
     /// Puts this span's context on a reply, replacing any the service's response carried.
     pub fn inject_reply(&self, reply: &mut Reply) {
         if let Some((span, active)) = &self.span {
-            let context = self.context(span, active);
-            let mut headers = ReplyHeaders(Vec::new());
-            (active.enabled.propagator).inject_context(&context, &mut headers);
-            let names = TRACE_HEADERS.iter().chain(["baggage"].iter());
-            let names: Vec<&str> = names.copied().collect();
-            reply
-                .headers
-                .retain(|(n, _)| !names.iter().any(|t| n.as_ref().eq_ignore_ascii_case(t)));
-            for (name, value) in headers.0 {
-                reply.headers.push((ReplyHeaderName::Borrowed(name), value));
-            }
+            propagation::inject_reply(span.span_context(), &active.context, reply);
         }
-    }
-
-    fn context(&self, span: &Span, active: &Active<'_>) -> Context {
-        (active.context).with_remote_span_context(span.span_context().clone())
     }
 
     /// The HTTP status of an attempt's response.
@@ -390,47 +371,5 @@ impl Drop for Child<'_> {
         if let Some((span, _)) = &mut self.span {
             span.end();
         }
-    }
-}
-
-/// The message's headers, read case-insensitively.
-struct MessageHeaders<'a>(&'a [(String, String)]);
-
-impl Extractor for MessageHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        crate::message::header(self.0, key)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(n, _)| n.as_str()).collect()
-    }
-}
-
-struct HttpHeaders<'a>(&'a mut HeaderMap);
-
-impl Injector for HttpHeaders<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
-/// Collects what the propagators write, for a reply.
-struct ReplyHeaders(Vec<(&'static str, String)>);
-
-impl Injector for ReplyHeaders {
-    fn set(&mut self, key: &str, value: String) {
-        // The propagators write only these names.
-        let name = match key {
-            "traceparent" => "traceparent",
-            "tracestate" => "tracestate",
-            "baggage" => "baggage",
-            _ => return,
-        };
-        self.0.push((name, value));
     }
 }
