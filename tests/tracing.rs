@@ -334,6 +334,14 @@ initial_interval = "10ms"
         Some("process")
     );
     assert_eq!(
+        process.attribute("messaging.destination.template"),
+        Some(format!("{prefix}.orders.{{id}}"))
+    );
+    assert_eq!(
+        process.attribute("ricochet.route").as_deref(),
+        Some("orders")
+    );
+    assert_eq!(
         process
             .attribute("messaging.consumer.group.name")
             .as_deref(),

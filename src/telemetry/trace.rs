@@ -19,13 +19,15 @@
 //! message share the messaging conventions' attribute names, kept together.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderMap;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
@@ -118,7 +120,21 @@ impl Tracing {
         let parent = enabled
             .propagator
             .extract(&MessageHeaders(&inbound.headers));
-        let mut attributes = vec![
+        // Room for every attribute this span may get, `finish`'s included: no growing.
+        let optional = [
+            route.consumer_group.is_some(),
+            inbound.correlation.is_some(),
+            inbound.idempotency_key.is_some(),
+            inbound.delivered > 1,
+        ];
+        let position = match inbound.position {
+            Position::None => 0,
+            Position::Stream { .. } => 1,
+            Position::Partition { .. } => 2,
+        };
+        let capacity = 7 + optional.iter().filter(|o| **o).count() + position + FINISH_ATTRIBUTES;
+        let mut attributes = Vec::with_capacity(capacity);
+        attributes.extend([
             KeyValue::new("messaging.system", route.system),
             KeyValue::new("messaging.destination.name", inbound.subject.clone()),
             KeyValue::new("messaging.destination.template", route.template.clone()),
@@ -126,7 +142,7 @@ impl Tracing {
             KeyValue::new("messaging.operation.name", "process"),
             KeyValue::new("messaging.message.body.size", inbound.payload.len() as i64),
             KeyValue::new("ricochet.route", route.name.clone()),
-        ];
+        ]);
         if let Some(group) = &route.consumer_group {
             attributes.push(KeyValue::new(
                 "messaging.consumer.group.name",
@@ -164,7 +180,7 @@ impl Tracing {
         }
         let span = enabled
             .tracer
-            .span_builder(route.span_name.clone())
+            .span_builder(Cow::Borrowed(route.span_name))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .start_with_context(&enabled.tracer, &parent);
@@ -179,15 +195,26 @@ impl Tracing {
     }
 }
 
-/// What a route's spans say of it, worked out once.
+/// Attributes `finish` may add to the `process` span: `ricochet.outcome`, `error.type`.
+const FINISH_ATTRIBUTES: usize = 2;
+
+/// Attributes set on a child span after it starts, at most: a status and `error.type`.
+const LATER_ATTRIBUTES: usize = 2;
+
+/// What a route's spans say of it, worked out once: the span names, and the attribute
+/// values every message of the route shares (`Arc`-backed: a message copies no string).
 #[derive(Debug, Clone)]
 pub struct RouteSpans {
-    name: String,
-    span_name: String,
-    template: String,
+    name: StringValue,
+    span_name: &'static str,
+    template: StringValue,
     system: &'static str,
-    consumer_group: Option<String>,
-    path_template: String,
+    consumer_group: Option<StringValue>,
+    path_template: StringValue,
+    /// The route's method, as an attribute value and in its attempts' span name.
+    method: Option<http::Method>,
+    method_value: StringValue,
+    attempt_name: &'static str,
 }
 
 /// What a route's source says of itself in spans (`messaging.system`, the consumer group).
@@ -199,15 +226,38 @@ pub struct SpanSource {
 
 impl RouteSpans {
     pub fn new(route: &crate::config::RouteConfig, source: SpanSource) -> Self {
+        let shared = |text: &str| StringValue::from(Arc::<str>::from(text));
+        let method = http::Method::from_bytes(route.method.as_bytes()).ok();
+        let method_text = method
+            .as_ref()
+            .map_or(route.method.as_str(), |m| m.as_str());
         Self {
-            name: route.name.clone(),
-            span_name: format!("process {}", route.subject),
-            template: route.subject.clone(),
+            name: shared(&route.name),
+            span_name: span_name(format!("process {}", route.subject)),
+            template: shared(&route.subject),
             system: source.system,
-            consumer_group: source.consumer_group,
-            path_template: route.path.clone(),
+            consumer_group: source.consumer_group.as_deref().map(shared),
+            path_template: shared(&route.path),
+            method_value: shared(method_text),
+            attempt_name: span_name(format!("{method_text} {}", route.path)),
+            method,
         }
     }
+}
+
+/// `name` for the life of the process. The SDK takes span names as `Cow<'static, str>`,
+/// so a route's names would otherwise be copied for every span; each distinct name is
+/// kept once instead (routes come and go with reloads, their names are few).
+fn span_name(name: String) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = names.get(name.as_str()) {
+        return kept;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(kept);
+    kept
 }
 
 /// One message's trace: its `process` span and the context its child spans and
@@ -250,18 +300,27 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.to_string()),
-            KeyValue::new("url.template", route.path_template.clone()),
-        ];
+        let (value, name) = match route.method.as_ref() == Some(method) {
+            true => (
+                route.method_value.clone(),
+                Cow::Borrowed(route.attempt_name),
+            ),
+            // Not the route's method (the mapping keeps it; this is not expected).
+            false => {
+                let name = format!("{method} {}", route.path_template);
+                (StringValue::from(method.to_string()), Cow::Owned(name))
+            }
+        };
+        let mut attributes = Vec::with_capacity(3 + LATER_ATTRIBUTES);
+        attributes.push(KeyValue::new("http.request.method", value));
+        attributes.push(KeyValue::new("url.template", route.path_template.clone()));
         if attempt > 1 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
                 i64::from(attempt - 1),
             ));
         }
-        let name = format!("{method} {}", route.path_template);
-        self.child(Cow::Owned(name), SpanKind::Client, attributes)
+        self.child(name, SpanKind::Client, attributes)
     }
 
     /// The `send` span of the reply to `destination`.
@@ -269,10 +328,11 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        let attributes = vec![
+        let mut attributes = Vec::with_capacity(2 + LATER_ATTRIBUTES);
+        attributes.extend([
             KeyValue::new("messaging.operation.type", "send"),
             KeyValue::new("messaging.destination.name", destination.to_string()),
-        ];
+        ]);
         self.child(Cow::Borrowed("send"), SpanKind::Producer, attributes)
     }
 
@@ -281,10 +341,11 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        let attributes = vec![
+        let mut attributes = Vec::with_capacity(2 + LATER_ATTRIBUTES);
+        attributes.extend([
             KeyValue::new("messaging.operation.type", "settle"),
             KeyValue::new("messaging.operation.name", operation),
-        ];
+        ]);
         self.child(Cow::Borrowed("settle"), SpanKind::Client, attributes)
     }
 
@@ -293,7 +354,8 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        self.child(Cow::Borrowed("reply_store"), SpanKind::Client, Vec::new())
+        let attributes = Vec::with_capacity(LATER_ATTRIBUTES);
+        self.child(Cow::Borrowed("reply_store"), SpanKind::Client, attributes)
     }
 
     /// Ends the `process` span with how the message ended and, if it failed, why.
@@ -371,5 +433,22 @@ impl Drop for Child<'_> {
         if let Some((span, _)) = &mut self.span {
             span.end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_name_is_kept_once() {
+        let first = span_name(String::from("process orders.{id}.get"));
+        let again = span_name(String::from("process orders.{id}.get"));
+        assert_eq!(first, "process orders.{id}.get");
+        assert!(std::ptr::eq(first, again), "the same name, kept once");
+        assert_eq!(
+            span_name(String::from("GET /orders/{id}")),
+            "GET /orders/{id}"
+        );
     }
 }
