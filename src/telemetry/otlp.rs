@@ -6,14 +6,13 @@
 //! opentelemetry-otlp built opentelemetry-proto's types from every span (a `String` per
 //! attribute key and value, a `Vec` per id) and then encoded them with prost: about 28,000
 //! instructions per request in all, more than the whole of tracing's budget. Here the bytes
-//! are written in one pass into one reused buffer. What goes on the wire is the same
-//! message: every span under the one resource, grouped by instrumentation scope.
+//! are written in one pass into one buffer, which becomes the request's body. What goes
+//! on the wire is the same message: every span under the one resource, grouped by instrumentation scope.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
@@ -40,8 +39,8 @@ pub struct OtlpExporter {
     /// The resource's fields of `ResourceSpans`, encoded once (the SDK hands the resource
     /// over when the provider is built).
     resource: Vec<u8>,
-    /// The request's bytes; its allocation comes back once the previous body is sent.
-    buffer: Mutex<BytesMut>,
+    /// Bytes per span in the last request: each buffer is made large enough at once.
+    span_size: AtomicUsize,
     shut_down: AtomicBool,
 }
 
@@ -66,19 +65,22 @@ impl OtlpExporter {
             client,
             runtime: tokio::runtime::Handle::current(),
             resource: resource_fields(&Resource::builder_empty().build()),
-            buffer: Mutex::new(BytesMut::new()),
+            span_size: AtomicUsize::new(512),
             shut_down: AtomicBool::new(false),
         })
     }
 
     /// The body of one export: the spans as an `ExportTraceServiceRequest`.
     fn body(&self, batch: &[SpanData]) -> Bytes {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        buffer.clear();
-        // Takes back the previous body's allocation once that body is gone.
-        buffer.reserve(batch.len() * 512 + self.resource.len() + 64);
+        // One allocation per batch, with room to spare (growing copies what is written),
+        // handed over as the body: not copied either.
+        let span_size = self.span_size.load(Ordering::Relaxed);
+        let capacity = batch.len() * span_size * 5 / 4 + self.resource.len() + 64;
+        let mut buffer = Vec::with_capacity(capacity);
         encode_request(&mut buffer, &self.resource, batch);
-        buffer.split().freeze()
+        let written = buffer.len().saturating_sub(self.resource.len());
+        (self.span_size).store(written / batch.len().max(1) + 1, Ordering::Relaxed);
+        Bytes::from(buffer)
     }
 
     async fn post(&self, body: Bytes) -> Result<(), String> {
@@ -192,12 +194,13 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
-fn varint(buffer: &mut BytesMut, mut value: u64) {
+#[inline]
+fn varint(buffer: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
-        buffer.put_u8(value as u8 | 0x80);
+        buffer.push(value as u8 | 0x80);
         value >>= 7;
     }
-    buffer.put_u8(value as u8);
+    buffer.push(value as u8);
 }
 
 fn varint_len(value: u64) -> usize {
@@ -205,47 +208,64 @@ fn varint_len(value: u64) -> usize {
     ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
 }
 
-fn key(buffer: &mut BytesMut, field: u32, wire: u32) {
+#[inline]
+fn key(buffer: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buffer, u64::from(field << 3 | wire));
 }
 
-fn bytes_field(buffer: &mut BytesMut, field: u32, value: &[u8]) {
+#[inline]
+fn bytes_field(buffer: &mut Vec<u8>, field: u32, value: &[u8]) {
     key(buffer, field, LEN);
     varint(buffer, value.len() as u64);
-    buffer.put_slice(value);
+    buffer.extend_from_slice(value);
 }
 
 /// A string or bytes field; proto3 leaves an empty one out.
-fn optional_bytes(buffer: &mut BytesMut, field: u32, value: &[u8]) {
+#[inline]
+fn optional_bytes(buffer: &mut Vec<u8>, field: u32, value: &[u8]) {
     if !value.is_empty() {
         bytes_field(buffer, field, value);
     }
 }
 
 /// A uint32 or enum field; proto3 leaves a zero out.
-fn optional_varint(buffer: &mut BytesMut, field: u32, value: u64) {
+#[inline]
+fn optional_varint(buffer: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
         key(buffer, field, VARINT);
         varint(buffer, value);
     }
 }
 
-fn fixed64(buffer: &mut BytesMut, field: u32, value: u64) {
+#[inline]
+fn fixed64(buffer: &mut Vec<u8>, field: u32, value: u64) {
     key(buffer, field, FIXED64);
-    buffer.put_u64_le(value);
+    buffer.extend_from_slice(&value.to_le_bytes());
+}
+
+#[inline]
+fn fixed32(buffer: &mut Vec<u8>, field: u32, value: u32) {
+    key(buffer, field, FIXED32);
+    buffer.extend_from_slice(&value.to_le_bytes());
 }
 
 /// A message field: `write` writes its fields, then its length goes in front. `guess` bytes
 /// are kept for the length, so that the usual size needs no move.
-fn message(buffer: &mut BytesMut, field: u32, guess: usize, write: impl FnOnce(&mut BytesMut)) {
+#[inline]
+fn message(buffer: &mut Vec<u8>, field: u32, guess: usize, write: impl FnOnce(&mut Vec<u8>)) {
     key(buffer, field, LEN);
     let at = buffer.len();
-    buffer.put_bytes(0, guess);
+    buffer.resize(at + guess, 0);
     write(buffer);
     let len = buffer.len() - at - guess;
+    if guess == 1 && len < 0x80 {
+        // The usual small message: its length is one byte, where it was kept.
+        buffer[at] = len as u8;
+        return;
+    }
     let needed = varint_len(len as u64);
     if needed > guess {
-        buffer.put_bytes(0, needed - guess);
+        buffer.resize(buffer.len() + needed - guess, 0);
         buffer.copy_within(at + guess..at + guess + len, at + needed);
     } else if needed < guess {
         buffer.copy_within(at + guess..at + guess + len, at + needed);
@@ -265,13 +285,14 @@ fn nanos(time: SystemTime) -> u64 {
 
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans] }`, one resource, a
 /// `ScopeSpans` per instrumentation scope in the order they come.
-pub(crate) fn encode_request(buffer: &mut BytesMut, resource: &[u8], batch: &[SpanData]) {
+pub(crate) fn encode_request(buffer: &mut Vec<u8>, resource: &[u8], batch: &[SpanData]) {
     message(buffer, 1, 3, |buffer| {
-        buffer.put_slice(resource);
+        buffer.extend_from_slice(resource);
         let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
         for span in batch {
-            if !scopes.contains(&&span.instrumentation_scope) {
-                scopes.push(&span.instrumentation_scope);
+            let scope = &span.instrumentation_scope;
+            if !scopes.iter().any(|s| same_scope(s, scope)) {
+                scopes.push(scope);
             }
         }
         let one = scopes.len() == 1;
@@ -279,7 +300,8 @@ pub(crate) fn encode_request(buffer: &mut BytesMut, resource: &[u8], batch: &[Sp
             // ResourceSpans.scope_spans
             message(buffer, 2, 3, |buffer| {
                 message(buffer, 1, 1, |buffer| encode_scope(buffer, scope));
-                let spans = (batch.iter()).filter(|s| one || s.instrumentation_scope == *scope);
+                let spans =
+                    (batch.iter()).filter(|s| one || same_scope(&s.instrumentation_scope, scope));
                 for span in spans {
                     message(buffer, 2, 2, |buffer| encode_span(buffer, span));
                 }
@@ -289,10 +311,19 @@ pub(crate) fn encode_request(buffer: &mut BytesMut, resource: &[u8], batch: &[Sp
     });
 }
 
+/// `a == b`, without its sorting of the attributes when neither has any (a tracer's scope
+/// usually has none).
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    if a.attributes().next().is_some() || b.attributes().next().is_some() {
+        return a == b;
+    }
+    a.name() == b.name() && a.version() == b.version() && a.schema_url() == b.schema_url()
+}
+
 /// What [`encode_request`] writes of the resource for every export: the fields
 /// `ResourceSpans.resource` (the `Resource` message) and `ResourceSpans.schema_url`.
 fn resource_fields(resource: &Resource) -> Vec<u8> {
-    let mut buffer = BytesMut::new();
+    let mut buffer = Vec::new();
     message(&mut buffer, 1, 2, |buffer| {
         for (name, value) in resource.iter() {
             message(buffer, 1, 1, |buffer| {
@@ -305,10 +336,10 @@ fn resource_fields(resource: &Resource) -> Vec<u8> {
         3,
         resource.schema_url().unwrap_or("").as_bytes(),
     );
-    buffer.to_vec()
+    buffer
 }
 
-fn encode_scope(buffer: &mut BytesMut, scope: &InstrumentationScope) {
+fn encode_scope(buffer: &mut Vec<u8>, scope: &InstrumentationScope) {
     optional_bytes(buffer, 1, scope.name().as_bytes());
     optional_bytes(buffer, 2, scope.version().unwrap_or("").as_bytes());
     for attribute in scope.attributes() {
@@ -316,18 +347,18 @@ fn encode_scope(buffer: &mut BytesMut, scope: &InstrumentationScope) {
     }
 }
 
-fn encode_attribute(buffer: &mut BytesMut, attribute: &KeyValue) {
+fn encode_attribute(buffer: &mut Vec<u8>, attribute: &KeyValue) {
     encode_key_value(buffer, attribute.key.as_str(), &attribute.value);
 }
 
 /// `KeyValue { key, value: AnyValue }`.
-fn encode_key_value(buffer: &mut BytesMut, key: &str, value: &Value) {
+fn encode_key_value(buffer: &mut Vec<u8>, key: &str, value: &Value) {
     optional_bytes(buffer, 1, key.as_bytes());
     message(buffer, 2, 1, |buffer| encode_value(buffer, value));
 }
 
 /// The `AnyValue` oneof: written even when it holds its type's default.
-fn encode_value(buffer: &mut BytesMut, value: &Value) {
+fn encode_value(buffer: &mut Vec<u8>, value: &Value) {
     match value {
         Value::String(s) => bytes_field(buffer, 1, s.as_str().as_bytes()),
         Value::Bool(b) => {
@@ -359,7 +390,7 @@ fn encode_value(buffer: &mut BytesMut, value: &Value) {
 }
 
 /// One `ArrayValue.values` element.
-fn element(buffer: &mut BytesMut, value: Value) {
+fn element(buffer: &mut Vec<u8>, value: Value) {
     message(buffer, 1, 1, |buffer| encode_value(buffer, &value));
 }
 
@@ -369,13 +400,13 @@ fn span_flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
     u32::from(trace_flags) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
 }
 
-fn trace_state(buffer: &mut BytesMut, field: u32, state: &TraceState) {
+fn trace_state(buffer: &mut Vec<u8>, field: u32, state: &TraceState) {
     if *state != TraceState::NONE {
         optional_bytes(buffer, field, state.header().as_bytes());
     }
 }
 
-fn encode_span(buffer: &mut BytesMut, span: &SpanData) {
+fn encode_span(buffer: &mut Vec<u8>, span: &SpanData) {
     let context = &span.span_context;
     bytes_field(buffer, 1, &context.trace_id().to_bytes());
     bytes_field(buffer, 2, &context.span_id().to_bytes());
@@ -420,8 +451,7 @@ fn encode_span(buffer: &mut BytesMut, span: &SpanData) {
             }
             optional_varint(buffer, 5, u64::from(link.dropped_attributes_count));
             let flags = span_flags(context.is_remote(), context.trace_flags().to_u8());
-            key(buffer, 6, FIXED32);
-            buffer.put_u32_le(flags);
+            fixed32(buffer, 6, flags);
         });
     }
     optional_varint(buffer, 14, u64::from(span.links.dropped_count));
@@ -436,8 +466,7 @@ fn encode_span(buffer: &mut BytesMut, span: &SpanData) {
         optional_varint(buffer, 3, code);
     });
     let flags = span_flags(span.parent_span_is_remote, context.trace_flags().to_u8());
-    key(buffer, 16, FIXED32);
-    buffer.put_u32_le(flags);
+    fixed32(buffer, 16, flags);
 }
 
 #[cfg(test)]
@@ -601,9 +630,9 @@ mod tests {
     }
 
     fn ours(resource: &Resource, batch: &[SpanData]) -> ExportTraceServiceRequest {
-        let mut buffer = BytesMut::new();
+        let mut buffer = Vec::new();
         encode_request(&mut buffer, &resource_fields(resource), batch);
-        ExportTraceServiceRequest::decode(buffer.freeze())
+        ExportTraceServiceRequest::decode(buffer.as_slice())
             .expect("a protobuf ExportTraceServiceRequest")
     }
 
@@ -711,7 +740,7 @@ mod tests {
             (u64::MAX, 10),
         ] {
             assert_eq!(varint_len(value), len, "{value}");
-            let mut buffer = BytesMut::new();
+            let mut buffer = Vec::new();
             varint(&mut buffer, value);
             assert_eq!(buffer.len(), len, "{value}");
         }
