@@ -25,23 +25,32 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The headers of trace context and baggage that ricochet writes when tracing.
 const NAMES: [&str; 3] = ["traceparent", "tracestate", "baggage"];
 
+/// Each byte's two lowercase hex digits.
+const HEX: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    table
+};
+
 /// `00-{trace id}-{span id}-{flags}`, lowercase hex, only the sampled flag (as
 /// `TraceContextPropagator` writes it).
 fn traceparent(span: &SpanContext) -> [u8; 55] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let flags = [(span.trace_flags() & TraceFlags::SAMPLED).to_u8()];
-    let fields: [(usize, &[u8]); 3] = [
-        (3, &span.trace_id().to_bytes()),
-        (36, &span.span_id().to_bytes()),
-        (53, &flags),
-    ];
-    for (at, bytes) in fields {
-        for (i, byte) in bytes.iter().enumerate() {
-            text[at + 2 * i] = HEX[usize::from(byte >> 4)];
-            text[at + 2 * i + 1] = HEX[usize::from(byte & 0xf)];
-        }
+    let trace_id = span.trace_id().to_bytes();
+    let span_id = span.span_id().to_bytes();
+    let flags = (span.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    for (digits, byte) in text[3..35].chunks_exact_mut(2).zip(trace_id) {
+        digits.copy_from_slice(&HEX[usize::from(byte)]);
     }
+    for (digits, byte) in text[36..52].chunks_exact_mut(2).zip(span_id) {
+        digits.copy_from_slice(&HEX[usize::from(byte)]);
+    }
+    text[53..55].copy_from_slice(&HEX[usize::from(flags)]);
     text
 }
 

@@ -117,9 +117,12 @@ impl Tracing {
         let Some(enabled) = &self.enabled else {
             return MessageTrace { active: None };
         };
-        let parent = enabled
-            .propagator
-            .extract(&MessageHeaders(&inbound.headers));
+        // A message without headers carries no context: nothing to read (nothing in
+        // ricochet attaches a context, so the current one is always empty).
+        let parent = match inbound.headers.is_empty() {
+            true => Context::new(),
+            false => (enabled.propagator).extract(&MessageHeaders(&inbound.headers)),
+        };
         // Room for every attribute this span may get, `finish`'s included: no growing.
         let optional = [
             route.consumer_group.is_some(),
