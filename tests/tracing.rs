@@ -303,10 +303,15 @@ initial_interval = "10ms"
     }
     assert_ne!(parents[0], parents[1], "a new span per attempt");
 
-    // The reply carries the trace on.
+    // The reply carries the trace on, with its trace state and baggage.
     let reply_parent = header(&reply, "traceparent").expect("traceparent on the reply");
     let (id, send_span, _) = traceparent(&reply_parent);
     assert_eq!(id, trace_id);
+    assert_eq!(
+        header(&reply, "tracestate").as_deref(),
+        Some("vendor=opaque")
+    );
+    assert_eq!(header(&reply, "baggage").as_deref(), Some("tenant=acme"));
 
     let spans = collector.trace(trace_id, 4).await;
     let process = one(&spans, &format!("process {prefix}.orders.{{id}}"));
@@ -327,6 +332,14 @@ initial_interval = "10ms"
     assert_eq!(
         process.attribute("messaging.operation.type").as_deref(),
         Some("process")
+    );
+    assert_eq!(
+        process.attribute("messaging.destination.template"),
+        Some(format!("{prefix}.orders.{{id}}"))
+    );
+    assert_eq!(
+        process.attribute("ricochet.route").as_deref(),
+        Some("orders")
     );
     assert_eq!(
         process
@@ -436,6 +449,12 @@ path = "/echo"
         traceparent(&header(&reply, "traceparent").expect("traceparent on the reply"));
     let (service_trace, service_parent, _) = service_traceparent(&upstream);
     assert_eq!(service_trace, trace_id);
+    // A trace without trace state: no (empty) `tracestate`, and no baggage, on either.
+    let seen = upstream.seen();
+    assert_eq!(seen[0].headers.get("tracestate"), None);
+    assert_eq!(seen[0].headers.get("baggage"), None);
+    assert_eq!(header(&reply, "tracestate"), None);
+    assert_eq!(header(&reply, "baggage"), None);
 
     let spans = collector.trace(&trace_id, 3).await;
     let process = one(&spans, &format!("process {prefix}.echo"));

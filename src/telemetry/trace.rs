@@ -12,38 +12,32 @@
 //! W3C `traceparent`/`tracestate` and `baggage` are read from the message headers. Off
 //! (the default), ricochet makes no spans and those headers pass through to the service
 //! like any other header: no cost beyond that. Spans are exported in batches over
-//! OTLP/HTTP (protobuf) on a thread of the SDK's own, through a hyper client that runs
-//! on ricochet's runtime.
+//! OTLP/HTTP (protobuf) on a thread of the SDK's own, by ricochet's own exporter
+//! (telemetry/otlp.rs), through a hyper client that runs on ricochet's runtime.
 //!
 //! Longer than 400 lines: the provider, the export, the propagation and every span of a
 //! message share the messaging conventions' attribute names, kept together.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Full};
-use opentelemetry::propagation::{
-    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
-};
+use http::HeaderMap;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
 use tracing::warn;
 
 use crate::config::TracingConfig;
-use crate::message::reply::HeaderName as ReplyHeaderName;
 use crate::message::Reply;
 use crate::message::{Inbound, Position};
-use crate::telemetry::metrics::TRACE_EXPORTS;
-
-/// The headers of trace context ricochet reads and, when tracing, writes.
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+use crate::telemetry::otlp::OtlpExporter;
+use crate::telemetry::propagation::{self, MessageHeaders};
 
 /// The tracer of a running ricochet, or nothing when tracing is off.
 pub struct Tracing {
@@ -53,6 +47,7 @@ pub struct Tracing {
 struct Enabled {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Reads the message's trace context and baggage.
     propagator: TextMapCompositePropagator,
 }
 
@@ -76,21 +71,7 @@ impl Tracing {
         if !config.enabled {
             return Ok(Self::off());
         }
-        let client = OtlpClient {
-            runtime: tokio::runtime::Handle::current(),
-            client: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http(),
-        };
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(client)
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout)
-            .build()
-            .map_err(|e| anyhow::anyhow!("tracing: cannot build the OTLP exporter: {e}"))?;
+        let exporter = OtlpExporter::new(&config.endpoint, config.timeout)?;
         let attributes = (config.resource_attributes.iter())
             .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
         let resource = Resource::builder_empty()
@@ -136,10 +117,27 @@ impl Tracing {
         let Some(enabled) = &self.enabled else {
             return MessageTrace { active: None };
         };
-        let parent = enabled
-            .propagator
-            .extract(&MessageHeaders(&inbound.headers));
-        let mut attributes = vec![
+        // A message without headers carries no context: nothing to read (nothing in
+        // ricochet attaches a context, so the current one is always empty).
+        let parent = match inbound.headers.is_empty() {
+            true => Context::new(),
+            false => (enabled.propagator).extract(&MessageHeaders(&inbound.headers)),
+        };
+        // Room for every attribute this span may get, `finish`'s included: no growing.
+        let optional = [
+            route.consumer_group.is_some(),
+            inbound.correlation.is_some(),
+            inbound.idempotency_key.is_some(),
+            inbound.delivered > 1,
+        ];
+        let position = match inbound.position {
+            Position::None => 0,
+            Position::Stream { .. } => 1,
+            Position::Partition { .. } => 2,
+        };
+        let capacity = 7 + optional.iter().filter(|o| **o).count() + position + FINISH_ATTRIBUTES;
+        let mut attributes = Vec::with_capacity(capacity);
+        attributes.extend([
             KeyValue::new("messaging.system", route.system),
             KeyValue::new("messaging.destination.name", inbound.subject.clone()),
             KeyValue::new("messaging.destination.template", route.template.clone()),
@@ -147,7 +145,7 @@ impl Tracing {
             KeyValue::new("messaging.operation.name", "process"),
             KeyValue::new("messaging.message.body.size", inbound.payload.len() as i64),
             KeyValue::new("ricochet.route", route.name.clone()),
-        ];
+        ]);
         if let Some(group) = &route.consumer_group {
             attributes.push(KeyValue::new(
                 "messaging.consumer.group.name",
@@ -185,7 +183,7 @@ impl Tracing {
         }
         let span = enabled
             .tracer
-            .span_builder(route.span_name.clone())
+            .span_builder(Cow::Borrowed(route.span_name))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .start_with_context(&enabled.tracer, &parent);
@@ -200,15 +198,26 @@ impl Tracing {
     }
 }
 
-/// What a route's spans say of it, worked out once.
+/// Attributes `finish` may add to the `process` span: `ricochet.outcome`, `error.type`.
+const FINISH_ATTRIBUTES: usize = 2;
+
+/// Attributes set on a child span after it starts, at most: a status and `error.type`.
+const LATER_ATTRIBUTES: usize = 2;
+
+/// What a route's spans say of it, worked out once: the span names, and the attribute
+/// values every message of the route shares (`Arc`-backed: a message copies no string).
 #[derive(Debug, Clone)]
 pub struct RouteSpans {
-    name: String,
-    span_name: String,
-    template: String,
+    name: StringValue,
+    span_name: &'static str,
+    template: StringValue,
     system: &'static str,
-    consumer_group: Option<String>,
-    path_template: String,
+    consumer_group: Option<StringValue>,
+    path_template: StringValue,
+    /// The route's method, as an attribute value and in its attempts' span name.
+    method: Option<http::Method>,
+    method_value: StringValue,
+    attempt_name: &'static str,
 }
 
 /// What a route's source says of itself in spans (`messaging.system`, the consumer group).
@@ -220,15 +229,38 @@ pub struct SpanSource {
 
 impl RouteSpans {
     pub fn new(route: &crate::config::RouteConfig, source: SpanSource) -> Self {
+        let shared = |text: &str| StringValue::from(Arc::<str>::from(text));
+        let method = http::Method::from_bytes(route.method.as_bytes()).ok();
+        let method_text = method
+            .as_ref()
+            .map_or(route.method.as_str(), |m| m.as_str());
         Self {
-            name: route.name.clone(),
-            span_name: format!("process {}", route.subject),
-            template: route.subject.clone(),
+            name: shared(&route.name),
+            span_name: span_name(format!("process {}", route.subject)),
+            template: shared(&route.subject),
             system: source.system,
-            consumer_group: source.consumer_group,
-            path_template: route.path.clone(),
+            consumer_group: source.consumer_group.as_deref().map(shared),
+            path_template: shared(&route.path),
+            method_value: shared(method_text),
+            attempt_name: span_name(format!("{method_text} {}", route.path)),
+            method,
         }
     }
+}
+
+/// `name` for the life of the process. The SDK takes span names as `Cow<'static, str>`,
+/// so a route's names would otherwise be copied for every span; each distinct name is
+/// kept once instead (routes come and go with reloads, their names are few).
+fn span_name(name: String) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = names.get(name.as_str()) {
+        return kept;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(kept);
+    kept
 }
 
 /// One message's trace: its `process` span and the context its child spans and
@@ -271,18 +303,27 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.to_string()),
-            KeyValue::new("url.template", route.path_template.clone()),
-        ];
+        let (value, name) = match route.method.as_ref() == Some(method) {
+            true => (
+                route.method_value.clone(),
+                Cow::Borrowed(route.attempt_name),
+            ),
+            // Not the route's method (the mapping keeps it; this is not expected).
+            false => {
+                let name = format!("{method} {}", route.path_template);
+                (StringValue::from(method.to_string()), Cow::Owned(name))
+            }
+        };
+        let mut attributes = Vec::with_capacity(3 + LATER_ATTRIBUTES);
+        attributes.push(KeyValue::new("http.request.method", value));
+        attributes.push(KeyValue::new("url.template", route.path_template.clone()));
         if attempt > 1 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
                 i64::from(attempt - 1),
             ));
         }
-        let name = format!("{method} {}", route.path_template);
-        self.child(Cow::Owned(name), SpanKind::Client, attributes)
+        self.child(name, SpanKind::Client, attributes)
     }
 
     /// The `send` span of the reply to `destination`.
@@ -290,10 +331,11 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        let attributes = vec![
+        let mut attributes = Vec::with_capacity(2 + LATER_ATTRIBUTES);
+        attributes.extend([
             KeyValue::new("messaging.operation.type", "send"),
             KeyValue::new("messaging.destination.name", destination.to_string()),
-        ];
+        ]);
         self.child(Cow::Borrowed("send"), SpanKind::Producer, attributes)
     }
 
@@ -302,10 +344,11 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        let attributes = vec![
+        let mut attributes = Vec::with_capacity(2 + LATER_ATTRIBUTES);
+        attributes.extend([
             KeyValue::new("messaging.operation.type", "settle"),
             KeyValue::new("messaging.operation.name", operation),
-        ];
+        ]);
         self.child(Cow::Borrowed("settle"), SpanKind::Client, attributes)
     }
 
@@ -314,7 +357,8 @@ impl MessageTrace<'_> {
         if self.active.is_none() {
             return Child { span: None };
         }
-        self.child(Cow::Borrowed("reply_store"), SpanKind::Client, Vec::new())
+        let attributes = Vec::with_capacity(LATER_ATTRIBUTES);
+        self.child(Cow::Borrowed("reply_store"), SpanKind::Client, attributes)
     }
 
     /// Ends the `process` span with how the message ended and, if it failed, why.
@@ -344,30 +388,15 @@ impl Child<'_> {
     /// Puts this span's context (and the message's baggage) on an HTTP request.
     pub fn inject_http(&self, headers: &mut HeaderMap) {
         if let Some((span, active)) = &self.span {
-            let context = self.context(span, active);
-            (active.enabled.propagator).inject_context(&context, &mut HttpHeaders(headers));
+            propagation::inject_http(span.span_context(), &active.context, headers);
         }
     }
 
     /// Puts this span's context on a reply, replacing any the service's response carried.
     pub fn inject_reply(&self, reply: &mut Reply) {
         if let Some((span, active)) = &self.span {
-            let context = self.context(span, active);
-            let mut headers = ReplyHeaders(Vec::new());
-            (active.enabled.propagator).inject_context(&context, &mut headers);
-            let names = TRACE_HEADERS.iter().chain(["baggage"].iter());
-            let names: Vec<&str> = names.copied().collect();
-            reply
-                .headers
-                .retain(|(n, _)| !names.iter().any(|t| n.as_ref().eq_ignore_ascii_case(t)));
-            for (name, value) in headers.0 {
-                reply.headers.push((ReplyHeaderName::Borrowed(name), value));
-            }
+            propagation::inject_reply(span.span_context(), &active.context, reply);
         }
-    }
-
-    fn context(&self, span: &Span, active: &Active<'_>) -> Context {
-        (active.context).with_remote_span_context(span.span_context().clone())
     }
 
     /// The HTTP status of an attempt's response.
@@ -410,89 +439,19 @@ impl Drop for Child<'_> {
     }
 }
 
-/// The message's headers, read case-insensitively.
-struct MessageHeaders<'a>(&'a [(String, String)]);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Extractor for MessageHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        crate::message::header(self.0, key)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(n, _)| n.as_str()).collect()
-    }
-}
-
-struct HttpHeaders<'a>(&'a mut HeaderMap);
-
-impl Injector for HttpHeaders<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
-/// Collects what the propagators write, for a reply.
-struct ReplyHeaders(Vec<(&'static str, String)>);
-
-impl Injector for ReplyHeaders {
-    fn set(&mut self, key: &str, value: String) {
-        // The propagators write only these names.
-        let name = match key {
-            "traceparent" => "traceparent",
-            "tracestate" => "tracestate",
-            "baggage" => "baggage",
-            _ => return,
-        };
-        self.0.push((name, value));
-    }
-}
-
-/// The exporter's HTTP client: requests run on ricochet's runtime, awaited from the SDK's
-/// export thread.
-#[derive(Debug, Clone)]
-struct OtlpClient {
-    runtime: tokio::runtime::Handle,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-}
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for OtlpClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let client = self.client.clone();
-        let call = self.runtime.spawn(async move {
-            let response = client.request(request.map(Full::new)).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
-        });
-        // A task that ended abnormally is a failed export too.
-        let outcome = match call.await {
-            Ok(outcome) => outcome,
-            Err(ended) => Err(ended.into()),
-        };
-        // The SDK's own diagnostics are off: say here when spans are lost. Neither the
-        // endpoint nor the collector's answer is logged (they may carry credentials).
-        let failure = match &outcome {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("the collector answered {}", response.status())),
-            Err(e) => Some(e.to_string()),
-        };
-        let result = if failure.is_some() { "failed" } else { "ok" };
-        metrics::counter!(TRACE_EXPORTS, "result" => result).increment(1);
-        if let Some(failure) = failure {
-            warn!(error = %failure, "tracing: a batch of spans could not be exported and is dropped");
-        }
-        outcome
+    #[test]
+    fn a_span_name_is_kept_once() {
+        let first = span_name(String::from("process orders.{id}.get"));
+        let again = span_name(String::from("process orders.{id}.get"));
+        assert_eq!(first, "process orders.{id}.get");
+        assert!(std::ptr::eq(first, again), "the same name, kept once");
+        assert_eq!(
+            span_name(String::from("GET /orders/{id}")),
+            "GET /orders/{id}"
+        );
     }
 }

@@ -1,0 +1,767 @@
+//! The span exporter: OTLP/HTTP with protobuf bodies, written straight from the SDK's
+//! [`SpanData`] as the bytes of an `ExportTraceServiceRequest` (opentelemetry-proto's
+//! trace.proto, common.proto and resource.proto), posted through a hyper client that runs
+//! on ricochet's runtime.
+//!
+//! opentelemetry-otlp built opentelemetry-proto's types from every span (a `String` per
+//! attribute key and value, a `Vec` per id) and then encoded them with prost: about 28,000
+//! instructions per request in all, more than the whole of tracing's budget. Here the bytes
+//! are written in one pass into one buffer, which becomes the request's body. What goes
+//! on the wire is the same message: every span under the one resource, grouped by instrumentation scope.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http_body_util::{BodyExt, Full};
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing::warn;
+
+use crate::telemetry::metrics::TRACE_EXPORTS;
+
+/// What the exporter says it is, as opentelemetry-otlp 0.31.1 (the exporter before this
+/// one) said it: collectors see the same requests as before.
+const USER_AGENT: &str = "OTel-OTLP-Exporter-Rust/0.31.1";
+
+/// Sends spans to an OTLP/HTTP traces endpoint.
+#[derive(Debug)]
+pub struct OtlpExporter {
+    endpoint: Uri,
+    timeout: Duration,
+    headers: HeaderMap,
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    /// The resource's fields of `ResourceSpans`, encoded once (the SDK hands the resource
+    /// over when the provider is built).
+    resource: Vec<u8>,
+    /// Bytes per span in the last request: each buffer is made large enough at once.
+    span_size: AtomicUsize,
+    shut_down: AtomicBool,
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+impl OtlpExporter {
+    /// Posts to `endpoint`, each export given at most `timeout`. Must be made on ricochet's
+    /// runtime: the requests run there.
+    pub fn new(endpoint: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let endpoint: Uri = (endpoint.parse())
+            .map_err(|e| anyhow::anyhow!("tracing: the OTLP endpoint is not a URI: {e}"))?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(Self {
+            endpoint,
+            timeout,
+            headers: request_headers(env_headers()),
+            client,
+            runtime: tokio::runtime::Handle::current(),
+            resource: resource_fields(&Resource::builder_empty().build()),
+            span_size: AtomicUsize::new(512),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The body of one export: the spans as an `ExportTraceServiceRequest`.
+    fn body(&self, batch: &[SpanData]) -> Bytes {
+        // One allocation per batch, with room to spare (growing copies what is written),
+        // handed over as the body: not copied either.
+        let span_size = self.span_size.load(Ordering::Relaxed);
+        let capacity = batch.len() * span_size * 5 / 4 + self.resource.len() + 64;
+        let mut buffer = Vec::with_capacity(capacity);
+        encode_request(&mut buffer, &self.resource, batch);
+        let written = buffer.len().saturating_sub(self.resource.len());
+        (self.span_size).store(written / batch.len().max(1) + 1, Ordering::Relaxed);
+        Bytes::from(buffer)
+    }
+
+    async fn post(&self, body: Bytes) -> Result<(), String> {
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.endpoint.clone();
+        *request.headers_mut() = self.headers.clone();
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        let call = self.runtime.spawn(async move {
+            let exchange = async {
+                let response = client.request(request).await.map_err(|e| e.to_string())?;
+                let (parts, body) = response.into_parts();
+                // Read to the end, so the connection is kept for the next export.
+                body.collect().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(parts.status)
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!(
+                    "the collector did not answer within {}",
+                    humantime::format_duration(timeout)
+                )),
+            }
+        });
+        // A task that ended abnormally is a failed export too. Neither the endpoint nor
+        // the collector's answer is told (they may carry credentials).
+        match call.await {
+            Ok(Ok(status)) if status.is_success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the collector answered {status}")),
+            Ok(Err(e)) => Err(e),
+            Err(ended) => Err(ended.to_string()),
+        }
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let body = self.body(&batch);
+        drop(batch);
+        let outcome = self.post(body).await;
+        // The SDK's own diagnostics are off: say here when spans are lost.
+        let result = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!(TRACE_EXPORTS, "result" => result).increment(1);
+        outcome.map_err(|failure| {
+            warn!(error = %failure, "tracing: a batch of spans could not be exported and is dropped");
+            OTelSdkError::InternalFailure(failure)
+        })
+    }
+
+    fn shutdown_with_timeout(&mut self, _timeout: Duration) -> OTelSdkResult {
+        if self.shut_down.swap(true, Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource_fields(resource);
+    }
+}
+
+/// `Content-Type`, `User-Agent` and the headers of `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or
+/// `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,...`, values percent-decoded), which win, as
+/// with opentelemetry-otlp.
+fn request_headers(extra: Vec<(String, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(USER_AGENT),
+    );
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
+fn env_headers() -> Vec<(String, String)> {
+    let value = std::env::var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_HEADERS"));
+    value.map(|v| parse_headers(&v)).unwrap_or_default()
+}
+
+fn parse_headers(value: &str) -> Vec<(String, String)> {
+    (value.split_terminator(','))
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            let (key, value) = (key.trim(), value.trim());
+            let decoded = percent_encoding::percent_decode_str(value).decode_utf8();
+            let value = decoded.map(|v| v.into_owned()).unwrap_or(value.to_string());
+            (!key.is_empty() && !value.is_empty()).then(|| (key.to_string(), value))
+        })
+        .collect()
+}
+
+// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+#[inline]
+fn varint(buffer: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buffer.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    buffer.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[inline]
+fn key(buffer: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(buffer, u64::from(field << 3 | wire));
+}
+
+#[inline]
+fn bytes_field(buffer: &mut Vec<u8>, field: u32, value: &[u8]) {
+    key(buffer, field, LEN);
+    varint(buffer, value.len() as u64);
+    buffer.extend_from_slice(value);
+}
+
+/// A string or bytes field; proto3 leaves an empty one out.
+#[inline]
+fn optional_bytes(buffer: &mut Vec<u8>, field: u32, value: &[u8]) {
+    if !value.is_empty() {
+        bytes_field(buffer, field, value);
+    }
+}
+
+/// A uint32 or enum field; proto3 leaves a zero out.
+#[inline]
+fn optional_varint(buffer: &mut Vec<u8>, field: u32, value: u64) {
+    if value != 0 {
+        key(buffer, field, VARINT);
+        varint(buffer, value);
+    }
+}
+
+#[inline]
+fn fixed64(buffer: &mut Vec<u8>, field: u32, value: u64) {
+    key(buffer, field, FIXED64);
+    buffer.extend_from_slice(&value.to_le_bytes());
+}
+
+#[inline]
+fn fixed32(buffer: &mut Vec<u8>, field: u32, value: u32) {
+    key(buffer, field, FIXED32);
+    buffer.extend_from_slice(&value.to_le_bytes());
+}
+
+/// A message field: `write` writes its fields, then its length goes in front. `guess` bytes
+/// are kept for the length, so that the usual size needs no move.
+#[inline]
+fn message(buffer: &mut Vec<u8>, field: u32, guess: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    key(buffer, field, LEN);
+    let at = buffer.len();
+    buffer.resize(at + guess, 0);
+    write(buffer);
+    let len = buffer.len() - at - guess;
+    if guess == 1 && len < 0x80 {
+        // The usual small message: its length is one byte, where it was kept.
+        buffer[at] = len as u8;
+        return;
+    }
+    let needed = varint_len(len as u64);
+    if needed > guess {
+        buffer.resize(buffer.len() + needed - guess, 0);
+        buffer.copy_within(at + guess..at + guess + len, at + needed);
+    } else if needed < guess {
+        buffer.copy_within(at + guess..at + guess + len, at + needed);
+        buffer.truncate(at + needed + len);
+    }
+    let mut value = len as u64;
+    for byte in &mut buffer[at..at + needed] {
+        *byte = value as u8 & 0x7f | 0x80;
+        value >>= 7;
+    }
+    buffer[at + needed - 1] &= 0x7f;
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    (time.duration_since(UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `ExportTraceServiceRequest { resource_spans: [ResourceSpans] }`, one resource, a
+/// `ScopeSpans` per instrumentation scope in the order they come.
+pub(crate) fn encode_request(buffer: &mut Vec<u8>, resource: &[u8], batch: &[SpanData]) {
+    message(buffer, 1, 3, |buffer| {
+        buffer.extend_from_slice(resource);
+        let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
+        for span in batch {
+            let scope = &span.instrumentation_scope;
+            if !scopes.iter().any(|s| same_scope(s, scope)) {
+                scopes.push(scope);
+            }
+        }
+        let one = scopes.len() == 1;
+        for scope in scopes {
+            // ResourceSpans.scope_spans
+            message(buffer, 2, 3, |buffer| {
+                message(buffer, 1, 1, |buffer| encode_scope(buffer, scope));
+                let spans =
+                    (batch.iter()).filter(|s| one || same_scope(&s.instrumentation_scope, scope));
+                for span in spans {
+                    message(buffer, 2, 2, |buffer| encode_span(buffer, span));
+                }
+                optional_bytes(buffer, 3, scope.schema_url().unwrap_or("").as_bytes());
+            });
+        }
+    });
+}
+
+/// `a == b`, without its sorting of the attributes when neither has any (a tracer's scope
+/// usually has none).
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    if a.attributes().next().is_some() || b.attributes().next().is_some() {
+        return a == b;
+    }
+    a.name() == b.name() && a.version() == b.version() && a.schema_url() == b.schema_url()
+}
+
+/// What [`encode_request`] writes of the resource for every export: the fields
+/// `ResourceSpans.resource` (the `Resource` message) and `ResourceSpans.schema_url`.
+fn resource_fields(resource: &Resource) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    message(&mut buffer, 1, 2, |buffer| {
+        for (name, value) in resource.iter() {
+            message(buffer, 1, 1, |buffer| {
+                encode_key_value(buffer, name.as_str(), value)
+            });
+        }
+    });
+    optional_bytes(
+        &mut buffer,
+        3,
+        resource.schema_url().unwrap_or("").as_bytes(),
+    );
+    buffer
+}
+
+fn encode_scope(buffer: &mut Vec<u8>, scope: &InstrumentationScope) {
+    optional_bytes(buffer, 1, scope.name().as_bytes());
+    optional_bytes(buffer, 2, scope.version().unwrap_or("").as_bytes());
+    for attribute in scope.attributes() {
+        message(buffer, 3, 1, |buffer| encode_attribute(buffer, attribute));
+    }
+}
+
+fn encode_attribute(buffer: &mut Vec<u8>, attribute: &KeyValue) {
+    encode_key_value(buffer, attribute.key.as_str(), &attribute.value);
+}
+
+/// `KeyValue { key, value: AnyValue }`.
+fn encode_key_value(buffer: &mut Vec<u8>, key: &str, value: &Value) {
+    optional_bytes(buffer, 1, key.as_bytes());
+    message(buffer, 2, 1, |buffer| encode_value(buffer, value));
+}
+
+/// The `AnyValue` oneof: written even when it holds its type's default.
+fn encode_value(buffer: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => bytes_field(buffer, 1, s.as_str().as_bytes()),
+        Value::Bool(b) => {
+            key(buffer, 2, VARINT);
+            varint(buffer, u64::from(*b));
+        }
+        Value::I64(i) => {
+            key(buffer, 3, VARINT);
+            varint(buffer, *i as u64);
+        }
+        Value::F64(f) => fixed64(buffer, 4, f.to_bits()),
+        Value::Array(array) => message(buffer, 5, 1, |buffer| match array {
+            Array::Bool(values) => values.iter().for_each(|v| element(buffer, (*v).into())),
+            Array::I64(values) => values.iter().for_each(|v| element(buffer, (*v).into())),
+            Array::F64(values) => values.iter().for_each(|v| element(buffer, (*v).into())),
+            Array::String(values) => {
+                for v in values {
+                    message(buffer, 1, 1, |buffer| {
+                        bytes_field(buffer, 1, v.as_str().as_bytes())
+                    });
+                }
+            }
+            // An array of a kind added after 0.31: an empty array.
+            _ => {}
+        }),
+        // A kind of value added after 0.31: an empty AnyValue.
+        _ => {}
+    }
+}
+
+/// One `ArrayValue.values` element.
+fn element(buffer: &mut Vec<u8>, value: Value) {
+    message(buffer, 1, 1, |buffer| encode_value(buffer, &value));
+}
+
+/// `Span.flags`: the W3C trace flags, and whether the parent is remote.
+fn span_flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
+    // SpanFlags: CONTEXT_HAS_IS_REMOTE_MASK 0x100, CONTEXT_IS_REMOTE_MASK 0x200.
+    u32::from(trace_flags) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
+}
+
+fn trace_state(buffer: &mut Vec<u8>, field: u32, state: &TraceState) {
+    if *state != TraceState::NONE {
+        optional_bytes(buffer, field, state.header().as_bytes());
+    }
+}
+
+fn encode_span(buffer: &mut Vec<u8>, span: &SpanData) {
+    let context = &span.span_context;
+    bytes_field(buffer, 1, &context.trace_id().to_bytes());
+    bytes_field(buffer, 2, &context.span_id().to_bytes());
+    trace_state(buffer, 3, context.trace_state());
+    if span.parent_span_id != SpanId::INVALID {
+        bytes_field(buffer, 4, &span.parent_span_id.to_bytes());
+    }
+    optional_bytes(buffer, 5, span.name.as_bytes());
+    let kind = match span.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    optional_varint(buffer, 6, kind);
+    fixed64(buffer, 7, nanos(span.start_time));
+    fixed64(buffer, 8, nanos(span.end_time));
+    for attribute in &span.attributes {
+        message(buffer, 9, 1, |buffer| encode_attribute(buffer, attribute));
+    }
+    optional_varint(buffer, 10, u64::from(span.dropped_attributes_count));
+    for event in span.events.iter() {
+        message(buffer, 11, 1, |buffer| {
+            fixed64(buffer, 1, nanos(event.timestamp));
+            optional_bytes(buffer, 2, event.name.as_bytes());
+            for attribute in &event.attributes {
+                message(buffer, 3, 1, |buffer| encode_attribute(buffer, attribute));
+            }
+            optional_varint(buffer, 4, u64::from(event.dropped_attributes_count));
+        });
+    }
+    optional_varint(buffer, 12, u64::from(span.events.dropped_count));
+    for link in span.links.iter() {
+        message(buffer, 13, 1, |buffer| {
+            let context = &link.span_context;
+            bytes_field(buffer, 1, &context.trace_id().to_bytes());
+            bytes_field(buffer, 2, &context.span_id().to_bytes());
+            trace_state(buffer, 3, context.trace_state());
+            for attribute in &link.attributes {
+                message(buffer, 4, 1, |buffer| encode_attribute(buffer, attribute));
+            }
+            optional_varint(buffer, 5, u64::from(link.dropped_attributes_count));
+            let flags = span_flags(context.is_remote(), context.trace_flags().to_u8());
+            fixed32(buffer, 6, flags);
+        });
+    }
+    optional_varint(buffer, 14, u64::from(span.links.dropped_count));
+    // Status { message, code }, always present (as opentelemetry-otlp wrote it).
+    message(buffer, 15, 1, |buffer| {
+        let (code, description) = match &span.status {
+            Status::Unset => (0, ""),
+            Status::Ok => (1, ""),
+            Status::Error { description } => (2, description.as_ref()),
+        };
+        optional_bytes(buffer, 2, description.as_bytes());
+        optional_varint(buffer, 3, code);
+    });
+    let flags = span_flags(span.parent_span_is_remote, context.trace_flags().to_u8());
+    fixed32(buffer, 16, flags);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::time::Duration;
+
+    use opentelemetry::trace::{
+        Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+    use opentelemetry_sdk::Resource;
+    use prost::Message as _;
+
+    use super::*;
+
+    fn context(
+        trace: u128,
+        span: u64,
+        flags: TraceFlags,
+        remote: bool,
+        state: &str,
+    ) -> SpanContext {
+        let state = state.parse::<TraceState>().unwrap();
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            flags,
+            remote,
+            state,
+        )
+    }
+
+    /// Every kind of attribute value opentelemetry 0.31 has.
+    fn every_value() -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("static", "process"),
+            KeyValue::new(String::from("owned"), String::from("orders.42")),
+            KeyValue::new(
+                "shared",
+                Value::String(StringValue::from(std::sync::Arc::<str>::from("é"))),
+            ),
+            KeyValue::new("empty", ""),
+            KeyValue::new("true", true),
+            KeyValue::new("false", false),
+            KeyValue::new("zero", 0_i64),
+            KeyValue::new("big", i64::MAX),
+            KeyValue::new("negative", -3_i64),
+            KeyValue::new("double", 2.5_f64),
+            KeyValue::new("large", -1e300_f64),
+            KeyValue::new("bools", Value::Array(Array::Bool(vec![true, false]))),
+            KeyValue::new("ints", Value::Array(Array::I64(vec![1, -1, 1 << 40]))),
+            KeyValue::new("doubles", Value::Array(Array::F64(vec![0.5, -0.0]))),
+            KeyValue::new(
+                "strings",
+                Value::Array(Array::String(vec!["a".into(), "".into()])),
+            ),
+            KeyValue::new("no values", Value::Array(Array::String(Vec::new()))),
+            // Longer than 127 bytes: its length takes two bytes.
+            KeyValue::new("long", "x".repeat(300)),
+        ]
+    }
+
+    fn span(name: &'static str, scope: &InstrumentationScope) -> SpanData {
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        SpanData {
+            span_context: context(
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                0x00f0_67aa_0ba9_02b7,
+                TraceFlags::SAMPLED,
+                false,
+                "",
+            ),
+            parent_span_id: SpanId::from(0xb7ad_6b71_6920_3331),
+            parent_span_is_remote: true,
+            span_kind: SpanKind::Consumer,
+            name: Cow::Borrowed(name),
+            start_time: start,
+            end_time: start + Duration::from_micros(1_234),
+            attributes: every_value(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+
+    /// Spans with everything the SDK can give: events, links, each status, dropped counts,
+    /// trace state, local and remote parents, no parent, unsampled flags, each kind.
+    fn batch(scopes: &[InstrumentationScope]) -> Vec<SpanData> {
+        let mut spans = Vec::new();
+        for (i, scope) in scopes.iter().enumerate() {
+            let mut first = span("process orders.{id}", scope);
+            first.dropped_attributes_count = 3;
+            let mut events = SpanEvents::default();
+            events
+                .events
+                .push(Event::new("retry", first.start_time, every_value(), 2));
+            events
+                .events
+                .push(Event::new("", UNIX_EPOCH, Vec::new(), 0));
+            events.dropped_count = 4;
+            first.events = events;
+            let mut links = SpanLinks::default();
+            let linked = context(7, 9, TraceFlags::default(), true, "vendor=opaque,other=x");
+            links.links.push(Link::new(linked, every_value(), 5));
+            links.links.push(Link::new(
+                context(8, 10, TraceFlags::SAMPLED, false, ""),
+                Vec::new(),
+                0,
+            ));
+            links.dropped_count = 6;
+            first.links = links;
+            first.status = Status::error("timeout");
+            spans.push(first);
+
+            let mut second = span("GET /orders/{id}", scope);
+            second.span_kind = SpanKind::Client;
+            second.parent_span_is_remote = false;
+            second.span_context = context(
+                1 << 100 | i as u128,
+                77,
+                TraceFlags::default(),
+                false,
+                "k=v",
+            );
+            second.status = Status::Ok;
+            second.attributes = Vec::new();
+            spans.push(second);
+
+            let mut root = span("send", scope);
+            root.span_kind = SpanKind::Producer;
+            root.parent_span_id = SpanId::INVALID;
+            root.parent_span_is_remote = false;
+            spans.push(root);
+            for kind in [SpanKind::Internal, SpanKind::Server] {
+                let mut other = span("other", scope);
+                other.span_kind = kind;
+                other.status = Status::error("");
+                spans.push(other);
+            }
+        }
+        spans
+    }
+
+    fn resource() -> Resource {
+        Resource::builder_empty()
+            .with_service_name("orders-sidecar")
+            .with_attribute(KeyValue::new("service.version", "0.1.0"))
+            .with_attribute(KeyValue::new("deployment.environment.name", "test"))
+            .with_attribute(KeyValue::new("replicas", 3_i64))
+            .with_schema_url(
+                Vec::<KeyValue>::new(),
+                "https://opentelemetry.io/schemas/1.30.0",
+            )
+            .build()
+    }
+
+    fn ours(resource: &Resource, batch: &[SpanData]) -> ExportTraceServiceRequest {
+        let mut buffer = Vec::new();
+        encode_request(&mut buffer, &resource_fields(resource), batch);
+        ExportTraceServiceRequest::decode(buffer.as_slice())
+            .expect("a protobuf ExportTraceServiceRequest")
+    }
+
+    /// What opentelemetry-otlp 0.31 sent: opentelemetry-proto's own conversion.
+    fn theirs(resource: &Resource, batch: &[SpanData]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(batch.to_vec(), &resource.into()),
+        }
+    }
+
+    #[test]
+    fn the_request_decodes_to_what_opentelemetry_proto_makes_of_the_spans() {
+        let scope = InstrumentationScope::builder("ricochet").build();
+        let batch = batch(std::slice::from_ref(&scope));
+        let resource = resource();
+        let ours = ours(&resource, &batch);
+        assert_eq!(ours, theirs(&resource, &batch));
+        // What the comparison rests on: the fields are there, not left at their defaults.
+        let spans = &ours.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 5);
+        let first = &spans[0];
+        assert_eq!(first.events.len(), 2);
+        assert_eq!(first.links[0].trace_state, "vendor=opaque,other=x");
+        assert_eq!(first.links[0].dropped_attributes_count, 5);
+        assert_eq!(
+            (first.dropped_events_count, first.dropped_links_count),
+            (4, 6)
+        );
+        assert_eq!(first.status.as_ref().unwrap().message, "timeout");
+        assert_eq!(first.flags, 0x301, "sampled, with a remote parent");
+        assert_eq!(first.attributes.len(), every_value().len());
+        assert_eq!(spans[1].trace_state, "k=v");
+        assert!(
+            spans[2].parent_span_id.is_empty(),
+            "a root span has no parent id"
+        );
+        assert_eq!(
+            ours.resource_spans[0].schema_url,
+            "https://opentelemetry.io/schemas/1.30.0"
+        );
+        assert_eq!(
+            ours.resource_spans[0]
+                .resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn spans_of_two_scopes_go_under_one_resource_a_scope_each() {
+        let scopes = [
+            InstrumentationScope::builder("ricochet").build(),
+            InstrumentationScope::builder("other")
+                .with_version("1.2.3")
+                .with_schema_url("https://example.com/schema")
+                .with_attributes([KeyValue::new("scope.attribute", 1_i64)])
+                .build(),
+        ];
+        let batch = batch(&scopes);
+        let resource = resource();
+        let sorted = |mut request: ExportTraceServiceRequest| {
+            let scope_spans = &mut request.resource_spans[0].scope_spans;
+            scope_spans.sort_by(|a, b| {
+                a.scope
+                    .as_ref()
+                    .unwrap()
+                    .name
+                    .cmp(&b.scope.as_ref().unwrap().name)
+            });
+            request
+        };
+        let ours = sorted(ours(&resource, &batch));
+        assert_eq!(ours, sorted(theirs(&resource, &batch)));
+        assert_eq!(ours.resource_spans.len(), 1);
+        assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
+        assert_eq!(
+            ours.resource_spans[0].scope_spans[0].schema_url,
+            "https://example.com/schema"
+        );
+    }
+
+    #[test]
+    fn a_batch_larger_than_its_guessed_lengths_still_decodes() {
+        // 2,000 spans of about 1 KB: the outer lengths take more bytes than kept for them.
+        let scope = InstrumentationScope::builder("ricochet").build();
+        let mut spans = Vec::new();
+        for _ in 0..2_000 {
+            spans.extend(batch(std::slice::from_ref(&scope)).into_iter().take(1));
+        }
+        let resource = Resource::builder_empty().build();
+        assert_eq!(ours(&resource, &spans), theirs(&resource, &spans));
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for (value, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(value), len, "{value}");
+            let mut buffer = Vec::new();
+            varint(&mut buffer, value);
+            assert_eq!(buffer.len(), len, "{value}");
+        }
+    }
+
+    #[test]
+    fn headers_from_the_environment_are_parsed_as_opentelemetry_otlp_did() {
+        assert_eq!(
+            parse_headers(" authorization = Bearer%20abc , x-empty=, =v,x-tenant=acme"),
+            vec![
+                ("authorization".to_string(), "Bearer abc".to_string()),
+                ("x-tenant".to_string(), "acme".to_string()),
+            ]
+        );
+        let headers = request_headers(parse_headers("user-agent=mine,x-tenant=acme"));
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        assert_eq!(
+            headers["user-agent"], "mine",
+            "the environment's headers win"
+        );
+        assert_eq!(headers["x-tenant"], "acme");
+        assert_eq!(request_headers(Vec::new())["user-agent"], USER_AGENT);
+    }
+}
