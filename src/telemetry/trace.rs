@@ -13,7 +13,7 @@
 //! (the default), ricochet makes no spans and those headers pass through to the service
 //! like any other header: no cost beyond that. Spans are exported in batches over
 //! OTLP/HTTP (protobuf) on a thread of the SDK's own, by ricochet's own exporter
-//! (telemetry/otlp.rs), through a hyper client that runs on ricochet's runtime.
+//! (telemetry/otlp/), through a hyper client that runs on ricochet's runtime.
 //!
 //! Longer than 400 lines: the provider, the export, the propagation and every span of a
 //! message share the messaging conventions' attribute names, kept together.

@@ -1,192 +1,14 @@
-//! The span exporter: OTLP/HTTP with protobuf bodies, written straight from the SDK's
-//! [`SpanData`] as the bytes of an `ExportTraceServiceRequest` (opentelemetry-proto's
-//! trace.proto, common.proto and resource.proto), posted through a hyper client that runs
-//! on ricochet's runtime.
-//!
-//! opentelemetry-otlp built opentelemetry-proto's types from every span (a `String` per
-//! attribute key and value, a `Vec` per id) and then encoded them with prost: about 28,000
-//! instructions per request in all, more than the whole of tracing's budget. Here the bytes
-//! are written in one pass into one buffer, which becomes the request's body. What goes
-//! on the wire is the same message: every span under the one resource, grouped by instrumentation scope.
+//! The protobuf of an OTLP `ExportTraceServiceRequest`, written straight from the SDK's
+//! [`SpanData`]: the wire format's few field kinds (varints, fixed64/fixed32, length-delimited
+//! fields, nested messages with their length put in front) and the fields of trace.proto,
+//! common.proto and resource.proto that the SDK's spans carry.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use http_body_util::{BodyExt, Full};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
-use tracing::warn;
-
-use crate::telemetry::metrics::TRACE_EXPORTS;
-
-/// What the exporter says it is, as opentelemetry-otlp 0.31.1 (the exporter before this
-/// one) said it: collectors see the same requests as before.
-const USER_AGENT: &str = "OTel-OTLP-Exporter-Rust/0.31.1";
-
-/// Sends spans to an OTLP/HTTP traces endpoint.
-#[derive(Debug)]
-pub struct OtlpExporter {
-    endpoint: Uri,
-    timeout: Duration,
-    headers: HeaderMap,
-    client: Client,
-    runtime: tokio::runtime::Handle,
-    /// The resource's fields of `ResourceSpans`, encoded once (the SDK hands the resource
-    /// over when the provider is built).
-    resource: Vec<u8>,
-    /// Bytes per span in the last request: each buffer is made large enough at once.
-    span_size: AtomicUsize,
-    shut_down: AtomicBool,
-}
-
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-impl OtlpExporter {
-    /// Posts to `endpoint`, each export given at most `timeout`. Must be made on ricochet's
-    /// runtime: the requests run there.
-    pub fn new(endpoint: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let endpoint: Uri = (endpoint.parse())
-            .map_err(|e| anyhow::anyhow!("tracing: the OTLP endpoint is not a URI: {e}"))?;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        Ok(Self {
-            endpoint,
-            timeout,
-            headers: request_headers(env_headers()),
-            client,
-            runtime: tokio::runtime::Handle::current(),
-            resource: resource_fields(&Resource::builder_empty().build()),
-            span_size: AtomicUsize::new(512),
-            shut_down: AtomicBool::new(false),
-        })
-    }
-
-    /// The body of one export: the spans as an `ExportTraceServiceRequest`.
-    fn body(&self, batch: &[SpanData]) -> Bytes {
-        // One allocation per batch, with room to spare (growing copies what is written),
-        // handed over as the body: not copied either.
-        let span_size = self.span_size.load(Ordering::Relaxed);
-        let capacity = batch.len() * span_size * 5 / 4 + self.resource.len() + 64;
-        let mut buffer = Vec::with_capacity(capacity);
-        encode_request(&mut buffer, &self.resource, batch);
-        let written = buffer.len().saturating_sub(self.resource.len());
-        (self.span_size).store(written / batch.len().max(1) + 1, Ordering::Relaxed);
-        Bytes::from(buffer)
-    }
-
-    async fn post(&self, body: Bytes) -> Result<(), String> {
-        let mut request = http::Request::new(Full::new(body));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.endpoint.clone();
-        *request.headers_mut() = self.headers.clone();
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        let call = self.runtime.spawn(async move {
-            let exchange = async {
-                let response = client.request(request).await.map_err(|e| e.to_string())?;
-                let (parts, body) = response.into_parts();
-                // Read to the end, so the connection is kept for the next export.
-                body.collect().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(parts.status)
-            };
-            match tokio::time::timeout(timeout, exchange).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(format!(
-                    "the collector did not answer within {}",
-                    humantime::format_duration(timeout)
-                )),
-            }
-        });
-        // A task that ended abnormally is a failed export too. Neither the endpoint nor
-        // the collector's answer is told (they may carry credentials).
-        match call.await {
-            Ok(Ok(status)) if status.is_success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("the collector answered {status}")),
-            Ok(Err(e)) => Err(e),
-            Err(ended) => Err(ended.to_string()),
-        }
-    }
-}
-
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if self.shut_down.load(Ordering::Relaxed) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        let body = self.body(&batch);
-        drop(batch);
-        let outcome = self.post(body).await;
-        // The SDK's own diagnostics are off: say here when spans are lost.
-        let result = if outcome.is_ok() { "ok" } else { "failed" };
-        metrics::counter!(TRACE_EXPORTS, "result" => result).increment(1);
-        outcome.map_err(|failure| {
-            warn!(error = %failure, "tracing: a batch of spans could not be exported and is dropped");
-            OTelSdkError::InternalFailure(failure)
-        })
-    }
-
-    fn shutdown_with_timeout(&mut self, _timeout: Duration) -> OTelSdkResult {
-        if self.shut_down.swap(true, Ordering::Relaxed) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        Ok(())
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource_fields(resource);
-    }
-}
-
-/// `Content-Type`, `User-Agent` and the headers of `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or
-/// `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,...`, values percent-decoded), which win, as
-/// with opentelemetry-otlp.
-fn request_headers(extra: Vec<(String, String)>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-protobuf"),
-    );
-    headers.insert(
-        http::header::USER_AGENT,
-        HeaderValue::from_static(USER_AGENT),
-    );
-    for (name, value) in extra {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.insert(name, value);
-        }
-    }
-    headers
-}
-
-fn env_headers() -> Vec<(String, String)> {
-    let value = std::env::var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_HEADERS"));
-    value.map(|v| parse_headers(&v)).unwrap_or_default()
-}
-
-fn parse_headers(value: &str) -> Vec<(String, String)> {
-    (value.split_terminator(','))
-        .filter_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            let (key, value) = (key.trim(), value.trim());
-            let decoded = percent_encoding::percent_decode_str(value).decode_utf8();
-            let value = decoded.map(|v| v.into_owned()).unwrap_or(value.to_string());
-            (!key.is_empty() && !value.is_empty()).then(|| (key.to_string(), value))
-        })
-        .collect()
-}
 
 // Protobuf wire types.
 const VARINT: u32 = 0;
@@ -285,7 +107,7 @@ fn nanos(time: SystemTime) -> u64 {
 
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans] }`, one resource, a
 /// `ScopeSpans` per instrumentation scope in the order they come.
-pub(crate) fn encode_request(buffer: &mut Vec<u8>, resource: &[u8], batch: &[SpanData]) {
+pub(super) fn encode_request(buffer: &mut Vec<u8>, resource: &[u8], batch: &[SpanData]) {
     message(buffer, 1, 3, |buffer| {
         buffer.extend_from_slice(resource);
         let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
@@ -322,7 +144,7 @@ fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
 
 /// What [`encode_request`] writes of the resource for every export: the fields
 /// `ResourceSpans.resource` (the `Resource` message) and `ResourceSpans.schema_url`.
-fn resource_fields(resource: &Resource) -> Vec<u8> {
+pub(super) fn resource_fields(resource: &Resource) -> Vec<u8> {
     let mut buffer = Vec::new();
     message(&mut buffer, 1, 2, |buffer| {
         for (name, value) in resource.iter() {
@@ -744,24 +566,5 @@ mod tests {
             varint(&mut buffer, value);
             assert_eq!(buffer.len(), len, "{value}");
         }
-    }
-
-    #[test]
-    fn headers_from_the_environment_are_parsed_as_opentelemetry_otlp_did() {
-        assert_eq!(
-            parse_headers(" authorization = Bearer%20abc , x-empty=, =v,x-tenant=acme"),
-            vec![
-                ("authorization".to_string(), "Bearer abc".to_string()),
-                ("x-tenant".to_string(), "acme".to_string()),
-            ]
-        );
-        let headers = request_headers(parse_headers("user-agent=mine,x-tenant=acme"));
-        assert_eq!(headers["content-type"], "application/x-protobuf");
-        assert_eq!(
-            headers["user-agent"], "mine",
-            "the environment's headers win"
-        );
-        assert_eq!(headers["x-tenant"], "acme");
-        assert_eq!(request_headers(Vec::new())["user-agent"], USER_AGENT);
     }
 }
