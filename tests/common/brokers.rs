@@ -137,7 +137,32 @@ fn scratch(kind: &str, port: u16) -> PathBuf {
 
 /// Starts the broker `build` makes for a free port and a scratch directory (its output to
 /// `log` there) so that it dies with this process, and waits until it listens. Its port.
-fn start(what: &str, build: impl FnOnce(u16, &Path) -> Command) -> u16 {
+///
+/// The port is free when picked but not reserved: another process (a parallel test binary's
+/// broker) may bind it before the broker does. A broker that exits saying so is started
+/// again on another port; any other failure panics with its log.
+fn start(what: &str, build: impl Fn(u16, &Path) -> Command) -> u16 {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        match start_on_a_free_port(what, &build) {
+            Ok(port) => return port,
+            Err(log) if attempt < ATTEMPTS && port_taken(&log) => {
+                eprintln!("test broker: {what}'s port was taken meanwhile; trying another");
+            }
+            Err(exited) => panic!("{exited}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// Whether a broker's log says its address was in use (nats-server and tansu say it so).
+fn port_taken(log: &str) -> bool {
+    let log = log.to_ascii_lowercase();
+    log.contains("address already in use") || log.contains("addrinuse")
+}
+
+/// One attempt of [`start`]: the broker's port, or what it said when it exited at start.
+fn start_on_a_free_port(what: &str, build: &impl Fn(u16, &Path) -> Command) -> Result<u16, String> {
     let port = free_port();
     let dir = scratch(what, port);
     let mut command = build(port, &dir);
@@ -168,12 +193,12 @@ fn start(what: &str, build: impl FnOnce(u16, &Path) -> Command) -> u16 {
     }
     wait_listening(what, port, &log_path, START_WITHIN, || {
         exited.lock().unwrap().clone()
-    });
+    })?;
     eprintln!(
         "test broker: {what} on 127.0.0.1:{port} (log {})",
         log_path.display()
     );
-    port
+    Ok(port)
 }
 
 /// `command`'s output (stdout and stderr) appended to the file at `log`; no input.
@@ -202,24 +227,25 @@ fn dies_with_its_thread(command: &mut Command) {
     }
 }
 
-/// Blocks until `what` listens on `port`; panics with its log (at `log`) when `exited` says
-/// it ended, or after `within`. Blocking, not async: the shared brokers start from any
-/// thread, and a broker that is not listening yet is all the test waits for.
+/// Blocks until `what` listens on `port`. When `exited` says it ended first: what it
+/// said, with its log (at `log`); panics with the log when it does not listen within
+/// `within`. Blocking, not async: the shared brokers start from any thread, and a broker
+/// that is not listening yet is all the test waits for.
 fn wait_listening(
     what: &str,
     port: u16,
     log: &Path,
     within: Duration,
     mut exited: impl FnMut() -> Option<String>,
-) {
+) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = exited() {
             let log_text = std::fs::read_to_string(log).unwrap_or_default();
-            panic!(
+            return Err(format!(
                 "{what} exited at start ({status}); its log ({}):\n{log_text}",
                 log.display()
-            );
+            ));
         }
         if Instant::now() > deadline {
             let log_text = std::fs::read_to_string(log).unwrap_or_default();
@@ -230,6 +256,7 @@ fn wait_listening(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 /// What makes a broker's command for its port and directory.
@@ -382,9 +409,10 @@ impl OwnBroker {
     pub fn wait_listening(&mut self, within: Duration) {
         let (what, port, log) = (self.what.clone(), self.port, self.log_path());
         let child = self.child.as_mut().expect("a started broker");
-        wait_listening(&what, port, &log, within, || {
+        let listening = wait_listening(&what, port, &log, within, || {
             (child.try_wait().ok().flatten()).map(|status| status.to_string())
         });
+        listening.unwrap_or_else(|exited| panic!("{exited}"));
     }
 
     /// SIGKILL to the broker's process group, and waits for it to end.
