@@ -42,9 +42,14 @@ pub fn code_and_printed(out: &std::process::Output) -> (Option<i32>, String) {
     (out.status.code(), printed)
 }
 
-/// A subject prefix no other test run uses.
+/// A subject prefix no other test run uses: a NUID, lowercased, then a counter of this
+/// process. Lowercasing alone loses uniqueness: two NUIDs a case apart (a sequence 26 x 62^k
+/// apart, which a few calls in between can make) became one name, and two concurrent tests
+/// once shared an AMQP queue that way.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", nuid::next().to_string().to_lowercase())
+    static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{}{n}", nuid::next().to_string().to_lowercase())
 }
 
 pub async fn nats() -> async_nats::Client {
