@@ -121,8 +121,7 @@ fn budget_ms(budget: Duration) -> HeaderValue {
 /// A number as a header value; the small ones (attempt numbers, delivery counts) from
 /// static text, without an allocation.
 fn number(n: u64) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+    match crate::message::reply::digit_text(n) {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(n),
     }

@@ -228,10 +228,16 @@ pub fn status_text(status: StatusCode) -> Bytes {
     Bytes::from_static(&STATUS_DIGITS[at..at + 3])
 }
 
+/// A single-digit number as static text: counts and attempt numbers written into headers
+/// (reply and request) without an allocation.
+pub fn digit_text(n: u64) -> Option<&'static str> {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    usize::try_from(n).ok().and_then(|i| DIGITS.get(i).copied())
+}
+
 /// A count as header text (`Ricochet-Attempts`); the small ones without an allocation.
 pub fn count_text(n: u32) -> Bytes {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    match SMALL.get(n as usize) {
+    match digit_text(n.into()) {
         Some(text) => Bytes::from_static(text.as_bytes()),
         None => Bytes::from(n.to_string()),
     }
