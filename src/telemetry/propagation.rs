@@ -264,4 +264,59 @@ mod tests {
             b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         );
     }
+
+    #[test]
+    fn a_publishers_garbage_trace_headers_read_as_no_context_and_are_replaced() {
+        let propagator = TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        let long = "k=".to_string() + &"v".repeat(70_000);
+        let hostile = [
+            ("traceparent", "00-zzzz-0000-01"),
+            (
+                "traceparent",
+                "00-00000000000000000000000000000000-0000000000000000-01",
+            ),
+            (
+                "traceparent",
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "\u{7f}bad key=\r\nvalue,=,,,"),
+            ("tracestate", long.as_str()),
+            ("baggage", "=;;%zz,\u{0}=\u{0}"),
+        ];
+        for (name, value) in hostile {
+            let headers = vec![(name.to_string(), value.to_string())];
+            let message = propagator.extract(&MessageHeaders(&headers));
+            let span = message.span().span_context().clone();
+            assert!(!span.is_valid(), "{name}: {value:.40}");
+            // What ricochet sends on: only its own span's context, never the publisher's text.
+            let ours = SpanContext::new(
+                TraceId::from(7),
+                SpanId::from(9),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            );
+            let mut request = HeaderMap::new();
+            request.insert("tracestate", HeaderValue::from_static("forwarded=1"));
+            inject_http(&ours, &message, &mut request);
+            assert_eq!(
+                request["traceparent"],
+                "00-00000000000000000000000000000007-0000000000000009-01"
+            );
+            assert!(request.get("tracestate").is_none(), "{name}");
+            for sent in request.get_all("baggage") {
+                assert!(!sent.as_bytes().contains(&0), "{name}: {sent:?}");
+            }
+            let mut reply = Reply::error(crate::message::ErrorKind::Timeout, "late");
+            reply
+                .headers
+                .push((Cow::Borrowed("tracestate"), value.to_string()));
+            inject_reply(&ours, &message, &mut reply);
+            assert_eq!(reply.header("tracestate"), None, "{name}");
+            assert!(reply.header("traceparent").is_some());
+        }
+    }
 }
