@@ -468,6 +468,41 @@ path = "/echo"
     drop(ricochet);
 }
 
+/// Spans still waiting for their batch when ricochet is told to stop are exported before
+/// it exits: with a schedule of ten minutes, only shutdown can send them.
+#[tokio::test]
+async fn spans_waiting_for_their_batch_are_exported_at_shutdown() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::echo().await;
+    let prefix = unique("traceexit");
+    let admin = free_port();
+    let routes = format!(
+        "[[routes]]\nname = \"echo\"\nsubject = \"{prefix}.echo\"\nmethod = \"POST\"\npath = \"/echo\"\n"
+    );
+    let toml = traced_config(&upstream.base_url(), admin, &collector, &routes);
+    let mut ricochet =
+        Ricochet::spawn_with_env(&toml, admin, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]);
+    ricochet.wait_ready().await;
+    let reply = nats()
+        .await
+        .request(format!("{prefix}.echo"), "hello".into())
+        .await
+        .unwrap();
+    let (trace_id, _, _) = traceparent(&header(&reply, "traceparent").expect("a traceparent"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        collector.spans.lock().unwrap().is_empty(),
+        "nothing exported before shutdown (the schedule is ten minutes)"
+    );
+    ricochet.signal("-TERM");
+    let status = ricochet.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    let spans = collector.trace(&trace_id, 3).await;
+    one(&spans, &format!("process {prefix}.echo"));
+    one(&spans, "POST /echo");
+    one(&spans, "send");
+}
+
 /// JetStream: the process span names the stream sequence and the durable consumer, and the
 /// ack is a `settle` span.
 #[tokio::test]

@@ -42,6 +42,7 @@ pub const JETSTREAM_REDELIVERED: &str = "ricochet_jetstream_redelivered_messages
 pub const KAFKA_LAG: &str = "ricochet_kafka_consumer_lag_messages";
 pub const KAFKA_COMMITTED: &str = "ricochet_kafka_committed_offset";
 pub const TRACE_EXPORTS: &str = "ricochet_trace_exports_total";
+pub const TRACE_SPANS_DROPPED: &str = "ricochet_trace_spans_dropped_total";
 pub const RELOADS: &str = "ricochet_config_reloads_total";
 pub const LIVENESS_FAILURES: &str = "ricochet_liveness_failures_total";
 pub const REPLY_STORE_LOOKUPS: &str = "ricochet_reply_store_lookups_total";
@@ -160,6 +161,10 @@ fn describe() {
     describe_counter!(
         TRACE_EXPORTS,
         "Tracing: batches of spans sent to the OTLP endpoint, by result: ok, failed (unreachable, timed out or refused; those spans are dropped)"
+    );
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Tracing: spans dropped because OTEL_BSP_MAX_QUEUE_SIZE spans were already waiting for export (the collector too slow or unreachable)"
     );
     describe_counter!(
         RELOADS,

@@ -11,8 +11,8 @@
 //!
 //! W3C `traceparent`/`tracestate` and `baggage` are read from the message headers. Off
 //! (the default), ricochet makes no spans and those headers pass through to the service
-//! like any other header: no cost beyond that. Spans are exported in batches over
-//! OTLP/HTTP (protobuf) on a thread of the SDK's own, by ricochet's own exporter
+//! like any other header: no cost beyond that. Each span is written as OTLP protobuf when
+//! it ends, and the spans are posted in batches over OTLP/HTTP from a thread of their own
 //! (telemetry/otlp/), through a hyper client that runs on ricochet's runtime.
 //!
 //! Longer than 400 lines: the provider, the export, the propagation and every span of a
@@ -36,7 +36,7 @@ use tracing::warn;
 use crate::config::TracingConfig;
 use crate::message::Reply;
 use crate::message::{Inbound, Position};
-use crate::telemetry::otlp::OtlpExporter;
+use crate::telemetry::otlp::{BatchProcessor, Limits, OtlpExporter};
 use crate::telemetry::propagation::{self, MessageHeaders};
 
 /// The tracer of a running ricochet, or nothing when tracing is off.
@@ -85,7 +85,7 @@ impl Tracing {
         let sampler =
             Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(BatchProcessor::new(exporter, Limits::from_env()))
             .with_sampler(sampler)
             .with_resource(resource)
             .build();

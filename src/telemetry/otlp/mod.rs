@@ -1,36 +1,32 @@
-//! The span exporter: OTLP/HTTP with protobuf bodies, written straight from the SDK's
-//! [`SpanData`] as the bytes of an `ExportTraceServiceRequest` (opentelemetry-proto's
-//! trace.proto, common.proto and resource.proto), posted through a hyper client that runs
-//! on ricochet's runtime.
+//! Span export: OTLP/HTTP with protobuf bodies, written straight from the SDK's
+//! [`SpanData`](opentelemetry_sdk::trace::SpanData) as the bytes of an
+//! `ExportTraceServiceRequest` (opentelemetry-proto's trace.proto, common.proto and
+//! resource.proto) when each span ends ([`BatchProcessor`]), posted in batches through a
+//! hyper client that runs on ricochet's runtime ([`OtlpExporter`]).
 //!
 //! opentelemetry-otlp built opentelemetry-proto's types from every span (a `String` per
 //! attribute key and value, a `Vec` per id) and then encoded them with prost: about 28,000
 //! instructions per request in all, more than the whole of tracing's budget. Here the bytes
-//! are written in one pass into one buffer, which becomes the request's body. What goes
-//! on the wire is the same message: every span under the one resource, grouped by instrumentation scope.
+//! are written in one pass into the buffer that becomes the request's body. What goes on
+//! the wire is the same message: every span under the one resource, grouped by
+//! instrumentation scope.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
-use tracing::warn;
 
-use crate::telemetry::metrics::TRACE_EXPORTS;
-
+mod batch;
 mod protobuf;
 
-use protobuf::{encode_request, resource_fields};
+pub use batch::{BatchProcessor, Limits};
 
 /// What the exporter says it is, as opentelemetry-otlp 0.31.1 (the exporter before this
 /// one) said it: collectors see the same requests as before.
 const USER_AGENT: &str = "OTel-OTLP-Exporter-Rust/0.31.1";
 
-/// Sends spans to an OTLP/HTTP traces endpoint.
+/// Posts request bodies to an OTLP/HTTP traces endpoint.
 #[derive(Debug)]
 pub struct OtlpExporter {
     endpoint: Uri,
@@ -38,12 +34,6 @@ pub struct OtlpExporter {
     headers: HeaderMap,
     client: Client,
     runtime: tokio::runtime::Handle,
-    /// The resource's fields of `ResourceSpans`, encoded once (the SDK hands the resource
-    /// over when the provider is built).
-    resource: Vec<u8>,
-    /// Bytes per span in the last request: each buffer is made large enough at once.
-    span_size: AtomicUsize,
-    shut_down: AtomicBool,
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -66,25 +56,10 @@ impl OtlpExporter {
             headers: request_headers(env_headers()),
             client,
             runtime: tokio::runtime::Handle::current(),
-            resource: resource_fields(&Resource::builder_empty().build()),
-            span_size: AtomicUsize::new(512),
-            shut_down: AtomicBool::new(false),
         })
     }
 
-    /// The body of one export: the spans as an `ExportTraceServiceRequest`.
-    fn body(&self, batch: &[SpanData]) -> Bytes {
-        // One allocation per batch, with room to spare (growing copies what is written),
-        // handed over as the body: not copied either.
-        let span_size = self.span_size.load(Ordering::Relaxed);
-        let capacity = batch.len() * span_size * 5 / 4 + self.resource.len() + 64;
-        let mut buffer = Vec::with_capacity(capacity);
-        encode_request(&mut buffer, &self.resource, batch);
-        let written = buffer.len().saturating_sub(self.resource.len());
-        (self.span_size).store(written / batch.len().max(1) + 1, Ordering::Relaxed);
-        Bytes::from(buffer)
-    }
-
+    /// Posts one body, within `timeout`.
     async fn post(&self, body: Bytes) -> Result<(), String> {
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
@@ -116,35 +91,6 @@ impl OtlpExporter {
             Ok(Err(e)) => Err(e),
             Err(ended) => Err(ended.to_string()),
         }
-    }
-}
-
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if self.shut_down.load(Ordering::Relaxed) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        let body = self.body(&batch);
-        drop(batch);
-        let outcome = self.post(body).await;
-        // The SDK's own diagnostics are off: say here when spans are lost.
-        let result = if outcome.is_ok() { "ok" } else { "failed" };
-        metrics::counter!(TRACE_EXPORTS, "result" => result).increment(1);
-        outcome.map_err(|failure| {
-            warn!(error = %failure, "tracing: a batch of spans could not be exported and is dropped");
-            OTelSdkError::InternalFailure(failure)
-        })
-    }
-
-    fn shutdown_with_timeout(&mut self, _timeout: Duration) -> OTelSdkResult {
-        if self.shut_down.swap(true, Ordering::Relaxed) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        Ok(())
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource_fields(resource);
     }
 }
 

@@ -25,7 +25,7 @@ fn varint(buffer: &mut Vec<u8>, mut value: u64) {
     buffer.push(value as u8);
 }
 
-fn varint_len(value: u64) -> usize {
+pub(super) fn varint_len(value: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -40,6 +40,12 @@ fn bytes_field(buffer: &mut Vec<u8>, field: u32, value: &[u8]) {
     key(buffer, field, LEN);
     varint(buffer, value.len() as u64);
     buffer.extend_from_slice(value);
+}
+
+/// The key and length of a length-delimited field of `len` bytes, which follow.
+pub(super) fn length_key(buffer: &mut Vec<u8>, field: u32, len: usize) {
+    key(buffer, field, LEN);
+    varint(buffer, len as u64);
 }
 
 /// A string or bytes field; proto3 leaves an empty one out.
@@ -105,45 +111,17 @@ fn nanos(time: SystemTime) -> u64 {
     (time.duration_since(UNIX_EPOCH)).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// `ExportTraceServiceRequest { resource_spans: [ResourceSpans] }`, one resource, a
-/// `ScopeSpans` per instrumentation scope in the order they come.
-pub(super) fn encode_request(buffer: &mut Vec<u8>, resource: &[u8], batch: &[SpanData]) {
-    message(buffer, 1, 3, |buffer| {
-        buffer.extend_from_slice(resource);
-        let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
-        for span in batch {
-            let scope = &span.instrumentation_scope;
-            if !scopes.iter().any(|s| same_scope(s, scope)) {
-                scopes.push(scope);
-            }
-        }
-        let one = scopes.len() == 1;
-        for scope in scopes {
-            // ResourceSpans.scope_spans
-            message(buffer, 2, 3, |buffer| {
-                message(buffer, 1, 1, |buffer| encode_scope(buffer, scope));
-                let spans =
-                    (batch.iter()).filter(|s| one || same_scope(&s.instrumentation_scope, scope));
-                for span in spans {
-                    message(buffer, 2, 2, |buffer| encode_span(buffer, span));
-                }
-                optional_bytes(buffer, 3, scope.schema_url().unwrap_or("").as_bytes());
-            });
-        }
-    });
-}
-
 /// `a == b`, without its sorting of the attributes when neither has any (a tracer's scope
 /// usually has none).
-fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+pub(super) fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
     if a.attributes().next().is_some() || b.attributes().next().is_some() {
         return a == b;
     }
     a.name() == b.name() && a.version() == b.version() && a.schema_url() == b.schema_url()
 }
 
-/// What [`encode_request`] writes of the resource for every export: the fields
-/// `ResourceSpans.resource` (the `Resource` message) and `ResourceSpans.schema_url`.
+/// What every request carries of the resource: the fields `ResourceSpans.resource` (the
+/// `Resource` message) and `ResourceSpans.schema_url`.
 pub(super) fn resource_fields(resource: &Resource) -> Vec<u8> {
     let mut buffer = Vec::new();
     message(&mut buffer, 1, 2, |buffer| {
@@ -159,6 +137,19 @@ pub(super) fn resource_fields(resource: &Resource) -> Vec<u8> {
         resource.schema_url().unwrap_or("").as_bytes(),
     );
     buffer
+}
+
+/// The fields of `ScopeSpans` other than its spans: `scope` and `schema_url`.
+pub(super) fn scope_fields(scope: &InstrumentationScope) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    message(&mut buffer, 1, 1, |buffer| encode_scope(buffer, scope));
+    optional_bytes(&mut buffer, 3, scope.schema_url().unwrap_or("").as_bytes());
+    buffer
+}
+
+/// One span as a `ScopeSpans.spans` field.
+pub(super) fn span_field(buffer: &mut Vec<u8>, span: &SpanData) {
+    message(buffer, 2, 2, |buffer| encode_span(buffer, span));
 }
 
 fn encode_scope(buffer: &mut Vec<u8>, scope: &InstrumentationScope) {
@@ -451,11 +442,10 @@ mod tests {
             .build()
     }
 
+    /// The request the span processor sends for `batch`.
     fn ours(resource: &Resource, batch: &[SpanData]) -> ExportTraceServiceRequest {
-        let mut buffer = Vec::new();
-        encode_request(&mut buffer, &resource_fields(resource), batch);
-        ExportTraceServiceRequest::decode(buffer.as_slice())
-            .expect("a protobuf ExportTraceServiceRequest")
+        let body = super::super::batch::request(&resource_fields(resource), batch);
+        ExportTraceServiceRequest::decode(body).expect("a protobuf ExportTraceServiceRequest")
     }
 
     /// What opentelemetry-otlp 0.31 sent: opentelemetry-proto's own conversion.
@@ -540,8 +530,8 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_larger_than_its_guessed_lengths_still_decodes() {
-        // 2,000 spans of about 1 KB: the outer lengths take more bytes than kept for them.
+    fn a_batch_of_megabytes_still_decodes() {
+        // 2,000 spans of about 1 KB: the outer lengths take three bytes or more.
         let scope = InstrumentationScope::builder("ricochet").build();
         let mut spans = Vec::new();
         for _ in 0..2_000 {

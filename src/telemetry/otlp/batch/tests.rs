@@ -1,0 +1,235 @@
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::error::OTelSdkError;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use prost::Message as _;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{Batch, BatchProcessor, Limits};
+use crate::telemetry::metrics::TRACE_SPANS_DROPPED;
+use crate::telemetry::otlp::protobuf::resource_fields;
+use crate::telemetry::otlp::OtlpExporter;
+
+fn span(n: u64, scope: &InstrumentationScope) -> SpanData {
+    let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from(u128::from(n) + 1),
+            SpanId::from(n + 1),
+            TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        ),
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Consumer,
+        name: Cow::Owned(format!("span {n}")),
+        start_time: start,
+        end_time: start + Duration::from_millis(n),
+        attributes: vec![KeyValue::new("n", n as i64)],
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("ricochet").build()
+}
+
+/// The names of the spans a request carries, in order.
+fn names(body: &[u8]) -> Vec<String> {
+    let request = ExportTraceServiceRequest::decode(body).expect("a protobuf request");
+    (request.resource_spans.iter())
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+#[test]
+fn limits_are_the_sdks_and_its_environment_variables() {
+    let none = Limits::from_lookup(|_| None);
+    assert_eq!(
+        none,
+        Limits {
+            delay: Duration::from_secs(5),
+            max_batch: 512,
+            max_queue: 2_048
+        }
+    );
+    let set = Limits::from_lookup(|name| match name {
+        "OTEL_BSP_SCHEDULE_DELAY" => Some("100".into()),
+        "OTEL_BSP_MAX_QUEUE_SIZE" => Some(" 10 ".into()),
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" => Some("50".into()),
+        _ => None,
+    });
+    assert_eq!(set.delay, Duration::from_millis(100));
+    assert_eq!(set.max_queue, 10);
+    assert_eq!(set.max_batch, 10, "a batch is never larger than the queue");
+    let garbage = Limits::from_lookup(|_| Some("soon".into()));
+    assert_eq!(garbage, none, "a value that is not a number is ignored");
+}
+
+#[test]
+fn a_resource_larger_than_the_room_kept_for_it_still_makes_the_same_request() {
+    let scope = scope();
+    let spans: Vec<SpanData> = (0..3).map(|n| span(n, &scope)).collect();
+    let small = resource_fields(&Resource::builder_empty().build());
+    let mut batch = Batch::default();
+    for span in &spans {
+        batch.push(span, &small, 0);
+    }
+    // The resource arrives after the first spans were written (it never does in ricochet:
+    // the SDK hands it over when the provider is built).
+    let large = Resource::builder_empty()
+        .with_service_name("x".repeat(500))
+        .build();
+    let body = batch.body(&resource_fields(&large));
+    let ours = ExportTraceServiceRequest::decode(body).unwrap();
+    let theirs = ExportTraceServiceRequest {
+        resource_spans: group_spans_by_resource_and_scope(spans, &(&large).into()),
+    };
+    assert_eq!(ours, theirs);
+}
+
+/// An OTLP endpoint that sends every body it receives down a channel, and answers once
+/// `gate` gives it a permit.
+async fn collector(gate: Arc<Semaphore>) -> (String, mpsc::UnboundedReceiver<Bytes>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    let (sender, bodies) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let sender = sender.clone();
+            let gate = gate.clone();
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let sender = sender.clone();
+                    let gate = gate.clone();
+                    async move {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let _ = sender.send(body);
+                        gate.acquire().await.unwrap().forget();
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    (endpoint, bodies)
+}
+
+async fn next(bodies: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<String> {
+    let body = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+        .await
+        .expect("a request within 10 s")
+        .unwrap();
+    names(&body)
+}
+
+fn processor(endpoint: &str, max_batch: usize, max_queue: usize) -> Arc<BatchProcessor> {
+    let exporter = OtlpExporter::new(endpoint, Duration::from_secs(5)).unwrap();
+    let limits = Limits {
+        delay: Duration::from_secs(600),
+        max_batch,
+        max_queue,
+    };
+    Arc::new(BatchProcessor::new(exporter, limits))
+}
+
+/// `call` off the runtime's threads, as the SDK calls a processor's flush and shutdown.
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(call).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_leaves_at_once_and_a_flush_sends_the_rest() {
+    let (endpoint, mut bodies) = collector(Arc::new(Semaphore::new(1_000))).await;
+    let processor = processor(&endpoint, 2, 100);
+    let scope = scope();
+    for n in 0..5 {
+        processor.on_end(span(n, &scope));
+    }
+    // Two full batches, without waiting for the schedule (10 minutes here).
+    assert_eq!(next(&mut bodies).await, ["span 0", "span 1"]);
+    assert_eq!(next(&mut bodies).await, ["span 2", "span 3"]);
+    let flushing = processor.clone();
+    blocking(move || flushing.force_flush()).await.unwrap();
+    assert_eq!(next(&mut bodies).await, ["span 4"]);
+    assert!(bodies.try_recv().is_err(), "nothing sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_beyond_the_queue_are_dropped_and_counted_while_an_export_is_slow() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (endpoint, mut bodies) = collector(gate.clone()).await;
+    let processor = processor(&endpoint, 3, 3);
+    let scope = scope();
+    for n in 0..3 {
+        processor.on_end(span(n, &scope));
+    }
+    // The first batch is with the collector, which does not answer yet.
+    assert_eq!(next(&mut bodies).await, ["span 0", "span 1", "span 2"]);
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        for n in 3..7 {
+            processor.on_end(span(n, &scope));
+        }
+    });
+    let dropped: u64 = (snapshotter.snapshot().into_vec().into_iter())
+        .filter(|(key, ..)| key.key().name() == TRACE_SPANS_DROPPED)
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(dropped, 1, "three wait, the fourth is dropped");
+    gate.add_permits(10);
+    assert_eq!(next(&mut bodies).await, ["span 3", "span 4", "span 5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_what_is_left_and_then_takes_no_more() {
+    let (endpoint, mut bodies) = collector(Arc::new(Semaphore::new(1_000))).await;
+    let processor = processor(&endpoint, 512, 2_048);
+    let scope = scope();
+    processor.on_end(span(0, &scope));
+    processor.on_end(span(1, &scope));
+    let stopping = processor.clone();
+    blocking(move || stopping.shutdown_with_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut bodies).await, ["span 0", "span 1"]);
+    processor.on_end(span(2, &scope));
+    let again = processor.clone();
+    let (second, flush) = blocking(move || {
+        (
+            again.shutdown_with_timeout(Duration::from_secs(1)),
+            again.force_flush(),
+        )
+    })
+    .await;
+    assert!(matches!(second, Err(OTelSdkError::AlreadyShutdown)));
+    assert!(matches!(flush, Err(OTelSdkError::AlreadyShutdown)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        bodies.try_recv().is_err(),
+        "a span ended after shutdown is not sent"
+    );
+}
