@@ -113,14 +113,15 @@ impl Batch {
         let scopes_len: usize = (self.scopes.iter())
             .map(|s| 1 + protobuf::varint_len(scope_len(s) as u64) + scope_len(s))
             .sum();
-        let front = || {
-            let mut front = Vec::with_capacity(1 + 10 + resource.len() + scopes_len);
+        // The request's key and length and the resource, with room for `more` bytes.
+        let front = |more: usize| {
+            let mut front = Vec::with_capacity(1 + 10 + resource.len() + more);
             protobuf::length_key(&mut front, 1, resource.len() + scopes_len);
             front.extend_from_slice(resource);
             front
         };
         if let [only] = self.scopes.as_slice() {
-            let mut head = front();
+            let mut head = front(1 + 10 + only.fields.len());
             protobuf::length_key(&mut head, 2, scope_len(only));
             head.extend_from_slice(&only.fields);
             if head.len() <= only.room {
@@ -130,7 +131,7 @@ impl Batch {
                 return Bytes::from(bytes).slice(start..);
             }
         }
-        let mut body = front();
+        let mut body = front(scopes_len);
         for scope in &self.scopes {
             protobuf::length_key(&mut body, 2, scope_len(scope));
             body.extend_from_slice(&scope.fields);
