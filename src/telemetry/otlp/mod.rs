@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
+use tracing::warn;
 
 mod batch;
 mod protobuf;
@@ -50,10 +51,14 @@ impl OtlpExporter {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
+        let (headers, left_out) = request_headers(env_headers());
+        for why in left_out {
+            warn!("tracing: a header of OTEL_EXPORTER_OTLP_(TRACES_)HEADERS is not sent: {why}");
+        }
         Ok(Self {
             endpoint,
             timeout,
-            headers: request_headers(env_headers()),
+            headers,
             client,
             runtime: tokio::runtime::Handle::current(),
         })
@@ -96,8 +101,9 @@ impl OtlpExporter {
 
 /// `Content-Type`, `User-Agent` and the headers of `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or
 /// `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,...`, values percent-decoded), which win, as
-/// with opentelemetry-otlp.
-fn request_headers(extra: Vec<(String, String)>) -> HeaderMap {
+/// with opentelemetry-otlp; and why each header left out is left out (not valid HTTP),
+/// naming it when its name is valid, never with its value.
+fn request_headers(extra: Vec<(String, String)>) -> (HeaderMap, Vec<String>) {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -107,18 +113,26 @@ fn request_headers(extra: Vec<(String, String)>) -> HeaderMap {
         http::header::USER_AGENT,
         HeaderValue::from_static(USER_AGENT),
     );
+    let mut left_out = Vec::new();
     for (name, value) in extra {
-        if let (Ok(name), Ok(mut value)) = (
+        match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
-            // Such a header usually carries a credential: marked so that no debug output
-            // of the HTTP stack shows it.
-            value.set_sensitive(true);
-            headers.insert(name, value);
+            (Ok(name), Ok(mut value)) => {
+                // Such a header usually carries a credential: marked so that no debug
+                // output of the HTTP stack shows it.
+                value.set_sensitive(true);
+                headers.insert(name, value);
+            }
+            (Ok(name), Err(_)) => left_out.push(format!(
+                "the value of {name} is not a valid HTTP header value (control characters or non-ASCII text?)"
+            )),
+            // A name that is not a token may be text pasted in the wrong place: not shown.
+            (Err(_), _) => left_out.push("a header name is not a valid HTTP header name".into()),
         }
     }
-    headers
+    (headers, left_out)
 }
 
 fn env_headers() -> Vec<(String, String)> {
@@ -152,7 +166,8 @@ mod tests {
                 ("x-tenant".to_string(), "acme".to_string()),
             ]
         );
-        let headers = request_headers(parse_headers("user-agent=mine,x-tenant=acme"));
+        let (headers, left_out) = request_headers(parse_headers("user-agent=mine,x-tenant=acme"));
+        assert!(left_out.is_empty());
         assert_eq!(headers["content-type"], "application/x-protobuf");
         assert_eq!(
             headers["user-agent"], "mine",
@@ -161,6 +176,25 @@ mod tests {
         assert_eq!(headers["x-tenant"], "acme");
         assert!(headers["x-tenant"].is_sensitive(), "may carry a credential");
         assert!(format!("{:?}", headers["x-tenant"]).contains("Sensitive"));
-        assert_eq!(request_headers(Vec::new())["user-agent"], USER_AGENT);
+        assert_eq!(request_headers(Vec::new()).0["user-agent"], USER_AGENT);
+    }
+
+    #[test]
+    fn headers_that_are_not_valid_http_are_left_out_and_said_without_their_value() {
+        let (headers, left_out) = request_headers(vec![
+            ("authorization".into(), "Bearer s3cret\nline".into()),
+            ("bad name".into(), "tok3n".into()),
+            ("x-tenant".into(), "acme".into()),
+        ]);
+        assert_eq!(headers["x-tenant"], "acme");
+        assert!(headers.get("authorization").is_none());
+        assert_eq!(headers.len(), 3, "content-type, user-agent, x-tenant");
+        assert_eq!(left_out.len(), 2, "{left_out:?}");
+        assert!(left_out[0].contains("authorization"), "{left_out:?}");
+        assert!(left_out[1].contains("name"), "{left_out:?}");
+        let said = left_out.join(" ");
+        for secret in ["s3cret", "tok3n", "bad name"] {
+            assert!(!said.contains(secret), "{said}");
+        }
     }
 }
