@@ -233,10 +233,11 @@ async fn jetstream_requests_past_max_age_after_an_outage_are_settled_without_a_c
         "no old request reached the healthy service"
     );
     // Dead-lettered with reason `expired`, each old one once per delivery that expired:
-    // JetStream is at-least-once, and nats-server 2.9 was seen (once, in CI) to deliver an
-    // old message twice within 3 ms; each copy is its own delivery (its own count) and
-    // carries the same Nats-Msg-Id, so a dead-letter stream keeps one. What ricochet must
-    // never do is settle one delivery twice.
+    // JetStream is at-least-once, and nats-server 2.9.10 was seen (once, in CI) to deliver
+    // an old message twice within 3 ms (a server bug fixed in 2.10.14, see
+    // docs/reliability.md); each copy is its own delivery (its own count) and carries the
+    // same Nats-Msg-Id, so a dead-letter stream keeps one. What ricochet must never do is
+    // settle one delivery twice.
     let letters = letters.lock().unwrap().clone();
     let ids: BTreeSet<String> = letters.iter().map(|l| l.id.clone()).collect();
     assert_eq!(ids, old.iter().cloned().collect::<BTreeSet<_>>());
