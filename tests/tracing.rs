@@ -808,3 +808,92 @@ on_unavailable = "call"
         .delete_key_value(&bucket)
         .await;
 }
+
+/// A collector that takes connections and never answers (a hung agent): requests are
+/// answered as quickly as ever, spans beyond the queue are dropped and counted, and
+/// SIGTERM still ends ricochet within its grace period, the export under way given up.
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_no_request_and_no_shutdown() {
+    // Accepts every connection, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holding = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            holding.lock().unwrap().push(stream);
+        }
+    });
+    let upstream = Upstream::echo().await;
+    let prefix = unique("tracehung");
+    let admin = free_port();
+    let toml = config(
+        &upstream.base_url(),
+        admin,
+        &format!(
+            r#"
+[shutdown]
+grace_period = "5s"
+
+[tracing]
+enabled = true
+endpoint = "http://127.0.0.1:{hung}/v1/traces"
+timeout = "30s"
+
+[[routes]]
+name = "echo"
+subject = "{prefix}.echo"
+method = "POST"
+path = "/echo"
+"#
+        ),
+    );
+    // Batches of 3 spans (one request), at most 6 waiting.
+    let env = [
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "3"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "6"),
+    ];
+    let mut ricochet = Ricochet::spawn_with_env(&toml, admin, &env);
+    ricochet.wait_ready().await;
+    let client = nats().await;
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let reply = client
+            .request(format!("{prefix}.echo"), format!("hello {i}").into())
+            .await
+            .unwrap();
+        assert_eq!(reply.payload, format!("hello {i}").as_bytes());
+    }
+    // One export hangs (its timeout is 30 s); 20 requests end 60 spans.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "requests did not wait for the collector: {:?}",
+        started.elapsed()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "spans dropped and counted",
+        || async {
+            let text = ricochet.metrics().await;
+            let dropped = metric(&text, "ricochet_trace_spans_dropped_total", &[]);
+            holds(dropped >= 40.0, format!("dropped: {dropped}"))
+        },
+    )
+    .await;
+    assert!(
+        ricochet.logs().contains("spans are dropped"),
+        "the drops are logged:\n{}",
+        ricochet.logs()
+    );
+    let stopping = std::time::Instant::now();
+    ricochet.signal("-TERM");
+    let status = ricochet.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "ricochet kept to its 5 s grace period: {:?}",
+        stopping.elapsed()
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the collector was called");
+}
