@@ -214,6 +214,13 @@ resource_attributes = {{ "deployment.environment.name" = "test" }}
     )
 }
 
+/// The route most tests here use: `{prefix}.echo` to POST /echo.
+fn echo_route(prefix: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"echo\"\nsubject = \"{prefix}.echo\"\nmethod = \"POST\"\npath = \"/echo\"\n"
+    )
+}
+
 const EXPORT_SOON: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
 
 async fn start(toml: &str, admin: u16) -> Ricochet {
@@ -426,15 +433,7 @@ async fn a_request_without_traceparent_starts_a_root_trace() {
     let upstream = Upstream::echo().await;
     let prefix = unique("traceroot");
     let admin = free_port();
-    let routes = format!(
-        r#"
-[[routes]]
-name = "echo"
-subject = "{prefix}.echo"
-method = "POST"
-path = "/echo"
-"#
-    );
+    let routes = echo_route(&prefix);
     let ricochet = start(
         &traced_config(&upstream.base_url(), admin, &collector, &routes),
         admin,
@@ -476,9 +475,7 @@ async fn spans_waiting_for_their_batch_are_exported_at_shutdown() {
     let upstream = Upstream::echo().await;
     let prefix = unique("traceexit");
     let admin = free_port();
-    let routes = format!(
-        "[[routes]]\nname = \"echo\"\nsubject = \"{prefix}.echo\"\nmethod = \"POST\"\npath = \"/echo\"\n"
-    );
+    let routes = echo_route(&prefix);
     let toml = traced_config(&upstream.base_url(), admin, &collector, &routes);
     let mut ricochet =
         Ricochet::spawn_with_env(&toml, admin, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]);
@@ -653,15 +650,7 @@ async fn with_tracing_off_trace_headers_pass_through_unchanged() {
     let upstream = Upstream::echo().await;
     let prefix = unique("traceoff");
     let admin = free_port();
-    let routes = format!(
-        r#"
-[[routes]]
-name = "echo"
-subject = "{prefix}.echo"
-method = "POST"
-path = "/echo"
-"#
-    );
+    let routes = echo_route(&prefix);
     let ricochet = Ricochet::start(&config(&upstream.base_url(), admin, &routes), admin).await;
     let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = HeaderMap::new();
@@ -701,12 +690,8 @@ async fn an_unreachable_collector_is_counted_and_requests_are_still_answered() {
 enabled = true
 endpoint = "http://127.0.0.1:{closed}/v1/traces"
 
-[[routes]]
-name = "echo"
-subject = "{prefix}.echo"
-method = "POST"
-path = "/echo"
-"#
+{}"#,
+            echo_route(&prefix)
         ),
     );
     let ricochet = start(&toml, admin).await;
@@ -753,17 +738,12 @@ async fn a_reply_served_from_the_reply_store_shows_in_its_trace() {
     let bucket = unique("trace_store_");
     let admin = free_port();
     let routes = format!(
-        r#"
-[[routes]]
-name = "echo"
-subject = "{prefix}.echo"
-method = "POST"
-path = "/echo"
-
+        r#"{}
 [routes.reply_store]
 bucket = "{bucket}"
 on_unavailable = "call"
-"#
+"#,
+        echo_route(&prefix)
     );
     let ricochet = start(
         &traced_config(&upstream.base_url(), admin, &collector, &routes),
@@ -840,12 +820,8 @@ enabled = true
 endpoint = "http://127.0.0.1:{hung}/v1/traces"
 timeout = "30s"
 
-[[routes]]
-name = "echo"
-subject = "{prefix}.echo"
-method = "POST"
-path = "/echo"
-"#
+{}"#,
+            echo_route(&prefix)
         ),
     );
     // Batches of 3 spans (one request), at most 6 waiting.
