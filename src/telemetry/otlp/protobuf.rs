@@ -37,12 +37,12 @@ fn key(buffer: &mut Vec<u8>, field: u32, wire: u32) {
 
 #[inline]
 fn bytes_field(buffer: &mut Vec<u8>, field: u32, value: &[u8]) {
-    key(buffer, field, LEN);
-    varint(buffer, value.len() as u64);
+    length_key(buffer, field, value.len());
     buffer.extend_from_slice(value);
 }
 
 /// The key and length of a length-delimited field of `len` bytes, which follow.
+#[inline]
 pub(super) fn length_key(buffer: &mut Vec<u8>, field: u32, len: usize) {
     key(buffer, field, LEN);
     varint(buffer, len as u64);
