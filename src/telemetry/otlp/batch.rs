@@ -11,7 +11,10 @@
 //! The limits are the SDK's, from the same environment variables: a batch is sent when it
 //! holds `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (512) or `OTEL_BSP_SCHEDULE_DELAY`
 //! milliseconds (5,000) after the last export; at most `OTEL_BSP_MAX_QUEUE_SIZE` spans
-//! (2,048) wait, and a span ended beyond that is dropped and counted.
+//! (2,048) wait, and a span ended beyond that is dropped and counted. Spans carry what
+//! publishers send (subjects, correlation ids, message ids, reply subjects), so the bytes
+//! are bounded too: a batch is sent once it holds 4 MiB, and spans are dropped once 16 MiB
+//! wait, however few they are.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -36,6 +39,10 @@ pub struct Limits {
     pub delay: Duration,
     pub max_batch: usize,
     pub max_queue: usize,
+    /// A batch holding this many bytes of spans is sent, however few they are.
+    pub max_batch_bytes: usize,
+    /// Spans are dropped once this many bytes of them wait.
+    pub max_queue_bytes: usize,
 }
 
 impl Limits {
@@ -53,6 +60,8 @@ impl Limits {
             delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY").unwrap_or(5_000)),
             max_queue: max_queue.max(1),
             max_batch: max_batch.clamp(1, max_queue.max(1)),
+            max_batch_bytes: 4 << 20,
+            max_queue_bytes: 16 << 20,
         }
     }
 }
@@ -75,8 +84,9 @@ struct ScopeBytes {
 }
 
 impl Batch {
-    /// `size` is the size of the last batch: bytes for as much are taken at once.
-    fn push(&mut self, span: &SpanData, resource: &[u8], size: usize) {
+    /// Writes `span` and says how many bytes it took. `size` is the size of the last batch:
+    /// bytes for as much are taken at once.
+    fn push(&mut self, span: &SpanData, resource: &[u8], size: usize) -> usize {
         let scope = &span.instrumentation_scope;
         let at = match self.scopes.iter().position(|s| same_scope(&s.scope, scope)) {
             Some(at) => at,
@@ -96,8 +106,11 @@ impl Batch {
                 self.scopes.len() - 1
             }
         };
-        protobuf::span_field(&mut self.scopes[at].bytes, span);
+        let bytes = &mut self.scopes[at].bytes;
+        let before = bytes.len();
+        protobuf::span_field(bytes, span);
         self.spans += 1;
+        bytes.len() - before
     }
 
     /// The spans' bytes, without the room in front.
@@ -157,8 +170,9 @@ struct State {
     /// Full batches, oldest first, then the one being filled.
     full: VecDeque<Batch>,
     filling: Batch,
-    /// Spans in `full` and `filling`.
+    /// Spans in `full` and `filling`, and their bytes.
     waiting: usize,
+    waiting_bytes: usize,
     /// The resource's fields of `ResourceSpans`, encoded once.
     resource: Vec<u8>,
     /// The size of the last full batch, in bytes: the next one gets as much at once.
@@ -239,22 +253,25 @@ impl SpanProcessor for BatchProcessor {
         if state.shutting_down {
             return;
         }
-        if state.waiting >= limits.max_queue {
+        if state.waiting >= limits.max_queue || state.waiting_bytes >= limits.max_queue_bytes {
             let first = !std::mem::replace(&mut state.dropping, true);
+            let (state_spans, state_bytes) = (state.waiting, state.waiting_bytes);
             drop(state);
             metrics::counter!(TRACE_SPANS_DROPPED).increment(1);
             if first {
                 warn!(
-                    waiting = limits.max_queue,
-                    "tracing: spans are dropped: the queue of spans waiting for export is full (the collector is slow or unreachable); counted in ricochet_trace_spans_dropped_total"
+                    spans = state_spans,
+                    bytes = state_bytes,
+                    "tracing: spans are dropped: the queue of spans waiting for export is full (the collector is slow or unreachable, or the spans are large); counted in ricochet_trace_spans_dropped_total"
                 );
             }
             return;
         }
         let state = &mut *state;
-        state.filling.push(&span, &state.resource, state.last_size);
+        state.waiting_bytes += state.filling.push(&span, &state.resource, state.last_size);
         state.waiting += 1;
-        if state.filling.spans >= limits.max_batch {
+        if state.filling.spans >= limits.max_batch || state.filling.size() >= limits.max_batch_bytes
+        {
             state.last_size = state.filling.size();
             let full = std::mem::take(&mut state.filling);
             state.full.push_back(full);
@@ -327,6 +344,7 @@ fn export_until_shutdown(shared: &Shared, exporter: &OtlpExporter) {
             batches.push(std::mem::take(&mut state.filling));
         }
         state.waiting = 0;
+        state.waiting_bytes = 0;
         state.dropping = false;
         let resource = state.resource.clone();
         drop(state);

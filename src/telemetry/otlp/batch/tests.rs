@@ -67,7 +67,9 @@ fn limits_are_the_sdks_and_its_environment_variables() {
         Limits {
             delay: Duration::from_secs(5),
             max_batch: 512,
-            max_queue: 2_048
+            max_queue: 2_048,
+            max_batch_bytes: 4 << 20,
+            max_queue_bytes: 16 << 20,
         }
     );
     let set = Limits::from_lookup(|name| match name {
@@ -143,13 +145,33 @@ async fn next(bodies: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<String> {
 }
 
 fn processor(endpoint: &str, max_batch: usize, max_queue: usize) -> Arc<BatchProcessor> {
+    processor_with(endpoint, |limits| {
+        limits.max_batch = max_batch;
+        limits.max_queue = max_queue;
+    })
+}
+
+/// A processor whose schedule (10 minutes) never sends anything during a test.
+fn processor_with(endpoint: &str, limit: impl FnOnce(&mut Limits)) -> Arc<BatchProcessor> {
     let exporter = OtlpExporter::new(endpoint, Duration::from_secs(5)).unwrap();
-    let limits = Limits {
-        delay: Duration::from_secs(600),
-        max_batch,
-        max_queue,
-    };
+    let mut limits = Limits::from_lookup(|_| None);
+    limits.delay = Duration::from_secs(600);
+    limit(&mut limits);
     Arc::new(BatchProcessor::new(exporter, limits))
+}
+
+/// Counts `ricochet_trace_spans_dropped_total` while `run` runs (on this thread).
+fn dropped_while(run: impl FnOnce()) -> u64 {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, run);
+    (snapshotter.snapshot().into_vec().into_iter())
+        .filter(|(key, ..)| key.key().name() == TRACE_SPANS_DROPPED)
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// `call` off the runtime's threads, as the SDK calls a processor's flush and shutdown.
@@ -185,20 +207,11 @@ async fn spans_beyond_the_queue_are_dropped_and_counted_while_an_export_is_slow(
     }
     // The first batch is with the collector, which does not answer yet.
     assert_eq!(next(&mut bodies).await, ["span 0", "span 1", "span 2"]);
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
+    let dropped = dropped_while(|| {
         for n in 3..7 {
             processor.on_end(span(n, &scope));
         }
     });
-    let dropped: u64 = (snapshotter.snapshot().into_vec().into_iter())
-        .filter(|(key, ..)| key.key().name() == TRACE_SPANS_DROPPED)
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum();
     assert_eq!(dropped, 1, "three wait, the fourth is dropped");
     gate.add_permits(10);
     assert_eq!(next(&mut bodies).await, ["span 3", "span 4", "span 5"]);
@@ -232,5 +245,58 @@ async fn shutdown_sends_what_is_left_and_then_takes_no_more() {
         (state.waiting, state.filling.spans),
         (0, 0),
         "a span ended after shutdown is not kept"
+    );
+}
+
+/// A publisher's large header (a correlation id, a reply subject) becomes a large span
+/// attribute: batches leave by size, and what waits is bounded in bytes, not only in spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_spans_leave_in_smaller_batches_and_are_dropped_past_the_queues_bytes() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (endpoint, mut bodies) = collector(gate.clone()).await;
+    let processor = processor_with(&endpoint, |limits| {
+        limits.max_batch_bytes = 10_000;
+        limits.max_queue_bytes = 30_000;
+    });
+    let scope = scope();
+    let large = |n: u64| {
+        let mut span = span(n, &scope);
+        let id = "c".repeat(4_000);
+        (span.attributes).push(KeyValue::new("messaging.message.conversation_id", id));
+        span
+    };
+    let size = Batch::default().push(&large(0), &[], 0);
+    assert!(size > 4_000 && size < 5_000, "{size}");
+    // Three spans pass 10,000 bytes: that batch leaves, and the collector holds it.
+    for n in 0..3 {
+        processor.on_end(large(n));
+    }
+    assert_eq!(next(&mut bodies).await, ["span 0", "span 1", "span 2"]);
+    // Spans wait until 30,000 bytes do; the ones after that are dropped.
+    let waiting = 30_000_usize.div_ceil(size) as u64;
+    let dropped = dropped_while(|| {
+        for n in 3..13 {
+            processor.on_end(large(n));
+        }
+    });
+    assert_eq!(dropped, 10 - waiting, "{waiting} of 10 wait");
+    gate.add_permits(100);
+    assert_eq!(next(&mut bodies).await, ["span 3", "span 4", "span 5"]);
+    // Small spans are not held back by the large ones before them.
+    let flushing = processor.clone();
+    blocking(move || flushing.force_flush()).await.unwrap();
+    let mut sent = Vec::new();
+    while let Ok(body) = bodies.try_recv() {
+        sent.extend(names(&body));
+    }
+    let expected: Vec<String> = (6..3 + waiting).map(|n| format!("span {n}")).collect();
+    assert_eq!(sent, expected);
+    processor.on_end(span(99, &scope));
+    let flushing = processor.clone();
+    blocking(move || flushing.force_flush()).await.unwrap();
+    assert_eq!(
+        next(&mut bodies).await,
+        ["span 99"],
+        "the queue's bytes freed"
     );
 }
