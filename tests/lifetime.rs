@@ -486,14 +486,15 @@ async fn amqp_requests_past_max_age_or_expiration_are_acked_without_a_call() {
 /// One leg of the wasted-calls scenario: `rate` requests per second published for
 /// `outage` while nothing consumes them, then ricochet starts in front of a healthy
 /// service with `lifetime` on its route. Returns (requests, stale: published more than
-/// `max_age` before ricochet started, calls, calls for stale requests, expired).
+/// `max_age` before ricochet started, calls, calls for stale requests, expired, deliveries
+/// after a message's first).
 async fn outage_leg(
     tag: &str,
     rate: u32,
     outage: Duration,
     max_age: Duration,
     lifetime: &str,
-) -> (usize, usize, usize, usize, f64) {
+) -> (usize, usize, usize, usize, f64, f64) {
     let stream = Stream::create(tag).await;
     let service = Service::start(|_| 200).await;
     let mut published = Vec::new();
@@ -529,8 +530,17 @@ async fn outage_leg(
     let calls = service.calls();
     let wasted = calls.iter().filter(|c| stale.contains(&c.id)).count();
     let expired = expired(&ricochet, "js").await;
+    let metrics = ricochet.metrics().await;
+    let again = metric(&metrics, "ricochet_redeliveries_total", &["route=\"js\""]);
     stream.delete().await;
-    (published.len(), stale.len(), calls.len(), wasted, expired)
+    (
+        published.len(),
+        stale.len(),
+        calls.len(),
+        wasted,
+        expired,
+        again,
+    )
 }
 
 /// The wasted-calls scenario of docs/reliability.md: the same outage and request rate,
@@ -541,19 +551,32 @@ async fn an_outage_wastes_no_service_call_on_requests_older_than_max_age() {
     let before = outage_leg("life-before", rate, outage, max_age, "").await;
     let table = format!("[routes.lifetime]\nmax_age = \"{}s\"", max_age.as_secs());
     let after = outage_leg("life-after", rate, outage, max_age, &table).await;
-    for (leg, (requests, stale, calls, wasted, expired)) in [("before", before), ("after", after)] {
+    for (leg, (requests, stale, calls, wasted, expired, again)) in
+        [("before", before), ("after", after)]
+    {
         println!(
             "wasted calls {leg}: {requests} requests at {rate}/s over a {outage:?} outage, \
              max_age {max_age:?}: {stale} stale at restart, {calls} service calls, \
-             {wasted} wasted on stale requests, {expired} expired"
+             {wasted} wasted on stale requests, {expired} expired, {again} redelivered"
         );
     }
-    let (requests, stale, calls, wasted, expired) = before;
-    assert_eq!((calls, wasted, expired), (requests, stale, 0.0));
+    // Each delivery is called or expired once. A delivery beyond a message's first is
+    // the server's to make (nats-server 2.9.10 once made one here in CI, see
+    // docs/reliability.md), and counted: `again`.
+    let (requests, stale, calls, wasted, expired, again) = before;
+    assert_eq!((calls, expired), (requests + again as usize, 0.0));
+    assert!(
+        (stale..=stale + again as usize).contains(&wasted),
+        "every stale request called: {wasted} calls for {stale}"
+    );
     assert!(stale > 0, "the outage made stale requests");
-    let (requests, stale, calls, wasted, expired) = after;
+    let (requests, stale, calls, wasted, expired, again) = after;
     assert_eq!(wasted, 0, "no call for a request older than max_age");
-    assert_eq!(calls + expired as usize, requests, "each called or expired");
+    assert_eq!(
+        calls + expired as usize,
+        requests + again as usize,
+        "each delivery called or expired once"
+    );
     assert!(expired as usize >= stale);
     println!("service calls avoided: {expired}");
 }
