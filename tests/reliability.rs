@@ -1202,9 +1202,16 @@ listen = "127.0.0.1:{admin}"
         bounces >= 3,
         "the server was bounced during the run: {bounces}"
     );
+    // A server that came back without its consumer state (nats-server 2.9.10 without
+    // `sync_interval: always`, docs/reliability.md) delivers the stream again from its
+    // start: thousands of repeated calls, not an in-flight window per bounce, made before
+    // the first new request is reached. That replay is the server's, and the stall it
+    // causes may be longer; every request must still be answered exactly once (above).
+    let replayed = calls.saturating_sub(TOTAL) > 1_000;
+    let bound = Duration::from_secs(if replayed { 60 } else { 30 });
     assert!(
-        tally.longest_stall < Duration::from_secs(30),
-        "no stall over 30 s: {:?} (slowest server start {slowest_ready:?}); the server's log:\n{}\nricochet's:\n{}",
+        tally.longest_stall < bound,
+        "no stall over {bound:?}: {:?} (stream replayed by the server: {replayed}; slowest server start {slowest_ready:?}); the server's log:\n{}\nricochet's:\n{}",
         tally.longest_stall,
         server.broker.log_tail(60),
         ricochet.logs()
