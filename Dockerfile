@@ -6,7 +6,10 @@
 # The build image has libssl-dev: librdkafka is built with OpenSSL (Kafka ssl/sasl_ssl).
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+# The linker wrapper that lays out the code ricochet runs first (docs/performance.md).
+COPY .cargo .cargo
+COPY scripts/link-hot-first scripts/hot-functions.txt scripts/
 COPY src src
 # A workspace member (the benchmark); only ricochet and the examples are built below.
 COPY bench bench
