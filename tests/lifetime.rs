@@ -545,31 +545,46 @@ async fn outage_leg(
         .filter(|(_, at)| *at + max_age < restart)
         .map(|(id, _)| id.clone())
         .collect();
-    let calls = service.calls();
-    let called: BTreeSet<&String> = calls.iter().map(|c| &c.id).collect();
-    let metrics = ricochet.metrics().await;
-    let count = |name: &str, labels: &[&str]| metric(&metrics, name, labels) as usize;
     let route = "route=\"js\"";
-    let settled = ["ack", "term", "nak"]
-        .iter()
-        .map(|a| {
-            count(
-                "ricochet_settlements_total",
-                &[route, &format!("action=\"{a}\"")],
-            )
-        })
-        .sum();
-    let leg = Leg {
-        requests: published.len(),
-        stale: stale.len(),
-        calls: calls.len(),
-        called: called.len(),
-        wasted: calls.iter().filter(|c| stale.contains(&c.id)).count(),
-        expired: count("ricochet_messages_expired_total", &[route]),
-        received: count("ricochet_messages_received_total", &[route]),
-        settled,
-        again: count("ricochet_redeliveries_total", &[route]),
-    };
+    // ricochet counts a settlement once the server confirmed it, which can be just after
+    // the server shows the backlog settled: read until the counters stop moving behind it.
+    let leg = eventually(
+        Duration::from_secs(10),
+        "ricochet's counters caught up",
+        || async {
+            let metrics = ricochet.metrics().await;
+            let count = |name: &str, labels: &[&str]| metric(&metrics, name, labels) as usize;
+            let settled = ["ack", "term", "nak"]
+                .iter()
+                .map(|a| {
+                    count(
+                        "ricochet_settlements_total",
+                        &[route, &format!("action=\"{a}\"")],
+                    )
+                })
+                .sum();
+            let calls = service.calls();
+            let called: BTreeSet<&String> = calls.iter().map(|c| &c.id).collect();
+            let seen = Leg {
+                requests: published.len(),
+                stale: stale.len(),
+                calls: calls.len(),
+                called: called.len(),
+                wasted: calls.iter().filter(|c| stale.contains(&c.id)).count(),
+                expired: count("ricochet_messages_expired_total", &[route]),
+                received: count("ricochet_messages_received_total", &[route]),
+                settled,
+                again: count("ricochet_redeliveries_total", &[route]),
+            };
+            let caught_up =
+                seen.settled >= seen.received && seen.calls + seen.expired >= seen.received;
+            match caught_up {
+                true => Ok(seen),
+                false => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await;
     stream.delete().await;
     leg
 }
