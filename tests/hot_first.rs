@@ -33,6 +33,7 @@ fn listed() -> HashSet<String> {
 /// 53 of the first 300 functions of the debug build were listed ones (119 of a release
 /// build's: names are compared without their hash, which generic functions share).
 #[test]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn the_ricochet_binary_begins_with_the_functions_that_run() {
     let nm = Command::new("nm")
         .args(["-n", "--defined-only", env!("CARGO_BIN_EXE_ricochet")])
@@ -74,7 +75,7 @@ fn fake_driver(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(
         &driver,
         format!(
-            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$*\" in *--symbol-ordering-file=*) \
+            "#!/bin/sh\necho \"$*\" >> '{calls}'\ncase \"$*\" in *--symbol-ordering-file=*) \
              [ -n \"$REJECT_ORDER\" ] && {{ echo 'unknown option' >&2; exit 1; }};; esac\nexit 0\n",
             calls = calls.display()
         ),
@@ -166,5 +167,39 @@ fn a_linker_that_rejects_the_order_still_links_the_binary() {
         format!("-m64 {} -o out -nodefaultlibs", object.display())
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("linking without it"), "{stderr}");
+    assert!(
+        stderr.contains("linked without the function order") && stderr.contains("unknown option"),
+        "says so, with the linker's reason: {stderr}"
+    );
+}
+
+/// A link that fails for its own reasons fails as it would have, with the linker's
+/// message once and its exit status.
+#[test]
+fn a_link_that_fails_anyway_fails_with_its_own_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let driver = dir.path().join("cc");
+    std::fs::write(
+        &driver,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\necho 'undefined symbol: missing' >&2\nexit 3\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&driver)
+        .status()
+        .unwrap();
+    let (output, calls) = link(dir.path(), &driver, "ricochet", false);
+    assert_eq!(output.status.code(), Some(3), "the linker's status");
+    assert_eq!(calls.lines().count(), 2, "with the order, then without");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("undefined symbol: missing").count(),
+        1,
+        "{stderr}"
+    );
 }
