@@ -4,7 +4,7 @@
 //! the order still links.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn repo() -> &'static Path {
@@ -67,105 +67,139 @@ fn the_ricochet_binary_begins_with_the_functions_that_run() {
     );
 }
 
-/// A stand-in for `cc`: records each call's arguments, one call per line, and fails a call
-/// that carries the order when `REJECT_ORDER` is set (as GNU ld does).
-fn fake_driver(dir: &Path) -> (PathBuf, PathBuf) {
-    let calls = dir.join("calls");
-    let driver = dir.join("cc");
-    std::fs::write(
-        &driver,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{calls}'\ncase \"$*\" in *--symbol-ordering-file=*) \
-             [ -n \"$REJECT_ORDER\" ] && {{ echo 'unknown option' >&2; exit 1; }};; esac\nexit 0\n",
-            calls = calls.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&driver)
-        .status()
-        .unwrap();
-    (driver, calls)
+/// A stand-in for `cc` in a scratch directory: records each call's arguments (one call per
+/// line, in `calls`) and keeps the order file it was given (as `order`), then runs `then`.
+struct FakeLinker {
+    dir: tempfile::TempDir,
 }
 
-/// Runs the script as rustc would for binary `bin`, linking the test's own ricochet binary
-/// (named as an object) into `out`.
-fn link(dir: &Path, driver: &Path, bin: &str, reject: bool) -> (std::process::Output, String) {
-    let object = dir.join("input.o");
-    if !object.exists() {
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ricochet"), &object).unwrap();
+/// The fake's answers: linking succeeds; GNU ld refusing lld's option; a link that fails
+/// for its own reasons.
+const LINKS: &str = "exit 0";
+const REJECTS_THE_ORDER: &str = "case \"$*\" in *--symbol-ordering-file=*) \
+                                 echo 'unknown option' >&2; exit 1;; esac\nexit 0";
+const FAILS: &str = "echo 'undefined symbol: missing' >&2\nexit 3";
+
+impl FakeLinker {
+    fn new(then: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, order) = (dir.path().join("calls"), dir.path().join("order"));
+        let driver = format!(
+            "#!/bin/sh\necho \"$*\" >> '{calls}'\nfor a in \"$@\"; do case \"$a\" in \
+             -Wl,--symbol-ordering-file=*) cp \"${{a#-Wl,--symbol-ordering-file=}}\" '{order}';; \
+             esac; done\n{then}\n",
+            calls = calls.display(),
+            order = order.display(),
+        );
+        std::fs::write(dir.path().join("cc"), driver).unwrap();
+        let made = Command::new("chmod")
+            .arg("+x")
+            .arg(dir.path().join("cc"))
+            .status();
+        assert!(made.unwrap().success());
+        // The test's own ricochet binary stands in for the objects being linked.
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ricochet"), dir.path().join("input.o"))
+            .unwrap();
+        Self { dir }
     }
-    let mut command = Command::new(repo().join("scripts/link-hot-first"));
-    command
-        .args([
-            "-m64",
-            object.to_str().unwrap(),
-            "-o",
-            "out",
-            "-nodefaultlibs",
-        ])
-        .env("CARGO_BIN_NAME", bin)
-        .env("RICOCHET_LINKER", driver)
-        .env_remove("RICOCHET_HOT_FIRST");
-    if reject {
-        command.env("REJECT_ORDER", "1");
-    } else {
-        command.env_remove("REJECT_ORDER");
+
+    /// The arguments rustc gives the linker here.
+    fn arguments(&self) -> String {
+        let object = self.dir.path().join("input.o");
+        format!("-m64 {} -o out -nodefaultlibs", object.display())
     }
-    let output = command.output().unwrap();
-    let calls = std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
-    (output, calls)
+
+    /// Runs the script as rustc would for binary `bin`: its output, and each call's
+    /// arguments.
+    fn link(&self, bin: &str, env: &[(&str, &str)]) -> (std::process::Output, Vec<String>) {
+        let output = Command::new(repo().join("scripts/link-hot-first"))
+            .args(self.arguments().split(' '))
+            .env("CARGO_BIN_NAME", bin)
+            .env("RICOCHET_LINKER", self.dir.path().join("cc"))
+            .env_remove("RICOCHET_HOT_FIRST")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let calls = std::fs::read_to_string(self.dir.path().join("calls")).unwrap_or_default();
+        (output, calls.lines().map(String::from).collect())
+    }
+
+    /// The order file the linker was given, if it was given one.
+    fn order(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("order")).ok()
+    }
 }
 
 #[test]
 fn other_binaries_link_with_the_arguments_rustc_gave() {
-    let dir = tempfile::tempdir().unwrap();
-    let (driver, _) = fake_driver(dir.path());
-    let (output, calls) = link(dir.path(), &driver, "ricochet-bench", false);
+    let linker = FakeLinker::new(LINKS);
+    let (output, calls) = linker.link("ricochet-bench", &[]);
     assert!(output.status.success());
-    let object = dir.path().join("input.o");
     assert_eq!(
         calls,
-        format!("-m64 {} -o out -nodefaultlibs\n", object.display()),
+        [linker.arguments()],
         "one call, the arguments as given"
     );
 }
 
 #[test]
-fn the_ricochet_binary_is_linked_with_the_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (driver, _) = fake_driver(dir.path());
-    let (output, calls) = link(dir.path(), &driver, "ricochet", false);
+fn ricochet_hot_first_0_links_the_binary_without_the_order() {
+    let linker = FakeLinker::new(LINKS);
+    let (output, calls) = linker.link("ricochet", &[("RICOCHET_HOT_FIRST", "0")]);
     assert!(output.status.success());
-    let calls: Vec<&str> = calls.lines().collect();
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    assert!(
-        calls[0].contains("-Wl,--symbol-ordering-file="),
-        "{calls:?}"
+    assert_eq!(
+        calls,
+        [linker.arguments()],
+        "one call, the arguments as given"
     );
-    // The order file is gone once the link is done.
-    let order = calls[0]
-        .split_whitespace()
+    assert_eq!(linker.order(), None);
+}
+
+/// The order holds listed functions only, in the list's order, and its file is gone once
+/// the link is done.
+#[test]
+fn the_ricochet_binary_is_linked_with_the_order() {
+    let linker = FakeLinker::new(LINKS);
+    let (output, calls) = linker.link("ricochet", &[]);
+    assert!(output.status.success());
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let file = (calls[0].split_whitespace())
         .find_map(|a| a.strip_prefix("-Wl,--symbol-ordering-file="))
-        .unwrap();
-    assert!(!Path::new(order).exists(), "{order} was removed");
+        .expect("the order is passed");
+    assert!(
+        calls[0].starts_with(&linker.arguments()),
+        "rustc's arguments first"
+    );
+    assert!(!Path::new(file).exists(), "{file} was removed");
+    let order = linker.order().expect("the linker got the order file");
+    let list = std::fs::read_to_string(repo().join("scripts/hot-functions.txt")).unwrap();
+    // A name's rank is its first place in the list (builds of a generic function share it).
+    let mut rank = std::collections::HashMap::new();
+    let names = list
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for (at, name) in names.enumerate() {
+        rank.entry(unhashed(name)).or_insert(at);
+    }
+    let ranks: Vec<usize> = (order.lines())
+        .map(|symbol| {
+            *rank
+                .get(unhashed(symbol))
+                .unwrap_or_else(|| panic!("{symbol} is not listed"))
+        })
+        .collect();
+    assert!(ranks.len() > 1_000, "{} functions ordered", ranks.len());
+    assert!(ranks.is_sorted(), "in the list's order");
 }
 
 #[test]
 fn a_linker_that_rejects_the_order_still_links_the_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    let (driver, _) = fake_driver(dir.path());
-    let (output, calls) = link(dir.path(), &driver, "ricochet", true);
+    let linker = FakeLinker::new(REJECTS_THE_ORDER);
+    let (output, calls) = linker.link("ricochet", &[]);
     assert!(output.status.success(), "the link succeeds");
-    let calls: Vec<&str> = calls.lines().collect();
     assert_eq!(calls.len(), 2, "with the order, then without: {calls:?}");
     assert!(calls[0].contains("--symbol-ordering-file="));
-    let object = dir.path().join("input.o");
-    assert_eq!(
-        calls[1],
-        format!("-m64 {} -o out -nodefaultlibs", object.display())
-    );
+    assert_eq!(calls[1], linker.arguments());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("linked without the function order") && stderr.contains("unknown option"),
@@ -177,25 +211,10 @@ fn a_linker_that_rejects_the_order_still_links_the_binary() {
 /// message once and its exit status.
 #[test]
 fn a_link_that_fails_anyway_fails_with_its_own_error_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let calls = dir.path().join("calls");
-    let driver = dir.path().join("cc");
-    std::fs::write(
-        &driver,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\necho 'undefined symbol: missing' >&2\nexit 3\n",
-            calls.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&driver)
-        .status()
-        .unwrap();
-    let (output, calls) = link(dir.path(), &driver, "ricochet", false);
+    let linker = FakeLinker::new(FAILS);
+    let (output, calls) = linker.link("ricochet", &[]);
     assert_eq!(output.status.code(), Some(3), "the linker's status");
-    assert_eq!(calls.lines().count(), 2, "with the order, then without");
+    assert_eq!(calls.len(), 2, "with the order, then without");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         stderr.matches("undefined symbol: missing").count(),
