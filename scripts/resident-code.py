@@ -45,7 +45,7 @@ def text_segment(exe):
 
 
 def crate_of(name):
-    if name.startswith("rd_") or name.startswith("rd_kafka"):
+    if name.startswith("rd_"):
         return "librdkafka"
     if "::" not in name:
         return "C"

@@ -196,22 +196,17 @@ fn service_traceparent(upstream: &Upstream) -> (String, String, String) {
 }
 
 fn traced_config(base_url: &str, admin: u16, collector: &Collector, routes: &str) -> String {
-    config(
-        base_url,
-        admin,
-        &format!(
-            r#"
-[tracing]
-enabled = true
-endpoint = "{}"
-service_name = "orders-sidecar"
-resource_attributes = {{ "deployment.environment.name" = "test" }}
+    let keys = "service_name = \"orders-sidecar\"\n\
+                resource_attributes = { \"deployment.environment.name\" = \"test\" }";
+    tracing_config(base_url, admin, &collector.endpoint(), keys, routes)
+}
 
-{routes}
-"#,
-            collector.endpoint()
-        ),
-    )
+/// A configuration with tracing to `endpoint`, the `[tracing]` table's other `keys`, and
+/// `rest` (routes, other tables) after it.
+fn tracing_config(base_url: &str, admin: u16, endpoint: &str, keys: &str, rest: &str) -> String {
+    let tracing =
+        format!("[tracing]\nenabled = true\nendpoint = \"{endpoint}\"\n{keys}\n\n{rest}\n");
+    config(base_url, admin, &tracing)
 }
 
 /// The route most tests here use: `{prefix}.echo` to POST /echo.
@@ -681,18 +676,13 @@ async fn an_unreachable_collector_is_counted_and_requests_are_still_answered() {
     let admin = free_port();
     // A port nothing listens on.
     let closed = free_port();
-    let toml = config(
+    let endpoint = format!("http://127.0.0.1:{closed}/v1/traces");
+    let toml = tracing_config(
         &upstream.base_url(),
         admin,
-        &format!(
-            r#"
-[tracing]
-enabled = true
-endpoint = "http://127.0.0.1:{closed}/v1/traces"
-
-{}"#,
-            echo_route(&prefix)
-        ),
+        &endpoint,
+        "",
+        &echo_route(&prefix),
     );
     let ricochet = start(&toml, admin).await;
     let client = nats().await;
@@ -807,22 +797,14 @@ async fn a_collector_that_never_answers_costs_no_request_and_no_shutdown() {
     let upstream = Upstream::echo().await;
     let prefix = unique("tracehung");
     let admin = free_port();
-    let toml = config(
+    let endpoint = format!("http://127.0.0.1:{hung}/v1/traces");
+    let rest = format!("{}\n[shutdown]\ngrace_period = \"5s\"", echo_route(&prefix));
+    let toml = tracing_config(
         &upstream.base_url(),
         admin,
-        &format!(
-            r#"
-[shutdown]
-grace_period = "5s"
-
-[tracing]
-enabled = true
-endpoint = "http://127.0.0.1:{hung}/v1/traces"
-timeout = "30s"
-
-{}"#,
-            echo_route(&prefix)
-        ),
+        &endpoint,
+        "timeout = \"30s\"",
+        &rest,
     );
     // Batches of 3 spans (one request), at most 6 waiting.
     let env = [
