@@ -164,7 +164,7 @@ fn describe() {
     );
     describe_counter!(
         TRACE_SPANS_DROPPED,
-        "Tracing: spans dropped because the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE spans, or 16 MiB of them: the collector too slow or unreachable, or the spans large)"
+        "Tracing: spans dropped because the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE spans, or 16 MiB of them: the collector too slow or unreachable, or the spans large), or a single span over 4 MiB"
     );
     describe_counter!(
         RELOADS,

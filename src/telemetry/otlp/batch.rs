@@ -14,7 +14,8 @@
 //! (2,048) wait, and a span ended beyond that is dropped and counted. Spans carry what
 //! publishers send (subjects, correlation ids, message ids, reply subjects), so the bytes
 //! are bounded too: a batch is sent once it holds 4 MiB, and spans are dropped once 16 MiB
-//! wait, however few they are.
+//! wait, however few they are. A single span larger than a batch may be is dropped by
+//! itself, so it costs no other span.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -84,9 +85,10 @@ struct ScopeBytes {
 }
 
 impl Batch {
-    /// Writes `span` and says how many bytes it took. `size` is the size of the last batch:
-    /// bytes for as much are taken at once.
-    fn push(&mut self, span: &SpanData, resource: &[u8], size: usize) -> usize {
+    /// Writes `span` and says how many bytes it took, or takes it back and says `None` when
+    /// it took more than `max` (a span no batch within the limits could hold). `size` is the
+    /// size of the last batch: bytes for as much are taken at once.
+    fn push(&mut self, span: &SpanData, resource: &[u8], size: usize, max: usize) -> Option<usize> {
         let scope = &span.instrumentation_scope;
         let at = match self.scopes.iter().position(|s| same_scope(&s.scope, scope)) {
             Some(at) => at,
@@ -109,8 +111,13 @@ impl Batch {
         let bytes = &mut self.scopes[at].bytes;
         let before = bytes.len();
         protobuf::span_field(bytes, span);
+        let written = bytes.len() - before;
+        if written > max {
+            bytes.truncate(before);
+            return None;
+        }
         self.spans += 1;
-        bytes.len() - before
+        Some(written)
     }
 
     /// The spans' bytes, without the room in front.
@@ -159,7 +166,7 @@ impl Batch {
 pub(super) fn request(resource: &[u8], spans: &[SpanData]) -> Bytes {
     let mut batch = Batch::default();
     for span in spans {
-        batch.push(span, resource, 0);
+        batch.push(span, resource, 0, usize::MAX);
     }
     batch.body(resource)
 }
@@ -249,26 +256,21 @@ impl SpanProcessor for BatchProcessor {
 
     fn on_end(&self, span: SpanData) {
         let limits = &self.shared.limits;
-        let mut state = self.shared.lock();
-        if state.shutting_down {
+        let mut guard = self.shared.lock();
+        if guard.shutting_down {
             return;
         }
-        if state.waiting >= limits.max_queue || state.waiting_bytes >= limits.max_queue_bytes {
-            let first = !std::mem::replace(&mut state.dropping, true);
-            let (state_spans, state_bytes) = (state.waiting, state.waiting_bytes);
-            drop(state);
-            metrics::counter!(TRACE_SPANS_DROPPED).increment(1);
-            if first {
-                warn!(
-                    spans = state_spans,
-                    bytes = state_bytes,
-                    "tracing: spans are dropped: the queue of spans waiting for export is full (the collector is slow or unreachable, or the spans are large); counted in ricochet_trace_spans_dropped_total"
-                );
-            }
-            return;
+        if guard.waiting >= limits.max_queue || guard.waiting_bytes >= limits.max_queue_bytes {
+            let why = "the queue of spans waiting for export is full (the collector is slow or unreachable, or the spans are large)";
+            return dropped(guard, why);
         }
-        let state = &mut *state;
-        state.waiting_bytes += state.filling.push(&span, &state.resource, state.last_size);
+        let state = &mut *guard;
+        let max = limits.max_batch_bytes;
+        let Some(bytes) = (state.filling).push(&span, &state.resource, state.last_size, max) else {
+            // Such a span (a publisher's header of megabytes) costs only itself.
+            return dropped(guard, "a span is larger than a batch may be");
+        };
+        state.waiting_bytes += bytes;
         state.waiting += 1;
         if state.filling.spans >= limits.max_batch || state.filling.size() >= limits.max_batch_bytes
         {
@@ -318,6 +320,22 @@ impl SpanProcessor for BatchProcessor {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.shared.lock().resource = protobuf::resource_fields(resource);
+    }
+}
+
+/// Counts a span dropped, and says why at warn once per export cycle (a publisher sending
+/// such spans must not flood the log).
+fn dropped(mut state: MutexGuard<'_, State>, why: &str) {
+    let first = !std::mem::replace(&mut state.dropping, true);
+    let (spans, bytes) = (state.waiting, state.waiting_bytes);
+    drop(state);
+    metrics::counter!(TRACE_SPANS_DROPPED).increment(1);
+    if first {
+        warn!(
+            spans,
+            bytes,
+            "tracing: spans are dropped: {why}; counted in ricochet_trace_spans_dropped_total"
+        );
     }
 }
 

@@ -92,7 +92,7 @@ fn a_resource_larger_than_the_room_kept_for_it_still_makes_the_same_request() {
     let small = resource_fields(&Resource::builder_empty().build());
     let mut batch = Batch::default();
     for span in &spans {
-        batch.push(span, &small, 0);
+        batch.push(span, &small, 0, usize::MAX);
     }
     // The resource arrives after the first spans were written (it never does in ricochet:
     // the SDK hands it over when the provider is built).
@@ -265,7 +265,9 @@ async fn large_spans_leave_in_smaller_batches_and_are_dropped_past_the_queues_by
         (span.attributes).push(KeyValue::new("messaging.message.conversation_id", id));
         span
     };
-    let size = Batch::default().push(&large(0), &[], 0);
+    let size = Batch::default()
+        .push(&large(0), &[], 0, usize::MAX)
+        .unwrap();
     assert!(size > 4_000 && size < 5_000, "{size}");
     // Three spans pass 10,000 bytes: that batch leaves, and the collector holds it.
     for n in 0..3 {
@@ -299,4 +301,31 @@ async fn large_spans_leave_in_smaller_batches_and_are_dropped_past_the_queues_by
         ["span 99"],
         "the queue's bytes freed"
     );
+}
+
+/// A span larger than a batch may be (a publisher's header of megabytes) is dropped and
+/// counted by itself: the spans before and after it are sent, none held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_larger_than_a_batch_costs_only_itself() {
+    let gate = Arc::new(Semaphore::new(100));
+    let (endpoint, mut bodies) = collector(gate).await;
+    let processor = processor_with(&endpoint, |limits| {
+        limits.max_batch_bytes = 10_000;
+        limits.max_queue_bytes = 30_000;
+    });
+    let scope = scope();
+    let mut huge = span(1, &scope);
+    let id = "c".repeat(40_000);
+    (huge.attributes).push(KeyValue::new("messaging.message.conversation_id", id));
+    let dropped = dropped_while(|| {
+        processor.on_end(span(0, &scope));
+        processor.on_end(huge);
+        processor.on_end(span(2, &scope));
+    });
+    assert_eq!(dropped, 1, "the large span, and only it");
+    let flushing = processor.clone();
+    blocking(move || flushing.force_flush()).await.unwrap();
+    assert_eq!(next(&mut bodies).await, ["span 0", "span 2"]);
+    let state = processor.shared.lock();
+    assert_eq!((state.waiting, state.waiting_bytes), (0, 0));
 }
