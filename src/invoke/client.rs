@@ -205,8 +205,8 @@ impl Pool {
             }
         }
         // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a future of about 3.6 KB,
-        // and every message in flight would carry room for it in its own future (a core
-        // NATS message's: 7,984 bytes instead of 4,464) though few messages ever connect.
+        // and every message in flight would carry room for it in its own future (the
+        // pipeline's: 7,984 bytes instead of 4,464) though few messages ever connect.
         Ok((Box::pin(self.connect()).await?, false))
     }
 
