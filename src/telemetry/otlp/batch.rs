@@ -113,7 +113,10 @@ impl Batch {
         protobuf::span_field(bytes, span);
         let written = bytes.len() - before;
         if written > max {
+            // Taken back, and the room it made given back too: the batch under way would
+            // otherwise keep a span's megabytes until it is sent.
             bytes.truncate(before);
+            bytes.shrink_to(before + max);
             return None;
         }
         self.spans += 1;

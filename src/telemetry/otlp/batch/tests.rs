@@ -107,6 +107,31 @@ fn a_resource_larger_than_the_room_kept_for_it_still_makes_the_same_request() {
     assert_eq!(ours, theirs);
 }
 
+/// A span larger than `max` is taken back whole: the batch makes the same request as one
+/// that never saw it, and does not keep the room it took (a publisher's header of
+/// megabytes would otherwise stay allocated until the batch is sent).
+#[test]
+fn a_span_past_the_limit_leaves_the_batch_as_it_was() {
+    let scope = scope();
+    let resource = resource_fields(&Resource::builder_empty().build());
+    let (first, last) = (span(0, &scope), span(2, &scope));
+    let mut huge = span(1, &scope);
+    let id = "c".repeat(1 << 20);
+    (huge.attributes).push(KeyValue::new("messaging.message.conversation_id", id));
+    let mut batch = Batch::default();
+    assert!(batch.push(&first, &resource, 0, 10_000).is_some());
+    assert_eq!(batch.push(&huge, &resource, 0, 10_000), None);
+    assert!(batch.push(&last, &resource, 0, 10_000).is_some());
+    assert_eq!(batch.spans, 2);
+    let kept: usize = batch.scopes.iter().map(|s| s.bytes.capacity()).sum();
+    assert!(kept < 100_000, "{kept} bytes kept after a 1 MiB span");
+    let mut without = Batch::default();
+    for span in [&first, &last] {
+        without.push(span, &resource, 0, 10_000);
+    }
+    assert_eq!(batch.body(&resource), without.body(&resource));
+}
+
 /// An OTLP endpoint that sends every body it receives down a channel, and answers once
 /// `gate` gives it a permit.
 async fn collector(gate: Arc<Semaphore>) -> (String, mpsc::UnboundedReceiver<Bytes>) {
