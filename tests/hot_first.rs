@@ -20,12 +20,17 @@ fn unhashed(name: &str) -> &str {
     }
 }
 
-fn listed() -> HashSet<String> {
+/// The names of scripts/hot-functions.txt, hottest first.
+fn list() -> Vec<String> {
     let list = std::fs::read_to_string(repo().join("scripts/hot-functions.txt")).unwrap();
     (list.lines())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| unhashed(l).to_string())
+        .map(String::from)
         .collect()
+}
+
+fn listed() -> HashSet<String> {
+    list().iter().map(|l| unhashed(l).to_string()).collect()
 }
 
 /// The test's `ricochet` binary was linked through the script (.cargo/config.toml): its
@@ -92,11 +97,8 @@ impl FakeLinker {
             order = order.display(),
         );
         std::fs::write(dir.path().join("cc"), driver).unwrap();
-        let made = Command::new("chmod")
-            .arg("+x")
-            .arg(dir.path().join("cc"))
-            .status();
-        assert!(made.unwrap().success());
+        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(dir.path().join("cc"), executable).unwrap();
         // The test's own ricochet binary stands in for the objects being linked.
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ricochet"), dir.path().join("input.o"))
             .unwrap();
@@ -172,13 +174,10 @@ fn the_ricochet_binary_is_linked_with_the_order() {
     );
     assert!(!Path::new(file).exists(), "{file} was removed");
     let order = linker.order().expect("the linker got the order file");
-    let list = std::fs::read_to_string(repo().join("scripts/hot-functions.txt")).unwrap();
+    let list = list();
     // A name's rank is its first place in the list (builds of a generic function share it).
     let mut rank = std::collections::HashMap::new();
-    let names = list
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    for (at, name) in names.enumerate() {
+    for (at, name) in list.iter().enumerate() {
         rank.entry(unhashed(name)).or_insert(at);
     }
     let ranks: Vec<usize> = (order.lines())
@@ -221,4 +220,49 @@ fn a_link_that_fails_anyway_fails_with_its_own_error_once() {
         1,
         "{stderr}"
     );
+}
+
+/// Where the objects hold the very function the profile saw (the list's name with its
+/// hash), only it is placed, not the other builds of that name; a listed name whose hash
+/// matches nothing (another compiler or dependency version) places every build of it; an
+/// unlisted function is not placed.
+#[test]
+fn an_exact_match_wins_over_the_same_name_with_another_hash() {
+    let list = list();
+    let hashed: Vec<&String> = (list.iter())
+        .filter(|l| unhashed(l) != l.as_str())
+        .collect();
+    let exact = hashed[0];
+    let other = (hashed.iter())
+        .find(|l| unhashed(l) != unhashed(exact))
+        .expect("two listed names");
+    let rebuilt = |name: &str, hash: &str| format!("{}17h{hash}E", unhashed(name));
+    let sibling = rebuilt(exact, "00000000000000a1");
+    let moved = rebuilt(other, "00000000000000b2");
+    let unlisted = "_ZN8ricochet8unlisted17h00000000000000c3E".to_string();
+    let linker = FakeLinker::new(LINKS);
+    let source = linker.dir.path().join("input.s");
+    let mut assembly = String::from(".text\n");
+    for name in [&unlisted, &moved, &sibling, exact] {
+        assembly += &format!(".globl \"{name}\"\n.type \"{name}\", @function\n\"{name}\":\n ret\n");
+    }
+    std::fs::write(&source, assembly).unwrap();
+    let object = linker.dir.path().join("input.o");
+    std::fs::remove_file(&object).unwrap();
+    let assembled = Command::new("cc")
+        .arg("-c")
+        .arg(&source)
+        .arg("-o")
+        .arg(&object)
+        .output()
+        .unwrap();
+    assert!(
+        assembled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&assembled.stderr)
+    );
+    let (output, _) = linker.link("ricochet", &[]);
+    assert!(output.status.success());
+    let order = linker.order().expect("the linker got the order file");
+    assert_eq!(order.lines().collect::<Vec<_>>(), [exact.as_str(), &moved]);
 }
