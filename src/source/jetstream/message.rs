@@ -54,7 +54,9 @@ impl JetStreamRoute {
             delivered_on,
         };
         let captures = route.pattern.matches(&inbound.subject);
-        let deliver = self.pipeline.deliver(route, captures, &inbound, &settle);
+        // Boxed, as core NATS does: the handling future is a few KB, which the task's
+        // future would otherwise hold (and copy) inline, twice over in `with_progress`.
+        let deliver = Box::pin(self.pipeline.deliver(route, captures, &inbound, &settle));
         self.with_progress(&message, deliver).await;
     }
 
