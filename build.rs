@@ -2,7 +2,8 @@
 //! (scripts/link-hot-first, the linker .cargo/config.toml names): a change to any of them
 //! rebuilds the package, so that the next binary reflects it.
 //!
-//! On GNU/Linux the binary's relocations are also packed (below).
+//! On GNU/Linux the binary's relocations are also packed (below); `RICOCHET_PACK_RELOCS=0`
+//! turns that off.
 use std::process::Command;
 
 fn main() {
@@ -10,19 +11,22 @@ fn main() {
     println!("cargo:rerun-if-changed=scripts/link-hot-first");
     println!("cargo:rerun-if-env-changed=RICOCHET_HOT_FIRST");
     println!("cargo:rerun-if-env-changed=RICOCHET_LINKER");
-    if can_pack_relative_relocations() {
+    println!("cargo:rerun-if-env-changed=RICOCHET_PACK_RELOCS");
+    let wanted = std::env::var("RICOCHET_PACK_RELOCS").map_or(true, |v| v != "0");
+    if wanted && can_pack_relative_relocations() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
 
 /// ricochet is a position-independent executable: at start the loader adds the load address
 /// to every pointer in its data (vtables, string tables). Written as RELA entries, 24 bytes
-/// each, that is about 580 kB the loader reads and that stays resident; packed as RELR
-/// entries (a bitmap of the words to relocate), about 9 kB (docs/performance.md, "Packed
-/// relocations"). A binary with packed relocations runs only on glibc 2.36 or later, which
-/// marks its support with the symbol version `GLIBC_ABI_DT_RELR`: they are asked for only
-/// when the C library the build links (a native GNU/Linux build's) has it. Elsewhere the
-/// link is unchanged.
+/// each, that is 571 kB the loader reads and that stays resident; packed as RELR entries (a
+/// bitmap of the words to relocate), about 9 kB (docs/performance.md, "Packed relocations").
+/// A binary with packed relocations runs only on glibc 2.36 or later, which marks its
+/// support with the symbol version `GLIBC_ABI_DT_RELR`: they are asked for only when the C
+/// library the build links (a native GNU/Linux build's) has it. Elsewhere the link is
+/// unchanged. Without them a build on glibc 2.36 still runs on 2.34 (Ubuntu 22.04, RHEL 9):
+/// `RICOCHET_PACK_RELOCS=0` keeps that for a binary meant to be copied to such a host.
 fn can_pack_relative_relocations() -> bool {
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("CARGO_CFG_TARGET_OS") != "linux"
